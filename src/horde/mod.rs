@@ -1,0 +1,1 @@
+//! The typed AI Horde v2 client. (being written)

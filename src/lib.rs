@@ -1,0 +1,11 @@
+//! horde-batch: resumable, rate-limited batch image generation for the AI Horde.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library. Data flows
+//! `manifest` → `plan` → `scheduler` → `output`, with `store` checkpointing every
+//! step and `horde` speaking the wire protocol; `sim` is a stand-alone simulated
+//! Horde used by tests, benchmarks and `run --simulate`.
+
+pub mod horde;
+pub mod output;
+pub mod sim;
+pub mod store;

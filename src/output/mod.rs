@@ -1,0 +1,1 @@
+//! Image files, sidecars and index files. (being written)

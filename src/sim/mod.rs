@@ -1,0 +1,1 @@
+//! The simulated AI Horde. (being written)

@@ -1,0 +1,1 @@
+//! The sled ledger. (being written)
