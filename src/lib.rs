@@ -5,7 +5,13 @@
 //! step and `horde` speaking the wire protocol; `sim` is a stand-alone simulated
 //! Horde used by tests, benchmarks and `run --simulate`.
 
+pub mod app;
+pub mod cli;
+pub mod exit;
 pub mod horde;
+pub mod logging;
+pub mod manifest;
 pub mod output;
+pub mod plan;
 pub mod sim;
 pub mod store;

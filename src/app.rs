@@ -1,0 +1,163 @@
+//! The commands: each takes parsed arguments, does its work and returns an
+//! exit code. Errors bubble up as `AppError` and are reported once, by `main`.
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use miette::Diagnostic;
+use thiserror::Error;
+
+use crate::cli::{Cli, Command, PlanArgs, ValidateArgs};
+use crate::exit;
+use crate::manifest::{self, CompileOptions, CompiledManifest, ManifestError, ManifestFile};
+use crate::plan;
+
+/// An error that ends a command.
+#[derive(Debug, Error, Diagnostic)]
+pub enum AppError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("cannot write to standard output")]
+    #[diagnostic(code(horde_batch::stdout))]
+    Stdout(#[source] io::Error),
+}
+
+impl AppError {
+    /// The exit code this error ends the process with.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Manifest(_) | AppError::Stdout(_) => exit::USAGE,
+        }
+    }
+}
+
+/// Runs the command `cli` asks for.
+pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
+    match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Plan(args) => plan(&args),
+        Command::Schema => schema(),
+    }
+}
+
+fn load(path: &std::path::Path, max_jobs: Option<u64>) -> Result<CompiledManifest, ManifestError> {
+    let file = ManifestFile::load(path)?;
+    manifest::compile(file, &CompileOptions { max_jobs })
+}
+
+fn validate(args: &ValidateArgs) -> Result<ExitCode, AppError> {
+    let mut all_valid = true;
+    let mut stdout = io::stdout().lock();
+    for path in &args.manifests {
+        match load(path, args.max_jobs) {
+            Ok(compiled) => {
+                writeln!(
+                    stdout,
+                    "{}: ok ({} jobs, {} images)",
+                    path.display(),
+                    compiled.total_jobs(),
+                    compiled.total_images()
+                )
+                .map_err(AppError::Stdout)?;
+            }
+            Err(error) => {
+                all_valid = false;
+                report_manifest_error(error);
+            }
+        }
+    }
+    Ok(ExitCode::from(if all_valid {
+        exit::SUCCESS
+    } else {
+        exit::USAGE
+    }))
+}
+
+/// Prints each problem of a manifest as its own diagnostic.
+pub fn report_manifest_error(error: ManifestError) {
+    match error {
+        ManifestError::Invalid { problems } => {
+            for problem in problems {
+                eprintln!("{:?}", miette::Report::new(problem));
+            }
+        }
+        other => eprintln!("{:?}", miette::Report::new(other)),
+    }
+}
+
+fn plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
+    let compiled = load(&args.manifest, args.max_jobs)?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    let write = |result: io::Result<()>| result.map_err(AppError::Stdout);
+    if args.list {
+        for job in compiled.jobs() {
+            let requests = plan::slot_count(&job, compiled.run.max_n);
+            if args.json {
+                let line = serde_json::json!({
+                    "key": job.key.to_string(),
+                    "job": &*job.name,
+                    "prompt": job.prompt,
+                    "negative": job.negative,
+                    "models": &*job.models,
+                    "params": job.params,
+                    "images": job.images,
+                    "requests": requests,
+                });
+                write(writeln!(out, "{line}"))?;
+            } else {
+                write(writeln!(
+                    out,
+                    "{}  {:<16} {} image(s)  {}",
+                    job.key,
+                    job.name,
+                    job.images,
+                    job.wire_prompt()
+                ))?;
+            }
+        }
+        write(out.flush())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let summary = plan::summarize(&compiled);
+    if args.json {
+        write(serde_json::to_writer_pretty(&mut out, &summary).map_err(io::Error::other))?;
+        write(writeln!(out))?;
+    } else {
+        let t = summary.totals;
+        write(writeln!(out, "{} ({})", summary.name, summary.manifest))?;
+        write(writeln!(
+            out,
+            "{:<24} {:>12} {:>10} {:>10}  seeds",
+            "job", "combinations", "requests", "images"
+        ))?;
+        for job in &summary.jobs {
+            write(writeln!(
+                out,
+                "{:<24} {:>12} {:>10} {:>10}  {}",
+                job.name, job.combinations, job.requests, job.images, job.seeds
+            ))?;
+        }
+        write(writeln!(
+            out,
+            "{:<24} {:>12} {:>10} {:>10}",
+            "total", t.jobs, t.requests, t.images
+        ))?;
+        write(writeln!(
+            out,
+            "requests carry up to {} images each (run.max_n)",
+            summary.max_n
+        ))?;
+    }
+    write(out.flush())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn schema() -> Result<ExitCode, AppError> {
+    let schema = manifest::json_schema();
+    let text =
+        serde_json::to_string_pretty(&schema).map_err(|e| AppError::Stdout(io::Error::other(e)))?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "{text}").map_err(AppError::Stdout)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,977 @@
+//! Checks a parsed manifest and resolves it into compiled jobs.
+//!
+//! Everything serde cannot check is checked here, with the position of the
+//! offending value: parameters against the Horde's limits, prompt templates,
+//! wildcards (inline or files beside the manifest), matrix axes and ranges,
+//! seeds, and the expansion limit. All problems are collected, not just the
+//! first. The result holds, per job, the axes to combine and the resolved
+//! defaults; `expand` turns that into jobs. Reads wildcard files; nothing else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::locate::YamlPath;
+use super::params::{self, BuiltIn, ParamSpec, BUILT_IN_DEFAULTS, PARAMS};
+use super::schema::{CensoredPolicy, JobSpec, RequestSpec, SeedsSpec};
+use super::template::{self, Piece};
+use super::{ManifestError, ManifestFile, Problem};
+
+/// Expansions larger than this are refused unless the user raises the limit.
+pub const DEFAULT_MAX_JOBS: u64 = 100_000;
+/// The Horde refuses prompts of more words than this (`InvalidPromptSize`).
+const MAX_PROMPT_WORDS: usize = 7500;
+/// Images one combination may ask for.
+const MAX_IMAGES_PER_JOB: u32 = 100_000;
+const DEFAULT_FILENAME: &str = "{job}/{key}-{index}";
+
+/// Options from the command line that override the manifest.
+#[derive(Debug, Clone, Default)]
+pub struct CompileOptions {
+    /// Overrides `run.max_jobs`.
+    pub max_jobs: Option<u64>,
+}
+
+/// How the batch runs, with defaults applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSettings {
+    pub max_n: u32,
+    pub max_in_flight: Option<u32>,
+    pub retries: u32,
+    pub on_censored: CensoredPolicy,
+    #[serde(with = "humantime_serde")]
+    pub no_worker_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub download_timeout: Duration,
+    pub max_jobs: u64,
+}
+
+/// Where images go, with defaults applied and the folder resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputSettings {
+    pub dir: PathBuf,
+    pub filename: String,
+    pub sidecars: bool,
+    pub index: bool,
+}
+
+/// The Horde's top-level request flags, every one resolved.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RequestFlags {
+    pub nsfw: bool,
+    pub censor_nsfw: bool,
+    pub trusted_workers: bool,
+    pub validated_backends: bool,
+    pub slow_workers: bool,
+    pub extra_slow_workers: bool,
+    pub r2: bool,
+    pub replacement_filter: bool,
+    pub allow_downgrade: bool,
+    pub disable_batching: bool,
+    pub workers: Vec<String>,
+    pub worker_blacklist: bool,
+    pub webhook: Option<String>,
+    pub style: Option<String>,
+}
+
+/// Where a job's seeds come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seeds {
+    /// The Horde picks; requests batch up to `max_n` images.
+    Random,
+    /// One reproducible seed per image, derived from the job key and image index.
+    Derived,
+    /// One given seed per image.
+    List(Arc<[String]>),
+}
+
+impl Seeds {
+    /// Canonical text for job keys.
+    pub(crate) fn canonical(&self) -> String {
+        match self {
+            Seeds::Random => "random".to_owned(),
+            Seeds::Derived => "derived".to_owned(),
+            Seeds::List(seeds) => format!("list:{}", Value::from(seeds.to_vec())),
+        }
+    }
+}
+
+/// A value an axis takes: its text (for prompts) and JSON (for parameters).
+#[derive(Debug, Clone)]
+pub(crate) struct AxisValue {
+    pub text: String,
+    pub json: Value,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum AxisKind {
+    Param(&'static str),
+    Model,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Axis {
+    pub kind: AxisKind,
+    pub values: Vec<AxisValue>,
+}
+
+/// A piece of a compiled template: text, or the value of an axis.
+#[derive(Debug, Clone)]
+pub(crate) enum Segment {
+    Text(String),
+    Axis(usize),
+}
+
+/// One job of the manifest, ready to expand.
+#[derive(Debug, Clone)]
+pub struct CompiledJob {
+    pub name: Arc<str>,
+    /// Position in the manifest's `jobs` list.
+    pub index: usize,
+    pub prompt_template: Arc<str>,
+    pub negative_template: Option<Arc<str>>,
+    pub images: u32,
+    pub seeds: Seeds,
+    /// How many combinations (jobs) this entry expands to.
+    pub combinations: u64,
+    pub(crate) positive: Vec<Segment>,
+    pub(crate) negative: Option<Vec<Segment>>,
+    pub(crate) axes: Vec<Axis>,
+    pub(crate) base_params: BTreeMap<&'static str, Value>,
+    pub(crate) models: Arc<[String]>,
+    pub(crate) request: Arc<RequestFlags>,
+    /// Random mode: (how many, seed).
+    pub(crate) sample: Option<(u64, u64)>,
+    /// The product of the axis lengths.
+    pub(crate) space: u128,
+}
+
+/// A checked manifest.
+#[derive(Debug, Clone)]
+pub struct CompiledManifest {
+    pub file: Arc<ManifestFile>,
+    pub jobs: Vec<CompiledJob>,
+    pub run: RunSettings,
+    pub output: OutputSettings,
+}
+
+impl CompiledManifest {
+    /// The manifest's `name`.
+    pub fn name(&self) -> &str {
+        &self.file.manifest.name
+    }
+
+    /// Jobs after expansion.
+    pub fn total_jobs(&self) -> u64 {
+        self.jobs.iter().map(|j| j.combinations).sum()
+    }
+
+    /// Images over all jobs.
+    pub fn total_images(&self) -> u64 {
+        self.jobs
+            .iter()
+            .map(|j| j.combinations * u64::from(j.images))
+            .sum()
+    }
+}
+
+/// Checks `file` and resolves it; every problem found is reported.
+pub fn compile(
+    file: ManifestFile,
+    options: &CompileOptions,
+) -> Result<CompiledManifest, ManifestError> {
+    let mut cx = Context {
+        file: &file,
+        problems: Vec::new(),
+        wildcard_cache: HashMap::new(),
+    };
+    let root = YamlPath::root();
+    let manifest = &file.manifest;
+    if manifest.version != 1 {
+        cx.problem(
+            &root.key("version"),
+            format!(
+                "unsupported manifest version {}; this horde-batch reads version 1",
+                manifest.version
+            ),
+            "",
+        );
+    }
+    if manifest.name.trim().is_empty() {
+        cx.problem(&root.key("name"), "the manifest name is empty", "");
+    }
+    if manifest.jobs.is_empty() {
+        cx.problem(
+            &root.key("jobs"),
+            "the manifest has no jobs",
+            "add at least one entry under `jobs:`",
+        );
+    }
+    let run = cx.run_settings(options);
+    let output = cx.output_settings();
+    let default_params = cx.params(
+        &manifest.defaults.params.0,
+        &root.key("defaults").key("params"),
+        None,
+    );
+    let default_seeds = manifest
+        .run
+        .seeds
+        .as_ref()
+        .map(|s| cx.seeds(s, &root.key("run").key("seeds")));
+
+    let mut jobs = Vec::with_capacity(manifest.jobs.len());
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (index, spec) in manifest.jobs.iter().enumerate() {
+        let path = root.key("jobs").index(index);
+        if let Some(first) = names.insert(spec.name.as_str(), index) {
+            cx.problem(
+                &path.key("name"),
+                format!("job name `{}` is already used by jobs[{first}]", spec.name),
+                "job names must be unique: they are part of every job key",
+            );
+        }
+        if let Some(job) = cx.job(
+            index,
+            spec,
+            &path,
+            &default_params,
+            default_seeds.clone().flatten(),
+        ) {
+            jobs.push(job);
+        }
+    }
+
+    let total: u128 = jobs.iter().map(|j| u128::from(j.combinations)).sum();
+    if total > u128::from(run.max_jobs) {
+        let biggest = jobs
+            .iter()
+            .max_by_key(|j| j.combinations)
+            .map_or(0, |j| j.index);
+        cx.problem(
+            &root.key("jobs").index(biggest),
+            format!("the manifest expands to {total} jobs, more than the limit of {}", run.max_jobs),
+            "raise `run.max_jobs` (or pass --max-jobs), use `sample:` to pick a subset, or shrink the axes",
+        );
+    }
+
+    if !cx.problems.is_empty() {
+        return Err(ManifestError::from(cx.problems));
+    }
+    Ok(CompiledManifest {
+        file: Arc::new(file),
+        jobs,
+        run,
+        output,
+    })
+}
+
+struct Context<'a> {
+    file: &'a ManifestFile,
+    problems: Vec<Problem>,
+    wildcard_cache: HashMap<String, Result<Arc<[String]>, String>>,
+}
+
+impl Context<'_> {
+    fn problem(&mut self, path: &YamlPath, message: impl Into<String>, help: &str) {
+        let problem = self.file.source.problem_at(path, message).with_help(help);
+        self.problems.push(problem);
+    }
+
+    fn run_settings(&mut self, options: &CompileOptions) -> RunSettings {
+        let spec = &self.file.manifest.run;
+        let path = YamlPath::root().key("run");
+        let max_n = spec.max_n.unwrap_or(20);
+        if !(1..=20).contains(&max_n) {
+            self.problem(
+                &path.key("max_n"),
+                format!("max_n is {max_n}; the Horde takes 1 to 20 images per request"),
+                "",
+            );
+        }
+        if spec.max_in_flight == Some(0) {
+            self.problem(
+                &path.key("max_in_flight"),
+                "max_in_flight must be at least 1",
+                "",
+            );
+        }
+        let retries = spec.retries.unwrap_or(3);
+        if retries > 100 {
+            self.problem(
+                &path.key("retries"),
+                format!("{retries} retries per request is more than the 100 allowed"),
+                "",
+            );
+        }
+        RunSettings {
+            max_n: max_n.clamp(1, 20),
+            max_in_flight: spec.max_in_flight,
+            retries,
+            on_censored: spec.on_censored.unwrap_or_default(),
+            no_worker_timeout: spec.timeouts.no_worker.unwrap_or(Duration::from_secs(600)),
+            download_timeout: spec.timeouts.download.unwrap_or(Duration::from_secs(60)),
+            max_jobs: options
+                .max_jobs
+                .or(spec.max_jobs)
+                .unwrap_or(DEFAULT_MAX_JOBS),
+        }
+    }
+
+    fn output_settings(&mut self) -> OutputSettings {
+        let spec = &self.file.manifest.output;
+        let path = YamlPath::root().key("output");
+        let dir = match &spec.dir {
+            Some(dir) if dir.trim().is_empty() => {
+                self.problem(&path.key("dir"), "the output folder is empty", "");
+                PathBuf::new()
+            }
+            Some(dir) => self.file.base_dir.join(dir),
+            None => self
+                .file
+                .base_dir
+                .join("out")
+                .join(safe_component(&self.file.manifest.name)),
+        };
+        let filename = spec
+            .filename
+            .clone()
+            .unwrap_or_else(|| DEFAULT_FILENAME.to_owned());
+        if let Err(message) = check_filename_template(&filename) {
+            self.problem(
+                &path.key("filename"),
+                message,
+                "the default is `{job}/{key}-{index}`",
+            );
+        }
+        OutputSettings {
+            dir,
+            filename,
+            sidecars: spec.sidecars.unwrap_or(true),
+            index: spec.index.unwrap_or(true),
+        }
+    }
+
+    /// Checks a parameter map; `over` is the map it overrides.
+    fn params(
+        &mut self,
+        given: &indexmap::IndexMap<String, Value>,
+        path: &YamlPath,
+        over: Option<&BTreeMap<&'static str, Value>>,
+    ) -> BTreeMap<&'static str, Value> {
+        let mut out = over.cloned().unwrap_or_else(|| {
+            BUILT_IN_DEFAULTS
+                .iter()
+                .map(|(name, value): &(&'static str, BuiltIn)| (*name, value.to_value()))
+                .collect()
+        });
+        for (name, value) in given {
+            let here = path.key(name);
+            match param_spec(name) {
+                Ok(spec) => match params::canonicalize(spec, value) {
+                    Ok(canonical) => {
+                        out.insert(spec.name, canonical);
+                    }
+                    Err(problem) => self.problem(&here, format!("`{name}`: {}", problem.0), ""),
+                },
+                Err((message, help)) => self.problem(&here, message, &help),
+            }
+        }
+        out
+    }
+
+    fn seeds(&mut self, spec: &SeedsSpec, path: &YamlPath) -> Option<Seeds> {
+        match parse_seeds(&spec.0) {
+            Ok(seeds) => Some(seeds),
+            Err(message) => {
+                self.problem(path, message, "seeds are `random`, `derived`, a list like [1, 2, 3], or a range like \"100-199\"");
+                None
+            }
+        }
+    }
+
+    fn job(
+        &mut self,
+        index: usize,
+        spec: &JobSpec,
+        path: &YamlPath,
+        default_params: &BTreeMap<&'static str, Value>,
+        default_seeds: Option<Seeds>,
+    ) -> Option<CompiledJob> {
+        let problems_before = self.problems.len();
+        if spec.name.trim().is_empty() {
+            self.problem(&path.key("name"), "the job name is empty", "");
+        }
+        let base_params = self.params(&spec.params.0, &path.key("params"), Some(default_params));
+        let manifest = &self.file.manifest;
+        let models: Vec<String> = spec
+            .models
+            .clone()
+            .or_else(|| manifest.defaults.models.clone())
+            .unwrap_or_default();
+        if models.is_empty() && !spec.matrix.0.contains_key("model") {
+            self.problem(
+                &path.key("models"),
+                format!("job `{}` names no model", spec.name),
+                "set `defaults.models` or the job's `models`, e.g. `models: [stable_diffusion]`",
+            );
+        }
+        if models.iter().any(|m| m.trim().is_empty()) {
+            self.problem(&path.key("models"), "a model name is empty", "");
+        }
+        let request = self.request_flags(
+            &manifest.defaults.request,
+            &spec.request,
+            &path.key("request"),
+        );
+
+        let seeds = match &spec.seeds {
+            Some(s) => self.seeds(s, &path.key("seeds")),
+            None => Some(default_seeds.unwrap_or(Seeds::Random)),
+        };
+        let images = match (&seeds, spec.images) {
+            (Some(Seeds::List(list)), Some(images)) if images as usize != list.len() => {
+                self.problem(
+                    &path.key("images"),
+                    format!("images is {images} but {} seeds are given", list.len()),
+                    "with explicit seeds, each seed is one image: drop `images` or make them agree",
+                );
+                images
+            }
+            (Some(Seeds::List(list)), _) => u32::try_from(list.len()).unwrap_or(u32::MAX),
+            (_, images) => images.unwrap_or(1),
+        };
+        if images == 0 || images > MAX_IMAGES_PER_JOB {
+            self.problem(
+                &path.key("images"),
+                format!("images is {images}; it must be 1 to {MAX_IMAGES_PER_JOB}"),
+                "",
+            );
+        }
+
+        // Axes: matrix first (in the order written), then template variants and wildcards.
+        let mut axes = Vec::new();
+        let mut variables: HashMap<&str, usize> = HashMap::new();
+        let used_variables = template_variables(&spec.prompt, spec.negative.as_deref());
+        for (name, values) in &spec.matrix.0 {
+            let here = path.key("matrix").key(name);
+            if let Some(axis) = self.matrix_axis(name, values, &here, &used_variables) {
+                variables.insert(name.as_str(), axes.len());
+                axes.push(axis);
+            }
+        }
+        let positive = self.template(
+            &spec.prompt,
+            &path.key("prompt"),
+            &mut axes,
+            &variables,
+            &spec.matrix.0,
+        );
+        let negative = spec.negative.as_ref().map(|n| {
+            self.template(
+                n,
+                &path.key("negative"),
+                &mut axes,
+                &variables,
+                &spec.matrix.0,
+            )
+        });
+        if let Some(pieces) = &positive {
+            self.check_prompt_size(
+                pieces,
+                negative.as_ref().and_then(Option::as_ref),
+                &axes,
+                path,
+            );
+        }
+
+        let space = axes.iter().try_fold(1u128, |acc, axis| {
+            acc.checked_mul(axis.values.len() as u128)
+        });
+        let sample = spec
+            .sample
+            .map(|count| (count, spec.sample_seed.unwrap_or(0)));
+        if sample.is_some_and(|(count, _)| count == 0) {
+            self.problem(&path.key("sample"), "sample must be at least 1", "");
+        }
+        let space = match space {
+            Some(space) => space,
+            None => {
+                self.problem(
+                    path,
+                    "the job's axes multiply to more than 2^128 combinations",
+                    "shrink the axes",
+                );
+                return None;
+            }
+        };
+        let combinations = match sample {
+            Some((count, _)) => u128::from(count).min(space),
+            None => space,
+        };
+        if self.problems.len() > problems_before {
+            return None;
+        }
+        Some(CompiledJob {
+            name: Arc::from(spec.name.as_str()),
+            index,
+            prompt_template: Arc::from(spec.prompt.as_str()),
+            negative_template: spec.negative.as_deref().map(Arc::from),
+            images,
+            seeds: seeds?,
+            combinations: u64::try_from(combinations).unwrap_or(u64::MAX),
+            positive: positive?,
+            negative: negative.flatten(),
+            axes,
+            base_params,
+            models: Arc::from(models),
+            request: Arc::new(request),
+            sample,
+            space,
+        })
+    }
+
+    fn request_flags(
+        &mut self,
+        defaults: &RequestSpec,
+        job: &RequestSpec,
+        path: &YamlPath,
+    ) -> RequestFlags {
+        macro_rules! flag {
+            ($name:ident, $default:expr) => {
+                job.$name.or(defaults.$name).unwrap_or($default)
+            };
+        }
+        let workers = job
+            .workers
+            .clone()
+            .or_else(|| defaults.workers.clone())
+            .unwrap_or_default();
+        if workers.len() > 5 {
+            self.problem(
+                &path.key("workers"),
+                format!(
+                    "{} workers given; the Horde silently keeps only the first 5",
+                    workers.len()
+                ),
+                "",
+            );
+        }
+        for worker in &workers {
+            if uuid::Uuid::parse_str(worker).is_err() {
+                self.problem(
+                    &path.key("workers"),
+                    format!("`{worker}` is not a worker id (a UUID)"),
+                    "",
+                );
+            }
+        }
+        let webhook = job.webhook.clone().or_else(|| defaults.webhook.clone());
+        if let Some(url) = &webhook {
+            if !url.starts_with("https://") || !(10..=1024).contains(&url.len()) {
+                self.problem(
+                    &path.key("webhook"),
+                    "the webhook must be an https:// URL of 10 to 1024 characters",
+                    "",
+                );
+            }
+        }
+        RequestFlags {
+            nsfw: flag!(nsfw, false),
+            censor_nsfw: flag!(censor_nsfw, true),
+            trusted_workers: flag!(trusted_workers, false),
+            validated_backends: flag!(validated_backends, false),
+            slow_workers: flag!(slow_workers, true),
+            extra_slow_workers: flag!(extra_slow_workers, false),
+            r2: flag!(r2, true),
+            replacement_filter: flag!(replacement_filter, true),
+            allow_downgrade: flag!(allow_downgrade, false),
+            disable_batching: flag!(disable_batching, false),
+            workers,
+            worker_blacklist: flag!(worker_blacklist, false),
+            webhook,
+            style: job.style.clone().or_else(|| defaults.style.clone()),
+        }
+    }
+
+    fn matrix_axis(
+        &mut self,
+        name: &str,
+        values: &Value,
+        path: &YamlPath,
+        used_variables: &[String],
+    ) -> Option<Axis> {
+        let kind = if name == "model" {
+            AxisKind::Model
+        } else if used_variables.iter().any(|v| v == name) {
+            AxisKind::Text
+        } else {
+            match param_spec(name) {
+                Ok(spec) => AxisKind::Param(spec.name),
+                Err((message, _)) => {
+                    let candidates = PARAMS
+                        .iter()
+                        .map(|p| p.name)
+                        .chain(used_variables.iter().map(String::as_str))
+                        .chain(["model"]);
+                    let help = params::suggest(name, candidates);
+                    let message = if name == "seed" || name == "n" {
+                        message
+                    } else {
+                        format!("matrix axis `{name}` is neither a parameter, `model`, nor a variable `${{{name}}}` of the prompt{help}")
+                    };
+                    self.problem(path, message, "");
+                    return None;
+                }
+            }
+        };
+        let raw: Vec<Value> = match values {
+            Value::Array(items) if items.is_empty() => {
+                self.problem(path, format!("matrix axis `{name}` has no values"), "");
+                return None;
+            }
+            Value::Array(items) => items.clone(),
+            Value::String(text) if !matches!(kind, AxisKind::Model) => {
+                match super::range::expand(text) {
+                    Ok(numbers) => numbers.into_iter().map(number_value).collect(),
+                    Err(message) => {
+                        self.problem(path, format!("matrix axis `{name}`: {message}"), "a range looks like `20-40 (+10)`, `1-10 [5]` or `1-5`; a single value needs a list: [value]");
+                        return None;
+                    }
+                }
+            }
+            other => {
+                self.problem(
+                    path,
+                    format!(
+                        "matrix axis `{name}` must be a list of values or a range, found {}",
+                        params::describe(other)
+                    ),
+                    "",
+                );
+                return None;
+            }
+        };
+        let mut axis_values = Vec::with_capacity(raw.len());
+        for (i, value) in raw.iter().enumerate() {
+            let here = if matches!(values, Value::Array(_)) {
+                path.index(i)
+            } else {
+                path.clone()
+            };
+            let checked = match &kind {
+                AxisKind::Param(param) => param_spec(param)
+                    .ok()
+                    .map(|spec| params::canonicalize(spec, value).map_err(|p| p.0))
+                    .unwrap_or_else(|| Err("unknown parameter".to_owned())),
+                AxisKind::Model => match value {
+                    Value::String(s) if !s.trim().is_empty() => Ok(value.clone()),
+                    other => Err(format!(
+                        "expected a model name, found {}",
+                        params::describe(other)
+                    )),
+                },
+                AxisKind::Text => match value {
+                    Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(value.clone()),
+                    other => Err(format!(
+                        "expected a text value, found {}",
+                        params::describe(other)
+                    )),
+                },
+            };
+            match checked {
+                Ok(json) => axis_values.push(AxisValue {
+                    text: value_text(&json),
+                    json,
+                }),
+                Err(message) => self.problem(&here, format!("matrix axis `{name}`: {message}"), ""),
+            }
+        }
+        (axis_values.len() == raw.len()).then_some(Axis {
+            kind,
+            values: axis_values,
+        })
+    }
+
+    /// Compiles a template, adding an axis per variant and wildcard.
+    fn template(
+        &mut self,
+        text: &str,
+        path: &YamlPath,
+        axes: &mut Vec<Axis>,
+        variables: &HashMap<&str, usize>,
+        matrix: &indexmap::IndexMap<String, Value>,
+    ) -> Option<Vec<Segment>> {
+        let pieces = match template::parse(text) {
+            Ok(pieces) => pieces,
+            Err(problem) => {
+                self.problem(
+                    path,
+                    format!(
+                        "{} (at character {} of the template)",
+                        problem.message,
+                        text[..problem.offset.min(text.len())].chars().count() + 1
+                    ),
+                    "",
+                );
+                return None;
+            }
+        };
+        let mut segments = Vec::with_capacity(pieces.len());
+        let mut ok = true;
+        for piece in pieces {
+            match piece {
+                Piece::Literal(text) => segments.push(Segment::Text(text)),
+                Piece::Variant(options) => {
+                    segments.push(Segment::Axis(axes.len()));
+                    axes.push(Axis {
+                        kind: AxisKind::Text,
+                        values: options
+                            .into_iter()
+                            .map(|o| AxisValue {
+                                json: Value::from(o.as_str()),
+                                text: o,
+                            })
+                            .collect(),
+                    });
+                }
+                Piece::Wildcard(name) => match self.wildcard(&name) {
+                    Ok(values) => {
+                        segments.push(Segment::Axis(axes.len()));
+                        axes.push(Axis {
+                            kind: AxisKind::Text,
+                            values: values
+                                .iter()
+                                .map(|v| AxisValue {
+                                    text: v.clone(),
+                                    json: Value::from(v.as_str()),
+                                })
+                                .collect(),
+                        });
+                    }
+                    Err(message) => {
+                        ok = false;
+                        self.problem(path, message, "define it under `wildcards:` in the manifest, or as a text file with one value per line");
+                    }
+                },
+                Piece::Variable(name) => match variables.get(name.as_str()) {
+                    Some(&axis) => segments.push(Segment::Axis(axis)),
+                    None => {
+                        ok = false;
+                        // A matrix axis of that name that failed its own checks was already reported.
+                        if !matrix.contains_key(&name) {
+                            self.problem(path, format!("the template uses `${{{name}}}` but the job's matrix has no axis `{name}`"), &format!("add `matrix: {{{name}: [...]}}` to the job"));
+                        }
+                    }
+                },
+            }
+        }
+        ok.then_some(segments)
+    }
+
+    fn wildcard(&mut self, name: &str) -> Result<Arc<[String]>, String> {
+        if let Some(cached) = self.wildcard_cache.get(name) {
+            return cached.clone();
+        }
+        let manifest = &self.file.manifest;
+        let result = if let Some(values) = manifest.wildcards.get(name) {
+            if values.is_empty() {
+                Err(format!("wildcard `__{name}__` has no values"))
+            } else {
+                Ok(Arc::from(values.clone()))
+            }
+        } else {
+            let dir = self
+                .file
+                .base_dir
+                .join(manifest.wildcards_dir.as_deref().unwrap_or("wildcards"));
+            let file = dir.join(format!("{name}.txt"));
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    let values: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned)
+                        .collect();
+                    if values.is_empty() {
+                        Err(format!("wildcard file {} has no values", file.display()))
+                    } else {
+                        Ok(Arc::from(values))
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                    "wildcard `__{name}__` is not defined: no `wildcards.{name}` in the manifest and no file {}",
+                    file.display()
+                )),
+                Err(e) => Err(format!("cannot read wildcard file {}: {e}", file.display())),
+            }
+        };
+        self.wildcard_cache.insert(name.to_owned(), result.clone());
+        result
+    }
+
+    fn check_prompt_size(
+        &mut self,
+        positive: &[Segment],
+        negative: Option<&Vec<Segment>>,
+        axes: &[Axis],
+        path: &YamlPath,
+    ) {
+        let words = |segments: &[Segment], pick: fn(usize, usize) -> usize| -> usize {
+            segments
+                .iter()
+                .map(|segment| match segment {
+                    Segment::Text(text) => text.split_whitespace().count(),
+                    Segment::Axis(axis) => axes[*axis]
+                        .values
+                        .iter()
+                        .map(|v| v.text.split_whitespace().count())
+                        .reduce(pick)
+                        .unwrap_or(0),
+                })
+                .sum()
+        };
+        let most = words(positive, usize::max) + negative.map_or(0, |n| words(n, usize::max) + 1);
+        if most > MAX_PROMPT_WORDS {
+            self.problem(&path.key("prompt"), format!("the prompt can reach {most} words; the Horde refuses more than {MAX_PROMPT_WORDS} (InvalidPromptSize)"), "");
+        }
+        if words(positive, usize::min) == 0 {
+            self.problem(
+                &path.key("prompt"),
+                "the prompt can resolve to nothing; the Horde refuses an empty prompt",
+                "",
+            );
+        }
+        let has_separator = positive.iter().any(|segment| match segment {
+            Segment::Text(text) => text.contains("###"),
+            Segment::Axis(axis) => axes[*axis].values.iter().any(|v| v.text.contains("###")),
+        });
+        if has_separator {
+            self.problem(&path.key("prompt"), "the prompt contains `###`, which the Horde reads as the start of the negative prompt", "put the negative prompt under `negative:`");
+        }
+    }
+}
+
+/// The spec of a manifest parameter, or why `name` is not one.
+fn param_spec(name: &str) -> Result<&'static ParamSpec, (String, String)> {
+    match name {
+        "n" => Err(("`n` is set by horde-batch: each job's `images` is split into requests of up to `run.max_n`".to_owned(), "use `images:` on the job".to_owned())),
+        "seed" => Err(("`seed` is not a parameter here: seeds are set per job with `seeds:`".to_owned(), "e.g. `seeds: [42]`, `seeds: \"100-199\"` or `seeds: derived`".to_owned())),
+        _ => params::spec(name).ok_or_else(|| {
+            (
+                format!("unknown parameter `{name}`{}", params::suggest(name, PARAMS.iter().map(|p| p.name))),
+                format!("known parameters: {}", PARAMS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")),
+            )
+        }),
+    }
+}
+
+fn parse_seeds(value: &Value) -> Result<Seeds, String> {
+    match value {
+        Value::String(s) if s == "random" => Ok(Seeds::Random),
+        Value::String(s) if s == "derived" => Ok(Seeds::Derived),
+        Value::String(s) => {
+            let (start, end) = s
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?))
+                })
+                .ok_or_else(|| {
+                    format!("`{s}` is not `random`, `derived` or a seed range like \"100-199\"")
+                })?;
+            if end < start || end - start >= u64::from(MAX_IMAGES_PER_JOB) {
+                return Err(format!(
+                    "seed range `{s}` must go upwards and hold at most {MAX_IMAGES_PER_JOB} seeds"
+                ));
+            }
+            Ok(Seeds::List((start..=end).map(|s| s.to_string()).collect()))
+        }
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|item| match item {
+                Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+                Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+                other => Err(format!(
+                    "a seed must be a whole number or text, found {}",
+                    params::describe(other)
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|seeds| Seeds::List(Arc::from(seeds))),
+        other => Err(format!(
+            "seeds must be `random`, `derived`, a list or a range, found {}",
+            params::describe(other)
+        )),
+    }
+}
+
+/// Names of the `${...}` variables a job's templates use (for classifying matrix axes).
+fn template_variables(prompt: &str, negative: Option<&str>) -> Vec<String> {
+    [Some(prompt), negative]
+        .into_iter()
+        .flatten()
+        .filter_map(|text| template::parse(text).ok())
+        .flatten()
+        .filter_map(|piece| match piece {
+            Piece::Variable(name) => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+fn check_filename_template(template: &str) -> Result<(), String> {
+    if !template.contains("{key}") {
+        return Err(format!("file name template `{template}` lacks `{{key}}`: without it, two combinations of a job would write the same file"));
+    }
+    if !template.contains("{index") {
+        return Err(format!("file name template `{template}` lacks `{{index}}`: without it, images of one combination would write the same file"));
+    }
+    Ok(())
+}
+
+/// A number from a range, as an integer when it is whole.
+fn number_value(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        Value::from(v as i64)
+    } else {
+        serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+    }
+}
+
+/// The text of a value as it appears in a prompt.
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 => format!("{f:.0}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// A manifest name made safe as one folder name.
+fn safe_component(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_matches('.').to_owned();
+    if cleaned.is_empty() {
+        "batch".to_owned()
+    } else {
+        cleaned
+    }
+}

@@ -1,0 +1,275 @@
+//! Expansion: compiled jobs → a deterministic stream of jobs with stable keys.
+//!
+//! Combinations are enumerated like nested loops over the axes in the order
+//! they were written (matrix axes, then the prompt's variants and wildcards),
+//! the last axis varying fastest; random mode picks distinct combinations with
+//! a seeded generator and keeps them in that same order. A job's key is a hash
+//! of its resolved content (job name, prompts, models, parameters, request
+//! flags, seed policy), so reordering mapping keys or reformatting the YAML
+//! changes no key and editing one job changes only that job's keys. The image
+//! count is deliberately not part of the key: asking for more images of a
+//! finished combination resumes it instead of starting over. Pure computation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::compile::{AxisKind, CompiledJob, CompiledManifest, RequestFlags, Seeds, Segment};
+use super::params::canonical_text;
+use super::template::normalize_whitespace;
+
+/// A job's stable identity: 16 hex digits of a hash of its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobKey(pub u64);
+
+impl fmt::Display for JobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for JobKey {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(JobKey)
+    }
+}
+
+/// One prompt + parameter combination, and how many images it wants.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub key: JobKey,
+    /// The manifest job it came from.
+    pub name: Arc<str>,
+    /// Position of that job in the manifest.
+    pub spec_index: usize,
+    /// Which combination of that job (0-based, in enumeration order).
+    pub combination: u128,
+    pub prompt_template: Arc<str>,
+    pub negative_template: Option<Arc<str>>,
+    /// The resolved positive prompt.
+    pub prompt: String,
+    /// The resolved negative prompt, if any.
+    pub negative: Option<String>,
+    pub models: Arc<[String]>,
+    /// Every generation parameter except `n` and `seed`, sorted by name.
+    pub params: Map<String, Value>,
+    pub request: Arc<RequestFlags>,
+    pub images: u32,
+    pub seeds: Seeds,
+}
+
+impl Job {
+    /// The prompt as the Horde takes it: `positive ### negative`.
+    pub fn wire_prompt(&self) -> String {
+        match &self.negative {
+            Some(negative) => format!("{} ### {negative}", self.prompt),
+            None => self.prompt.clone(),
+        }
+    }
+
+    /// The seed of image `index`, when seeds are not left to the Horde.
+    pub fn seed_for(&self, index: u32) -> Option<String> {
+        match &self.seeds {
+            Seeds::Random => None,
+            Seeds::Derived => {
+                let digest = uuid::Uuid::new_v5(
+                    &KEY_NAMESPACE,
+                    format!("seed/{}/{index}", self.key).as_bytes(),
+                );
+                let bytes = digest.as_bytes();
+                Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]).to_string())
+            }
+            Seeds::List(list) => list.get(index as usize).cloned(),
+        }
+    }
+}
+
+/// Namespace of job-key hashes; changing it changes every key.
+const KEY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6e1f_3c52_8a0b_4d47_9a55_1d2e_8c7b_0f13);
+
+impl CompiledManifest {
+    /// Every job, in order. Keys are unique across the manifest: content that
+    /// repeats (a variant listed twice) gets an occurrence number in its key.
+    pub fn jobs(&self) -> JobStream<'_> {
+        JobStream {
+            jobs: &self.jobs,
+            current: None,
+            next_job: 0,
+            seen: HashSet::new(),
+        }
+    }
+}
+
+/// The stream of a manifest's jobs; see `CompiledManifest::jobs`.
+pub struct JobStream<'a> {
+    jobs: &'a [CompiledJob],
+    current: Option<(&'a CompiledJob, Combinations)>,
+    next_job: usize,
+    seen: HashSet<u64>,
+}
+
+impl Iterator for JobStream<'_> {
+    type Item = Job;
+
+    fn next(&mut self) -> Option<Job> {
+        loop {
+            if let Some((job, combinations)) = &mut self.current {
+                if let Some(ordinal) = combinations.next() {
+                    return Some(resolve(job, ordinal, &mut self.seen));
+                }
+                self.current = None;
+            }
+            let job = self.jobs.get(self.next_job)?;
+            self.next_job += 1;
+            self.current = Some((job, Combinations::new(job)));
+        }
+    }
+}
+
+/// The combination ordinals of one job.
+enum Combinations {
+    All { next: u128, end: u128 },
+    Sampled(std::vec::IntoIter<u128>),
+}
+
+impl Combinations {
+    fn new(job: &CompiledJob) -> Self {
+        match job.sample {
+            Some((count, seed)) if u128::from(count) < job.space => {
+                // Floyd's algorithm: `count` distinct ordinals, uniformly, in O(count).
+                let mut rng = fastrand::Rng::with_seed(seed);
+                let mut picked = HashSet::with_capacity(count as usize);
+                let count = u128::from(count);
+                for top in (job.space - count)..job.space {
+                    let candidate = rng.u128(0..=top);
+                    if !picked.insert(candidate) {
+                        picked.insert(top);
+                    }
+                }
+                let mut ordinals: Vec<u128> = picked.into_iter().collect();
+                ordinals.sort_unstable();
+                Combinations::Sampled(ordinals.into_iter())
+            }
+            _ => Combinations::All {
+                next: 0,
+                end: job.space,
+            },
+        }
+    }
+}
+
+impl Iterator for Combinations {
+    type Item = u128;
+    fn next(&mut self) -> Option<u128> {
+        match self {
+            Combinations::All { next, end } => (*next < *end).then(|| {
+                *next += 1;
+                *next - 1
+            }),
+            Combinations::Sampled(ordinals) => ordinals.next(),
+        }
+    }
+}
+
+fn resolve(job: &CompiledJob, ordinal: u128, seen: &mut HashSet<u64>) -> Job {
+    // Mixed-radix digits of the ordinal, last axis fastest.
+    let mut choice = vec![0usize; job.axes.len()];
+    let mut rest = ordinal;
+    for (slot, axis) in choice.iter_mut().zip(&job.axes).rev() {
+        let len = axis.values.len() as u128;
+        *slot = (rest % len) as usize;
+        rest /= len;
+    }
+    let render = |segments: &[Segment]| {
+        let mut text = String::new();
+        for segment in segments {
+            match segment {
+                Segment::Text(t) => text.push_str(t),
+                Segment::Axis(a) => text.push_str(&job.axes[*a].values[choice[*a]].text),
+            }
+        }
+        normalize_whitespace(&text)
+    };
+    let prompt = render(&job.positive);
+    let negative = job
+        .negative
+        .as_deref()
+        .map(render)
+        .filter(|n| !n.is_empty());
+
+    let mut params: BTreeMap<&str, Value> = job.base_params.clone();
+    let mut models = Arc::clone(&job.models);
+    for (axis, &pick) in job.axes.iter().zip(&choice) {
+        let value = &axis.values[pick];
+        match axis.kind {
+            AxisKind::Param(name) => {
+                params.insert(name, value.json.clone());
+            }
+            AxisKind::Model => models = Arc::from(vec![value.text.clone()]),
+            AxisKind::Text => {}
+        }
+    }
+    let params: Map<String, Value> = params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+
+    let mut content = String::with_capacity(256);
+    content.push_str("horde-batch/job/v1\n");
+    for part in [
+        job.name.as_ref(),
+        &prompt,
+        negative.as_deref().unwrap_or(""),
+    ] {
+        content.push_str(part);
+        content.push('\n');
+    }
+    canonical_text(&Value::from(models.to_vec()), &mut content);
+    content.push('\n');
+    canonical_text(&Value::Object(params.clone()), &mut content);
+    content.push('\n');
+    canonical_text(&key_flags(&job.request), &mut content);
+    content.push('\n');
+    content.push_str(&job.seeds.canonical());
+
+    let mut key = hash(&content);
+    let mut occurrence = 1u32;
+    while !seen.insert(key) {
+        occurrence += 1;
+        key = hash(&format!("{content}\noccurrence {occurrence}"));
+    }
+
+    Job {
+        key: JobKey(key),
+        name: Arc::clone(&job.name),
+        spec_index: job.index,
+        combination: ordinal,
+        prompt_template: Arc::clone(&job.prompt_template),
+        negative_template: job.negative_template.clone(),
+        prompt,
+        negative,
+        models,
+        params,
+        request: Arc::clone(&job.request),
+        images: job.images,
+        seeds: job.seeds.clone(),
+    }
+}
+
+/// The request flags that change what is generated (not how it is delivered).
+fn key_flags(flags: &RequestFlags) -> Value {
+    let mut value = serde_json::to_value(flags).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.remove("r2");
+        map.remove("webhook");
+    }
+    value
+}
+
+fn hash(content: &str) -> u64 {
+    let digest = uuid::Uuid::new_v5(&KEY_NAMESPACE, content.as_bytes());
+    let bytes = digest.as_bytes();
+    u64::from_be_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}

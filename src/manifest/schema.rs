@@ -1,0 +1,320 @@
+//! The manifest's serde types: exactly what a YAML manifest may say.
+//!
+//! These types are the JSON Schema too (`horde-batch schema`), so editors with
+//! yaml-language-server complete and check manifests. Values whose meaning
+//! depends on other parts of the manifest (parameters, matrix axes, seeds) are
+//! kept as raw JSON values here and checked in `compile`, which knows where
+//! each value sits in the file. Nothing here does I/O.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::params::{Rule, KNOWN_POST_PROCESSORS, KNOWN_SAMPLERS, PARAMS};
+
+/// A horde-batch manifest: many prompt/parameter sets for the AI Horde.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "horde-batch manifest")]
+pub struct Manifest {
+    /// Manifest format version; must be 1.
+    pub version: u32,
+    /// A short name for this batch; the default output folder is `out/<name>`.
+    pub name: String,
+    /// Settings every job starts from.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Where and how images are written.
+    #[serde(default)]
+    pub output: OutputSpec,
+    /// How the batch runs.
+    #[serde(default)]
+    pub run: RunSpec,
+    /// Inline wildcards: `__name__` in a prompt takes each of these values in turn.
+    #[serde(default)]
+    pub wildcards: IndexMap<String, Vec<String>>,
+    /// Folder (relative to this file) holding `<name>.txt` wildcard files, one value per line.
+    /// Default: `wildcards`.
+    #[serde(default)]
+    pub wildcards_dir: Option<String>,
+    /// The jobs: each expands into one or more prompt/parameter combinations.
+    pub jobs: Vec<JobSpec>,
+}
+
+/// Settings every job starts from; a job's own settings override them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Models a worker may use (any one of them serves a request).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Generation parameters (the Horde's `params`).
+    #[serde(default)]
+    pub params: Params,
+    /// Request flags (the Horde's top-level booleans).
+    #[serde(default)]
+    pub request: RequestSpec,
+}
+
+/// The Horde's top-level request flags. Every flag is sent explicitly, since the
+/// server's defaults differ from its published schema.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// Allow NSFW workers (default false).
+    pub nsfw: Option<bool>,
+    /// Censor NSFW output when `nsfw` is false (default true).
+    pub censor_nsfw: Option<bool>,
+    /// Only trusted workers (default false).
+    pub trusted_workers: Option<bool>,
+    /// Only workers with validated backends (default false).
+    pub validated_backends: Option<bool>,
+    /// Allow slow workers (default true; false costs more and needs kudos up front).
+    pub slow_workers: Option<bool>,
+    /// Allow extra-slow workers (default false).
+    pub extra_slow_workers: Option<bool>,
+    /// Receive images as download URLs (default true) rather than base64.
+    pub r2: Option<bool>,
+    /// Let the Horde rewrite suspicious prompts instead of rejecting them (default true).
+    pub replacement_filter: Option<bool>,
+    /// Shrink a request instead of failing when kudos up front are missing (default false).
+    pub allow_downgrade: Option<bool>,
+    /// Ask for one seed per image (needs a trusted account when `n` > 1; default false).
+    pub disable_batching: Option<bool>,
+    /// Worker ids to use (at most 5); with `worker_blacklist`, worker ids to avoid.
+    pub workers: Option<Vec<String>>,
+    /// Treat `workers` as a blacklist (default false).
+    pub worker_blacklist: Option<bool>,
+    /// An https:// URL the Horde calls when a request finishes.
+    pub webhook: Option<String>,
+    /// A Horde style id or name.
+    pub style: Option<String>,
+}
+
+/// Where and how images are written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Output folder, relative to this file. Default: `out/<name>`.
+    pub dir: Option<String>,
+    /// File name template without extension. Placeholders: `{manifest}`, `{job}`, `{key}`,
+    /// `{index}`, `{seed}`, `{model}`, `{width}`, `{height}`; `/` makes sub-folders.
+    /// Default: `{job}/{key}-{index}`.
+    pub filename: Option<String>,
+    /// Write a JSON sidecar beside each image (default true).
+    pub sidecars: Option<bool>,
+    /// Keep `metadata.jsonl`, a Hugging Face `imagefolder` index (default true).
+    pub index: Option<bool>,
+}
+
+/// What to do with an image the Horde's censor blacked out.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CensoredPolicy {
+    /// Save it and flag it in the sidecar and index.
+    Keep,
+    /// Do not save it; the job ends with fewer images.
+    Skip,
+    /// Ask for a replacement, within `run.retries`.
+    #[default]
+    Reroll,
+}
+
+/// How the batch runs.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Largest `n` (images per Horde request), 1 to 20. Default 20.
+    pub max_n: Option<u32>,
+    /// Most images waiting on the Horde at once. Default: the key's concurrency.
+    pub max_in_flight: Option<u32>,
+    /// Extra attempts for a request that faulted, expired or came back short. Default 3.
+    pub retries: Option<u32>,
+    /// What to do with censored images. Default `reroll`.
+    pub on_censored: Option<CensoredPolicy>,
+    /// Default seed policy of every job (see a job's `seeds`). Default `random`.
+    pub seeds: Option<SeedsSpec>,
+    /// Refuse to expand to more jobs than this. Default 100000.
+    pub max_jobs: Option<u64>,
+    /// Time limits.
+    #[serde(default)]
+    pub timeouts: TimeoutsSpec,
+}
+
+/// Time limits, as humantime durations (`90s`, `10m`, `1h 30m`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    /// How long a request may wait while no worker can serve it. Default 10m.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub no_worker: Option<Duration>,
+    /// How long one image download may take. Default 60s.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub download: Option<Duration>,
+}
+
+/// One job: a prompt template and its parameters, expanded into combinations.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Unique name of the job (used in file names and results).
+    pub name: String,
+    /// Prompt template: `{a|b}` variants, `__name__` wildcards, `${axis}` matrix variables.
+    pub prompt: String,
+    /// Negative prompt template (sent as `prompt ### negative`).
+    #[serde(default)]
+    pub negative: Option<String>,
+    /// Models for this job, replacing `defaults.models`.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Parameters for this job, over `defaults.params`.
+    #[serde(default)]
+    pub params: Params,
+    /// Request flags for this job, over `defaults.request`.
+    #[serde(default)]
+    pub request: RequestSpec,
+    /// Images per combination. Default 1, or the number of explicit seeds.
+    #[serde(default)]
+    pub images: Option<u32>,
+    /// Seeds: `random` (the Horde picks; requests batch up to `max_n`), `derived` (one
+    /// reproducible seed per image from the job key), a list, or a range like `"100-199"`.
+    /// Exact per-image seeds cost one request per image.
+    #[serde(default)]
+    pub seeds: Option<SeedsSpec>,
+    /// Named axes: a parameter, `model`, or a prompt variable, each with a list of values
+    /// or an A1111-style range (`"20-40 (+10)"`, `"1-10 [5]"`).
+    #[serde(default)]
+    pub matrix: Matrix,
+    /// Random mode: pick this many distinct combinations instead of all of them.
+    #[serde(default)]
+    pub sample: Option<u64>,
+    /// Seed of the random pick (default 0): the same seed picks the same combinations.
+    #[serde(default)]
+    pub sample_seed: Option<u64>,
+}
+
+/// Generation parameters, checked against the Horde's limits.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct Params(pub IndexMap<String, Value>);
+
+/// Matrix axes by name.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct Matrix(pub IndexMap<String, Value>);
+
+/// A seed policy, list or range (see `JobSpec::seeds`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(transparent)]
+pub struct SeedsSpec(pub Value);
+
+fn param_schema(rule: Rule) -> Value {
+    let object = |properties: Value, required: Value| serde_json::json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false});
+    match rule {
+        Rule::Int {
+            min,
+            max,
+            multiple_of,
+        } if multiple_of > 1 => {
+            serde_json::json!({"type": "integer", "minimum": min, "maximum": max, "multipleOf": multiple_of})
+        }
+        Rule::Int { min, max, .. } => {
+            serde_json::json!({"type": "integer", "minimum": min, "maximum": max})
+        }
+        Rule::Float { min, max, .. } => {
+            serde_json::json!({"type": "number", "minimum": min, "maximum": max})
+        }
+        Rule::Bool => serde_json::json!({"type": "boolean"}),
+        Rule::Sampler => serde_json::json!({"enum": KNOWN_SAMPLERS}),
+        Rule::PostProcessing => {
+            serde_json::json!({"type": "array", "uniqueItems": true, "items": {"enum": KNOWN_POST_PROCESSORS}})
+        }
+        Rule::Loras => {
+            serde_json::json!({"type": "array", "maxItems": 5, "items": object(serde_json::json!({
+            "name": {"type": "string", "minLength": 1, "maxLength": 255},
+            "model": {"type": "number", "minimum": -5, "maximum": 5},
+            "clip": {"type": "number", "minimum": -5, "maximum": 5},
+            "inject_trigger": {"type": "string"},
+            "is_version": {"type": "boolean"}
+        }), serde_json::json!(["name"]))})
+        }
+        Rule::Tis => {
+            serde_json::json!({"type": "array", "maxItems": 20, "items": object(serde_json::json!({
+            "name": {"type": "string", "minLength": 1, "maxLength": 255},
+            "inject_ti": {"enum": ["prompt", "negprompt"]},
+            "strength": {"type": "number", "minimum": -5, "maximum": 5}
+        }), serde_json::json!(["name"]))})
+        }
+    }
+}
+
+impl JsonSchema for Params {
+    fn schema_name() -> Cow<'static, str> {
+        "Params".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let properties: serde_json::Map<String, Value> = PARAMS
+            .iter()
+            .map(|spec| {
+                let mut schema = param_schema(spec.rule);
+                schema["description"] = Value::from(spec.description);
+                (spec.name.to_owned(), schema)
+            })
+            .collect();
+        json_schema!({
+            "description": "Generation parameters, checked against the Horde's limits. `n` comes from `images` and `run.max_n`; seeds from `seeds`.",
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false
+        })
+    }
+}
+
+impl JsonSchema for Matrix {
+    fn schema_name() -> Cow<'static, str> {
+        "Matrix".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Named axes: a parameter name, `model`, or a prompt variable used as `${name}`.",
+            "type": "object",
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "array", "minItems": 1, "items": {"type": ["string", "number", "boolean"]}},
+                    {"type": "string", "description": "An A1111-style range: `20-40 (+10)`, `1-10 [5]`, `1-5`, comma-separated items."}
+                ]
+            }
+        })
+    }
+}
+
+impl JsonSchema for SeedsSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "Seeds".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`random`, `derived`, a list of seeds, or a range like `\"100-199\"`.",
+            "anyOf": [
+                {"enum": ["random", "derived"]},
+                {"type": "string", "pattern": "^\\s*\\d+\\s*-\\s*\\d+\\s*$"},
+                {"type": "array", "minItems": 1, "items": {"type": ["integer", "string"]}}
+            ]
+        })
+    }
+}
+
+/// The JSON Schema of a manifest, as committed in `manifests/schema.json`.
+pub fn json_schema() -> Value {
+    let schema = schemars::schema_for!(Manifest);
+    schema.to_value()
+}
