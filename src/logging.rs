@@ -25,3 +25,19 @@ pub fn init(args: &LoggingArgs) {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
     };
 }
+
+/// Sets how errors are rendered: wrapped to the terminal when stderr is one,
+/// one long line per message otherwise, so logs and scripts can grep them.
+pub fn init_error_reporting() {
+    use std::io::IsTerminal;
+    let interactive = std::io::stderr().is_terminal();
+    // Only fails if a hook is already installed, which keeps that one.
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .wrap_lines(interactive)
+                .terminal_links(false)
+                .build(),
+        )
+    }));
+}

@@ -8,6 +8,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = horde_batch::cli::Cli::parse();
     horde_batch::logging::init(&cli.logging);
+    horde_batch::logging::init_error_reporting();
     match horde_batch::app::run(cli) {
         Ok(code) => code,
         Err(error) => {

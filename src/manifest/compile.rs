@@ -213,6 +213,10 @@ pub fn compile(
         );
     }
     let run = cx.run_settings(options);
+    cx.check_request_spec(
+        &manifest.defaults.request,
+        &root.key("defaults").key("request"),
+    );
     let output = cx.output_settings();
     let default_params = cx.params(
         &manifest.defaults.params.0,
@@ -552,35 +556,8 @@ impl Context<'_> {
             .clone()
             .or_else(|| defaults.workers.clone())
             .unwrap_or_default();
-        if workers.len() > 5 {
-            self.problem(
-                &path.key("workers"),
-                format!(
-                    "{} workers given; the Horde silently keeps only the first 5",
-                    workers.len()
-                ),
-                "",
-            );
-        }
-        for worker in &workers {
-            if uuid::Uuid::parse_str(worker).is_err() {
-                self.problem(
-                    &path.key("workers"),
-                    format!("`{worker}` is not a worker id (a UUID)"),
-                    "",
-                );
-            }
-        }
         let webhook = job.webhook.clone().or_else(|| defaults.webhook.clone());
-        if let Some(url) = &webhook {
-            if !url.starts_with("https://") || !(10..=1024).contains(&url.len()) {
-                self.problem(
-                    &path.key("webhook"),
-                    "the webhook must be an https:// URL of 10 to 1024 characters",
-                    "",
-                );
-            }
-        }
+        self.check_request_spec(job, path);
         RequestFlags {
             nsfw: flag!(nsfw, false),
             censor_nsfw: flag!(censor_nsfw, true),
@@ -596,6 +573,39 @@ impl Context<'_> {
             worker_blacklist: flag!(worker_blacklist, false),
             webhook,
             style: job.style.clone().or_else(|| defaults.style.clone()),
+        }
+    }
+
+    /// Checks the flags one `request:` mapping sets, where it sets them.
+    fn check_request_spec(&mut self, spec: &RequestSpec, path: &YamlPath) {
+        let workers = spec.workers.as_deref().unwrap_or_default();
+        if workers.len() > 5 {
+            self.problem(
+                &path.key("workers"),
+                format!(
+                    "{} workers given; the Horde silently keeps only the first 5",
+                    workers.len()
+                ),
+                "",
+            );
+        }
+        for worker in workers {
+            if uuid::Uuid::parse_str(worker).is_err() {
+                self.problem(
+                    &path.key("workers"),
+                    format!("`{worker}` is not a worker id (a UUID)"),
+                    "",
+                );
+            }
+        }
+        if let Some(url) = &spec.webhook {
+            if !url.starts_with("https://") || !(10..=1024).contains(&url.len()) {
+                self.problem(
+                    &path.key("webhook"),
+                    "the webhook must be an https:// URL of 10 to 1024 characters",
+                    "",
+                );
+            }
         }
     }
 

@@ -1,0 +1,428 @@
+//! The manifest language end to end: expansion counts, key stability, every
+//! class of error with its message and position, and robustness against
+//! arbitrary input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use horde_batch::manifest::{
+    compile, CompileOptions, CompiledManifest, ManifestError, ManifestFile,
+};
+use proptest::prelude::*;
+
+fn compile_text(text: &str) -> Result<CompiledManifest, ManifestError> {
+    compile_in(text, Path::new("."))
+}
+
+fn compile_in(text: &str, base: &Path) -> Result<CompiledManifest, ManifestError> {
+    let file = ManifestFile::parse(Path::new("test.yaml"), base.to_path_buf(), text.to_owned())?;
+    compile(file, &CompileOptions::default())
+}
+
+/// job name → keys, in order.
+fn keys(text: &str) -> BTreeMap<String, Vec<String>> {
+    let compiled = compile_text(text).expect("manifest is valid");
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for job in compiled.jobs() {
+        out.entry(job.name.to_string())
+            .or_default()
+            .push(job.key.to_string());
+    }
+    out
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match compile_text(text) {
+        Ok(_) => panic!("expected the manifest to be refused"),
+        Err(e) if e.problems().is_empty() => vec![e.to_string()],
+        Err(e) => e
+            .problems()
+            .iter()
+            .map(|p| match &p.help {
+                Some(help) => format!("{p}\n  help: {help}"),
+                None => p.to_string(),
+            })
+            .collect(),
+    }
+}
+
+const BASE: &str = r#"
+version: 1
+name: t
+defaults:
+  models: [stable_diffusion]
+  params: {width: 512, height: 768, steps: 20, cfg_scale: 7}
+jobs:
+  - name: cats
+    prompt: "a {black|white|ginger} cat, {oil|watercolor}"
+    negative: "blurry"
+    images: 4
+  - name: sweep
+    prompt: "a ${thing} at dusk"
+    matrix:
+      thing: [lighthouse, castle]
+      steps: "20-40 (+10)"
+      cfg_scale: [5, 7.5]
+    images: 2
+"#;
+
+#[test]
+fn counts_are_the_product_of_the_axes() {
+    let compiled = compile_text(BASE).unwrap();
+    assert_eq!(compiled.total_jobs(), 3 * 2 + 2 * 3 * 2);
+    assert_eq!(compiled.total_images(), 6 * 4 + 12 * 2);
+    assert_eq!(compiled.jobs().count(), 18);
+}
+
+#[test]
+fn expansion_is_deterministic_and_keys_are_unique() {
+    let first: Vec<_> = compile_text(BASE)
+        .unwrap()
+        .jobs()
+        .map(|j| (j.key, j.prompt))
+        .collect();
+    let second: Vec<_> = compile_text(BASE)
+        .unwrap()
+        .jobs()
+        .map(|j| (j.key, j.prompt))
+        .collect();
+    assert_eq!(first, second);
+    let unique: std::collections::HashSet<_> = first.iter().map(|(k, _)| *k).collect();
+    assert_eq!(unique.len(), first.len());
+    assert_eq!(first[0].1, "a black cat, oil");
+    assert_eq!(
+        first[1].1, "a black cat, watercolor",
+        "the last axis varies fastest"
+    );
+}
+
+#[test]
+fn resolved_jobs_carry_params_and_the_wire_prompt() {
+    let compiled = compile_text(BASE).unwrap();
+    let jobs: Vec<_> = compiled.jobs().collect();
+    let cat = &jobs[0];
+    assert_eq!(cat.wire_prompt(), "a black cat, oil ### blurry");
+    assert_eq!(cat.params["height"], 768);
+    assert_eq!(
+        cat.params["karras"], true,
+        "built-in defaults are sent explicitly"
+    );
+    let sweep: Vec<_> = jobs.iter().filter(|j| &*j.name == "sweep").collect();
+    assert_eq!(sweep[0].params["steps"], 20);
+    assert_eq!(sweep[0].params["cfg_scale"], 5.0);
+    assert_eq!(sweep[1].params["cfg_scale"], 7.5);
+    assert_eq!(sweep[2].params["steps"], 30);
+    assert_eq!(sweep[0].prompt, "a lighthouse at dusk");
+    assert!(!sweep[0].params.contains_key("n"));
+}
+
+#[test]
+fn keys_survive_reordering_and_reformatting() {
+    let reordered = r#"
+jobs:
+  - images: 4
+    negative: blurry
+    prompt: "a   {black|white|ginger}   cat,
+      {oil|watercolor}"
+    name: cats
+  - matrix: {cfg_scale: [5.0, 7.50], steps: [20, 30, 40], thing: [lighthouse, castle]}
+    images: 2
+    name: sweep
+    prompt: 'a ${thing} at dusk'
+defaults:
+  params:
+    cfg_scale: 7.0
+    steps: 20
+    height: 768
+    width: 512
+  models:
+    - stable_diffusion
+name: t
+version: 1
+"#;
+    let base = keys(BASE);
+    let other = keys(reordered);
+    assert_eq!(base["cats"], other["cats"]);
+    // Axis order sets enumeration order, not identity: the same set of keys.
+    let mut a = base["sweep"].clone();
+    let mut b = other["sweep"].clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn editing_one_job_changes_only_its_keys() {
+    let edited = BASE.replace(
+        "prompt: \"a ${thing} at dusk\"",
+        "prompt: \"a ${thing} at dawn\"",
+    );
+    let base = keys(BASE);
+    let after = keys(&edited);
+    assert_eq!(base["cats"], after["cats"]);
+    assert!(base["sweep"].iter().all(|k| !after["sweep"].contains(k)));
+
+    let more_images = BASE.replace("images: 4", "images: 9");
+    assert_eq!(
+        keys(&more_images),
+        base,
+        "the image count is not part of a key"
+    );
+
+    let extra_option = BASE.replace("{black|white|ginger}", "{black|white|ginger|grey}");
+    let after = keys(&extra_option);
+    assert!(
+        base["cats"].iter().all(|k| after["cats"].contains(k)),
+        "adding an option keeps existing keys"
+    );
+    assert_eq!(after["cats"].len(), 8);
+}
+
+#[test]
+fn duplicate_combinations_get_distinct_keys() {
+    let text = BASE.replace("{black|white|ginger}", "{black|black}");
+    let k = keys(&text);
+    let unique: std::collections::HashSet<_> = k["cats"].iter().collect();
+    assert_eq!(unique.len(), 4);
+}
+
+#[test]
+fn wildcards_come_from_the_manifest_or_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("wildcards")).unwrap();
+    std::fs::write(
+        dir.path().join("wildcards/style.txt"),
+        "# styles\noil\n\n  ink  \n",
+    )
+    .unwrap();
+    let text = r#"
+version: 1
+name: w
+defaults: {models: [m]}
+wildcards: {animal: [cat, dog, owl]}
+jobs:
+  - name: a
+    prompt: "__animal__ in __style__"
+"#;
+    let compiled = compile_in(text, dir.path()).unwrap();
+    let prompts: Vec<_> = compiled.jobs().map(|j| j.prompt).collect();
+    assert_eq!(
+        prompts,
+        [
+            "cat in oil",
+            "cat in ink",
+            "dog in oil",
+            "dog in ink",
+            "owl in oil",
+            "owl in ink"
+        ]
+    );
+}
+
+#[test]
+fn sampling_is_seeded_distinct_and_capped() {
+    let text = r#"
+version: 1
+name: s
+defaults: {models: [m]}
+jobs:
+  - name: a
+    prompt: "${a} ${b} ${c}"
+    matrix: {a: "1-40", b: "1-40", c: "1-40"}
+    sample: 500
+    sample_seed: 7
+"#;
+    let first: Vec<_> = compile_text(text).unwrap().jobs().map(|j| j.key).collect();
+    let again: Vec<_> = compile_text(text).unwrap().jobs().map(|j| j.key).collect();
+    assert_eq!(first.len(), 500);
+    assert_eq!(first, again);
+    let other_seed: Vec<_> = compile_text(&text.replace("sample_seed: 7", "sample_seed: 8"))
+        .unwrap()
+        .jobs()
+        .map(|j| j.key)
+        .collect();
+    assert_ne!(first, other_seed);
+    let all = compile_text(&text.replace("sample: 500", "sample: 999999")).unwrap();
+    assert_eq!(
+        all.total_jobs(),
+        64_000,
+        "a sample larger than the space takes it all"
+    );
+}
+
+#[test]
+fn explicit_and_derived_seeds() {
+    let text = r#"
+version: 1
+name: s
+defaults: {models: [m]}
+jobs:
+  - name: listed
+    prompt: "x"
+    seeds: "100-102"
+  - name: derived
+    prompt: "y"
+    seeds: derived
+    images: 3
+"#;
+    let jobs: Vec<_> = compile_text(text).unwrap().jobs().collect();
+    assert_eq!(jobs[0].images, 3);
+    assert_eq!(jobs[0].seed_for(2).as_deref(), Some("102"));
+    let derived: Vec<_> = (0..3).map(|i| jobs[1].seed_for(i).unwrap()).collect();
+    assert_eq!(
+        derived,
+        (0..3)
+            .map(|i| jobs[1].seed_for(i).unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert_ne!(derived[0], derived[1]);
+}
+
+#[test]
+fn expansion_limit_is_enforced_with_the_count() {
+    let text = r#"
+version: 1
+name: big
+defaults: {models: [m]}
+jobs:
+  - name: a
+    prompt: "${a} ${b}"
+    matrix: {a: "1-1000", b: "1-1000"}
+"#;
+    let message = problems(text).join("\n");
+    assert!(
+        message.contains("expands to 1000000 jobs, more than the limit of 100000"),
+        "{message}"
+    );
+    let file =
+        ManifestFile::parse(Path::new("t.yaml"), PathBuf::from("."), text.to_owned()).unwrap();
+    let compiled = compile(
+        file,
+        &CompileOptions {
+            max_jobs: Some(1_000_000),
+        },
+    )
+    .unwrap();
+    assert_eq!(compiled.total_jobs(), 1_000_000);
+}
+
+#[test]
+fn yaml_alias_bombs_are_refused() {
+    let mut text = String::from(
+        "version: 1\nname: bomb\nwildcards:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n",
+    );
+    let mut prev = "a".to_owned();
+    for i in 0..9 {
+        let name = format!("l{i}");
+        text.push_str(&format!("  {name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        prev = name;
+    }
+    text.push_str("jobs: []\n");
+    let error = compile_text(&text).unwrap_err().to_string();
+    assert!(error.contains("test.yaml"), "{error}");
+}
+
+/// Every class of error, with its message and position.
+#[test]
+fn error_messages() {
+    let cases: &[(&str, &str)] = &[
+        ("syntax", "version: 1\nname: x\njobs: [\n"),
+        ("unknown top-level key", "version: 1\nname: x\njbos: []\n"),
+        ("unknown job key", "version: 1\nname: x\njobs:\n  - name: a\n    promt: x\n"),
+        ("wrong type", "version: 1\nname: x\njobs:\n  - name: a\n    prompt: x\n    images: many\n"),
+        ("missing field", "version: 1\nname: x\njobs:\n  - name: a\n"),
+        ("version", "version: 2\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("no jobs", "version: 1\nname: x\njobs: []\n"),
+        ("no model", "version: 1\nname: x\njobs:\n  - {name: a, prompt: x}\n"),
+        ("duplicate job", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: x}\n  - {name: a, prompt: y}\n"),
+        ("unknown param", "version: 1\nname: x\ndefaults: {models: [m], params: {stesp: 20}}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("n param", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: x, params: {n: 4}}\n"),
+        ("seed param", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: x, params: {seed: 4}}\n"),
+        ("width not multiple of 64", "version: 1\nname: x\ndefaults: {models: [m], params: {width: 500}}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("steps out of range", "version: 1\nname: x\ndefaults: {models: [m], params: {steps: 501}}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("cfg decimals", "version: 1\nname: x\ndefaults: {models: [m], params: {cfg_scale: 7.125}}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("unknown sampler", "version: 1\nname: x\ndefaults: {models: [m], params: {sampler_name: k_eular}}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("too many loras", "version: 1\nname: x\ndefaults: {models: [m], params: {loras: [{name: a}, {name: b}, {name: c}, {name: d}, {name: e}, {name: f}]}}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("max_n", "version: 1\nname: x\ndefaults: {models: [m]}\nrun: {max_n: 21}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("unbalanced variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {b|c'}\n"),
+        ("missing wildcard", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a __nothere__'}\n"),
+        ("undefined variable", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a ${color}'}\n"),
+        ("unknown axis", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: 'a ${colour}'\n    matrix: {colour: [red], stpes: [1]}\n"),
+        ("bad range", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: x\n    matrix: {steps: '40-20 (+10)'}\n"),
+        ("axis value out of range", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: x\n    matrix: {height: [512, 4000]}\n"),
+        ("seeds vs images", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: x, seeds: [1, 2], images: 3}\n"),
+        ("bad seeds", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: x, seeds: sometimes}\n"),
+        ("separator in prompt", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a ### b'}\n"),
+        ("empty prompt", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: '{|}'}\n"),
+        ("filename without key", "version: 1\nname: x\ndefaults: {models: [m]}\noutput: {filename: '{job}-{index}'}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("webhook", "version: 1\nname: x\ndefaults: {models: [m], request: {webhook: 'http://example.org/hook'}}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("prompt too long", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: '__w__'\nwildcards: {w: [LONG]}\n"),
+    ];
+    let long = "word ".repeat(7600);
+    let mut rendered = String::new();
+    for (name, text) in cases {
+        let text = text.replace("LONG", &long);
+        rendered.push_str(&format!("## {name}\n{}\n\n", problems(&text).join("\n")));
+    }
+    insta::assert_snapshot!(rendered);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The number of jobs is the product of every axis, whatever the axes.
+    #[test]
+    fn job_count_is_the_product_of_axis_sizes(
+        variants in proptest::collection::vec(1usize..4, 0..3),
+        matrix in proptest::collection::vec(1usize..4, 0..3),
+        images in 1u32..5,
+    ) {
+        let mut prompt = String::from("p");
+        for (i, size) in variants.iter().enumerate() {
+            let options: Vec<String> = (0..*size).map(|o| format!("v{i}o{o}")).collect();
+            prompt.push_str(&format!(" {{{}}}", options.join("|")));
+        }
+        let mut axes = String::new();
+        for (i, size) in matrix.iter().enumerate() {
+            prompt.push_str(&format!(" ${{m{i}}}"));
+            let values: Vec<String> = (0..*size).map(|v| format!("x{v}")).collect();
+            axes.push_str(&format!("      m{i}: [{}]\n", values.join(", ")));
+        }
+        let text = format!(
+            "version: 1\nname: p\ndefaults: {{models: [m]}}\njobs:\n  - name: a\n    prompt: \"{prompt}\"\n    images: {images}\n{}",
+            if axes.is_empty() { String::new() } else { format!("    matrix:\n{axes}") }
+        );
+        let compiled = compile_text(&text).unwrap();
+        let expected: usize = variants.iter().chain(&matrix).product();
+        prop_assert_eq!(compiled.jobs().count(), expected);
+        prop_assert_eq!(compiled.total_images(), expected as u64 * u64::from(images));
+        let keys: std::collections::HashSet<_> = compiled.jobs().map(|j| j.key).collect();
+        prop_assert_eq!(keys.len(), expected);
+    }
+
+    /// Arbitrary bytes never panic: either a manifest or a located error.
+    #[test]
+    fn random_text_never_panics(text in "\\PC{0,200}") {
+        check_no_panic(&text);
+    }
+
+    /// Valid manifests with one byte changed never panic either.
+    #[test]
+    fn mutated_manifests_never_panic(position in 0usize..400, byte in proptest::num::u8::ANY) {
+        let mut bytes = BASE.as_bytes().to_vec();
+        let at = position % bytes.len();
+        bytes[at] = byte;
+        check_no_panic(&String::from_utf8_lossy(&bytes));
+    }
+}
+
+fn check_no_panic(text: &str) {
+    if let Err(error) = compile_text(text) {
+        for problem in error.problems() {
+            assert!(problem.line >= 1 && problem.column >= 1);
+            assert!(!problem.message.is_empty());
+            // Rendering with the source snippet must not panic either.
+            let _ = format!("{:?}", miette::Report::new(problem.clone()));
+        }
+    }
+}
