@@ -1,0 +1,99 @@
+//! The per-image JSON sidecar: everything needed to reproduce and audit one image.
+//!
+//! Owns the sidecar's shape and its schema version. The sidecars are the
+//! source of truth for finished work (the ledger can be rebuilt from them),
+//! so fields are only ever added, never renamed. There is deliberately no
+//! field that could hold an API key. Must not know where values come from.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The version of horde-batch writing the files, recorded in every sidecar.
+pub const HORDE_BATCH_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Formats a timestamp the way sidecars and result files record it:
+/// RFC 3339, UTC, milliseconds (`2026-05-01T12:00:00.123Z`).
+pub fn format_timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// The JSON document written next to each image as `<name>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sidecar {
+    /// Sidecar format version; [`Sidecar::SCHEMA`] when written by this build.
+    pub schema: u32,
+    /// The image's path relative to the output directory, with `.webp`.
+    /// [`OutputDir::write_image`](super::OutputDir::write_image) fills it in.
+    pub file_name: String,
+    /// The manifest's path as given on the command line.
+    pub manifest: String,
+    /// The manifest's `name`.
+    pub manifest_name: String,
+    /// The job's name.
+    pub job: String,
+    /// The job's stable key.
+    pub job_key: String,
+    /// Index of this image within its job.
+    pub image_index: u32,
+    /// The prompt as written in the manifest, before expansion.
+    pub prompt_template: String,
+    /// The positive prompt sent to the Horde.
+    pub prompt: String,
+    /// The negative prompt sent to the Horde, if any.
+    pub negative_prompt: Option<String>,
+    /// The model that generated the image.
+    pub model: String,
+    /// Every generation parameter (`params` of the request) as sent.
+    pub params: Value,
+    /// The request's top-level flags (`nsfw`, `r2`, `slow_workers`, …) as sent.
+    pub request: Value,
+    /// The seed the worker used. A string, as the Horde reports it.
+    pub seed: String,
+    /// Position of the image in its Horde request (`n` > 1), if known.
+    pub batch_index: Option<u32>,
+    /// The Horde's id for the request that produced the image.
+    pub horde_request_id: String,
+    /// The Horde's id for this generation.
+    pub generation_id: String,
+    /// The worker that generated the image.
+    pub worker_id: String,
+    /// The worker's name.
+    pub worker_name: String,
+    /// Whether the Horde censored the image.
+    pub censored: bool,
+    /// The generation's `gen_metadata` entries, verbatim.
+    pub gen_metadata: Value,
+    /// Kudos the whole request cost.
+    pub kudos: f64,
+    /// When the request was submitted (RFC 3339, see [`format_timestamp`]).
+    pub submitted_at: String,
+    /// When the image was retrieved (RFC 3339).
+    pub completed_at: String,
+    /// The horde-batch version that wrote the sidecar.
+    pub horde_batch_version: String,
+}
+
+impl Sidecar {
+    /// The sidecar format this build writes.
+    pub const SCHEMA: u32 = 1;
+
+    /// Whether two sidecars describe the same generation (timestamps and
+    /// other details of the retrieval may differ).
+    pub fn same_generation(&self, other: &Sidecar) -> bool {
+        self.horde_request_id == other.horde_request_id && self.generation_id == other.generation_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_millis() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(format_timestamp(at), "2023-11-14T22:13:20.123Z");
+    }
+}
