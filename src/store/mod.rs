@@ -3,9 +3,10 @@
 //! and a run can be cancelled.
 //!
 //! This module owns the state directory (`<dir>/ledger/`, `<dir>/ledger.id`,
-//! `<dir>/run.pid`) and nothing else. It never talks HTTP, never writes images, and knows a manifest
-//! only through opaque job keys. Everything sled-specific stays in here so the
-//! backend could become redb or SQLite without touching callers.
+//! `<dir>/run.pid`) and nothing else. It never talks HTTP, never writes images,
+//! and knows a manifest only through opaque job keys. Everything sled-specific
+//! stays in here so the backend could become redb or SQLite without touching
+//! callers.
 //!
 //! Durability contract: [`Store::put`] lands in memory (sled fsyncs on its own
 //! about every 500 ms); [`Store::flush`] and [`Store::put_durable`] return only
@@ -242,8 +243,14 @@ impl Store {
     /// resumed run re-attaches to and what `cancel` deletes.
     pub fn in_flight(&self) -> Result<Vec<(RequestKey, RequestRecord)>, StoreError> {
         let mut in_flight = Vec::new();
-        for entry in self.iter() {
-            let (key, record) = entry?;
+        for entry in self.inner.requests.iter() {
+            let (raw_key, raw_value) = entry.map_err(|error| self.backend_error(error))?;
+            let key = self.decode_key(&raw_key)?;
+            // Most records of a big ledger are finished; skip them unbuilt.
+            if record::probe_in_flight(&raw_value) == Some(false) {
+                continue;
+            }
+            let record = self.decode_record(&key.to_string(), &raw_value)?;
             if record.is_in_flight() {
                 in_flight.push((key, record));
             }
@@ -314,14 +321,17 @@ impl Store {
         entry: sled::Result<(sled::IVec, sled::IVec)>,
     ) -> Result<(RequestKey, RequestRecord), StoreError> {
         let (raw_key, raw_value) = entry.map_err(|error| self.backend_error(error))?;
-        let shown_key = String::from_utf8_lossy(&raw_key);
-        let key = RequestKey::decode(&raw_key).ok_or_else(|| StoreError::BadRecord {
-            dir: self.inner.dir.clone(),
-            key: shown_key.clone().into_owned(),
-            detail: "the key is not `<job key>/<slot number>`".to_owned(),
-        })?;
-        let record = self.decode_record(&shown_key, &raw_value)?;
+        let key = self.decode_key(&raw_key)?;
+        let record = self.decode_record(&key.to_string(), &raw_value)?;
         Ok((key, record))
+    }
+
+    fn decode_key(&self, raw_key: &[u8]) -> Result<RequestKey, StoreError> {
+        RequestKey::decode(raw_key).ok_or_else(|| StoreError::BadRecord {
+            dir: self.inner.dir.clone(),
+            key: String::from_utf8_lossy(raw_key).into_owned(),
+            detail: "the key is not `<job key>/<slot number>`".to_owned(),
+        })
     }
 
     fn decode_record(&self, key: &str, raw: &[u8]) -> Result<RequestRecord, StoreError> {

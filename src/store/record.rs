@@ -431,6 +431,29 @@ pub(crate) trait Versioned: Serialize + for<'de> Deserialize<'de> {
     }
 }
 
+/// Whether a stored record is in flight, read without building the record: a
+/// resumed run asks this of every record before its first submit. `None` if the
+/// value is not a readable current record; decode it fully to learn why.
+pub(crate) fn probe_in_flight(raw: &[u8]) -> Option<bool> {
+    #[derive(Deserialize)]
+    struct RecordProbe<'a> {
+        schema: u32,
+        #[serde(borrow)]
+        state: StateProbe<'a>,
+    }
+    #[derive(Deserialize)]
+    struct StateProbe<'a> {
+        #[serde(borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    let probe: RecordProbe<'_> = serde_json::from_slice(raw).ok()?;
+    if probe.schema != SCHEMA_VERSION {
+        return None;
+    }
+    // The names `RequestState`'s serde attributes give the in-flight variants.
+    Some(matches!(&*probe.state.kind, "submitting" | "submitted"))
+}
+
 impl Versioned for RequestRecord {
     fn schema(&self) -> u32 {
         self.schema
@@ -472,6 +495,47 @@ mod tests {
         assert_eq!(record.assigned.get(&41).map(String::as_str), Some("g-41"));
         assert!(record.is_in_flight());
         assert_eq!(RequestRecord::decode(&record.encode()).unwrap(), record);
+    }
+
+    #[test]
+    fn the_in_flight_probe_agrees_with_the_decoded_state() {
+        let key = RequestKey::new("j", 0);
+        let states = [
+            RequestState::Submitting {
+                attempt: 1,
+                n: 1,
+                since_ms: 0,
+            },
+            RequestState::Submitted {
+                horde_id: "h".into(),
+                n: 1,
+                submitted_ms: 0,
+            },
+            RequestState::Done,
+            RequestState::Failed {
+                class: "c".into(),
+                message: "kind: submitted".into(),
+            },
+            RequestState::Cancelled {
+                horde_id: "h".into(),
+                cancelled_ms: 0,
+            },
+        ];
+        for state in states {
+            let mut record = RequestRecord::first_attempt(&key, 0, 1, 0);
+            record.transition(state, 1);
+            assert_eq!(
+                probe_in_flight(&record.encode()),
+                Some(record.is_in_flight()),
+                "{:?}",
+                record.state
+            );
+        }
+        assert_eq!(
+            probe_in_flight(br#"{"schema": 2, "state": {"kind": "done"}}"#),
+            None
+        );
+        assert_eq!(probe_in_flight(b"[]"), None);
     }
 
     #[test]
