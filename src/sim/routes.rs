@@ -54,8 +54,8 @@ impl App {
         }
     }
 
-    /// Applies `checks`; on rejection returns the limiter's 429.
-    fn limit(&self, checks: &[LimitCheck]) -> Result<Option<RateHeaders>, Response> {
+    /// Applies `checks`; on rejection returns what the limiter's 429 needs.
+    fn limit(&self, checks: &[LimitCheck]) -> Result<Option<RateHeaders>, Limited> {
         let verdict = self
             .limiter
             .lock()
@@ -65,20 +65,33 @@ impl App {
             Verdict::Allowed(headers) => Ok(headers),
             Verdict::Limited { rate, headers } => {
                 self.shared.lock().stats_mut().rate_limited += 1;
-                let body = ErrorBody {
-                    message: rate.to_string(),
-                    rc: None,
-                };
-                let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
-                add_rate_headers(&mut response, Some(headers));
-                set_header(
-                    &mut response,
-                    "retry-after",
-                    headers.retry_after.to_string(),
-                );
-                Err(response)
+                Err(Limited { rate, headers })
             }
         }
+    }
+}
+
+/// A flask-limiter rejection: 429 `{"message": "<rate>"}` (no rc) with
+/// `Retry-After` and `X-RateLimit-*`.
+struct Limited {
+    rate: Rate,
+    headers: RateHeaders,
+}
+
+impl IntoResponse for Limited {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            message: self.rate.to_string(),
+            rc: None,
+        };
+        let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
+        add_rate_headers(&mut response, Some(self.headers));
+        set_header(
+            &mut response,
+            "retry-after",
+            self.headers.retry_after.to_string(),
+        );
+        response
     }
 }
 
@@ -146,7 +159,7 @@ async fn generate_async(
         },
     ]) {
         Ok(headers) => headers,
-        Err(rejection) => return rejection,
+        Err(rejection) => return rejection.into_response(),
     };
 
     let mut response = generate_async_inner(&app, &headers, apikey, &body);
@@ -210,7 +223,7 @@ async fn check(
         key: format!("{}@GET@{path}", peer.ip()),
     }]) {
         Ok(headers) => headers,
-        Err(rejection) => return rejection,
+        Err(rejection) => return rejection.into_response(),
     };
     let cached = {
         let mut cache = app
@@ -270,7 +283,7 @@ fn status_or_cancel(app: App, peer: SocketAddr, id: String, method: Method) -> R
         key: format!("{}@{method}@/api/v2/generate/status/{id}", peer.ip()),
     }]) {
         Ok(headers) => headers,
-        Err(rejection) => return rejection,
+        Err(rejection) => return rejection.into_response(),
     };
     let result = if method == Method::DELETE {
         app.shared.lock().cancel(&id)
@@ -292,7 +305,7 @@ fn default_limit(
     app: &App,
     peer: SocketAddr,
     endpoint: &str,
-) -> Result<Option<RateHeaders>, Response> {
+) -> Result<Option<RateHeaders>, Limited> {
     app.limit(&[LimitCheck {
         rate: Rate::per_minute(90),
         key: format!("{}@{endpoint}", peer.ip()),
@@ -306,7 +319,7 @@ async fn find_user(
 ) -> Response {
     let rate_headers = match default_limit(&app, peer, "find_user") {
         Ok(headers) => headers,
-        Err(rejection) => return rejection,
+        Err(rejection) => return rejection.into_response(),
     };
     let result = app.shared.lock().find_user(header_str(&headers, "apikey"));
     with_rate_headers(result, rate_headers)
@@ -328,7 +341,7 @@ async fn models(
 ) -> Response {
     let rate_headers = match default_limit(&app, peer, "models") {
         Ok(headers) => headers,
-        Err(rejection) => return rejection,
+        Err(rejection) => return rejection.into_response(),
     };
     if let Some(state) = &query.model_state {
         if !["known", "custom", "all"].contains(&state.as_str()) {
@@ -376,7 +389,7 @@ async fn create_shared_key(
         key: format!("{}@PUT@/api/v2/sharedkeys", peer.ip()),
     }]) {
         Ok(headers) => headers,
-        Err(rejection) => return rejection,
+        Err(rejection) => return rejection.into_response(),
     };
     let Some(apikey) = header_str(&headers, "apikey") else {
         return missing_apikey();
@@ -393,7 +406,7 @@ async fn shared_key(
 ) -> Response {
     let rate_headers = match default_limit(&app, peer, "sharedkey_single") {
         Ok(headers) => headers,
-        Err(rejection) => return rejection,
+        Err(rejection) => return rejection.into_response(),
     };
     let result = app.shared.lock().shared_key(&id);
     with_rate_headers(result, rate_headers)
@@ -408,7 +421,7 @@ async fn modify_shared_key(
 ) -> Response {
     let rate_headers = match default_limit(&app, peer, "sharedkey_single") {
         Ok(headers) => headers,
-        Err(rejection) => return rejection,
+        Err(rejection) => return rejection.into_response(),
     };
     let Some(apikey) = header_str(&headers, "apikey") else {
         return missing_apikey();
@@ -426,7 +439,7 @@ async fn delete_shared_key(
 ) -> Response {
     let rate_headers = match default_limit(&app, peer, "sharedkey_single") {
         Ok(headers) => headers,
-        Err(rejection) => return rejection,
+        Err(rejection) => return rejection.into_response(),
     };
     let Some(apikey) = header_str(&headers, "apikey") else {
         return missing_apikey();
