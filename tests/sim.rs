@@ -502,7 +502,7 @@ async fn shared_keys_follow_their_limits() {
     assert_eq!(response.status(), StatusCode::OK);
     let details: Value = response.json().await.unwrap();
     let shared = details["id"].as_str().unwrap().to_owned();
-    assert_eq!(details["kudos"], 10.0);
+    assert_eq!(details["kudos"], 10);
     assert!(details.get("expiry").is_none());
 
     let (status, _, body) = sim

@@ -1222,8 +1222,9 @@ impl Horde {
             "id": id.to_string(),
             "username": self.users[key.owner].username,
             "name": key.name,
-            "kudos": key.kudos,
-            "utilized": key.utilized,
+            // SharedKeyDetails declares both as integers.
+            "kudos": key.kudos.round() as i64,
+            "utilized": key.utilized.round() as i64,
             "max_image_pixels": key.max_image_pixels,
             "max_image_steps": key.max_image_steps,
             "max_text_tokens": key.max_text_tokens,
