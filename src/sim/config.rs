@@ -1,0 +1,277 @@
+//! Configuration of the simulated Horde: the `horde-batch sim` flags.
+//!
+//! Owns flag parsing and the value types behind the flags (latency ranges,
+//! probabilities, redacted API keys). It must not start anything: turning a
+//! config into a running server is `sim::spawn`'s job.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Flags of `horde-batch sim` (and the in-process `sim::spawn`).
+///
+/// `SimConfig::default()` equals the CLI defaults, so tests start from the
+/// same simulated Horde that users rehearse against and change only what
+/// they need.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SimConfig {
+    /// TCP port to listen on (127.0.0.1 only); 0 picks a free port.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+
+    /// Number of simulated worker threads, each generating one image at a time.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+
+    /// Time a worker spends on one image: a fixed duration ("2s") or a range ("1s..3s").
+    #[arg(long, default_value = "2s")]
+    pub latency: LatencySpec,
+
+    /// Probability that one image attempt faults (the image is re-queued, and dropped after 2 faults).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    pub fault_rate: f64,
+
+    /// Probability that a finished image comes back censored.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    pub censor_rate: f64,
+
+    /// Models the simulated workers serve (comma separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "stable_diffusion,AlbedoBase XL (SDXL),Deliberate"
+    )]
+    pub models: Vec<String>,
+
+    /// Seed for every random choice (ids, seeds, faults, censorship, chaos); random if absent.
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// A request is deleted this long after its last activity (creation, pickup, delivery).
+    #[arg(long, default_value = "20m", value_parser = humantime::parse_duration)]
+    pub expiry: Duration,
+
+    /// How often the cleaner deletes expired requests and flags faulted ones.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub cleanup_interval: Duration,
+
+    /// Validity of each R2 download URL handed out by a status call.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub r2_ttl: Duration,
+
+    /// A registered user's API key (repeatable). The anonymous key 0000000000 is always known.
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_keys: Vec<SimApiKey>,
+
+    /// Starting kudos of each registered user.
+    #[arg(long, default_value_t = 100_000.0)]
+    pub user_kudos: f64,
+
+    /// Concurrency (waiting images) of each registered user.
+    #[arg(long, default_value_t = 30)]
+    pub user_concurrency: u32,
+
+    /// Chaos: probability that an API call gets a 5xx instead of its answer.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    pub chaos_5xx: f64,
+
+    /// Chaos: probability that an API call's connection is closed without an answer.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    pub chaos_drop: f64,
+
+    /// Chaos: probability that an API call is answered only after --chaos-slow-delay.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    pub chaos_slow: f64,
+
+    /// Chaos: extra delay of a slow answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub chaos_slow_delay: Duration,
+
+    /// Chaos: probability that an API call gets a 200 with a broken JSON body.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    pub chaos_malformed: f64,
+
+    /// Turn every rate limit off (like HORDE_TEST_RATELIMIT_DISABLED on a test server).
+    #[arg(long)]
+    pub no_rate_limits: bool,
+}
+
+/// Parses `SimConfig` alone, to derive `Default` from the CLI defaults.
+#[derive(Parser)]
+#[command(name = "sim")]
+struct DefaultsOnly {
+    #[command(flatten)]
+    config: SimConfig,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        DefaultsOnly::try_parse_from(["sim"])
+            .expect("every SimConfig flag has a default that parses")
+            .config
+    }
+}
+
+impl SimConfig {
+    /// Checks what clap cannot check flag by flag.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.workers > 1000 {
+            return Err(format!("--workers {} is more than 1000", self.workers));
+        }
+        if self.models.iter().any(|model| model.trim().is_empty()) {
+            return Err("--models contains an empty name".to_owned());
+        }
+        if self.cleanup_interval.is_zero() {
+            return Err("--cleanup-interval must be more than 0".to_owned());
+        }
+        if self
+            .api_keys
+            .iter()
+            .any(|key| key.expose() == super::state::ANON_API_KEY)
+        {
+            return Err("--api-key 0000000000 is the anonymous key, always known".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// How long a simulated worker takes for one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencySpec {
+    /// Shortest time.
+    pub min: Duration,
+    /// Longest time (equal to `min` for a fixed latency).
+    pub max: Duration,
+}
+
+impl LatencySpec {
+    /// A fixed latency.
+    pub fn fixed(latency: Duration) -> Self {
+        Self {
+            min: latency,
+            max: latency,
+        }
+    }
+
+    /// Picks a latency in `[min, max]` from a uniform number in `[0, 1)`.
+    pub(crate) fn pick(&self, unit: f64) -> Duration {
+        let spread = self.max.saturating_sub(self.min);
+        self.min + spread.mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// Mean latency, for wait-time estimates.
+    pub(crate) fn mean(&self) -> Duration {
+        (self.min + self.max) / 2
+    }
+}
+
+impl FromStr for LatencySpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parse = |part: &str| {
+            humantime::parse_duration(part.trim())
+                .map_err(|err| format!("invalid duration {part:?}: {err}"))
+        };
+        match text.split_once("..") {
+            None => Ok(Self::fixed(parse(text)?)),
+            Some((min, max)) => {
+                let (min, max) = (parse(min)?, parse(max)?);
+                if min > max {
+                    return Err(format!("latency range {text:?} ends before it starts"));
+                }
+                Ok(Self { min, max })
+            }
+        }
+    }
+}
+
+impl fmt::Display for LatencySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", humantime::format_duration(self.min))
+        } else {
+            write!(
+                f,
+                "{}..{}",
+                humantime::format_duration(self.min),
+                humantime::format_duration(self.max)
+            )
+        }
+    }
+}
+
+/// An API key given to the simulator; never shown in Debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SimApiKey(String);
+
+impl SimApiKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key itself, for comparing with the `apikey` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SimApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SimApiKey(<redacted>)")
+    }
+}
+
+impl FromStr for SimApiKey {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.trim().is_empty() {
+            return Err("an API key cannot be empty".to_owned());
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+fn parse_probability(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("{value} is not a probability between 0 and 1"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_equals_cli_defaults() {
+        let config = SimConfig::default();
+        assert_eq!(config.workers, 4);
+        assert_eq!(config.latency, LatencySpec::fixed(Duration::from_secs(2)));
+        assert_eq!(config.expiry, Duration::from_secs(20 * 60));
+        assert_eq!(config.models[0], "stable_diffusion");
+        assert!(!config.no_rate_limits);
+    }
+
+    #[test]
+    fn latency_accepts_fixed_and_ranges() {
+        let range: LatencySpec = "1s..3s".parse().unwrap();
+        assert_eq!(range.min, Duration::from_secs(1));
+        assert_eq!(range.pick(0.5), Duration::from_secs(2));
+        assert!("3s..1s".parse::<LatencySpec>().is_err());
+        assert!("soon".parse::<LatencySpec>().is_err());
+    }
+
+    #[test]
+    fn api_keys_are_redacted() {
+        let key = SimApiKey::new("secret-key-123");
+        assert!(!format!("{key:?}").contains("secret"));
+    }
+}

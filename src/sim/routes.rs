@@ -1,0 +1,599 @@
+//! HTTP surface of the simulated Horde: the `/api/v2` endpoints with the
+//! real server's paths, status codes, bodies and rate limits, plus the
+//! simulator's own `/sim/stats` and `/sim/r2/...` (the stand-in object store).
+//!
+//! Owns request parsing, which limits apply to which call, the 1 s cache of
+//! `/check`, and turning state results into responses. Rules about requests,
+//! users and kudos live in `state`; this module must not duplicate them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{middleware, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::chaos::{self, ChaosSettings};
+use super::det::stable_hash;
+use super::limits::{LimitCheck, Limiter, Rate, RateHeaders, Verdict};
+use super::state::{ApiError, SubmitOutcome, ANON_API_KEY};
+use super::validate::parse_generate;
+use super::wire::{ErrorBody, ValidationBody};
+use super::workers::Shared;
+
+/// How long `/check` answers are cached per path (`@cache.cached(timeout=1)`).
+const CHECK_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Version the heartbeat reports (the server version the facts were read from).
+const HORDE_VERSION: &str = "5.1.5";
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub shared: Arc<Shared>,
+    pub limiter: Arc<Mutex<Limiter>>,
+    check_cache: Arc<Mutex<HashMap<String, (Instant, Bytes)>>>,
+    pub chaos: Arc<ChaosSettings>,
+}
+
+impl App {
+    pub(crate) fn new(shared: Arc<Shared>, limiter: Limiter, chaos: ChaosSettings) -> Self {
+        Self {
+            shared,
+            limiter: Arc::new(Mutex::new(limiter)),
+            check_cache: Arc::new(Mutex::new(HashMap::new())),
+            chaos: Arc::new(chaos),
+        }
+    }
+
+    /// Applies `checks`; on rejection returns what the limiter's 429 needs.
+    fn limit(&self, checks: &[LimitCheck]) -> Result<Option<RateHeaders>, Limited> {
+        let verdict = self
+            .limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(checks);
+        match verdict {
+            Verdict::Allowed(headers) => Ok(headers),
+            Verdict::Limited { rate, headers } => {
+                self.shared.lock().stats_mut().rate_limited += 1;
+                Err(Limited { rate, headers })
+            }
+        }
+    }
+}
+
+/// A flask-limiter rejection: 429 `{"message": "<rate>"}` (no rc) with
+/// `Retry-After` and `X-RateLimit-*`.
+struct Limited {
+    rate: Rate,
+    headers: RateHeaders,
+}
+
+impl IntoResponse for Limited {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            message: self.rate.to_string(),
+            rc: None,
+        };
+        let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
+        add_rate_headers(&mut response, Some(self.headers));
+        set_header(
+            &mut response,
+            "retry-after",
+            self.headers.retry_after.to_string(),
+        );
+        response
+    }
+}
+
+/// Builds the router: `/api/v2/*` behind the chaos and accounting layer, `/sim/*` outside it.
+pub(crate) fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/api/v2/generate/async", post(generate_async))
+        .route("/api/v2/generate/check/{id}", get(check))
+        .route("/api/v2/generate/status/{id}", get(status).delete(cancel))
+        .route("/api/v2/find_user", get(find_user))
+        .route("/api/v2/status/models", get(models))
+        .route("/api/v2/status/heartbeat", get(heartbeat))
+        .route("/api/v2/sharedkeys", put(create_shared_key))
+        .route(
+            "/api/v2/sharedkeys/{id}",
+            get(shared_key)
+                .patch(modify_shared_key)
+                .delete(delete_shared_key),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            chaos::api_layer,
+        ));
+    Router::new()
+        .route("/sim/stats", get(sim_stats))
+        .route("/sim/r2/{file}", get(r2_download))
+        .merge(api)
+        .with_state(app)
+}
+
+// ----- generate -----
+
+async fn generate_async(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = "/api/v2/generate/async";
+    let apikey = header_str(&headers, "apikey");
+    let key_for_limit = apikey.unwrap_or(ANON_API_KEY);
+    let per_key = if key_for_limit == ANON_API_KEY {
+        Rate::per_second(60)
+    } else {
+        Rate::per_second(2)
+    };
+    let ip = peer.ip();
+    let rate_headers = match app.limit(&[
+        LimitCheck {
+            rate: Rate::per_minute(90),
+            key: format!("{ip}@POST@{path}"),
+        },
+        LimitCheck {
+            rate: Rate::per_second(2),
+            key: format!("{ip}@POST@{path}"),
+        },
+        LimitCheck {
+            rate: per_key,
+            key: format!(
+                "{:016x}@POST@{path}",
+                stable_hash(&[key_for_limit.as_bytes()])
+            ),
+        },
+    ]) {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+
+    let mut response = generate_async_inner(&app, &headers, apikey, &body);
+    add_rate_headers(&mut response, rate_headers);
+    response
+}
+
+fn generate_async_inner(
+    app: &App,
+    headers: &HeaderMap,
+    apikey: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(err) => {
+            return ApiError {
+                status: 400,
+                message: format!("Failed to decode JSON object: {err}"),
+                rc: None,
+                errors: None,
+                retry_after: None,
+            }
+            .into_response()
+        }
+    };
+    let input = match parse_generate(&value) {
+        Ok(input) => input,
+        Err(errors) => return ApiError::validation(errors).into_response(),
+    };
+    let Some(apikey) = apikey else {
+        let errors = [(
+            "apikey".to_owned(),
+            "A User API key Missing required parameter in the HTTP headers".to_owned(),
+        )]
+        .into();
+        return ApiError::validation(errors).into_response();
+    };
+    let client_agent = header_str(headers, "client-agent").unwrap_or("unknown:0:unknown");
+    let outcome = app.shared.lock().submit(apikey, client_agent, input);
+    match outcome {
+        Ok(SubmitOutcome::DryRun { kudos }) => {
+            json_response(StatusCode::OK, &json!({ "kudos": kudos }))
+        }
+        Ok(SubmitOutcome::Queued(accepted)) => {
+            app.shared.work_available.notify_waiters();
+            json_response(StatusCode::ACCEPTED, &accepted)
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn check(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    let path = format!("/api/v2/generate/check/{id}");
+    let rate_headers = match app.limit(&[LimitCheck {
+        rate: Rate::per_second(10),
+        key: format!("{}@GET@{path}", peer.ip()),
+    }]) {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let cached = {
+        let mut cache = app
+            .check_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if cache.len() > 10_000 {
+            cache.retain(|_, (stored, _)| now.duration_since(*stored) < CHECK_CACHE_TTL);
+        }
+        cache
+            .get(&path)
+            .filter(|(stored, _)| now.duration_since(*stored) < CHECK_CACHE_TTL)
+            .map(|(_, body)| body.clone())
+    };
+    let mut response = match cached {
+        Some(body) => raw_json_response(StatusCode::OK, body),
+        None => {
+            let result = app.shared.lock().check(&id);
+            match result {
+                Ok(body) => {
+                    let bytes =
+                        Bytes::from(serde_json::to_vec(&body).expect("CheckBody serializes"));
+                    app.check_cache
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(path, (Instant::now(), bytes.clone()));
+                    raw_json_response(StatusCode::OK, bytes)
+                }
+                Err(error) => error.into_response(),
+            }
+        }
+    };
+    add_rate_headers(&mut response, rate_headers);
+    response
+}
+
+async fn status(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    status_or_cancel(app, peer, id, Method::GET)
+}
+
+async fn cancel(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    status_or_cancel(app, peer, id, Method::DELETE)
+}
+
+fn status_or_cancel(app: App, peer: SocketAddr, id: String, method: Method) -> Response {
+    let rate_headers = match app.limit(&[LimitCheck {
+        rate: Rate::per_minute(10),
+        key: format!("{}@{method}@/api/v2/generate/status/{id}", peer.ip()),
+    }]) {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let result = if method == Method::DELETE {
+        app.shared.lock().cancel(&id)
+    } else {
+        app.shared.lock().status(&id)
+    };
+    let mut response = match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(error) => error.into_response(),
+    };
+    add_rate_headers(&mut response, rate_headers);
+    response
+}
+
+// ----- user, models, heartbeat -----
+
+/// The default limit (90/minute per address, counted per endpoint).
+fn default_limit(
+    app: &App,
+    peer: SocketAddr,
+    endpoint: &str,
+) -> Result<Option<RateHeaders>, Limited> {
+    app.limit(&[LimitCheck {
+        rate: Rate::per_minute(90),
+        key: format!("{}@{endpoint}", peer.ip()),
+    }])
+}
+
+async fn find_user(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let rate_headers = match default_limit(&app, peer, "find_user") {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let result = app.shared.lock().find_user(header_str(&headers, "apikey"));
+    with_rate_headers(result, rate_headers)
+}
+
+#[derive(Deserialize)]
+struct ModelsQuery {
+    #[serde(rename = "type")]
+    model_type: Option<String>,
+    model_state: Option<String>,
+    min_count: Option<u64>,
+    max_count: Option<u64>,
+}
+
+async fn models(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<ModelsQuery>,
+) -> Response {
+    let rate_headers = match default_limit(&app, peer, "models") {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if let Some(state) = &query.model_state {
+        if !["known", "custom", "all"].contains(&state.as_str()) {
+            return ApiError::rc(
+                400,
+                "BadRequest",
+                "'model_state' needs to be one of ['known', 'custom', 'all']",
+            )
+            .into_response();
+        }
+    }
+    let models: Vec<Value> = app
+        .shared
+        .lock()
+        .models(query.model_type.as_deref().unwrap_or("image"))
+        .into_iter()
+        .filter(|model| {
+            let count = model["count"].as_u64().unwrap_or(0);
+            query.min_count.is_none_or(|min| count >= min)
+                && query.max_count.is_none_or(|max| count <= max)
+        })
+        .collect();
+    let mut response = json_response(StatusCode::OK, &models);
+    add_rate_headers(&mut response, rate_headers);
+    response
+}
+
+async fn heartbeat() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"message": "OK", "version": HORDE_VERSION}),
+    )
+}
+
+// ----- shared keys -----
+
+async fn create_shared_key(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let rate_headers = match app.limit(&[LimitCheck {
+        rate: Rate::per_minute(5),
+        key: format!("{}@PUT@/api/v2/sharedkeys", peer.ip()),
+    }]) {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(apikey) = header_str(&headers, "apikey") else {
+        return missing_apikey();
+    };
+    let body = parse_optional_json(&body);
+    let result = app.shared.lock().create_shared_key(apikey, &body);
+    with_rate_headers(result, rate_headers)
+}
+
+async fn shared_key(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    let rate_headers = match default_limit(&app, peer, "sharedkey_single") {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let result = app.shared.lock().shared_key(&id);
+    with_rate_headers(result, rate_headers)
+}
+
+async fn modify_shared_key(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let rate_headers = match default_limit(&app, peer, "sharedkey_single") {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(apikey) = header_str(&headers, "apikey") else {
+        return missing_apikey();
+    };
+    let body = parse_optional_json(&body);
+    let result = app.shared.lock().modify_shared_key(apikey, &id, &body);
+    with_rate_headers(result, rate_headers)
+}
+
+async fn delete_shared_key(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let rate_headers = match default_limit(&app, peer, "sharedkey_single") {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(apikey) = header_str(&headers, "apikey") else {
+        return missing_apikey();
+    };
+    let result = app.shared.lock().delete_shared_key(apikey, &id);
+    with_rate_headers(result, rate_headers)
+}
+
+// ----- fallbacks -----
+
+async fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"message": "The requested URL was not found on the server. If you entered the URL manually please check your spelling and try again."}),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({"message": "The method is not allowed for the requested URL."}),
+    )
+}
+
+// ----- simulator endpoints -----
+
+async fn sim_stats(State(app): State<App>) -> Response {
+    let stats = app.shared.lock().snapshot();
+    json_response(StatusCode::OK, &stats)
+}
+
+#[derive(Deserialize)]
+struct R2Query {
+    expires: Option<u64>,
+    signature: Option<String>,
+}
+
+/// `GET /sim/r2/<generation id>.webp?expires=..&signature=..`: the presigned-URL stand-in.
+async fn r2_download(
+    State(app): State<App>,
+    Path(file): Path<String>,
+    Query(query): Query<R2Query>,
+) -> Response {
+    let generation_id = file.strip_suffix(".webp").unwrap_or(&file);
+    let result = app.shared.lock().r2_download(
+        generation_id,
+        query.expires.unwrap_or(0),
+        query.signature.as_deref().unwrap_or(""),
+    );
+    match result {
+        Ok(webp) => {
+            let mut response = Response::new(Body::from(webp.as_ref().clone()));
+            set_header(&mut response, "content-type", "image/webp".to_owned());
+            response
+        }
+        Err((status, code, message)) => {
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+            );
+            let mut response = Response::new(Body::from(xml));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            set_header(&mut response, "content-type", "application/xml".to_owned());
+            response
+        }
+    }
+}
+
+// ----- helpers -----
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = match self.errors {
+            Some(errors) => json_response(
+                status,
+                &ValidationBody {
+                    errors,
+                    message: "Input payload validation failed",
+                },
+            ),
+            None => json_response(
+                status,
+                &ErrorBody {
+                    message: self.message,
+                    rc: self.rc,
+                },
+            ),
+        };
+        if let Some(seconds) = self.retry_after {
+            set_header(&mut response, "retry-after", seconds.to_string());
+        }
+        response
+    }
+}
+
+fn missing_apikey() -> Response {
+    let errors = [(
+        "apikey".to_owned(),
+        "A User API key Missing required parameter in the HTTP headers".to_owned(),
+    )]
+    .into();
+    ApiError::validation(errors).into_response()
+}
+
+fn with_rate_headers(
+    result: Result<Value, ApiError>,
+    rate_headers: Option<RateHeaders>,
+) -> Response {
+    let mut response = match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(error) => error.into_response(),
+    };
+    add_rate_headers(&mut response, rate_headers);
+    response
+}
+
+fn parse_optional_json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|_| json!({}))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes =
+        serde_json::to_vec(body).expect("simulator bodies are plain data that always serialize");
+    raw_json_response(status, Bytes::from(bytes))
+}
+
+fn raw_json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn add_rate_headers(response: &mut Response, rate_headers: Option<RateHeaders>) {
+    if let Some(headers) = rate_headers {
+        set_header(response, "x-ratelimit-limit", headers.limit.to_string());
+        set_header(
+            response,
+            "x-ratelimit-remaining",
+            headers.remaining.to_string(),
+        );
+        set_header(response, "x-ratelimit-reset", headers.reset.to_string());
+    }
+}
+
+pub(crate) fn set_header(response: &mut Response, name: &'static str, value: String) {
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(name, value);
+    }
+}

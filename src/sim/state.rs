@@ -1,0 +1,1471 @@
+//! The simulated Horde's memory: users, shared keys, requests, the image
+//! queue, the R2 object store and the counters, with every rule that
+//! changes them (submit checks, kudos, concurrency, worker pickup and
+//! completion, cancel, expiry).
+//!
+//! Everything here is synchronous and runs under one mutex held for
+//! microseconds; it must not await, sleep or do I/O. HTTP shapes belong to
+//! `routes`, timing to `workers`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::clock;
+use super::config::{LatencySpec, SimConfig};
+use super::det::{Det, Part};
+use super::images;
+use super::stats::SimStats;
+use super::validate::{GenParams, GenerateInput, KNOWN_UPSCALERS};
+use super::wire::{CheckBody, GenerationBody, MetadataEntry, RequestAsync, StatusBody, Warning};
+
+/// The anonymous API key (ten zeros), always known.
+pub(crate) const ANON_API_KEY: &str = "0000000000";
+
+/// Horde tax at activation: 1, plus the +2 "style" adjustment every image request gets.
+const HORDE_TAX: f64 = 3.0;
+
+/// Faulted attempts after which an image is dropped instead of re-queued.
+const MAX_IMAGE_FAULTS: u32 = 2;
+
+/// Faulted jobs above which the cleaner marks a request faulted.
+const MAX_REQUEST_FAULTS: u32 = 2;
+
+/// R2 objects are pruned this long after upload (AH `prune_stale_images.py`).
+const R2_RETENTION: Duration = Duration::from_secs(120 * 60);
+
+/// The model `max_steps` used when the model reference sets none.
+const DEFAULT_MAX_STEPS: f64 = 40.0;
+
+/// Samplers whose steps count double (AH `require_upfront_kudos`).
+const DOUBLE_STEP_SAMPLERS: &[&str] = &[
+    "k_heun",
+    "k_dpm_2",
+    "k_dpm_2_a",
+    "k_dpmpp_2s_a",
+    "k_dpmpp_sde",
+];
+
+const NO_AVAILABLE_WORKER: &str = "Warning: No available workers can fulfill this request. \
+It will expire in 20 minutes unless a worker appears. \
+Please confider reducing its size of the request or choosing a different model.";
+
+/// An error answer: `{"message", "rc"}` (or a validation `errors` map).
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub rc: Option<&'static str>,
+    pub errors: Option<BTreeMap<String, String>>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub(crate) fn rc(status: u16, rc: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            rc: Some(rc),
+            errors: None,
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn validation(errors: BTreeMap<String, String>) -> Self {
+        Self {
+            status: 400,
+            message: "Input payload validation failed".to_owned(),
+            rc: None,
+            errors: Some(errors),
+            retry_after: None,
+        }
+    }
+
+    fn not_found(kind: &str, id: &str) -> Self {
+        Self::rc(
+            404,
+            "RequestNotFound",
+            format!("Image Waiting Prompt ({kind}) with ID '{id}' not found."),
+        )
+    }
+}
+
+/// Settings fixed at start.
+pub(crate) struct Settings {
+    pub det: Det,
+    pub workers: usize,
+    pub latency: LatencySpec,
+    pub fault_rate: f64,
+    pub censor_rate: f64,
+    pub served_models: Vec<String>,
+    pub expiry: Duration,
+    pub r2_ttl: Duration,
+    /// `http://127.0.0.1:P/`, for R2 URLs.
+    pub origin: String,
+}
+
+struct User {
+    id: u32,
+    username: String,
+    kudos: f64,
+    /// Kudos a balance may not go below when paying upfront (anon: -50).
+    floor: f64,
+    concurrency: u32,
+    anon: bool,
+    shared_keys: Vec<Uuid>,
+    requests_made: u64,
+    images_received: u64,
+}
+
+struct SharedKey {
+    owner: usize,
+    name: String,
+    /// -1 means unlimited.
+    kudos: f64,
+    /// Epoch seconds, or none for "never".
+    expiry: Option<i64>,
+    utilized: f64,
+    max_image_pixels: i64,
+    max_image_steps: i64,
+    max_text_tokens: i64,
+}
+
+struct Generation {
+    id: Uuid,
+    batch_index: u32,
+    worker: usize,
+    model: String,
+    censored: bool,
+}
+
+struct Request {
+    id: Uuid,
+    seq: u64,
+    owner: usize,
+    shared_key: Option<Uuid>,
+    prompt: String,
+    models: Vec<String>,
+    /// The model workers generate with (none when no worker serves the request).
+    served_model: Option<String>,
+    nsfw: bool,
+    r2: bool,
+    shared: bool,
+    seed: String,
+    waiting: VecDeque<u32>,
+    faults_per_image: HashMap<u32, u32>,
+    processing: u32,
+    generations: Vec<Generation>,
+    restarted: u32,
+    faulted_jobs: u32,
+    faulted: bool,
+    cancelled: bool,
+    kudos: f64,
+    per_image_kudos: f64,
+    upfront_hold: f64,
+    expiry: Instant,
+    /// A status call answered with all generations while the request was done.
+    retrieved: bool,
+}
+
+impl Request {
+    fn is_done(&self) -> bool {
+        self.faulted || (self.waiting.is_empty() && self.processing == 0)
+    }
+}
+
+struct R2Object {
+    webp: Arc<Vec<u8>>,
+    uploaded: Instant,
+    retrieved: bool,
+}
+
+/// Identity of a simulated worker.
+struct WorkerInfo {
+    id: Uuid,
+    name: String,
+}
+
+/// One image handed to a worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Job {
+    pub request: Uuid,
+    pub batch_index: u32,
+    pub attempt: u32,
+    pub worker: usize,
+    pub latency: Duration,
+}
+
+/// What a valid submit turns into.
+pub(crate) enum SubmitOutcome {
+    DryRun { kudos: f64 },
+    Queued(RequestAsync),
+}
+
+/// Who a call acts as.
+struct Caller {
+    user: usize,
+    shared_key: Option<Uuid>,
+}
+
+/// Everything the simulated server knows.
+pub(crate) struct Horde {
+    pub settings: Arc<Settings>,
+    users: Vec<User>,
+    keys: HashMap<String, usize>,
+    shared_keys: HashMap<Uuid, SharedKey>,
+    requests: HashMap<Uuid, Request>,
+    /// Requests with waiting images a worker can serve, oldest first.
+    queue: BTreeMap<u64, Uuid>,
+    r2: HashMap<Uuid, R2Object>,
+    workers: Vec<WorkerInfo>,
+    next_seq: u64,
+    next_shared_key: u64,
+    stats: SimStats,
+    /// Expired requests that had been neither retrieved nor cancelled.
+    expired_never_retrieved: u64,
+}
+
+impl Horde {
+    pub(crate) fn new(config: &SimConfig, seed: u64, origin: String) -> Self {
+        let det = Det::new(seed);
+        let settings = Arc::new(Settings {
+            det,
+            workers: config.workers,
+            latency: config.latency,
+            fault_rate: config.fault_rate,
+            censor_rate: config.censor_rate,
+            served_models: config
+                .models
+                .iter()
+                .map(|model| model.trim().to_owned())
+                .collect(),
+            expiry: config.expiry,
+            r2_ttl: config.r2_ttl,
+            origin,
+        });
+        let mut users = vec![User {
+            id: 0,
+            username: "Anonymous#0".to_owned(),
+            kudos: 0.0,
+            floor: -50.0,
+            concurrency: 500,
+            anon: true,
+            shared_keys: Vec::new(),
+            requests_made: 0,
+            images_received: 0,
+        }];
+        let mut keys = HashMap::from([(ANON_API_KEY.to_owned(), 0)]);
+        for (index, key) in config.api_keys.iter().enumerate() {
+            let id = index as u32 + 1;
+            keys.insert(key.expose().to_owned(), users.len());
+            users.push(User {
+                id,
+                username: format!("sim_user_{id}#{id}"),
+                kudos: config.user_kudos,
+                floor: 0.0,
+                concurrency: config.user_concurrency,
+                anon: false,
+                shared_keys: Vec::new(),
+                requests_made: 0,
+                images_received: 0,
+            });
+        }
+        let workers = (0..config.workers)
+            .map(|index| WorkerInfo {
+                id: det.uuid("worker", &[Part::Num(index as u64)]),
+                name: format!("sim-worker-{index}"),
+            })
+            .collect();
+        Self {
+            settings,
+            users,
+            keys,
+            shared_keys: HashMap::new(),
+            requests: HashMap::new(),
+            queue: BTreeMap::new(),
+            r2: HashMap::new(),
+            workers,
+            next_seq: 0,
+            next_shared_key: 0,
+            stats: SimStats::default(),
+            expired_never_retrieved: 0,
+        }
+    }
+
+    // ----- identity -----
+
+    /// Resolves the `apikey` header of a generate call: shared key first, then user key.
+    fn caller_for_generate(&self, apikey: &str) -> Result<Caller, ApiError> {
+        if let Ok(id) = Uuid::parse_str(apikey) {
+            if let Some(key) = self.shared_keys.get(&id) {
+                return Ok(Caller {
+                    user: key.owner,
+                    shared_key: Some(id),
+                });
+            }
+        }
+        match self.keys.get(apikey) {
+            Some(&user) => Ok(Caller {
+                user,
+                shared_key: None,
+            }),
+            None => Err(invalid_api_key()),
+        }
+    }
+
+    fn user_for_key(&self, apikey: &str) -> Result<usize, ApiError> {
+        self.keys.get(apikey).copied().ok_or_else(invalid_api_key)
+    }
+
+    // ----- submit -----
+
+    /// Runs the checks of `POST /v2/generate/async` after schema validation, in
+    /// the real server's order, and queues the request.
+    pub(crate) fn submit(
+        &mut self,
+        apikey: &str,
+        client_agent: &str,
+        mut input: GenerateInput,
+    ) -> Result<SubmitOutcome, ApiError> {
+        let mut caller = self.caller_for_generate(apikey)?;
+        let now_epoch = clock::epoch_now() as i64;
+
+        if let Some(key_id) = caller.shared_key {
+            let key = &self.shared_keys[&key_id];
+            if key.kudos == 0.0 {
+                if !input.allow_downgrade {
+                    return Err(ApiError::rc(
+                        403,
+                        "SharedKeyEmpty",
+                        "This shared key is empty.",
+                    ));
+                }
+                // An empty shared key with allow_downgrade runs as the anonymous user.
+                caller = Caller {
+                    user: 0,
+                    shared_key: None,
+                };
+            } else if key.expiry.is_some_and(|expiry| expiry <= now_epoch) {
+                return Err(ApiError::rc(
+                    403,
+                    "SharedKeyExpired",
+                    "This shared key has expired",
+                ));
+            }
+        }
+        let user = &self.users[caller.user];
+
+        if input.proxied_account.is_some() {
+            return Err(ApiError::rc(
+                400,
+                "OnlyServiceAccountProxy",
+                "Only service accounts can proxy other accounts.",
+            ));
+        }
+        if input.disable_batching && input.params.n > 1 {
+            return Err(ApiError::rc(
+                400,
+                "RequiresTrust",
+                "Only trusted users can disable batching for requests with n > 1.",
+            ));
+        }
+        if let Some(webhook) = &input.webhook {
+            if !webhook.starts_with("https://") {
+                return Err(ApiError::rc(
+                    400,
+                    "BadRequest",
+                    "webhooks need to point to an https endpoint.",
+                ));
+            }
+        }
+
+        // Concurrency, counted in images not yet handed to a worker.
+        let waiting_now: u64 = self
+            .requests
+            .values()
+            .filter(|request| request.owner == caller.user && !request.faulted)
+            .filter(|request| {
+                !user.anon
+                    || request
+                        .models
+                        .iter()
+                        .any(|model| input.models.contains(model))
+            })
+            .map(|request| request.waiting.len() as u64)
+            .sum();
+        let total = waiting_now + u64::from(input.params.n);
+        if total > u64::from(user.concurrency) {
+            self.stats.too_many_prompts += 1;
+            let message = if user.anon {
+                format!(
+                    "Parallel requests ({total}) exceeded user limit ({}). Please try again later \
+                     or register an account to increase your concurrency.",
+                    user.concurrency
+                )
+            } else {
+                format!(
+                    "Parallel requests ({total}) exceeded user limit ({}). Please try again later \
+                     or request to increase your concurrency.",
+                    user.concurrency
+                )
+            };
+            let mut error = ApiError::rc(429, "TooManyPrompts", message);
+            error.retry_after = Some(1);
+            return Err(error);
+        }
+
+        let params = &input.params;
+        if params.loras > 5 {
+            return Err(ApiError::rc(
+                400,
+                "TooManyLoras",
+                "You cannot request more than 5 loras per generation.",
+            ));
+        }
+        if params.tis > 20 {
+            return Err(ApiError::rc(
+                400,
+                "TooManyTIs",
+                "You cannot request more than 20 Textual Inversions per generation.",
+            ));
+        }
+        if input.prompt.split_whitespace().count() > 7500 {
+            return Err(ApiError::rc(
+                400,
+                "InvalidPromptSize",
+                "Too large prompt. Please reduce the amount of tokens contained.",
+            ));
+        }
+        let upscalers = params
+            .post_processing
+            .iter()
+            .filter(|processor| KNOWN_UPSCALERS.contains(&processor.as_str()))
+            .count();
+        if upscalers > 1 {
+            return Err(ApiError::rc(
+                400,
+                "TooManyUpscalers",
+                "Cannot use more than 1 upscaler at a time.",
+            ));
+        }
+        if (params.cfg_scale * 100.0).round() / 100.0 != params.cfg_scale {
+            return Err(ApiError::rc(
+                400,
+                "BadCFGDecimals",
+                "cfg_scale must be rounded to 2 decimal places",
+            ));
+        }
+        if client_agent == "My-Project:v0.0.1:My-Contact" {
+            return Err(ApiError::rc(
+                403,
+                "BannedClientAgent",
+                "This Client-Agent appears badly designed and is causing too many warnings. \
+                 First ensure it provides a proper name and contact details. \
+                 Then contact us on Discord to discuss the issue it's creating.",
+            ));
+        }
+
+        // Upfront kudos (AH stable.py initiate_waiting_prompt).
+        let queued_requests = self
+            .requests
+            .values()
+            .filter(|request| !request.waiting.is_empty())
+            .count();
+        let max_res = max_free_resolution(self.settings.workers, queued_requests, &input.models);
+        let needs_upfront = needs_upfront_kudos(&input, max_res);
+        let mut required = dry_run_kudos(&input);
+        if let Some(key_id) = caller.shared_key {
+            let key = &self.shared_keys[&key_id];
+            if key.kudos != -1.0 && required > key.kudos && !input.allow_downgrade {
+                return Err(ApiError::rc(
+                    403,
+                    "SharedKeyInsufficientKudos",
+                    format!(
+                        "This shared key does not have enough remaining kudos ({}) to fulfill this request ({}).",
+                        key.kudos, required
+                    ),
+                ));
+            }
+        }
+        let mut upfront_hold = 0.0;
+        if needs_upfront {
+            let holds: f64 = self
+                .requests
+                .values()
+                .filter(|request| request.owner == caller.user)
+                .map(|request| request.upfront_hold)
+                .sum();
+            let available = user.kudos - user.floor - holds;
+            if required > available {
+                if input.allow_downgrade {
+                    downgrade(&mut input.params, max_res);
+                    required = dry_run_kudos(&input);
+                } else {
+                    return Err(ApiError::rc(
+                        403,
+                        "KudosUpfront",
+                        format!(
+                            "Due to heavy demand, for requests over {max_res}x{max_res} or over 50 steps \
+                             (10 steps for LCM work, 30 steps for Stable Cascade, and half those steps for \
+                             k_heun, dpmpp_sde, and dpm_2*) the client needs to already have the required \
+                             kudos. This request requires {required} kudos to fulfil."
+                        ),
+                    ));
+                }
+            } else {
+                upfront_hold = required;
+            }
+        }
+        if let Some(key_id) = caller.shared_key {
+            let key = &self.shared_keys[&key_id];
+            let pixels = i64::from(input.params.width) * i64::from(input.params.height);
+            if key.max_image_pixels != -1 && pixels > key.max_image_pixels {
+                return Err(ApiError::rc(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "This shared key is limited to {} pixels per job. You requested {pixels} pixels.",
+                        key.max_image_pixels
+                    ),
+                ));
+            }
+            let steps = i64::from(input.params.steps);
+            if key.max_image_steps != -1 && steps > key.max_image_steps {
+                return Err(ApiError::rc(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "This shared key is limited to {} steps per job. You requested {steps} steps.",
+                        key.max_image_steps
+                    ),
+                ));
+            }
+        }
+
+        if input.dry_run {
+            return Ok(SubmitOutcome::DryRun {
+                kudos: required.round(),
+            });
+        }
+        Ok(SubmitOutcome::Queued(self.activate(
+            caller,
+            input,
+            upfront_hold,
+        )))
+    }
+
+    fn activate(
+        &mut self,
+        caller: Caller,
+        input: GenerateInput,
+        upfront_hold: f64,
+    ) -> RequestAsync {
+        let det = self.settings.det;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let id = det.uuid("request", &[Part::Num(seq)]);
+        let served_model = if input.models.is_empty() {
+            self.settings.served_models.first().cloned()
+        } else {
+            input
+                .models
+                .iter()
+                .find(|model| self.settings.served_models.contains(model))
+                .cloned()
+        };
+        let seed =
+            input.params.seed.clone().unwrap_or_else(|| {
+                (det.hash("seed", &[Part::Num(seq)]) % 4_294_967_295).to_string()
+            });
+        let per_image_kudos = per_image_kudos(&input);
+        let estimate = base_kudos(&input.params).round();
+        let request = Request {
+            id,
+            seq,
+            owner: caller.user,
+            shared_key: caller.shared_key,
+            prompt: input.prompt,
+            models: input.models,
+            served_model,
+            nsfw: input.nsfw,
+            r2: input.r2,
+            shared: input.shared,
+            seed,
+            waiting: (0..input.params.n).collect(),
+            faults_per_image: HashMap::new(),
+            processing: 0,
+            generations: Vec::new(),
+            restarted: 0,
+            faulted_jobs: 0,
+            faulted: false,
+            cancelled: false,
+            kudos: 0.0,
+            per_image_kudos,
+            upfront_hold,
+            expiry: Instant::now() + self.settings.expiry,
+            retrieved: false,
+        };
+        let possible = request.served_model.is_some();
+        self.requests.insert(id, request);
+        if possible {
+            self.queue.insert(seq, id);
+        }
+        self.charge(id, HORDE_TAX);
+        self.users[caller.user].requests_made += 1;
+        self.stats.requests_created += 1;
+
+        let (message, warnings) = if possible {
+            (None, Vec::new())
+        } else {
+            (
+                Some(NO_AVAILABLE_WORKER),
+                vec![Warning {
+                    code: "NoAvailableWorker",
+                    message: NO_AVAILABLE_WORKER,
+                }],
+            )
+        };
+        RequestAsync {
+            id: id.to_string(),
+            kudos: estimate,
+            message,
+            warnings,
+        }
+    }
+
+    /// Debits `amount` for request `id` from its owner (and shared key).
+    fn charge(&mut self, id: Uuid, amount: f64) {
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
+        request.kudos += amount;
+        request.upfront_hold = (request.upfront_hold - amount).max(0.0);
+        self.users[request.owner].kudos -= amount;
+        if let Some(key) = request
+            .shared_key
+            .and_then(|key| self.shared_keys.get_mut(&key))
+        {
+            if key.kudos != -1.0 {
+                key.kudos = (key.kudos - amount).max(0.0);
+            }
+            key.utilized += amount;
+        }
+        self.stats.kudos_charged += amount;
+    }
+
+    // ----- workers -----
+
+    /// Hands the oldest waiting image a worker can serve to `worker`.
+    pub(crate) fn pop_job(&mut self, worker: usize) -> Option<Job> {
+        let (&seq, &id) = self.queue.iter().next()?;
+        let settings = Arc::clone(&self.settings);
+        let request = self
+            .requests
+            .get_mut(&id)
+            .expect("the queue only holds ids of live requests");
+        let batch_index = request
+            .waiting
+            .pop_front()
+            .expect("the queue only holds requests with waiting images");
+        if request.waiting.is_empty() {
+            self.queue.remove(&seq);
+        }
+        request.processing += 1;
+        request.expiry = Instant::now() + settings.expiry;
+        let attempt = request
+            .faults_per_image
+            .get(&batch_index)
+            .copied()
+            .unwrap_or(0);
+        let parts = [
+            Part::Id(id),
+            Part::Num(u64::from(batch_index)),
+            Part::Num(u64::from(attempt)),
+        ];
+        Some(Job {
+            request: id,
+            batch_index,
+            attempt,
+            worker,
+            latency: settings.latency.pick(settings.det.unit("latency", &parts)),
+        })
+    }
+
+    /// Lands a job: a fault (re-queue or drop) or a finished image.
+    pub(crate) fn finish_job(&mut self, job: Job) {
+        let settings = Arc::clone(&self.settings);
+        let Some(request) = self.requests.get_mut(&job.request) else {
+            // The request expired while the image was being made (the real
+            // worker's submit would get 404 InvalidJobID).
+            return;
+        };
+        request.processing -= 1;
+        let parts = [
+            Part::Id(job.request),
+            Part::Num(u64::from(job.batch_index)),
+            Part::Num(u64::from(job.attempt)),
+        ];
+        if settings.det.chance(settings.fault_rate, "fault", &parts) {
+            request.restarted += 1;
+            request.faulted_jobs += 1;
+            self.stats.images_faulted += 1;
+            let faults = request.faults_per_image.entry(job.batch_index).or_insert(0);
+            *faults += 1;
+            if *faults < MAX_IMAGE_FAULTS && !request.cancelled && !request.faulted {
+                request.waiting.push_front(job.batch_index);
+                if request.served_model.is_some() {
+                    self.queue.insert(request.seq, request.id);
+                }
+            } else {
+                self.stats.images_dropped += 1;
+            }
+            self.release_hold_if_done(job.request);
+            return;
+        }
+
+        let censored = settings.det.chance(settings.censor_rate, "censor", &parts);
+        let generation_id = settings.det.uuid("generation", &parts);
+        let pixels = if censored {
+            images::censored_pixels()
+        } else {
+            images::render_pixels(&request.prompt, &request.seed, job.batch_index)
+        };
+        request.generations.push(Generation {
+            id: generation_id,
+            batch_index: job.batch_index,
+            worker: job.worker,
+            model: request.served_model.clone().unwrap_or_default(),
+            censored,
+        });
+        request.expiry = Instant::now() + settings.expiry;
+        let amount = request.per_image_kudos;
+        let owner = request.owner;
+        self.r2.insert(
+            generation_id,
+            R2Object {
+                webp: Arc::new(images::encode_webp(&pixels)),
+                uploaded: Instant::now(),
+                retrieved: false,
+            },
+        );
+        self.stats.images_generated += 1;
+        if censored {
+            self.stats.images_censored += 1;
+        }
+        self.users[owner].images_received += 1;
+        self.charge(job.request, amount);
+        self.release_hold_if_done(job.request);
+    }
+
+    fn release_hold_if_done(&mut self, id: Uuid) {
+        if let Some(request) = self.requests.get_mut(&id) {
+            if request.is_done() {
+                request.upfront_hold = 0.0;
+            }
+        }
+    }
+
+    // ----- reading and cancelling -----
+
+    pub(crate) fn check(&self, id: &str) -> Result<CheckBody, ApiError> {
+        let request = self
+            .find(id)
+            .ok_or_else(|| ApiError::not_found("Check", id))?;
+        Ok(self.check_body(request))
+    }
+
+    /// `GET /v2/generate/status/{id}`.
+    pub(crate) fn status(&mut self, id: &str) -> Result<StatusBody, ApiError> {
+        let uuid = self
+            .find(id)
+            .map(|request| request.id)
+            .ok_or_else(|| ApiError::not_found("Status", id))?;
+        Ok(self.status_body(uuid))
+    }
+
+    /// `DELETE /v2/generate/status/{id}`: answers the status from before the
+    /// cancel, then stops new pickups. In-flight images still land.
+    pub(crate) fn cancel(&mut self, id: &str) -> Result<StatusBody, ApiError> {
+        let uuid = self
+            .find(id)
+            .map(|request| request.id)
+            .ok_or_else(|| ApiError::not_found("Delete", id))?;
+        let body = self.status_body(uuid);
+        let request = self.requests.get_mut(&uuid).expect("found just above");
+        request.waiting.clear();
+        self.queue.remove(&request.seq);
+        if !request.cancelled {
+            request.cancelled = true;
+            self.stats.requests_cancelled += 1;
+        }
+        self.release_hold_if_done(uuid);
+        Ok(body)
+    }
+
+    fn find(&self, id: &str) -> Option<&Request> {
+        let uuid = Uuid::parse_str(id).ok()?;
+        self.requests.get(&uuid)
+    }
+
+    fn check_body(&self, request: &Request) -> CheckBody {
+        let waiting = request.waiting.len() as u64;
+        let ahead: u64 = if waiting == 0 || request.served_model.is_none() {
+            0
+        } else {
+            self.queue
+                .range(..request.seq)
+                .filter_map(|(_, id)| self.requests.get(id))
+                .map(|other| other.waiting.len() as u64)
+                .sum()
+        };
+        let queue_position = if waiting == 0 { 0 } else { ahead + 1 };
+        let done = request.is_done();
+        let wait_time = if done {
+            0
+        } else {
+            let workers = self.settings.workers.max(1) as f64;
+            let mean = self.settings.latency.mean().as_secs_f64();
+            let in_flight = if request.processing > 0 { mean } else { 0.0 };
+            ((ahead + waiting) as f64 / workers * mean + in_flight).ceil() as u64
+        };
+        CheckBody {
+            finished: request.generations.len() as u32,
+            processing: request.processing,
+            restarted: request.restarted,
+            waiting: waiting as u32,
+            done,
+            faulted: request.faulted,
+            wait_time,
+            queue_position,
+            kudos: request.kudos,
+            is_possible: request.served_model.is_some(),
+        }
+    }
+
+    /// Builds a full status and records what it hands out.
+    fn status_body(&mut self, id: Uuid) -> StatusBody {
+        let request = &self.requests[&id];
+        let check = self.check_body(request);
+        let now_epoch = clock::epoch_now();
+        let expires = (now_epoch + self.settings.r2_ttl.as_secs_f64()).floor() as u64;
+        let mut sent_base64 = Vec::new();
+        let generations = request
+            .generations
+            .iter()
+            .map(|generation| {
+                let img = if request.r2 {
+                    self.r2_url(generation.id, expires)
+                } else {
+                    sent_base64.push(generation.id);
+                    self.r2
+                        .get(&generation.id)
+                        .map(|object| {
+                            base64::engine::general_purpose::STANDARD.encode(object.webp.as_slice())
+                        })
+                        .unwrap_or_else(|| "N/A".to_owned())
+                };
+                let worker = &self.workers[generation.worker];
+                let mut gen_metadata = vec![MetadataEntry {
+                    kind: "batch_index",
+                    value: "see_ref",
+                    reference: Some(generation.batch_index.to_string()),
+                }];
+                if generation.censored {
+                    gen_metadata.push(MetadataEntry {
+                        kind: "censorship",
+                        value: if request.nsfw { "csam" } else { "nsfw" },
+                        reference: None,
+                    });
+                }
+                GenerationBody {
+                    worker_id: worker.id.to_string(),
+                    worker_name: worker.name.clone(),
+                    model: generation.model.clone(),
+                    state: "ok",
+                    img,
+                    seed: request.seed.clone(),
+                    id: generation.id.to_string(),
+                    censored: generation.censored,
+                    gen_metadata,
+                }
+            })
+            .collect();
+        let shared = request.shared;
+        let body = StatusBody {
+            check,
+            generations,
+            shared,
+        };
+        for generation_id in sent_base64 {
+            self.mark_image_retrieved(generation_id);
+        }
+        if body.check.done {
+            let request = self.requests.get_mut(&id).expect("read just above");
+            if !request.retrieved {
+                request.retrieved = true;
+                self.stats.requests_retrieved += 1;
+            }
+        }
+        body
+    }
+
+    fn mark_image_retrieved(&mut self, generation_id: Uuid) {
+        if let Some(object) = self.r2.get_mut(&generation_id) {
+            if !object.retrieved {
+                object.retrieved = true;
+                self.stats.images_retrieved += 1;
+            }
+        }
+    }
+
+    fn r2_url(&self, generation_id: Uuid, expires: u64) -> String {
+        format!(
+            "{}sim/r2/{generation_id}.webp?expires={expires}&signature={:016x}",
+            self.settings.origin,
+            self.r2_signature(generation_id, expires)
+        )
+    }
+
+    fn r2_signature(&self, generation_id: Uuid, expires: u64) -> u64 {
+        self.settings.det.hash(
+            "r2-signature",
+            &[Part::Id(generation_id), Part::Num(expires)],
+        )
+    }
+
+    /// Serves an R2 download: the bytes, or the S3 error status and code.
+    pub(crate) fn r2_download(
+        &mut self,
+        generation_id: &str,
+        expires: u64,
+        signature: &str,
+    ) -> Result<Arc<Vec<u8>>, (u16, &'static str, &'static str)> {
+        let refused = |status, code, message| Err((status, code, message));
+        let Ok(uuid) = Uuid::parse_str(generation_id) else {
+            self.stats.r2_refused += 1;
+            return refused(404, "NoSuchKey", "The specified key does not exist.");
+        };
+        if format!("{:016x}", self.r2_signature(uuid, expires)) != signature {
+            self.stats.r2_refused += 1;
+            return refused(
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            );
+        }
+        if (expires as f64) < clock::epoch_now() {
+            self.stats.r2_refused += 1;
+            return refused(403, "AccessDenied", "Request has expired");
+        }
+        let Some(object) = self.r2.get(&uuid) else {
+            self.stats.r2_refused += 1;
+            return refused(404, "NoSuchKey", "The specified key does not exist.");
+        };
+        let webp = Arc::clone(&object.webp);
+        self.stats.r2_downloads += 1;
+        self.mark_image_retrieved(uuid);
+        Ok(webp)
+    }
+
+    // ----- cleaner -----
+
+    /// The periodic pass: flag requests with too many faulted jobs, delete
+    /// expired requests, prune old R2 objects.
+    pub(crate) fn cleanup(&mut self) {
+        let now = Instant::now();
+        for request in self.requests.values_mut() {
+            if !request.faulted && request.faulted_jobs > MAX_REQUEST_FAULTS {
+                request.faulted = true;
+                request.upfront_hold = 0.0;
+                self.queue.remove(&request.seq);
+                self.stats.requests_faulted += 1;
+            }
+        }
+        let expired: Vec<Uuid> = self
+            .requests
+            .values()
+            .filter(|request| request.expiry <= now)
+            .map(|request| request.id)
+            .collect();
+        for id in expired {
+            if let Some(request) = self.requests.remove(&id) {
+                self.queue.remove(&request.seq);
+                self.stats.requests_expired += 1;
+                if !request.retrieved && !request.cancelled {
+                    self.expired_never_retrieved += 1;
+                }
+            }
+        }
+        self.r2
+            .retain(|_, object| now.duration_since(object.uploaded) < R2_RETENTION);
+    }
+
+    // ----- other endpoints -----
+
+    /// `GET /v2/find_user`: missing header 401, unknown key 404 UserNotFound.
+    pub(crate) fn find_user(&self, apikey: Option<&str>) -> Result<Value, ApiError> {
+        let Some(apikey) = apikey else {
+            return Err(invalid_api_key());
+        };
+        let shared = Uuid::parse_str(apikey)
+            .ok()
+            .and_then(|id| self.shared_keys.get(&id).map(|key| (id, key)));
+        let (user_index, suffix) = match shared {
+            Some((_, key)) => (key.owner, format!(" (Shared Key: {})", key.name)),
+            None => match self.keys.get(apikey) {
+                Some(&user) => (user, String::new()),
+                None => {
+                    return Err(ApiError::rc(
+                        404,
+                        "UserNotFound",
+                        "User with API Key '<redacted>' not found.",
+                    ))
+                }
+            },
+        };
+        let user = &self.users[user_index];
+        let active: Vec<String> = if user.anon {
+            Vec::new()
+        } else {
+            let mut owned: Vec<&Request> = self
+                .requests
+                .values()
+                .filter(|request| request.owner == user_index)
+                .collect();
+            owned.sort_by_key(|request| request.seq);
+            owned.iter().map(|request| request.id.to_string()).collect()
+        };
+        Ok(json!({
+            "username": format!("{}{suffix}", user.username),
+            "id": user.id,
+            "kudos": user.kudos,
+            "concurrency": user.concurrency,
+            "worker_invited": 0,
+            "moderator": false,
+            "kudos_details": {"accumulated": 0, "gifted": 0, "donated": 0, "admin": 0,
+                              "received": 0, "recurring": 0, "awarded": 0, "styled": 0},
+            "worker_count": 0,
+            "worker_ids": [],
+            "sharedkey_ids": user.shared_keys.iter().map(Uuid::to_string).collect::<Vec<_>>(),
+            "styles": [],
+            "active_generations": {"image": active, "text": [], "alchemy": []},
+            "trusted": false,
+            "flagged": false,
+            "vpn": false,
+            "service": false,
+            "education": false,
+            "customizer": false,
+            "special": false,
+            "deleted": false,
+            "pseudonymous": user.anon,
+            "account_age": 0,
+            "usage": {"megapixelsteps": 0.0, "requests": user.requests_made},
+            "contributions": {"megapixelsteps": 0.0, "fulfillments": 0},
+            "records": {
+                "usage": {"megapixelsteps": 0.0, "tokens": 0},
+                "contribution": {"megapixelsteps": 0.0, "tokens": 0},
+                "fulfillment": {"image": 0, "text": 0, "interrogation": 0},
+                "request": {"image": user.requests_made, "text": 0, "interrogation": 0},
+                "style": {"image": 0, "text": 0, "interrogation": 0},
+            },
+        }))
+    }
+
+    /// `GET /v2/status/models`: the served models with their queues.
+    pub(crate) fn models(&self, model_type: &str) -> Vec<Value> {
+        if model_type != "image" {
+            return Vec::new();
+        }
+        let mean = self.settings.latency.mean().as_secs_f64();
+        self.settings
+            .served_models
+            .iter()
+            .map(|name| {
+                let jobs: u64 = self
+                    .requests
+                    .values()
+                    .filter(|request| request.served_model.as_deref() == Some(name.as_str()))
+                    .map(|request| request.waiting.len() as u64)
+                    .sum();
+                let workers = self.settings.workers.max(1) as f64;
+                json!({
+                    "name": name,
+                    "count": self.settings.workers,
+                    "performance": if mean > 0.0 { 262_144.0 * 30.0 / mean } else { 0.0 },
+                    "queued": jobs as f64 * 262_144.0 * 30.0,
+                    "jobs": jobs,
+                    "eta": (jobs as f64 / workers * mean).ceil() as u64,
+                    "type": "image",
+                })
+            })
+            .collect()
+    }
+
+    /// `PUT /v2/sharedkeys`.
+    pub(crate) fn create_shared_key(
+        &mut self,
+        apikey: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        let owner = self.user_for_key(apikey)?;
+        if self.users[owner].anon {
+            return Err(ApiError::rc(
+                403,
+                "AnonForbidden",
+                "Anonymous user is forbidden from performing this operation",
+            ));
+        }
+        if self.users[owner].shared_keys.len() >= 3 {
+            return Err(ApiError::rc(
+                403,
+                "Forbidden",
+                "You cannot have more than 3 shared keys.",
+            ));
+        }
+        let id = self
+            .settings
+            .det
+            .uuid("shared-key", &[Part::Num(self.next_shared_key)]);
+        self.next_shared_key += 1;
+        let mut key = SharedKey {
+            owner,
+            name: String::new(),
+            kudos: 5000.0,
+            expiry: None,
+            utilized: 0.0,
+            max_image_pixels: -1,
+            max_image_steps: -1,
+            max_text_tokens: -1,
+        };
+        apply_shared_key_fields(&mut key, body)?;
+        self.users[owner].shared_keys.push(id);
+        self.shared_keys.insert(id, key);
+        Ok(self.shared_key_details(id))
+    }
+
+    /// `GET /v2/sharedkeys/{id}`: no auth; an unknown id is 401, not 404.
+    pub(crate) fn shared_key(&self, id: &str) -> Result<Value, ApiError> {
+        let uuid = self.shared_key_id(id)?;
+        Ok(self.shared_key_details(uuid))
+    }
+
+    /// `PATCH /v2/sharedkeys/{id}` by the owner.
+    pub(crate) fn modify_shared_key(
+        &mut self,
+        apikey: &str,
+        id: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        let uuid = self.shared_key_id(id)?;
+        self.check_shared_key_owner(apikey, uuid)?;
+        let has_fields = [
+            "kudos",
+            "expiry",
+            "name",
+            "max_image_pixels",
+            "max_image_steps",
+            "max_text_tokens",
+        ]
+        .iter()
+        .any(|field| body.get(field).is_some_and(|value| !value.is_null()));
+        if !has_fields {
+            return Err(ApiError::rc(
+                400,
+                "NoSharedKeyModSelected",
+                "No shared key modification selected!",
+            ));
+        }
+        let key = self
+            .shared_keys
+            .get_mut(&uuid)
+            .expect("resolved just above");
+        apply_shared_key_fields(key, body)?;
+        Ok(self.shared_key_details(uuid))
+    }
+
+    /// `DELETE /v2/sharedkeys/{id}` by the owner.
+    pub(crate) fn delete_shared_key(&mut self, apikey: &str, id: &str) -> Result<Value, ApiError> {
+        let uuid = self.shared_key_id(id)?;
+        let owner = self.check_shared_key_owner(apikey, uuid)?;
+        self.shared_keys.remove(&uuid);
+        self.users[owner].shared_keys.retain(|key| *key != uuid);
+        Ok(json!({"message": "OK"}))
+    }
+
+    fn shared_key_id(&self, id: &str) -> Result<Uuid, ApiError> {
+        Uuid::parse_str(id)
+            .ok()
+            .filter(|uuid| self.shared_keys.contains_key(uuid))
+            .ok_or_else(|| ApiError::rc(401, "InvalidAPIKey", "No user matching sent Shared Key."))
+    }
+
+    fn check_shared_key_owner(&self, apikey: &str, key: Uuid) -> Result<usize, ApiError> {
+        let caller = self.user_for_key(apikey)?;
+        if self.shared_keys[&key].owner != caller {
+            return Err(ApiError::rc(
+                403,
+                "Forbidden",
+                "This shared key does not belong to you.",
+            ));
+        }
+        Ok(caller)
+    }
+
+    fn shared_key_details(&self, id: Uuid) -> Value {
+        let key = &self.shared_keys[&id];
+        let mut details = json!({
+            "id": id.to_string(),
+            "username": self.users[key.owner].username,
+            "name": key.name,
+            // SharedKeyDetails declares both as integers.
+            "kudos": key.kudos.round() as i64,
+            "utilized": key.utilized.round() as i64,
+            "max_image_pixels": key.max_image_pixels,
+            "max_image_steps": key.max_image_steps,
+            "max_text_tokens": key.max_text_tokens,
+        });
+        if let Some(expiry) = key.expiry {
+            details["expiry"] = Value::String(clock::rfc822(expiry));
+        }
+        details
+    }
+
+    // ----- stats -----
+
+    /// Records one answered API call.
+    pub(crate) fn record_call(&mut self, endpoint: String, status: u16) {
+        *self
+            .stats
+            .calls
+            .entry(endpoint)
+            .or_default()
+            .entry(status)
+            .or_insert(0) += 1;
+    }
+
+    pub(crate) fn stats_mut(&mut self) -> &mut SimStats {
+        &mut self.stats
+    }
+
+    /// A snapshot with the derived fields filled in.
+    pub(crate) fn snapshot(&self) -> SimStats {
+        let mut stats = self.stats.clone();
+        let live_never_retrieved = self
+            .requests
+            .values()
+            .filter(|request| !request.retrieved && !request.cancelled)
+            .count() as u64;
+        stats.requests_never_retrieved = live_never_retrieved + self.expired_never_retrieved;
+        stats.images_never_retrieved = stats.images_generated - stats.images_retrieved;
+        stats.waiting_images = self
+            .requests
+            .values()
+            .map(|request| request.waiting.len() as u64)
+            .sum();
+        stats.processing_images = self
+            .requests
+            .values()
+            .map(|request| u64::from(request.processing))
+            .sum();
+        stats.live_requests = self.requests.len() as u64;
+        stats
+    }
+}
+
+fn invalid_api_key() -> ApiError {
+    ApiError::rc(
+        401,
+        "InvalidAPIKey",
+        "No user matching sent API Key. Have you remembered to register at https://aihorde.net/register ?",
+    )
+}
+
+fn apply_shared_key_fields(key: &mut SharedKey, body: &Value) -> Result<(), ApiError> {
+    let bad = |field: &str| ApiError::rc(400, "BadRequest", format!("{field} must be an integer"));
+    let int = |field: &str| -> Result<Option<i64>, ApiError> {
+        match body.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => value.as_i64().map(Some).ok_or_else(|| bad(field)),
+        }
+    };
+    if let Some(kudos) = int("kudos")? {
+        key.kudos = kudos as f64;
+    }
+    if let Some(days) = int("expiry")? {
+        key.expiry = (days != -1).then(|| clock::epoch_now() as i64 + days * 86_400);
+    }
+    if let Some(name) = body.get("name").and_then(Value::as_str) {
+        key.name = name.to_owned();
+    }
+    if let Some(pixels) = int("max_image_pixels")? {
+        key.max_image_pixels = pixels;
+    }
+    if let Some(steps) = int("max_image_steps")? {
+        key.max_image_steps = steps;
+    }
+    if let Some(tokens) = int("max_text_tokens")? {
+        key.max_text_tokens = tokens;
+    }
+    Ok(())
+}
+
+// ----- kudos model -----
+
+fn accurate_steps(params: &GenParams) -> f64 {
+    if params.sampler_name == "k_dpm_adaptive" {
+        return DEFAULT_MAX_STEPS;
+    }
+    let multiplier = if DOUBLE_STEP_SAMPLERS.contains(&params.sampler_name.as_str()) {
+        2.0
+    } else {
+        1.0
+    };
+    f64::from(params.steps) * multiplier
+}
+
+/// Cost of one image before multipliers: 6 for 512×512 at 30 steps, the
+/// figure a real 202 reported for such a request.
+fn base_kudos(params: &GenParams) -> f64 {
+    let pixels = f64::from(params.width) * f64::from(params.height);
+    0.2 * accurate_steps(params) * pixels / (512.0 * 512.0)
+}
+
+/// Model-family multiplier (SDXL ×2, Cascade ×4, Flux ×8), guessed from the name.
+fn baseline_multiplier(models: &[String]) -> f64 {
+    let name = models
+        .first()
+        .map(|model| model.to_lowercase())
+        .unwrap_or_default();
+    if name.contains("flux") {
+        8.0
+    } else if name.contains("cascade") {
+        4.0
+    } else if name.contains("xl") {
+        2.0
+    } else {
+        1.0
+    }
+}
+
+fn is_xl_family(models: &[String]) -> bool {
+    baseline_multiplier(models) > 1.0
+}
+
+/// What each finished image costs: 7 for the 512×512 × 30-step case
+/// (a real n=3 request was charged 24 = 3 × 7 + 3 tax).
+fn per_image_kudos(input: &GenerateInput) -> f64 {
+    let mut kudos = base_kudos(&input.params) * baseline_multiplier(&input.models);
+    if !input.slow_workers {
+        kudos *= 1.2;
+    }
+    if input.worker_blacklist {
+        kudos *= 1.1;
+    }
+    ((kudos + 1.0) * 100.0).round() / 100.0
+}
+
+/// The dry-run total (21 for the n=3 request above).
+fn dry_run_kudos(input: &GenerateInput) -> f64 {
+    per_image_kudos(input) * f64::from(input.params.n)
+}
+
+/// Largest free side: `1024 + 10·threads − round(0.9·queued)`, clamped to
+/// 576..1024, at least 1024 for SDXL-class models.
+fn max_free_resolution(threads: usize, queued_requests: usize, models: &[String]) -> u32 {
+    let raw = 1024 + 10 * threads as i64 - (0.9 * queued_requests as f64).round() as i64;
+    let clamped = raw.clamp(576, 1024) as u32;
+    if is_xl_family(models) {
+        clamped.max(1024)
+    } else {
+        clamped
+    }
+}
+
+fn needs_upfront_kudos(input: &GenerateInput, max_res: u32) -> bool {
+    let params = &input.params;
+    let pixels = u64::from(params.width) * u64::from(params.height);
+    !input.slow_workers
+        || pixels > u64::from(max_res) * u64::from(max_res)
+        || accurate_steps(params) > DEFAULT_MAX_STEPS
+        || (params.sampler_name == "lcm" && params.steps > 10)
+        || (params.control_type.is_some() && params.steps > 20)
+}
+
+/// `allow_downgrade`: shrink to the free envelope instead of rejecting.
+fn downgrade(params: &mut GenParams, max_res: u32) {
+    let pixels = f64::from(params.width) * f64::from(params.height);
+    let limit = f64::from(max_res) * f64::from(max_res);
+    if pixels > limit {
+        let scale = (limit / pixels).sqrt();
+        let snap = |side: u32| ((f64::from(side) * scale / 64.0).floor() as u32 * 64).max(512);
+        params.width = snap(params.width);
+        params.height = snap(params.height);
+    }
+    let max_steps = if params.sampler_name == "lcm" {
+        10
+    } else if params.control_type.is_some() {
+        20
+    } else {
+        30
+    };
+    params.steps = params.steps.min(max_steps);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::validate::parse_generate;
+
+    fn input(body: Value) -> GenerateInput {
+        parse_generate(&body).unwrap()
+    }
+
+    #[test]
+    fn kudos_match_the_observed_request() {
+        // Observed on the real server for n=3, 512x512: dry run 21, 202 said 6, charged 24.
+        let request = input(json!({"prompt": "x", "params": {"n": 3}}));
+        assert_eq!(dry_run_kudos(&request), 21.0);
+        assert_eq!(base_kudos(&request.params).round(), 6.0);
+        assert_eq!(per_image_kudos(&request) * 3.0 + HORDE_TAX, 24.0);
+    }
+
+    #[test]
+    fn upfront_rules() {
+        let free =
+            input(json!({"prompt": "x", "params": {"width": 1024, "height": 1024, "steps": 40}}));
+        assert!(!needs_upfront_kudos(&free, 1024));
+        let slow = input(json!({"prompt": "x", "slow_workers": false}));
+        assert!(needs_upfront_kudos(&slow, 1024));
+        let heun = input(json!({"prompt": "x", "params": {"sampler_name": "k_heun", "steps": 21}}));
+        assert!(needs_upfront_kudos(&heun, 1024));
+        assert_eq!(
+            max_free_resolution(4, 0, &["stable_diffusion".to_owned()]),
+            1024
+        );
+        assert_eq!(
+            max_free_resolution(0, 1000, &["stable_diffusion".to_owned()]),
+            576
+        );
+        assert_eq!(
+            max_free_resolution(0, 1000, &["AlbedoBase XL (SDXL)".to_owned()]),
+            1024
+        );
+    }
+
+    #[test]
+    fn downgrade_snaps_to_the_envelope() {
+        let mut params =
+            input(json!({"prompt": "x", "params": {"width": 2048, "height": 2048, "steps": 80}}))
+                .params;
+        downgrade(&mut params, 1024);
+        assert_eq!(
+            (params.width, params.height, params.steps),
+            (1024, 1024, 30)
+        );
+    }
+}

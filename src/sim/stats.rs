@@ -1,0 +1,103 @@
+//! Counters of the simulated Horde, read by tests and benchmarks through
+//! `GET /sim/stats` or `SimHandle::stats()`.
+//!
+//! Owns the [`SimStats`] snapshot type and its field definitions. Other
+//! people's tests assert on these numbers: change a field's meaning only
+//! together with its doc comment.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of everything the simulator counted since it started.
+///
+/// "Request" means a Horde generation request (one `POST generate/async`
+/// that got a 202), "call" means one HTTP call.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SimStats {
+    /// HTTP calls answered, by endpoint (`"<METHOD> <route template>"`, e.g.
+    /// `"GET /api/v2/generate/check/{id}"`; unknown paths as `"<METHOD> <unmatched>"`)
+    /// and then by the status code actually sent. Chaos answers count under
+    /// their chaos status; dropped connections under status 0. `/sim/*`
+    /// calls (stats, R2 downloads) are not counted here.
+    pub calls: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// 429s sent by the rate limiter (body `{"message": "2 per 1 second"}`, no rc).
+    pub rate_limited: u64,
+    /// 429s with rc `TooManyPrompts` (the per-user concurrency limit).
+    pub too_many_prompts: u64,
+    /// Requests accepted with a 202 (dry runs excluded).
+    pub requests_created: u64,
+    /// Requests cancelled with `DELETE generate/status/{id}` (each counted once).
+    pub requests_cancelled: u64,
+    /// Requests retrieved: a GET or DELETE status call answered with all of
+    /// their generations while the request was done.
+    pub requests_retrieved: u64,
+    /// Requests created that were neither retrieved nor cancelled (so far,
+    /// including ones still running and ones that expired).
+    pub requests_never_retrieved: u64,
+    /// Requests the cleaner deleted because they expired.
+    pub requests_expired: u64,
+    /// Requests the cleaner marked `faulted: true` (more than 2 faulted jobs).
+    pub requests_faulted: u64,
+    /// Images completed by a worker (censored ones included).
+    pub images_generated: u64,
+    /// Faulted image attempts (each fault counts; the image is re-queued once, then dropped).
+    pub images_faulted: u64,
+    /// Images dropped after their second faulted attempt (they never appear).
+    pub images_dropped: u64,
+    /// Generated images that came back censored.
+    pub images_censored: u64,
+    /// Generated images whose bytes reached a client: as base64 in a status or
+    /// DELETE answer (`r2: false`) or through a successful R2 download.
+    pub images_retrieved: u64,
+    /// `images_generated - images_retrieved`.
+    pub images_never_retrieved: u64,
+    /// Successful R2 downloads (repeated downloads of one image all count).
+    pub r2_downloads: u64,
+    /// R2 downloads refused: expired or tampered URL (403), unknown object (404).
+    pub r2_refused: u64,
+    /// Kudos charged to users: 3 tax per request plus each finished image.
+    pub kudos_charged: f64,
+    /// Images currently waiting for a worker (over all live requests, even ones no worker can serve).
+    pub waiting_images: u64,
+    /// Images a worker is generating right now.
+    pub processing_images: u64,
+    /// Requests currently held by the server (not yet expired).
+    pub live_requests: u64,
+    /// What the chaos knobs did.
+    pub chaos: ChaosStats,
+}
+
+/// Counters of the chaos knobs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ChaosStats {
+    /// Calls answered with a 5xx by `--chaos-5xx`.
+    pub server_errors: u64,
+    /// Calls whose connection was closed without an answer by `--chaos-drop`.
+    pub dropped: u64,
+    /// Calls delayed by `--chaos-slow`.
+    pub slowed: u64,
+    /// Calls answered with a 200 and broken JSON by `--chaos-malformed`.
+    pub malformed: u64,
+    /// Of the 5xx and dropped calls, those whose effect happened anyway (the
+    /// server processed the call, then the answer was lost).
+    pub processed_then_lost: u64,
+}
+
+impl SimStats {
+    /// Calls to `endpoint` (e.g. `"POST /api/v2/generate/async"`) answered with `status`.
+    pub fn calls_with_status(&self, endpoint: &str, status: u16) -> u64 {
+        self.calls
+            .get(endpoint)
+            .and_then(|by_status| by_status.get(&status))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// All calls to `endpoint`, whatever the status.
+    pub fn calls_to(&self, endpoint: &str) -> u64 {
+        self.calls
+            .get(endpoint)
+            .map_or(0, |by_status| by_status.values().sum())
+    }
+}
