@@ -8,7 +8,13 @@ const AFTER_HELP: &str = "\
 Examples:
   horde-batch validate manifests/*.yaml
   horde-batch plan manifests/quickstart.yaml --list
+  horde-batch run manifests/quickstart.yaml --simulate
+  AI_HORDE_API_KEY=... horde-batch run manifests/animals-dataset.yaml
+  horde-batch cancel manifests/animals-dataset.yaml
   horde-batch schema > manifests/schema.json
+
+The API key is read from AI_HORDE_API_KEY or --api-key-file (anonymous when
+neither is set); it is never written to disk or logs.
 
 Exit codes:
   0    everything asked for was done
@@ -57,6 +63,66 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the manifest JSON Schema (for editors with yaml-language-server).
     Schema,
+    /// Generate every image of a manifest; rerunning resumes where the last run stopped.
+    Run(RunArgs),
+    /// Cancel the Horde requests a killed run left behind (frees the queue, saves finished images).
+    Cancel(CancelArgs),
+    /// Serve the simulated AI Horde on 127.0.0.1 (for rehearsals, tests and benchmarks).
+    Sim(crate::sim::SimConfig),
+}
+
+/// Where the Horde is and who we are to it.
+#[derive(Debug, Args)]
+pub struct HordeArgs {
+    /// Base URL of the AI Horde API (endpoints are appended as v2/...).
+    #[arg(long, env = "AI_HORDE_URL", value_name = "URL")]
+    pub horde_url: Option<String>,
+    /// Read the API key from this file (first line) instead of AI_HORDE_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Contact for the Client-Agent header (an email or URL), so Horde admins can reach you.
+    #[arg(long, env = "HORDE_BATCH_CONTACT", value_name = "CONTACT")]
+    pub contact: Option<String>,
+}
+
+/// Where a run keeps its files.
+#[derive(Debug, Args)]
+pub struct PlacesArgs {
+    /// Output directory (default: the manifest's `output.dir`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// State directory holding the ledger (default: <output>/.horde-batch).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The manifest to run.
+    pub manifest: PathBuf,
+    /// Run against a simulated Horde started in this process: offline and free.
+    #[arg(long, conflicts_with = "horde_url")]
+    pub simulate: bool,
+    /// On Ctrl-C or SIGTERM, leave requests on the Horde for a later resume instead of cancelling them.
+    #[arg(long)]
+    pub detach: bool,
+    /// Refuse expansions larger than this many jobs (overrides `run.max_jobs`).
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<u64>,
+    #[command(flatten)]
+    pub horde: HordeArgs,
+    #[command(flatten)]
+    pub places: PlacesArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The manifest whose run to cancel.
+    pub manifest: PathBuf,
+    #[command(flatten)]
+    pub horde: HordeArgs,
+    #[command(flatten)]
+    pub places: PlacesArgs,
 }
 
 #[derive(Debug, Args)]

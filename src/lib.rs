@@ -13,5 +13,6 @@ pub mod logging;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod scheduler;
 pub mod sim;
 pub mod store;

@@ -1,6 +1,8 @@
 //! The commands: each takes parsed arguments, does its work and returns an
 //! exit code. Errors bubble up as `AppError` and are reported once, by `main`.
 
+mod run;
+
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
@@ -18,6 +20,30 @@ pub enum AppError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Output(#[from] crate::output::OutputError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Template(#[from] crate::output::TemplateError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Sim(#[from] crate::sim::SimError),
+    #[error("{0}")]
+    #[diagnostic(code(horde_batch::config))]
+    Config(String),
+    #[error("the Horde refused the API key: {0}")]
+    #[diagnostic(
+        code(horde_batch::auth),
+        help("check AI_HORDE_API_KEY or --api-key-file")
+    )]
+    Auth(String),
+    #[error("cannot start the async runtime")]
+    #[diagnostic(code(horde_batch::runtime))]
+    Runtime(#[source] io::Error),
     #[error("cannot write to standard output")]
     #[diagnostic(code(horde_batch::stdout))]
     Stdout(#[source] io::Error),
@@ -27,7 +53,13 @@ impl AppError {
     /// The exit code this error ends the process with.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Manifest(_) | AppError::Stdout(_) => exit::USAGE,
+            AppError::Store(_) => exit::LEDGER,
+            AppError::Auth(_) => exit::AUTH,
+            AppError::Output(_) | AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
+            AppError::Manifest(_)
+            | AppError::Stdout(_)
+            | AppError::Template(_)
+            | AppError::Config(_) => exit::USAGE,
         }
     }
 }
@@ -38,10 +70,16 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Command::Validate(args) => validate(&args),
         Command::Plan(args) => plan(&args),
         Command::Schema => schema(),
+        Command::Run(args) => run::run(&args),
+        Command::Cancel(args) => run::cancel(&args),
+        Command::Sim(config) => run::sim(config),
     }
 }
 
-fn load(path: &std::path::Path, max_jobs: Option<u64>) -> Result<CompiledManifest, ManifestError> {
+pub(crate) fn load(
+    path: &std::path::Path,
+    max_jobs: Option<u64>,
+) -> Result<CompiledManifest, ManifestError> {
     let file = ManifestFile::load(path)?;
     manifest::compile(file, &CompileOptions { max_jobs })
 }

@@ -1,0 +1,308 @@
+//! `run`, `cancel` and `sim`: the commands that talk to a Horde.
+//!
+//! Wiring only: resolve places and the key, open the ledger and the output
+//! directory, build the client (or start the simulated Horde), install the
+//! signal handlers, hand over to the scheduler, and turn its summary into an
+//! exit code and a report on stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{load, AppError};
+use crate::cli::{CancelArgs, HordeArgs, PlacesArgs, RunArgs};
+use crate::exit;
+use crate::horde::{ApiKey, ClientConfig, FailureClass, HordeClient};
+use crate::manifest::CompiledManifest;
+use crate::output::{FilenameTemplate, OutputDir};
+use crate::scheduler::{Abort, Budget, Engine, OnStop, Pacer, RunSummary, DEFAULT_SUBMIT_INTERVAL};
+use crate::sim::{SimConfig, SimHandle};
+use crate::store::Store;
+
+/// The name of the state folder inside the output directory.
+const STATE_DIR: &str = ".horde-batch";
+/// Budget when the Horde cannot tell us the key's concurrency (its default for registered users).
+const FALLBACK_CONCURRENCY: u32 = 30;
+
+fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)
+}
+
+/// `horde-batch run`.
+pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
+    let compiled = Arc::new(load(&args.manifest, args.max_jobs)?);
+    let template = FilenameTemplate::parse(&compiled.output.filename)?;
+    let (out_dir, state_dir) = places(&compiled, &args.places);
+    let api_key = api_key(&args.horde)?;
+    runtime()?.block_on(async {
+        let store = open_store(&state_dir).await?;
+        store.record_run_start(
+            crate::output::HORDE_BATCH_VERSION,
+            &compiled.file.path.display().to_string(),
+            compiled.name(),
+        )?;
+        store.flush().await?;
+        let output = open_output(out_dir.clone()).await?;
+        let sim = if args.simulate { Some(start_sim().await?) } else { None };
+        let client = client(&args.horde, sim.as_ref(), api_key)?;
+        let capacity = budget_capacity(&client, &compiled).await?;
+        let stop = CancellationToken::new();
+        let on_stop = if args.detach { OnStop::Detach } else { OnStop::Cancel };
+        let engine = Engine::new(
+            client,
+            store,
+            output,
+            Arc::clone(&compiled),
+            template,
+            Budget::new(capacity),
+            Pacer::new(DEFAULT_SUBMIT_INTERVAL),
+            stop.clone(),
+            on_stop,
+        );
+        watch_signals(stop, on_stop);
+        tracing::info!(manifest = %compiled.file.path.display(), out = %out_dir.display(), budget = capacity, "run started");
+        let summary = engine.run().await;
+        report(&engine, &summary, &out_dir);
+        if let Some(sim) = sim {
+            sim.shutdown().await;
+        }
+        Ok(ExitCode::from(exit_code(&engine, &summary)))
+    })
+}
+
+/// `horde-batch cancel`: cancels every request a run left on the Horde.
+pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
+    let compiled = Arc::new(load(&args.manifest, None)?);
+    let template = FilenameTemplate::parse(&compiled.output.filename)?;
+    let (out_dir, state_dir) = places(&compiled, &args.places);
+    let api_key = api_key(&args.horde)?;
+    runtime()?.block_on(async {
+        let store = open_store(&state_dir).await?;
+        let output = open_output(out_dir).await?;
+        let client = client(&args.horde, None, api_key)?;
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let engine = Engine::new(
+            client,
+            store,
+            output,
+            compiled,
+            template,
+            Budget::new(1),
+            Pacer::new(DEFAULT_SUBMIT_INTERVAL),
+            stop,
+            OnStop::Cancel,
+        );
+        let cancelled = engine.cancel_in_flight().await;
+        eprintln!("cancelled {cancelled} request(s); images they had finished were saved");
+        Ok(ExitCode::from(match engine.aborted() {
+            Some(Abort::Ledger(_)) => exit::LEDGER,
+            Some(_) => exit::JOBS_FAILED,
+            None => exit::SUCCESS,
+        }))
+    })
+}
+
+/// `horde-batch sim`.
+pub fn sim(config: SimConfig) -> Result<ExitCode, AppError> {
+    runtime()?.block_on(crate::sim::run_cli(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn places(compiled: &CompiledManifest, places: &PlacesArgs) -> (PathBuf, PathBuf) {
+    let out = places
+        .out
+        .clone()
+        .unwrap_or_else(|| compiled.output.dir.clone());
+    let state = places.state.clone().unwrap_or_else(|| out.join(STATE_DIR));
+    (out, state)
+}
+
+fn api_key(horde: &HordeArgs) -> Result<ApiKey, AppError> {
+    if let Some(path) = &horde.api_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            AppError::Config(format!(
+                "cannot read the API key file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let key = text.lines().next().unwrap_or_default().trim();
+        if key.is_empty() {
+            return Err(AppError::Config(format!(
+                "the API key file {} is empty",
+                path.display()
+            )));
+        }
+        return Ok(ApiKey::new(key));
+    }
+    match std::env::var("AI_HORDE_API_KEY") {
+        Ok(key) if !key.trim().is_empty() => Ok(ApiKey::new(key.trim())),
+        _ => Ok(ApiKey::anonymous()),
+    }
+}
+
+async fn open_store(dir: &Path) -> Result<Store, AppError> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(|e| AppError::Config(format!("opening the ledger failed: {e}")))?
+        .map_err(AppError::from)
+}
+
+async fn open_output(dir: PathBuf) -> Result<OutputDir, AppError> {
+    tokio::task::spawn_blocking(move || OutputDir::open(dir))
+        .await
+        .map_err(|e| AppError::Config(format!("opening the output directory failed: {e}")))?
+        .map_err(AppError::from)
+}
+
+async fn start_sim() -> Result<SimHandle, AppError> {
+    let handle = crate::sim::spawn(SimConfig::default()).await?;
+    tracing::info!(url = %handle.base_url(), "simulated Horde started");
+    Ok(handle)
+}
+
+fn client(
+    horde: &HordeArgs,
+    sim: Option<&SimHandle>,
+    api_key: ApiKey,
+) -> Result<HordeClient, AppError> {
+    let url = match (sim, &horde.horde_url) {
+        (Some(sim), _) => sim.base_url(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => crate::horde::DEFAULT_BASE_URL.to_owned(),
+    };
+    let url = reqwest::Url::parse(&url)
+        .map_err(|e| AppError::Config(format!("bad Horde URL `{url}`: {e}")))?;
+    let mut config = ClientConfig::new(url, api_key);
+    if let Some(contact) = &horde.contact {
+        config.contact = contact.clone();
+    }
+    HordeClient::new(config).map_err(|e| AppError::Config(e.to_string()))
+}
+
+/// Images allowed to wait on the Horde at once: the manifest's choice, else the key's concurrency.
+async fn budget_capacity(
+    client: &HordeClient,
+    compiled: &CompiledManifest,
+) -> Result<u32, AppError> {
+    if let Some(max) = compiled.run.max_in_flight {
+        return Ok(max);
+    }
+    match client.find_user().await {
+        Ok(user) => Ok(user.concurrency.max(1)),
+        Err(error) if error.class() == FailureClass::Auth => Err(AppError::Auth(error.to_string())),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the key's concurrency; assuming {FALLBACK_CONCURRENCY}");
+            Ok(FALLBACK_CONCURRENCY)
+        }
+    }
+}
+
+/// First Ctrl-C / SIGTERM: stop submitting, cancel or detach, flush, exit 130.
+/// Second: exit at once (every ledger step is already durable).
+fn watch_signals(stop: CancellationToken, on_stop: OnStop) {
+    tokio::spawn(async move {
+        let mut signals = 0;
+        loop {
+            if !next_signal().await {
+                return;
+            }
+            signals += 1;
+            if signals == 1 {
+                let what = match on_stop {
+                    OnStop::Cancel => "cancelling requests on the Horde",
+                    OnStop::Detach => "leaving requests on the Horde for the next run",
+                };
+                eprintln!("horde-batch: stopping: no new submits, {what}; press Ctrl-C again to exit at once");
+                stop.cancel();
+            } else {
+                eprintln!("horde-batch: exiting at once; rerun the same command to resume");
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
+        }
+    });
+}
+
+/// Waits for SIGINT or SIGTERM; false if signals cannot be watched.
+async fn next_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return false;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
+}
+
+fn exit_code(engine: &Engine, summary: &RunSummary) -> u8 {
+    match engine.aborted() {
+        Some(Abort::Auth(_)) => exit::AUTH,
+        Some(Abort::Ledger(_)) => exit::LEDGER,
+        Some(Abort::Output(_)) => exit::JOBS_FAILED,
+        None if summary.interrupted => exit::INTERRUPTED,
+        None if summary.jobs_failed > 0 || summary.jobs_unfinished > 0 => exit::JOBS_FAILED,
+        None => exit::SUCCESS,
+    }
+}
+
+fn report(engine: &Engine, summary: &RunSummary, out: &Path) {
+    let stats = &engine.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    eprintln!(
+        "horde-batch: {} of {} jobs done, {} failed, {} unfinished; {} images saved now, {} before; output in {}",
+        summary.jobs_done,
+        summary.jobs,
+        summary.jobs_failed,
+        summary.jobs_unfinished,
+        summary.images_saved_now,
+        summary.images_saved_before,
+        out.display(),
+    );
+    eprintln!(
+        "horde-batch: requests: {} submit, {} check, {} status, {} cancel, {} download; 429s: {} rate limit, {} concurrency; {} transient errors; {} resubmits; {:.1} kudos",
+        load(&stats.submits),
+        load(&stats.checks),
+        load(&stats.status_calls),
+        load(&stats.cancels),
+        load(&stats.downloads),
+        load(&stats.rate_limited),
+        load(&stats.concurrency_full),
+        load(&stats.transient_errors),
+        load(&stats.resubmits),
+        load(&stats.kudos_millis) as f64 / 1000.0,
+    );
+    let failures = stats
+        .failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !failures.is_empty() {
+        let mut classes: Vec<_> = failures.iter().collect();
+        classes.sort();
+        let text: Vec<String> = classes
+            .iter()
+            .map(|(class, count)| format!("{class}: {count}"))
+            .collect();
+        eprintln!("horde-batch: failures by class: {}", text.join(", "));
+    }
+    if let Some(abort) = engine.aborted() {
+        eprintln!("horde-batch: stopped early: {abort:?}; rerun the same command to resume");
+    }
+}

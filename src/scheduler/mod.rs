@@ -1,0 +1,496 @@
+//! The engine: drives every request slot of a run from submit to files on disk.
+//!
+//! Each slot runs as its own task: lease images from the budget, wait for the
+//! pacer, record the intent in the ledger, submit, record the Horde id, poll
+//! `/check` (at the pace its `wait_time` suggests, never under the server's
+//! 1 s cache), fetch `/status` once when done, and hand each image to the
+//! output directory before marking it saved. Failures follow the failure
+//! class of the error (see `DESIGN.md`): rate limits back off for everyone,
+//! concurrency limits shrink the budget, expired, faulted or short requests
+//! are resubmitted for the missing images within `run.retries`, permanent
+//! errors fail the job, an invalid key stops the run.
+//!
+//! The engine owns no formats: the ledger is `store`, the files are `output`,
+//! the protocol is `horde`. It must not print; it reports through `RunStats`
+//! and tracing.
+
+mod budget;
+mod pacing;
+mod slot;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use budget::{Budget, Lease};
+pub use pacing::{EndpointClass, Pacer, DEFAULT_SUBMIT_INTERVAL};
+
+use crate::horde::HordeClient;
+use crate::manifest::{CompiledManifest, Job, JobKey};
+use crate::output::{format_timestamp, FilenameTemplate, JobError, JobResult, OutputDir};
+use crate::plan::{self, Slot};
+use crate::store::{RequestKey, RequestRecord, RequestState, Store};
+
+/// What to do with requests still on the Horde when the run is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStop {
+    /// Cancel them (`DELETE`), saving the images their answer already holds.
+    Cancel,
+    /// Leave them for a later resume to pick up.
+    Detach,
+}
+
+/// Why a run ended early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abort {
+    /// The Horde refused the API key.
+    Auth(String),
+    /// A file could not be written (disk full, read-only, ...).
+    Output(String),
+    /// The ledger could not be written.
+    Ledger(String),
+}
+
+/// Everything a slot task needs, shared by all of them.
+pub struct Engine {
+    pub client: HordeClient,
+    pub store: Store,
+    pub output: OutputDir,
+    pub manifest: Arc<CompiledManifest>,
+    pub template: FilenameTemplate,
+    pub budget: Arc<Budget>,
+    pub pacer: Pacer,
+    /// Cancelled on Ctrl-C / SIGTERM / a fatal error: no new submits.
+    pub stop: CancellationToken,
+    pub on_stop: OnStop,
+    pub stats: RunStats,
+    abort: Mutex<Option<Abort>>,
+}
+
+/// Counters of a run, for the summary and progress reports.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    pub images_saved: AtomicU64,
+    pub images_already_present: AtomicU64,
+    pub images_censored: AtomicU64,
+    pub submits: AtomicU64,
+    pub checks: AtomicU64,
+    pub status_calls: AtomicU64,
+    pub cancels: AtomicU64,
+    pub downloads: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub concurrency_full: AtomicU64,
+    pub transient_errors: AtomicU64,
+    pub resubmits: AtomicU64,
+    pub kudos_millis: AtomicU64,
+    pub failures: Mutex<HashMap<String, u64>>,
+}
+
+impl RunStats {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failure(&self, class: &str) {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *failures.entry(class.to_owned()).or_default() += 1;
+    }
+}
+
+/// How one slot ended in this run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlotOutcome {
+    Done {
+        files: Vec<String>,
+        kudos: f64,
+        attempts: u32,
+    },
+    Failed {
+        class: String,
+        message: String,
+        images_saved: u32,
+    },
+    /// Stopped before finishing (cancelled or detached); resumable.
+    Stopped,
+}
+
+/// The outcome of a whole run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub jobs: u64,
+    pub jobs_done: u64,
+    pub jobs_failed: u64,
+    pub jobs_unfinished: u64,
+    pub images_wanted: u64,
+    pub images_saved_before: u64,
+    pub images_saved_now: u64,
+    pub slots_skipped_done: u64,
+    pub interrupted: bool,
+    pub abort: Option<String>,
+}
+
+/// Per-job bookkeeping while its slots run.
+struct JobProgress {
+    job: Arc<Job>,
+    slots_left: u32,
+    files: Vec<String>,
+    kudos: f64,
+    attempts: u32,
+    failure: Option<(String, String)>,
+    images_saved: u32,
+    stopped: bool,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: HordeClient,
+        store: Store,
+        output: OutputDir,
+        manifest: Arc<CompiledManifest>,
+        template: FilenameTemplate,
+        budget: Arc<Budget>,
+        pacer: Pacer,
+        stop: CancellationToken,
+        on_stop: OnStop,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            store,
+            output,
+            manifest,
+            template,
+            budget,
+            pacer,
+            stop,
+            on_stop,
+            stats: RunStats::default(),
+            abort: Mutex::new(None),
+        })
+    }
+
+    /// Ends the run early for `reason` (the first reason wins).
+    pub fn abort(&self, reason: Abort) {
+        let mut abort = self
+            .abort
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if abort.is_none() {
+            tracing::error!(?reason, "stopping the run");
+            *abort = Some(reason);
+        }
+        drop(abort);
+        self.stop.cancel();
+    }
+
+    /// Why the run was aborted, if it was.
+    pub fn aborted(&self) -> Option<Abort> {
+        self.abort
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs every job of the manifest to completion (or until stopped).
+    pub async fn run(self: &Arc<Self>) -> RunSummary {
+        let mut summary = RunSummary::default();
+        let mut progress: HashMap<JobKey, JobProgress> = HashMap::new();
+        let mut tasks: JoinSet<(JobKey, SlotOutcome)> = JoinSet::new();
+        let max_n = self.manifest.run.max_n;
+
+        // Requests already on the Horde go first: they expire 20 minutes after
+        // their last activity, and their images are already paid for.
+        let in_flight: HashMap<String, ()> = match self.store.in_flight() {
+            Ok(records) => records
+                .into_iter()
+                .map(|(key, _)| (key.job_key, ()))
+                .collect(),
+            Err(error) => {
+                self.abort(Abort::Ledger(error.to_string()));
+                HashMap::new()
+            }
+        };
+        let manifest = Arc::clone(&self.manifest);
+        let mut passes: Vec<Box<dyn Iterator<Item = Job> + Send + '_>> = Vec::new();
+        if !in_flight.is_empty() {
+            tracing::info!(
+                requests = in_flight.len(),
+                "re-attaching to requests still on the Horde"
+            );
+            let keys = in_flight.clone();
+            passes.push(Box::new(
+                manifest
+                    .jobs()
+                    .filter(move |job| keys.contains_key(&job.key.to_string())),
+            ));
+        }
+        let skip = in_flight;
+        passes.push(Box::new(
+            manifest
+                .jobs()
+                .filter(move |job| !skip.contains_key(&job.key.to_string())),
+        ));
+
+        for job in passes.into_iter().flatten() {
+            summary.jobs += 1;
+            summary.images_wanted += u64::from(job.images);
+            let job = Arc::new(job);
+            let job_key = job.key;
+            let mut slots_left = 0;
+            let mut saved_before = 0u32;
+            let mut files_before = Vec::new();
+            let mut kudos_before = 0.0;
+            for slot in plan::slots(&job, max_n) {
+                let key = RequestKey::new(job.key.to_string(), slot.slot);
+                let record = match self.store.get(&key) {
+                    Ok(record) => record,
+                    Err(error) => {
+                        self.abort(Abort::Ledger(error.to_string()));
+                        break;
+                    }
+                };
+                if let Some(record) = &record {
+                    saved_before += record.images.len() as u32;
+                    if matches!(record.state, RequestState::Done) {
+                        summary.slots_skipped_done += 1;
+                        files_before.extend(record.images.values().map(|i| i.file_name.clone()));
+                        kudos_before += record.kudos_charged;
+                        continue;
+                    }
+                }
+                if self.stop.is_cancelled() {
+                    break;
+                }
+                slots_left += 1;
+                // Hold new submits until the budget has room, finishing tasks meanwhile.
+                let wanted = record
+                    .as_ref()
+                    .map_or(slot.n, |r| r.missing_indices().len() as u32)
+                    .clamp(1, self.budget.capacity());
+                let needs_lease = !record
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.state, RequestState::Submitted { .. }));
+                let lease = if needs_lease {
+                    loop {
+                        tokio::select! {
+                            lease = self.budget.lease(wanted) => break Some(lease),
+                            Some(joined) = tasks.join_next() => self.finish_slot(joined, &mut progress, &mut summary),
+                            () = self.stop.cancelled() => break None,
+                        }
+                    }
+                } else {
+                    None
+                };
+                if needs_lease && lease.is_none() {
+                    slots_left -= 1;
+                    break;
+                }
+                let engine = Arc::clone(self);
+                let job_for_task = Arc::clone(&job);
+                tasks.spawn(async move {
+                    let outcome = engine.drive(&job_for_task, slot, record, lease).await;
+                    (job_for_task.key, outcome)
+                });
+            }
+            summary.images_saved_before += u64::from(saved_before);
+            if slots_left == 0 {
+                if self.stop.is_cancelled()
+                    && saved_before < job.images
+                    && files_before.len() < job.images as usize
+                {
+                    summary.jobs_unfinished += 1;
+                } else {
+                    summary.jobs_done += 1;
+                    self.record_result(&job, files_before, kudos_before, 0);
+                }
+                continue;
+            }
+            progress.insert(
+                job_key,
+                JobProgress {
+                    job,
+                    slots_left,
+                    files: files_before,
+                    kudos: kudos_before,
+                    attempts: 0,
+                    failure: None,
+                    images_saved: saved_before,
+                    stopped: false,
+                },
+            );
+            if self.stop.is_cancelled() {
+                break;
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            self.finish_slot(joined, &mut progress, &mut summary);
+        }
+        summary.jobs_unfinished += progress.len() as u64;
+        summary.images_saved_now = self.stats.images_saved.load(Ordering::Relaxed);
+        summary.interrupted = self.stop.is_cancelled() && self.aborted().is_none();
+        summary.abort = self.aborted().map(|a| format!("{a:?}"));
+        if let Err(error) = self.store.flush().await {
+            tracing::error!(%error, "final ledger flush failed");
+        }
+        summary
+    }
+
+    fn finish_slot(
+        &self,
+        joined: Result<(JobKey, SlotOutcome), tokio::task::JoinError>,
+        progress: &mut HashMap<JobKey, JobProgress>,
+        summary: &mut RunSummary,
+    ) {
+        let (job_key, outcome) = match joined {
+            Ok(done) => done,
+            Err(error) => {
+                // A panicking slot task is a bug; the ledger still holds its last durable state.
+                tracing::error!(%error, "a request task ended abnormally");
+                return;
+            }
+        };
+        let Some(entry) = progress.get_mut(&job_key) else {
+            return;
+        };
+        entry.slots_left -= 1;
+        match outcome {
+            SlotOutcome::Done {
+                files,
+                kudos,
+                attempts,
+            } => {
+                entry.images_saved += files.len() as u32;
+                entry.files.extend(files);
+                entry.kudos += kudos;
+                entry.attempts += attempts;
+            }
+            SlotOutcome::Failed {
+                class,
+                message,
+                images_saved,
+            } => {
+                entry.images_saved += images_saved;
+                entry.failure.get_or_insert((class, message));
+            }
+            SlotOutcome::Stopped => entry.stopped = true,
+        }
+        if entry.slots_left > 0 {
+            return;
+        }
+        let Some(entry) = progress.remove(&job_key) else {
+            return;
+        };
+        if let Some((class, message)) = entry.failure {
+            summary.jobs_failed += 1;
+            let error = JobError {
+                job_key: job_key.to_string(),
+                job: entry.job.name.to_string(),
+                class,
+                message,
+                images_saved: entry.images_saved,
+                images_wanted: entry.job.images,
+                at: format_timestamp(std::time::SystemTime::now()),
+            };
+            if let Err(e) = self.output.append_error(&error) {
+                tracing::error!(error = %e, "cannot record a job error");
+            }
+        } else if entry.stopped {
+            summary.jobs_unfinished += 1;
+        } else {
+            summary.jobs_done += 1;
+            self.record_result(&entry.job, entry.files, entry.kudos, entry.attempts);
+        }
+    }
+
+    fn record_result(&self, job: &Job, mut files: Vec<String>, kudos: f64, attempts: u32) {
+        files.sort();
+        files.retain(|f| !f.is_empty());
+        let result = JobResult {
+            job_key: job.key.to_string(),
+            job: job.name.to_string(),
+            images: files,
+            kudos,
+            attempts,
+            completed_at: format_timestamp(std::time::SystemTime::now()),
+        };
+        if let Err(e) = self.output.append_result(&result) {
+            tracing::error!(error = %e, "cannot record a job result");
+        }
+    }
+}
+
+/// A slot's record on first submit.
+pub(crate) fn fresh_record(job: &Job, slot: Slot) -> RequestRecord {
+    let key = RequestKey::new(job.key.to_string(), slot.slot);
+    RequestRecord::first_attempt(&key, slot.first_index, slot.n, crate::store::now_ms())
+}
+
+/// Exponential back-off with jitter for the `attempt`-th consecutive transient error.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_secs(2).saturating_mul(1 << attempt.min(6));
+    let capped = base.min(Duration::from_secs(120));
+    capped.mul_f64(fastrand::f64() * 0.5 + 0.75)
+}
+
+impl Engine {
+    /// Cancels every request the ledger shows on the Horde (`horde-batch cancel`),
+    /// saving the images their cancel answers hold. Returns how many were cancelled.
+    pub async fn cancel_in_flight(self: &Arc<Self>) -> usize {
+        let records = match self.store.in_flight() {
+            Ok(records) => records,
+            Err(error) => {
+                self.abort(Abort::Ledger(error.to_string()));
+                return 0;
+            }
+        };
+        let mut wanted: HashMap<String, Vec<(RequestKey, RequestRecord)>> = HashMap::new();
+        for (key, record) in records {
+            wanted
+                .entry(key.job_key.clone())
+                .or_default()
+                .push((key, record));
+        }
+        let mut cancelled = 0;
+        for job in self.manifest.jobs() {
+            let Some(slots) = wanted.remove(&job.key.to_string()) else {
+                continue;
+            };
+            for (key, mut record) in slots {
+                match record.state.clone() {
+                    RequestState::Submitted { horde_id, .. } => {
+                        self.stop_request(&job, &key, &mut record, &horde_id).await;
+                        cancelled += 1;
+                    }
+                    _ => {
+                        // Submitting: the POST's answer never arrived, so there is no id to cancel.
+                        record.transition(
+                            RequestState::Cancelled {
+                                horde_id: String::new(),
+                                cancelled_ms: crate::store::now_ms(),
+                            },
+                            crate::store::now_ms(),
+                        );
+                        if let Err(e) = self.store.put_durable(&key, &record).await {
+                            self.abort(Abort::Ledger(e.to_string()));
+                        }
+                    }
+                }
+            }
+            if wanted.is_empty() {
+                break;
+            }
+        }
+        for (job_key, _) in wanted {
+            tracing::warn!(%job_key, "the ledger has a request for a job the manifest no longer has; it was left alone");
+        }
+        cancelled
+    }
+}
