@@ -125,6 +125,14 @@ pub fn report_manifest_error(error: ManifestError) {
 }
 
 fn plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
+    match write_plan(args) {
+        // `plan --list | head` closes the pipe early: that is not an error.
+        Err(AppError::Stdout(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
     let compiled = load(&args.manifest, args.max_jobs)?;
     let mut out = BufWriter::new(io::stdout().lock());
     let write = |result: io::Result<()>| result.map_err(AppError::Stdout);
@@ -138,7 +146,7 @@ fn plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
                     "prompt": job.prompt,
                     "negative": job.negative,
                     "models": &*job.models,
-                    "params": job.params,
+                    "params": &*job.params,
                     "images": job.images,
                     "requests": requests,
                 });

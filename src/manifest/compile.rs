@@ -616,8 +616,11 @@ impl Context<'_> {
         path: &YamlPath,
         used_variables: &[String],
     ) -> Option<Axis> {
+        // A parameter axis can be used as `${name}` in the prompt too; it stays a parameter.
         let kind = if name == "model" {
             AxisKind::Model
+        } else if let Some(spec) = params::spec(name) {
+            AxisKind::Param(spec.name)
         } else if used_variables.iter().any(|v| v == name) {
             AxisKind::Text
         } else {
@@ -936,10 +939,12 @@ fn template_variables(prompt: &str, negative: Option<&str>) -> Vec<String> {
 }
 
 fn check_filename_template(template: &str) -> Result<(), String> {
-    if !template.contains("{key}") {
+    use crate::output::{FilenameTemplate, Placeholder};
+    let parsed = FilenameTemplate::parse(template).map_err(|e| e.to_string())?;
+    if !parsed.uses(Placeholder::Key) {
         return Err(format!("file name template `{template}` lacks `{{key}}`: without it, two combinations of a job would write the same file"));
     }
-    if !template.contains("{index") {
+    if !parsed.uses(Placeholder::Index) {
         return Err(format!("file name template `{template}` lacks `{{index}}`: without it, images of one combination would write the same file"));
     }
     Ok(())

@@ -55,7 +55,7 @@ pub struct Job {
     pub negative: Option<String>,
     pub models: Arc<[String]>,
     /// Every generation parameter except `n` and `seed`, sorted by name.
-    pub params: Map<String, Value>,
+    pub params: Arc<Map<String, Value>>,
     pub request: Arc<RequestFlags>,
     pub images: u32,
     pub seeds: Seeds,
@@ -106,7 +106,7 @@ impl CompiledManifest {
 /// The stream of a manifest's jobs; see `CompiledManifest::jobs`.
 pub struct JobStream<'a> {
     jobs: &'a [CompiledJob],
-    current: Option<(&'a CompiledJob, Combinations)>,
+    current: Option<(&'a CompiledJob, Combinations, Constants)>,
     next_job: usize,
     seen: HashSet<u64>,
 }
@@ -116,17 +116,53 @@ impl Iterator for JobStream<'_> {
 
     fn next(&mut self) -> Option<Job> {
         loop {
-            if let Some((job, combinations)) = &mut self.current {
+            if let Some((job, combinations, constants)) = &mut self.current {
                 if let Some(ordinal) = combinations.next() {
-                    return Some(resolve(job, ordinal, &mut self.seen));
+                    return Some(resolve(job, constants, ordinal, &mut self.seen));
                 }
                 self.current = None;
             }
             let job = self.jobs.get(self.next_job)?;
             self.next_job += 1;
-            self.current = Some((job, Combinations::new(job)));
+            self.current = Some((job, Combinations::new(job), Constants::new(job)));
         }
     }
+}
+
+/// What every combination of one job shares, computed once per job.
+struct Constants {
+    /// Canonical request flags and seed policy: the tail of every key's content.
+    key_tail: String,
+    /// Canonical models, when no axis changes them.
+    models: Option<String>,
+    /// The parameters, when no axis changes them.
+    params: Option<Arc<Map<String, Value>>>,
+}
+
+impl Constants {
+    fn new(job: &CompiledJob) -> Self {
+        let mut key_tail = String::new();
+        canonical_text(&key_flags(&job.request), &mut key_tail);
+        key_tail.push('\n');
+        key_tail.push_str(&job.seeds.canonical());
+        let varies = |wanted: fn(&AxisKind) -> bool| job.axes.iter().any(|a| wanted(&a.kind));
+        let models = (!varies(|k| matches!(k, AxisKind::Model))).then(|| {
+            let mut text = String::new();
+            canonical_text(&Value::from(job.models.to_vec()), &mut text);
+            text
+        });
+        let params = (!varies(|k| matches!(k, AxisKind::Param(_))))
+            .then(|| Arc::new(to_map(job.base_params.clone())));
+        Self {
+            key_tail,
+            models,
+            params,
+        }
+    }
+}
+
+fn to_map(params: BTreeMap<&str, Value>) -> Map<String, Value> {
+    params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// The combination ordinals of one job.
@@ -174,7 +210,12 @@ impl Iterator for Combinations {
     }
 }
 
-fn resolve(job: &CompiledJob, ordinal: u128, seen: &mut HashSet<u64>) -> Job {
+fn resolve(
+    job: &CompiledJob,
+    constants: &Constants,
+    ordinal: u128,
+    seen: &mut HashSet<u64>,
+) -> Job {
     // Mixed-radix digits of the ordinal, last axis fastest.
     let mut choice = vec![0usize; job.axes.len()];
     let mut rest = ordinal;
@@ -200,19 +241,25 @@ fn resolve(job: &CompiledJob, ordinal: u128, seen: &mut HashSet<u64>) -> Job {
         .map(render)
         .filter(|n| !n.is_empty());
 
-    let mut params: BTreeMap<&str, Value> = job.base_params.clone();
     let mut models = Arc::clone(&job.models);
+    let mut params_override: Option<BTreeMap<&str, Value>> = None;
     for (axis, &pick) in job.axes.iter().zip(&choice) {
         let value = &axis.values[pick];
         match axis.kind {
             AxisKind::Param(name) => {
-                params.insert(name, value.json.clone());
+                params_override
+                    .get_or_insert_with(|| job.base_params.clone())
+                    .insert(name, value.json.clone());
             }
             AxisKind::Model => models = Arc::from(vec![value.text.clone()]),
             AxisKind::Text => {}
         }
     }
-    let params: Map<String, Value> = params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let params = match (params_override, &constants.params) {
+        (Some(params), _) => Arc::new(to_map(params)),
+        (None, Some(shared)) => Arc::clone(shared),
+        (None, None) => Arc::new(to_map(job.base_params.clone())),
+    };
 
     let mut content = String::with_capacity(256);
     content.push_str("horde-batch/job/v1\n");
@@ -224,13 +271,14 @@ fn resolve(job: &CompiledJob, ordinal: u128, seen: &mut HashSet<u64>) -> Job {
         content.push_str(part);
         content.push('\n');
     }
-    canonical_text(&Value::from(models.to_vec()), &mut content);
+    match &constants.models {
+        Some(text) => content.push_str(text),
+        None => canonical_text(&Value::from(models.to_vec()), &mut content),
+    }
     content.push('\n');
-    canonical_text(&Value::Object(params.clone()), &mut content);
+    canonical_params(&params, &mut content);
     content.push('\n');
-    canonical_text(&key_flags(&job.request), &mut content);
-    content.push('\n');
-    content.push_str(&job.seeds.canonical());
+    content.push_str(&constants.key_tail);
 
     let mut key = hash(&content);
     let mut occurrence = 1u32;
@@ -254,6 +302,21 @@ fn resolve(job: &CompiledJob, ordinal: u128, seen: &mut HashSet<u64>) -> Job {
         images: job.images,
         seeds: job.seeds.clone(),
     }
+}
+
+/// Canonical text of a parameter map (its keys are already sorted).
+fn canonical_params(params: &Map<String, Value>, out: &mut String) {
+    out.push('{');
+    for (i, (name, value)) in params.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(name);
+        out.push_str("\":");
+        canonical_text(value, out);
+    }
+    out.push('}');
 }
 
 /// The request flags that change what is generated (not how it is delivered).

@@ -808,7 +808,7 @@ fn param_u32(job: &Job, name: &str) -> u32 {
 
 /// Every parameter as sent for a request of `n` images starting at `first_index`.
 fn request_params(job: &Job, n: u32, first_index: u32) -> Value {
-    let mut params = job.params.clone();
+    let mut params = (*job.params).clone();
     params.insert("n".into(), Value::from(n));
     if let Some(seed) = job.seed_for(first_index) {
         params.insert("seed".into(), Value::from(seed));
@@ -823,7 +823,7 @@ fn request_flags_value(job: &Job) -> Value {
 /// The Horde request for `n` images of `job`, the first being image `first_index`.
 fn build_request(job: &Job, n: u32, first_index: u32) -> GenerationRequest {
     let mut params = GenerationParams::new(n);
-    for (name, value) in &job.params {
+    for (name, value) in job.params.iter() {
         params.extra.insert(name.clone(), value.clone());
     }
     if let Some(seed) = job.seed_for(first_index) {
