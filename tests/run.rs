@@ -423,7 +423,8 @@ fn faulted_and_censored_images_are_replaced() {
 
 #[test]
 fn expired_requests_are_resubmitted() {
-    // One slow worker and a 1 s expiry: requests waiting in the queue expire before pickup.
+    // One worker that needs 2 s per request of 5 and a 1 s expiry: the request
+    // queued behind the first one always expires before a worker picks it up.
     let sim = Sim::start(&[
         "--workers",
         "1",
@@ -437,11 +438,11 @@ fn expired_requests_are_resubmitted() {
         "6",
     ]);
     let batch = Batch::new(
-        "version: 1\nname: expiry\ndefaults: {models: [stable_diffusion]}\nrun: {retries: 10}\njobs:\n  - {name: a, prompt: 'a {red|blue|green} ball', images: 3}\n",
+        "version: 1\nname: expiry\ndefaults: {models: [stable_diffusion]}\nrun: {retries: 30}\njobs:\n  - {name: a, prompt: 'a {red|blue|green|white} ball', images: 5}\n",
     );
     let (code, stderr) = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
-    batch.assert_complete(9);
+    batch.assert_complete(20);
     assert!(
         stat(&sim.stats(), "requests_expired") > 0,
         "{}",
