@@ -72,9 +72,11 @@ impl Pacer {
         }
     }
 
-    /// The server said 429: nobody sends `class` for `delay`.
+    /// The server said 429: nobody sends `class` for `delay` (plus up to a
+    /// quarter second of jitter, so clients sharing an address do not retry in step).
     pub fn back_off(&self, class: EndpointClass, delay: Duration) {
-        let until = Instant::now() + delay;
+        let jitter = Duration::from_millis(fastrand::u64(0..250));
+        let until = Instant::now() + delay + jitter;
         let mut slots = self.lock();
         let slot = &mut slots[class.slot()];
         if slot.is_none_or(|current| current < until) {
