@@ -109,6 +109,9 @@ pub struct RunArgs {
     /// Refuse expansions larger than this many jobs (overrides `run.max_jobs`).
     #[arg(long, value_name = "N")]
     pub max_jobs: Option<u64>,
+    /// The ledger is damaged: move it aside and rebuild it from the sidecars on disk, then run.
+    #[arg(long)]
+    pub rebuild_state: bool,
     #[command(flatten)]
     pub horde: HordeArgs,
     #[command(flatten)]

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod rebuild;
 pub mod scheduler;
 pub mod sim;
 pub mod store;

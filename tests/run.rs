@@ -580,10 +580,80 @@ fn limiter_429s_are_waited_out() {
     let b = second.command(&sim, "run").spawn().unwrap();
     for (child, batch) in [(a, &first), (b, &second)] {
         let output = child.wait_with_output().unwrap();
-        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         batch.assert_complete(10);
     }
     let stats = sim.stats();
-    assert!(stat(&stats, "rate_limited") > 0, "the runs were rate limited: {stats}");
+    assert!(
+        stat(&stats, "rate_limited") > 0,
+        "the runs were rate limited: {stats}"
+    );
     assert_eq!(stat(&stats, "requests_never_retrieved"), 0);
+}
+
+#[test]
+fn a_damaged_ledger_is_refused_then_rebuilt_from_the_sidecars() {
+    let sim = Sim::start(&["--workers", "8", "--latency", "10ms..30ms", "--seed", "13"]);
+    let batch = Batch::new(
+        &std::fs::read_to_string("manifests/smoke-200.yaml")
+            .unwrap()
+            .replace("images: 8", "images: 2"),
+    );
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    // Lose some images and damage the ledger.
+    let out = batch.out();
+    let lines = batch.index_lines();
+    for line in lines.iter().take(5) {
+        let image = out.join(line["file_name"].as_str().unwrap());
+        std::fs::remove_file(&image).unwrap();
+        std::fs::remove_file(image.with_extension("json")).unwrap();
+    }
+    let ledger = out.join(".horde-batch/ledger");
+    for entry in std::fs::read_dir(&ledger).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::write(&path, b"garbage, not a ledger").unwrap();
+        }
+    }
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("--rebuild-state"), "{stderr}");
+
+    let before = sim.stats();
+    let output = batch
+        .command(&sim, "run")
+        .arg("--rebuild-state")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("rebuilt the ledger from 45 images on disk"),
+        "{stderr}"
+    );
+    // Only the 5 lost images (of 3 request slots) were asked for again.
+    let webps = walk(&out)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "webp"))
+        .count();
+    assert_eq!(webps, 50);
+    let after = sim.stats();
+    assert_eq!(
+        stat(&after, "images_generated") - stat(&before, "images_generated"),
+        5
+    );
+    assert_eq!(
+        stat(&after, "requests_created") - stat(&before, "requests_created"),
+        3
+    );
+    assert!(std::fs::read_dir(out.clone()).unwrap().flatten().any(|e| e
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".horde-batch.damaged-")));
 }

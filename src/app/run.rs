@@ -41,7 +41,25 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
     let (out_dir, state_dir) = places(&compiled, &args.places);
     let api_key = api_key(&args.horde)?;
     runtime()?.block_on(async {
+        let rebuild_from = if args.rebuild_state {
+            let moved = crate::rebuild::move_aside(&state_dir)
+                .map_err(|e| AppError::Config(format!("cannot move the state folder {} aside: {e}", state_dir.display())))?;
+            Some(moved)
+        } else {
+            None
+        };
         let store = open_store(&state_dir).await?;
+        if let Some(moved) = rebuild_from {
+            let mut report = crate::rebuild::rebuild(&store, &out_dir, &compiled).await?;
+            report.moved_to = moved;
+            eprintln!(
+                "horde-batch: rebuilt the ledger from {} images on disk ({} records; {} sidecars skipped){}",
+                report.images,
+                report.records,
+                report.skipped,
+                report.moved_to.as_ref().map(|p| format!("; the old state folder is at {}", p.display())).unwrap_or_default(),
+            );
+        }
         store.record_run_start(
             crate::output::HORDE_BATCH_VERSION,
             &compiled.file.path.display().to_string(),
