@@ -1,6 +1,7 @@
 //! The command line: clap types and help text. No I/O happens here.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -20,8 +21,9 @@ Exit codes:
   0    everything asked for was done
   1    some jobs failed (see errors.jsonl)
   2    usage or manifest error
-  3    auth, kudos or key error
+  3    auth, kudos or key error (also: --max-kudos reached)
   4    ledger locked by another run, or damaged
+  5    --max-runtime reached (the next run resumes)
   130  interrupted (Ctrl-C / SIGTERM)";
 
 /// Resumable, rate-limited batch image generation for the AI Horde.
@@ -67,8 +69,35 @@ pub enum Command {
     Run(RunArgs),
     /// Cancel the Horde requests a killed run left behind (frees the queue, saves finished images).
     Cancel(CancelArgs),
+    /// Show a batch's progress: counts by state, requests in flight, failures, kudos (also during a run).
+    Status(StatusArgs),
     /// Serve the simulated AI Horde on 127.0.0.1 (for rehearsals, tests and benchmarks).
     Sim(crate::sim::SimConfig),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// What `--max-runtime` does with requests still on the Horde.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AtMaxRuntime {
+    /// Leave them for the next run to collect.
+    Detach,
+    /// Cancel them (finished images are saved).
+    Cancel,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The manifest whose batch to report on.
+    pub manifest: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub places: PlacesArgs,
 }
 
 /// Where the Horde is and who we are to it.
@@ -112,6 +141,24 @@ pub struct RunArgs {
     /// The ledger is damaged: move it aside and rebuild it from the sidecars on disk, then run.
     #[arg(long)]
     pub rebuild_state: bool,
+    /// How progress is shown: bars on a terminal and JSON lines otherwise (auto), or forced.
+    #[arg(long, value_enum, default_value_t = crate::report::ProgressMode::Auto)]
+    pub progress: crate::report::ProgressMode,
+    /// Seconds between progress reports (JSON lines and the status file).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+    /// Stop submitting after this long (e.g. 6h, 90m) and exit with code 5; the next run resumes.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_runtime: Option<Duration>,
+    /// At --max-runtime, detach from requests on the Horde (the next run collects them) or cancel them.
+    #[arg(long, value_enum, default_value_t = AtMaxRuntime::Detach)]
+    pub at_max_runtime: AtMaxRuntime,
+    /// Stop submitting before the kudos charged plus the estimate for requests in flight would pass N.
+    #[arg(long, value_name = "N")]
+    pub max_kudos: Option<f64>,
+    /// Submit even when the Horde has no worker for a model (requests then wait for one).
+    #[arg(long)]
+    pub wait_for_workers: bool,
     #[command(flatten)]
     pub horde: HordeArgs,
     #[command(flatten)]
@@ -152,4 +199,12 @@ pub struct PlanArgs {
     /// Refuse expansions larger than this many jobs (overrides `run.max_jobs`).
     #[arg(long, value_name = "N")]
     pub max_jobs: Option<u64>,
+    /// Ask the Horde for a kudos estimate (one dry run per distinct parameter set) and show the key's balance.
+    #[arg(long)]
+    pub kudos: bool,
+    /// With --kudos: ask the built-in simulated Horde instead.
+    #[arg(long, requires = "kudos")]
+    pub simulate: bool,
+    #[command(flatten)]
+    pub horde: HordeArgs,
 }

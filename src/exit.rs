@@ -11,5 +11,7 @@ pub const USAGE: u8 = 2;
 pub const AUTH: u8 = 3;
 /// The ledger is locked by another run, or damaged.
 pub const LEDGER: u8 = 4;
+/// `--max-runtime` was reached: submitting stopped, the rest resumes next run.
+pub const MAX_RUNTIME: u8 = 5;
 /// Interrupted by Ctrl-C or SIGTERM (128 + SIGINT).
 pub const INTERRUPTED: u8 = 130;

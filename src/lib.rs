@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod output;
 pub mod plan;
 pub mod rebuild;
+pub mod report;
 pub mod scheduler;
 pub mod sim;
 pub mod store;

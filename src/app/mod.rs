@@ -41,6 +41,15 @@ pub enum AppError {
         help("check AI_HORDE_API_KEY or --api-key-file")
     )]
     Auth(String),
+    #[error("no worker serves a model of this manifest: {0}")]
+    #[diagnostic(code(horde_batch::no_workers), help("check the model names (`GET /v2/status/models`), or pass --wait-for-workers to queue anyway"))]
+    NoWorkers(String),
+    #[error("the shared key's limits refuse this manifest: {0}")]
+    #[diagnostic(
+        code(horde_batch::shared_key_limits),
+        help("lower width, height or steps, or ask the key's owner to raise its limits")
+    )]
+    SharedKeyLimits(String),
     #[error("cannot start the async runtime")]
     #[diagnostic(code(horde_batch::runtime))]
     Runtime(#[source] io::Error),
@@ -54,7 +63,8 @@ impl AppError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AppError::Store(_) => exit::LEDGER,
-            AppError::Auth(_) => exit::AUTH,
+            AppError::Auth(_) | AppError::SharedKeyLimits(_) => exit::AUTH,
+            AppError::NoWorkers(_) => exit::USAGE,
             AppError::Output(_) | AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
             AppError::Manifest(_)
             | AppError::Stdout(_)
@@ -73,6 +83,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Command::Run(args) => run::run(&args),
         Command::Cancel(args) => run::cancel(&args),
         Command::Sim(config) => run::sim(config),
+        Command::Status(args) => run::status(&args),
+        Command::Completions { shell } => {
+            // Generated into memory: clap_complete panics on a failed write (a closed pipe).
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "horde-batch", &mut script);
+            match io::stdout().lock().write_all(&script) {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(AppError::Stdout(e)),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
     }
 }
 
@@ -166,8 +187,18 @@ fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
         return Ok(ExitCode::SUCCESS);
     }
     let summary = plan::summarize(&compiled);
+    let kudos = if args.kudos {
+        Some(run::kudos_estimate(&compiled, &args.horde, args.simulate)?)
+    } else {
+        None
+    };
     if args.json {
-        write(serde_json::to_writer_pretty(&mut out, &summary).map_err(io::Error::other))?;
+        let mut value =
+            serde_json::to_value(&summary).map_err(|e| AppError::Stdout(io::Error::other(e)))?;
+        if let Some((estimate, balance, signatures)) = kudos {
+            value["kudos"] = serde_json::json!({"estimate": estimate, "balance": balance, "dry_runs": signatures});
+        }
+        write(serde_json::to_writer_pretty(&mut out, &value).map_err(io::Error::other))?;
         write(writeln!(out))?;
     } else {
         let t = summary.totals;
@@ -194,6 +225,16 @@ fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
             "requests carry up to {} images each (run.max_n)",
             summary.max_n
         ))?;
+        if let Some((estimate, balance, signatures)) = kudos {
+            let balance = balance.map_or_else(
+                || "unknown (anonymous key)".to_owned(),
+                |b| format!("{b:.0}"),
+            );
+            write(writeln!(
+                out,
+                "kudos: about {estimate:.0} ({signatures} dry run(s)); balance {balance}"
+            ))?;
+        }
     }
     write(out.flush())?;
     Ok(ExitCode::SUCCESS)

@@ -13,12 +13,15 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::{load, AppError};
-use crate::cli::{CancelArgs, HordeArgs, PlacesArgs, RunArgs};
+use crate::cli::{AtMaxRuntime, CancelArgs, HordeArgs, PlacesArgs, RunArgs, StatusArgs};
 use crate::exit;
 use crate::horde::{ApiKey, ClientConfig, FailureClass, HordeClient};
 use crate::manifest::CompiledManifest;
 use crate::output::{FilenameTemplate, OutputDir};
-use crate::scheduler::{Abort, Budget, Engine, OnStop, Pacer, RunSummary, DEFAULT_SUBMIT_INTERVAL};
+use crate::report::{Reporter, StatusReport};
+use crate::scheduler::{
+    Abort, Budget, Closed, Engine, OnStop, Pacer, RunSummary, DEFAULT_SUBMIT_INTERVAL,
+};
 use crate::sim::{SimConfig, SimHandle};
 use crate::store::Store;
 
@@ -70,10 +73,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let sim = if args.simulate { Some(start_sim().await?) } else { None };
         let client = client(&args.horde, sim.as_ref(), api_key)?;
         let capacity = budget_capacity(&client, &compiled).await?;
+        preflight(&client, &compiled, args.wait_for_workers).await?;
         let stop = CancellationToken::new();
         let on_stop = if args.detach { OnStop::Detach } else { OnStop::Cancel };
         let engine = Engine::new(
-            client,
+            client.clone(),
             store,
             output,
             Arc::clone(&compiled),
@@ -82,10 +86,21 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             Pacer::new(DEFAULT_SUBMIT_INTERVAL),
             stop.clone(),
             on_stop,
+            args.max_kudos,
         );
-        watch_signals(stop, on_stop);
+        if args.max_kudos.is_some() {
+            if let Some(per_image) = first_request_estimate(&client, &compiled).await {
+                engine.set_kudos_estimate(per_image);
+            }
+        }
+        watch_signals(Arc::clone(&engine));
+        if let Some(limit) = args.max_runtime {
+            watch_deadline(Arc::clone(&engine), limit, args.at_max_runtime);
+        }
+        let reporter = Reporter::start(Arc::clone(&engine), args.progress, args.progress_interval, state_dir.clone());
         tracing::info!(manifest = %compiled.file.path.display(), out = %out_dir.display(), budget = capacity, "run started");
         let summary = engine.run().await;
+        reporter.finish().await;
         report(&engine, &summary, &out_dir);
         if let Some(sim) = sim {
             sim.shutdown().await;
@@ -116,6 +131,7 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
             Pacer::new(DEFAULT_SUBMIT_INTERVAL),
             stop,
             OnStop::Cancel,
+            None,
         );
         let cancelled = engine.cancel_in_flight().await;
         eprintln!("cancelled {cancelled} request(s); images they had finished were saved");
@@ -225,7 +241,7 @@ async fn budget_capacity(
 
 /// First Ctrl-C / SIGTERM: stop submitting, cancel or detach, flush, exit 130.
 /// Second: exit at once (every ledger step is already durable).
-fn watch_signals(stop: CancellationToken, on_stop: OnStop) {
+fn watch_signals(engine: Arc<Engine>) {
     tokio::spawn(async move {
         let mut signals = 0;
         loop {
@@ -234,17 +250,33 @@ fn watch_signals(stop: CancellationToken, on_stop: OnStop) {
             }
             signals += 1;
             if signals == 1 {
-                let what = match on_stop {
+                let what = match engine.on_stop() {
                     OnStop::Cancel => "cancelling requests on the Horde",
                     OnStop::Detach => "leaving requests on the Horde for the next run",
                 };
                 eprintln!("horde-batch: stopping: no new submits, {what}; press Ctrl-C again to exit at once");
-                stop.cancel();
+                engine.stop.cancel();
             } else {
                 eprintln!("horde-batch: exiting at once; rerun the same command to resume");
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
         }
+    });
+}
+
+/// At `limit`: no more submits, then detach from or cancel what is on the Horde.
+fn watch_deadline(engine: Arc<Engine>, limit: std::time::Duration, at: AtMaxRuntime) {
+    tokio::spawn(async move {
+        tokio::time::sleep(limit).await;
+        eprintln!(
+            "horde-batch: --max-runtime of {} reached; stopping",
+            humantime::format_duration(limit)
+        );
+        engine.close_submits(Closed::MaxRuntime);
+        engine.stop_with(match at {
+            AtMaxRuntime::Detach => OnStop::Detach,
+            AtMaxRuntime::Cancel => OnStop::Cancel,
+        });
     });
 }
 
@@ -275,6 +307,8 @@ fn exit_code(engine: &Engine, summary: &RunSummary) -> u8 {
         Some(Abort::Auth(_)) => exit::AUTH,
         Some(Abort::Ledger(_)) => exit::LEDGER,
         Some(Abort::Output(_)) => exit::JOBS_FAILED,
+        None if engine.closed() == Some(Closed::MaxRuntime) => exit::MAX_RUNTIME,
+        None if engine.closed() == Some(Closed::MaxKudos) => exit::AUTH,
         None if summary.interrupted => exit::INTERRUPTED,
         None if summary.jobs_failed > 0 || summary.jobs_unfinished > 0 => exit::JOBS_FAILED,
         None => exit::SUCCESS,
@@ -320,7 +354,195 @@ fn report(engine: &Engine, summary: &RunSummary, out: &Path) {
             .collect();
         eprintln!("horde-batch: failures by class: {}", text.join(", "));
     }
+    if let Some(closed) = engine.closed() {
+        eprintln!("horde-batch: submitting stopped ({closed:?}); rerun the same command to resume");
+    }
     if let Some(abort) = engine.aborted() {
         eprintln!("horde-batch: stopped early: {abort:?}; rerun the same command to resume");
     }
+}
+
+/// Before submitting: every job has a model some worker serves (unless told
+/// to wait), and a shared key's pixel and step limits fit every job.
+async fn preflight(
+    client: &HordeClient,
+    compiled: &CompiledManifest,
+    wait_for_workers: bool,
+) -> Result<(), AppError> {
+    match client.models().await {
+        Ok(models) => {
+            let served: std::collections::HashSet<&str> = models
+                .iter()
+                .filter(|m| m.count > 0)
+                .map(|m| m.name.as_str())
+                .collect();
+            let mut missing = Vec::new();
+            for (job, lists) in compiled.model_choices() {
+                for list in lists {
+                    if !list.iter().any(|m| served.contains(m.as_str())) {
+                        missing.push(format!(
+                            "job `{job}`: no worker serves {}",
+                            list.join(" or ")
+                        ));
+                    }
+                }
+            }
+            if !missing.is_empty() {
+                let text = missing.join("; ");
+                if wait_for_workers {
+                    tracing::warn!("{text}; waiting for workers as asked");
+                } else {
+                    return Err(AppError::NoWorkers(text));
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the Horde's models; skipping the worker check")
+        }
+    }
+    if client.is_anonymous() {
+        return Ok(());
+    }
+    // The key may be a shared key: its owner can limit pixels and steps per request.
+    if let Ok(shared) = client.shared_key(client.api_key()).await {
+        let mut problems = Vec::new();
+        for (job, pixels, steps) in compiled.largest_request() {
+            if shared.max_image_pixels >= 0 && pixels > shared.max_image_pixels as u64 {
+                problems.push(format!(
+                    "job `{job}` asks for {pixels} pixels; the shared key allows {}",
+                    shared.max_image_pixels
+                ));
+            }
+            if shared.max_image_steps >= 0 && steps > shared.max_image_steps as u64 {
+                problems.push(format!(
+                    "job `{job}` asks for {steps} steps; the shared key allows {}",
+                    shared.max_image_steps
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(AppError::SharedKeyLimits(problems.join("; ")));
+        }
+    }
+    Ok(())
+}
+
+/// Kudos per image of the manifest's first request, from a dry run (cached by the Horde).
+async fn first_request_estimate(client: &HordeClient, compiled: &CompiledManifest) -> Option<f64> {
+    let job = compiled.jobs().next()?;
+    let request = crate::scheduler::request_for(&job, 1, 0);
+    match client.dry_run(&request).await {
+        Ok(kudos) => Some(kudos),
+        Err(error) => {
+            tracing::warn!(%error, "no kudos estimate; --max-kudos counts charged kudos only until the first images land");
+            None
+        }
+    }
+}
+
+/// `horde-batch status`.
+pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
+    let compiled = load(&args.manifest, None)?;
+    let (_, state_dir) = places(&compiled, &args.places);
+    let wanted = compiled.total_images();
+    let report = if !state_dir.join("ledger").exists() {
+        StatusReport {
+            images_wanted: wanted,
+            updated_ms: crate::store::now_ms(),
+            ..StatusReport::default()
+        }
+    } else {
+        match Store::open(&state_dir) {
+            Ok(store) => StatusReport::from_ledger(&store, wanted)?,
+            Err(crate::store::StoreError::Locked { pid, .. }) => {
+                let mut report = crate::report::read_status_file(&state_dir).unwrap_or_default();
+                report.active = true;
+                report.pid = pid.or(report.pid);
+                report
+            }
+            Err(other) => return Err(other.into()),
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .map_err(|e| AppError::Stdout(std::io::Error::other(e)))?
+        );
+    } else {
+        match (report.active, report.pid) {
+            (true, Some(pid)) => println!("a run is active (pid {pid})"),
+            (true, None) => println!("a run is active"),
+            _ => println!("no run is active"),
+        }
+        println!("{}", report.line());
+        for (state, count) in &report.requests_by_state {
+            println!("  {state}: {count} request(s)");
+        }
+        for request in &report.in_flight {
+            println!(
+                "  in flight: {} {} ({}s)",
+                request.key,
+                request.horde_id.as_deref().unwrap_or("(no id yet)"),
+                request.age_seconds
+            );
+        }
+        for (class, count) in &report.failures {
+            println!("  failed ({class}): {count}");
+        }
+        println!(
+            "  kudos: {:.1} charged, about {:.1} to go",
+            report.kudos_charged, report.kudos_estimated_remaining
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plan --kudos`: one dry run per distinct parameter set, priced per image.
+pub fn kudos_estimate(
+    compiled: &CompiledManifest,
+    horde: &HordeArgs,
+    simulate: bool,
+) -> Result<(f64, Option<f64>, usize), AppError> {
+    let api_key = api_key(horde)?;
+    runtime()?.block_on(async {
+        let sim = if simulate {
+            Some(start_sim().await?)
+        } else {
+            None
+        };
+        let client = client(horde, sim.as_ref(), api_key)?;
+        let mut signatures: std::collections::HashMap<
+            String,
+            (crate::horde::GenerationRequest, u64),
+        > = std::collections::HashMap::new();
+        for job in compiled.jobs() {
+            let request = crate::scheduler::request_for(&job, 1, 0);
+            let signature = format!(
+                "{:?}{}",
+                request.models,
+                serde_json::to_string(&request.params).unwrap_or_default()
+            );
+            signatures.entry(signature).or_insert((request, 0)).1 += u64::from(job.images);
+        }
+        let mut total = 0.0;
+        for (request, images) in signatures.values() {
+            let per_image = client
+                .dry_run(request)
+                .await
+                .map_err(|e| AppError::Config(format!("the kudos estimate failed: {e}")))?;
+            total += per_image * *images as f64;
+        }
+        let balance = if client.is_anonymous() {
+            None
+        } else if let Ok(shared) = client.shared_key(client.api_key()).await {
+            Some(shared.kudos as f64)
+        } else {
+            client.find_user().await.ok().map(|u| u.kudos)
+        };
+        if let Some(sim) = sim {
+            sim.shutdown().await;
+        }
+        Ok((total, balance, signatures.len()))
+    })
 }

@@ -121,6 +121,11 @@ impl HordeClient {
         self.inner.api_key.is_anonymous()
     }
 
+    /// The key this client sends (redacted in `Debug` and `Display`).
+    pub fn api_key(&self) -> &ApiKey {
+        &self.inner.api_key
+    }
+
     /// Queues a generation (`POST /v2/generate/async`, 202). `dry_run` is forced
     /// off. On [`HordeError::outcome_unknown`] the request may have been queued.
     pub async fn submit(&self, request: &GenerationRequest) -> Result<SubmitAccepted, HordeError> {

@@ -171,6 +171,54 @@ impl CompiledManifest {
         self.jobs.iter().map(|j| j.combinations).sum()
     }
 
+    /// Per manifest job: the models its requests may name (each request names
+    /// one of these lists), for checking that workers exist before submitting.
+    pub fn model_choices(&self) -> Vec<(Arc<str>, Vec<Vec<String>>)> {
+        self.jobs
+            .iter()
+            .map(|job| {
+                let axis: Vec<Vec<String>> = job
+                    .axes
+                    .iter()
+                    .filter(|a| matches!(a.kind, AxisKind::Model))
+                    .flat_map(|a| a.values.iter().map(|v| vec![v.text.clone()]))
+                    .collect();
+                let lists = if axis.is_empty() {
+                    vec![job.models.to_vec()]
+                } else {
+                    axis
+                };
+                (Arc::clone(&job.name), lists)
+            })
+            .collect()
+    }
+
+    /// Per manifest job: the largest `width × height` and `steps` any of its requests asks for.
+    pub fn largest_request(&self) -> Vec<(Arc<str>, u64, u64)> {
+        let largest = |job: &CompiledJob, name: &str| -> u64 {
+            let base = job
+                .base_params
+                .get(name)
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            job.axes
+                .iter()
+                .filter(|a| matches!(a.kind, AxisKind::Param(p) if p == name))
+                .flat_map(|a| a.values.iter().filter_map(|v| v.json.as_u64()))
+                .fold(base, u64::max)
+        };
+        self.jobs
+            .iter()
+            .map(|job| {
+                (
+                    Arc::clone(&job.name),
+                    largest(job, "width") * largest(job, "height"),
+                    largest(job, "steps"),
+                )
+            })
+            .collect()
+    }
+
     /// Images over all jobs.
     pub fn total_images(&self) -> u64 {
         self.jobs

@@ -19,7 +19,7 @@ mod pacing;
 mod slot;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use budget::{Budget, Lease};
 pub use pacing::{EndpointClass, Pacer, DEFAULT_SUBMIT_INTERVAL};
+/// The Horde request for `n` images of a job, the first being image `first_index`.
+pub use slot::build_request as request_for;
 
 use crate::horde::HordeClient;
 use crate::manifest::{CompiledManifest, Job, JobKey};
@@ -65,11 +67,27 @@ pub struct Engine {
     pub template: FilenameTemplate,
     pub budget: Arc<Budget>,
     pub pacer: Pacer,
-    /// Cancelled on Ctrl-C / SIGTERM / a fatal error: no new submits.
+    /// Cancelled on Ctrl-C / SIGTERM / a fatal error: stop everything.
     pub stop: CancellationToken,
-    pub on_stop: OnStop,
+    /// Cancelled when no new request may be submitted (a child of `stop`).
+    submits: CancellationToken,
+    detach_on_stop: AtomicBool,
     pub stats: RunStats,
+    /// Kudos the run may spend (`--max-kudos`), and the per-image estimate used before submitting.
+    max_kudos: Option<f64>,
+    kudos_per_image: Mutex<Option<f64>>,
     abort: Mutex<Option<Abort>>,
+    closed: Mutex<Option<Closed>>,
+}
+
+/// Why submitting stopped while the run went on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Closed {
+    /// `--max-runtime` was reached.
+    MaxRuntime,
+    /// The next request would pass `--max-kudos`.
+    MaxKudos,
 }
 
 /// Counters of a run, for the summary and progress reports.
@@ -89,11 +107,29 @@ pub struct RunStats {
     pub resubmits: AtomicU64,
     pub kudos_millis: AtomicU64,
     pub failures: Mutex<HashMap<String, u64>>,
+    /// Requests submitted and not yet followed to their end.
+    pub requests_in_flight: AtomicU64,
+    /// Images of those requests.
+    pub images_in_flight: AtomicU64,
+    /// The Horde's last reported queue position and wait estimate (seconds).
+    pub queue_position: AtomicU64,
+    pub wait_time: AtomicU64,
+    /// Totals of the plan, and images found saved by earlier runs.
+    pub images_wanted: AtomicU64,
+    pub images_saved_before: AtomicU64,
+    pub jobs: AtomicU64,
+    pub jobs_done: AtomicU64,
+    pub jobs_failed: AtomicU64,
 }
 
 impl RunStats {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Kudos charged so far in this run.
+    pub fn kudos(&self) -> f64 {
+        self.kudos_millis.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
     pub(crate) fn failure(&self, class: &str) {
@@ -161,6 +197,7 @@ impl Engine {
         pacer: Pacer,
         stop: CancellationToken,
         on_stop: OnStop,
+        max_kudos: Option<f64>,
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
@@ -170,11 +207,78 @@ impl Engine {
             template,
             budget,
             pacer,
+            submits: stop.child_token(),
             stop,
-            on_stop,
+            detach_on_stop: AtomicBool::new(on_stop == OnStop::Detach),
             stats: RunStats::default(),
+            max_kudos,
+            kudos_per_image: Mutex::new(None),
             abort: Mutex::new(None),
+            closed: Mutex::new(None),
         })
+    }
+
+    /// What happens to requests on the Horde when the run stops.
+    pub fn on_stop(&self) -> OnStop {
+        if self.detach_on_stop.load(Ordering::Relaxed) {
+            OnStop::Detach
+        } else {
+            OnStop::Cancel
+        }
+    }
+
+    /// Stops the run, cancelling or detaching what is on the Horde.
+    pub fn stop_with(&self, on_stop: OnStop) {
+        self.detach_on_stop
+            .store(on_stop == OnStop::Detach, Ordering::Relaxed);
+        self.stop.cancel();
+    }
+
+    /// No new submits from now on; requests on the Horde are still followed.
+    pub fn close_submits(&self, reason: Closed) {
+        let mut closed = self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if closed.is_none() {
+            tracing::warn!(?reason, "no more submits");
+            *closed = Some(reason);
+        }
+        drop(closed);
+        self.submits.cancel();
+    }
+
+    /// Why submitting was closed, if it was.
+    pub fn closed(&self) -> Option<Closed> {
+        *self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the per-image kudos estimate used by `--max-kudos` until real charges are known.
+    pub fn set_kudos_estimate(&self, per_image: f64) {
+        *self
+            .kudos_per_image
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(per_image);
+    }
+
+    /// True when a request of `images` may still be submitted under `--max-kudos`.
+    pub(crate) fn kudos_allow(&self, images: u32) -> bool {
+        let Some(max) = self.max_kudos else {
+            return true;
+        };
+        let saved = self.stats.images_saved.load(Ordering::Relaxed);
+        let charged = self.stats.kudos();
+        let learned = (saved > 0).then(|| charged / saved as f64);
+        let guess = *self
+            .kudos_per_image
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let per_image = learned.or(guess).unwrap_or(0.0);
+        let pending = self.stats.images_in_flight.load(Ordering::Relaxed) + u64::from(images);
+        charged + per_image * pending as f64 <= max
     }
 
     /// Ends the run early for `reason` (the first reason wins).
@@ -242,6 +346,11 @@ impl Engine {
         for job in passes.into_iter().flatten() {
             summary.jobs += 1;
             summary.images_wanted += u64::from(job.images);
+            RunStats::bump(&self.stats.jobs);
+            self.stats
+                .images_wanted
+                .fetch_add(u64::from(job.images), Ordering::Relaxed);
+            let mut cut_short = false;
             let job = Arc::new(job);
             let job_key = job.key;
             let mut slots_left = 0;
@@ -266,7 +375,10 @@ impl Engine {
                         continue;
                     }
                 }
-                if self.stop.is_cancelled() {
+                if self.submits.is_cancelled()
+                    && !record.as_ref().is_some_and(RequestRecord::is_in_flight)
+                {
+                    cut_short = true;
                     break;
                 }
                 slots_left += 1;
@@ -283,7 +395,7 @@ impl Engine {
                         tokio::select! {
                             lease = self.budget.lease(wanted) => break Some(lease),
                             Some(joined) = tasks.join_next() => self.finish_slot(joined, &mut progress, &mut summary),
-                            () = self.stop.cancelled() => break None,
+                            () = self.submits.cancelled() => break None,
                         }
                     }
                 } else {
@@ -291,6 +403,7 @@ impl Engine {
                 };
                 if needs_lease && lease.is_none() {
                     slots_left -= 1;
+                    cut_short = true;
                     break;
                 }
                 let engine = Arc::clone(self);
@@ -301,14 +414,15 @@ impl Engine {
                 });
             }
             summary.images_saved_before += u64::from(saved_before);
+            self.stats
+                .images_saved_before
+                .fetch_add(u64::from(saved_before), Ordering::Relaxed);
             if slots_left == 0 {
-                if self.stop.is_cancelled()
-                    && saved_before < job.images
-                    && files_before.len() < job.images as usize
-                {
+                if cut_short {
                     summary.jobs_unfinished += 1;
                 } else {
                     summary.jobs_done += 1;
+                    RunStats::bump(&self.stats.jobs_done);
                     self.record_result(&job, files_before, kudos_before, 0);
                 }
                 continue;
@@ -335,7 +449,8 @@ impl Engine {
         }
         summary.jobs_unfinished += progress.len() as u64;
         summary.images_saved_now = self.stats.images_saved.load(Ordering::Relaxed);
-        summary.interrupted = self.stop.is_cancelled() && self.aborted().is_none();
+        summary.interrupted =
+            self.stop.is_cancelled() && self.aborted().is_none() && self.closed().is_none();
         summary.abort = self.aborted().map(|a| format!("{a:?}"));
         if let Err(error) = self.store.flush().await {
             tracing::error!(%error, "final ledger flush failed");
@@ -390,6 +505,7 @@ impl Engine {
         };
         if let Some((class, message)) = entry.failure {
             summary.jobs_failed += 1;
+            RunStats::bump(&self.stats.jobs_failed);
             let error = JobError {
                 job_key: job_key.to_string(),
                 job: entry.job.name.to_string(),
@@ -406,6 +522,7 @@ impl Engine {
             summary.jobs_unfinished += 1;
         } else {
             summary.jobs_done += 1;
+            RunStats::bump(&self.stats.jobs_done);
             self.record_result(&entry.job, entry.files, entry.kudos, entry.attempts);
         }
     }

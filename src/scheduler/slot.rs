@@ -192,7 +192,7 @@ impl Engine {
         lease: &mut Option<Lease>,
         transient: &mut u32,
     ) -> Result<(), Halt> {
-        if self.stop.is_cancelled() {
+        if self.submits.is_cancelled() {
             return Err(Halt::Stopped);
         }
         let missing = record.as_ref().map_or_else(
@@ -204,19 +204,23 @@ impl Engine {
             Some(l) => {
                 tokio::select! {
                     () = l.grow_to(n) => {}
-                    () = self.stop.cancelled() => return Err(Halt::Stopped),
+                    () = self.submits.cancelled() => return Err(Halt::Stopped),
                 }
             }
             None => {
                 tokio::select! {
                     l = self.budget.lease(n) => *lease = Some(l),
-                    () = self.stop.cancelled() => return Err(Halt::Stopped),
+                    () = self.submits.cancelled() => return Err(Halt::Stopped),
                 }
             }
         }
         tokio::select! {
             () = self.pacer.ready(EndpointClass::Submit) => {}
-            () = self.stop.cancelled() => return Err(Halt::Stopped),
+            () = self.submits.cancelled() => return Err(Halt::Stopped),
+        }
+        if !self.kudos_allow(n) {
+            self.close_submits(super::Closed::MaxKudos);
+            return Err(Halt::Stopped);
         }
         // Write the intent before the POST: a crash now leaves a `Submitting` record.
         let r = match record {
@@ -317,7 +321,7 @@ impl Engine {
     async fn pause(&self, delay: Duration) -> Result<(), Halt> {
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(()),
-            () = self.stop.cancelled() => Err(Halt::Stopped),
+            () = self.submits.cancelled() => Err(Halt::Stopped),
         }
     }
 
@@ -328,6 +332,32 @@ impl Engine {
 
     /// Polls a submitted request until done, then saves its images.
     async fn follow(
+        &self,
+        job: &Job,
+        key: &RequestKey,
+        record: &mut RequestRecord,
+        id: &str,
+        lease: &mut Option<Lease>,
+    ) -> Followed {
+        let n = match record.state {
+            RequestState::Submitted { n, .. } => n,
+            _ => 0,
+        };
+        RunStats::bump(&self.stats.requests_in_flight);
+        self.stats
+            .images_in_flight
+            .fetch_add(u64::from(n), Ordering::Relaxed);
+        let followed = self.follow_inner(job, key, record, id, lease).await;
+        self.stats
+            .requests_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .images_in_flight
+            .fetch_sub(u64::from(n), Ordering::Relaxed);
+        followed
+    }
+
+    async fn follow_inner(
         &self,
         job: &Job,
         key: &RequestKey,
@@ -352,6 +382,12 @@ impl Engine {
                     if let Some(l) = lease.as_mut() {
                         l.shrink_to(check.waiting);
                     }
+                    self.stats
+                        .queue_position
+                        .store(u64::from(check.queue_position), Ordering::Relaxed);
+                    self.stats
+                        .wait_time
+                        .store(u64::from(check.wait_time), Ordering::Relaxed);
                     if check.done || check.faulted {
                         break;
                     }
@@ -456,7 +492,7 @@ impl Engine {
         record: &mut RequestRecord,
         id: &str,
     ) -> Followed {
-        if self.on_stop == OnStop::Detach
+        if self.on_stop() == OnStop::Detach
             || self
                 .aborted()
                 .is_some_and(|a| matches!(a, Abort::Ledger(_)))
@@ -821,7 +857,7 @@ fn request_flags_value(job: &Job) -> Value {
 }
 
 /// The Horde request for `n` images of `job`, the first being image `first_index`.
-fn build_request(job: &Job, n: u32, first_index: u32) -> GenerationRequest {
+pub fn build_request(job: &Job, n: u32, first_index: u32) -> GenerationRequest {
     let mut params = GenerationParams::new(n);
     for (name, value) in job.params.iter() {
         params.extra.insert(name.clone(), value.clone());
