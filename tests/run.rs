@@ -3,259 +3,13 @@
 //! mid-run resumes without duplicates or losses; Ctrl-C and `cancel` leave
 //! nothing unretrieved on the Horde; each failure class ends as it should.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use horde_batch::sim::images::render_pixels;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{kill, stat, wait_exit, walk, Batch, Sim};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_horde-batch");
-
-/// A `horde-batch sim` child process.
-struct Sim {
-    child: Child,
-    url: String,
-}
-
-impl Sim {
-    fn start(args: &[&str]) -> Sim {
-        let mut child = Command::new(BIN)
-            .args(["sim", "--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the sim starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-        Sim { child, url }
-    }
-
-    /// `GET /sim/stats`, over a plain socket.
-    fn stats(&self) -> Value {
-        let authority = self
-            .url
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap();
-        let mut stream = std::net::TcpStream::connect(authority).unwrap();
-        write!(
-            stream,
-            "GET /sim/stats HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let body = response.split_once("\r\n\r\n").unwrap().1;
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("stats: {e}: {body}"))
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A manifest copied into a fresh directory, with its outputs there.
-struct Batch {
-    dir: tempfile::TempDir,
-    manifest: PathBuf,
-}
-
-impl Batch {
-    fn new(text: &str) -> Batch {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = dir.path().join("batch.yaml");
-        std::fs::write(&manifest, text).unwrap();
-        Batch { dir, manifest }
-    }
-
-    fn smoke() -> Batch {
-        Batch::new(&std::fs::read_to_string("manifests/smoke-200.yaml").unwrap())
-    }
-
-    fn out(&self) -> PathBuf {
-        let name = std::fs::read_to_string(&self.manifest).unwrap();
-        let name = name
-            .lines()
-            .find_map(|l| l.strip_prefix("name: "))
-            .unwrap()
-            .trim()
-            .to_owned();
-        self.dir.path().join("out").join(name)
-    }
-
-    fn command(&self, sim: &Sim, subcommand: &str) -> Command {
-        let mut command = Command::new(BIN);
-        command
-            .arg(subcommand)
-            .arg(&self.manifest)
-            .args(["--horde-url", &sim.url])
-            .env_remove("AI_HORDE_API_KEY")
-            .env("RUST_LOG", "horde_batch=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        command
-    }
-
-    /// Runs to the end; returns the exit code and stderr.
-    fn run(&self, sim: &Sim) -> (i32, String) {
-        let output = self.command(sim, "run").output().unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
-
-    fn index_lines(&self) -> Vec<Value> {
-        match std::fs::read_to_string(self.out().join("metadata.jsonl")) {
-            Ok(text) => text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// Waits (bounded) until at least `images` index lines exist.
-    fn wait_for_images(&self, images: usize, limit: Duration) {
-        let start = Instant::now();
-        while self.index_lines().len() < images {
-            assert!(
-                start.elapsed() < limit,
-                "no progress: {} images after {limit:?}",
-                self.index_lines().len()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Every image, sidecar and index line is there exactly once, complete and right.
-    fn assert_complete(&self, expected: usize) {
-        let out = self.out();
-        let files = walk(&out);
-        let webps: Vec<_> = files
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "webp"))
-            .collect();
-        let sidecars: Vec<_> = files
-            .iter()
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "json") && p.parent() != Some(out.as_path())
-            })
-            .collect();
-        assert_eq!(webps.len(), expected, "image files");
-        assert_eq!(sidecars.len(), expected, "sidecars");
-        assert!(
-            files.iter().all(|p| !p
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".hb-tmp-")),
-            "no temp files"
-        );
-        let lines = self.index_lines();
-        assert_eq!(lines.len(), expected, "index lines");
-        let names: HashSet<_> = lines
-            .iter()
-            .map(|l| l["file_name"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(names.len(), expected, "index lines are unique");
-        for webp in webps {
-            let bytes = std::fs::read(webp).unwrap();
-            horde_batch::output::verify_webp(&bytes)
-                .unwrap_or_else(|e| panic!("{}: {e}", webp.display()));
-            let sidecar: Value = serde_json::from_str(
-                &std::fs::read_to_string(webp.with_extension("json")).unwrap(),
-            )
-            .unwrap();
-            let rel = webp
-                .strip_prefix(&out)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            assert_eq!(sidecar["file_name"], rel.as_str());
-            assert!(names.contains(&rel));
-            // The right image in the right file: the sim's pixels are a function of
-            // the prompt it was sent, the seed and the batch index.
-            let wire_prompt = match sidecar["negative_prompt"].as_str() {
-                Some(negative) => format!("{} ### {negative}", sidecar["prompt"].as_str().unwrap()),
-                None => sidecar["prompt"].as_str().unwrap().to_owned(),
-            };
-            let batch_index = sidecar["batch_index"].as_u64().unwrap_or(0) as u32;
-            let expected_pixels =
-                render_pixels(&wire_prompt, sidecar["seed"].as_str().unwrap(), batch_index);
-            let mut decoder = image_webp::WebPDecoder::new(std::io::Cursor::new(&bytes)).unwrap();
-            let mut pixels = vec![0; decoder.output_buffer_size().unwrap()];
-            decoder.read_image(&mut pixels).unwrap();
-            if !sidecar["censored"].as_bool().unwrap() {
-                assert!(
-                    pixels == expected_pixels,
-                    "{rel} holds another image than its sidecar says"
-                );
-            }
-        }
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            if !path.file_name().unwrap().to_string_lossy().starts_with('.') {
-                out.extend(walk(&path));
-            }
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-fn kill(child: &mut Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            use std::os::unix::process::ExitStatusExt;
-            return status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        }
-        assert!(
-            start.elapsed() < limit,
-            "the run did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stat(stats: &Value, name: &str) -> u64 {
-    stats[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no stat {name}"))
-}
 
 #[test]
 fn smoke_200_completes_with_the_right_image_in_every_file() {
@@ -512,12 +266,30 @@ fn transient_chaos_is_survived() {
 }
 
 #[test]
-fn a_model_no_worker_serves_fails_its_job_with_exit_1() {
+fn a_model_no_worker_serves_is_refused_before_submitting_or_fails_its_job() {
     let sim = Sim::start(&["--workers", "2", "--latency", "10ms", "--seed", "9"]);
     let batch = Batch::new(
         "version: 1\nname: noworker\nrun: {timeouts: {no_worker: 2s}}\njobs:\n  - {name: good, prompt: ok, models: [stable_diffusion], images: 2}\n  - {name: bad, prompt: never, models: [no-such-model], images: 2}\n",
     );
+    // Pre-flight: refused before anything is spent.
     let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("no worker serves no-such-model"),
+        "{stderr}"
+    );
+    assert_eq!(stat(&sim.stats(), "requests_created"), 0);
+
+    // Told to wait: the job waits up to its no-worker timeout, then fails alone.
+    let output = batch
+        .command(&sim, "run")
+        .arg("--wait-for-workers")
+        .output()
+        .unwrap();
+    let (code, stderr) = (
+        output.status.code().unwrap(),
+        String::from_utf8_lossy(&output.stderr),
+    );
     assert_eq!(code, 1, "{stderr}");
     batch.assert_complete(2);
     let errors = std::fs::read_to_string(batch.out().join("errors.jsonl")).unwrap();

@@ -1,0 +1,221 @@
+//! Running unattended: progress as JSON lines and bars, `status` during a run,
+//! `--max-runtime`, `--max-kudos`, shared-key pre-flight, completions.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{kill, stat, wait_exit, Batch, Sim, BIN};
+use serde_json::Value;
+
+#[test]
+fn json_progress_lines_and_status_during_an_active_run() {
+    let sim = Sim::start(&[
+        "--workers",
+        "2",
+        "--latency",
+        "200ms..400ms",
+        "--seed",
+        "21",
+    ]);
+    let batch = Batch::smoke();
+    let log = batch.dir.path().join("stderr.log");
+    let mut child = batch
+        .command(&sim, "run")
+        .args(["--progress", "json", "--progress-interval", "200ms"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    batch.wait_for_images(8, Duration::from_secs(60));
+
+    // The run holds the ledger's lock; status reads what the run publishes.
+    let output = Command::new(BIN)
+        .args(["status", "--json"])
+        .arg(&batch.manifest)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["active"], true);
+    assert_eq!(status["pid"], child.id());
+    assert_eq!(status["images_wanted"], 200);
+    assert!(status["images_saved"].as_u64().unwrap() >= 1, "{status}");
+
+    kill(&mut child, "INT");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "a JSON line every interval");
+    assert!(lines.iter().all(|l| l["images_wanted"] == 200));
+    let last = lines.last().unwrap();
+    assert_eq!(last["finished"], true);
+    assert!(last["images_saved"].as_u64().unwrap() >= 8);
+
+    // With no run active, status reads the ledger itself.
+    let output = Command::new(BIN)
+        .args(["status", "--json"])
+        .arg(&batch.manifest)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["active"], false);
+    assert_eq!(
+        status["images_saved"].as_u64().unwrap(),
+        batch.index_lines().len() as u64
+    );
+    assert!(
+        status["requests_by_state"]["cancelled"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{status}"
+    );
+}
+
+#[test]
+fn max_runtime_stops_with_exit_5_and_the_next_run_collects_the_rest() {
+    let sim = Sim::start(&[
+        "--workers",
+        "2",
+        "--latency",
+        "200ms..400ms",
+        "--seed",
+        "22",
+    ]);
+    let batch = Batch::new(
+        &std::fs::read_to_string("manifests/smoke-200.yaml")
+            .unwrap()
+            .replace("images: 8", "images: 2"),
+    );
+    let start = Instant::now();
+    let output = batch
+        .command(&sim, "run")
+        .args(["--max-runtime", "2s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "it stopped in time"
+    );
+    assert!(stderr.contains("--max-runtime of 2s reached"), "{stderr}");
+    assert!(batch.index_lines().len() < 50);
+    // Detached, not cancelled: the next run re-attaches and collects everything.
+    assert_eq!(stat(&sim.stats(), "requests_cancelled"), 0);
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    batch.assert_complete(50);
+    assert_eq!(stat(&sim.stats(), "requests_never_retrieved"), 0);
+}
+
+#[test]
+fn max_kudos_stops_submitting_before_the_budget_is_passed() {
+    let sim = Sim::start(&["--workers", "4", "--latency", "20ms..50ms", "--seed", "23"]);
+    let batch = Batch::smoke();
+    let output = batch
+        .command(&sim, "run")
+        .args(["--max-kudos", "100"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("MaxKudos"), "{stderr}");
+    let stats = sim.stats();
+    let charged = stats["kudos_charged"].as_f64().unwrap();
+    assert!(
+        charged > 0.0 && charged <= 100.0,
+        "charged {charged} of a 100 kudos budget: {stats}"
+    );
+    assert!(!batch.index_lines().is_empty());
+}
+
+#[test]
+fn a_shared_keys_limits_are_checked_before_submitting() {
+    let sim = Sim::start(&["--api-key", "owner-key-for-test", "--seed", "24"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shared = runtime.block_on(async {
+        let config = horde_batch::horde::ClientConfig::new(
+            sim.url.parse().unwrap(),
+            horde_batch::horde::ApiKey::new("owner-key-for-test"),
+        );
+        let client = horde_batch::horde::HordeClient::new(config).unwrap();
+        let input = horde_batch::horde::SharedKeyInput {
+            name: Some("limited".into()),
+            kudos: Some(1000),
+            max_image_steps: Some(10),
+            ..Default::default()
+        };
+        client.create_shared_key(&input).await.unwrap().id
+    });
+    let batch = Batch::new("version: 1\nname: shared\ndefaults: {models: [stable_diffusion], params: {steps: 20}}\njobs:\n  - {name: a, prompt: x}\n");
+    let output = batch
+        .command(&sim, "run")
+        .env("AI_HORDE_API_KEY", shared.expose_secret())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("job `a` asks for 20 steps; the shared key allows 10"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(shared.expose_secret()),
+        "the key is never printed"
+    );
+    assert_eq!(stat(&sim.stats(), "requests_created"), 0);
+}
+
+#[test]
+fn progress_bars_are_drawn_on_a_terminal() {
+    let sim = Sim::start(&["--workers", "8", "--latency", "10ms..30ms", "--seed", "25"]);
+    let batch = Batch::new("version: 1\nname: bars\ndefaults: {models: [stable_diffusion]}\njobs:\n  - {name: a, prompt: 'a {red|blue} cube', images: 3}\n");
+    // `script` runs the command under a pseudo-terminal and copies what it draws.
+    let command = format!(
+        "{BIN} run {} --horde-url {} --progress-interval 100ms",
+        batch.manifest.display(),
+        sim.url
+    );
+    let output = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains("6/6 images"),
+        "the bar shows the final count: {screen}"
+    );
+    assert!(
+        screen.contains("[=") || screen.contains("=]"),
+        "a bar is drawn: {screen}"
+    );
+    assert!(
+        !screen.contains("{\"active\""),
+        "no JSON lines on a terminal"
+    );
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        assert!(String::from_utf8_lossy(&output.stdout).contains("max-runtime"));
+    }
+}
