@@ -29,18 +29,26 @@ fn json_progress_lines_and_status_during_an_active_run() {
         .unwrap();
     batch.wait_for_images(8, Duration::from_secs(60));
 
-    // The run holds the ledger's lock; status reads what the run publishes.
-    let output = Command::new(BIN)
-        .args(["status", "--json"])
-        .arg(&batch.manifest)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The run holds the ledger's lock; status reads what the run publishes
+    // (every progress tick, so wait for a sample that has seen an image).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let output = Command::new(BIN)
+            .args(["status", "--json"])
+            .arg(&batch.manifest)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+        if status["images_saved"].as_u64().unwrap_or(0) >= 1 || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(status["active"], true);
     assert_eq!(status["pid"], child.id());
     assert_eq!(status["images_wanted"], 200);

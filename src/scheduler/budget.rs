@@ -81,6 +81,16 @@ impl Budget {
         }
     }
 
+    /// Leases `images` at once, even past the capacity: for requests already on
+    /// the Horde (a resumed run), whose waiting images count whether we like it or not.
+    pub fn lease_now(self: &Arc<Self>, images: u32) -> Lease {
+        self.lock().in_use += images;
+        Lease {
+            budget: Arc::clone(self),
+            held: images,
+        }
+    }
+
     fn release(&self, images: u32) {
         if images == 0 {
             return;

@@ -309,6 +309,13 @@ impl Engine {
         let mut progress: HashMap<JobKey, JobProgress> = HashMap::new();
         let mut tasks: JoinSet<(JobKey, SlotOutcome)> = JoinSet::new();
         let max_n = self.manifest.run.max_n;
+        // Known up front, so progress reports are right from the first sample.
+        self.stats
+            .images_wanted
+            .store(self.manifest.total_images(), Ordering::Relaxed);
+        self.stats
+            .jobs
+            .store(self.manifest.total_jobs(), Ordering::Relaxed);
 
         // Requests already on the Horde go first: they expire 20 minutes after
         // their last activity, and their images are already paid for.
@@ -346,10 +353,6 @@ impl Engine {
         for job in passes.into_iter().flatten() {
             summary.jobs += 1;
             summary.images_wanted += u64::from(job.images);
-            RunStats::bump(&self.stats.jobs);
-            self.stats
-                .images_wanted
-                .fetch_add(u64::from(job.images), Ordering::Relaxed);
             let mut cut_short = false;
             let job = Arc::new(job);
             let job_key = job.key;
@@ -399,9 +402,14 @@ impl Engine {
                         }
                     }
                 } else {
-                    None
+                    // Already on the Horde: its waiting images count against the budget.
+                    let n = match record.as_ref().map(|r| &r.state) {
+                        Some(RequestState::Submitted { n, .. }) => *n,
+                        _ => 0,
+                    };
+                    Some(self.budget.lease_now(n))
                 };
-                if needs_lease && lease.is_none() {
+                if lease.is_none() {
                     slots_left -= 1;
                     cut_short = true;
                     break;

@@ -61,6 +61,8 @@ impl Engine {
         let mut record = record;
         let mut retries_used = 0u32;
         let mut transient = 0u32;
+        // Set when the request on the Horde is finished with but images are missing.
+        let mut resubmit = false;
         let retries = self.manifest.run.retries;
         loop {
             if let Some(r) = &record {
@@ -74,35 +76,23 @@ impl Engine {
                 }
             }
             match record.as_ref().map(|r| r.state.clone()) {
-                Some(RequestState::Submitted { horde_id, .. }) => {
+                Some(RequestState::Submitted { horde_id, .. }) if !resubmit => {
                     let r = record.as_mut().expect("matched Some above");
                     match self.follow(job, &key, r, &horde_id, &mut lease).await {
                         Followed::Retrieved => {
                             if !r.missing_indices().is_empty() {
                                 retries_used += 1;
+                                resubmit = true;
                                 RunStats::bump(&self.stats.resubmits);
                                 tracing::info!(job = %job.name, key = %key, missing = r.missing_indices().len(), "request came back short; resubmitting the missing images");
-                                r.transition(
-                                    RequestState::Cancelled {
-                                        horde_id: horde_id.clone(),
-                                        cancelled_ms: now_ms(),
-                                    },
-                                    now_ms(),
-                                );
                             }
                         }
                         Followed::Expired => {
                             retries_used += 1;
+                            resubmit = true;
                             RunStats::bump(&self.stats.resubmits);
                             self.stats.failure("expired");
                             tracing::warn!(job = %job.name, key = %key, id = %horde_id, "request expired on the Horde; resubmitting");
-                            r.transition(
-                                RequestState::Cancelled {
-                                    horde_id: horde_id.clone(),
-                                    cancelled_ms: now_ms(),
-                                },
-                                now_ms(),
-                            );
                         }
                         Followed::Stopped => return SlotOutcome::Stopped,
                         Followed::Failed(class, message) => {
@@ -127,7 +117,12 @@ impl Engine {
                     .submit(job, slot, &key, &mut record, &mut lease, &mut transient)
                     .await
                 {
-                    Ok(()) => transient = 0,
+                    Ok(submitted) => {
+                        resubmit = false;
+                        if submitted {
+                            transient = 0;
+                        }
+                    }
                     Err(Halt::Stopped) => return SlotOutcome::Stopped,
                     Err(Halt::Failed(class, message)) => {
                         let mut r = record.take().unwrap_or_else(|| fresh_record(job, slot));
@@ -182,7 +177,8 @@ impl Engine {
         }
     }
 
-    /// Sends one submit for the slot's missing images; on success the record is `Submitted`.
+    /// Sends one submit for the slot's missing images: `Ok(true)` when the record is
+    /// now `Submitted`, `Ok(false)` after a failure worth another try (already waited out).
     async fn submit(
         &self,
         job: &Job,
@@ -191,7 +187,7 @@ impl Engine {
         record: &mut Option<RequestRecord>,
         lease: &mut Option<Lease>,
         transient: &mut u32,
-    ) -> Result<(), Halt> {
+    ) -> Result<bool, Halt> {
         if self.submits.is_cancelled() {
             return Err(Halt::Stopped);
         }
@@ -256,9 +252,12 @@ impl Engine {
                     .await
                     .map_err(|e| self.ledger_halt(e))?;
                 tracing::debug!(job = %job.name, key = %key, id = %accepted.id, n, "submitted");
-                Ok(())
+                Ok(true)
             }
-            Err(error) => self.submit_failed(job, error, transient).await,
+            Err(error) => self
+                .submit_failed(job, error, transient)
+                .await
+                .map(|()| false),
         }
     }
 
