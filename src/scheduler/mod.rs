@@ -18,7 +18,7 @@ mod budget;
 mod pacing;
 mod slot;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -319,14 +319,26 @@ impl Engine {
 
         // Requests already on the Horde go first: they expire 20 minutes after
         // their last activity, and their images are already paid for.
-        let in_flight: HashMap<String, ()> = match self.store.in_flight() {
-            Ok(records) => records
-                .into_iter()
-                .map(|(key, _)| (key.job_key, ()))
-                .collect(),
+        let in_flight: HashSet<String> = match self.store.in_flight() {
+            Ok(records) => {
+                let unknown = records
+                    .iter()
+                    .filter(|(_, r)| matches!(r.state, RequestState::Submitting { .. }))
+                    .count();
+                if unknown > 0 {
+                    // The process died between a POST and recording its answer: the Horde
+                    // may hold a request no ledger names. It expires there by itself.
+                    tracing::warn!(
+                        submits = unknown,
+                        "an earlier run was stopped between submitting and recording the Horde's answer; \
+                         such a request, if it reached the Horde, cannot be found and will expire unretrieved"
+                    );
+                }
+                records.into_iter().map(|(key, _)| key.job_key).collect()
+            }
             Err(error) => {
                 self.abort(Abort::Ledger(error.to_string()));
-                HashMap::new()
+                HashSet::new()
             }
         };
         let manifest = Arc::clone(&self.manifest);
@@ -340,14 +352,14 @@ impl Engine {
             passes.push(Box::new(
                 manifest
                     .jobs()
-                    .filter(move |job| keys.contains_key(&job.key.to_string())),
+                    .filter(move |job| keys.contains(&job.key.to_string())),
             ));
         }
         let skip = in_flight;
         passes.push(Box::new(
             manifest
                 .jobs()
-                .filter(move |job| !skip.contains_key(&job.key.to_string())),
+                .filter(move |job| !skip.contains(&job.key.to_string())),
         ));
 
         for job in passes.into_iter().flatten() {
