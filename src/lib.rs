@@ -5,6 +5,16 @@
 //! step and `horde` speaking the wire protocol; `sim` is a stand-alone simulated
 //! Horde used by tests, benchmarks and `run --simulate`.
 
+/// `eprintln!` that never panics: a closed stderr (piped into `head`) must not
+/// turn into a crash, least of all while reporting an error.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod app;
 pub mod cli;
 pub mod exit;

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
                 horde_batch::app::AppError::Manifest(error) => {
                     horde_batch::app::report_manifest_error(error)
                 }
-                other => eprintln!("{:?}", miette::Report::new(other)),
+                other => horde_batch::say!("{:?}", miette::Report::new(other)),
             }
             ExitCode::from(code)
         }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::manifest::CompiledManifest;
-use crate::output::{verify_webp, Sidecar};
+use crate::output::{verify_webp, OutputDir, Sidecar};
 use crate::plan;
 use crate::store::{
     now_ms, RequestKey, RequestRecord, RequestState, SavedImage, Store, StoreError,
@@ -48,9 +48,10 @@ pub fn move_aside(state_dir: &Path) -> std::io::Result<Option<PathBuf>> {
 /// Fills the empty `store` from the sidecars under `output_root`.
 pub async fn rebuild(
     store: &Store,
-    output_root: &Path,
+    output: &OutputDir,
     manifest: &CompiledManifest,
 ) -> Result<RebuildReport, StoreError> {
+    let output_root = output.root();
     let mut report = RebuildReport::default();
     let mut saved: HashMap<String, BTreeMap<u32, SavedImage>> = HashMap::new();
     for path in sidecar_paths(output_root) {
@@ -70,6 +71,25 @@ pub async fn rebuild(
     }
     for job in manifest.jobs() {
         let Some(mut images) = saved.remove(&job.key.to_string()) else {
+            if output.has_result(&job.key.to_string()) {
+                // Finished once, but none of its files are left: record that the ledger
+                // knows the job, so the run asks for its images again instead of
+                // taking the ledger for stale.
+                if let Some(slot) = plan::slots(&job, manifest.run.max_n).next() {
+                    let key = RequestKey::new(job.key.to_string(), slot.slot);
+                    let mut record =
+                        RequestRecord::first_attempt(&key, slot.first_index, slot.n, now_ms());
+                    record.transition(
+                        RequestState::Cancelled {
+                            horde_id: String::new(),
+                            cancelled_ms: now_ms(),
+                        },
+                        now_ms(),
+                    );
+                    store.put(&key, &record)?;
+                    report.records += 1;
+                }
+            }
             continue;
         };
         for slot in plan::slots(&job, manifest.run.max_n) {

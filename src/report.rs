@@ -239,7 +239,7 @@ impl Reporter {
                     }
                     (None, ProgressMode::Json) => {
                         if let Ok(line) = serde_json::to_string(&report) {
-                            eprintln!("{line}");
+                            crate::say!("{line}");
                         }
                     }
                     _ => {}

@@ -65,7 +65,9 @@ impl AppError {
             AppError::Store(_) => exit::LEDGER,
             AppError::Auth(_) | AppError::SharedKeyLimits(_) => exit::AUTH,
             AppError::NoWorkers(_) => exit::USAGE,
-            AppError::Output(_) | AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
+            AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
+            // The output directory cannot be used: fix the setup, like a bad flag.
+            AppError::Output(_) => exit::USAGE,
             AppError::Manifest(_)
             | AppError::Stdout(_)
             | AppError::Template(_)
@@ -138,10 +140,10 @@ pub fn report_manifest_error(error: ManifestError) {
     match error {
         ManifestError::Invalid { problems } => {
             for problem in problems {
-                eprintln!("{:?}", miette::Report::new(problem));
+                crate::say!("{:?}", miette::Report::new(problem));
             }
         }
-        other => eprintln!("{:?}", miette::Report::new(other)),
+        other => crate::say!("{:?}", miette::Report::new(other)),
     }
 }
 

@@ -44,6 +44,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
     let (out_dir, state_dir) = places(&compiled, &args.places);
     let api_key = api_key(&args.horde)?;
     runtime()?.block_on(async {
+        // The output directory first: if it cannot be written, nothing else is touched.
+        let output = open_output(out_dir.clone()).await?;
         let rebuild_from = if args.rebuild_state {
             let moved = crate::rebuild::move_aside(&state_dir)
                 .map_err(|e| AppError::Config(format!("cannot move the state folder {} aside: {e}", state_dir.display())))?;
@@ -53,9 +55,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         };
         let store = open_store(&state_dir).await?;
         if let Some(moved) = rebuild_from {
-            let mut report = crate::rebuild::rebuild(&store, &out_dir, &compiled).await?;
+            let mut report = crate::rebuild::rebuild(&store, &output, &compiled).await?;
             report.moved_to = moved;
-            eprintln!(
+            crate::say!(
                 "horde-batch: rebuilt the ledger from {} images on disk ({} records; {} sidecars skipped){}",
                 report.images,
                 report.records,
@@ -69,7 +71,6 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             compiled.name(),
         )?;
         store.flush().await?;
-        let output = open_output(out_dir.clone()).await?;
         let sim = if args.simulate { Some(start_sim().await?) } else { None };
         let client = client(&args.horde, sim.as_ref(), api_key)?;
         let capacity = budget_capacity(&client, &compiled).await?;
@@ -116,8 +117,8 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
     let (out_dir, state_dir) = places(&compiled, &args.places);
     let api_key = api_key(&args.horde)?;
     runtime()?.block_on(async {
-        let store = open_store(&state_dir).await?;
         let output = open_output(out_dir).await?;
+        let store = open_store(&state_dir).await?;
         let client = client(&args.horde, None, api_key)?;
         let stop = CancellationToken::new();
         stop.cancel();
@@ -134,7 +135,7 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
             None,
         );
         let cancelled = engine.cancel_in_flight().await;
-        eprintln!("cancelled {cancelled} request(s); images they had finished were saved");
+        crate::say!("cancelled {cancelled} request(s); images they had finished were saved");
         Ok(ExitCode::from(match engine.aborted() {
             Some(Abort::Ledger(_)) => exit::LEDGER,
             Some(_) => exit::JOBS_FAILED,
@@ -254,10 +255,10 @@ fn watch_signals(engine: Arc<Engine>) {
                     OnStop::Cancel => "cancelling requests on the Horde",
                     OnStop::Detach => "leaving requests on the Horde for the next run",
                 };
-                eprintln!("horde-batch: stopping: no new submits, {what}; press Ctrl-C again to exit at once");
+                crate::say!("horde-batch: stopping: no new submits, {what}; press Ctrl-C again to exit at once");
                 engine.stop.cancel();
             } else {
-                eprintln!("horde-batch: exiting at once; rerun the same command to resume");
+                crate::say!("horde-batch: exiting at once; rerun the same command to resume");
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
         }
@@ -268,7 +269,7 @@ fn watch_signals(engine: Arc<Engine>) {
 fn watch_deadline(engine: Arc<Engine>, limit: std::time::Duration, at: AtMaxRuntime) {
     tokio::spawn(async move {
         tokio::time::sleep(limit).await;
-        eprintln!(
+        crate::say!(
             "horde-batch: --max-runtime of {} reached; stopping",
             humantime::format_duration(limit)
         );
@@ -318,7 +319,7 @@ fn exit_code(engine: &Engine, summary: &RunSummary) -> u8 {
 fn report(engine: &Engine, summary: &RunSummary, out: &Path) {
     let stats = &engine.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    eprintln!(
+    crate::say!(
         "horde-batch: {} of {} jobs done, {} failed, {} unfinished; {} images saved now, {} before; output in {}",
         summary.jobs_done,
         summary.jobs,
@@ -328,7 +329,7 @@ fn report(engine: &Engine, summary: &RunSummary, out: &Path) {
         summary.images_saved_before,
         out.display(),
     );
-    eprintln!(
+    crate::say!(
         "horde-batch: requests: {} submit, {} check, {} status, {} cancel, {} download; 429s: {} rate limit, {} concurrency; {} transient errors; {} resubmits; {:.1} kudos",
         load(&stats.submits),
         load(&stats.checks),
@@ -352,13 +353,17 @@ fn report(engine: &Engine, summary: &RunSummary, out: &Path) {
             .iter()
             .map(|(class, count)| format!("{class}: {count}"))
             .collect();
-        eprintln!("horde-batch: failures by class: {}", text.join(", "));
+        crate::say!("horde-batch: failures by class: {}", text.join(", "));
     }
     if let Some(closed) = engine.closed() {
-        eprintln!("horde-batch: submitting stopped ({closed:?}); rerun the same command to resume");
+        crate::say!(
+            "horde-batch: submitting stopped ({closed:?}); rerun the same command to resume"
+        );
     }
     if let Some(abort) = engine.aborted() {
-        eprintln!("horde-batch: stopped early: {abort:?}; rerun the same command to resume");
+        crate::say!(
+            "horde-batch: stopped early: {abort}; fix that, then rerun the same command to resume"
+        );
     }
 }
 

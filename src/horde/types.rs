@@ -326,7 +326,8 @@ impl Generation {
         let img = self.img.trim();
         if img.is_empty() || img == "N/A" || img == "R2" {
             ImageSource::Unavailable
-        } else if img.starts_with("https://") || img.starts_with("http://") {
+        } else if img.contains("://") {
+            // Any URL, whatever its scheme: `download_image` refuses the ones it must not follow.
             ImageSource::Url(img.to_owned())
         } else {
             ImageSource::Base64(img.to_owned())

@@ -64,6 +64,22 @@ pub struct Position {
 }
 
 impl Position {
+    /// The position of a byte offset (clamped to the source and to a char boundary).
+    pub fn from_offset(source: &str, offset: usize) -> Self {
+        let mut offset = offset.min(source.len());
+        while !source.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &source[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Self {
+            offset,
+            line,
+            column,
+        }
+    }
+
     /// The position of a 1-based line and column, clamped to the source.
     pub fn from_line_column(source: &str, line: usize, column: usize) -> Self {
         let mut offset = 0;

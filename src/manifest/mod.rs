@@ -78,6 +78,14 @@ impl ManifestFile {
             name: path.display().to_string(),
             text: Arc::from(text),
         };
+        if let Some(offset) = too_deep(&source.text) {
+            let position = Position::from_offset(&source.text, offset);
+            let problem = source.problem_at_position(
+                position,
+                format!("more than {MAX_FLOW_DEPTH} nested `[`/`{{`: not a manifest"),
+            );
+            return Err(ManifestError::from(vec![problem]));
+        }
         let manifest: Manifest =
             serde_yaml::from_str(&source.text).map_err(|e| yaml_problem(&source, &e))?;
         Ok(Self {
@@ -87,6 +95,40 @@ impl ManifestFile {
             manifest,
         })
     }
+}
+
+/// Deeper flow nesting than any manifest needs; the YAML parser slows down
+/// quadratically with depth, so hostile input is refused before it is parsed.
+const MAX_FLOW_DEPTH: usize = 256;
+
+/// The byte offset where `[`/`{` nesting first passes `MAX_FLOW_DEPTH`, if it does.
+/// Quotes and comments are skipped roughly; this is a guard, not a parser.
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut previous = '\n';
+    for (offset, c) in text.char_indices() {
+        match (quote, c) {
+            (_, '\n') if comment => comment = false,
+            _ if comment => {}
+            (Some('"'), '"') if previous != '\\' => quote = None,
+            (Some('\''), '\'') => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') if previous.is_whitespace() => comment = true,
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(offset);
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = c;
+    }
+    None
 }
 
 /// Turns a serde_yaml error into a located problem, with a suggestion for
@@ -134,6 +176,19 @@ fn unknown_field_help(message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        let deep = "[".repeat(100_000);
+        let started = std::time::Instant::now();
+        let error = ManifestFile::parse(Path::new("d.yaml"), PathBuf::from("."), deep).unwrap_err();
+        assert!(
+            error.to_string().contains("more than 256 nested"),
+            "{error}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(too_deep("a: [[1], {b: '[[[[', c: \"]]\"}] # [[[["), None);
+    }
 
     #[test]
     fn unknown_field_gets_a_suggestion() {

@@ -48,13 +48,16 @@ pub enum OnStop {
 }
 
 /// Why a run ended early.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Abort {
+    #[error("the Horde refused the API key: {0}")]
     /// The Horde refused the API key.
     Auth(String),
     /// A file could not be written (disk full, read-only, ...).
+    #[error("an output file could not be written: {0}")]
     Output(String),
-    /// The ledger could not be written.
+    /// The ledger could not be read or written, or disagrees with the files on disk.
+    #[error("ledger: {0}")]
     Ledger(String),
 }
 
@@ -317,6 +320,7 @@ impl Engine {
             .jobs
             .store(self.manifest.total_jobs(), Ordering::Relaxed);
 
+        self.adopt_lost_submit().await;
         // Requests already on the Horde go first: they expire 20 minutes after
         // their last activity, and their images are already paid for.
         let in_flight: HashSet<String> = match self.store.in_flight() {
@@ -374,16 +378,37 @@ impl Engine {
             let mut kudos_before = 0.0;
             for slot in plan::slots(&job, max_n) {
                 let key = RequestKey::new(job.key.to_string(), slot.slot);
-                let record = match self.store.get(&key) {
+                let mut record = match self.store.get(&key) {
                     Ok(record) => record,
                     Err(error) => {
                         self.abort(Abort::Ledger(error.to_string()));
                         break;
                     }
                 };
+                if let Some(r) = record
+                    .as_mut()
+                    .filter(|r| r.first_index == slot.first_index && r.n < slot.n)
+                {
+                    // The job asks for more images than when this slot was recorded: the
+                    // slot grows, and only the new indices are asked for.
+                    r.n = slot.n;
+                }
+                if slot.slot == 0 && record.is_none() && self.output.has_result(&key.job_key) {
+                    // results.jsonl says this job finished, yet the ledger has never heard of it:
+                    // the ledger is stale (restored, truncated) and would redo paid work.
+                    self.abort(Abort::Ledger(format!(
+                        "job {} is finished in {} but unknown to the ledger in {}; run with --rebuild-state",
+                        key.job_key,
+                        self.output.root().display(),
+                        self.store.dir().display()
+                    )));
+                    break;
+                }
                 if let Some(record) = &record {
                     saved_before += record.images.len() as u32;
-                    if matches!(record.state, RequestState::Done) {
+                    if matches!(record.state, RequestState::Done)
+                        && record.missing_indices().is_empty()
+                    {
                         summary.slots_skipped_done += 1;
                         files_before.extend(record.images.values().map(|i| i.file_name.clone()));
                         kudos_before += record.kudos_charged;
@@ -471,7 +496,7 @@ impl Engine {
         summary.images_saved_now = self.stats.images_saved.load(Ordering::Relaxed);
         summary.interrupted =
             self.stop.is_cancelled() && self.aborted().is_none() && self.closed().is_none();
-        summary.abort = self.aborted().map(|a| format!("{a:?}"));
+        summary.abort = self.aborted().map(|a| a.to_string());
         if let Err(error) = self.store.flush().await {
             tracing::error!(%error, "final ledger flush failed");
         }
@@ -629,5 +654,74 @@ impl Engine {
             tracing::warn!(%job_key, "the ledger has a request for a job the manifest no longer has; it was left alone");
         }
         cancelled
+    }
+}
+
+impl Engine {
+    /// A run killed between a submit and recording its answer leaves a
+    /// `Submitting` record while the Horde may hold the request. For a
+    /// registered key the Horde lists the user's open requests; when exactly one
+    /// record is in doubt and exactly one open request is unknown to the
+    /// ledger, and that request asked for the same number of images, it is
+    /// taken as that submit's and followed instead of paid for twice. Anything
+    /// less certain is left alone (it could belong to another client using the
+    /// same key) and reported.
+    async fn adopt_lost_submit(&self) {
+        let Ok(in_flight) = self.store.in_flight() else {
+            return;
+        };
+        let doubtful: Vec<(RequestKey, RequestRecord)> = in_flight
+            .into_iter()
+            .filter(|(_, r)| matches!(r.state, RequestState::Submitting { .. }))
+            .collect();
+        if doubtful.is_empty() || self.client.is_anonymous() {
+            return;
+        }
+        let Ok(user) = self.client.find_user().await else {
+            return;
+        };
+        let mut known = HashSet::new();
+        for entry in self.store.iter() {
+            let Ok((_, record)) = entry else { return };
+            known.extend(record.horde_ids);
+        }
+        let unknown: Vec<String> = user
+            .active_generations
+            .image
+            .into_iter()
+            .filter(|id| !known.contains(id))
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        if let ([(key, record)], [id]) = (doubtful.as_slice(), unknown.as_slice()) {
+            let RequestState::Submitting { n, .. } = record.state else {
+                return;
+            };
+            if let Ok(check) = self.client.check(id).await {
+                if check.finished + check.processing + check.waiting == n {
+                    let mut record = record.clone();
+                    record.transition(
+                        RequestState::Submitted {
+                            horde_id: id.clone(),
+                            n,
+                            submitted_ms: crate::store::now_ms(),
+                        },
+                        crate::store::now_ms(),
+                    );
+                    match self.store.put_durable(key, &record).await {
+                        Ok(()) => {
+                            tracing::info!(key = %key, id, "found the request of a submit whose answer was lost; following it")
+                        }
+                        Err(e) => self.abort(Abort::Ledger(e.to_string())),
+                    }
+                    return;
+                }
+            }
+        }
+        tracing::warn!(
+            requests = unknown.len(),
+            "the Horde holds requests of this key that the ledger does not know (another client, or submits whose answers were lost); they were left alone"
+        );
     }
 }

@@ -108,11 +108,6 @@ impl Engine {
                         return self.fail(&key, r, "incomplete".into(), message).await;
                     }
                 }
-                Some(RequestState::Done) => {
-                    return self
-                        .finish(&key, record.take().expect("matched Some above"))
-                        .await
-                }
                 _ => match self
                     .submit(job, slot, &key, &mut record, &mut lease, &mut transient)
                     .await
@@ -403,7 +398,8 @@ impl Engine {
                             return Followed::Failed("no_worker".into(), message);
                         }
                     }
-                    let estimate = Duration::from_secs(u64::from(check.wait_time)) / 2;
+                    // Poll again when the Horde expects the request to be done.
+                    let estimate = Duration::from_secs(u64::from(check.wait_time));
                     interval = estimate.clamp(MIN_POLL, MAX_POLL);
                 }
                 Err(error) => match error.class() {
@@ -426,13 +422,32 @@ impl Engine {
         }
         *lease = None;
         match self.fetch_status(id, false).await {
-            Ok(status) => match self.save_generations(job, key, record, id, &status).await {
-                Ok(()) => Followed::Retrieved,
-                Err(Halt::Stopped) => Followed::Stopped,
-                Err(Halt::Failed(class, message)) => Followed::Failed(class, message),
-            },
+            Ok(status) if status.generations.len() < submitted_n(record) as usize => {
+                // The Horde drops an image whose attempts all faulted; the request still ends done.
+                for _ in status.generations.len()..submitted_n(record) as usize {
+                    self.stats.failure("faulted");
+                }
+                self.saved_or_halted(job, key, record, id, &status).await
+            }
+            Ok(status) => self.saved_or_halted(job, key, record, id, &status).await,
             Err(Some(followed)) => followed,
             Err(None) => Followed::Stopped,
+        }
+    }
+
+    /// Saves a finished request's images.
+    async fn saved_or_halted(
+        &self,
+        job: &Job,
+        key: &RequestKey,
+        record: &mut RequestRecord,
+        id: &str,
+        status: &RequestStatus,
+    ) -> Followed {
+        match self.save_generations(job, key, record, id, status).await {
+            Ok(()) => Followed::Retrieved,
+            Err(Halt::Stopped) => Followed::Stopped,
+            Err(Halt::Failed(class, message)) => Followed::Failed(class, message),
         }
     }
 
@@ -461,7 +476,15 @@ impl Engine {
                         let delay = error.retry_after().unwrap_or(Duration::from_secs(60));
                         self.pacer.back_off(EndpointClass::Status, delay);
                     }
+                    FailureClass::Permanent | FailureClass::Auth | FailureClass::Kudos => {
+                        tracing::warn!(%error, "reading the request's status failed for good");
+                        return Err(Some(Followed::Failed(
+                            error.class().as_str().into(),
+                            error.to_string(),
+                        )));
+                    }
                     _ => {
+                        tracing::info!(%error, "reading the request's status failed; trying again");
                         RunStats::bump(&self.stats.transient_errors);
                         transient += 1;
                         if transient > MAX_TRANSIENT {
@@ -575,6 +598,7 @@ impl Engine {
             }
             if generation.censored && self.manifest.run.on_censored == CensoredPolicy::Reroll {
                 RunStats::bump(&self.stats.images_censored);
+                self.stats.failure("censored");
                 continue;
             }
             let Some(index) = free.pop() else { break };
@@ -669,6 +693,14 @@ impl Engine {
                     tracing::warn!(%error, generation = %generation.id, "the Horde sent a broken image; it will be asked for again");
                     self.stats.failure("bad_image");
                     record.assigned.remove(&index);
+                }
+                Err(error @ OutputError::Collision { .. }) => {
+                    // A different image already has this name: the ledger lost track of it.
+                    self.abort(Abort::Ledger(format!(
+                        "{error}; the ledger does not know this file: run with --rebuild-state"
+                    )));
+                    let _ = self.store.put_durable(key, record).await;
+                    return Err(Halt::Stopped);
                 }
                 Err(error) => {
                     self.abort(Abort::Output(error.to_string()));
@@ -830,6 +862,14 @@ impl Engine {
             RunStats::bump(&self.stats.images_saved);
         }
         Ok(written.0)
+    }
+}
+
+/// Images the request on the Horde was asked for.
+fn submitted_n(record: &RequestRecord) -> u32 {
+    match record.state {
+        RequestState::Submitted { n, .. } => n,
+        _ => record.n,
     }
 }
 
