@@ -429,3 +429,22 @@ fn a_damaged_ledger_is_refused_then_rebuilt_from_the_sidecars() {
         .to_string_lossy()
         .starts_with(".horde-batch.damaged-")));
 }
+
+#[test]
+fn raising_images_asks_only_for_the_new_ones() {
+    let sim = Sim::start(&["--workers", "8", "--latency", "10ms..30ms", "--seed", "14"]);
+    let text = "version: 1\nname: grow\ndefaults: {models: [stable_diffusion]}\nrun: {max_n: 4}\njobs:\n  - {name: a, prompt: 'a {red|blue} cone', images: 3}\n";
+    let batch = Batch::new(text);
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    batch.assert_complete(6);
+    std::fs::write(&batch.manifest, text.replace("images: 3", "images: 6")).unwrap();
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    batch.assert_complete(12);
+    assert_eq!(
+        stat(&sim.stats(), "images_generated"),
+        12,
+        "only the 6 new images were generated"
+    );
+}
