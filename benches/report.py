@@ -1,0 +1,250 @@
+"""Turn the files benches/run.sh leaves in its work folder into tables.
+
+`report.py WORK_DIR` prints Markdown (the tables of benches/README.md) and
+writes WORK_DIR/results.json with every number. Reads: machine.json; for each
+client (hb, sdk, sdk-spaced) NAME.time (/usr/bin/time -v), NAME.stats.json
+(the sim's /sim/stats) and, for the SDK, NAME.json (sdk_workload.py's
+summary); plan-1m.time; resume-*.json (first_submit.py).
+"""
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+CLIENTS = [
+    ("hb", "horde-batch"),
+    ("hb-nofsync", "horde-batch under eatmydata (no fsync; for attribution)"),
+    ("sdk", "horde_sdk, as its example (gather, 429s retried after 1 s)"),
+    ("sdk-spaced", "horde_sdk, spaced 0.7 s (delay=)"),
+]
+# Endpoints in the order a request meets them.
+ENDPOINTS = [
+    ("GET /api/v2/find_user", "find_user"),
+    ("POST /api/v2/generate/async", "submit"),
+    ("GET /api/v2/generate/check/{id}", "check"),
+    ("GET /api/v2/generate/status/{id}", "status"),
+    ("DELETE /api/v2/generate/status/{id}", "cancel"),
+]
+
+
+def seconds(text: str) -> float:
+    """'1s', '500ms', '1.5s' → seconds."""
+    match = re.fullmatch(r"([\d.]+)\s*(ms|s)", text.strip())
+    if not match:
+        raise ValueError(f"cannot read the latency {text!r}")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "ms" else value
+
+
+def read_time(path: Path) -> dict | None:
+    """The numbers of `/usr/bin/time -v`."""
+    if not path.exists():
+        return None
+    fields = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.strip().rpartition(": ")
+        fields[key] = value
+    wall = fields["Elapsed (wall clock) time (h:mm:ss or m:ss)"]
+    parts = [float(p) for p in wall.split(":")]
+    wall_s = sum(p * 60**i for i, p in enumerate(reversed(parts)))
+    return {
+        "wall_s": wall_s,
+        "cpu_s": float(fields["User time (seconds)"]) + float(fields["System time (seconds)"]),
+        "user_s": float(fields["User time (seconds)"]),
+        "sys_s": float(fields["System time (seconds)"]),
+        "peak_rss_mb": int(fields["Maximum resident set size (kbytes)"]) / 1024,
+        "exit_status": int(fields["Exit status"]),
+    }
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def client_numbers(work: Path, name: str, ideal_s: float) -> dict | None:
+    time = read_time(work / f"{name}.time")
+    stats = read_json(work / f"{name}.stats.json")
+    if time is None or stats is None:
+        return None
+    images = stats["images_retrieved"]
+    per_image = lambda count: count / images if images else float("nan")  # noqa: E731
+    calls = stats["calls"]
+    by_endpoint = {}
+    for endpoint, label in ENDPOINTS:
+        for status, count in sorted(calls.get(endpoint, {}).items()):
+            by_endpoint[f"{label} {status}"] = count
+    other = {
+        f"{endpoint} {status}": count
+        for endpoint, statuses in calls.items()
+        if endpoint not in dict(ENDPOINTS)
+        for status, count in statuses.items()
+    }
+    api_calls = sum(sum(statuses.values()) for statuses in calls.values())
+    numbers = {
+        "images": images,
+        "wall_s": time["wall_s"],
+        "throughput_ratio": ideal_s / time["wall_s"] if time["wall_s"] else 0.0,
+        "calls": by_endpoint,
+        "other_calls": other,
+        "r2_downloads": stats["r2_downloads"],
+        "api_calls": api_calls,
+        "api_calls_per_image": per_image(api_calls),
+        "all_calls_per_image": per_image(api_calls + stats["r2_downloads"]),
+        "http_429": stats["rate_limited"] + stats["too_many_prompts"],
+        "rate_limited_429": stats["rate_limited"],
+        "too_many_prompts_429": stats["too_many_prompts"],
+        "requests_never_retrieved": stats["requests_never_retrieved"],
+        "cpu_s_per_1000": time["cpu_s"] * 1000 / images if images else float("nan"),
+        "user_s": time["user_s"],
+        "sys_s": time["sys_s"],
+        "peak_rss_mb": time["peak_rss_mb"],
+        "exit_status": time["exit_status"],
+    }
+    summary = read_json(work / f"{name}.json") if name != "hb" else None
+    if summary:
+        numbers["script"] = summary
+    return numbers
+
+
+def fmt(value, digits=2):
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def ratio(a, b, digits=2):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.{digits}f}"
+
+
+def main() -> int:
+    work = Path(sys.argv[1])
+    machine = read_json(work / "machine.json")
+    sim = machine["sim"]
+    images = 1000
+    ideal_s = images * seconds(sim["latency"]) / sim["workers"]
+    results = {"machine": machine, "ideal_s": ideal_s, "clients": {}}
+    for name, _ in CLIENTS:
+        numbers = client_numbers(work, name, ideal_s)
+        if numbers:
+            results["clients"][name] = numbers
+    plan = read_time(work / "plan-1m.time")
+    results["plan_1m"] = plan
+    resume_runs = [read_json(p) for p in sorted(work.glob("resume-[0-9].json"))]
+    resume_runs = [r for r in resume_runs if r]
+    results["resume"] = resume_runs
+    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    clients = [(name, label) for name, label in CLIENTS if name in results["clients"]]
+    c = results["clients"]
+    hb = c.get("hb")
+    out = []
+    out.append(
+        f"Machine: {machine['nproc']} cores ({machine['cpu_model']}), "
+        f"{machine['mem_total_kb'] / 1024 / 1024:.1f} GiB, kernel {machine['kernel']}; "
+        f"load average at start {machine['load_average_at_start']}"
+        + (f", at the end {(work / 'loadavg-end.txt').read_text().strip()}" if (work / "loadavg-end.txt").exists() else "")
+        + " (other work on the machine adds noise to CPU and wall times). "
+        f"Code: {machine['commit']}; {machine['rustc']}; {machine['python']}, horde_sdk {machine['horde_sdk']}. "
+        f"Run {machine['date']}."
+    )
+    out.append("")
+    out.append(
+        f"Workload: benches/workload-1k.yaml, 1,000 images (50 requests of n = 20), default settings; "
+        f"sim: {sim['workers']} workers, {sim['latency']} per image, seed {sim['seed']}; "
+        f"ideal = 1,000 × {sim['latency']} ÷ {sim['workers']} = {ideal_s:.0f} s."
+    )
+    out.append("")
+    header = "| | " + " | ".join(label for _, label in clients)
+    others = [name for name, _ in clients if name.startswith("sdk")]
+    header += "".join(f" | horde-batch ÷ {name}" for name in others) + " |"
+    out.append(header)
+    out.append("|" + "---|" * (1 + len(clients) + len(others)))
+
+    def row(label, key, digits=2, per_image=False):
+        values = []
+        for name, _ in clients:
+            value = c[name].get(key) if key in c[name] else c[name]["calls"].get(key, 0)
+            if per_image and value is not None:
+                value = value / c[name]["images"]
+            values.append(value)
+        cells = [fmt(v, digits) for v in values]
+        ratios = [ratio(values[0], v) for (name, _), v in zip(clients, values) if name in others] if hb else []
+        out.append(f"| {label} | " + " | ".join(cells) + "".join(f" | {r}" for r in ratios) + " |")
+
+    row("images retrieved", "images", 0)
+    row("wall time, process start to exit (s)", "wall_s", 1)
+    row("throughput ÷ ideal", "throughput_ratio", 3)
+    endpoint_keys = []
+    for name, _ in clients:
+        for key in c[name]["calls"]:
+            if key not in endpoint_keys:
+                endpoint_keys.append(key)
+    order = {label: i for i, (_, label) in enumerate(ENDPOINTS)}
+    endpoint_keys.sort(key=lambda k: (order.get(k.split()[0], 99), k))
+    for key in endpoint_keys:
+        row(f"{key} per image", key, 3, per_image=True)
+    row("R2 downloads per image", "r2_downloads", 3, per_image=True)
+    row("Horde API calls per image", "api_calls_per_image", 3)
+    row("API calls + R2 downloads per image", "all_calls_per_image", 3)
+    row("429s received", "http_429", 0)
+    row("client CPU s per 1,000 images", "cpu_s_per_1000", 2)
+    row("client peak RSS (MB)", "peak_rss_mb", 1)
+    out.append("")
+
+    if resume_runs:
+        firsts = [r["first_submit_s"] for r in resume_runs if r.get("first_submit_s") is not None]
+        starts = [r["run_started_s"] for r in resume_runs if r.get("run_started_s") is not None]
+        out.append(
+            f"Resume (benches/resume-100k.yaml: 100,000 one-image jobs, first {machine['resume_done']:,} done): "
+            f"time from process start to the first submit, {len(firsts)} runs: "
+            + ", ".join(f"{f:.3f} s" for f in firsts)
+            + (f" (median {statistics.median(firsts):.3f} s)" if firsts else "")
+            + "; of which to `run started` (ledger, output folder, find_user): "
+            + ", ".join(f"{s:.3f} s" for s in starts)
+            + "; peak RSS "
+            + ", ".join(f"{r['peak_rss_mb']:.0f} MB" for r in resume_runs)
+            + "."
+        )
+        out.append("")
+    if plan:
+        out.append(
+            f"`horde-batch plan benches/plan-1m.yaml --json --max-jobs 1000000`: {plan['wall_s']:.2f} s wall, "
+            f"{plan['cpu_s']:.2f} CPU s, peak RSS {plan['peak_rss_mb']:.1f} MB."
+        )
+        out.append("")
+
+    if hb:
+        out.append("| target | measured | met |")
+        out.append("|---|---|---|")
+        out.append(
+            f"| throughput ≥ 0.95 of ideal | {hb['throughput_ratio']:.3f} | {'yes' if hb['throughput_ratio'] >= 0.95 else 'no'} |"
+        )
+        out.append(f"| zero rate-limit 429s | {hb['http_429']} | {'yes' if hb['http_429'] == 0 else 'no'} |")
+        for name in others:
+            sdk = c[name]
+            for key, what in (("api_calls_per_image", "Horde API calls"), ("all_calls_per_image", "API calls + R2 downloads")):
+                r = hb[key] / sdk[key] if sdk[key] else float("nan")
+                out.append(
+                    f"| requests per image ≤ 1/3 of {name} ({what}) | {hb[key]:.3f} vs {sdk[key]:.3f} = {r:.2f} | {'yes' if r <= 1 / 3 else 'no'} |"
+                )
+        out.append(
+            f"| < 1 CPU s per 1,000 images | {hb['cpu_s_per_1000']:.2f} s | {'yes' if hb['cpu_s_per_1000'] < 1 else 'no'} |"
+        )
+        out.append(f"| < 100 MB peak RSS | {hb['peak_rss_mb']:.1f} MB | {'yes' if hb['peak_rss_mb'] < 100 else 'no'} |")
+        if resume_runs and firsts:
+            worst = max(firsts)
+            out.append(
+                f"| resume to first submit < 1 s (100,000 jobs, {machine['resume_done']:,} done) | {statistics.median(firsts):.3f} s median, {worst:.3f} s worst | {'yes' if worst < 1 else 'no'} |"
+            )
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
