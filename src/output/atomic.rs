@@ -25,13 +25,20 @@ pub const TEMP_PREFIX: &str = ".hb-tmp-";
 /// Any I/O error; [`io::ErrorKind::AlreadyExists`] when `path` already exists
 /// (nothing is written then, and the temp file is removed).
 pub fn create_new_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    create_new_unsynced_entry(path, bytes)?;
+    sync_dir(parent_dir(path))
+}
+
+/// Like [`create_new_durably`], but the directory entry is not flushed: the
+/// caller flushes the directory once after creating several files in it.
+/// Until then the file's content is durable but its name may not be.
+pub fn create_new_unsynced_entry(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = parent_dir(path);
     let mut temp = temp_builder().tempfile_in(dir)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     // On failure the PersistError owns the temp file; dropping it deletes it.
-    temp.persist_noclobber(path).map_err(|e| e.error)?;
-    sync_dir(dir)
+    temp.persist_noclobber(path).map(drop).map_err(|e| e.error)
 }
 
 /// Checks that a temp file can be created in `dir` (and removes it again).

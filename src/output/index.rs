@@ -289,12 +289,51 @@ fn row_key(line: &[u8], key_field: &str) -> Result<Option<String>, String> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(line).map_err(|e| format!("not valid JSON: {e}"))?;
-    match value.get(key_field) {
-        Some(serde_json::Value::String(key)) => Ok(Some(key.clone())),
-        Some(_) => Err(format!("`{key_field}` is not a string")),
-        None => Err(format!("no `{key_field}` field")),
+    // Only the key is kept; the rest of the row is checked for syntax and skipped,
+    // so reopening a large index stays cheap (it runs before a resumed run's first submit).
+    let mut deserializer = serde_json::Deserializer::from_slice(line);
+    let key = serde::de::DeserializeSeed::deserialize(KeyOf(key_field), &mut deserializer)
+        .map_err(|e| format!("not valid JSON: {e}"))?;
+    deserializer
+        .end()
+        .map_err(|e| format!("not valid JSON: {e}"))?;
+    key.map(Some)
+}
+
+/// Reads one string field of a JSON object, skipping the others.
+struct KeyOf<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyOf<'_> {
+    type Value = Result<String, String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyOf<'_> {
+    type Value = Result<String, String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if name == self.0 && found.is_none() {
+                found = Some(match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(key) => Ok(key),
+                    _ => Err(format!("`{}` is not a string", self.0)),
+                });
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found.unwrap_or_else(|| Err(format!("no `{}` field", self.0))))
     }
 }
 

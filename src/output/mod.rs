@@ -317,7 +317,9 @@ impl OutputDir {
             }
         }
 
-        match atomic::create_new_durably(&image_path, webp) {
+        // The image's directory entry is flushed together with the sidecar's
+        // (same directory), once; the caller records the image only after this returns.
+        match atomic::create_new_unsynced_entry(&image_path, webp) {
             Ok(()) => {}
             // Another task won the race for this name: fine if it wrote the same image.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -329,7 +331,11 @@ impl OutputDir {
             }
             Err(e) => return Err(OutputError::io("write", &image_path, e)),
         }
-        write_sidecar_if_missing(&sidecar_path, &sidecar_json)?;
+        if !write_sidecar_if_missing(&sidecar_path, &sidecar_json)? {
+            // No new sidecar, so no directory flush yet: flush for the image.
+            let dir = image_path.parent().unwrap_or(root);
+            atomic::sync_dir(dir).map_err(|e| OutputError::io("sync", dir, e))?;
+        }
         Ok(written(false))
     }
 
@@ -403,10 +409,11 @@ fn read_sidecar(path: &Path) -> Result<Option<Sidecar>, OutputError> {
 
 /// Writes the sidecar unless one exists. An existing sidecar for an existing
 /// identical image is kept as is: it recorded the first retrieval.
-fn write_sidecar_if_missing(path: &Path, json: &[u8]) -> Result<(), OutputError> {
+/// Writes the sidecar durably unless one exists; true when it was written.
+fn write_sidecar_if_missing(path: &Path, json: &[u8]) -> Result<bool, OutputError> {
     match atomic::create_new_durably(path, json) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(OutputError::io("write", path, e)),
     }
 }

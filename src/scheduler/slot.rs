@@ -709,10 +709,10 @@ impl Engine {
                 }
             }
         }
-        self.store
-            .put_durable(key, record)
-            .await
-            .map_err(|e| self.ledger_halt(e))
+        // Not flushed here: the next step of this slot (done, resubmit, fail, cancel)
+        // writes and flushes the record anyway, and the files are already durable, so
+        // a crash before then only makes the resumed run rewrite them idempotently.
+        self.store.put(key, record).map_err(|e| self.ledger_halt(e))
     }
 
     async fn image_bytes(&self, generation: &Generation) -> Result<Vec<u8>, HordeError> {
