@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{kill, stat, wait_exit, walk, Batch, Sim};
@@ -61,14 +60,7 @@ fn smoke_200_completes_with_the_right_image_in_every_file() {
 fn sigkill_mid_run_then_resume_loses_and_duplicates_nothing() {
     let sim = Sim::start(&["--workers", "4", "--latency", "100ms..300ms", "--seed", "2"]);
     let batch = Batch::smoke();
-    let mut child = batch
-        .command(&sim, "run")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    batch.wait_for_images(40, Duration::from_secs(60));
-    kill(&mut child, "KILL");
-    wait_exit(&mut child, Duration::from_secs(10));
+    batch.kill_run_after(&sim, 40);
     let before = sim.stats();
     let (code, stderr) = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
@@ -89,11 +81,7 @@ fn sigkill_mid_run_then_resume_loses_and_duplicates_nothing() {
 fn ctrl_c_cancels_everything_in_flight_and_exits_130() {
     let sim = Sim::start(&["--workers", "2", "--latency", "300ms..600ms", "--seed", "3"]);
     let batch = Batch::smoke();
-    let mut child = batch
-        .command(&sim, "run")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = batch.spawn_run(&sim);
     batch.wait_for_images(6, Duration::from_secs(60));
     kill(&mut child, "INT");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
@@ -116,14 +104,7 @@ fn ctrl_c_cancels_everything_in_flight_and_exits_130() {
 fn cancel_after_a_sigkill_cancels_what_the_run_left() {
     let sim = Sim::start(&["--workers", "2", "--latency", "300ms..600ms", "--seed", "4"]);
     let batch = Batch::smoke();
-    let mut child = batch
-        .command(&sim, "run")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    batch.wait_for_images(4, Duration::from_secs(60));
-    kill(&mut child, "KILL");
-    wait_exit(&mut child, Duration::from_secs(10));
+    batch.kill_run_after(&sim, 4);
     assert!(
         stat(&sim.stats(), "requests_never_retrieved") > 0,
         "the killed run left requests behind"
@@ -324,11 +305,7 @@ fn a_refused_key_exits_3() {
 fn a_second_run_on_the_same_state_is_refused() {
     let sim = Sim::start(&["--workers", "1", "--latency", "500ms", "--seed", "11"]);
     let batch = Batch::smoke();
-    let mut first = batch
-        .command(&sim, "run")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = batch.spawn_run(&sim);
     batch.wait_for_images(1, Duration::from_secs(60));
     let (code, stderr) = batch.run(&sim);
     kill(&mut first, "KILL");

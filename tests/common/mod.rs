@@ -107,6 +107,22 @@ impl Batch {
         command
     }
 
+    /// Starts `run` in the background, its stderr discarded.
+    pub fn spawn_run(&self, sim: &Sim) -> Child {
+        self.command(sim, "run")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts `run`, waits until `images` are saved, then SIGKILLs it.
+    pub fn kill_run_after(&self, sim: &Sim, images: usize) {
+        let mut child = self.spawn_run(sim);
+        self.wait_for_images(images, Duration::from_secs(60));
+        kill(&mut child, "KILL");
+        wait_exit(&mut child, Duration::from_secs(10));
+    }
+
     /// Runs to the end; returns the exit code and stderr.
     pub fn run(&self, sim: &Sim) -> (i32, String) {
         let output = self.command(sim, "run").output().unwrap();
