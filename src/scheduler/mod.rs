@@ -320,15 +320,16 @@ impl Engine {
             .jobs
             .store(self.manifest.total_jobs(), Ordering::Relaxed);
 
-        self.adopt_lost_submit().await;
         // Requests already on the Horde go first: they expire 20 minutes after
         // their last activity, and their images are already paid for.
         let in_flight: HashSet<String> = match self.store.in_flight() {
             Ok(records) => {
-                let unknown = records
+                let doubtful: Vec<&(RequestKey, RequestRecord)> = records
                     .iter()
                     .filter(|(_, r)| matches!(r.state, RequestState::Submitting { .. }))
-                    .count();
+                    .collect();
+                let adopted = usize::from(self.adopt_lost_submit(&doubtful).await);
+                let unknown = doubtful.len() - adopted;
                 if unknown > 0 {
                     // The process died between a POST and recording its answer: the Horde
                     // may hold a request no ledger names. It expires there by itself.
@@ -666,23 +667,17 @@ impl Engine {
     /// taken as that submit's and followed instead of paid for twice. Anything
     /// less certain is left alone (it could belong to another client using the
     /// same key) and reported.
-    async fn adopt_lost_submit(&self) {
-        let Ok(in_flight) = self.store.in_flight() else {
-            return;
-        };
-        let doubtful: Vec<(RequestKey, RequestRecord)> = in_flight
-            .into_iter()
-            .filter(|(_, r)| matches!(r.state, RequestState::Submitting { .. }))
-            .collect();
+    /// Returns true when a request was adopted.
+    async fn adopt_lost_submit(&self, doubtful: &[&(RequestKey, RequestRecord)]) -> bool {
         if doubtful.is_empty() || self.client.is_anonymous() {
-            return;
+            return false;
         }
         let Ok(user) = self.client.find_user().await else {
-            return;
+            return false;
         };
         let mut known = HashSet::new();
         for entry in self.store.iter() {
-            let Ok((_, record)) = entry else { return };
+            let Ok((_, record)) = entry else { return false };
             known.extend(record.horde_ids);
         }
         let unknown: Vec<String> = user
@@ -692,11 +687,11 @@ impl Engine {
             .filter(|id| !known.contains(id))
             .collect();
         if unknown.is_empty() {
-            return;
+            return false;
         }
-        if let ([(key, record)], [id]) = (doubtful.as_slice(), unknown.as_slice()) {
+        if let ([(key, record)], [id]) = (doubtful, unknown.as_slice()) {
             let RequestState::Submitting { n, .. } = record.state else {
-                return;
+                return false;
             };
             if let Ok(check) = self.client.check(id).await {
                 if check.finished + check.processing + check.waiting == n {
@@ -709,13 +704,16 @@ impl Engine {
                         },
                         crate::store::now_ms(),
                     );
-                    match self.store.put_durable(key, &record).await {
+                    return match self.store.put_durable(key, &record).await {
                         Ok(()) => {
-                            tracing::info!(key = %key, id, "found the request of a submit whose answer was lost; following it")
+                            tracing::info!(key = %key, id, "found the request of a submit whose answer was lost; following it");
+                            true
                         }
-                        Err(e) => self.abort(Abort::Ledger(e.to_string())),
-                    }
-                    return;
+                        Err(e) => {
+                            self.abort(Abort::Ledger(e.to_string()));
+                            false
+                        }
+                    };
                 }
             }
         }
@@ -723,5 +721,6 @@ impl Engine {
             requests = unknown.len(),
             "the Horde holds requests of this key that the ledger does not know (another client, or submits whose answers were lost); they were left alone"
         );
+        false
     }
 }

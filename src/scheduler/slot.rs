@@ -719,29 +719,15 @@ impl Engine {
         match generation.image_source() {
             ImageSource::Base64(text) => base64::engine::general_purpose::STANDARD
                 .decode(text.trim())
-                .map_err(|e| {
-                    HordeError::new(
-                        crate::horde::Endpoint::new(crate::horde::Operation::Status),
-                        crate::horde::HordeErrorKind::Decode {
-                            status: 200,
-                            reason: format!("image is not base64: {e}"),
-                            snippet: String::new(),
-                        },
-                    )
-                }),
+                .map_err(|e| unusable_image(format!("image is not base64: {e}"))),
             ImageSource::Url(url) => {
                 RunStats::bump(&self.stats.downloads);
                 self.client
                     .download_image(&url, MAX_IMAGE_BYTES, self.manifest.run.download_timeout)
                     .await
             }
-            ImageSource::Unavailable => Err(HordeError::new(
-                crate::horde::Endpoint::new(crate::horde::Operation::Status),
-                crate::horde::HordeErrorKind::Decode {
-                    status: 200,
-                    reason: "the Horde could not provide the image (N/A)".into(),
-                    snippet: String::new(),
-                },
+            ImageSource::Unavailable => Err(unusable_image(
+                "the Horde could not provide the image (N/A)".into(),
             )),
         }
     }
@@ -863,6 +849,18 @@ impl Engine {
         }
         Ok(written.0)
     }
+}
+
+/// A status answer whose image field cannot be turned into bytes.
+fn unusable_image(reason: String) -> HordeError {
+    HordeError::new(
+        crate::horde::Endpoint::new(crate::horde::Operation::Status),
+        crate::horde::HordeErrorKind::Decode {
+            status: 200,
+            reason,
+            snippet: String::new(),
+        },
+    )
 }
 
 /// Images the request on the Horde was asked for.
