@@ -38,8 +38,8 @@ log="$(mktemp -t crash-loop.XXXXXX)"
 trap 'rm -f "$log"' EXIT
 
 if HORDE_BATCH_CRASH_KILLS="$kills" HORDE_BATCH_CRASH_SEED="$seed" \
-    cargo test --quiet --test reliability \
-    crash_loop_of_random_sigkills_loses_and_duplicates_nothing -- --exact --nocapture \
+    cargo test --quiet --test it \
+    reliability::crash_loop_of_random_sigkills_loses_and_duplicates_nothing -- --exact --nocapture \
     >"$log" 2>&1; then
     grep '^crash-loop: ' "$log"
 else

@@ -7,8 +7,6 @@
 //! `scripts/crash-loop.sh` runs the crash loop below with hundreds of kills
 //! (`HORDE_BATCH_CRASH_KILLS`, `HORDE_BATCH_CRASH_SEED`).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{stat, Batch, Sim, BIN};
+use crate::common::{stat, Batch, Sim, BIN};
 use serde_json::Value;
 
 /// Every run in this file ends within this, or the test fails (and kills it).

@@ -3,11 +3,9 @@
 //! mid-run resumes without duplicates or losses; Ctrl-C and `cancel` leave
 //! nothing unretrieved on the Horde; each failure class ends as it should.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{kill, stat, wait_exit, walk, Batch, Sim};
+use crate::common::{kill, stat, wait_exit, walk, Batch, Sim};
 use serde_json::Value;
 
 #[test]

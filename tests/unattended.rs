@@ -1,12 +1,10 @@
 //! Running unattended: progress as JSON lines and bars, `status` during a run,
 //! `--max-runtime`, `--max-kudos`, shared-key pre-flight, completions.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kill, stat, wait_exit, Batch, Sim, BIN};
+use crate::common::{kill, stat, wait_exit, Batch, Sim, BIN};
 use serde_json::Value;
 
 #[test]

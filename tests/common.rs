@@ -1,6 +1,6 @@
 //! Helpers shared by the end-to-end tests: a `horde-batch sim` child process,
 //! a manifest in a temporary directory, and checks of what a run wrote.
-#![allow(dead_code)] // Each test crate uses its own subset.
+#![allow(dead_code)] // Not every helper is used by every test module.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,14 @@
+//! The one integration-test binary: every end-to-end suite is a module of it,
+//! so `cargo test` links once and the shared helpers live in `common`.
+
+mod cli;
+mod client_sim;
+mod common;
+mod horde_client;
+mod manifest;
+mod output;
+mod reliability;
+mod run;
+mod sim;
+mod store;
+mod unattended;
