@@ -163,6 +163,58 @@ pub struct RunArgs {
     pub horde: HordeArgs,
     #[command(flatten)]
     pub places: PlacesArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+/// Durations of the engine, hidden from `--help`: the defaults suit the real
+/// Horde; tests and rehearsals against a faster simulated Horde scale them down.
+#[derive(Debug, Args, Clone)]
+pub struct TuningArgs {
+    /// Spacing of submits.
+    #[arg(long, hide = true, env = "HORDE_BATCH_SUBMIT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub submit_interval: Option<Duration>,
+    /// Shortest time between two checks of one request.
+    #[arg(long, hide = true, env = "HORDE_BATCH_POLL_FLOOR", value_parser = humantime::parse_duration)]
+    pub poll_floor: Option<Duration>,
+    /// How long the Horde caches `find_user` (30 s on the real server).
+    #[arg(long, hide = true, env = "HORDE_BATCH_FIND_USER_CACHE", value_parser = humantime::parse_duration)]
+    pub find_user_cache: Option<Duration>,
+    /// The first back-off after a transient error (it doubles per try).
+    #[arg(long, hide = true, env = "HORDE_BATCH_RETRY_BASE", value_parser = humantime::parse_duration)]
+    pub retry_base: Option<Duration>,
+    /// The longest single wait, whatever `Retry-After` says.
+    #[arg(long, hide = true, env = "HORDE_BATCH_MAX_WAIT", value_parser = humantime::parse_duration)]
+    pub max_wait: Option<Duration>,
+    /// How long a request that reads done while an image is still processing is followed.
+    #[arg(long, hide = true, env = "HORDE_BATCH_LATE_IMAGE_WAIT", value_parser = humantime::parse_duration)]
+    pub late_image_wait: Option<Duration>,
+}
+
+impl TuningArgs {
+    /// The engine's durations: the defaults, with what was given replaced.
+    pub fn resolve(&self) -> crate::scheduler::Tuning {
+        let mut tuning = crate::scheduler::Tuning::default();
+        if let Some(interval) = self.submit_interval {
+            tuning.submit_interval = interval;
+        }
+        if let Some(floor) = self.poll_floor {
+            tuning.poll_floor = floor;
+        }
+        if let Some(cache) = self.find_user_cache {
+            tuning.find_user_cache = cache;
+        }
+        if let Some(base) = self.retry_base {
+            tuning.policy.backoff_base = base;
+        }
+        if let Some(max_wait) = self.max_wait {
+            tuning.policy.max_wait = max_wait;
+        }
+        if let Some(wait) = self.late_image_wait {
+            tuning.late_image_wait = wait;
+        }
+        tuning
+    }
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +225,8 @@ pub struct CancelArgs {
     pub horde: HordeArgs,
     #[command(flatten)]
     pub places: PlacesArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 #[derive(Debug, Args)]

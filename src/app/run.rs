@@ -19,9 +19,7 @@ use crate::horde::{ApiKey, ClientConfig, FailureClass, HordeClient};
 use crate::manifest::CompiledManifest;
 use crate::output::{FilenameTemplate, OutputDir};
 use crate::report::{Reporter, StatusReport};
-use crate::scheduler::{
-    Abort, Budget, Closed, Engine, OnStop, Pacer, RunSummary, DEFAULT_SUBMIT_INTERVAL,
-};
+use crate::scheduler::{Abort, Budget, Closed, Engine, OnStop, RunSummary};
 use crate::sim::{SimConfig, SimHandle};
 use crate::store::Store;
 
@@ -84,7 +82,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             Arc::clone(&compiled),
             template,
             Budget::new(capacity),
-            Pacer::new(DEFAULT_SUBMIT_INTERVAL),
+            args.tuning.resolve(),
             stop.clone(),
             on_stop,
             args.max_kudos,
@@ -95,6 +93,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             }
         }
         watch_signals(Arc::clone(&engine));
+        watch_stop_deadline(Arc::clone(&engine));
         if let Some(limit) = args.max_runtime {
             watch_deadline(Arc::clone(&engine), limit, args.at_max_runtime);
         }
@@ -129,7 +128,7 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
             compiled,
             template,
             Budget::new(1),
-            Pacer::new(DEFAULT_SUBMIT_INTERVAL),
+            args.tuning.resolve(),
             stop,
             OnStop::Cancel,
             None,
@@ -240,28 +239,51 @@ async fn budget_capacity(
     }
 }
 
-/// First Ctrl-C / SIGTERM: stop submitting, cancel or detach, flush, exit 130.
-/// Second: exit at once (every ledger step is already durable).
+/// First Ctrl-C / SIGTERM / SIGHUP: stop submitting, cancel or detach, flush,
+/// exit 130. Second: exit at once (every ledger step is already durable).
 fn watch_signals(engine: Arc<Engine>) {
     tokio::spawn(async move {
         let mut signals = 0;
         loop {
-            if !next_signal().await {
+            let Some(name) = next_signal().await else {
                 return;
-            }
+            };
             signals += 1;
             if signals == 1 {
                 let what = match engine.on_stop() {
                     OnStop::Cancel => "cancelling requests on the Horde",
                     OnStop::Detach => "leaving requests on the Horde for the next run",
                 };
-                crate::say!("horde-batch: stopping: no new submits, {what}; press Ctrl-C again to exit at once");
+                crate::say!("horde-batch: {name}: stopping: no new submits, {what}; press Ctrl-C again to exit at once");
                 engine.stop.cancel();
             } else {
                 crate::say!("horde-batch: exiting at once; rerun the same command to resume");
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
         }
+    });
+}
+
+/// How long a stopping run may take to cancel its requests before it exits anyway.
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// However the run is stopped, the process exits within `STOP_DEADLINE`, even
+/// when the Horde does not answer the cancels: every ledger step is durable,
+/// and what is left on the Horde is picked up by the next run or `cancel`.
+fn watch_stop_deadline(engine: Arc<Engine>) {
+    tokio::spawn(async move {
+        engine.stop.cancelled().await;
+        tokio::time::sleep(STOP_DEADLINE).await;
+        crate::say!(
+            "horde-batch: the Horde did not answer within {}; exiting. Requests it still holds are \
+             picked up by the next run or cancelled by `horde-batch cancel`",
+            humantime::format_duration(STOP_DEADLINE)
+        );
+        let summary = RunSummary {
+            interrupted: engine.aborted().is_none() && engine.closed().is_none(),
+            ..RunSummary::default()
+        };
+        std::process::exit(i32::from(exit_code(&engine, &summary)));
     });
 }
 
@@ -281,25 +303,28 @@ fn watch_deadline(engine: Arc<Engine>, limit: std::time::Duration, at: AtMaxRunt
     });
 }
 
-/// Waits for SIGINT or SIGTERM; false if signals cannot be watched.
-async fn next_signal() -> bool {
+/// Waits for SIGINT, SIGTERM or SIGHUP (a closed terminal) and names it;
+/// `None` if signals cannot be watched.
+async fn next_signal() -> Option<&'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut interrupt), Ok(mut terminate)) = (
+        let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
         ) else {
-            return false;
+            return None;
         };
         tokio::select! {
-            _ = interrupt.recv() => true,
-            _ = terminate.recv() => true,
+            _ = interrupt.recv() => Some("interrupted"),
+            _ = terminate.recv() => Some("terminated"),
+            _ = hangup.recv() => Some("the terminal was closed (SIGHUP)"),
         }
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.is_ok()
+        tokio::signal::ctrl_c().await.ok().map(|()| "interrupted")
     }
 }
 
@@ -308,6 +333,7 @@ fn exit_code(engine: &Engine, summary: &RunSummary) -> u8 {
         Some(Abort::Auth(_)) => exit::AUTH,
         Some(Abort::Ledger(_)) => exit::LEDGER,
         Some(Abort::Output(_)) => exit::JOBS_FAILED,
+        Some(Abort::Redirected(_)) => exit::USAGE,
         None if engine.closed() == Some(Closed::MaxRuntime) => exit::MAX_RUNTIME,
         None if engine.closed() == Some(Closed::MaxKudos) => exit::AUTH,
         None if summary.interrupted => exit::INTERRUPTED,

@@ -10,12 +10,17 @@
 //! are resubmitted for the missing images within `run.retries`, permanent
 //! errors fail the job, an invalid key stops the run.
 //!
-//! The engine owns no formats: the ledger is `store`, the files are `output`,
-//! the protocol is `horde`. It must not print; it reports through `RunStats`
-//! and tracing.
+//! What to do after a failed call is decided in one place, [`policy`]; when
+//! to poll, in [`poll`]; what became of a submit whose answer was lost, in
+//! [`adopt`]. Every wait selects on the run's stop token, so a stop is prompt.
+//!
+//! The engine must not print; it reports through `RunStats` and tracing.
 
+mod adopt;
 mod budget;
 mod pacing;
+pub mod policy;
+pub mod poll;
 mod slot;
 
 use std::collections::{HashMap, HashSet};
@@ -27,8 +32,11 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use adopt::SubmitGate;
 pub use budget::{Budget, Lease};
 pub use pacing::{EndpointClass, Pacer, DEFAULT_SUBMIT_INTERVAL};
+pub use policy::Policy;
+pub use poll::PollPlanner;
 /// The Horde request for `n` images of a job, the first being image `first_index`.
 pub use slot::build_request as request_for;
 
@@ -59,6 +67,42 @@ pub enum Abort {
     /// The ledger could not be read or written, or disagrees with the files on disk.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The server answered with a redirect, which is never followed (it could carry the key elsewhere).
+    #[error("{0}")]
+    Redirected(String),
+}
+
+/// The durations and limits of a run. `Tuning::default()` is what users get;
+/// tests and rehearsals scale them down through `run`'s hidden flags.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// What to do after a failed call, and how long to wait.
+    pub policy: Policy,
+    /// The spacing of submits (under both of the Horde's submit limits).
+    pub submit_interval: Duration,
+    /// The shortest and longest time between two checks of one request.
+    pub poll_floor: Duration,
+    pub poll_cap: Duration,
+    /// How long the Horde caches `find_user` per key (30 s on the real server).
+    pub find_user_cache: Duration,
+    /// How long one cancel (`DELETE`) may take while the run stops.
+    pub cancel_timeout: Duration,
+    /// How long a request that reads done while an image is still processing is followed.
+    pub late_image_wait: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            policy: Policy::default(),
+            submit_interval: DEFAULT_SUBMIT_INTERVAL,
+            poll_floor: Duration::from_secs(1),
+            poll_cap: Duration::from_secs(30),
+            find_user_cache: Duration::from_secs(30),
+            cancel_timeout: Duration::from_secs(3),
+            late_image_wait: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Everything a slot task needs, shared by all of them.
@@ -70,6 +114,10 @@ pub struct Engine {
     pub template: FilenameTemplate,
     pub budget: Arc<Budget>,
     pub pacer: Pacer,
+    pub tuning: Tuning,
+    /// One POST at a time, none while a lost submit answer is being looked for.
+    gate: SubmitGate,
+    planner: PollPlanner,
     /// Cancelled on Ctrl-C / SIGTERM / a fatal error: stop everything.
     pub stop: CancellationToken,
     /// Cancelled when no new request may be submitted (a child of `stop`).
@@ -176,6 +224,16 @@ pub struct RunSummary {
     pub abort: Option<String>,
 }
 
+/// What `Engine::run` carries from job to job.
+#[derive(Default)]
+struct RunState {
+    summary: RunSummary,
+    progress: HashMap<JobKey, JobProgress>,
+    tasks: JoinSet<(JobKey, SlotOutcome)>,
+    /// Lost submits of an earlier run whose slots were started (each looks for its request).
+    doubts_taken: u32,
+}
+
 /// Per-job bookkeeping while its slots run.
 struct JobProgress {
     job: Arc<Job>,
@@ -197,7 +255,7 @@ impl Engine {
         manifest: Arc<CompiledManifest>,
         template: FilenameTemplate,
         budget: Arc<Budget>,
-        pacer: Pacer,
+        tuning: Tuning,
         stop: CancellationToken,
         on_stop: OnStop,
         max_kudos: Option<f64>,
@@ -209,7 +267,10 @@ impl Engine {
             manifest,
             template,
             budget,
-            pacer,
+            pacer: Pacer::new(tuning.submit_interval),
+            gate: SubmitGate::new(0),
+            planner: PollPlanner::new(tuning.poll_floor, tuning.poll_cap),
+            tuning,
             submits: stop.child_token(),
             stop,
             detach_on_stop: AtomicBool::new(on_stop == OnStop::Detach),
@@ -308,10 +369,7 @@ impl Engine {
 
     /// Runs every job of the manifest to completion (or until stopped).
     pub async fn run(self: &Arc<Self>) -> RunSummary {
-        let mut summary = RunSummary::default();
-        let mut progress: HashMap<JobKey, JobProgress> = HashMap::new();
-        let mut tasks: JoinSet<(JobKey, SlotOutcome)> = JoinSet::new();
-        let max_n = self.manifest.run.max_n;
+        let mut run = RunState::default();
         // Known up front, so progress reports are right from the first sample.
         self.stats
             .images_wanted
@@ -322,178 +380,59 @@ impl Engine {
 
         // Requests already on the Horde go first: they expire 20 minutes after
         // their last activity, and their images are already paid for.
-        let in_flight: HashSet<String> = match self.store.in_flight() {
-            Ok(records) => {
-                let doubtful: Vec<&(RequestKey, RequestRecord)> = records
-                    .iter()
-                    .filter(|(_, r)| matches!(r.state, RequestState::Submitting { .. }))
-                    .collect();
-                let adopted = usize::from(self.adopt_lost_submit(&doubtful).await);
-                let unknown = doubtful.len() - adopted;
-                if unknown > 0 {
-                    // The process died between a POST and recording its answer: the Horde
-                    // may hold a request no ledger names. It expires there by itself.
-                    tracing::warn!(
-                        submits = unknown,
-                        "an earlier run was stopped between submitting and recording the Horde's answer; \
-                         such a request, if it reached the Horde, cannot be found and will expire unretrieved"
-                    );
-                }
-                records.into_iter().map(|(key, _)| key.job_key).collect()
-            }
+        let records = match self.store.in_flight() {
+            Ok(records) => records,
             Err(error) => {
                 self.abort(Abort::Ledger(error.to_string()));
-                HashSet::new()
+                Vec::new()
             }
         };
+        let doubtful = records
+            .iter()
+            .filter(|(_, r)| matches!(r.state, RequestState::Submitting { .. }))
+            .count() as u32;
+        if doubtful > 0 {
+            // No new submit until each is found or known lost: see `adopt`.
+            self.gate.hold(doubtful);
+            tracing::warn!(
+                submits = doubtful,
+                "an earlier run was stopped between submitting and recording the Horde's answer; \
+                 looking for those requests before submitting anything new"
+            );
+        }
+        let in_flight: HashSet<String> = records.into_iter().map(|(key, _)| key.job_key).collect();
         let manifest = Arc::clone(&self.manifest);
-        let mut passes: Vec<Box<dyn Iterator<Item = Job> + Send + '_>> = Vec::new();
         if !in_flight.is_empty() {
             tracing::info!(
                 requests = in_flight.len(),
                 "re-attaching to requests still on the Horde"
             );
-            let keys = in_flight.clone();
-            passes.push(Box::new(
-                manifest
-                    .jobs()
-                    .filter(move |job| keys.contains(&job.key.to_string())),
-            ));
-        }
-        let skip = in_flight;
-        passes.push(Box::new(
-            manifest
+            for job in manifest
                 .jobs()
-                .filter(move |job| !skip.contains(&job.key.to_string())),
-        ));
-
-        for job in passes.into_iter().flatten() {
-            summary.jobs += 1;
-            summary.images_wanted += u64::from(job.images);
-            let mut cut_short = false;
-            let job = Arc::new(job);
-            let job_key = job.key;
-            let mut slots_left = 0;
-            let mut saved_before = 0u32;
-            let mut files_before = Vec::new();
-            let mut kudos_before = 0.0;
-            for slot in plan::slots(&job, max_n) {
-                let key = RequestKey::new(job.key.to_string(), slot.slot);
-                let mut record = match self.store.get(&key) {
-                    Ok(record) => record,
-                    Err(error) => {
-                        self.abort(Abort::Ledger(error.to_string()));
-                        break;
-                    }
-                };
-                if let Some(r) = record
-                    .as_mut()
-                    .filter(|r| r.first_index == slot.first_index && r.n < slot.n)
-                {
-                    // The job asks for more images than when this slot was recorded: the
-                    // slot grows, and only the new indices are asked for.
-                    r.n = slot.n;
-                }
-                if slot.slot == 0 && record.is_none() && self.output.has_result(&key.job_key) {
-                    // results.jsonl says this job finished, yet the ledger has never heard of it:
-                    // the ledger is stale (restored, truncated) and would redo paid work.
-                    self.abort(Abort::Ledger(format!(
-                        "job {} is finished in {} but unknown to the ledger in {}; run with --rebuild-state",
-                        key.job_key,
-                        self.output.root().display(),
-                        self.store.dir().display()
-                    )));
+                .filter(|job| in_flight.contains(&job.key.to_string()))
+            {
+                if !self.start_job(job, &mut run).await {
                     break;
                 }
-                if let Some(record) = &record {
-                    saved_before += record.images.len() as u32;
-                    if matches!(record.state, RequestState::Done)
-                        && record.missing_indices().is_empty()
-                    {
-                        summary.slots_skipped_done += 1;
-                        files_before.extend(record.images.values().map(|i| i.file_name.clone()));
-                        kudos_before += record.kudos_charged;
-                        continue;
-                    }
-                }
-                if self.submits.is_cancelled()
-                    && !record.as_ref().is_some_and(RequestRecord::is_in_flight)
-                {
-                    cut_short = true;
-                    break;
-                }
-                slots_left += 1;
-                // Hold new submits until the budget has room, finishing tasks meanwhile.
-                let wanted = record
-                    .as_ref()
-                    .map_or(slot.n, |r| r.missing_indices().len() as u32)
-                    .clamp(1, self.budget.capacity());
-                let needs_lease = !record
-                    .as_ref()
-                    .is_some_and(|r| matches!(r.state, RequestState::Submitted { .. }));
-                let lease = if needs_lease {
-                    loop {
-                        tokio::select! {
-                            lease = self.budget.lease(wanted) => break Some(lease),
-                            Some(joined) = tasks.join_next() => self.finish_slot(joined, &mut progress, &mut summary),
-                            () = self.submits.cancelled() => break None,
-                        }
-                    }
-                } else {
-                    // Already on the Horde: its waiting images count against the budget.
-                    let n = match record.as_ref().map(|r| &r.state) {
-                        Some(RequestState::Submitted { n, .. }) => *n,
-                        _ => 0,
-                    };
-                    Some(self.budget.lease_now(n))
-                };
-                if lease.is_none() {
-                    slots_left -= 1;
-                    cut_short = true;
-                    break;
-                }
-                let engine = Arc::clone(self);
-                let job_for_task = Arc::clone(&job);
-                tasks.spawn(async move {
-                    let outcome = engine.drive(&job_for_task, slot, record, lease).await;
-                    (job_for_task.key, outcome)
-                });
-            }
-            summary.images_saved_before += u64::from(saved_before);
-            self.stats
-                .images_saved_before
-                .fetch_add(u64::from(saved_before), Ordering::Relaxed);
-            if slots_left == 0 {
-                if cut_short {
-                    summary.jobs_unfinished += 1;
-                } else {
-                    summary.jobs_done += 1;
-                    RunStats::bump(&self.stats.jobs_done);
-                    self.record_result(&job, files_before, kudos_before, 0);
-                }
-                continue;
-            }
-            progress.insert(
-                job_key,
-                JobProgress {
-                    job,
-                    slots_left,
-                    files: files_before,
-                    kudos: kudos_before,
-                    attempts: 0,
-                    failure: None,
-                    images_saved: saved_before,
-                    stopped: false,
-                },
-            );
-            if self.stop.is_cancelled() {
-                break;
             }
         }
-        while let Some(joined) = tasks.join_next().await {
-            self.finish_slot(joined, &mut progress, &mut summary);
+        // Lost submits of jobs the manifest no longer has cannot be looked for here.
+        self.gate.release(doubtful.saturating_sub(run.doubts_taken));
+        if !self.stop.is_cancelled() {
+            for job in manifest
+                .jobs()
+                .filter(|job| !in_flight.contains(&job.key.to_string()))
+            {
+                if !self.start_job(job, &mut run).await {
+                    break;
+                }
+            }
         }
-        summary.jobs_unfinished += progress.len() as u64;
+        while let Some(joined) = run.tasks.join_next().await {
+            self.finish_slot(joined, &mut run.progress, &mut run.summary);
+        }
+        let mut summary = run.summary;
+        summary.jobs_unfinished += run.progress.len() as u64;
         summary.images_saved_now = self.stats.images_saved.load(Ordering::Relaxed);
         summary.interrupted =
             self.stop.is_cancelled() && self.aborted().is_none() && self.closed().is_none();
@@ -502,6 +441,135 @@ impl Engine {
             tracing::error!(%error, "final ledger flush failed");
         }
         summary
+    }
+
+    /// Plans one job's slots against the ledger and spawns a task for each
+    /// unfinished one. Returns false when no further job should be started.
+    async fn start_job(self: &Arc<Self>, job: Job, run: &mut RunState) -> bool {
+        let summary = &mut run.summary;
+        summary.jobs += 1;
+        summary.images_wanted += u64::from(job.images);
+        let max_n = self.manifest.run.max_n;
+        let mut cut_short = false;
+        let job = Arc::new(job);
+        let job_key = job.key;
+        let mut slots_left = 0;
+        let mut saved_before = 0u32;
+        let mut files_before = Vec::new();
+        let mut kudos_before = 0.0;
+        for slot in plan::slots(&job, max_n) {
+            let key = RequestKey::new(job.key.to_string(), slot.slot);
+            let mut record = match self.store.get(&key) {
+                Ok(record) => record,
+                Err(error) => {
+                    self.abort(Abort::Ledger(error.to_string()));
+                    break;
+                }
+            };
+            if let Some(r) = record
+                .as_mut()
+                .filter(|r| r.first_index == slot.first_index && r.n < slot.n)
+            {
+                // The job asks for more images than when this slot was recorded: the
+                // slot grows, and only the new indices are asked for.
+                r.n = slot.n;
+            }
+            if slot.slot == 0 && record.is_none() && self.output.has_result(&key.job_key) {
+                // results.jsonl says this job finished, yet the ledger has never heard of it:
+                // the ledger is stale (restored, truncated) and would redo paid work.
+                self.abort(Abort::Ledger(format!(
+                    "job {} is finished in {} but unknown to the ledger in {}; run with --rebuild-state",
+                    key.job_key,
+                    self.output.root().display(),
+                    self.store.dir().display()
+                )));
+                break;
+            }
+            if let Some(record) = &record {
+                saved_before += record.images.len() as u32;
+                if matches!(record.state, RequestState::Done) && record.missing_indices().is_empty()
+                {
+                    run.summary.slots_skipped_done += 1;
+                    files_before.extend(record.images.values().map(|i| i.file_name.clone()));
+                    kudos_before += record.kudos_charged;
+                    continue;
+                }
+            }
+            if self.submits.is_cancelled()
+                && !record.as_ref().is_some_and(RequestRecord::is_in_flight)
+            {
+                cut_short = true;
+                break;
+            }
+            slots_left += 1;
+            let lease = match record.as_ref().map(|r| &r.state) {
+                // Already on the Horde: its waiting images count against the budget.
+                Some(RequestState::Submitted { n, .. }) => Some(self.budget.lease_now(*n)),
+                // A lost submit leases when it submits again, if it must.
+                Some(RequestState::Submitting { .. }) => None,
+                _ => {
+                    // Hold new submits until the budget has room, finishing tasks meanwhile.
+                    let wanted = record
+                        .as_ref()
+                        .map_or(slot.n, |r| r.missing_indices().len() as u32)
+                        .clamp(1, self.budget.capacity());
+                    let lease = loop {
+                        tokio::select! {
+                            lease = self.budget.lease(wanted) => break Some(lease),
+                            Some(joined) = run.tasks.join_next() => {
+                                self.finish_slot(joined, &mut run.progress, &mut run.summary)
+                            }
+                            () = self.submits.cancelled() => break None,
+                        }
+                    };
+                    if lease.is_none() {
+                        slots_left -= 1;
+                        cut_short = true;
+                        break;
+                    }
+                    lease
+                }
+            };
+            let lost_earlier = record
+                .as_ref()
+                .is_some_and(|r| matches!(r.state, RequestState::Submitting { .. }));
+            run.doubts_taken += u32::from(lost_earlier);
+            let engine = Arc::clone(self);
+            let job_for_task = Arc::clone(&job);
+            run.tasks.spawn(async move {
+                let outcome = engine.drive(&job_for_task, slot, record, lease).await;
+                (job_for_task.key, outcome)
+            });
+        }
+        let summary = &mut run.summary;
+        summary.images_saved_before += u64::from(saved_before);
+        self.stats
+            .images_saved_before
+            .fetch_add(u64::from(saved_before), Ordering::Relaxed);
+        if slots_left == 0 {
+            if cut_short {
+                summary.jobs_unfinished += 1;
+            } else {
+                summary.jobs_done += 1;
+                RunStats::bump(&self.stats.jobs_done);
+                self.record_result(&job, files_before, kudos_before, 0);
+            }
+            return !self.stop.is_cancelled();
+        }
+        run.progress.insert(
+            job_key,
+            JobProgress {
+                job,
+                slots_left,
+                files: files_before,
+                kudos: kudos_before,
+                attempts: 0,
+                failure: None,
+                images_saved: saved_before,
+                stopped: false,
+            },
+        );
+        !self.stop.is_cancelled()
     }
 
     fn finish_slot(
@@ -596,13 +664,6 @@ pub(crate) fn fresh_record(job: &Job, slot: Slot) -> RequestRecord {
     RequestRecord::first_attempt(&key, slot.first_index, slot.n, crate::store::now_ms())
 }
 
-/// Exponential back-off with jitter for the `attempt`-th consecutive transient error.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_secs(2).saturating_mul(1 << attempt.min(6));
-    let capped = base.min(Duration::from_secs(120));
-    capped.mul_f64(fastrand::f64() * 0.5 + 0.75)
-}
-
 impl Engine {
     /// Cancels every request the ledger shows on the Horde (`horde-batch cancel`),
     /// saving the images their cancel answers hold. Returns how many were cancelled.
@@ -632,19 +693,45 @@ impl Engine {
                         self.stop_request(&job, &key, &mut record, &horde_id).await;
                         cancelled += 1;
                     }
-                    _ => {
-                        // Submitting: the POST's answer never arrived, so there is no id to cancel.
-                        record.transition(
-                            RequestState::Cancelled {
-                                horde_id: String::new(),
-                                cancelled_ms: crate::store::now_ms(),
-                            },
-                            crate::store::now_ms(),
-                        );
-                        if let Err(e) = self.store.put_durable(&key, &record).await {
-                            self.abort(Abort::Ledger(e.to_string()));
+                    RequestState::Submitting { n, .. } => {
+                        // The POST's answer never arrived: find the request, if it reached the Horde.
+                        let found = self
+                            .find_lost_submit(
+                                &key.to_string(),
+                                n,
+                                tokio::time::Instant::now(),
+                                &CancellationToken::new(),
+                            )
+                            .await;
+                        match found {
+                            Some(adopt::Lost::Adopted(horde_id)) => {
+                                record.transition(
+                                    RequestState::Submitted {
+                                        horde_id: horde_id.clone(),
+                                        n,
+                                        submitted_ms: record.updated_ms,
+                                    },
+                                    crate::store::now_ms(),
+                                );
+                                self.stop_request(&job, &key, &mut record, &horde_id).await;
+                                cancelled += 1;
+                            }
+                            Some(adopt::Lost::NotOnHorde) => {
+                                record.transition(
+                                    RequestState::Cancelled {
+                                        horde_id: String::new(),
+                                        cancelled_ms: crate::store::now_ms(),
+                                    },
+                                    crate::store::now_ms(),
+                                );
+                                if let Err(e) = self.store.put_durable(&key, &record).await {
+                                    self.abort(Abort::Ledger(e.to_string()));
+                                }
+                            }
+                            Some(adopt::Lost::Unresolved) | None => {}
                         }
                     }
+                    _ => {}
                 }
             }
             if wanted.is_empty() {
@@ -655,72 +742,5 @@ impl Engine {
             tracing::warn!(%job_key, "the ledger has a request for a job the manifest no longer has; it was left alone");
         }
         cancelled
-    }
-}
-
-impl Engine {
-    /// A run killed between a submit and recording its answer leaves a
-    /// `Submitting` record while the Horde may hold the request. For a
-    /// registered key the Horde lists the user's open requests; when exactly one
-    /// record is in doubt and exactly one open request is unknown to the
-    /// ledger, and that request asked for the same number of images, it is
-    /// taken as that submit's and followed instead of paid for twice. Anything
-    /// less certain is left alone (it could belong to another client using the
-    /// same key) and reported.
-    /// Returns true when a request was adopted.
-    async fn adopt_lost_submit(&self, doubtful: &[&(RequestKey, RequestRecord)]) -> bool {
-        if doubtful.is_empty() || self.client.is_anonymous() {
-            return false;
-        }
-        let Ok(user) = self.client.find_user().await else {
-            return false;
-        };
-        let mut known = HashSet::new();
-        for entry in self.store.iter() {
-            let Ok((_, record)) = entry else { return false };
-            known.extend(record.horde_ids);
-        }
-        let unknown: Vec<String> = user
-            .active_generations
-            .image
-            .into_iter()
-            .filter(|id| !known.contains(id))
-            .collect();
-        if unknown.is_empty() {
-            return false;
-        }
-        if let ([(key, record)], [id]) = (doubtful, unknown.as_slice()) {
-            let RequestState::Submitting { n, .. } = record.state else {
-                return false;
-            };
-            if let Ok(check) = self.client.check(id).await {
-                if check.finished + check.processing + check.waiting == n {
-                    let mut record = record.clone();
-                    record.transition(
-                        RequestState::Submitted {
-                            horde_id: id.clone(),
-                            n,
-                            submitted_ms: crate::store::now_ms(),
-                        },
-                        crate::store::now_ms(),
-                    );
-                    return match self.store.put_durable(key, &record).await {
-                        Ok(()) => {
-                            tracing::info!(key = %key, id, "found the request of a submit whose answer was lost; following it");
-                            true
-                        }
-                        Err(e) => {
-                            self.abort(Abort::Ledger(e.to_string()));
-                            false
-                        }
-                    };
-                }
-            }
-        }
-        tracing::warn!(
-            requests = unknown.len(),
-            "the Horde holds requests of this key that the ledger does not know (another client, or submits whose answers were lost); they were left alone"
-        );
-        false
     }
 }

@@ -1,16 +1,25 @@
 //! One request slot's life: submit, poll, retrieve, save, retry.
+//!
+//! Every failure goes through [`Policy::decide`](super::policy::Policy::decide);
+//! every wait selects on the run's stop token (or, before a submit, on the
+//! token that closes submits), so a stop is never held up by a back-off, a
+//! frozen server or a slow answer. Giving up on a request that is on the
+//! Horde cancels it first.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::{
-    backoff, fresh_record, Abort, EndpointClass, Engine, Lease, OnStop, RunStats, SlotOutcome,
-};
+use super::adopt::Lost;
+use super::policy::{Action, Call, StopCause, WaitScope, CANCEL_ATTEMPTS};
+use super::poll::{NextCheck, Ticket};
+use super::{fresh_record, Abort, EndpointClass, Engine, Lease, OnStop, RunStats, SlotOutcome};
 use crate::horde::{
     FailureClass, Generation, GenerationParams, GenerationRequest, HordeError, ImageSource,
     RequestStatus,
@@ -22,13 +31,10 @@ use crate::output::{
 use crate::plan::Slot;
 use crate::store::{now_ms, RequestKey, RequestRecord, RequestState, SavedImage};
 
-/// Consecutive transient errors one slot tolerates before it gives up.
-const MAX_TRANSIENT: u32 = 12;
 /// Largest image accepted from an R2 URL.
 const MAX_IMAGE_BYTES: usize = 32 * 1024 * 1024;
-/// Polls of `/check` are never closer than the server's 1 s cache.
-const MIN_POLL: Duration = Duration::from_secs(1);
-const MAX_POLL: Duration = Duration::from_secs(10);
+/// Waits at least this long are logged, so a long pause is never silent.
+const VISIBLE_WAIT: Duration = Duration::from_secs(10);
 
 /// How following a submitted request ended.
 pub(super) enum Followed {
@@ -38,12 +44,15 @@ pub(super) enum Followed {
     Expired,
     /// The run is stopping.
     Stopped,
+    /// Given up: the caller cancels the request and fails the job.
     Failed(String, String),
 }
 
 /// Why a step could not go on.
 pub(super) enum Halt {
     Stopped,
+    /// The request is gone from the Horde: submit the missing images again.
+    Resubmit,
     Failed(String, String),
 }
 
@@ -60,10 +69,27 @@ impl Engine {
         let mut lease = lease;
         let mut record = record;
         let mut retries_used = 0u32;
-        let mut transient = 0u32;
+        let mut submit_failures = 0u32;
         // Set when the request on the Horde is finished with but images are missing.
         let mut resubmit = false;
         let retries = self.manifest.run.retries;
+        if let Some(r) = record
+            .as_mut()
+            .filter(|r| matches!(r.state, RequestState::Submitting { .. }))
+        {
+            // An earlier run sent this submit and never recorded the answer.
+            let doubt = self.gate.adopt_initial();
+            match self.resolve_lost_submit(&key, r).await {
+                Ok(true) => {
+                    if let RequestState::Submitted { n, .. } = r.state {
+                        lease = Some(self.budget.lease_now(n));
+                    }
+                }
+                Ok(false) => {}
+                Err(halt) => return self.halted(job, slot, &key, record, halt).await,
+            }
+            drop(doubt);
+        }
         loop {
             if let Some(r) = &record {
                 if r.missing_indices().is_empty() && r.assigned.is_empty() {
@@ -96,7 +122,7 @@ impl Engine {
                         }
                         Followed::Stopped => return SlotOutcome::Stopped,
                         Followed::Failed(class, message) => {
-                            return self.fail(&key, r, class, message).await
+                            return self.give_up(job, &key, r, class, message).await
                         }
                     }
                     if retries_used > retries {
@@ -109,21 +135,48 @@ impl Engine {
                     }
                 }
                 _ => match self
-                    .submit(job, slot, &key, &mut record, &mut lease, &mut transient)
+                    .submit(
+                        job,
+                        slot,
+                        &key,
+                        &mut record,
+                        &mut lease,
+                        &mut submit_failures,
+                    )
                     .await
                 {
                     Ok(submitted) => {
-                        resubmit = false;
                         if submitted {
-                            transient = 0;
+                            resubmit = false;
+                            submit_failures = 0;
                         }
                     }
-                    Err(Halt::Stopped) => return SlotOutcome::Stopped,
-                    Err(Halt::Failed(class, message)) => {
-                        let mut r = record.take().unwrap_or_else(|| fresh_record(job, slot));
-                        return self.fail(&key, &mut r, class, message).await;
-                    }
+                    Err(halt) => return self.halted(job, slot, &key, record, halt).await,
                 },
+            }
+        }
+    }
+
+    /// Ends a slot whose step could not go on.
+    async fn halted(
+        &self,
+        job: &Job,
+        slot: Slot,
+        key: &RequestKey,
+        record: Option<RequestRecord>,
+        halt: Halt,
+    ) -> SlotOutcome {
+        match halt {
+            Halt::Stopped => SlotOutcome::Stopped,
+            // A submit cannot expire; treat it as a failure of the job.
+            Halt::Resubmit => {
+                let mut r = record.unwrap_or_else(|| fresh_record(job, slot));
+                self.fail(key, &mut r, "expired".into(), "the request vanished".into())
+                    .await
+            }
+            Halt::Failed(class, message) => {
+                let mut r = record.unwrap_or_else(|| fresh_record(job, slot));
+                self.give_up(job, key, &mut r, class, message).await
             }
         }
     }
@@ -144,6 +197,36 @@ impl Engine {
             kudos: record.kudos_charged,
             attempts: record.attempts,
         }
+    }
+
+    /// Gives up on the slot: cancels its request if it is on the Horde, then fails it.
+    async fn give_up(
+        &self,
+        job: &Job,
+        key: &RequestKey,
+        record: &mut RequestRecord,
+        class: String,
+        mut message: String,
+    ) -> SlotOutcome {
+        if let RequestState::Submitted { horde_id, .. } = record.state.clone() {
+            if self.cancel_request(job, key, record, &horde_id).await {
+                message = format!("{message}; its request {horde_id} was cancelled");
+            } else {
+                // Left as `Submitted`, so the next run or `horde-batch cancel` deals with it.
+                message = format!(
+                    "{message}; cancelling its request {horde_id} failed: the next run or \
+                     `horde-batch cancel` retries"
+                );
+                tracing::warn!(key = %key, %class, %message, "request failed");
+                self.stats.failure(&class);
+                return SlotOutcome::Failed {
+                    class,
+                    message,
+                    images_saved: record.images.len() as u32,
+                };
+            }
+        }
+        self.fail(key, record, class, message).await
     }
 
     async fn fail(
@@ -172,6 +255,84 @@ impl Engine {
         }
     }
 
+    /// Applies the failure policy to a failed call: counts it, pushes a shared
+    /// back-off, lowers the budget, or stops the run. `Ok(Some(wait))` asks the
+    /// caller to wait that long (on its own stop token) before trying again.
+    fn after_failure(
+        &self,
+        call: Call,
+        error: &HordeError,
+        failures: &mut u32,
+    ) -> Result<Option<Duration>, Halt> {
+        *failures += 1;
+        match error.class() {
+            FailureClass::RateLimited => RunStats::bump(&self.stats.rate_limited),
+            FailureClass::ConcurrencyFull => RunStats::bump(&self.stats.concurrency_full),
+            FailureClass::Transient | FailureClass::Maintenance | FailureClass::Timeout => {
+                RunStats::bump(&self.stats.transient_errors)
+            }
+            _ => {}
+        }
+        let wait = match self.tuning.policy.decide(call, error, *failures) {
+            Action::Retry { after, scope } => {
+                if error.class() == FailureClass::ConcurrencyFull {
+                    if let Some(limit) = error.concurrency_limit() {
+                        let lower = limit.min(self.budget.capacity().saturating_sub(1)).max(1);
+                        tracing::info!(
+                            limit,
+                            budget = lower,
+                            "the Horde's concurrency limit is lower than the budget; lowering it"
+                        );
+                        self.budget.set_capacity(lower);
+                    }
+                }
+                if after >= VISIBLE_WAIT {
+                    tracing::warn!(?call, %error, wait = %humantime::format_duration(after), "waiting before trying again");
+                }
+                match scope {
+                    WaitScope::Endpoint(class) => {
+                        self.pacer.back_off(class, after);
+                        None
+                    }
+                    WaitScope::Task => Some(after),
+                }
+            }
+            Action::Resubmit => return Err(Halt::Resubmit),
+            Action::GiveUp { class } => {
+                let message = format!("{error} (gave up after {failures} tries)");
+                return Err(Halt::Failed(class.as_str().into(), message));
+            }
+            Action::StopRun(StopCause::Auth) => {
+                self.abort(Abort::Auth(error.to_string()));
+                return Err(Halt::Stopped);
+            }
+            Action::StopRun(StopCause::Redirected) => {
+                self.abort(Abort::Redirected(error.to_string()));
+                return Err(Halt::Stopped);
+            }
+        };
+        if error.class() != FailureClass::RateLimited {
+            tracing::info!(?call, %error, "call failed; trying again");
+        }
+        Ok(wait)
+    }
+
+    /// Sleeps `delay`, or ends early with `Halt::Stopped` when `token` fires.
+    async fn pause(&self, delay: Duration, token: &CancellationToken) -> Result<(), Halt> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = token.cancelled() => Err(Halt::Stopped),
+        }
+    }
+
+    /// Waits for the pacer's go for `class`, or `Halt::Stopped` when `token` fires.
+    async fn paced(&self, class: EndpointClass, token: &CancellationToken) -> Result<(), Halt> {
+        tokio::select! {
+            () = self.pacer.ready(class) => Ok(()),
+            () = token.cancelled() => Err(Halt::Stopped),
+        }
+    }
+
     /// Sends one submit for the slot's missing images: `Ok(true)` when the record is
     /// now `Submitted`, `Ok(false)` after a failure worth another try (already waited out).
     async fn submit(
@@ -181,7 +342,7 @@ impl Engine {
         key: &RequestKey,
         record: &mut Option<RequestRecord>,
         lease: &mut Option<Lease>,
-        transient: &mut u32,
+        failures: &mut u32,
     ) -> Result<bool, Halt> {
         if self.submits.is_cancelled() {
             return Err(Halt::Stopped);
@@ -205,14 +366,15 @@ impl Engine {
                 }
             }
         }
-        tokio::select! {
-            () = self.pacer.ready(EndpointClass::Submit) => {}
-            () = self.submits.cancelled() => return Err(Halt::Stopped),
-        }
+        self.paced(EndpointClass::Submit, &self.submits).await?;
         if !self.kudos_allow(n) {
             self.close_submits(super::Closed::MaxKudos);
             return Err(Halt::Stopped);
         }
+        let gate = tokio::select! {
+            gate = self.gate.enter() => gate,
+            () = self.submits.cancelled() => return Err(Halt::Stopped),
+        };
         // Write the intent before the POST: a crash now leaves a `Submitting` record.
         let r = match record {
             Some(r) => {
@@ -228,8 +390,15 @@ impl Engine {
 
         let request = build_request(job, n, missing[0]);
         RunStats::bump(&self.stats.submits);
-        match self.client.submit(&request).await {
+        let answer = tokio::select! {
+            answer = self.client.submit(&request) => answer,
+            // The POST may have reached the Horde: the record stays `Submitting`,
+            // and the next run looks for its request before submitting again.
+            () = self.submits.cancelled() => return Err(Halt::Stopped),
+        };
+        match answer {
             Ok(accepted) => {
+                drop(gate);
                 if accepted.has_no_available_worker() {
                     tracing::warn!(job = %job.name, models = ?job.models, "the Horde has no worker for this request right now");
                 }
@@ -249,73 +418,62 @@ impl Engine {
                 tracing::debug!(job = %job.name, key = %key, id = %accepted.id, n, "submitted");
                 Ok(true)
             }
-            Err(error) => self
-                .submit_failed(job, error, transient)
-                .await
-                .map(|()| false),
+            Err(error) if error.outcome_unknown() => {
+                // No other submit until this one's request is found or known lost.
+                let doubt = self.gate.open();
+                drop(gate);
+                tracing::warn!(job = %job.name, key = %key, %error, "the answer to a submit was lost");
+                let adopted = self.resolve_lost_submit(key, r).await?;
+                drop(doubt);
+                if adopted {
+                    return Ok(true);
+                }
+                if let Some(wait) = self.after_failure(Call::Submit, &error, failures)? {
+                    self.pause(wait, &self.submits).await?;
+                }
+                Ok(false)
+            }
+            Err(error) => {
+                drop(gate);
+                if let Some(wait) = self.after_failure(Call::Submit, &error, failures)? {
+                    self.pause(wait, &self.submits).await?;
+                }
+                Ok(false)
+            }
         }
     }
 
-    async fn submit_failed(
+    /// Looks for the request of a `Submitting` record; `Ok(true)` when it was
+    /// found and the record is now `Submitted` (durably).
+    async fn resolve_lost_submit(
         &self,
-        job: &Job,
-        error: HordeError,
-        transient: &mut u32,
-    ) -> Result<(), Halt> {
-        let class = error.class();
-        match class {
-            FailureClass::RateLimited => {
-                RunStats::bump(&self.stats.rate_limited);
-                self.pacer.back_off(
-                    EndpointClass::Submit,
-                    error.retry_after().unwrap_or(Duration::from_secs(1)),
+        key: &RequestKey,
+        record: &mut RequestRecord,
+    ) -> Result<bool, Halt> {
+        let RequestState::Submitting { n, .. } = record.state else {
+            return Ok(false);
+        };
+        let found = self
+            .find_lost_submit(&key.to_string(), n, Instant::now(), &self.stop)
+            .await;
+        match found {
+            None => Err(Halt::Stopped),
+            Some(Lost::Adopted(horde_id)) => {
+                record.transition(
+                    RequestState::Submitted {
+                        horde_id,
+                        n,
+                        submitted_ms: record.updated_ms,
+                    },
+                    now_ms(),
                 );
-                Ok(())
-            }
-            FailureClass::ConcurrencyFull => {
-                RunStats::bump(&self.stats.concurrency_full);
-                if let Some(limit) = error.concurrency_limit() {
-                    let lower = limit.min(self.budget.capacity().saturating_sub(1)).max(1);
-                    tracing::info!(
-                        limit,
-                        budget = lower,
-                        "the Horde's concurrency limit is lower than the budget; lowering it"
-                    );
-                    self.budget.set_capacity(lower);
-                }
-                self.pause(error.retry_after().unwrap_or(Duration::from_secs(2)))
+                self.store
+                    .put_durable(key, record)
                     .await
+                    .map_err(|e| self.ledger_halt(e))?;
+                Ok(true)
             }
-            FailureClass::Auth => {
-                self.abort(Abort::Auth(error.to_string()));
-                Err(Halt::Failed(class.as_str().into(), error.to_string()))
-            }
-            FailureClass::Permanent | FailureClass::Kudos | FailureClass::Expired => {
-                Err(Halt::Failed(class.as_str().into(), error.to_string()))
-            }
-            FailureClass::Transient | FailureClass::Maintenance | FailureClass::Timeout => {
-                RunStats::bump(&self.stats.transient_errors);
-                if error.outcome_unknown() {
-                    tracing::warn!(job = %job.name, %error, "the answer to a submit was lost; the Horde may hold a request this run cannot see");
-                }
-                *transient += 1;
-                if *transient > MAX_TRANSIENT {
-                    return Err(Halt::Failed(
-                        class.as_str().into(),
-                        format!("{error} (after {MAX_TRANSIENT} tries)"),
-                    ));
-                }
-                tracing::info!(%error, "transient error on submit; backing off");
-                self.pause(error.retry_after().unwrap_or_else(|| backoff(*transient)))
-                    .await
-            }
-        }
-    }
-
-    async fn pause(&self, delay: Duration) -> Result<(), Halt> {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
-            () = self.submits.cancelled() => Err(Halt::Stopped),
+            Some(Lost::NotOnHorde | Lost::Unresolved) => Ok(false),
         }
     }
 
@@ -333,15 +491,29 @@ impl Engine {
         id: &str,
         lease: &mut Option<Lease>,
     ) -> Followed {
-        let n = match record.state {
-            RequestState::Submitted { n, .. } => n,
-            _ => 0,
-        };
+        let n = submitted_n(record);
         RunStats::bump(&self.stats.requests_in_flight);
         self.stats
             .images_in_flight
             .fetch_add(u64::from(n), Ordering::Relaxed);
-        let followed = self.follow_inner(job, key, record, id, lease).await;
+        let mut ticket = self.planner.register(n);
+        let followed = match self.poll_until_done(id, lease, &mut ticket).await {
+            Ok(()) => {
+                *lease = None;
+                match self.fetch_status(id).await {
+                    Ok(status) => {
+                        // The Horde drops an image whose attempts all faulted; the request still ends done.
+                        for _ in status.generations.len()..n as usize {
+                            self.stats.failure("faulted");
+                        }
+                        self.saved_or_halted(job, key, record, id, &status).await
+                    }
+                    Err(halt) => self.followed_after(halt, job, key, record, id).await,
+                }
+            }
+            Err(halt) => self.followed_after(halt, job, key, record, id).await,
+        };
+        self.planner.unregister(&ticket);
         self.stats
             .requests_in_flight
             .fetch_sub(1, Ordering::Relaxed);
@@ -351,87 +523,105 @@ impl Engine {
         followed
     }
 
-    async fn follow_inner(
+    async fn followed_after(
         &self,
+        halt: Halt,
         job: &Job,
         key: &RequestKey,
         record: &mut RequestRecord,
         id: &str,
-        lease: &mut Option<Lease>,
     ) -> Followed {
-        let mut interval = MIN_POLL;
-        let mut transient = 0u32;
+        match halt {
+            Halt::Stopped => self.stop_request(job, key, record, id).await,
+            Halt::Resubmit => Followed::Expired,
+            Halt::Failed(class, message) => Followed::Failed(class, message),
+        }
+    }
+
+    /// Checks the request until the Horde has nothing left to make for it.
+    async fn poll_until_done(
+        &self,
+        id: &str,
+        lease: &mut Option<Lease>,
+        ticket: &mut Ticket,
+    ) -> Result<(), Halt> {
+        let mut failures = 0u32;
+        let mut hint = 0u32;
+        let mut retry_wait: Option<Duration> = None;
         let mut no_worker_since: Option<Instant> = None;
+        let mut late_since: Option<Instant> = None;
         loop {
-            let jittered = interval.mul_f64(0.9 + fastrand::f64() * 0.2);
-            tokio::select! {
-                () = tokio::time::sleep(jittered) => {}
-                () = self.stop.cancelled() => return self.stop_request(job, key, record, id).await,
-            }
-            self.pacer.ready(EndpointClass::Check).await;
-            RunStats::bump(&self.stats.checks);
-            match self.client.check(id).await {
-                Ok(check) => {
-                    transient = 0;
-                    if let Some(l) = lease.as_mut() {
-                        l.shrink_to(check.waiting);
-                    }
-                    self.stats
-                        .queue_position
-                        .store(u64::from(check.queue_position), Ordering::Relaxed);
-                    self.stats
-                        .wait_time
-                        .store(u64::from(check.wait_time), Ordering::Relaxed);
-                    if check.done || check.faulted {
-                        break;
-                    }
-                    if check.is_possible {
-                        no_worker_since = None;
-                    } else {
-                        let since = *no_worker_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() > self.manifest.run.no_worker_timeout {
-                            self.cancel_quietly(id).await;
-                            let message = format!(
-                                "no worker could serve the request for {}",
-                                humantime::format_duration(self.manifest.run.no_worker_timeout)
-                            );
-                            return Followed::Failed("no_worker".into(), message);
+            let wait = match retry_wait.take() {
+                Some(wait) => wait,
+                None => match self.planner.next(ticket, hint) {
+                    NextCheck::After(wait) => wait.mul_f64(0.9 + fastrand::f64() * 0.2),
+                    NextCheck::WhenLearned(longest) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(longest) => {}
+                            () = self.planner.learned() => {}
+                            () = self.stop.cancelled() => return Err(Halt::Stopped),
                         }
-                    }
-                    // Poll again when the Horde expects the request to be done.
-                    let estimate = Duration::from_secs(u64::from(check.wait_time));
-                    interval = estimate.clamp(MIN_POLL, MAX_POLL);
-                }
-                Err(error) => match error.class() {
-                    FailureClass::Expired => return Followed::Expired,
-                    FailureClass::RateLimited => {
-                        RunStats::bump(&self.stats.rate_limited);
-                        self.pacer.back_off(
-                            EndpointClass::Check,
-                            error.retry_after().unwrap_or(Duration::from_secs(1)),
-                        );
-                    }
-                    _ => {
-                        RunStats::bump(&self.stats.transient_errors);
-                        transient += 1;
-                        interval = backoff(transient.min(4)).min(Duration::from_secs(30));
-                        tracing::info!(%error, "polling failed; will poll again");
+                        continue;
                     }
                 },
-            }
-        }
-        *lease = None;
-        match self.fetch_status(id, false).await {
-            Ok(status) if status.generations.len() < submitted_n(record) as usize => {
-                // The Horde drops an image whose attempts all faulted; the request still ends done.
-                for _ in status.generations.len()..submitted_n(record) as usize {
-                    self.stats.failure("faulted");
+            };
+            self.pause(wait, &self.stop).await?;
+            self.paced(EndpointClass::Check, &self.stop).await?;
+            RunStats::bump(&self.stats.checks);
+            let answer = tokio::select! {
+                answer = self.client.check(id) => answer,
+                () = self.stop.cancelled() => return Err(Halt::Stopped),
+            };
+            let check = match answer {
+                Ok(check) => check,
+                Err(error) => {
+                    retry_wait = self.after_failure(Call::Check, &error, &mut failures)?;
+                    continue;
                 }
-                self.saved_or_halted(job, key, record, id, &status).await
+            };
+            failures = 0;
+            hint = check.wait_time;
+            if let Some(l) = lease.as_mut() {
+                l.shrink_to(check.waiting);
             }
-            Ok(status) => self.saved_or_halted(job, key, record, id, &status).await,
-            Err(Some(followed)) => followed,
-            Err(None) => Followed::Stopped,
+            self.stats
+                .queue_position
+                .store(u64::from(check.queue_position), Ordering::Relaxed);
+            self.stats
+                .wait_time
+                .store(u64::from(check.wait_time), Ordering::Relaxed);
+            self.planner
+                .observe(ticket, check.finished, check.waiting + check.processing);
+            if check.done || check.faulted {
+                if check.processing == 0 {
+                    return Ok(());
+                }
+                // A faulted request reads done while an image is still being made (facts
+                // §9.1); that image is paid for and arrives seconds later.
+                let since = *late_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.tuning.late_image_wait {
+                    tracing::warn!(id, processing = check.processing, "the Horde still reports images processing for a finished request; reading its status without them");
+                    return Ok(());
+                }
+                tracing::info!(
+                    id,
+                    processing = check.processing,
+                    "the request reads done while an image is still being made; waiting for it"
+                );
+                continue;
+            }
+            if check.is_possible {
+                no_worker_since = None;
+            } else {
+                let since = *no_worker_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > self.manifest.run.no_worker_timeout {
+                    let message = format!(
+                        "no worker could serve the request for {}",
+                        humantime::format_duration(self.manifest.run.no_worker_timeout)
+                    );
+                    return Err(Halt::Failed("no_worker".into(), message));
+                }
+            }
         }
     }
 
@@ -446,62 +636,27 @@ impl Engine {
     ) -> Followed {
         match self.save_generations(job, key, record, id, status).await {
             Ok(()) => Followed::Retrieved,
-            Err(Halt::Stopped) => Followed::Stopped,
-            Err(Halt::Failed(class, message)) => Followed::Failed(class, message),
+            Err(halt) => self.followed_after(halt, job, key, record, id).await,
         }
     }
 
-    /// `GET /status` (or `DELETE` to cancel), retrying transient errors a few times.
-    async fn fetch_status(
-        &self,
-        id: &str,
-        cancel: bool,
-    ) -> Result<RequestStatus, Option<Followed>> {
-        let mut transient = 0u32;
+    /// `GET /status`, retried as the failure policy says.
+    async fn fetch_status(&self, id: &str) -> Result<RequestStatus, Halt> {
+        let mut failures = 0u32;
         loop {
-            self.pacer.ready(EndpointClass::Status).await;
-            let result = if cancel {
-                RunStats::bump(&self.stats.cancels);
-                self.client.cancel(id).await
-            } else {
-                RunStats::bump(&self.stats.status_calls);
-                self.client.status(id).await
+            self.paced(EndpointClass::Status, &self.stop).await?;
+            RunStats::bump(&self.stats.status_calls);
+            let answer = tokio::select! {
+                answer = self.client.status(id) => answer,
+                () = self.stop.cancelled() => return Err(Halt::Stopped),
             };
-            match result {
+            match answer {
                 Ok(status) => return Ok(status),
-                Err(error) => match error.class() {
-                    FailureClass::Expired => return Err(Some(Followed::Expired)),
-                    FailureClass::RateLimited => {
-                        RunStats::bump(&self.stats.rate_limited);
-                        let delay = error.retry_after().unwrap_or(Duration::from_secs(60));
-                        self.pacer.back_off(EndpointClass::Status, delay);
+                Err(error) => {
+                    if let Some(wait) = self.after_failure(Call::Status, &error, &mut failures)? {
+                        self.pause(wait, &self.stop).await?;
                     }
-                    FailureClass::Permanent | FailureClass::Auth | FailureClass::Kudos => {
-                        tracing::warn!(%error, "reading the request's status failed for good");
-                        return Err(Some(Followed::Failed(
-                            error.class().as_str().into(),
-                            error.to_string(),
-                        )));
-                    }
-                    _ => {
-                        tracing::info!(%error, "reading the request's status failed; trying again");
-                        RunStats::bump(&self.stats.transient_errors);
-                        transient += 1;
-                        if transient > MAX_TRANSIENT {
-                            return Err(Some(Followed::Failed(
-                                error.class().as_str().into(),
-                                error.to_string(),
-                            )));
-                        }
-                        // Cancelling must not wait long: the user is waiting to exit.
-                        let delay = if cancel {
-                            Duration::from_millis(500)
-                        } else {
-                            backoff(transient.min(4))
-                        };
-                        tokio::time::sleep(delay).await;
-                    }
-                },
+                }
             }
         }
     }
@@ -521,44 +676,68 @@ impl Engine {
         {
             return Followed::Stopped;
         }
-        match self.fetch_status(id, true).await {
-            Ok(status) => {
-                // Images the cancel answer already holds are paid for: keep them.
-                let _ = self.save_generations(job, key, record, id, &status).await;
-                record.transition(
-                    RequestState::Cancelled {
-                        horde_id: id.to_owned(),
-                        cancelled_ms: now_ms(),
-                    },
-                    now_ms(),
-                );
-                if let Err(e) = self.store.put_durable(key, record).await {
-                    tracing::error!(error = %e, "cannot record a cancel");
-                }
-                tracing::info!(key = %key, id, "cancelled");
-            }
-            Err(Some(Followed::Expired)) => {
-                record.transition(
-                    RequestState::Cancelled {
-                        horde_id: id.to_owned(),
-                        cancelled_ms: now_ms(),
-                    },
-                    now_ms(),
-                );
-                let _ = self.store.put_durable(key, record).await;
-            }
-            Err(_) => {
-                tracing::warn!(key = %key, id, "could not cancel; a later run or `cancel` will retry")
-            }
+        if !self.cancel_request(job, key, record, id).await {
+            tracing::warn!(key = %key, id, "could not cancel; a later run or `cancel` will retry");
         }
         Followed::Stopped
     }
 
-    async fn cancel_quietly(&self, id: &str) {
-        RunStats::bump(&self.stats.cancels);
-        if let Err(error) = self.client.cancel(id).await {
-            tracing::warn!(%error, "cancel failed");
+    /// `DELETE`s the request, each try bounded by the cancel timeout, keeps the
+    /// images its answer holds (they are paid for) and records the cancel.
+    /// Returns false when the request may still be on the Horde.
+    async fn cancel_request(
+        &self,
+        job: &Job,
+        key: &RequestKey,
+        record: &mut RequestRecord,
+        id: &str,
+    ) -> bool {
+        let mut attempt = 0;
+        let status = loop {
+            attempt += 1;
+            RunStats::bump(&self.stats.cancels);
+            let answer = tokio::time::timeout(self.tuning.cancel_timeout, self.client.cancel(id));
+            match answer.await {
+                Ok(Ok(status)) => break Some(status),
+                Ok(Err(error)) => match self.tuning.policy.decide(Call::Cancel, &error, attempt) {
+                    Action::Retry { after, .. } => {
+                        tracing::info!(id, %error, "cancel failed; trying again");
+                        tokio::time::sleep(after).await;
+                    }
+                    // Gone already: nothing is left to cancel.
+                    Action::GiveUp {
+                        class: FailureClass::Expired,
+                    } => break None,
+                    _ => {
+                        tracing::warn!(id, %error, "cancel failed");
+                        return false;
+                    }
+                },
+                Err(_elapsed) if attempt < CANCEL_ATTEMPTS => {
+                    tracing::info!(id, "cancel timed out; trying again");
+                }
+                Err(_elapsed) => {
+                    tracing::warn!(id, "cancel timed out");
+                    return false;
+                }
+            }
+        };
+        if let Some(status) = status {
+            // Images the cancel answer already holds are paid for: keep them.
+            let _ = self.save_generations(job, key, record, id, &status).await;
         }
+        record.transition(
+            RequestState::Cancelled {
+                horde_id: id.to_owned(),
+                cancelled_ms: now_ms(),
+            },
+            now_ms(),
+        );
+        if let Err(e) = self.store.put_durable(key, record).await {
+            tracing::error!(error = %e, "cannot record a cancel");
+        }
+        tracing::info!(key = %key, id, "cancelled");
+        true
     }
 
     /// Assigns the request's new generations to missing image indices, then
@@ -647,7 +826,7 @@ impl Engine {
                 Err(error) if error.class() == FailureClass::Expired && !refetched => {
                     // The download URL lapsed (30 minutes): fresh URLs come with a new status.
                     refetched = true;
-                    match self.fetch_status(id, false).await {
+                    match self.fetch_status(id).await {
                         Ok(fresh) => {
                             status = std::borrow::Cow::Owned(fresh);
                             match status.generations.iter().find(|g| g.id == generation_id) {
@@ -763,8 +942,13 @@ impl Engine {
         };
         let params = request_params(job, n, index);
         let now = format_timestamp(std::time::SystemTime::now());
+        // Every image of a request was submitted when the request was.
+        let submitted_ms = match record.state {
+            RequestState::Submitted { submitted_ms, .. } => submitted_ms,
+            _ => record.updated_ms,
+        };
         let submitted_at = format_timestamp(
-            std::time::UNIX_EPOCH + Duration::from_millis(record.updated_ms.min(now_ms())),
+            std::time::UNIX_EPOCH + Duration::from_millis(submitted_ms.min(now_ms())),
         );
         let sidecar = Sidecar {
             schema: Sidecar::SCHEMA,
