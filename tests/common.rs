@@ -13,6 +13,10 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_horde-batch");
 
+/// The `find_user` cache of the test Hordes (the real server's is 30 s): a
+/// client that lost a submit's answer waits this long before looking for it.
+pub const TEST_FIND_USER_CACHE: &str = "1s";
+
 /// A `horde-batch sim` child process.
 pub struct Sim {
     pub child: Child,
@@ -94,14 +98,26 @@ impl Batch {
         self.dir.path().join("out").join(name)
     }
 
+    /// `horde-batch <subcommand> <manifest> --horde-url <sim>`: see [`Batch::command_at`].
     pub fn command(&self, sim: &Sim, subcommand: &str) -> Command {
+        self.command_at(&sim.url, subcommand)
+    }
+
+    /// `horde-batch <subcommand> <manifest> --horde-url <url>` (the sim or a
+    /// stub), key and URL unset from the environment, stderr piped. The
+    /// engine's durations are scaled to the test Hordes: their `find_user`
+    /// cache is [`TEST_FIND_USER_CACHE`] (the sim's is set to match).
+    pub fn command_at(&self, url: &str, subcommand: &str) -> Command {
         let mut command = Command::new(BIN);
         command
             .arg(subcommand)
             .arg(&self.manifest)
-            .args(["--horde-url", &sim.url])
+            .args(["--horde-url", url])
             .env_remove("AI_HORDE_API_KEY")
+            .env_remove("AI_HORDE_URL")
             .env("RUST_LOG", "horde_batch=info")
+            .env("HORDE_BATCH_FIND_USER_CACHE", TEST_FIND_USER_CACHE)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         command

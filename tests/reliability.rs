@@ -126,9 +126,6 @@ fn assert_no_panic(stderr: &str) {
 /// URL (the sim or the stub), bounded runs, and per-job checks.
 trait BatchExt {
     fn state(&self) -> PathBuf;
-    /// `horde-batch <subcommand> <manifest> --horde-url <url>`, key unset,
-    /// output discarded (`run_bounded` captures it).
-    fn command_at(&self, url: &str, subcommand: &str) -> Command;
     fn run_at(&self, url: &str) -> Finished;
     fn jsonl(&self, name: &str) -> Vec<Value>;
     /// Image and temp files anywhere in the output directory, state folder included.
@@ -141,21 +138,6 @@ trait BatchExt {
 impl BatchExt for Batch {
     fn state(&self) -> PathBuf {
         self.out().join(".horde-batch")
-    }
-
-    fn command_at(&self, url: &str, subcommand: &str) -> Command {
-        let mut command = Command::new(BIN);
-        command
-            .arg(subcommand)
-            .arg(&self.manifest)
-            .args(["--horde-url", url])
-            .env_remove("AI_HORDE_API_KEY")
-            .env_remove("AI_HORDE_URL")
-            .env("RUST_LOG", "horde_batch=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        command
     }
 
     fn run_at(&self, url: &str) -> Finished {
@@ -573,7 +555,7 @@ mod stub {
 
     use axum::body::{Body, Bytes};
     use axum::extract::{Path, State};
-    use axum::http::StatusCode;
+    use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
     use axum::routing::{get, post};
     use axum::{Json, Router};
@@ -601,12 +583,35 @@ mod stub {
         OversizedStatus,
         /// The first submit is queued, but its answer never comes.
         LostFirstSubmitAnswer,
+        /// The first submit is queued, but answered with a 502 (a gateway that lost the answer).
+        FirstSubmitAnswer502,
+        /// A two-image request reads `done: true, faulted: true` while its second
+        /// image is still processing; that image arrives from the third check on.
+        LateImage,
+        /// `find_user` answers 404 `UserNotFound`, echoing the key it was sent.
+        EchoKey,
+        /// Every API call is answered with a 307 to another host (the `elsewhere` listener).
+        Redirect,
+        /// The first submit gets a 429 with this `Retry-After`.
+        RetryAfterOnSubmit(&'static str),
+        /// The first check gets a 429 with this `Retry-After`.
+        RetryAfterOnCheck(&'static str),
+        /// `GET /status` answers 503 forever (`DELETE` works).
+        StatusFailsForever,
+        /// Submits are answered; checks, status reads and cancels never are.
+        Frozen,
     }
 
     pub struct Counters {
         pub submits: AtomicU64,
+        pub checks: AtomicU64,
         pub statuses: AtomicU64,
+        pub deletes: AtomicU64,
         pub downloads: AtomicU64,
+        /// Requests that reached the `elsewhere` listener (the target of redirects).
+        pub elsewhere: AtomicU64,
+        /// Every path and query asked for, in order.
+        pub paths: Mutex<Vec<String>>,
         /// Requests queued and neither fetched nor cancelled yet.
         pub never_retrieved: Mutex<BTreeSet<String>>,
     }
@@ -614,6 +619,8 @@ mod stub {
     struct Shared {
         hostile: Hostile,
         base: String,
+        /// Where redirects point: a listener that only counts what reaches it.
+        elsewhere: String,
         counters: Arc<Counters>,
     }
 
@@ -640,21 +647,31 @@ mod stub {
             let base = format!("http://{}", listener.local_addr().unwrap());
             let counters = Arc::new(Counters {
                 submits: AtomicU64::new(0),
+                checks: AtomicU64::new(0),
                 statuses: AtomicU64::new(0),
+                deletes: AtomicU64::new(0),
                 downloads: AtomicU64::new(0),
+                elsewhere: AtomicU64::new(0),
+                paths: Mutex::new(Vec::new()),
                 never_retrieved: Mutex::new(BTreeSet::new()),
             });
+            let elsewhere = count_connections(Arc::clone(&counters));
             let shared = Arc::new(Shared {
                 hostile,
                 base: base.clone(),
+                elsewhere,
                 counters: Arc::clone(&counters),
             });
             let app = Router::new()
                 .route("/api/v2/find_user", get(find_user))
                 .route("/api/v2/generate/async", post(submit))
                 .route("/api/v2/generate/check/{id}", get(check))
-                .route("/api/v2/generate/status/{id}", get(status).delete(status))
+                .route("/api/v2/generate/status/{id}", get(status).delete(cancel))
                 .route("/img/{name}", get(image))
+                .layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(&shared),
+                    record_and_redirect,
+                ))
                 .with_state(shared);
             let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
             std::thread::spawn(move || {
@@ -685,6 +702,46 @@ mod stub {
         pub fn never_retrieved(&self) -> BTreeSet<String> {
             self.counters.never_retrieved.lock().unwrap().clone()
         }
+
+        pub fn paths(&self) -> Vec<String> {
+            self.counters.paths.lock().unwrap().clone()
+        }
+    }
+
+    /// A listener on another port standing for another host: it counts the
+    /// connections that reach it and answers nothing. Returns its base URL.
+    fn count_connections(counters: Arc<Counters>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                counters.elsewhere.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        url
+    }
+
+    /// Records every path; under `Redirect`, answers every call with a 307 elsewhere.
+    async fn record_and_redirect(
+        State(shared): State<Arc<Shared>>,
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> Response {
+        let uri = request.uri().clone();
+        shared.counters.paths.lock().unwrap().push(
+            uri.path_and_query()
+                .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+        );
+        if shared.hostile == Hostile::Redirect {
+            let target = format!("{}{}", shared.elsewhere, uri.path());
+            return (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, target)],
+            )
+                .into_response();
+        }
+        next.run(request).await
     }
 
     impl Drop for Stub {
@@ -695,7 +752,16 @@ mod stub {
         }
     }
 
-    async fn find_user(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    async fn find_user(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+        if shared.hostile == Hostile::EchoKey {
+            let key = headers
+                .get("apikey")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let message = format!("User with api_key '{key}' not found.");
+            let body = json!({"message": message, "rc": "UserNotFound"});
+            return (StatusCode::NOT_FOUND, Json(body)).into_response();
+        }
         let active: Vec<String> = shared
             .counters
             .never_retrieved
@@ -708,6 +774,7 @@ mod stub {
             json!({"username": "stub#1", "id": 1, "kudos": 1000.0, "concurrency": 30,
                     "trusted": false, "active_generations": {"image": active, "text": []}}),
         )
+        .into_response()
     }
 
     async fn submit(State(shared): State<Arc<Shared>>) -> Response {
@@ -719,10 +786,27 @@ mod stub {
             .lock()
             .unwrap()
             .insert(id.clone());
-        if shared.hostile == Hostile::LostFirstSubmitAnswer && n == 0 {
-            std::future::pending::<()>().await;
+        match shared.hostile {
+            Hostile::LostFirstSubmitAnswer if n == 0 => std::future::pending::<()>().await,
+            Hostile::FirstSubmitAnswer502 if n == 0 => {
+                return (StatusCode::BAD_GATEWAY, "bad gateway").into_response()
+            }
+            Hostile::RetryAfterOnSubmit(value) if n == 0 => {
+                shared.counters.never_retrieved.lock().unwrap().remove(&id);
+                return rate_limited(value);
+            }
+            _ => {}
         }
         (StatusCode::ACCEPTED, Json(json!({"id": id, "kudos": 10.0}))).into_response()
+    }
+
+    fn rate_limited(retry_after: &'static str) -> Response {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, retry_after)],
+            Json(json!({"message": "2 per 1 second"})),
+        )
+            .into_response()
     }
 
     fn check_body() -> Value {
@@ -731,16 +815,60 @@ mod stub {
                "is_possible": true})
     }
 
-    async fn check() -> Json<Value> {
-        Json(check_body())
+    /// Under `LateImage`: the second image is delivered from the third check on.
+    fn late_image_delivered(shared: &Shared) -> bool {
+        shared.counters.checks.load(Ordering::SeqCst) >= 3
     }
 
-    async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    async fn check(State(shared): State<Arc<Shared>>) -> Response {
+        let n = shared.counters.checks.fetch_add(1, Ordering::SeqCst);
+        match shared.hostile {
+            Hostile::Frozen => std::future::pending::<()>().await,
+            Hostile::RetryAfterOnCheck(value) if n == 0 => return rate_limited(value),
+            Hostile::LateImage => {
+                let mut body = check_body();
+                body["faulted"] = json!(true);
+                if late_image_delivered(&shared) {
+                    body["finished"] = json!(2);
+                } else {
+                    body["processing"] = json!(1);
+                }
+                return Json(body).into_response();
+            }
+            _ => {}
+        }
+        Json(check_body()).into_response()
+    }
+
+    async fn cancel(State(shared): State<Arc<Shared>>, path: Path<String>) -> Response {
+        shared.counters.deletes.fetch_add(1, Ordering::SeqCst);
+        if shared.hostile == Hostile::Frozen {
+            std::future::pending::<()>().await;
+        }
+        answer_status(&shared, path).await
+    }
+
+    async fn status(State(shared): State<Arc<Shared>>, path: Path<String>) -> Response {
         shared.counters.statuses.fetch_add(1, Ordering::SeqCst);
-        shared.counters.never_retrieved.lock().unwrap().remove(&id);
+        match shared.hostile {
+            Hostile::Frozen => std::future::pending::<()>().await,
+            Hostile::StatusFailsForever => {
+                let body = json!({"message": "Service Unavailable"});
+                return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            }
+            _ => {}
+        }
+        answer_status(&shared, path).await
+    }
+
+    async fn answer_status(shared: &Shared, Path(id): Path<String>) -> Response {
+        let late_image_pending =
+            shared.hostile == Hostile::LateImage && !late_image_delivered(shared);
+        if !late_image_pending {
+            shared.counters.never_retrieved.lock().unwrap().remove(&id);
+        }
         let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         let img = match shared.hostile {
-            Hostile::Nothing | Hostile::LostFirstSubmitAnswer => base64(&small_webp()),
             Hostile::NotWebp => base64(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR this is not a webp image"),
             Hostile::TruncatedWebp => {
                 let webp = small_webp();
@@ -766,13 +894,21 @@ mod stub {
                     .map(Ok::<_, std::io::Error>);
                 return Body::from_stream(futures::stream::iter(chunks)).into_response();
             }
+            _ => base64(&small_webp()),
         };
         let mut body = check_body();
-        body["generations"] = json!([{
-            "img": img, "seed": "1234", "id": format!("gen-{id}"), "censored": false,
-            "gen_metadata": [], "worker_id": "w-1", "worker_name": "stub worker",
-            "model": "stable_diffusion", "state": "ok"
-        }]);
+        let generation = |suffix: &str| {
+            json!({
+                "img": img, "seed": "1234", "id": format!("gen-{id}{suffix}"), "censored": false,
+                "gen_metadata": [], "worker_id": "w-1", "worker_name": "stub worker",
+                "model": "stable_diffusion", "state": "ok"
+            })
+        };
+        body["generations"] = if shared.hostile == Hostile::LateImage && !late_image_pending {
+            json!([generation(""), generation("-late")])
+        } else {
+            json!([generation("")])
+        };
         body["shared"] = json!(false);
         Json(body).into_response()
     }
