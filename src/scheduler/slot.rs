@@ -290,7 +290,10 @@ impl Engine {
                 self.abort(Abort::Auth(error.to_string()));
                 Err(Halt::Failed(class.as_str().into(), error.to_string()))
             }
-            FailureClass::Permanent | FailureClass::Kudos | FailureClass::Expired => {
+            FailureClass::Permanent
+            | FailureClass::Kudos
+            | FailureClass::Expired
+            | FailureClass::Redirected => {
                 Err(Halt::Failed(class.as_str().into(), error.to_string()))
             }
             FailureClass::Transient | FailureClass::Maintenance | FailureClass::Timeout => {
