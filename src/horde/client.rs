@@ -254,7 +254,9 @@ impl HordeClient {
     /// it may be a user key, which must not end up in a URL path.
     pub async fn shared_key(&self, id: &ApiKey) -> Result<SharedKeyDetails, HordeError> {
         let endpoint = Endpoint::new(Operation::GetSharedKey);
-        let url = self.shared_key_url(&endpoint, id)?;
+        let Some(url) = self.shared_key_url(id) else {
+            return Err(not_a_shared_key_id(endpoint));
+        };
         self.call(endpoint, self.request(Method::GET, url)).await
     }
 
@@ -276,7 +278,9 @@ impl HordeClient {
         input: &SharedKeyInput,
     ) -> Result<SharedKeyDetails, HordeError> {
         let endpoint = Endpoint::new(Operation::UpdateSharedKey);
-        let url = self.shared_key_url(&endpoint, id)?;
+        let Some(url) = self.shared_key_url(id) else {
+            return Err(not_a_shared_key_id(endpoint));
+        };
         let builder = self.request(Method::PATCH, url).json(input);
         self.call(endpoint, self.with_key(builder)).await
     }
@@ -284,7 +288,9 @@ impl HordeClient {
     /// Deletes a shared key (`DELETE /v2/sharedkeys/{id}`).
     pub async fn delete_shared_key(&self, id: &ApiKey) -> Result<(), HordeError> {
         let endpoint = Endpoint::new(Operation::DeleteSharedKey);
-        let url = self.shared_key_url(&endpoint, id)?;
+        let Some(url) = self.shared_key_url(id) else {
+            return Err(not_a_shared_key_id(endpoint));
+        };
         let builder = self.request(Method::DELETE, url);
         let _: MessageReply = self.call(endpoint, self.with_key(builder)).await?;
         Ok(())
@@ -345,18 +351,9 @@ impl HordeClient {
     }
 
     /// `v2/sharedkeys/{id}`, only for an id shaped like a shared key.
-    fn shared_key_url(&self, endpoint: &Endpoint, id: &ApiKey) -> Result<Url, HordeError> {
-        if !id.is_shared_key_shaped() {
-            return Err(HordeError::new(
-                endpoint.clone(),
-                HordeErrorKind::BadUrl {
-                    reason: "a shared-key id is a UUID; anything else may be an API key and is \
-                             not put into a URL"
-                        .to_owned(),
-                },
-            ));
-        }
-        Ok(self.url("v2/sharedkeys", Some(id.expose_secret())))
+    fn shared_key_url(&self, id: &ApiKey) -> Option<Url> {
+        id.is_shared_key_shaped()
+            .then(|| self.url("v2/sharedkeys", Some(id.expose_secret())))
     }
 
     /// `base_url` + `path` [+ `/` + percent-encoded `id`].
@@ -475,6 +472,18 @@ struct ErrorBody {
     rc: Option<String>,
     #[serde(default)]
     errors: Option<serde_json::Map<String, Value>>,
+}
+
+/// The refusal of a shared-key id that is not a UUID (it may be a user key).
+fn not_a_shared_key_id(endpoint: Endpoint) -> HordeError {
+    HordeError::new(
+        endpoint,
+        HordeErrorKind::BadUrl {
+            reason: "a shared-key id is a UUID; anything else may be an API key and is not put \
+                     into a URL"
+                .to_owned(),
+        },
+    )
 }
 
 /// A 3xx answer, never followed. For an image download the `Location` loses its
