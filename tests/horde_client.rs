@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -20,11 +21,11 @@ use futures::stream::{self, StreamExt};
 use horde_batch::horde::{
     ApiKey, ClientConfig, FailureClass, GenerationParams, GenerationRequest, HordeClient,
     HordeError, HordeErrorKind, Operation, RequestCheck, RequestStatus, SharedKeyDetails,
-    SharedKeyInput, SubmitAccepted, TransportStage, UserDetails,
+    SharedKeyInput, SubmitAccepted, TransportStage, UserDetails, REDACTED,
 };
 use reqwest::Url;
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const KEY: &str = "test-key-3f9c1a77";
@@ -1184,4 +1185,481 @@ async fn expired_image_link_is_expired_and_hides_the_signature() {
         error.to_string().starts_with("GET <image url>: HTTP 403: "),
         "{error}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Hostile servers
+// ---------------------------------------------------------------------------
+
+/// Every way an error is shown to a person or a log.
+fn all_renderings(error: &HordeError) -> Vec<String> {
+    let mut shown = vec![
+        error.to_string(),
+        format!("{error:?}"),
+        format!("{error:#?}"),
+        error.message().unwrap_or_default().to_owned(),
+    ];
+    if let HordeErrorKind::Api { errors, .. } = &error.kind {
+        shown.extend(
+            errors
+                .iter()
+                .map(|(field, reason)| format!("{field}={reason}")),
+        );
+    }
+    shown
+}
+
+fn assert_no_key(error: &HordeError) {
+    for text in all_renderings(error) {
+        assert!(!text.contains(KEY), "key leaked into {text:?}");
+        // Nor half of it, left by a cut.
+        assert!(
+            !text.contains(&KEY[..8]),
+            "part of the key leaked into {text:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_echoed_by_the_server_never_reaches_an_error() {
+    let status_path = format!("/api/v2/generate/status/{REQUEST_ID}");
+    let check_path = format!("/api/v2/generate/check/{REQUEST_ID}");
+    // The key straddles the snippet's 200-character cut.
+    let html = format!(
+        "<html><body>{}{KEY} is not welcome here</body></html>",
+        "x".repeat(185)
+    );
+    let server = FakeServer::start(vec![
+        (
+            Method::GET,
+            "/api/v2/find_user",
+            Reply::json(
+                404,
+                &json!({"message": format!("User with api_key '{KEY}' not found."), "rc": "UserNotFound"})
+                    .to_string(),
+            ),
+        ),
+        (
+            Method::POST,
+            "/api/v2/generate/async",
+            Reply::json(
+                400,
+                &json!({"message": format!("Input payload validation failed for {KEY}"),
+                        "errors": {(KEY): format!("apikey {KEY} is not allowed here")}})
+                .to_string(),
+            ),
+        ),
+        (Method::GET, &check_path, Reply::json(502, &html)),
+        (
+            Method::GET,
+            &status_path,
+            Reply::json(200, &format!("{{\"done\": true, \"echo\": \"{KEY}")),
+        ),
+        (
+            Method::DELETE,
+            &status_path,
+            Reply::json(302, "").header("location", format!("http://elsewhere.invalid/?apikey={KEY}")),
+        ),
+    ])
+    .await;
+    let client = server.client();
+
+    let error = client.find_user().await.unwrap_err();
+    assert_no_key(&error);
+    assert_eq!(
+        error.message(),
+        Some(format!("User with api_key '{REDACTED}' not found.").as_str())
+    );
+    assert_eq!(
+        (error.rc(), error.class()),
+        (Some("UserNotFound"), FailureClass::Auth)
+    );
+
+    let error = client.submit(&sample_request()).await.unwrap_err();
+    assert_no_key(&error);
+    let HordeErrorKind::Api { errors, .. } = &error.kind else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        errors.get(REDACTED).map(String::as_str),
+        Some(format!("apikey {REDACTED} is not allowed here").as_str())
+    );
+
+    let error = client.check(REQUEST_ID).await.unwrap_err();
+    assert_no_key(&error);
+    assert_eq!(error.status(), Some(502));
+    // Redacted first, then cut: the cut falls inside the marker.
+    assert!(error.message().unwrap().ends_with("[re…"), "{error}");
+
+    let error = client.status(REQUEST_ID).await.unwrap_err();
+    assert_no_key(&error);
+    assert!(
+        matches!(error.kind, HordeErrorKind::Decode { status: 200, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(REDACTED), "{error}");
+
+    let error = client.cancel(REQUEST_ID).await.unwrap_err();
+    assert_no_key(&error);
+    assert_eq!(error.class(), FailureClass::Redirected);
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("http://elsewhere.invalid/?apikey={REDACTED}")),
+        "{error}"
+    );
+}
+
+/// A listener that only counts the connections it gets.
+async fn counting_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            read_one_request(&mut socket).await;
+        }
+    });
+    (format!("http://{address}"), connections)
+}
+
+#[tokio::test]
+async fn redirects_are_refused_and_their_target_never_contacted() {
+    let (target, connections) = counting_listener().await;
+    let check_path = format!("/api/v2/generate/check/{REQUEST_ID}");
+    let status_path = format!("/api/v2/generate/status/{REQUEST_ID}");
+    for status in [302, 307] {
+        let paths = [
+            (Method::GET, "/api/v2/find_user"),
+            (Method::POST, "/api/v2/generate/async"),
+            (Method::GET, check_path.as_str()),
+            (Method::GET, status_path.as_str()),
+            (Method::DELETE, status_path.as_str()),
+            (Method::GET, IMAGE_PATH),
+        ];
+        let routes = paths
+            .iter()
+            .map(|(method, path)| {
+                let location = format!("{target}/stolen{path}?apikey={KEY}");
+                (
+                    method.clone(),
+                    *path,
+                    Reply::json(status, "").header("location", location),
+                )
+            })
+            .collect();
+        let server = FakeServer::start(routes).await;
+        let client = server.client();
+        let errors = [
+            client.find_user().await.map(drop),
+            client.submit(&sample_request()).await.map(drop),
+            client.check(REQUEST_ID).await.map(drop),
+            client.status(REQUEST_ID).await.map(drop),
+            client.cancel(REQUEST_ID).await.map(drop),
+            client
+                .download_image(&server.url(IMAGE_PATH), 1 << 20, Duration::from_secs(5))
+                .await
+                .map(drop),
+        ];
+        for ((_, path), result) in paths.iter().zip(errors) {
+            let error = result.unwrap_err();
+            let HordeErrorKind::Redirect {
+                status: got,
+                location: Some(location),
+            } = &error.kind
+            else {
+                panic!("{path}: {error:?}");
+            };
+            assert_eq!(*got, status, "{path}");
+            assert!(
+                location.starts_with(&format!("{target}/stolen{path}?")),
+                "{location}"
+            );
+            assert_eq!(error.class(), FailureClass::Redirected, "{path}");
+            assert!(!error.outcome_unknown(), "{path}");
+            let shown = error.to_string();
+            assert!(
+                shown.contains(&format!("HTTP {status} redirect to {target}/stolen")),
+                "{shown}"
+            );
+            assert!(shown.contains("redirects are refused"), "{shown}");
+            assert!(!format!("{shown} {error:?}").contains(KEY), "{shown}");
+        }
+        assert_eq!(server.seen().len(), paths.len());
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "a redirect was followed"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_means_wait_only_on_429_and_503() {
+    // The real server sends Retry-After on successes: they stay plain successes.
+    let status_path = format!("/api/v2/generate/status/{REQUEST_ID}");
+    let check_path = format!("/api/v2/generate/check/{REQUEST_ID}");
+    let server = FakeServer::start(vec![
+        (
+            Method::GET,
+            &status_path,
+            Reply::fixture(200, "example_responses/_v2_generate_status_id_get_200.json")
+                .header("retry-after", "60"),
+        ),
+        (
+            Method::GET,
+            &check_path,
+            Reply::fixture(200, "example_responses/_v2_generate_check_id_get_200.json")
+                .header("retry-after", "1"),
+        ),
+    ])
+    .await;
+    server.client().status(REQUEST_ID).await.unwrap();
+    server.client().check(REQUEST_ID).await.unwrap();
+
+    let not_found = json!({"message": "gone", "rc": "RequestNotFound"}).to_string();
+    let validation =
+        json!({"message": "Input payload validation failed", "errors": {"params.n": "too big"}})
+            .to_string();
+    for (status, body) in [
+        (404, not_found.as_str()),
+        (400, validation.as_str()),
+        (500, "{}"),
+        (502, ""),
+    ] {
+        let error = check_error(Reply::json(status, body).header("retry-after", "60")).await;
+        assert_eq!(error.retry_after(), None, "{status}: {error:?}");
+        assert!(
+            matches!(
+                error.kind,
+                HordeErrorKind::Api {
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "{status}: {error:?}"
+        );
+    }
+    let error = check_error(Reply::json(503, "").header("retry-after", "5")).await;
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(5)));
+
+    for (value, expected) in [
+        ("0", Duration::ZERO),
+        ("1", Duration::from_secs(1)),
+        ("60", Duration::from_secs(60)),
+        ("1000000000", Duration::from_secs(1_000_000_000)),
+        ("18446744073709551615", Duration::from_secs(u64::MAX)),
+        ("1.5", Duration::from_millis(1500)),
+        ("Sat, 01 Jan 2011 00:00:00 GMT", Duration::ZERO),
+    ] {
+        let reply =
+            Reply::json(429, r#"{"message": "10 per 1 second"}"#).header("retry-after", value);
+        let error = check_error(reply).await;
+        assert_eq!(error.retry_after(), Some(expected), "{value}");
+        assert_eq!(error.class(), FailureClass::RateLimited, "{value}");
+    }
+    let year_2100 = UNIX_EPOCH + Duration::from_secs(4_102_444_800);
+    let before = SystemTime::now();
+    let reply = Reply::json(429, r#"{"message": "10 per 1 second"}"#)
+        .header("retry-after", "Fri, 01 Jan 2100 00:00:00 GMT");
+    let wait = check_error(reply).await.retry_after().unwrap();
+    let after = SystemTime::now();
+    assert!(
+        wait <= year_2100.duration_since(before).unwrap(),
+        "{wait:?}"
+    );
+    assert!(wait >= year_2100.duration_since(after).unwrap(), "{wait:?}");
+}
+
+#[tokio::test]
+async fn shared_key_lookups_never_put_a_user_key_into_a_path() {
+    let shared_id = "11111111-2222-4333-8444-555555555555";
+    let key_path = format!("/api/v2/sharedkeys/{shared_id}");
+    let server = FakeServer::one(
+        Method::GET,
+        &key_path,
+        Reply::fixture(
+            200,
+            "example_responses/_v2_sharedkeys_sharedkey_id_get_200.json",
+        ),
+    )
+    .await;
+    let user = server.client();
+    assert_eq!(user.own_shared_key().await.unwrap(), None);
+    let anonymous =
+        HordeClient::new(ClientConfig::new(server.base.clone(), ApiKey::anonymous())).unwrap();
+    assert_eq!(anonymous.own_shared_key().await.unwrap(), None);
+    // Asking explicitly with a user key is refused before any request, too.
+    let input = SharedKeyInput {
+        kudos: Some(1),
+        ..SharedKeyInput::default()
+    };
+    let user_key = ApiKey::new(KEY);
+    let refusals = [
+        user.shared_key(&user_key).await.map(drop),
+        user.update_shared_key(&user_key, &input).await.map(drop),
+        user.delete_shared_key(&user_key).await.map(drop),
+    ];
+    for result in refusals {
+        let error = result.unwrap_err();
+        assert!(
+            matches!(error.kind, HordeErrorKind::BadUrl { .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.class(), FailureClass::Permanent);
+    }
+    assert!(server.seen().is_empty(), "{:?}", server.seen());
+
+    let mut config = ClientConfig::new(server.base.clone(), ApiKey::new(shared_id));
+    config.contact = CONTACT.into();
+    let shared = HordeClient::new(config).unwrap();
+    let details = shared
+        .own_shared_key()
+        .await
+        .unwrap()
+        .expect("a shared key");
+    assert_eq!(
+        details.id.expose_secret(),
+        "00000000-0000-0000-0000-000000000000"
+    );
+    assert_eq!(server.only_request().path, key_path);
+}
+
+/// A server that reads one request, then writes `head` and then `trickle` one
+/// byte every 20 ms: never idle long enough for a read timeout. It stops when
+/// the client hangs up, or after 100 s.
+async fn start_trickling_server(head: &'static str, trickle: u8) -> Url {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_one_request(&mut socket).await;
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..5_000 {
+                    if socket.write_all(&[trickle]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        }
+    });
+    Url::parse(&format!("http://{address}/api/")).unwrap()
+}
+
+#[tokio::test]
+async fn a_trickling_server_is_cut_off_at_the_request_timeout() {
+    // The head never ends: an endless header line.
+    let endless_head = start_trickling_server("HTTP/1.1 200 OK\r\nx-pad: ", b'a').await;
+    // The head arrives, the declared body never does.
+    let endless_body = start_trickling_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n",
+        b' ',
+    )
+    .await;
+    let read_timeout = Duration::from_secs(10);
+    let client = |base: &Url| {
+        let mut config = ClientConfig::new(base.clone(), ApiKey::new(KEY));
+        config.read_timeout = read_timeout;
+        config.request_timeout = Duration::from_millis(500);
+        HordeClient::new(config).unwrap()
+    };
+    let started = Instant::now();
+    let image_url = endless_body.join("image.webp").unwrap();
+    let body_client = client(&endless_body);
+    let head_client = client(&endless_head);
+    let request = sample_request();
+    let (head, body, submit, download) = tokio::join!(
+        head_client.status(REQUEST_ID),
+        body_client.status(REQUEST_ID),
+        body_client.submit(&request),
+        // Downloads have their own total timeout.
+        body_client.download_image(image_url.as_str(), 1 << 20, Duration::from_millis(500)),
+    );
+    assert!(started.elapsed() < read_timeout, "{:?}", started.elapsed());
+    let cases = [
+        (head.unwrap_err(), TransportStage::AwaitingResponse),
+        (body.unwrap_err(), TransportStage::ReadingBody),
+        (submit.unwrap_err(), TransportStage::ReadingBody),
+        (download.unwrap_err(), TransportStage::ReadingBody),
+    ];
+    for (error, stage) in cases {
+        assert!(error.is_timeout(), "{error:?}");
+        assert_eq!(error.class(), FailureClass::Transient, "{error:?}");
+        assert!(
+            matches!(error.kind, HordeErrorKind::Transport { stage: got, .. } if got == stage),
+            "expected {stage:?}: {error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cancel_within_gives_up_on_a_frozen_server() {
+    const ANSWERED_ID: &str = "5b4d8e2a-0000-4000-8000-00000000beef";
+    let frozen_path = format!("/api/v2/generate/status/{REQUEST_ID}");
+    let answered_path = format!("/api/v2/generate/status/{ANSWERED_ID}");
+    let server = FakeServer::start(vec![
+        (
+            Method::DELETE,
+            &frozen_path,
+            Reply::json(200, "{}").delivered(Delivery::NeverAnswer),
+        ),
+        (
+            Method::DELETE,
+            &answered_path,
+            Reply::fixture(
+                200,
+                "example_responses/_v2_generate_status_id_delete_200.json",
+            ),
+        ),
+    ])
+    .await;
+    // client_for reads with a 10 s timeout and bounds calls at the 120 s default.
+    let client = server.client();
+    let answered = client
+        .cancel_within(ANSWERED_ID, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(answered.generations.len(), 1);
+
+    let mut short = ClientConfig::new(server.base.clone(), ApiKey::new(KEY));
+    short.request_timeout = Duration::from_millis(300);
+    let short = HordeClient::new(short).unwrap();
+    let started = Instant::now();
+    let (limited, capped) = tokio::join!(
+        client.cancel_within(REQUEST_ID, Duration::from_millis(300)),
+        // A limit longer than the client's request timeout does not lift it.
+        short.cancel_within(REQUEST_ID, Duration::from_secs(60)),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    for error in [limited.unwrap_err(), capped.unwrap_err()] {
+        assert!(error.is_timeout(), "{error:?}");
+        assert_eq!(error.class(), FailureClass::Transient);
+        assert_eq!(error.endpoint.operation, Operation::Cancel);
+        assert!(
+            matches!(
+                error.kind,
+                HordeErrorKind::Transport {
+                    stage: TransportStage::AwaitingResponse,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+    let deletes = server
+        .seen()
+        .iter()
+        .filter(|seen| seen.method == Method::DELETE && seen.path == frozen_path)
+        .count();
+    assert_eq!(deletes, 2);
 }

@@ -232,6 +232,10 @@ async fn budget_capacity(
     match client.find_user().await {
         Ok(user) => Ok(user.concurrency.max(1)),
         Err(error) if error.class() == FailureClass::Auth => Err(AppError::Auth(error.to_string())),
+        // A wrong URL: following the redirect could send the key elsewhere.
+        Err(error) if error.class() == FailureClass::Redirected => {
+            Err(AppError::Config(error.to_string()))
+        }
         Err(error) => {
             tracing::warn!(%error, "cannot read the key's concurrency; assuming {FALLBACK_CONCURRENCY}");
             Ok(FALLBACK_CONCURRENCY)
@@ -435,7 +439,8 @@ async fn preflight(
         return Ok(());
     }
     // The key may be a shared key: its owner can limit pixels and steps per request.
-    if let Ok(shared) = client.shared_key(client.api_key()).await {
+    // The key may be a shared key (only then is it looked up: the id goes into the URL).
+    if let Ok(Some(shared)) = client.own_shared_key().await {
         let mut problems = Vec::new();
         for (job, pixels, steps) in compiled.largest_request() {
             if shared.max_image_pixels >= 0 && pixels > shared.max_image_pixels as u64 {
@@ -566,7 +571,7 @@ pub fn kudos_estimate(
         }
         let balance = if client.is_anonymous() {
             None
-        } else if let Ok(shared) = client.shared_key(client.api_key()).await {
+        } else if let Ok(Some(shared)) = client.own_shared_key().await {
             Some(shared.kudos as f64)
         } else {
             client.find_user().await.ok().map(|u| u.kudos)

@@ -6,6 +6,11 @@
 //! success or the error shape, so an error answer always keeps its `rc` and
 //! message (no `error_for_status`).
 //!
+//! A hostile or misconfigured server cannot steer it: redirects are never
+//! followed (they become [`HordeErrorKind::Redirect`]), every call has a total
+//! time bound, bodies have a size bound, and every error built from an answer
+//! has the client's own key redacted before it leaves this module.
+//!
 //! The `apikey` header is attached only to the calls that need it (submit, dry
 //! run, find_user, shared-key changes); polling, cancel and status reads work
 //! with the request id alone, and image downloads go to object storage, which
@@ -16,7 +21,7 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -24,7 +29,7 @@ use serde_json::Value;
 
 use super::config::{ApiKey, ClientConfig};
 use super::error::{
-    ClientBuildError, Endpoint, HordeError, HordeErrorKind, Operation, TransportStage,
+    ClientBuildError, Endpoint, HordeError, HordeErrorKind, Operation, Redactor, TransportStage,
 };
 use super::time::HordeTime;
 use super::types::{
@@ -36,7 +41,7 @@ use super::types::{
 /// base64 images stays far below it; anything larger is not a Horde reply.
 pub const MAX_API_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-/// How much of an undecodable body is kept in the error.
+/// How much of an undecodable body (or of a redirect's `Location`) is kept in the error.
 const SNIPPET_CHARS: usize = 200;
 
 const APIKEY_HEADER: &str = "apikey";
@@ -55,6 +60,10 @@ struct Inner {
     api_key: ApiKey,
     /// The `apikey` header, built once and marked sensitive.
     api_key_header: HeaderValue,
+    /// Takes the key out of errors built from answers.
+    redactor: Redactor,
+    /// The client-wide total bound of an API call, for [`HordeClient::cancel_within`].
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for HordeClient {
@@ -67,7 +76,8 @@ impl std::fmt::Debug for HordeClient {
 }
 
 impl HordeClient {
-    /// Builds the client: default `Client-Agent` header, connect and read timeouts.
+    /// Builds the client: default `Client-Agent` header, connect, read and total
+    /// timeouts, and no redirects.
     pub fn new(config: ClientConfig) -> Result<Self, ClientBuildError> {
         let client_agent = config.client_agent();
         let ClientConfig {
@@ -76,6 +86,7 @@ impl HordeClient {
             contact,
             connect_timeout,
             read_timeout,
+            request_timeout,
         } = config;
         if !matches!(base_url.scheme(), "http" | "https") || base_url.cannot_be_a_base() {
             return Err(ClientBuildError::BaseUrl {
@@ -97,16 +108,25 @@ impl HordeClient {
         );
         let http = reqwest::Client::builder()
             .default_headers(headers)
+            // reqwest would re-send the custom `apikey` header to whatever host a
+            // redirect names (it strips only Authorization and cookies).
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
             .read_timeout(read_timeout)
+            // Connect to last body byte; a request-level timeout (downloads,
+            // cancel_within) replaces it.
+            .timeout(request_timeout)
             .build()
             .map_err(ClientBuildError::Http)?;
+        let redactor = Redactor::new(api_key.expose_secret());
         Ok(HordeClient {
             inner: Arc::new(Inner {
                 http,
                 base_url,
                 api_key,
                 api_key_header,
+                redactor,
+                request_timeout,
             }),
         })
     }
@@ -179,6 +199,21 @@ impl HordeClient {
         self.call(endpoint, builder).await
     }
 
+    /// [`cancel`](Self::cancel) bounded to `limit` (or the client's request
+    /// timeout, whichever is shorter), for use while a run is stopping. Running out
+    /// of time is a transport error with `timed_out` set ([`FailureClass::Transient`](super::FailureClass::Transient)).
+    pub async fn cancel_within(
+        &self,
+        id: &str,
+        limit: Duration,
+    ) -> Result<RequestStatus, HordeError> {
+        let endpoint = Endpoint::for_request(Operation::Cancel, id);
+        let builder = self
+            .request(Method::DELETE, self.url("v2/generate/status", Some(id)))
+            .timeout(limit.min(self.inner.request_timeout));
+        self.call(endpoint, builder).await
+    }
+
     /// The user the key belongs to (`GET /v2/find_user`).
     pub async fn find_user(&self) -> Result<UserDetails, HordeError> {
         let endpoint = Endpoint::new(Operation::FindUser);
@@ -215,10 +250,25 @@ impl HordeClient {
     }
 
     /// Describes a shared key (`GET /v2/sharedkeys/{id}`; an unknown id is a 401).
+    /// An id that is not a UUID is refused without a request ([`HordeErrorKind::BadUrl`]):
+    /// it may be a user key, which must not end up in a URL path.
     pub async fn shared_key(&self, id: &ApiKey) -> Result<SharedKeyDetails, HordeError> {
         let endpoint = Endpoint::new(Operation::GetSharedKey);
-        let url = self.url("v2/sharedkeys", Some(id.expose_secret()));
+        let Some(url) = self.shared_key_url(id) else {
+            return Err(not_a_shared_key_id(endpoint));
+        };
         self.call(endpoint, self.request(Method::GET, url)).await
+    }
+
+    /// The details of this client's own key when it is a shared key. `Ok(None)`,
+    /// without any request, for the anonymous key and for keys that are not
+    /// UUIDs (user keys), whose lookup would write the key into access logs.
+    pub async fn own_shared_key(&self) -> Result<Option<SharedKeyDetails>, HordeError> {
+        let key = &self.inner.api_key;
+        if key.is_anonymous() || !key.is_shared_key_shaped() {
+            return Ok(None);
+        }
+        self.shared_key(key).await.map(Some)
     }
 
     /// Changes a shared key (`PATCH /v2/sharedkeys/{id}`); only set fields change.
@@ -228,7 +278,9 @@ impl HordeClient {
         input: &SharedKeyInput,
     ) -> Result<SharedKeyDetails, HordeError> {
         let endpoint = Endpoint::new(Operation::UpdateSharedKey);
-        let url = self.url("v2/sharedkeys", Some(id.expose_secret()));
+        let Some(url) = self.shared_key_url(id) else {
+            return Err(not_a_shared_key_id(endpoint));
+        };
         let builder = self.request(Method::PATCH, url).json(input);
         self.call(endpoint, self.with_key(builder)).await
     }
@@ -236,7 +288,9 @@ impl HordeClient {
     /// Deletes a shared key (`DELETE /v2/sharedkeys/{id}`).
     pub async fn delete_shared_key(&self, id: &ApiKey) -> Result<(), HordeError> {
         let endpoint = Endpoint::new(Operation::DeleteSharedKey);
-        let url = self.url("v2/sharedkeys", Some(id.expose_secret()));
+        let Some(url) = self.shared_key_url(id) else {
+            return Err(not_a_shared_key_id(endpoint));
+        };
         let builder = self.request(Method::DELETE, url);
         let _: MessageReply = self.call(endpoint, self.with_key(builder)).await?;
         Ok(())
@@ -245,8 +299,9 @@ impl HordeClient {
     /// Downloads an image from a URL that `/status` handed out (presigned R2).
     ///
     /// Only `http` and `https` are fetched; the body is streamed and abandoned as
-    /// soon as it passes `max_bytes`; `timeout` bounds the whole exchange. The API
-    /// key is not sent. The URL (which embeds a signature) never appears in errors.
+    /// soon as it passes `max_bytes`; `timeout` bounds the whole exchange (connect
+    /// to last byte). The API key is not sent, and redirects are not followed. The
+    /// URL (which embeds a signature) never appears in errors.
     pub async fn download_image(
         &self,
         url: &str,
@@ -271,12 +326,20 @@ impl HordeClient {
             ));
         }
         let builder = self.request(Method::GET, parsed).timeout(timeout);
-        let response = send(&endpoint, builder).await?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(api_error(endpoint, response).await);
+        let redactor = &self.inner.redactor;
+        let result = async {
+            let response = send(&endpoint, builder).await?;
+            let status = response.status();
+            if status.is_redirection() {
+                return Err(redirect_error(endpoint.clone(), &response, redactor));
+            }
+            if !status.is_success() {
+                return Err(api_error(endpoint.clone(), response, redactor).await);
+            }
+            read_body(&endpoint, response, max_bytes).await
         }
-        read_body(&endpoint, response, max_bytes).await
+        .await;
+        result.map_err(|err| redactor.error(err))
     }
 
     fn request(&self, method: Method, url: Url) -> RequestBuilder {
@@ -285,6 +348,12 @@ impl HordeClient {
 
     fn with_key(&self, builder: RequestBuilder) -> RequestBuilder {
         builder.header(APIKEY_HEADER, self.inner.api_key_header.clone())
+    }
+
+    /// `v2/sharedkeys/{id}`, only for an id shaped like a shared key.
+    fn shared_key_url(&self, id: &ApiKey) -> Option<Url> {
+        id.is_shared_key_shaped()
+            .then(|| self.url("v2/sharedkeys", Some(id.expose_secret())))
     }
 
     /// `base_url` + `path` [+ `/` + percent-encoded `id`].
@@ -303,15 +372,31 @@ impl HordeClient {
     }
 
     /// Sends, reads the whole body, and decodes the success or the error shape.
+    /// Every error leaves through the redactor.
     async fn call<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         builder: RequestBuilder,
     ) -> Result<T, HordeError> {
+        let redactor = &self.inner.redactor;
+        self.call_unredacted(endpoint, builder)
+            .await
+            .map_err(|err| redactor.error(err))
+    }
+
+    async fn call_unredacted<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        builder: RequestBuilder,
+    ) -> Result<T, HordeError> {
+        let redactor = &self.inner.redactor;
         let response = send(&endpoint, builder).await?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(redirect_error(endpoint, &response, redactor));
+        }
         if !status.is_success() {
-            return Err(api_error(endpoint, response).await);
+            return Err(api_error(endpoint, response, redactor).await);
         }
         let body = read_body(&endpoint, response, MAX_API_BODY_BYTES).await?;
         serde_json::from_slice(&body).map_err(|err| {
@@ -320,7 +405,7 @@ impl HordeClient {
                 HordeErrorKind::Decode {
                     status: status.as_u16(),
                     reason: err.to_string(),
-                    snippet: snippet(&body),
+                    snippet: snippet(&body, redactor),
                 },
             )
         })
@@ -389,11 +474,51 @@ struct ErrorBody {
     errors: Option<serde_json::Map<String, Value>>,
 }
 
+/// The refusal of a shared-key id that is not a UUID (it may be a user key).
+fn not_a_shared_key_id(endpoint: Endpoint) -> HordeError {
+    HordeError::new(
+        endpoint,
+        HordeErrorKind::BadUrl {
+            reason: "a shared-key id is a UUID; anything else may be an API key and is not put \
+                     into a URL"
+                .to_owned(),
+        },
+    )
+}
+
+/// A 3xx answer, never followed. For an image download the `Location` loses its
+/// query (a presigned URL's signature).
+fn redirect_error(endpoint: Endpoint, response: &Response, redactor: &Redactor) -> HordeError {
+    let location = response.headers().get(LOCATION).map(|value| {
+        let raw = String::from_utf8_lossy(value.as_bytes());
+        let shown = match raw.split_once('?') {
+            Some((before, _)) if endpoint.operation == Operation::DownloadImage => {
+                format!("{before}?…")
+            }
+            _ => raw.into_owned(),
+        };
+        bounded(&redactor.text(&shown))
+    });
+    HordeError::new(
+        endpoint,
+        HordeErrorKind::Redirect {
+            status: response.status().as_u16(),
+            location,
+        },
+    )
+}
+
 /// Turns a non-success response into [`HordeErrorKind::Api`], keeping whatever
 /// the body says even when it is not the usual JSON.
-async fn api_error(endpoint: Endpoint, response: Response) -> HordeError {
+async fn api_error(endpoint: Endpoint, response: Response, redactor: &Redactor) -> HordeError {
     let status = response.status();
-    let retry_after = parse_retry_after(response.headers(), SystemTime::now());
+    // Only these statuses ask the client to wait; the Horde sends `Retry-After`
+    // on successes and other errors too (facts §9.1).
+    let retry_after = if matches!(status.as_u16(), 429 | 503) {
+        parse_retry_after(response.headers(), SystemTime::now())
+    } else {
+        None
+    };
     // An error body is small; past the limit it is not worth reading.
     let body = match read_body(&endpoint, response, MAX_API_BODY_BYTES).await {
         Ok(body) => body,
@@ -410,7 +535,7 @@ async fn api_error(endpoint: Endpoint, response: Response) -> HordeError {
         None => (None, None, serde_json::Map::new()),
     };
     let message = message
-        .or_else(|| (!body.is_empty()).then(|| snippet(&body)))
+        .or_else(|| (!body.is_empty()).then(|| snippet(&body, redactor)))
         .unwrap_or_else(|| canonical_reason(status));
     let errors = errors
         .into_iter()
@@ -435,14 +560,34 @@ fn canonical_reason(status: StatusCode) -> String {
     status.canonical_reason().unwrap_or("no message").to_owned()
 }
 
-/// `Retry-After` as delta-seconds or as an HTTP date (relative to `now`).
+/// `Retry-After` as delta-seconds (decimals tolerated, too many digits saturate)
+/// or as an HTTP date relative to `now` (a past date is zero). Never panics.
 fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if let Some(delay) = delay_seconds(value) {
+        return Some(delay);
     }
     let date = HordeTime::parse(value).ok()?.system_time();
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `123` or `1.5`: ASCII digits only, no sign. Whole seconds past `u64::MAX`
+/// saturate; fractions past nanoseconds are cut.
+fn delay_seconds(value: &str) -> Option<Duration> {
+    let all_digits = |text: &str| text.bytes().all(|byte| byte.is_ascii_digit());
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    // Only digits are left, so a parse failure is an overflow.
+    let seconds = whole.parse::<u64>().unwrap_or(u64::MAX);
+    let nanos = fraction
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0u32, |nanos, digit| nanos * 10 + u32::from(digit - b'0'));
+    // nanos < 10^9, so no carry into the seconds: Duration::new cannot panic.
+    Some(Duration::new(seconds, nanos))
 }
 
 fn transport(stage: TransportStage, err: reqwest::Error) -> HordeErrorKind {
@@ -470,55 +615,115 @@ fn error_chain(err: reqwest::Error) -> String {
     text
 }
 
-/// The first [`SNIPPET_CHARS`] characters of a body, lossily decoded.
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut snippet: String = text.chars().take(SNIPPET_CHARS).collect();
+/// The first [`SNIPPET_CHARS`] characters of a body, lossily decoded, with the key
+/// redacted before the cut (a cut must not leave half a key behind).
+fn snippet(body: &[u8], redactor: &Redactor) -> String {
+    // Only the start is shown; redacting all of a 64 MiB body would be wasted work.
+    let head = &body[..body.len().min(SNIPPET_CHARS * 8)];
+    bounded(&redactor.text(&String::from_utf8_lossy(head)))
+}
+
+/// `text` cut to [`SNIPPET_CHARS`] characters, with `…` when cut.
+fn bounded(text: &str) -> String {
+    let mut bounded: String = text.chars().take(SNIPPET_CHARS).collect();
     if text.chars().nth(SNIPPET_CHARS).is_some() {
-        snippet.push('…');
+        bounded.push('…');
     }
-    snippet
+    bounded
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_609_459_200);
+    fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         let mut headers = HeaderMap::new();
-        assert_eq!(parse_retry_after(&headers, now), None);
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("60"));
-        assert_eq!(
-            parse_retry_after(&headers, now),
-            Some(Duration::from_secs(60))
-        );
-        headers.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Fri, 01 Jan 2021 00:00:30 GMT"),
-        );
-        assert_eq!(
-            parse_retry_after(&headers, now),
-            Some(Duration::from_secs(30))
-        );
-        headers.insert(
-            RETRY_AFTER,
-            HeaderValue::from_static("Thu, 31 Dec 2020 00:00:00 GMT"),
-        );
-        assert_eq!(parse_retry_after(&headers, now), Some(Duration::ZERO));
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(parse_retry_after(&headers, now), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        parse_retry_after(&headers, now)
     }
 
     #[test]
-    fn snippet_is_bounded_and_lossy() {
-        assert_eq!(snippet(b"{\"oops"), "{\"oops");
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_609_459_200);
+        assert_eq!(parse_retry_after(&HeaderMap::new(), now), None);
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("0", Some(Duration::ZERO)),
+            ("1", Some(Duration::from_secs(1))),
+            ("60", Some(Duration::from_secs(60))),
+            (" 60 ", Some(Duration::from_secs(60))),
+            ("1000000000", Some(Duration::from_secs(1_000_000_000))),
+            ("18446744073709551615", Some(Duration::from_secs(u64::MAX))),
+            // Past u64: saturated, not wrapped and not refused.
+            (
+                "99999999999999999999999999",
+                Some(Duration::from_secs(u64::MAX)),
+            ),
+            (
+                "18446744073709551615.999999999",
+                Some(Duration::new(u64::MAX, 999_999_999)),
+            ),
+            ("1.5", Some(Duration::from_millis(1500))),
+            ("0.25", Some(Duration::from_millis(250))),
+            ("2.0000000019", Some(Duration::new(2, 1))),
+            ("7.", Some(Duration::from_secs(7))),
+            (
+                "Fri, 01 Jan 2021 00:00:30 GMT",
+                Some(Duration::from_secs(30)),
+            ),
+            (
+                "Fri, 01 Jan 2100 00:00:00 GMT",
+                Some(Duration::from_secs(4_102_444_800 - 1_609_459_200)),
+            ),
+            (
+                "Friday, 01-Jan-21 00:01:00 GMT",
+                Some(Duration::from_secs(60)),
+            ),
+            ("Fri Jan  1 00:00:05 2021", Some(Duration::from_secs(5))),
+            ("Thu, 31 Dec 2020 00:00:00 GMT", Some(Duration::ZERO)),
+            ("Sat, 01 Jan 2011 00:00:00 -0000", Some(Duration::ZERO)),
+            ("soon", None),
+            ("", None),
+            ("-1", None),
+            ("+5", None),
+            (".5", None),
+            ("1.2.3", None),
+            ("1e3", None),
+            ("Mon, 01 Jan 2100 00:00:00 GMT", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(retry_after(value, now), *expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_safe_at_the_ends_of_time() {
+        // A clock at the start or far end of SystemTime's range.
+        for now in [
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40),
+        ] {
+            retry_after("Fri, 01 Jan 2100 00:00:00 GMT", now);
+            retry_after("Mon, 01 Jan 0001 00:00:00 GMT", now);
+            retry_after("18446744073709551615", now);
+        }
+    }
+
+    #[test]
+    fn snippet_is_bounded_lossy_and_redacted_before_the_cut() {
+        let none = Redactor::default();
+        assert_eq!(snippet(b"{\"oops", &none), "{\"oops");
         let long = "x".repeat(500);
-        let cut = snippet(long.as_bytes());
+        let cut = snippet(long.as_bytes(), &none);
         assert_eq!(cut.chars().count(), SNIPPET_CHARS + 1);
         assert!(cut.ends_with('…'));
-        assert_eq!(snippet(&[0xff, b'a']), "\u{fffd}a");
+        assert_eq!(snippet(&[0xff, b'a'], &none), "\u{fffd}a");
+        // The key straddles the cut: no part of it may survive.
+        let key = "Secret-Key-0123456789";
+        let redactor = Redactor::new(key);
+        let body = format!("{}{key}{}", "x".repeat(SNIPPET_CHARS - 5), "y".repeat(50));
+        let cut = snippet(body.as_bytes(), &redactor);
+        assert!(!cut.contains("Secre"), "{cut}");
+        assert!(cut.contains("[red"), "{cut}");
     }
 
     #[test]

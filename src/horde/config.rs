@@ -1,5 +1,6 @@
 //! Who the client is and where it talks to: the API key, the base URL, the contact
-//! string sent in `Client-Agent`, and the transport timeouts.
+//! string sent in `Client-Agent`, and the transport timeouts (connect, per read,
+//! and a total bound per API call).
 //!
 //! The key is kept in [`ApiKey`], whose `Debug` and `Display` never show it; the
 //! only way to read it back is [`ApiKey::expose_secret`], which the client calls
@@ -21,6 +22,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a single read may stall before the request fails.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest one API call may take from connecting to the last body byte. A
+/// read timeout alone is defeated by a server that trickles a byte at a time.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The contact part of `Client-Agent` when the user gave none.
 pub const DEFAULT_CONTACT: &str = "unset";
@@ -57,6 +62,14 @@ impl ApiKey {
     /// Whether this is the anonymous key.
     pub fn is_anonymous(&self) -> bool {
         self.0 == Self::ANONYMOUS
+    }
+
+    /// Whether the key looks like a shared-key id: a hyphenated UUID
+    /// (`8-4-4-4-12` hex digits), the only form the Horde hands out. User keys are
+    /// not UUIDs, so a user key never goes into a `/v2/sharedkeys/{id}` path (and
+    /// from there into access logs).
+    pub fn is_shared_key_shaped(&self) -> bool {
+        self.0.len() == 36 && uuid::Uuid::try_parse(&self.0).is_ok()
     }
 
     /// The key itself. Only for putting it into a request; never log the result.
@@ -113,6 +126,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Per-read timeout for every request.
     pub read_timeout: Duration,
+    /// Total time one API call may take, connect to last body byte (image
+    /// downloads carry their own total timeout instead).
+    pub request_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -124,6 +140,7 @@ impl ClientConfig {
             contact: DEFAULT_CONTACT.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
@@ -155,6 +172,32 @@ mod tests {
         assert_eq!(format!("{anon:?}"), "anonymous");
         assert!(anon.is_anonymous());
         assert!(ApiKey::new("0000000000\n").is_anonymous());
+    }
+
+    #[test]
+    fn only_hyphenated_uuids_are_shared_key_shaped() {
+        for shaped in [
+            "11111111-2222-4333-8444-555555555555",
+            "5B4D8E2A-0000-4000-8000-00000000ABCD",
+            " 11111111-2222-4333-8444-555555555555\n",
+        ] {
+            assert!(ApiKey::new(shaped).is_shared_key_shaped(), "{shaped:?}");
+        }
+        for not_shaped in [
+            "",
+            ApiKey::ANONYMOUS,
+            "s3cr3t-key-value",
+            "Abc123_-xyzXYZ0123456A",
+            "11111111222243338444555555555555",
+            "{11111111-2222-4333-8444-555555555555}",
+            "urn:uuid:11111111-2222-4333-8444-555555555555",
+            "11111111-2222-4333-8444-55555555555g",
+        ] {
+            assert!(
+                !ApiKey::new(not_shaped).is_shared_key_shaped(),
+                "{not_shaped:?}"
+            );
+        }
     }
 
     #[test]

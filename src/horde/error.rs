@@ -2,12 +2,14 @@
 //!
 //! A [`HordeError`] names the endpoint it came from and what went wrong
 //! ([`HordeErrorKind`]): an API answer (status, `rc`, message, validation errors,
-//! `Retry-After`), a transport failure (with how far the request got), an
-//! undecodable body, an oversized body, or a refused URL. [`HordeError::class`]
+//! `Retry-After`), a refused redirect, a transport failure (with how far the
+//! request got), an undecodable body, an oversized body, or a refused URL. [`HordeError::class`]
 //! maps every error onto a [`FailureClass`] following the table in `DESIGN.md`
 //! and the `rc` lists in facts §3.4; the scheduler decides what to do with it.
 //!
 //! Errors never carry the API key, a shared-key id, or a presigned image URL.
+//! The server can echo the key back (find_user's 404 does), so the client passes
+//! every error built from an answer through [`Redactor`] before returning it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -184,6 +186,19 @@ pub enum HordeErrorKind {
         /// The `Retry-After` header, when sent.
         retry_after: Option<Duration>,
     },
+    /// The server answered with a redirect, which is never followed.
+    #[error(
+        "HTTP {status} redirect to {}; redirects are refused so that the API key is never sent to another host",
+        location.as_deref().unwrap_or("no Location given")
+    )]
+    #[diagnostic(code(horde::redirect))]
+    Redirect {
+        /// HTTP status (3xx).
+        status: u16,
+        /// The `Location` header, with the API key redacted (and, for image
+        /// downloads, without its query, which holds a signature).
+        location: Option<String>,
+    },
     /// The connection failed or timed out.
     #[error("{stage}{}: {detail}", if *.timed_out { " (timed out)" } else { "" })]
     #[diagnostic(code(horde::transport))]
@@ -271,6 +286,9 @@ pub enum FailureClass {
     Timeout,
     /// 5xx, transport or decode trouble: retry with backoff.
     Transient,
+    /// A 3xx answer: the base URL (or a proxy) points elsewhere. Never followed,
+    /// since following would send the key to another host: stop the run.
+    Redirected,
 }
 
 impl FailureClass {
@@ -292,7 +310,8 @@ impl FailureClass {
             (408, _) => FailureClass::Transient,
             (400..=499, _) => FailureClass::Permanent,
             (500..=599, _) => FailureClass::Transient,
-            // A redirect or informational status that reached the caller is a misconfiguration.
+            (300..=399, _) => FailureClass::Redirected,
+            // An informational status that reached the caller is a misconfiguration.
             _ => FailureClass::Permanent,
         }
     }
@@ -309,6 +328,7 @@ impl FailureClass {
             FailureClass::Maintenance => "maintenance",
             FailureClass::Timeout => "timeout",
             FailureClass::Transient => "transient",
+            FailureClass::Redirected => "redirected",
         }
     }
 }
@@ -339,6 +359,7 @@ impl HordeError {
                     FailureClass::of_response(*status, rc.as_deref())
                 }
             }
+            HordeErrorKind::Redirect { .. } => FailureClass::Redirected,
             HordeErrorKind::Transport { .. } | HordeErrorKind::Decode { .. } => {
                 FailureClass::Transient
             }
@@ -351,9 +372,9 @@ impl HordeError {
     /// The HTTP status, when the server answered.
     pub fn status(&self) -> Option<u16> {
         match &self.kind {
-            HordeErrorKind::Api { status, .. } | HordeErrorKind::Decode { status, .. } => {
-                Some(*status)
-            }
+            HordeErrorKind::Api { status, .. }
+            | HordeErrorKind::Decode { status, .. }
+            | HordeErrorKind::Redirect { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -374,8 +395,11 @@ impl HordeError {
         }
     }
 
-    /// How long to wait before trying again: the `Retry-After` header; else 60 s
-    /// in maintenance mode; else the seconds a `TimeoutIP` message states.
+    /// How long to wait before trying again: the `Retry-After` header of a 429 or
+    /// 503 (the server sends one on 200s and other answers too, where it means
+    /// nothing); else 60 s in maintenance mode; else the seconds a `TimeoutIP`
+    /// message states. Returned as sent (saturated, never capped): capping is
+    /// the scheduler's policy.
     pub fn retry_after(&self) -> Option<Duration> {
         let HordeErrorKind::Api {
             retry_after,
@@ -420,7 +444,9 @@ impl HordeError {
             HordeErrorKind::Api { status, .. } => *status >= 500,
             HordeErrorKind::Decode { status, .. } => (200..300).contains(status),
             HordeErrorKind::BodyTooLarge { .. } => true,
-            HordeErrorKind::BadUrl { .. } => false,
+            // Whatever answered with a redirect is not the Horde endpoint, and the
+            // client never went where it pointed.
+            HordeErrorKind::Redirect { .. } | HordeErrorKind::BadUrl { .. } => false,
         }
     }
 
@@ -447,11 +473,122 @@ fn classify_download(status: u16) -> FailureClass {
     }
 }
 
-/// "...put into timeout for 123 more seconds..." → 123.
+/// "...put into timeout for 123 more seconds..." → 123 (saturating: all digits
+/// that overflow `u64` are still a very long wait).
 fn timeout_ip_seconds(message: &str) -> Option<u64> {
     let (_, after) = message.split_once("timeout for ")?;
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+    if digits.is_empty() {
+        return None;
+    }
+    Some(digits.parse().unwrap_or(u64::MAX))
+}
+
+/// What replaces the client's own API key wherever a server answer repeats it.
+pub const REDACTED: &str = "[redacted]";
+
+/// Removes the client's API key from everything an error holds. Built once per
+/// client from its key; the anonymous key is public and left alone.
+#[derive(Clone, Default)]
+pub(crate) struct Redactor {
+    /// The key as it may appear: raw, JSON-escaped, percent-encoded (upper- and
+    /// lowercase hex), longest first so a longer form is never half-replaced.
+    forms: Vec<String>,
+}
+
+impl Redactor {
+    pub(crate) fn new(key: &str) -> Self {
+        if key.is_empty() || key == super::ApiKey::ANONYMOUS {
+            return Redactor::default();
+        }
+        let json = serde_json::to_string(key)
+            .ok()
+            .and_then(|quoted| {
+                quoted
+                    .strip_prefix('"')
+                    .and_then(|rest| rest.strip_suffix('"'))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| key.to_owned());
+        let upper = percent_encode(key, true);
+        let lower = percent_encode(key, false);
+        let mut forms = vec![key.to_owned(), json, upper, lower];
+        forms.sort_by_key(|form| std::cmp::Reverse(form.len()));
+        forms.dedup();
+        Redactor { forms }
+    }
+
+    /// `text` with every form of the key replaced by [`REDACTED`].
+    pub(crate) fn text(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        self.in_place(&mut text);
+        text
+    }
+
+    fn in_place(&self, text: &mut String) {
+        for form in &self.forms {
+            if text.contains(form.as_str()) {
+                *text = text.replace(form.as_str(), REDACTED);
+            }
+        }
+    }
+
+    /// The error with every string it holds redacted.
+    pub(crate) fn error(&self, mut error: HordeError) -> HordeError {
+        if self.forms.is_empty() {
+            return error;
+        }
+        if let Some(id) = &mut error.endpoint.request_id {
+            self.in_place(id);
+        }
+        match &mut error.kind {
+            HordeErrorKind::Api {
+                rc,
+                message,
+                errors,
+                ..
+            } => {
+                if let Some(rc) = rc {
+                    self.in_place(rc);
+                }
+                self.in_place(message);
+                *errors = std::mem::take(errors)
+                    .into_iter()
+                    .map(|(field, reason)| (self.text(&field), self.text(&reason)))
+                    .collect();
+            }
+            HordeErrorKind::Redirect { location, .. } => {
+                if let Some(location) = location {
+                    self.in_place(location);
+                }
+            }
+            HordeErrorKind::Transport { detail, .. } => self.in_place(detail),
+            HordeErrorKind::Decode {
+                reason, snippet, ..
+            } => {
+                self.in_place(reason);
+                self.in_place(snippet);
+            }
+            HordeErrorKind::BadUrl { reason } => self.in_place(reason),
+            HordeErrorKind::BodyTooLarge { .. } => {}
+        }
+        error
+    }
+}
+
+/// Every byte outside RFC 3986's unreserved set as `%XX`.
+fn percent_encode(text: &str, uppercase: bool) -> String {
+    let mut encoded = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else if uppercase {
+            encoded.push_str(&format!("%{byte:02X}"));
+        } else {
+            encoded.push_str(&format!("%{byte:02x}"));
+        }
+    }
+    encoded
 }
 
 /// The integer right after `marker` in `text`.
@@ -705,6 +842,78 @@ mod tests {
             err.code().map(|code| code.to_string()).as_deref(),
             Some("horde::body_too_large")
         );
+    }
+
+    #[test]
+    fn redirects_are_their_own_class() {
+        for status in [300, 301, 302, 303, 307, 308] {
+            assert_eq!(
+                FailureClass::of_response(status, None),
+                FailureClass::Redirected
+            );
+        }
+        let err = HordeError::new(
+            Endpoint::new(Operation::Submit),
+            HordeErrorKind::Redirect {
+                status: 307,
+                location: Some("http://elsewhere.invalid/v2/generate/async".into()),
+            },
+        );
+        assert_eq!(err.class(), FailureClass::Redirected);
+        assert_eq!(err.status(), Some(307));
+        assert!(!err.outcome_unknown());
+        assert_eq!(err.retry_after(), None);
+        assert_eq!(
+            err.to_string(),
+            "POST /v2/generate/async: HTTP 307 redirect to http://elsewhere.invalid/v2/generate/async; \
+             redirects are refused so that the API key is never sent to another host"
+        );
+        assert_eq!(FailureClass::Redirected.as_str(), "redirected");
+        assert_eq!(
+            serde_json::to_string(&FailureClass::Redirected).unwrap(),
+            "\"redirected\""
+        );
+    }
+
+    #[test]
+    fn redactor_replaces_every_form_of_the_key_everywhere() {
+        let key = "k3y/with\"odd&chars";
+        let redactor = Redactor::new(key);
+        let mut errors = BTreeMap::new();
+        errors.insert(format!("field {key}"), format!("reason {key}"));
+        let err = HordeError::new(
+            Endpoint::for_request(Operation::Check, key),
+            HordeErrorKind::Api {
+                status: 404,
+                rc: Some(key.into()),
+                message: format!(
+                    "raw {key} json {} url k3y%2Fwith%22odd%26chars url k3y%2fwith%22odd%26chars",
+                    serde_json::to_string(key).unwrap()
+                ),
+                errors,
+                retry_after: None,
+            },
+        );
+        let redacted = redactor.error(err);
+        let shown = format!("{redacted} {redacted:?} {redacted:#?}");
+        for leak in ["k3y", "odd"] {
+            assert!(!shown.contains(leak), "{shown}");
+        }
+        assert!(shown.contains(REDACTED), "{shown}");
+        // The public anonymous key and an empty key change nothing.
+        for key in [crate::horde::ApiKey::ANONYMOUS, ""] {
+            let text = "Parallel requests (0000000000) exceeded user limit (30).";
+            assert_eq!(Redactor::new(key).text(text), text);
+        }
+    }
+
+    #[test]
+    fn timeout_ip_seconds_saturate() {
+        assert_eq!(
+            timeout_ip_seconds("timeout for 99999999999999999999999 more seconds"),
+            Some(u64::MAX)
+        );
+        assert_eq!(timeout_ip_seconds("timeout for some more seconds"), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! This module speaks the protocol and nothing more. It never retries, sleeps,
 //! paces or persists; the scheduler does that, driven by [`HordeError::class`],
 //! [`HordeError::retry_after`] and [`HordeError::outcome_unknown`]. It never logs
-//! or prints the API key (see [`ApiKey`]).
+//! or prints the API key (see [`ApiKey`]), never follows a redirect, and takes
+//! the key out of anything a server sends back (see [`REDACTED`]).
 //!
 //! Protocol facts and their sources: `shared/research/horde-api-facts.md`.
 
@@ -17,11 +18,11 @@ mod types;
 pub use client::{HordeClient, MAX_API_BODY_BYTES};
 pub use config::{
     ApiKey, ClientConfig, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONTACT,
-    DEFAULT_READ_TIMEOUT,
+    DEFAULT_READ_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use error::{
     ClientBuildError, Endpoint, FailureClass, HordeError, HordeErrorKind, Operation,
-    TransportStage, MAINTENANCE_RETRY_AFTER,
+    TransportStage, MAINTENANCE_RETRY_AFTER, REDACTED,
 };
 pub use time::{HordeTime, TimeParseError};
 pub use types::{

@@ -2,19 +2,29 @@
 //!
 //! The live server formats datetimes as RFC 822 (`Sat, 01 Jan 2011 00:00:00 -0000`,
 //! flask-restx `dt_format="rfc822"`), while the SDK fixtures show ISO 8601
-//! (`2021-01-01T00:00:00Z`). [`HordeTime`] accepts both, and the RFC 1123 form of
-//! HTTP dates (`... GMT`), which `Retry-After` may carry. It is a small hand parser
-//! so that the crate needs no time library; it only ever produces UTC instants.
+//! (`2021-01-01T00:00:00Z`). [`HordeTime`] accepts both, and the three forms of
+//! HTTP dates (RFC 9110 §5.6.7), which `Retry-After` may carry. The parsing is
+//! `jiff`'s (its RFC 2822 parser also reads IMF-fixdate; `strtime` reads the two
+//! obsolete HTTP forms); this module only picks the form and converts to a UTC
+//! `SystemTime` without unchecked arithmetic. It never formats for the wire.
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
+use jiff::civil::DateTime;
+use jiff::fmt::rfc2822::DateTimeParser;
+use jiff::fmt::strtime;
+use jiff::tz::Offset;
+use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An instant read from a Horde response. Serializes as RFC 3339 (UTC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HordeTime(SystemTime);
+
+/// How much of unparseable input an error keeps (a hostile server can send megabytes).
+const ERROR_INPUT_CHARS: usize = 64;
 
 /// A datetime string in neither RFC 822 nor ISO 8601 form.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -23,15 +33,23 @@ pub struct TimeParseError {
     input: String,
 }
 
+/// RFC 850 dates, obsolete but still to be accepted in HTTP (RFC 9110 §5.6.7).
+const RFC850_FORMAT: &str = "%A, %d-%b-%y %H:%M:%S GMT";
+/// C `asctime()` dates, the other obsolete HTTP form.
+const ASCTIME_FORMAT: &str = "%a %b %e %H:%M:%S %Y";
+
 impl HordeTime {
-    /// Parses RFC 822 / RFC 1123 or ISO 8601 / RFC 3339.
+    /// Parses RFC 822 / RFC 2822 / HTTP dates or ISO 8601 / RFC 3339. A datetime
+    /// without an offset is UTC; a date alone is its midnight UTC.
     pub fn parse(input: &str) -> Result<Self, TimeParseError> {
         let trimmed = input.trim();
         parse_iso8601(trimmed)
-            .or_else(|| parse_rfc822(trimmed))
+            .or_else(|| parse_rfc2822(trimmed))
+            .or_else(|| parse_obsolete_http_date(trimmed))
+            .and_then(to_system_time)
             .map(HordeTime)
             .ok_or_else(|| TimeParseError {
-                input: input.to_owned(),
+                input: input.chars().take(ERROR_INPUT_CHARS).collect(),
             })
     }
 
@@ -56,8 +74,16 @@ impl FromStr for HordeTime {
 }
 
 impl fmt::Display for HordeTime {
+    /// RFC 3339 in UTC, whole seconds. jiff prints any year it can hold, before
+    /// 1970 too (humantime, used before, panicked there); a `SystemTime` beyond
+    /// jiff's range (years ±9999) prints as its `Debug` form instead.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        humantime::format_rfc3339_seconds(self.0).fmt(f)
+        match Timestamp::try_from(self.0)
+            .and_then(|timestamp| Timestamp::from_second(timestamp.as_second()))
+        {
+            Ok(seconds) => seconds.fmt(f),
+            Err(_) => write!(f, "{:?}", self.0),
+        }
     }
 }
 
@@ -74,317 +100,36 @@ impl<'de> Deserialize<'de> for HordeTime {
     }
 }
 
-/// A civil UTC date and time, checked field by field before conversion.
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-    nanos: u32,
-    /// Offset east of UTC in seconds; subtracted to get UTC.
-    offset_seconds: i64,
-}
-
-impl Civil {
-    fn to_system_time(&self) -> Option<SystemTime> {
-        let days_in_month = days_in_month(self.year, self.month)?;
-        if self.day == 0
-            || self.day > days_in_month
-            || self.hour > 23
-            || self.minute > 59
-            || self.second > 60
-        {
-            return None;
-        }
-        // A leap second (:60) is folded into the next second, as humantime does.
-        let seconds = days_from_civil(self.year, self.month, self.day) * 86_400
-            + i64::from(self.hour) * 3_600
-            + i64::from(self.minute) * 60
-            + i64::from(self.second)
-            - self.offset_seconds;
-        let whole = Duration::from_secs(seconds.unsigned_abs());
-        let time = if seconds >= 0 {
-            UNIX_EPOCH.checked_add(whole)?
-        } else {
-            UNIX_EPOCH.checked_sub(whole)?
-        };
-        time.checked_add(Duration::from_nanos(u64::from(self.nanos)))
+fn parse_iso8601(input: &str) -> Option<Timestamp> {
+    if let Ok(timestamp) = input.parse::<Timestamp>() {
+        return Some(timestamp);
     }
+    // No offset (or a date alone): the Horde's naive datetimes are UTC.
+    let civil = input.parse::<DateTime>().ok()?;
+    Offset::UTC.to_timestamp(civil).ok()
 }
 
-fn is_leap_year(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+fn parse_rfc2822(input: &str) -> Option<Timestamp> {
+    static PARSER: DateTimeParser = DateTimeParser::new();
+    PARSER.parse_timestamp(input).ok()
 }
 
-fn days_in_month(year: i64, month: u32) -> Option<u32> {
-    Some(match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        _ => return None,
+fn parse_obsolete_http_date(input: &str) -> Option<Timestamp> {
+    [RFC850_FORMAT, ASCTIME_FORMAT].iter().find_map(|format| {
+        let civil = strtime::parse(format, input).ok()?.to_datetime().ok()?;
+        Offset::UTC.to_timestamp(civil).ok()
     })
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month = i64::from(month);
-    let day_of_year =
-        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// A tiny cursor over ASCII input.
-struct Cursor<'a> {
-    rest: &'a str,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(input: &'a str) -> Self {
-        Cursor { rest: input }
-    }
-
-    fn eat(&mut self, literal: char) -> bool {
-        match self.rest.strip_prefix(literal) {
-            Some(rest) => {
-                self.rest = rest;
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn peek(&self) -> Option<char> {
-        self.rest.chars().next()
-    }
-
-    /// Drops the next character.
-    fn bump(&mut self) {
-        let mut chars = self.rest.chars();
-        chars.next();
-        self.rest = chars.as_str();
-    }
-
-    /// `separator` followed by exactly `count` digits.
-    fn separated_digits(&mut self, separator: char, count: usize) -> Option<u32> {
-        if self.eat(separator) {
-            self.digits(count)
-        } else {
-            None
-        }
-    }
-
-    /// Exactly `count` ASCII digits.
-    fn digits(&mut self, count: usize) -> Option<u32> {
-        let digits = self.rest.get(..count)?;
-        if !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        self.rest = &self.rest[count..];
-        digits.parse().ok()
-    }
-
-    /// Between `min` and `max` ASCII digits, as many as present.
-    fn digits_between(&mut self, min: usize, max: usize) -> Option<(u32, usize)> {
-        let count = self
-            .rest
-            .bytes()
-            .take(max)
-            .take_while(u8::is_ascii_digit)
-            .count();
-        if count < min {
-            return None;
-        }
-        let value = self.digits(count)?;
-        Some((value, count))
-    }
-
-    fn word(&mut self) -> &'a str {
-        let end = self
-            .rest
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(self.rest.len());
-        let (word, rest) = self.rest.split_at(end);
-        self.rest = rest;
-        word
-    }
-
-    fn skip_spaces(&mut self) -> bool {
-        let trimmed = self.rest.trim_start();
-        let skipped = trimmed.len() != self.rest.len();
-        self.rest = trimmed;
-        skipped
-    }
-
-    fn is_empty(&self) -> bool {
-        self.rest.is_empty()
-    }
-}
-
-/// `YYYY-MM-DD[(T| )HH:MM[:SS[.fraction]]][Z|±HH[:MM]]`; no zone means UTC.
-fn parse_iso8601(input: &str) -> Option<SystemTime> {
-    let mut cursor = Cursor::new(input);
-    let year = cursor.digits(4)?;
-    let month = cursor.separated_digits('-', 2)?;
-    let day = cursor.separated_digits('-', 2)?;
-    let mut civil = Civil {
-        year: i64::from(year),
-        month,
-        day,
-        hour: 0,
-        minute: 0,
-        second: 0,
-        nanos: 0,
-        offset_seconds: 0,
-    };
-    if cursor.is_empty() {
-        return civil.to_system_time();
-    }
-    if !(cursor.eat('T') || cursor.eat('t') || cursor.eat(' ')) {
-        return None;
-    }
-    civil.hour = cursor.digits(2)?;
-    civil.minute = cursor.separated_digits(':', 2)?;
-    if cursor.eat(':') {
-        civil.second = cursor.digits(2)?;
-        if cursor.eat('.') || cursor.eat(',') {
-            let (fraction, width) = cursor.digits_between(1, 9)?;
-            civil.nanos = fraction * 10u32.pow(9 - width as u32);
-            // Digits past nanosecond precision carry no meaning here.
-            while cursor.peek().is_some_and(|c| c.is_ascii_digit()) {
-                cursor.bump();
-            }
-        }
-    }
-    civil.offset_seconds = match cursor.peek() {
-        None => 0,
-        Some('Z' | 'z') => {
-            cursor.bump();
-            0
-        }
-        Some(sign @ ('+' | '-')) => {
-            cursor.bump();
-            let hours = cursor.digits(2)?;
-            cursor.eat(':');
-            let minutes = if cursor.is_empty() {
-                0
-            } else {
-                cursor.digits(2)?
-            };
-            signed_offset(sign, hours, minutes)?
-        }
-        Some(_) => return None,
-    };
-    if !cursor.is_empty() {
-        return None;
-    }
-    civil.to_system_time()
-}
-
-/// `[Day,] DD Mon YYYY HH:MM[:SS] (±hhmm|GMT|UT|UTC|Z|EST|...)`.
-fn parse_rfc822(input: &str) -> Option<SystemTime> {
-    let mut cursor = Cursor::new(input);
-    let first = cursor.word();
-    if !first.is_empty() {
-        // A weekday name; its value is redundant with the date, so it is not checked.
-        if !cursor.eat(',') {
-            return None;
-        }
-        cursor.skip_spaces();
-    }
-    let (day, _) = cursor.digits_between(1, 2)?;
-    if !cursor.skip_spaces() {
-        return None;
-    }
-    let month = month_number(cursor.word())?;
-    if !cursor.skip_spaces() {
-        return None;
-    }
-    let year = match cursor.digits_between(2, 4)? {
-        (year, 4) => i64::from(year),
-        // RFC 822 two-digit years, read the way Python's email.utils does.
-        (year, 2) if year >= 70 => 1900 + i64::from(year),
-        (year, 2) => 2000 + i64::from(year),
-        _ => return None,
-    };
-    if !cursor.skip_spaces() {
-        return None;
-    }
-    let hour = cursor.digits(2)?;
-    let minute = cursor.separated_digits(':', 2)?;
-    let second = if cursor.eat(':') {
-        cursor.digits(2)?
-    } else {
-        0
-    };
-    cursor.skip_spaces();
-    let offset_seconds = match cursor.peek() {
-        None => 0,
-        Some(sign @ ('+' | '-')) => {
-            cursor.bump();
-            let hours = cursor.digits(2)?;
-            let minutes = cursor.digits(2)?;
-            signed_offset(sign, hours, minutes)?
-        }
-        Some(_) => named_zone_offset(cursor.word())?,
-    };
-    cursor.skip_spaces();
-    if !cursor.is_empty() {
-        return None;
-    }
-    Civil {
-        year,
-        month,
-        day,
-        hour,
-        minute,
-        second,
-        nanos: 0,
-        offset_seconds,
-    }
-    .to_system_time()
-}
-
-fn signed_offset(sign: char, hours: u32, minutes: u32) -> Option<i64> {
-    if hours > 23 || minutes > 59 {
-        return None;
-    }
-    let seconds = i64::from(hours * 3_600 + minutes * 60);
-    Some(if sign == '-' { -seconds } else { seconds })
-}
-
-fn month_number(name: &str) -> Option<u32> {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    let prefix = name.get(..3)?;
-    MONTHS
-        .iter()
-        .position(|month| month.eq_ignore_ascii_case(prefix))
-        .map(|index| index as u32 + 1)
-}
-
-fn named_zone_offset(zone: &str) -> Option<i64> {
-    let hours: i64 = match zone.to_ascii_uppercase().as_str() {
-        "GMT" | "UT" | "UTC" | "Z" => 0,
-        "EDT" => -4,
-        "EST" | "CDT" => -5,
-        "CST" | "MDT" => -6,
-        "MST" | "PDT" => -7,
-        "PST" => -8,
-        _ => return None,
-    };
-    Some(hours * 3_600)
+/// `Timestamp` → `SystemTime` (checked; fails outside the platform's range).
+fn to_system_time(timestamp: Timestamp) -> Option<SystemTime> {
+    SystemTime::try_from(timestamp).ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
 
     fn at(seconds: u64) -> SystemTime {
@@ -436,11 +181,16 @@ mod tests {
                 "{input}"
             );
         }
-        let fractional = HordeTime::parse("2021-01-01T00:00:00.123456789123Z").unwrap();
+        let fractional = HordeTime::parse("2021-01-01T00:00:00.123456789Z").unwrap();
         assert_eq!(
             fractional.system_time(),
             base + Duration::from_nanos(123_456_789)
         );
+        // Python's isoformat() writes microseconds.
+        let python = HordeTime::parse("2021-01-01T00:00:00.123456").unwrap();
+        assert_eq!(python.system_time(), base + Duration::from_micros(123_456));
+        // jiff stops at nanoseconds; nothing the Horde sends has more digits.
+        assert!(HordeTime::parse("2021-01-01T00:00:00.123456789123Z").is_err());
         let micros = HordeTime::parse("2021-01-01T00:00:00.5Z").unwrap();
         assert_eq!(micros.system_time(), base + Duration::from_millis(500));
     }
@@ -459,6 +209,48 @@ mod tests {
                 .system_time(),
             UNIX_EPOCH - Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn parses_the_three_http_date_forms() {
+        let base = at(784_111_777); // RFC 9110's example, 1994-11-06T08:49:37Z
+        for input in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(
+                HordeTime::parse(input).unwrap().system_time(),
+                base,
+                "{input}"
+            );
+        }
+        let future = HordeTime::parse("Fri, 01 Jan 2100 00:00:00 GMT").unwrap();
+        assert_eq!(future.system_time(), at(4_102_444_800));
+        // A weekday that contradicts the date is not trusted.
+        assert!(HordeTime::parse("Mon, 01 Jan 2100 00:00:00 GMT").is_err());
+    }
+
+    #[test]
+    fn extreme_dates_neither_panic_nor_wrap() {
+        let early = HordeTime::parse("0001-01-01T00:00:00Z").unwrap();
+        assert!(early.system_time() < UNIX_EPOCH);
+        assert_eq!(early.to_string(), "0001-01-01T00:00:00Z");
+        let late = HordeTime::parse("9999-12-30T00:00:00Z").unwrap();
+        assert_eq!(late.to_string(), "9999-12-30T00:00:00Z");
+        // jiff's timestamps end a day early so that every offset fits.
+        assert!(HordeTime::parse("9999-12-31T23:59:59Z").is_err());
+        assert_eq!(
+            HordeTime::from(UNIX_EPOCH - Duration::from_millis(1500)).to_string(),
+            "1969-12-31T23:59:59Z"
+        );
+        // Past jiff's range: printed, not panicking.
+        let far = HordeTime::from(UNIX_EPOCH + Duration::from_secs(1 << 40));
+        assert!(!far.to_string().is_empty());
+        assert!(HordeTime::parse("+010000-01-01T00:00:00Z").is_err());
+        let huge = "9".repeat(100_000);
+        let err = HordeTime::parse(&huge).unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
     }
 
     #[test]

@@ -128,6 +128,7 @@ impl Policy {
         let class = error.class();
         match (call, class) {
             (_, FailureClass::Auth) => Action::StopRun(StopCause::Auth),
+            (_, FailureClass::Redirected) => Action::StopRun(StopCause::Redirected),
             (Call::Cancel, FailureClass::Expired) => Action::GiveUp { class },
             (Call::Cancel, _) if attempt >= CANCEL_ATTEMPTS => Action::GiveUp { class },
             (Call::Cancel, _) => Action::Retry {
@@ -248,6 +249,23 @@ mod tests {
             assert_eq!(
                 Policy::default().decide(call, &api(401, Some("InvalidAPIKey"), None), 1),
                 Action::StopRun(StopCause::Auth)
+            );
+        }
+    }
+
+    #[test]
+    fn a_redirect_stops_the_run_from_any_call() {
+        let error = HordeError::new(
+            Endpoint::new(Operation::Submit),
+            HordeErrorKind::Redirect {
+                status: 307,
+                location: Some("http://elsewhere/".into()),
+            },
+        );
+        for call in ALL {
+            assert_eq!(
+                Policy::default().decide(call, &error, 1),
+                Action::StopRun(StopCause::Redirected)
             );
         }
     }
