@@ -1372,3 +1372,217 @@ fn the_api_key_appears_in_no_file_log_or_help() {
         }
     }
 }
+
+// ------------------------------------------- real-server fidelity (issue 11)
+
+const TWO_IMAGES: &str = "version: 1\nname: hostile\ndefaults: {models: [stable_diffusion]}\n\
+    run: {retries: 1, timeouts: {download: 3s}}\njobs:\n  - {name: a, prompt: x, images: 2}\n";
+
+/// A registered-looking key that is not a UUID (as user keys are).
+const USER_KEY: &str = "hb-user-key-0123456789";
+
+/// `run` against the stub with a registered key, to its end.
+fn run_with_key(stub: &Stub, batch: &Batch, envs: &[(&str, &str)]) -> Finished {
+    let mut command = batch.command_at(&stub.url, "run");
+    command.env("AI_HORDE_API_KEY", USER_KEY).envs(envs.iter().copied());
+    let run = run_bounded(&mut command, RUN_LIMIT);
+    assert_no_panic(&run.stderr);
+    assert!(
+        !run.stderr.contains(USER_KEY) && !run.stdout.contains(USER_KEY),
+        "the key was printed:\n{}",
+        run.stderr
+    );
+    run
+}
+
+#[test]
+fn a_submit_answer_lost_in_a_run_is_found_and_followed_not_paid_again() {
+    // The Horde queued the request, but the answer came back as a 502: the
+    // run waits out the find_user cache, finds the one request no ledger
+    // knows, and follows it.
+    let stub = Stub::start(Hostile::FirstSubmitAnswer502);
+    let batch = Batch::new(ONE_IMAGE);
+    let run = run_with_key(&stub, &batch, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(batch.webp_files().len(), 1);
+    assert_eq!(
+        Stub::count(&stub.counters.submits),
+        1,
+        "the lost request was adopted, not submitted again"
+    );
+    assert!(stub.never_retrieved().is_empty(), "{:?}", stub.never_retrieved());
+}
+
+#[test]
+fn an_image_still_processing_when_its_request_reads_done_is_retrieved() {
+    // Facts §9.1: a faulted request reads `done` while an image is still
+    // being made; that image arrives seconds later and is paid for.
+    let stub = Stub::start(Hostile::LateImage);
+    let batch = Batch::new(TWO_IMAGES);
+    let run = run_with_key(&stub, &batch, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(batch.webp_files().len(), 2);
+    assert_eq!(Stub::count(&stub.counters.submits), 1, "nothing resubmitted");
+    assert!(stub.never_retrieved().is_empty(), "{:?}", stub.never_retrieved());
+}
+
+#[test]
+fn the_key_is_never_printed_even_when_the_server_echoes_it() {
+    let stub = Stub::start(Hostile::EchoKey);
+    let batch = Batch::new(ONE_IMAGE);
+    for format in ["text", "json"] {
+        let run = run_with_key(&stub, &batch, &[]);
+        assert_eq!(run.code, 3, "{format}: {}", run.stderr);
+        assert!(run.stderr.contains("not found"), "{}", run.stderr);
+        let mut command = batch.command_at(&stub.url, "run");
+        command
+            .env("AI_HORDE_API_KEY", USER_KEY)
+            .args(["--log-format", format, "-vv"]);
+        let verbose = run_bounded(&mut command, RUN_LIMIT);
+        assert!(!verbose.stderr.contains(USER_KEY), "{}", verbose.stderr);
+    }
+}
+
+#[test]
+fn a_user_key_is_never_put_into_a_url() {
+    let stub = Stub::start(Hostile::Nothing);
+    let batch = Batch::new(ONE_IMAGE);
+    let run = run_with_key(&stub, &batch, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let paths = stub.paths();
+    assert!(paths.iter().any(|p| p.contains("generate/async")));
+    assert!(
+        !paths.iter().any(|p| p.contains(USER_KEY)),
+        "the key went into a URL: {paths:?}"
+    );
+}
+
+#[test]
+fn a_redirect_is_refused_and_the_key_reaches_no_other_host() {
+    let stub = Stub::start(Hostile::Redirect);
+    let batch = Batch::new(ONE_IMAGE);
+    let run = run_with_key(&stub, &batch, &[]);
+    assert_eq!(run.code, 2, "a wrong URL is a usage error\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("redirect") && run.stderr.contains("http://127.0.0.1:"),
+        "the redirect and its target are named:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        Stub::count(&stub.counters.elsewhere),
+        0,
+        "nothing reached the redirect's target"
+    );
+    assert_eq!(Stub::count(&stub.counters.submits), 0);
+}
+
+#[test]
+fn absurd_retry_after_values_are_capped_and_never_panic() {
+    for value in [
+        "18446744073709551615",
+        "1000000000",
+        "Fri, 01 Jan 2100 00:00:00 GMT",
+    ] {
+        for hostile in [
+            Hostile::RetryAfterOnSubmit(value),
+            Hostile::RetryAfterOnCheck(value),
+        ] {
+            let stub = Stub::start(hostile);
+            let batch = Batch::new(ONE_IMAGE);
+            // The cap is 5 minutes for users; scaled down so the test waits it out.
+            let run = run_with_key(&stub, &batch, &[("HORDE_BATCH_MAX_WAIT", "1s")]);
+            assert_eq!(run.code, 0, "{hostile:?}: {}", run.stderr);
+            assert!(
+                run.stderr.contains("very long wait"),
+                "{hostile:?}: the capped wait is logged:\n{}",
+                run.stderr
+            );
+            assert_eq!(batch.webp_files().len(), 1, "{hostile:?}");
+            assert!(stub.never_retrieved().is_empty(), "{hostile:?}");
+        }
+    }
+}
+
+/// Starts `run`, waits until `ready` holds for the stub, sends `sig`, and
+/// returns the exit code and how long the exit took after the signal.
+fn stop_when(
+    stub: &Stub,
+    batch: &Batch,
+    ready: impl Fn(&Stub) -> bool,
+    sig: &str,
+) -> (Option<i32>, Duration) {
+    let mut command = batch.command_at(&stub.url, "run");
+    command
+        .env("AI_HORDE_API_KEY", USER_KEY)
+        .stderr(Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let start = Instant::now();
+    while !ready(stub) {
+        assert!(start.elapsed() < RUN_LIMIT, "the run never got there");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    signal(&child, sig);
+    let code = wait_or_kill(&mut child, RUN_LIMIT);
+    (code, signalled.elapsed())
+}
+
+#[test]
+fn a_stop_is_prompt_and_cancels_while_status_keeps_failing() {
+    for sig in ["TERM", "INT", "HUP"] {
+        let stub = Stub::start(Hostile::StatusFailsForever);
+        let batch = Batch::new(ONE_IMAGE);
+        let (code, took) = stop_when(
+            &stub,
+            &batch,
+            |stub| Stub::count(&stub.counters.statuses) >= 2,
+            sig,
+        );
+        assert_eq!(code, Some(130), "{sig}");
+        assert!(took < Duration::from_secs(10), "{sig}: stopping took {took:?}");
+        assert!(Stub::count(&stub.counters.deletes) >= 1, "{sig}: cancelled");
+        assert!(stub.never_retrieved().is_empty(), "{sig}");
+    }
+}
+
+#[test]
+fn a_stop_ends_within_ten_seconds_when_the_horde_freezes() {
+    let stub = Stub::start(Hostile::Frozen);
+    let batch = Batch::new(ONE_IMAGE);
+    let (code, took) = stop_when(
+        &stub,
+        &batch,
+        |stub| Stub::count(&stub.counters.checks) >= 1,
+        "TERM",
+    );
+    assert_eq!(code, Some(130));
+    assert!(took < Duration::from_secs(11), "stopping took {took:?}");
+    assert!(
+        Stub::count(&stub.counters.deletes) >= 1,
+        "a cancel was tried"
+    );
+    // The ledger still holds the request, so `cancel` can reach it later.
+    let status = run_bounded(
+        batch.command_at(&stub.url, "status").arg("--json"),
+        RUN_LIMIT,
+    );
+    let report: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(report["in_flight"].as_array().unwrap().len(), 1, "{report}");
+}
+
+#[test]
+fn giving_up_on_a_request_cancels_it_and_records_why() {
+    let stub = Stub::start(Hostile::StatusFailsForever);
+    let batch = Batch::new(ONE_IMAGE);
+    let run = run_with_key(&stub, &batch, &[("HORDE_BATCH_RETRY_BASE", "1ms")]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(Stub::count(&stub.counters.deletes) >= 1, "cancelled");
+    assert!(stub.never_retrieved().is_empty());
+    let errors = batch.jsonl("errors.jsonl");
+    assert_eq!(errors.len(), 1);
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("cancelled"), "{message}");
+    assert_eq!(errors[0]["class"], "transient");
+    // A rerun submits again (nothing is left on the Horde to adopt).
+    assert_eq!(Stub::count(&stub.counters.submits), 1);
+}
