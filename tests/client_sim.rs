@@ -157,10 +157,8 @@ async fn submit_check_status_hand_out_r2_urls_that_download_as_webp() {
             .await
             .unwrap();
         let info = verify_webp(&bytes).unwrap();
-        assert_eq!(
-            (info.width, info.height),
-            (sim::images::IMAGE_SIZE, sim::images::IMAGE_SIZE)
-        );
+        // The requested size (the default 512×512).
+        assert_eq!((info.width, info.height), (512, 512));
     }
     assert_eq!(batch_indexes, BTreeSet::from([0, 1]));
 
@@ -231,10 +229,7 @@ async fn base64_delivery_decodes_to_webp() {
         .decode(encoded)
         .unwrap();
     let info = verify_webp(&bytes).unwrap();
-    assert_eq!(
-        (info.width, info.height),
-        (sim::images::IMAGE_SIZE, sim::images::IMAGE_SIZE)
-    );
+    assert_eq!((info.width, info.height), (512, 512));
     let stats = sim.stats();
     assert_eq!((stats.images_retrieved, stats.r2_downloads), (1, 0));
 }
@@ -303,9 +298,12 @@ async fn cancel_answers_the_status_before_it_and_the_request_stays_readable() {
 
 #[tokio::test]
 async fn find_user_describes_anonymous_and_registered_users() {
+    // Without the 30 s cache, so the new request shows at once (see
+    // find_user_is_cached_per_key_so_a_new_request_shows_late).
     let sim = start(SimConfig {
         user_concurrency: 7,
         user_kudos: 1234.0,
+        find_user_cache: Duration::ZERO,
         ..fast_config()
     })
     .await;
@@ -671,7 +669,7 @@ async fn missing_upfront_kudos_is_the_kudos_class() {
     })
     .await;
     let client = client(&sim);
-    // slow_workers=false always needs upfront kudos: 2 × (6 × 1.2 + 1) = 16.4 > 10.
+    // slow_workers=false always needs upfront kudos: 2 × (5.67 × 1.2 + 1) + 1 = 16.6 > 10.
     let mut fast_only = request(2);
     fast_only.slow_workers = false;
     let err = expect_err(client.submit(&fast_only).await);
@@ -680,7 +678,7 @@ async fn missing_upfront_kudos_is_the_kudos_class() {
         (Some(403), Some("KudosUpfront"), FailureClass::Kudos)
     );
     assert!(
-        err.message().unwrap().contains("requires 16.4 kudos"),
+        err.message().unwrap().contains("requires 16.6 kudos"),
         "{err}"
     );
     assert!(!err.outcome_unknown());

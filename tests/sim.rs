@@ -412,7 +412,7 @@ async fn upfront_kudos_are_required_for_expensive_requests() {
         ..fast_config()
     })
     .await;
-    // slow_workers=false always needs upfront kudos: 2 × (6 × 1.2 + 1) = 16.4 > 10.
+    // slow_workers=false always needs upfront kudos: 2 × (5.67 × 1.2 + 1) + 1 = 16.6 > 10.
     let (status, _, body) = sim
         .submit(
             Some(KEY),
@@ -424,7 +424,7 @@ async fn upfront_kudos_are_required_for_expensive_requests() {
     assert!(body["message"]
         .as_str()
         .unwrap()
-        .contains("requires 16.4 kudos"));
+        .contains("requires 16.6 kudos"));
 
     // More than 40 accurate steps too; allow_downgrade shrinks instead of refusing.
     let (status, _, body) = sim
@@ -442,7 +442,7 @@ async fn upfront_kudos_are_required_for_expensive_requests() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
 
-    // The anonymous user can go 50 below zero, no further: 2048² costs 97 upfront.
+    // The anonymous user can go 50 below zero, no further: 2048² costs about 304 upfront.
     let (status, _, body) = sim
         .submit(
             Some(ANON),
@@ -829,10 +829,8 @@ async fn r2_urls_and_base64_both_carry_the_expected_webp() {
             .await
             .unwrap();
         let (width, height, pixels) = decode_webp(&bytes);
-        assert_eq!(
-            (width, height),
-            (sim::images::IMAGE_SIZE, sim::images::IMAGE_SIZE)
-        );
+        // The requested size (the default 512×512).
+        assert_eq!((width, height), (512, 512));
         let batch: u32 = generation["gen_metadata"]
             .as_array()
             .unwrap()
@@ -843,7 +841,10 @@ async fn r2_urls_and_base64_both_carry_the_expected_webp() {
             .unwrap()
             .parse()
             .unwrap();
-        assert_eq!(pixels, sim::images::render_pixels(prompt, "1234", batch));
+        assert_eq!(
+            pixels,
+            sim::images::render_pixels_sized(prompt, "1234", batch, 512, 512)
+        );
     }
 
     let (_, status) = sim.get(&format!("generate/status/{inline_request}")).await;
@@ -853,7 +854,7 @@ async fn r2_urls_and_base64_both_carry_the_expected_webp() {
         .unwrap();
     assert_eq!(
         decode_webp(&bytes).2,
-        sim::images::render_pixels(prompt, "1234", 0)
+        sim::images::render_pixels_sized(prompt, "1234", 0, 512, 512)
     );
 
     let stats = sim.handle.stats();
