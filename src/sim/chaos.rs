@@ -56,7 +56,9 @@ impl ChaosSettings {
 
 enum Mischief {
     None,
-    ServerError { status: u16 },
+    ServerError {
+        status: u16,
+    },
     Drop,
     /// Processed in full, then the connection closes without the answer.
     LostAnswer,

@@ -706,8 +706,8 @@ impl Horde {
         let per_image_kudos = per_image_kudos(&input);
         let estimate = base_kudos(&input.params).round();
         let params = &input.params;
-        let mps_per_image = f64::from(params.width) * f64::from(params.height) * f64::from(params.steps)
-            / 1e6;
+        let mps_per_image =
+            f64::from(params.width) * f64::from(params.height) * f64::from(params.steps) / 1e6;
         let (width, height) = (params.width, params.height);
         let request = Request {
             id,
@@ -1470,7 +1470,10 @@ impl Horde {
     pub(crate) fn snapshot(&self) -> SimStats {
         let mut stats = self.stats.clone();
         let count = |keep: fn(&Request) -> bool| {
-            self.requests.values().filter(|request| keep(request)).count() as u64
+            self.requests
+                .values()
+                .filter(|request| keep(request))
+                .count() as u64
         };
         stats.requests_retrieved = count(Request::is_retrieved) + self.expired_retrieved;
         stats.requests_never_retrieved =
@@ -1708,5 +1711,85 @@ mod tests {
             (params.width, params.height, params.steps),
             (1024, 1024, 30)
         );
+    }
+
+    fn queue_one(horde: &mut Horde, body: Value) -> Uuid {
+        match horde.submit(ANON_API_KEY, "tests:1:none", input(body)) {
+            Ok(SubmitOutcome::Queued(accepted)) => Uuid::parse_str(&accepted.id).unwrap(),
+            _ => panic!("expected a queued request"),
+        }
+    }
+
+    #[test]
+    fn a_request_flagged_faulted_mid_image_still_gets_that_image() {
+        let config = SimConfig {
+            workers: 2,
+            ..SimConfig::default()
+        };
+        let mut horde = Horde::new(&config, 5, "http://127.0.0.1:1/".to_owned());
+        let id = queue_one(&mut horde, json!({"prompt": "x", "params": {"n": 4}}));
+        let text = id.to_string();
+        // Worker 1 holds image 1 for the whole story; worker 0 faults three times.
+        let mut held = horde.pop_job(1).unwrap();
+        for _ in 0..3 {
+            let mut job = horde.pop_job(0).unwrap();
+            job.fault = true;
+            horde.finish_job(job, None);
+        }
+        let check = horde.check(&text).unwrap();
+        assert!(!check.done && !check.faulted, "{check:?}");
+
+        // The periodic pass flags it: done at once, one image still processing.
+        horde.cleanup();
+        let check = horde.check(&text).unwrap();
+        assert!(check.done && check.faulted, "{check:?}");
+        assert_eq!((check.processing, check.finished), (1, 0));
+        assert!(horde.pop_job(0).is_none(), "no pickups after the flag");
+        // A client that fetches status at `done` gets nothing, and moves on.
+        assert!(horde.status(&text).unwrap().generations.is_empty());
+        assert_eq!(horde.snapshot().requests_retrieved, 1);
+
+        // The image in flight lands: paid for, never handed out.
+        held.fault = false;
+        horde.finish_job(held, None);
+        let stats = horde.snapshot();
+        assert_eq!(
+            (
+                stats.images_generated,
+                stats.requests_retrieved,
+                stats.requests_never_retrieved,
+                stats.requests_orphaned
+            ),
+            (1, 0, 1, 1)
+        );
+        assert_eq!(horde.check(&text).unwrap().finished, 1);
+
+        // A later status call hands it out, which accounts for the request.
+        let status = horde.status(&text).unwrap();
+        assert_eq!(status.generations.len(), 1);
+        assert!(status.check.done && status.check.faulted);
+        let stats = horde.snapshot();
+        assert_eq!(
+            (
+                stats.requests_retrieved,
+                stats.requests_never_retrieved,
+                stats.requests_orphaned
+            ),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn images_are_drawn_at_the_requested_size() {
+        let mut horde = Horde::new(&SimConfig::default(), 5, "http://127.0.0.1:1/".to_owned());
+        queue_one(
+            &mut horde,
+            json!({"prompt": "x", "params": {"width": 192, "height": 128}}),
+        );
+        let mut job = horde.pop_job(0).unwrap();
+        job.fault = false;
+        let webp = job.render().unwrap();
+        let decoder = image_webp::WebPDecoder::new(std::io::Cursor::new(webp)).unwrap();
+        assert_eq!(decoder.dimensions(), (192, 128));
     }
 }
