@@ -157,10 +157,8 @@ async fn submit_check_status_hand_out_r2_urls_that_download_as_webp() {
             .await
             .unwrap();
         let info = verify_webp(&bytes).unwrap();
-        assert_eq!(
-            (info.width, info.height),
-            (sim::images::IMAGE_SIZE, sim::images::IMAGE_SIZE)
-        );
+        // The requested size (the default 512×512).
+        assert_eq!((info.width, info.height), (512, 512));
     }
     assert_eq!(batch_indexes, BTreeSet::from([0, 1]));
 
@@ -231,10 +229,7 @@ async fn base64_delivery_decodes_to_webp() {
         .decode(encoded)
         .unwrap();
     let info = verify_webp(&bytes).unwrap();
-    assert_eq!(
-        (info.width, info.height),
-        (sim::images::IMAGE_SIZE, sim::images::IMAGE_SIZE)
-    );
+    assert_eq!((info.width, info.height), (512, 512));
     let stats = sim.stats();
     assert_eq!((stats.images_retrieved, stats.r2_downloads), (1, 0));
 }
@@ -303,9 +298,12 @@ async fn cancel_answers_the_status_before_it_and_the_request_stays_readable() {
 
 #[tokio::test]
 async fn find_user_describes_anonymous_and_registered_users() {
+    // Without the 30 s cache, so the new request shows at once (see
+    // find_user_is_cached_for_thirty_seconds_by_default).
     let sim = start(SimConfig {
         user_concurrency: 7,
         user_kudos: 1234.0,
+        find_user_cache: Duration::ZERO,
         ..fast_config()
     })
     .await;
@@ -325,6 +323,18 @@ async fn find_user_describes_anonymous_and_registered_users() {
     let id = registered.submit(&unserved_request(1)).await.unwrap().id;
     let user = registered.find_user().await.unwrap();
     assert_eq!(user.active_generations.image, vec![id]);
+}
+
+#[tokio::test]
+async fn find_user_is_cached_for_thirty_seconds_by_default() {
+    let sim = start(fast_config()).await;
+    let client = client(&sim);
+    let before = client.find_user().await.unwrap();
+    assert!(before.active_generations.image.is_empty());
+    client.submit(&unserved_request(1)).await.unwrap();
+    // The cached answer: neither the new request nor its 3 kudos of tax show.
+    let after = client.find_user().await.unwrap();
+    assert_eq!(after, before);
 }
 
 #[tokio::test]
@@ -489,7 +499,9 @@ async fn schema_validation_errors_are_permanent_with_their_field_map() {
         errors.get("params.n").map(String::as_str),
         Some("21 is greater than the maximum of 20")
     );
-    assert_eq!(*retry_after, None);
+    // flask-limiter puts Retry-After on every answer of a limited route (facts
+    // §9.1); on a 400 it means nothing, and the error is permanent all the same.
+    assert_eq!(*retry_after, Some(Duration::from_secs(1)));
     assert!(!err.outcome_unknown());
     assert!(err.to_string().contains("params.n"), "{err}");
 
@@ -523,7 +535,8 @@ async fn payload_return_codes_are_permanent() {
             (Some(400), Some(rc), FailureClass::Permanent)
         );
         assert_eq!(err.message(), Some(message));
-        assert_eq!(err.retry_after(), None);
+        // Sent on every answer of the route (facts §9.1), meaningless on a 400.
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
         assert!(!err.outcome_unknown());
     }
     assert_eq!(sim.stats().requests_created, 0);
@@ -652,7 +665,8 @@ async fn too_many_prompts_is_concurrency_full_with_the_limit() {
         err.message().unwrap().contains("exceeded user limit (4)"),
         "{err}"
     );
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+    // The real server was seen sending "Retry-After: 0" here (facts §9.1).
+    assert_eq!(err.retry_after(), Some(Duration::ZERO));
     assert!(!err.outcome_unknown());
     assert_eq!(sim.stats().too_many_prompts, 1);
 
@@ -671,7 +685,7 @@ async fn missing_upfront_kudos_is_the_kudos_class() {
     })
     .await;
     let client = client(&sim);
-    // slow_workers=false always needs upfront kudos: 2 × (6 × 1.2 + 1) = 16.4 > 10.
+    // slow_workers=false always needs upfront kudos: 2 × (5.67 × 1.2 + 1) + 1 = 16.6 > 10.
     let mut fast_only = request(2);
     fast_only.slow_workers = false;
     let err = expect_err(client.submit(&fast_only).await);
@@ -680,7 +694,7 @@ async fn missing_upfront_kudos_is_the_kudos_class() {
         (Some(403), Some("KudosUpfront"), FailureClass::Kudos)
     );
     assert!(
-        err.message().unwrap().contains("requires 16.4 kudos"),
+        err.message().unwrap().contains("requires 16.6 kudos"),
         "{err}"
     );
     assert!(!err.outcome_unknown());

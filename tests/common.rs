@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use horde_batch::sim::images::render_pixels;
+use horde_batch::sim::images::render_pixels_sized;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_horde-batch");
@@ -224,9 +224,16 @@ impl Batch {
                 None => sidecar["prompt"].as_str().unwrap().to_owned(),
             };
             let batch_index = sidecar["batch_index"].as_u64().unwrap_or(0) as u32;
-            let expected_pixels =
-                render_pixels(&wire_prompt, sidecar["seed"].as_str().unwrap(), batch_index);
             let mut decoder = image_webp::WebPDecoder::new(std::io::Cursor::new(&bytes)).unwrap();
+            // The sim draws its pattern at the requested size.
+            let (width, height) = decoder.dimensions();
+            let expected_pixels = render_pixels_sized(
+                &wire_prompt,
+                sidecar["seed"].as_str().unwrap(),
+                batch_index,
+                width,
+                height,
+            );
             let mut pixels = vec![0; decoder.output_buffer_size().unwrap()];
             decoder.read_image(&mut pixels).unwrap();
             if !sidecar["censored"].as_bool().unwrap() {

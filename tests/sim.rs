@@ -395,7 +395,8 @@ async fn concurrency_counts_waiting_images() {
         json!({"message": "Parallel requests (32) exceeded user limit (30). Please try again later or request to increase your concurrency.",
                "rc": "TooManyPrompts"})
     );
-    assert_eq!(header(&headers, "retry-after"), "1");
+    // Seen on the real server (facts §9.1): a concurrency 429 says "0".
+    assert_eq!(header(&headers, "retry-after"), "0");
     assert_eq!(sim.handle.stats().too_many_prompts, 1);
     // Cancelling sets n to 0, which frees the budget at once.
     assert_eq!(
@@ -412,7 +413,7 @@ async fn upfront_kudos_are_required_for_expensive_requests() {
         ..fast_config()
     })
     .await;
-    // slow_workers=false always needs upfront kudos: 2 × (6 × 1.2 + 1) = 16.4 > 10.
+    // slow_workers=false always needs upfront kudos: 2 × (5.67 × 1.2 + 1) + 1 = 16.6 > 10.
     let (status, _, body) = sim
         .submit(
             Some(KEY),
@@ -424,11 +425,15 @@ async fn upfront_kudos_are_required_for_expensive_requests() {
     assert!(body["message"]
         .as_str()
         .unwrap()
-        .contains("requires 16.4 kudos"));
+        .contains("requires 16.6 kudos"));
 
-    // More than 40 accurate steps too; allow_downgrade shrinks instead of refusing.
+    // More than 40 accurate steps too (2 × 7.22 + 1 = 15.4 > 10); allow_downgrade
+    // shrinks instead of refusing.
     let (status, _, body) = sim
-        .submit(Some(KEY), json!({"prompt": "x", "params": {"steps": 50}}))
+        .submit(
+            Some(KEY),
+            json!({"prompt": "x", "params": {"steps": 50, "n": 2}}),
+        )
         .await;
     assert_eq!(
         (status, body["rc"].clone()),
@@ -437,12 +442,12 @@ async fn upfront_kudos_are_required_for_expensive_requests() {
     let (status, _, _) = sim
         .submit(
             Some(KEY),
-            json!({"prompt": "x", "allow_downgrade": true, "params": {"steps": 50}}),
+            json!({"prompt": "x", "allow_downgrade": true, "params": {"steps": 50, "n": 2}}),
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
 
-    // The anonymous user can go 50 below zero, no further: 2048² costs 97 upfront.
+    // The anonymous user can go 50 below zero, no further: 2048² costs about 304 upfront.
     let (status, _, body) = sim
         .submit(
             Some(ANON),
@@ -767,6 +772,11 @@ async fn cancel_answers_the_status_before_it_and_in_flight_images_still_land() {
         .wait_stats("the in-flight image", |stats| stats.images_generated == 1)
         .await;
     assert_eq!(stats.requests_cancelled, 1);
+    // Cancelled counts as accounted for, even with an image nobody fetched.
+    assert_eq!(
+        (stats.requests_never_retrieved, stats.requests_orphaned),
+        (0, 0)
+    );
     let (_, after) = sim.get(&format!("generate/status/{id}")).await;
     assert_eq!(
         (
@@ -829,10 +839,8 @@ async fn r2_urls_and_base64_both_carry_the_expected_webp() {
             .await
             .unwrap();
         let (width, height, pixels) = decode_webp(&bytes);
-        assert_eq!(
-            (width, height),
-            (sim::images::IMAGE_SIZE, sim::images::IMAGE_SIZE)
-        );
+        // The requested size (the default 512×512).
+        assert_eq!((width, height), (512, 512));
         let batch: u32 = generation["gen_metadata"]
             .as_array()
             .unwrap()
@@ -843,7 +851,10 @@ async fn r2_urls_and_base64_both_carry_the_expected_webp() {
             .unwrap()
             .parse()
             .unwrap();
-        assert_eq!(pixels, sim::images::render_pixels(prompt, "1234", batch));
+        assert_eq!(
+            pixels,
+            sim::images::render_pixels_sized(prompt, "1234", batch, 512, 512)
+        );
     }
 
     let (_, status) = sim.get(&format!("generate/status/{inline_request}")).await;
@@ -853,7 +864,7 @@ async fn r2_urls_and_base64_both_carry_the_expected_webp() {
         .unwrap();
     assert_eq!(
         decode_webp(&bytes).2,
-        sim::images::render_pixels(prompt, "1234", 0)
+        sim::images::render_pixels_sized(prompt, "1234", 0, 512, 512)
     );
 
     let stats = sim.handle.stats();
@@ -1067,4 +1078,394 @@ async fn runs_are_reproducible_under_a_seed() {
         tokio::join!(observable_run(42), observable_run(42), observable_run(43));
     assert_eq!(first, second);
     assert_ne!(first, other);
+}
+
+// ----- facts §9.1: where a simulator could be kinder than the server -----
+
+async fn find_user_body(sim: &Sim, key: &str) -> (StatusCode, Value) {
+    let response = sim
+        .http
+        .get(sim.url("find_user"))
+        .header("apikey", key)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn find_user_is_cached_per_key_so_a_new_request_shows_late() {
+    let cache = Duration::from_millis(400);
+    let sim = Sim::start(SimConfig {
+        find_user_cache: cache,
+        ..fast_config()
+    })
+    .await;
+    let (_, before) = find_user_body(&sim, KEY).await;
+    let filled = Instant::now();
+    assert!(before.get("active_generations").is_none(), "{before}");
+    let id = sim
+        .queue(json!({"prompt": "x", "models": ["no such model"]}))
+        .await;
+    // Within the window: the very body the cache was filled with.
+    let (_, cached) = find_user_body(&sim, KEY).await;
+    if filled.elapsed() < cache {
+        assert_eq!(cached, before);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, now) = find_user_body(&sim, KEY).await;
+        if now.get("active_generations").is_some() {
+            assert!(filled.elapsed() >= cache, "listed before the cache expired");
+            assert_eq!(now["active_generations"], json!({"image": [id]}));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never listed: {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn find_user_lists_every_live_request_in_the_real_shape() {
+    let sim = Sim::start(SimConfig {
+        find_user_cache: Duration::ZERO,
+        ..fast_config()
+    })
+    .await;
+    let (_, empty) = find_user_body(&sim, KEY).await;
+    assert!(empty.get("active_generations").is_none(), "{empty}");
+    assert_eq!(
+        empty["usage"],
+        json!({"megapixelsteps": null, "requests": null})
+    );
+    assert_eq!(
+        empty["contributions"],
+        json!({"megapixelsteps": null, "fulfillments": null})
+    );
+    assert!(empty["kudos_details"]["accumulated"].is_f64(), "{empty}");
+
+    // Finished and retrieved requests stay listed until they expire.
+    let done = sim.queue(json!({"prompt": "x"})).await;
+    sim.wait_done(&done).await;
+    sim.get(&format!("generate/status/{done}")).await;
+    let open = sim
+        .queue(json!({"prompt": "x", "models": ["no such model"]}))
+        .await;
+    let (_, user) = find_user_body(&sim, KEY).await;
+    assert_eq!(user["active_generations"], json!({"image": [done, open]}));
+
+    let (_, anonymous) = find_user_body(&sim, ANON).await;
+    assert!(anonymous.get("active_generations").is_none());
+}
+
+#[tokio::test]
+async fn an_unknown_key_is_echoed_by_find_user() {
+    let sim = Sim::start(fast_config()).await;
+    let (status, body) = find_user_body(&sim, "not-a-known-key-42").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        json!({"message": "User with api_key 'not-a-known-key-42' not found.", "rc": "UserNotFound"})
+    );
+}
+
+#[tokio::test]
+async fn wait_time_is_zero_for_small_jobs_that_still_wait() {
+    // The default workers, latency and advertised speed (rate limits off only
+    // to submit in a burst).
+    let sim = Sim::start(SimConfig {
+        seed: Some(3),
+        no_rate_limits: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let small = json!({"prompt": "x", "models": ["stable_diffusion"],
+                       "params": {"n": 10, "width": 64, "height": 64, "steps": 5}});
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (status, _, body) = sim.submit(Some(ANON), small.clone()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    // 4 workers at 2 s an image: the last request's images wait for seconds.
+    let (_, last) = sim.get(&format!("generate/check/{}", ids[3])).await;
+    assert_eq!(last["waiting"], 10, "{last}");
+    assert_eq!(
+        (last["wait_time"].clone(), last["queue_position"].clone()),
+        (json!(0), json!(3))
+    );
+    let (_, first) = sim.get(&format!("generate/check/{}", ids[0])).await;
+    assert_eq!(
+        (first["wait_time"].clone(), first["queue_position"].clone()),
+        (json!(0), json!(0))
+    );
+    assert!(first["waiting"].as_u64().unwrap() > 0, "{first}");
+
+    // Megapixel-steps, not images, drive it: 20 × 1024² × 30 steps = 629
+    // MPS over 4 × 50 MPS/s.
+    let (status, _, big) = sim
+        .submit(
+            Some(ANON),
+            json!({"prompt": "x", "params": {"n": 20, "width": 1024, "height": 1024}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{big}");
+    let (_, check) = sim
+        .get(&format!("generate/check/{}", big["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (check["wait_time"].clone(), check["queue_position"].clone()),
+        (json!(3), json!(4))
+    );
+}
+
+#[tokio::test]
+async fn retry_after_comes_with_every_answer_of_a_limited_route() {
+    let sim = Sim::start(SimConfig {
+        no_rate_limits: false,
+        ..fast_config()
+    })
+    .await;
+    let (status, headers, body) = sim.submit(Some(KEY), json!({"prompt": "x"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(header(&headers, "retry-after"), "1");
+    assert_eq!(
+        header(&headers, "content-type"),
+        "application/json; charset=utf-8"
+    );
+    let id = body["id"].as_str().unwrap();
+    let check = sim
+        .http
+        .get(sim.url(&format!("generate/check/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check.status(), StatusCode::OK);
+    assert_eq!(header(check.headers(), "retry-after"), "1");
+    let status = sim
+        .http
+        .get(sim.url(&format!("generate/status/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), StatusCode::OK);
+    assert_eq!(header(status.headers(), "retry-after"), "60");
+    let cancel = sim
+        .http
+        .delete(sim.url(&format!("generate/status/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK);
+    assert_eq!(header(cancel.headers(), "retry-after"), "60");
+}
+
+#[tokio::test]
+async fn kudos_figures_differ_like_the_real_servers() {
+    let sim = Sim::start(fast_config()).await;
+    let body = json!({"prompt": "x", "params": {"n": 3, "width": 64, "height": 64, "steps": 5}});
+    let mut dry = body.clone();
+    dry["dry_run"] = json!(true);
+    let (status, _, priced) = sim.submit(Some(KEY), dry).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(priced, json!({"kudos": 14.0}));
+    let (_, _, accepted) = sim.submit(Some(KEY), body).await;
+    assert_eq!(accepted["kudos"], 3.0);
+    let check = sim.wait_done(accepted["id"].as_str().unwrap()).await;
+    assert_eq!(check["kudos"], 15.0);
+}
+
+#[tokio::test]
+async fn a_request_flagged_faulted_mid_image_gets_that_image_later() {
+    // One worker, seed 22: the first three attempts of the first request fault
+    // and the fourth succeeds (the draws are a function of the seed alone).
+    let sim = Sim::start(SimConfig {
+        workers: 1,
+        seed: Some(22),
+        fault_rate: 0.5,
+        latency: LatencySpec::fixed(Duration::from_millis(800)),
+        cleanup_interval: Duration::from_millis(50),
+        ..fast_config()
+    })
+    .await;
+    let id = sim.queue(json!({"prompt": "x", "params": {"n": 4}})).await;
+    sim.wait_stats("the faulted flag", |stats| stats.requests_faulted == 1)
+        .await;
+    let (_, at_done) = sim.get(&format!("generate/status/{id}")).await;
+    assert_eq!(
+        (
+            at_done["done"].clone(),
+            at_done["faulted"].clone(),
+            at_done["processing"].clone(),
+            at_done["restarted"].clone()
+        ),
+        (json!(true), json!(true), json!(1), json!(3)),
+        "{at_done}"
+    );
+    assert_eq!(at_done["generations"], json!([]));
+
+    let stats = sim
+        .wait_stats("the image in flight", |stats| stats.images_generated == 1)
+        .await;
+    assert_eq!(
+        (
+            stats.requests_orphaned,
+            stats.requests_never_retrieved,
+            stats.requests_retrieved
+        ),
+        (1, 1, 0)
+    );
+    let (_, later) = sim.get(&format!("generate/status/{id}")).await;
+    assert_eq!(later["generations"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (later["finished"].clone(), later["processing"].clone()),
+        (json!(1), json!(0))
+    );
+    let stats = sim.handle.stats();
+    assert_eq!((stats.requests_orphaned, stats.requests_retrieved), (0, 1));
+}
+
+#[tokio::test]
+async fn worker_lists_choose_who_serves_a_request() {
+    let sim = Sim::start(fast_config()).await;
+    let (status, workers) = sim.get("workers").await;
+    assert_eq!(status, StatusCode::OK);
+    let workers = workers.as_array().unwrap().clone();
+    assert_eq!(workers.len(), 2);
+    let ids: Vec<String> = workers
+        .iter()
+        .map(|worker| worker["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(ids.iter().all(|id| uuid::Uuid::parse_str(id).is_ok()));
+    // Stable under the seed.
+    let again = Sim::start(fast_config()).await;
+    assert_eq!(again.get("workers").await.1, json!(workers));
+
+    let served_by = |status: &Value| -> Vec<String> {
+        status["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|generation| generation["worker_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let only = sim
+        .queue(json!({"prompt": "x", "workers": [ids[1]], "params": {"n": 4}}))
+        .await;
+    let except = sim
+        .queue(json!({"prompt": "x", "workers": [ids[1]], "worker_blacklist": true, "params": {"n": 4}}))
+        .await;
+    sim.wait_done(&only).await;
+    sim.wait_done(&except).await;
+    let (_, status) = sim.get(&format!("generate/status/{only}")).await;
+    assert_eq!(served_by(&status), vec![ids[1].clone(); 4]);
+    let (_, status) = sim.get(&format!("generate/status/{except}")).await;
+    assert_eq!(served_by(&status), vec![ids[0].clone(); 4]);
+
+    // Nobody left to serve it: accepted with the warning, and not possible.
+    let (status, _, nobody) = sim
+        .submit(
+            Some(KEY),
+            json!({"prompt": "x", "workers": ids, "worker_blacklist": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(nobody["warnings"][0]["code"], "NoAvailableWorker");
+    let (_, check) = sim
+        .get(&format!(
+            "generate/check/{}",
+            nobody["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(check["is_possible"], false);
+
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    let (status, _, body) = sim
+        .submit(Some(KEY), json!({"prompt": "x", "workers": [unknown]}))
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"message": format!("Worker with ID '{unknown}' not found."), "rc": "WorkerNotFound"})
+        )
+    );
+}
+
+#[tokio::test]
+async fn images_have_the_requested_size() {
+    let sim = Sim::start(fast_config()).await;
+    let id = sim
+        .queue(json!({"prompt": "wide", "r2": false,
+                      "params": {"width": 192, "height": 128, "seed": "7"}}))
+        .await;
+    sim.wait_done(&id).await;
+    let (_, status) = sim.get(&format!("generate/status/{id}")).await;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(status["generations"][0]["img"].as_str().unwrap())
+        .unwrap();
+    let (width, height, pixels) = decode_webp(&bytes);
+    assert_eq!((width, height), (192, 128));
+    assert_eq!(
+        pixels,
+        sim::images::render_pixels_sized("wide", "7", 0, 192, 128)
+    );
+}
+
+#[tokio::test]
+async fn submit_latency_answers_after_the_request_exists() {
+    let sim = Sim::start(SimConfig {
+        submit_latency: Duration::from_millis(600),
+        ..fast_config()
+    })
+    .await;
+    let started = Instant::now();
+    let submit = sim
+        .http
+        .post(sim.url("generate/async"))
+        .header("apikey", KEY)
+        .header("Client-Agent", AGENT)
+        .json(&json!({"prompt": "x"}))
+        .send();
+    let answer = tokio::spawn(submit);
+    sim.wait_stats("the request to exist", |stats| stats.requests_created == 1)
+        .await;
+    assert!(!answer.is_finished(), "answered before the submit latency");
+    let response = answer.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert!(started.elapsed() >= Duration::from_millis(600));
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_carried_out_then_cut_off() {
+    let sim = Sim::start(SimConfig {
+        chaos_lost_answer: 1.0,
+        ..fast_config()
+    })
+    .await;
+    let sent = sim
+        .http
+        .post(sim.url("generate/async"))
+        .header("apikey", KEY)
+        .header("Client-Agent", AGENT)
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await;
+    let lost = match sent {
+        Err(_) => true,
+        Ok(response) => response.bytes().await.is_err(),
+    };
+    assert!(lost, "an answer arrived");
+    let stats = sim.handle.stats();
+    assert_eq!(stats.requests_created, 1);
+    assert_eq!(
+        (
+            stats.chaos.lost_answers,
+            stats.chaos.processed_then_lost,
+            stats.chaos.dropped
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(stats.calls_with_status("POST /api/v2/generate/async", 0), 1);
 }

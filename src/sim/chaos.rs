@@ -6,7 +6,8 @@
 //! number, so a sequential client sees the same failures on every run.
 //! A 5xx or a dropped connection may come after the call took effect (half
 //! of them do): a proxy can lose the answer of a submit the server accepted,
-//! and a client must survive that. This module must not touch state beyond
+//! and a client must survive that. A lost answer (`--chaos-lost-answer`)
+//! always comes after the call took effect. This module must not touch state beyond
 //! counting.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,7 @@ pub(crate) struct ChaosSettings {
     slow: f64,
     slow_delay: Duration,
     malformed: f64,
+    lost_answer: f64,
     calls: AtomicU64,
 }
 
@@ -46,6 +48,7 @@ impl ChaosSettings {
             slow: config.chaos_slow,
             slow_delay: config.chaos_slow_delay,
             malformed: config.chaos_malformed,
+            lost_answer: config.chaos_lost_answer,
             calls: AtomicU64::new(0),
         }
     }
@@ -53,8 +56,12 @@ impl ChaosSettings {
 
 enum Mischief {
     None,
-    ServerError { status: u16 },
+    ServerError {
+        status: u16,
+    },
     Drop,
+    /// Processed in full, then the connection closes without the answer.
+    LostAnswer,
     Malformed,
 }
 
@@ -70,6 +77,8 @@ pub(crate) async fn api_layer(State(app): State<App>, request: Request, next: Ne
     let draw = |tag: &str| chaos.det.unit(tag, &[Part::Num(call)]);
     let mischief = if draw("chaos-drop") < chaos.drop {
         Mischief::Drop
+    } else if draw("chaos-lost-answer") < chaos.lost_answer {
+        Mischief::LostAnswer
     } else if draw("chaos-5xx") < chaos.server_error {
         let statuses = [500, 502, 503, 504];
         let pick = (draw("chaos-5xx-status") * statuses.len() as f64) as usize;
@@ -104,10 +113,14 @@ pub(crate) async fn api_layer(State(app): State<App>, request: Request, next: Ne
             }
             server_error(status)
         }
-        Mischief::Drop => {
+        Mischief::Drop | Mischief::LostAnswer => {
             {
                 let mut stats = app.shared.lock();
-                stats.stats_mut().chaos.dropped += 1;
+                if matches!(mischief, Mischief::Drop) {
+                    stats.stats_mut().chaos.dropped += 1;
+                } else {
+                    stats.stats_mut().chaos.lost_answers += 1;
+                }
                 if lost_after_processing {
                     stats.stats_mut().chaos.processed_then_lost += 1;
                 }
@@ -152,6 +165,7 @@ fn route_template(path: &str) -> String {
         "/api/v2/status/models",
         "/api/v2/status/heartbeat",
         "/api/v2/sharedkeys",
+        "/api/v2/workers",
     ];
     if PLAIN.contains(&path) {
         path.to_owned()
@@ -202,6 +216,10 @@ async fn malformed(original: Response) -> Response {
         bytes.slice(..bytes.len() / 2)
     };
     let mut response = Response::new(Body::from(cut));
-    set_header(&mut response, "content-type", "application/json".to_owned());
+    set_header(
+        &mut response,
+        "content-type",
+        "application/json; charset=utf-8".to_owned(),
+    );
     response
 }

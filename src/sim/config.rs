@@ -29,6 +29,12 @@ pub struct SimConfig {
     #[arg(long, default_value = "2s")]
     pub latency: LatencySpec,
 
+    /// Speed each worker advertises, in megapixel-steps per second; `/check`'s
+    /// wait_time comes from it, not from --latency (so small jobs read as 0 s
+    /// while they still wait, as on the real server).
+    #[arg(long, default_value_t = 50.0, value_parser = parse_speed)]
+    pub worker_speed_mps: f64,
+
     /// Probability that one image attempt faults (the image is re-queued, and dropped after 2 faults).
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     pub fault_rate: f64,
@@ -57,6 +63,10 @@ pub struct SimConfig {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub cleanup_interval: Duration,
 
+    /// How long `find_user` answers are cached per API key (0s: not cached).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub find_user_cache: Duration,
+
     /// Validity of each R2 download URL handed out by a status call.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     pub r2_ttl: Duration,
@@ -77,9 +87,15 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     pub chaos_5xx: f64,
 
-    /// Chaos: probability that an API call's connection is closed without an answer.
+    /// Chaos: probability that an API call's connection is closed without an answer
+    /// (half of them after the call took effect).
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     pub chaos_drop: f64,
+
+    /// Chaos: probability that an API call is carried out in full, then its
+    /// connection is closed without an answer (a lost answer).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    pub chaos_lost_answer: f64,
 
     /// Chaos: probability that an API call is answered only after --chaos-slow-delay.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
@@ -92,6 +108,11 @@ pub struct SimConfig {
     /// Chaos: probability that an API call gets a 200 with a broken JSON body.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     pub chaos_malformed: f64,
+
+    /// The async POST creates the request, then waits this long before answering
+    /// (widens the window for killing a client between its POST and the answer).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub submit_latency: Duration,
 
     /// Turn every rate limit off (like HORDE_TEST_RATELIMIT_DISABLED on a test server).
     #[arg(long)]
@@ -159,11 +180,6 @@ impl LatencySpec {
     pub(crate) fn pick(&self, unit: f64) -> Duration {
         let spread = self.max.saturating_sub(self.min);
         self.min + spread.mul_f64(unit.clamp(0.0, 1.0))
-    }
-
-    /// Mean latency, for wait-time estimates.
-    pub(crate) fn mean(&self) -> Duration {
-        (self.min + self.max) / 2
     }
 }
 
@@ -236,6 +252,16 @@ impl FromStr for SimApiKey {
     }
 }
 
+fn parse_speed(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("{value} is not a speed above 0"));
+    }
+    Ok(value)
+}
+
 fn parse_probability(text: &str) -> Result<f64, String> {
     let value: f64 = text
         .parse()
@@ -258,6 +284,10 @@ mod tests {
         assert_eq!(config.expiry, Duration::from_secs(20 * 60));
         assert_eq!(config.models[0], "stable_diffusion");
         assert!(!config.no_rate_limits);
+        assert_eq!(config.find_user_cache, Duration::from_secs(30));
+        assert_eq!(config.worker_speed_mps, 50.0);
+        assert_eq!(config.submit_latency, Duration::ZERO);
+        assert_eq!(config.chaos_lost_answer, 0.0);
     }
 
     #[test]

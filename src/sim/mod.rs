@@ -153,6 +153,7 @@ pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
         Arc::clone(&shared),
         limits::Limiter::new(!config.no_rate_limits),
         chaos::ChaosSettings::new(&config, det),
+        config.submit_latency,
     );
     let service = routes::router(app).into_make_service_with_connect_info::<SocketAddr>();
     let stop = shared.shutdown.clone();

@@ -3,7 +3,9 @@
 //! simulator's own `/sim/stats` and `/sim/r2/...` (the stand-in object store).
 //!
 //! Owns request parsing, which limits apply to which call, the 1 s cache of
-//! `/check`, and turning state results into responses. Rules about requests,
+//! `/check`, the headers of every answer (`Retry-After` on every answer of a
+//! rate-limited route, as flask-limiter sends it, whether or not the limit
+//! was hit), and turning state results into responses. Rules about requests,
 //! users and kudos live in `state`; this module must not duplicate them.
 
 use std::collections::HashMap;
@@ -35,6 +37,15 @@ const CHECK_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Version the heartbeat reports (the server version the facts were read from).
 const HORDE_VERSION: &str = "5.1.5";
 
+/// What the real server sends as the JSON content type (facts §9.1).
+const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// `Retry-After` on answers of a route limited per second (async, check).
+const RETRY_AFTER_PER_SECOND: u64 = 1;
+
+/// `Retry-After` on answers of a route limited per minute (status, default limit).
+const RETRY_AFTER_PER_MINUTE: u64 = 60;
+
 /// Everything the handlers share.
 #[derive(Clone)]
 pub(crate) struct App {
@@ -42,15 +53,23 @@ pub(crate) struct App {
     pub limiter: Arc<Mutex<Limiter>>,
     check_cache: Arc<Mutex<HashMap<String, (Instant, Bytes)>>>,
     pub chaos: Arc<ChaosSettings>,
+    /// Delay between queuing a request and answering its submit.
+    submit_latency: Duration,
 }
 
 impl App {
-    pub(crate) fn new(shared: Arc<Shared>, limiter: Limiter, chaos: ChaosSettings) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        limiter: Limiter,
+        chaos: ChaosSettings,
+        submit_latency: Duration,
+    ) -> Self {
         Self {
             shared,
             limiter: Arc::new(Mutex::new(limiter)),
             check_cache: Arc::new(Mutex::new(HashMap::new())),
             chaos: Arc::new(chaos),
+            submit_latency,
         }
     }
 
@@ -104,6 +123,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/v2/find_user", get(find_user))
         .route("/api/v2/status/models", get(models))
         .route("/api/v2/status/heartbeat", get(heartbeat))
+        .route("/api/v2/workers", get(workers))
         .route("/api/v2/sharedkeys", put(create_shared_key))
         .route(
             "/api/v2/sharedkeys/{id}",
@@ -162,53 +182,55 @@ async fn generate_async(
         Err(rejection) => return rejection.into_response(),
     };
 
-    let mut response = generate_async_inner(&app, &headers, apikey, &body);
+    let (mut response, queued) = generate_async_inner(&app, &headers, apikey, &body);
+    if queued && !app.submit_latency.is_zero() {
+        // The request exists already; only the answer is late.
+        tokio::time::sleep(app.submit_latency).await;
+    }
     add_rate_headers(&mut response, rate_headers);
+    add_retry_after(&mut response, RETRY_AFTER_PER_SECOND);
     response
 }
 
+/// The submit itself; true with the answer when a request was queued.
 fn generate_async_inner(
     app: &App,
     headers: &HeaderMap,
     apikey: Option<&str>,
     body: &[u8],
-) -> Response {
+) -> (Response, bool) {
     let value: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(err) => {
-            return ApiError {
+            let error = ApiError {
                 status: 400,
                 message: format!("Failed to decode JSON object: {err}"),
                 rc: None,
                 errors: None,
                 retry_after: None,
-            }
-            .into_response()
+            };
+            return (error.into_response(), false);
         }
     };
     let input = match parse_generate(&value) {
         Ok(input) => input,
-        Err(errors) => return ApiError::validation(errors).into_response(),
+        Err(errors) => return (ApiError::validation(errors).into_response(), false),
     };
     let Some(apikey) = apikey else {
-        let errors = [(
-            "apikey".to_owned(),
-            "A User API key Missing required parameter in the HTTP headers".to_owned(),
-        )]
-        .into();
-        return ApiError::validation(errors).into_response();
+        return (missing_apikey(), false);
     };
     let client_agent = header_str(headers, "client-agent").unwrap_or("unknown:0:unknown");
     let outcome = app.shared.lock().submit(apikey, client_agent, input);
     match outcome {
-        Ok(SubmitOutcome::DryRun { kudos }) => {
-            json_response(StatusCode::OK, &json!({ "kudos": kudos }))
-        }
+        Ok(SubmitOutcome::DryRun { kudos }) => (
+            json_response(StatusCode::OK, &json!({ "kudos": kudos })),
+            false,
+        ),
         Ok(SubmitOutcome::Queued(accepted)) => {
             app.shared.work_available.notify_waiters();
-            json_response(StatusCode::ACCEPTED, &accepted)
+            (json_response(StatusCode::ACCEPTED, &accepted), true)
         }
-        Err(error) => error.into_response(),
+        Err(error) => (error.into_response(), false),
     }
 }
 
@@ -258,6 +280,7 @@ async fn check(
         }
     };
     add_rate_headers(&mut response, rate_headers);
+    add_retry_after(&mut response, RETRY_AFTER_PER_SECOND);
     response
 }
 
@@ -295,10 +318,11 @@ fn status_or_cancel(app: App, peer: SocketAddr, id: String, method: Method) -> R
         Err(error) => error.into_response(),
     };
     add_rate_headers(&mut response, rate_headers);
+    add_retry_after(&mut response, RETRY_AFTER_PER_MINUTE);
     response
 }
 
-// ----- user, models, heartbeat -----
+// ----- user, models, heartbeat, workers -----
 
 /// The default limit (90/minute per address, counted per endpoint).
 fn default_limit(
@@ -366,6 +390,20 @@ async fn models(
         .collect();
     let mut response = json_response(StatusCode::OK, &models);
     add_rate_headers(&mut response, rate_headers);
+    add_retry_after(&mut response, RETRY_AFTER_PER_MINUTE);
+    response
+}
+
+/// `GET /v2/workers`: the simulated workers with their ids and names.
+async fn workers(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    let rate_headers = match default_limit(&app, peer, "workers") {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let workers = app.shared.lock().worker_list();
+    let mut response = json_response(StatusCode::OK, &workers);
+    add_rate_headers(&mut response, rate_headers);
+    add_retry_after(&mut response, RETRY_AFTER_PER_MINUTE);
     response
 }
 
@@ -544,6 +582,7 @@ fn missing_apikey() -> Response {
     ApiError::validation(errors).into_response()
 }
 
+/// The answer of a route under the default (per-minute) limit.
 fn with_rate_headers(
     result: Result<Value, ApiError>,
     rate_headers: Option<RateHeaders>,
@@ -553,7 +592,16 @@ fn with_rate_headers(
         Err(error) => error.into_response(),
     };
     add_rate_headers(&mut response, rate_headers);
+    add_retry_after(&mut response, RETRY_AFTER_PER_MINUTE);
     response
+}
+
+/// flask-limiter's `Retry-After` on an answer the limiter let through. An
+/// answer that set its own (`TooManyPrompts` sends 0) keeps it.
+fn add_retry_after(response: &mut Response, seconds: u64) {
+    if !response.headers().contains_key(header::RETRY_AFTER) {
+        set_header(response, "retry-after", seconds.to_string());
+    }
 }
 
 fn parse_optional_json(body: &[u8]) -> Value {
@@ -575,7 +623,7 @@ fn raw_json_response(status: StatusCode, body: Bytes) -> Response {
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(JSON_CONTENT_TYPE),
     );
     response
 }

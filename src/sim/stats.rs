@@ -29,12 +29,19 @@ pub struct SimStats {
     pub requests_created: u64,
     /// Requests cancelled with `DELETE generate/status/{id}` (each counted once).
     pub requests_cancelled: u64,
-    /// Requests retrieved: a GET or DELETE status call answered with all of
-    /// their generations while the request was done.
+    /// Requests retrieved: a GET or DELETE status call was answered while the
+    /// request was done, and every image it has generated was listed in such
+    /// an answer. An image that lands after the last status call (one in
+    /// flight when a request turned faulted) makes it unretrieved again.
     pub requests_retrieved: u64,
     /// Requests created that were neither retrieved nor cancelled (so far,
     /// including ones still running and ones that expired).
     pub requests_never_retrieved: u64,
+    /// Requests not cancelled with at least one generated (paid-for) image
+    /// that no status or DELETE answer ever listed: images a client left
+    /// behind. Includes running requests whose images nobody asked for yet;
+    /// at the end of a run it should be 0.
+    pub requests_orphaned: u64,
     /// Requests the cleaner deleted because they expired.
     pub requests_expired: u64,
     /// Requests the cleaner marked `faulted: true` (more than 2 faulted jobs).
@@ -79,8 +86,11 @@ pub struct ChaosStats {
     pub slowed: u64,
     /// Calls answered with a 200 and broken JSON by `--chaos-malformed`.
     pub malformed: u64,
-    /// Of the 5xx and dropped calls, those whose effect happened anyway (the
-    /// server processed the call, then the answer was lost).
+    /// Calls carried out in full whose connection was then closed without an
+    /// answer by `--chaos-lost-answer`.
+    pub lost_answers: u64,
+    /// Of the 5xx, dropped and lost-answer calls, those whose effect happened
+    /// anyway (the server processed the call, then the answer was lost).
     pub processed_then_lost: u64,
 }
 

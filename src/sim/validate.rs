@@ -295,6 +295,8 @@ pub(crate) struct GenerateInput {
     pub models: Vec<String>,
     pub nsfw: bool,
     pub slow_workers: bool,
+    /// `workers`, silently cut to the first 5 as the server does.
+    pub workers: Vec<String>,
     pub worker_blacklist: bool,
     pub r2: bool,
     pub shared: bool,
@@ -407,6 +409,18 @@ pub(crate) fn parse_generate(body: &Value) -> Result<GenerateInput, BTreeMap<Str
             .unwrap_or_else(|| vec!["stable_diffusion".to_owned()]),
         nsfw: flag("nsfw", true),
         slow_workers: flag("slow_workers", true),
+        workers: top
+            .get("workers")
+            .and_then(Value::as_array)
+            .map(|workers| {
+                workers
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .take(5)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
         worker_blacklist: flag("worker_blacklist", false),
         r2: flag("r2", true),
         shared: flag("shared", false),

@@ -49,7 +49,16 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, worker: usize) {
                     () = shared.shutdown.cancelled() => return,
                     () = tokio::time::sleep(job.latency) => {}
                 }
-                shared.lock().finish_job(job);
+                // Drawing and encoding a large image takes a while: off the
+                // lock and off the async threads.
+                let webp = {
+                    let job = job.clone();
+                    tokio::task::spawn_blocking(move || job.render())
+                        .await
+                        .ok()
+                        .flatten()
+                };
+                shared.lock().finish_job(job, webp);
                 // A faulted image may have gone back to the queue.
                 shared.work_available.notify_waiters();
             }
