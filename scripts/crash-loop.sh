@@ -11,9 +11,15 @@
 # tests/reliability.rs with more kills, so the checks are exactly the test's
 # (the test suite itself does 6 kills).
 #
+# With CRASH_SUBMIT_LATENCY (e.g. 900ms) the sim answers each submit that
+# long after queueing it, so most kills land between a POST reaching the
+# Horde and its answer; the run after must find each such request (registered
+# key, after the find_user cache) and leave none orphaned.
+#
 # Usage:
 #   scripts/crash-loop.sh [KILLS] [SEED]
 #   CRASH_KILLS=500 CRASH_SEED=7 scripts/crash-loop.sh
+#   CRASH_SUBMIT_LATENCY=900ms scripts/crash-loop.sh 200
 # KILLS defaults to 200, SEED to 27409. Honours CARGO_TARGET_DIR. Takes about
 # 1.5 s per kill plus the final run. Prints one result line:
 #   crash-loop: PASS kills=200 seed=27409 images=... generated=... requests=... never_retrieved=0 elapsed=...s
@@ -38,6 +44,7 @@ log="$(mktemp -t crash-loop.XXXXXX)"
 trap 'rm -f "$log"' EXIT
 
 if HORDE_BATCH_CRASH_KILLS="$kills" HORDE_BATCH_CRASH_SEED="$seed" \
+    HORDE_BATCH_CRASH_SUBMIT_LATENCY="${CRASH_SUBMIT_LATENCY:-0s}" \
     cargo test --quiet --test it \
     reliability::crash_loop_of_random_sigkills_loses_and_duplicates_nothing -- --exact --nocapture \
     >"$log" 2>&1; then

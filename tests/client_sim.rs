@@ -500,8 +500,8 @@ async fn schema_validation_errors_are_permanent_with_their_field_map() {
         Some("21 is greater than the maximum of 20")
     );
     // flask-limiter puts Retry-After on every answer of a limited route (facts
-    // §9.1); on a 400 it means nothing, and the error is permanent all the same.
-    assert_eq!(*retry_after, Some(Duration::from_secs(1)));
+    // §9.1); on a 400 it means nothing, so the client does not read it as a wait.
+    assert_eq!(*retry_after, None);
     assert!(!err.outcome_unknown());
     assert!(err.to_string().contains("params.n"), "{err}");
 
@@ -535,8 +535,9 @@ async fn payload_return_codes_are_permanent() {
             (Some(400), Some(rc), FailureClass::Permanent)
         );
         assert_eq!(err.message(), Some(message));
-        // Sent on every answer of the route (facts §9.1), meaningless on a 400.
-        assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+        // Sent on every answer of the route (facts §9.1), meaningless on a 400:
+        // only a 429's or 503's Retry-After is a wait.
+        assert_eq!(err.retry_after(), None);
         assert!(!err.outcome_unknown());
     }
     assert_eq!(sim.stats().requests_created, 0);

@@ -24,9 +24,15 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// Starts `horde-batch sim` with `args`, its `find_user` cache scaled to
+    /// [`TEST_FIND_USER_CACHE`] unless `args` set it.
     pub fn start(args: &[&str]) -> Sim {
-        let mut child = Command::new(BIN)
-            .args(["sim", "--port", "0"])
+        let mut command = Command::new(BIN);
+        command.args(["sim", "--port", "0"]);
+        if !args.contains(&"--find-user-cache") {
+            command.args(["--find-user-cache", TEST_FIND_USER_CACHE]);
+        }
+        let mut child = command
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -208,8 +208,10 @@ struct CrashLoopReport {
 
 /// Runs a manifest of about `4 * kills` requests (at least 24), SIGKILLing the
 /// run `kills` times at seeded random moments and resuming after each, then
-/// runs it to completion and checks the output and the sim's counters.
-fn crash_loop(kills: usize, seed: u64) -> CrashLoopReport {
+/// runs it to completion and checks the output and the sim's counters. With a
+/// `submit_latency`, the sim answers each submit that long after queueing it,
+/// so most kills land between a POST reaching the Horde and its answer.
+fn crash_loop(kills: usize, seed: u64, submit_latency: &str) -> CrashLoopReport {
     let start = Instant::now();
     // A run gets about 2.5 requests done between kills: leave work for them all.
     let takes = (2 * kills / 3).max(4);
@@ -229,6 +231,8 @@ fn crash_loop(kills: usize, seed: u64) -> CrashLoopReport {
         key,
         "--seed",
         &seed.to_string(),
+        "--submit-latency",
+        submit_latency,
     ]);
     let batch = Batch::new(&format!(
         "version: 1\nname: crash-loop\ndefaults: {{models: [stable_diffusion]}}\n\
@@ -273,6 +277,11 @@ fn crash_loop(kills: usize, seed: u64) -> CrashLoopReport {
         elapsed: start.elapsed(),
     };
     assert_eq!(
+        stat(&stats, "requests_orphaned"),
+        0,
+        "images generated and neither retrieved nor cancelled: {report:?}\n{stats}"
+    );
+    assert_eq!(
         report.requests_never_retrieved, 0,
         "a request a killed run left on the Horde was never retrieved \
          (re-attached and fetched, or cancelled): {report:?}\n{stats}"
@@ -296,7 +305,19 @@ fn crash_loop_of_random_sigkills_loses_and_duplicates_nothing() {
         .map_or(0x6b11, |v| {
             v.parse().expect("HORDE_BATCH_CRASH_SEED is a number")
         });
-    let report = crash_loop(kills, seed);
+    let latency = std::env::var("HORDE_BATCH_CRASH_SUBMIT_LATENCY").unwrap_or_else(|_| "0s".into());
+    print_crash_loop(&crash_loop(kills, seed, &latency), seed);
+}
+
+#[test]
+fn crash_loop_with_kills_between_post_and_answer_orphans_nothing() {
+    // Each submit is answered 900 ms after the Horde queued it, and submits go
+    // one at a time: most kills cut a POST's answer off. Every such request
+    // must be found by the next run (after the find_user cache) and followed.
+    print_crash_loop(&crash_loop(5, 0x9057, "900ms"), 0x9057);
+}
+
+fn print_crash_loop(report: &CrashLoopReport, seed: u64) {
     println!(
         "crash-loop: PASS kills={} seed={seed} images={} generated={} requests={} never_retrieved={} elapsed={:.1}s",
         report.kills,
@@ -1384,7 +1405,9 @@ const USER_KEY: &str = "hb-user-key-0123456789";
 /// `run` against the stub with a registered key, to its end.
 fn run_with_key(stub: &Stub, batch: &Batch, envs: &[(&str, &str)]) -> Finished {
     let mut command = batch.command_at(&stub.url, "run");
-    command.env("AI_HORDE_API_KEY", USER_KEY).envs(envs.iter().copied());
+    command
+        .env("AI_HORDE_API_KEY", USER_KEY)
+        .envs(envs.iter().copied());
     let run = run_bounded(&mut command, RUN_LIMIT);
     assert_no_panic(&run.stderr);
     assert!(
@@ -1410,7 +1433,11 @@ fn a_submit_answer_lost_in_a_run_is_found_and_followed_not_paid_again() {
         1,
         "the lost request was adopted, not submitted again"
     );
-    assert!(stub.never_retrieved().is_empty(), "{:?}", stub.never_retrieved());
+    assert!(
+        stub.never_retrieved().is_empty(),
+        "{:?}",
+        stub.never_retrieved()
+    );
 }
 
 #[test]
@@ -1422,8 +1449,16 @@ fn an_image_still_processing_when_its_request_reads_done_is_retrieved() {
     let run = run_with_key(&stub, &batch, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(batch.webp_files().len(), 2);
-    assert_eq!(Stub::count(&stub.counters.submits), 1, "nothing resubmitted");
-    assert!(stub.never_retrieved().is_empty(), "{:?}", stub.never_retrieved());
+    assert_eq!(
+        Stub::count(&stub.counters.submits),
+        1,
+        "nothing resubmitted"
+    );
+    assert!(
+        stub.never_retrieved().is_empty(),
+        "{:?}",
+        stub.never_retrieved()
+    );
 }
 
 #[test]
@@ -1539,7 +1574,10 @@ fn a_stop_is_prompt_and_cancels_while_status_keeps_failing() {
             sig,
         );
         assert_eq!(code, Some(130), "{sig}");
-        assert!(took < Duration::from_secs(10), "{sig}: stopping took {took:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "{sig}: stopping took {took:?}"
+        );
         assert!(Stub::count(&stub.counters.deletes) >= 1, "{sig}: cancelled");
         assert!(stub.never_retrieved().is_empty(), "{sig}");
     }
@@ -1563,9 +1601,13 @@ fn a_stop_ends_within_ten_seconds_when_the_horde_freezes() {
     );
     // The ledger still holds the request, so `cancel` can reach it later.
     let status = run_bounded(
-        batch.command_at(&stub.url, "status").arg("--json"),
+        Command::new(BIN)
+            .arg("status")
+            .arg(&batch.manifest)
+            .arg("--json"),
         RUN_LIMIT,
     );
+    assert_eq!(status.code, 0, "{}", status.stderr);
     let report: Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(report["in_flight"].as_array().unwrap().len(), 1, "{report}");
 }
@@ -1585,4 +1627,100 @@ fn giving_up_on_a_request_cancels_it_and_records_why() {
     assert_eq!(errors[0]["class"], "transient");
     // A rerun submits again (nothing is left on the Horde to adopt).
     assert_eq!(Stub::count(&stub.counters.submits), 1);
+}
+
+/// Calls to the Horde API the sim answered (image downloads are not API calls).
+fn api_calls(stats: &Value) -> u64 {
+    stats["calls"].as_object().map_or(0, |endpoints| {
+        endpoints
+            .keys()
+            .filter(|endpoint| endpoint.contains(" /api/"))
+            .map(|endpoint| calls_to(stats, endpoint))
+            .sum()
+    })
+}
+
+#[test]
+fn polling_needs_no_wait_time_and_stays_cheap_when_it_reads_zero() {
+    // The sim's defaults are the real server's shape: small jobs read
+    // `wait_time: 0` while they still wait (facts §9.1). Four requests of ten
+    // images: the run must not poll every second because of it.
+    let sim = Sim::start(&["--seed", "11"]);
+    let batch = Batch::new(
+        "version: 1\nname: polls\ndefaults: {models: [stable_diffusion], \
+         params: {width: 512, height: 512, steps: 20}}\nrun: {max_n: 10}\n\
+         jobs:\n  - {name: a, prompt: a lighthouse, images: 40}\n",
+    );
+    let run = run_bounded(&mut batch.command(&sim, "run"), RUN_LIMIT * 2);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    batch.assert_complete(40);
+    let stats = sim.stats();
+    assert_eq!(calls_to(&stats, SUBMIT), 4, "{stats}");
+    let per_image = api_calls(&stats) as f64 / 40.0;
+    // Polling at the server's hint gave 2.42 here; the floor is 0.35.
+    assert!(
+        per_image <= 0.6,
+        "{per_image:.2} API calls per image\n{stats}"
+    );
+}
+
+#[test]
+fn every_image_of_a_request_carries_the_requests_submit_time() {
+    let sim = fast_sim("12");
+    let batch = Batch::new(
+        "version: 1\nname: times\ndefaults: {models: [stable_diffusion]}\nrun: {max_n: 5}\n\
+         jobs:\n  - {name: a, prompt: a kite, images: 10}\n",
+    );
+    let run = run_bounded(&mut batch.command(&sim, "run"), RUN_LIMIT);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut by_request: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for sidecar in all_files(&batch.out())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    {
+        let sidecar: Value =
+            serde_json::from_str(&std::fs::read_to_string(sidecar).unwrap()).unwrap();
+        by_request
+            .entry(sidecar["horde_request_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(sidecar["submitted_at"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(by_request.len(), 2, "{by_request:?}");
+    for (request, times) in &by_request {
+        assert_eq!(
+            times.len(),
+            1,
+            "request {request} has several submit times: {times:?}"
+        );
+    }
+}
+
+#[test]
+fn answers_lost_during_a_run_leave_nothing_orphaned_with_a_registered_key() {
+    // One API answer in five is lost after the Horde carried the call out:
+    // submits among them are found after the find_user cache and followed.
+    let key = "hb-lost-answers-key";
+    let sim = Sim::start(&[
+        "--workers",
+        "4",
+        "--latency",
+        "10ms..40ms",
+        "--api-key",
+        key,
+        "--chaos-lost-answer",
+        "0.2",
+        "--seed",
+        "13",
+    ]);
+    let batch = Batch::new(SMALL);
+    let mut command = batch.command(&sim, "run");
+    command.env("AI_HORDE_API_KEY", key);
+    let run = run_bounded(&mut command, RUN_LIMIT * 2);
+    assert_no_panic(&run.stderr);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    batch.assert_complete(6);
+    let stats = sim.stats();
+    assert!(stat(&stats["chaos"], "lost_answers") > 0, "{stats}");
+    assert_eq!(stat(&stats, "requests_orphaned"), 0, "{stats}");
+    assert_eq!(stat(&stats, "requests_never_retrieved"), 0, "{stats}");
 }

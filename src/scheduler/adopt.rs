@@ -31,6 +31,9 @@ fn cache_margin(cache: Duration) -> Duration {
     cache / 15 + Duration::from_millis(100)
 }
 
+/// Tries of a look-up (`find_user`, `/check`) that fails transiently.
+const LOOKUP_ATTEMPTS: u32 = 5;
+
 /// One POST at a time, and none while a lost answer is unresolved.
 #[derive(Debug)]
 pub struct SubmitGate {
@@ -147,11 +150,7 @@ impl Engine {
             () = tokio::time::sleep_until(ready) => {}
             () = interrupt.cancelled() => return None,
         }
-        let user = tokio::select! {
-            user = self.client.find_user() => user,
-            () = interrupt.cancelled() => return None,
-        };
-        let listed = match user {
+        let listed = match self.retried(interrupt, || self.client.find_user()).await? {
             Ok(user) => user.active_generations.image,
             Err(error) => {
                 tracing::warn!(request = what, %error, "cannot list the key's requests; a request whose submit answer was lost may run unretrieved");
@@ -185,10 +184,9 @@ impl Engine {
             );
             return Some(Lost::Unresolved);
         };
-        let check = tokio::select! {
-            check = self.client.check(candidate) => check,
-            () = interrupt.cancelled() => return None,
-        };
+        let check = self
+            .retried(interrupt, || self.client.check(candidate))
+            .await?;
         match check {
             Ok(check) => {
                 let total = check.finished + check.processing + check.waiting;
@@ -204,6 +202,40 @@ impl Engine {
             Err(error) => {
                 tracing::warn!(request = what, id = %candidate, %error, "cannot check the request no ledger knows; it was left alone");
                 Some(Lost::Unresolved)
+            }
+        }
+    }
+
+    /// Calls `call` until it answers, at most [`LOOKUP_ATTEMPTS`] times, backing
+    /// off between tries. `None` when `interrupt` fired.
+    async fn retried<T, F, Fut>(
+        &self,
+        interrupt: &CancellationToken,
+        call: F,
+    ) -> Option<Result<T, crate::horde::HordeError>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::horde::HordeError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let answer = tokio::select! {
+                answer = call() => answer,
+                () = interrupt.cancelled() => return None,
+            };
+            match answer {
+                Err(error)
+                    if attempt < LOOKUP_ATTEMPTS
+                        && error.class() == crate::horde::FailureClass::Transient =>
+                {
+                    let wait = self.tuning.policy.backoff(attempt);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = interrupt.cancelled() => return None,
+                    }
+                }
+                answer => return Some(answer),
             }
         }
     }
