@@ -120,7 +120,7 @@ pub struct PlacesArgs {
     /// Output directory (default: the manifest's `output.dir`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// State directory holding the ledger (default: <output>/.horde-batch).
+    /// State directory holding the ledger (default: `<output>/.horde-batch`).
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
 }
@@ -177,6 +177,9 @@ pub struct TuningArgs {
     /// Shortest time between two checks of one request.
     #[arg(long, hide = true, env = "HORDE_BATCH_POLL_FLOOR", value_parser = humantime::parse_duration)]
     pub poll_floor: Option<Duration>,
+    /// Longest time between two checks of one request (keep it well below the Horde's 20-minute expiry).
+    #[arg(long, hide = true, env = "HORDE_BATCH_POLL_CAP", value_parser = humantime::parse_duration)]
+    pub poll_cap: Option<Duration>,
     /// How long the Horde caches `find_user` (30 s on the real server).
     #[arg(long, hide = true, env = "HORDE_BATCH_FIND_USER_CACHE", value_parser = humantime::parse_duration)]
     pub find_user_cache: Option<Duration>,
@@ -200,6 +203,9 @@ impl TuningArgs {
         }
         if let Some(floor) = self.poll_floor {
             tuning.poll_floor = floor;
+        }
+        if let Some(cap) = self.poll_cap {
+            tuning.poll_cap = cap;
         }
         if let Some(cache) = self.find_user_cache {
             tuning.find_user_cache = cache;

@@ -1,9 +1,25 @@
 //! horde-batch: resumable, rate-limited batch image generation for the AI Horde.
 //!
-//! The binary (`src/main.rs`) is a thin shell over this library. Data flows
-//! `manifest` → `plan` → `scheduler` → `output`, with `store` checkpointing every
-//! step and `horde` speaking the wire protocol; `sim` is a stand-alone simulated
-//! Horde used by tests, benchmarks and `run --simulate`.
+//! The binary (`src/main.rs`) is a thin shell over this library: it parses the
+//! command line, sets up logging, runs a command and maps its outcome to an
+//! exit code. Data flows `manifest` → `plan` → `scheduler` → `output`, with
+//! `store` checkpointing every step and `horde` speaking the wire protocol.
+//!
+//! | module | owns | must not |
+//! | --- | --- | --- |
+//! | [`cli`] | clap types, help text, the hidden tuning flags | do I/O |
+//! | [`app`] | one function per command: wiring, signals, the final summary | hold engine logic |
+//! | [`exit`] | the exit codes scripts rely on | renumber one |
+//! | [`manifest`] | the YAML language: parse with positions, validate, expand, job keys | talk HTTP or touch the ledger |
+//! | [`plan`] | splitting jobs into request slots of `n` | do I/O |
+//! | [`scheduler`] | the engine: pacing, budget, the failure policy, polling, lost submits, cancels | print, or choose a delay outside `scheduler::policy` |
+//! | [`horde`] | the typed API client: requests, answers, error classes, key redaction | retry, sleep, persist, follow a redirect |
+//! | [`store`] | the sled ledger: versioned request records, flushes, the lock | talk HTTP or write images |
+//! | [`output`] | every file in the output folder: WebP checks, atomic writes, sidecars, names, the dataset index, results and errors | know the scheduler |
+//! | [`report`] | progress bars, JSON progress, `status.json`, `status` | decide anything |
+//! | [`rebuild`] | a new ledger from the sidecars (`run --rebuild-state`) | touch the Horde |
+//! | [`logging`] | tracing set-up (text or JSON, levels) | see the key |
+//! | [`sim`] | the simulated Horde (axum): never kinder than the real server | share code paths that could hide a client bug |
 
 /// `eprintln!` that never panics: a closed stderr (piped into `head`) must not
 /// turn into a crash, least of all while reporting an error.

@@ -21,6 +21,8 @@ pub const TEST_FIND_USER_CACHE: &str = "1s";
 pub struct Sim {
     pub child: Child,
     pub url: String,
+    /// Rate limits are off: runs against it submit and check faster.
+    unlimited: bool,
 }
 
 impl Sim {
@@ -44,7 +46,20 @@ impl Sim {
             .unwrap();
         let url = line.trim().rsplit(' ').next().unwrap().to_owned();
         assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-        Sim { child, url }
+        Sim {
+            child,
+            url,
+            unlimited: false,
+        }
+    }
+
+    /// A sim with its rate limits off, for tests about something else: runs
+    /// against it (through [`Batch::command`]) submit every 50 ms and may check
+    /// a request every 200 ms. The limits have tests of their own.
+    pub fn unlimited(args: &[&str]) -> Sim {
+        let mut sim = Sim::start(&[args, &["--no-rate-limits"]].concat());
+        sim.unlimited = true;
+        sim
     }
 
     /// `GET /sim/stats`, over a plain socket.
@@ -106,7 +121,13 @@ impl Batch {
 
     /// `horde-batch <subcommand> <manifest> --horde-url <sim>`: see [`Batch::command_at`].
     pub fn command(&self, sim: &Sim, subcommand: &str) -> Command {
-        self.command_at(&sim.url, subcommand)
+        let mut command = self.command_at(&sim.url, subcommand);
+        if sim.unlimited {
+            command
+                .env("HORDE_BATCH_SUBMIT_INTERVAL", "50ms")
+                .env("HORDE_BATCH_POLL_FLOOR", "200ms");
+        }
+        command
     }
 
     /// `horde-batch <subcommand> <manifest> --horde-url <url>` (the sim or a

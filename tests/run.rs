@@ -10,7 +10,7 @@ use serde_json::Value;
 
 #[test]
 fn smoke_200_completes_with_the_right_image_in_every_file() {
-    let sim = Sim::start(&["--workers", "8", "--latency", "10ms..40ms", "--seed", "1"]);
+    let sim = Sim::unlimited(&["--workers", "8", "--latency", "10ms..40ms", "--seed", "1"]);
     let batch = Batch::smoke();
     let (code, stderr) = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
@@ -56,7 +56,7 @@ fn smoke_200_completes_with_the_right_image_in_every_file() {
 
 #[test]
 fn sigkill_mid_run_then_resume_loses_and_duplicates_nothing() {
-    let sim = Sim::start(&["--workers", "4", "--latency", "100ms..300ms", "--seed", "2"]);
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "100ms..300ms", "--seed", "2"]);
     let batch = Batch::smoke();
     batch.kill_run_after(&sim, 40);
     let before = sim.stats();
@@ -120,7 +120,7 @@ fn cancel_after_a_sigkill_cancels_what_the_run_left() {
 
 #[test]
 fn faulted_and_censored_images_are_replaced() {
-    let sim = Sim::start(&[
+    let sim = Sim::unlimited(&[
         "--workers",
         "8",
         "--latency",
@@ -173,7 +173,17 @@ fn expired_requests_are_resubmitted() {
     let batch = Batch::new(
         "version: 1\nname: expiry\ndefaults: {models: [stable_diffusion]}\nrun: {retries: 30}\njobs:\n  - {name: a, prompt: 'a {red|blue|green|white} ball', images: 5}\n",
     );
-    let (code, stderr) = batch.run(&sim);
+    // Requests expire 1 s after their last activity here (20 minutes on the real
+    // Horde, where checks are at most 30 s apart): checks scale down with it.
+    let output = batch
+        .command(&sim, "run")
+        .env("HORDE_BATCH_POLL_CAP", "600ms")
+        .output()
+        .unwrap();
+    let (code, stderr) = (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(20);
     assert!(
@@ -219,7 +229,7 @@ fn too_many_prompts_lowers_the_budget_and_completes() {
 
 #[test]
 fn transient_chaos_is_survived() {
-    let sim = Sim::start(&[
+    let sim = Sim::unlimited(&[
         "--workers",
         "8",
         "--latency",
@@ -345,7 +355,7 @@ fn limiter_429s_are_waited_out() {
 
 #[test]
 fn a_damaged_ledger_is_refused_then_rebuilt_from_the_sidecars() {
-    let sim = Sim::start(&["--workers", "8", "--latency", "10ms..30ms", "--seed", "13"]);
+    let sim = Sim::unlimited(&["--workers", "8", "--latency", "10ms..30ms", "--seed", "13"]);
     let batch = Batch::new(
         &std::fs::read_to_string("manifests/smoke-200.yaml")
             .unwrap()
@@ -407,7 +417,7 @@ fn a_damaged_ledger_is_refused_then_rebuilt_from_the_sidecars() {
 
 #[test]
 fn raising_images_asks_only_for_the_new_ones() {
-    let sim = Sim::start(&["--workers", "8", "--latency", "10ms..30ms", "--seed", "14"]);
+    let sim = Sim::unlimited(&["--workers", "8", "--latency", "10ms..30ms", "--seed", "14"]);
     let text = "version: 1\nname: grow\ndefaults: {models: [stable_diffusion]}\nrun: {max_n: 4}\njobs:\n  - {name: a, prompt: 'a {red|blue} cone', images: 3}\n";
     let batch = Batch::new(text);
     let (code, stderr) = batch.run(&sim);

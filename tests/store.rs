@@ -443,7 +443,12 @@ async fn crash_child() {
 async fn durable_writes_survive_abort() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "store::crash_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CRASH_CHILD_DIR, dir.path())
         .stdout(Stdio::null())
         .spawn()

@@ -17,6 +17,7 @@ mod atomic;
 mod index;
 mod naming;
 mod sidecar;
+mod sink;
 mod webp;
 
 use std::fs;
@@ -31,6 +32,7 @@ pub use naming::{
     TemplateError, MAX_COMPONENT_BYTES, MAX_VALUE_BYTES,
 };
 pub use sidecar::{format_timestamp, Sidecar, HORDE_BATCH_VERSION};
+pub use sink::{Dataset, GeneratedImage, ImageSink, MemorySink, Outcome, Stored};
 pub use webp::{verify_webp, WebpError, WebpInfo, MAX_PIXELS};
 
 use index::JsonlLog;

@@ -12,7 +12,7 @@
 //!
 //! What to do after a failed call is decided in one place, [`policy`]; when
 //! to poll, in [`poll`]; what became of a submit whose answer was lost, in
-//! [`adopt`]. Every wait selects on the run's stop token, so a stop is prompt.
+//! `adopt`. Every wait selects on the run's stop token, so a stop is prompt.
 //!
 //! The engine must not print; it reports through `RunStats` and tracing.
 

@@ -6,16 +6,22 @@
 //! `wait_time` says so" then means polling every second. Instead, the planner
 //! learns how many images per second finish for this key (from the `finished`
 //! counts `/check` reports) and expects a request to be done when the images
-//! ahead of it in this run's queue and its own are through. `wait_time` is
-//! used only while nothing has been learned yet.
+//! ahead of it in this run's queue and its own are through. Because a check
+//! only sees what finished by the time it is made, that figure lags behind
+//! a fast Horde: when a request is found already done at its first check, the
+//! estimates are halved (down to a thirty-second), and a check that finds a
+//! request unfinished raises them again. `wait_time` is used only while
+//! nothing has been learned yet.
 //!
 //! Until the first image finishes, only the oldest request checks, on a
 //! doubling schedule; the others wait for the first figure (or the longest
-//! interval). Every interval is at least `floor`, growing by half with each
-//! check of the same request, and at most `cap`, so a request is checked a
-//! small bounded number of times whatever the estimates say.
+//! interval). A request's next check is planned from its last one: at least
+//! `floor` later (growing by half with each check of the same request) and at
+//! most `cap` later, so it is checked a small bounded number of times
+//! whatever the estimates say. Whenever the planner learns something, waiting
+//! requests plan again and may check sooner.
 //!
-//! The planner only computes durations; it never sleeps or calls anything.
+//! The planner only computes instants; it never sleeps or calls anything.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -26,6 +32,8 @@ use tokio::time::Instant;
 
 /// The first interval of the blind schedule, which doubles per check.
 const BLIND_START: Duration = Duration::from_secs(2);
+/// The smallest factor on estimates, after many requests found done at once.
+const MIN_SCALE: f64 = 1.0 / 32.0;
 
 /// Poll pacing for one run.
 #[derive(Debug)]
@@ -33,17 +41,19 @@ pub struct PollPlanner {
     floor: Duration,
     cap: Duration,
     state: Mutex<State>,
-    /// Turns true when the first finished image has been observed.
-    learned: watch::Sender<bool>,
+    /// Bumped whenever an estimate may have changed.
+    version: watch::Sender<u64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     next_seq: u64,
     /// When the first request of this run started being followed.
     since: Option<Instant>,
     /// Images seen finished by this run's checks.
     finished: u64,
+    /// The factor on estimates (see the module doc).
+    scale: f64,
     /// Images not yet finished, per followed request, in the order they were submitted.
     left: BTreeMap<u64, u32>,
 }
@@ -56,15 +66,8 @@ pub struct Ticket {
     finished: u32,
     /// Checks made for this request.
     checks: u32,
-}
-
-/// What a request should do before its next check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextCheck {
-    /// Check after this long.
-    After(Duration),
-    /// Nothing is known yet: wait for the first figure, at most this long.
-    WhenLearned(Duration),
+    /// When it was last checked (or registered).
+    last_check: Instant,
 }
 
 impl PollPlanner {
@@ -74,8 +77,14 @@ impl PollPlanner {
         Self {
             floor,
             cap: cap.max(floor),
-            state: Mutex::new(State::default()),
-            learned: watch::channel(false).0,
+            state: Mutex::new(State {
+                next_seq: 0,
+                since: None,
+                finished: 0,
+                scale: 1.0,
+                left: BTreeMap::new(),
+            }),
+            version: watch::channel(0).0,
         }
     }
 
@@ -88,26 +97,31 @@ impl PollPlanner {
 
     /// A request of `images` images starts being followed.
     pub fn register(&self, images: u32) -> Ticket {
+        let now = Instant::now();
         let mut state = self.lock();
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.since.get_or_insert_with(Instant::now);
+        state.since.get_or_insert(now);
         state.left.insert(seq, images);
         Ticket {
             seq,
             finished: 0,
             checks: 0,
+            last_check: now,
         }
     }
 
     /// The request is no longer followed.
     pub fn unregister(&self, ticket: &Ticket) {
         self.lock().left.remove(&ticket.seq);
+        self.changed();
     }
 
     /// A check of the request reported `finished` images done and `left` not yet done.
     pub fn observe(&self, ticket: &mut Ticket, finished: u32, left: u32) {
+        let first_check = ticket.checks == 0;
         ticket.checks += 1;
+        ticket.last_check = Instant::now();
         let new = finished.saturating_sub(ticket.finished);
         ticket.finished = ticket.finished.max(finished);
         let mut state = self.lock();
@@ -115,12 +129,18 @@ impl PollPlanner {
         if let Some(entry) = state.left.get_mut(&ticket.seq) {
             *entry = left;
         }
-        let first = state.finished > 0;
-        drop(state);
-        if first {
-            self.learned
-                .send_if_modified(|learned| !std::mem::replace(learned, true));
+        if left == 0 && first_check {
+            // Done before it was first looked at: the estimates are too long.
+            state.scale = (state.scale / 2.0).max(MIN_SCALE);
+        } else if left > 0 {
+            state.scale = (state.scale * 1.5).min(1.0);
         }
+        drop(state);
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.version.send_modify(|version| *version += 1);
     }
 
     /// Images finished per second for this key, once one has been seen.
@@ -130,39 +150,44 @@ impl PollPlanner {
     }
 
     /// When to check the request next; `hint` is the server's last `wait_time` (seconds).
-    pub fn next(&self, ticket: &Ticket, hint: u32) -> NextCheck {
+    pub fn next_check(&self, ticket: &Ticket, hint: u32) -> Instant {
         let floor = self
             .floor
             .mul_f64(1.5f64.powi(ticket.checks.min(32) as i32))
             .min(self.cap);
+        let earliest = ticket.last_check + floor;
+        let latest = ticket.last_check + self.cap;
+        let now = Instant::now();
         let state = self.lock();
-        let bounded = |wait: Duration| wait.clamp(floor, self.cap);
-        if let Some(rate) = Self::rate(&state) {
+        let planned = if let Some(rate) = Self::rate(&state) {
             let ahead: u64 = state
                 .left
                 .range(..=ticket.seq)
                 .map(|(_, left)| u64::from(*left))
                 .sum();
-            let seconds = (ahead as f64 / rate).min(self.cap.as_secs_f64());
-            return NextCheck::After(bounded(Duration::from_secs_f64(seconds)));
-        }
-        if hint > 0 {
-            return NextCheck::After(bounded(Duration::from_secs(u64::from(hint))));
-        }
-        let is_oldest = state.left.keys().next() == Some(&ticket.seq);
-        if is_oldest {
-            let blind = BLIND_START.saturating_mul(1 << ticket.checks.min(16));
-            NextCheck::After(bounded(blind))
+            let seconds = (ahead as f64 / rate * state.scale).min(self.cap.as_secs_f64());
+            now + Duration::from_secs_f64(seconds)
+        } else if hint > 0 {
+            now + Duration::from_secs(u64::from(hint)).min(self.cap)
+        } else if state.left.keys().next() == Some(&ticket.seq) {
+            // The oldest request: nothing is known, so look on a doubling schedule.
+            ticket.last_check + BLIND_START.saturating_mul(1 << ticket.checks.min(16))
         } else {
-            NextCheck::WhenLearned(self.cap)
-        }
+            latest
+        };
+        planned.clamp(earliest, latest)
     }
 
-    /// Resolves once the first finished image has been seen.
-    pub async fn learned(&self) {
-        let mut learned = self.learned.subscribe();
+    /// Resolves when an estimate may have changed since `seen` (a value from [`PollPlanner::version`]).
+    pub async fn changed_since(&self, seen: u64) {
+        let mut version = self.version.subscribe();
         // The sender lives as long as `self`, so the wait ends only by a change.
-        let _ = learned.wait_for(|learned| *learned).await;
+        let _ = version.wait_for(|version| *version != seen).await;
+    }
+
+    /// The current version of the estimates.
+    pub fn version(&self) -> u64 {
+        *self.version.borrow()
     }
 }
 
@@ -174,16 +199,19 @@ mod tests {
         PollPlanner::new(Duration::from_secs(1), Duration::from_secs(30))
     }
 
+    fn wait(planner: &PollPlanner, ticket: &Ticket) -> Duration {
+        planner
+            .next_check(ticket, 0)
+            .saturating_duration_since(Instant::now())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn only_the_oldest_request_checks_before_anything_is_known() {
         let planner = planner();
         let first = planner.register(10);
         let second = planner.register(10);
-        assert_eq!(planner.next(&first, 0), NextCheck::After(BLIND_START));
-        assert_eq!(
-            planner.next(&second, 0),
-            NextCheck::WhenLearned(Duration::from_secs(30))
-        );
+        assert_eq!(wait(&planner, &first), BLIND_START);
+        assert_eq!(wait(&planner, &second), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]
@@ -191,14 +219,10 @@ mod tests {
         let planner = planner();
         let mut first = planner.register(10);
         let mut checks = 0;
+        let start = Instant::now();
         // Nothing finishes for a minute: the blind schedule doubles.
-        let mut waited = Duration::ZERO;
-        while waited < Duration::from_secs(60) {
-            let NextCheck::After(wait) = planner.next(&first, 0) else {
-                panic!("the oldest request always has a time")
-            };
-            tokio::time::advance(wait).await;
-            waited += wait;
+        while start.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep_until(planner.next_check(&first, 0)).await;
             planner.observe(&mut first, 0, 10);
             checks += 1;
         }
@@ -211,23 +235,40 @@ mod tests {
         let mut first = planner.register(10);
         let mut second = planner.register(10);
         tokio::time::advance(Duration::from_secs(5)).await;
-        // 10 images in 5 s: 2 per second.
+        // 10 images in 5 s: 2 per second. The first check of the first request
+        // finds it unfinished, so the estimates are taken at face value.
+        planner.observe(&mut first, 4, 6);
         planner.observe(&mut first, 10, 0);
         planner.unregister(&first);
         planner.observe(&mut second, 0, 10);
-        let NextCheck::After(wait) = planner.next(&second, 0) else {
-            panic!("the rate is known")
-        };
+        let wait = wait(&planner, &second);
         assert!(
             (Duration::from_millis(4900)..=Duration::from_millis(5100)).contains(&wait),
             "{wait:?}"
         );
         let third = planner.register(10);
-        let NextCheck::After(wait) = planner.next(&third, 0) else {
-            panic!("the rate is known")
-        };
         // Twenty images (the second request's and its own) at 2 per second.
-        assert!(wait >= Duration::from_secs(9), "{wait:?}");
+        assert!(wait_of(&planner, &third) >= Duration::from_secs(9));
+    }
+
+    fn wait_of(planner: &PollPlanner, ticket: &Ticket) -> Duration {
+        wait(planner, ticket)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_found_done_at_once_shorten_the_estimates() {
+        let planner = planner();
+        let mut first = planner.register(10);
+        let third_party = planner.register(10);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let before = wait(&planner, &third_party);
+        planner.observe(&mut first, 10, 0);
+        planner.unregister(&first);
+        let after = wait(&planner, &third_party);
+        assert!(after < before, "{after:?} < {before:?}");
+        let mut second = planner.register(10);
+        planner.observe(&mut second, 10, 0);
+        assert!(wait(&planner, &third_party) < after);
     }
 
     #[tokio::test(start_paused = true)]
@@ -237,33 +278,31 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         planner.observe(&mut ticket, 1, 999);
         assert_eq!(
-            planner.next(&ticket, 0),
-            NextCheck::After(Duration::from_secs(30)),
+            wait(&planner, &ticket),
+            Duration::from_secs(30),
             "a long estimate is capped"
         );
         let mut fast = planner.register(1);
         for _ in 0..20 {
             planner.observe(&mut fast, 0, 1);
         }
-        assert_eq!(
-            planner.next(&fast, 0),
-            NextCheck::After(Duration::from_secs(30))
-        );
+        assert_eq!(wait(&planner, &fast), Duration::from_secs(30));
     }
 
     #[tokio::test(start_paused = true)]
     async fn learning_wakes_the_waiting_requests() {
         let planner = std::sync::Arc::new(planner());
         let mut first = planner.register(2);
+        let seen = planner.version();
         let waiter = {
             let planner = std::sync::Arc::clone(&planner);
-            tokio::spawn(async move { planner.learned().await })
+            tokio::spawn(async move { planner.changed_since(seen).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         planner.observe(&mut first, 1, 1);
         waiter
             .await
-            .expect("the waiter ends once a figure is known");
+            .expect("the waiter ends once something is learned");
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::adopt::Lost;
 use super::policy::{Action, Call, StopCause, WaitScope, CANCEL_ATTEMPTS};
-use super::poll::{NextCheck, Ticket};
+use super::poll::Ticket;
 use super::{fresh_record, Abort, EndpointClass, Engine, Lease, OnStop, RunStats, SlotOutcome};
 use crate::horde::{
     FailureClass, Generation, GenerationParams, GenerationRequest, HordeError, ImageSource,
@@ -551,21 +551,10 @@ impl Engine {
         let mut no_worker_since: Option<Instant> = None;
         let mut late_since: Option<Instant> = None;
         loop {
-            let wait = match retry_wait.take() {
-                Some(wait) => wait,
-                None => match self.planner.next(ticket, hint) {
-                    NextCheck::After(wait) => wait.mul_f64(0.9 + fastrand::f64() * 0.2),
-                    NextCheck::WhenLearned(longest) => {
-                        tokio::select! {
-                            () = tokio::time::sleep(longest) => {}
-                            () = self.planner.learned() => {}
-                            () = self.stop.cancelled() => return Err(Halt::Stopped),
-                        }
-                        continue;
-                    }
-                },
-            };
-            self.pause(wait, &self.stop).await?;
+            match retry_wait.take() {
+                Some(wait) => self.pause(wait, &self.stop).await?,
+                None => self.wait_for_check(ticket, hint).await?,
+            }
             self.paced(EndpointClass::Check, &self.stop).await?;
             RunStats::bump(&self.stats.checks);
             let answer = tokio::select! {
@@ -621,6 +610,22 @@ impl Engine {
                     );
                     return Err(Halt::Failed("no_worker".into(), message));
                 }
+            }
+        }
+    }
+
+    /// Sleeps until the planner's time for the next check, planning again
+    /// whenever it learns something (the time may move earlier).
+    async fn wait_for_check(&self, ticket: &Ticket, hint: u32) -> Result<(), Halt> {
+        // A little jitter, so that many requests do not check in step.
+        let jitter = self.tuning.poll_floor.mul_f64(fastrand::f64() * 0.2);
+        loop {
+            let seen = self.planner.version();
+            let at = self.planner.next_check(ticket, hint) + jitter;
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => return Ok(()),
+                () = self.planner.changed_since(seen) => {}
+                () = self.stop.cancelled() => return Err(Halt::Stopped),
             }
         }
     }

@@ -18,6 +18,7 @@
 //! up front.
 
 mod error;
+mod ledger;
 mod pidfile;
 mod record;
 
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use error::StoreError;
+pub use ledger::{Ledger, MemoryLedger};
 pub use record::{
     now_ms, RecordedError, RequestKey, RequestRecord, RequestState, RunMeta, SavedImage,
     StateCounts, SCHEMA_VERSION,

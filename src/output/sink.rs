@@ -1,0 +1,379 @@
+//! The image sink: what the engine hands over when an image or a job is done,
+//! and the dataset folder that turns it into files.
+//!
+//! The engine knows only [`ImageSink`]: it passes a [`GeneratedImage`] (the
+//! job, the Horde's generation, the request and the bytes) and gets back the
+//! file name. [`Dataset`] owns every format that follows from it: the name
+//! from the filename template, the sidecar, the index row, the result and
+//! error lines and their timestamps. [`MemorySink`] keeps everything in memory
+//! for tests of the engine.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use super::{
+    format_timestamp, FilenameTemplate, IndexRow, JobError, JobResult, NameFields, OutputDir,
+    OutputError, Sidecar, HORDE_BATCH_VERSION,
+};
+use crate::horde::Generation;
+use crate::manifest::{CompiledManifest, Job};
+
+/// One image the Horde generated for a job, ready to be stored.
+#[derive(Debug)]
+pub struct GeneratedImage<'a> {
+    pub job: &'a Job,
+    pub generation: &'a Generation,
+    /// The Horde request it came from.
+    pub request_id: &'a str,
+    /// Its index within the job.
+    pub index: u32,
+    /// Images the request asked for.
+    pub n: u32,
+    /// When the request was submitted (ms since the epoch).
+    pub submitted_ms: u64,
+    /// Kudos the request consumed.
+    pub kudos: f64,
+    /// The WebP bytes, as received.
+    pub bytes: Vec<u8>,
+}
+
+/// Where an image ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub file_name: String,
+    /// The same image was already there (a resumed run wrote it before).
+    pub already_present: bool,
+}
+
+/// Where the engine's images and job outcomes go.
+pub trait ImageSink: Send + Sync {
+    /// Stores one image durably (with whatever describes it) and names it.
+    fn save<'a>(&'a self, image: GeneratedImage<'a>) -> BoxFuture<'a, Result<Stored, OutputError>>;
+    /// Records that `job` has all its images.
+    fn job_done(
+        &self,
+        job: &Job,
+        files: Vec<String>,
+        kudos: f64,
+        attempts: u32,
+    ) -> Result<(), OutputError>;
+    /// Records that `job` failed.
+    fn job_failed(
+        &self,
+        job: &Job,
+        class: &str,
+        message: &str,
+        images_saved: u32,
+    ) -> Result<(), OutputError>;
+    /// Whether a finished result of this job is already recorded.
+    fn has_result(&self, job_key: &str) -> bool;
+    /// Where it stores, for messages.
+    fn location(&self) -> String;
+}
+
+/// The user's output folder: images, sidecars, `metadata.jsonl`, results and errors.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    dir: OutputDir,
+    template: FilenameTemplate,
+    manifest: Arc<CompiledManifest>,
+}
+
+impl Dataset {
+    pub fn new(
+        dir: OutputDir,
+        template: FilenameTemplate,
+        manifest: Arc<CompiledManifest>,
+    ) -> Self {
+        Self {
+            dir,
+            template,
+            manifest,
+        }
+    }
+
+    /// The file name, sidecar and index row of an image.
+    fn describe(
+        &self,
+        image: &GeneratedImage<'_>,
+    ) -> Result<(String, Sidecar, IndexRow), OutputError> {
+        let GeneratedImage {
+            job,
+            generation,
+            request_id,
+            index,
+            n,
+            submitted_ms,
+            kudos,
+            ..
+        } = image;
+        let key = job.key.to_string();
+        let width = param_u32(job, "width");
+        let height = param_u32(job, "height");
+        let manifest_name = self.manifest.name().to_owned();
+        let name = self.template.render(&NameFields {
+            manifest: &manifest_name,
+            job: &job.name,
+            key: &key,
+            index: *index,
+            seed: &generation.seed,
+            model: &generation.model,
+            width,
+            height,
+        })?;
+        let now = SystemTime::now();
+        let submitted = UNIX_EPOCH + Duration::from_millis(*submitted_ms);
+        let sidecar = Sidecar {
+            schema: Sidecar::SCHEMA,
+            file_name: String::new(),
+            manifest: self.manifest.file.path.display().to_string(),
+            manifest_name,
+            job: job.name.to_string(),
+            job_key: key.clone(),
+            image_index: *index,
+            prompt_template: match &job.negative_template {
+                Some(negative) => format!("{} ### {negative}", job.prompt_template),
+                None => job.prompt_template.to_string(),
+            },
+            prompt: job.prompt.clone(),
+            negative_prompt: job.negative.clone(),
+            model: generation.model.clone(),
+            params: request_params(job, *n, *index),
+            request: serde_json::to_value(&*job.request).unwrap_or(Value::Null),
+            seed: generation.seed.clone(),
+            batch_index: generation.batch_index(),
+            horde_request_id: (*request_id).to_owned(),
+            generation_id: generation.id.clone(),
+            worker_id: generation.worker_id.clone(),
+            worker_name: generation.worker_name.clone(),
+            censored: generation.censored,
+            gen_metadata: serde_json::to_value(&generation.gen_metadata).unwrap_or(Value::Null),
+            kudos: *kudos,
+            submitted_at: format_timestamp(submitted.min(now)),
+            completed_at: format_timestamp(now),
+            horde_batch_version: HORDE_BATCH_VERSION.to_owned(),
+        };
+        let row = IndexRow {
+            file_name: String::new(),
+            text: job.prompt.clone(),
+            negative_prompt: job.negative.clone().unwrap_or_default(),
+            job: job.name.to_string(),
+            job_key: key,
+            image_index: *index,
+            model: generation.model.clone(),
+            seed: generation.seed.clone(),
+            width,
+            height,
+            steps: param_u32(job, "steps"),
+            cfg_scale: job
+                .params
+                .get("cfg_scale")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0),
+            sampler_name: job
+                .params
+                .get("sampler_name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            censored: generation.censored,
+            horde_request_id: (*request_id).to_owned(),
+            generation_id: generation.id.clone(),
+        };
+        Ok((name, sidecar, row))
+    }
+}
+
+impl ImageSink for Dataset {
+    fn save<'a>(&'a self, image: GeneratedImage<'a>) -> BoxFuture<'a, Result<Stored, OutputError>> {
+        Box::pin(async move {
+            let (name, sidecar, row) = self.describe(&image)?;
+            let dir = self.dir.clone();
+            let index_enabled = self.manifest.output.index;
+            let bytes = image.bytes;
+            tokio::task::spawn_blocking(move || -> Result<Stored, OutputError> {
+                let written = dir.write_image(&name, &bytes, &sidecar)?;
+                if index_enabled {
+                    dir.append_index(&IndexRow {
+                        file_name: written.file_name.clone(),
+                        ..row
+                    })?;
+                }
+                Ok(Stored {
+                    file_name: written.file_name,
+                    already_present: written.already_present,
+                })
+            })
+            .await
+            .map_err(|e| OutputError::Io {
+                action: "write image",
+                path: self.dir.root().to_owned(),
+                error: std::io::Error::other(e.to_string()),
+            })?
+        })
+    }
+
+    fn job_done(
+        &self,
+        job: &Job,
+        mut files: Vec<String>,
+        kudos: f64,
+        attempts: u32,
+    ) -> Result<(), OutputError> {
+        files.sort();
+        files.retain(|f| !f.is_empty());
+        self.dir
+            .append_result(&JobResult {
+                job_key: job.key.to_string(),
+                job: job.name.to_string(),
+                images: files,
+                kudos,
+                attempts,
+                completed_at: format_timestamp(SystemTime::now()),
+            })
+            .map(drop)
+    }
+
+    fn job_failed(
+        &self,
+        job: &Job,
+        class: &str,
+        message: &str,
+        images_saved: u32,
+    ) -> Result<(), OutputError> {
+        self.dir
+            .append_error(&JobError {
+                job_key: job.key.to_string(),
+                job: job.name.to_string(),
+                class: class.to_owned(),
+                message: message.to_owned(),
+                images_saved,
+                images_wanted: job.images,
+                at: format_timestamp(SystemTime::now()),
+            })
+            .map(drop)
+    }
+
+    fn has_result(&self, job_key: &str) -> bool {
+        self.dir.has_result(job_key)
+    }
+
+    fn location(&self) -> String {
+        self.dir.root().display().to_string()
+    }
+}
+
+/// A job outcome a [`MemorySink`] recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done {
+        job_key: String,
+        files: Vec<String>,
+    },
+    Failed {
+        job_key: String,
+        class: String,
+        message: String,
+    },
+}
+
+/// A sink in memory, for tests of the engine: it keeps the bytes of every
+/// image under `<job key>-<index>` and every job outcome.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    images: Mutex<Vec<(String, Vec<u8>)>>,
+    outcomes: Mutex<Vec<Outcome>>,
+}
+
+impl MemorySink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every image stored, by name, in the order they came.
+    pub fn images(&self) -> Vec<(String, Vec<u8>)> {
+        lock(&self.images).clone()
+    }
+
+    /// Every job outcome, in the order they came.
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        lock(&self.outcomes).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values: still consistent after a panic elsewhere.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ImageSink for MemorySink {
+    fn save<'a>(&'a self, image: GeneratedImage<'a>) -> BoxFuture<'a, Result<Stored, OutputError>> {
+        Box::pin(async move {
+            super::verify_webp(&image.bytes).map_err(|error| OutputError::Webp {
+                path: PathBuf::from("(memory)"),
+                error,
+            })?;
+            let file_name = format!("{}-{}", image.job.key, image.index);
+            let mut images = lock(&self.images);
+            let already_present = images.iter().any(|(name, _)| *name == file_name);
+            if !already_present {
+                images.push((file_name.clone(), image.bytes));
+            }
+            Ok(Stored {
+                file_name,
+                already_present,
+            })
+        })
+    }
+
+    fn job_done(&self, job: &Job, files: Vec<String>, _: f64, _: u32) -> Result<(), OutputError> {
+        lock(&self.outcomes).push(Outcome::Done {
+            job_key: job.key.to_string(),
+            files,
+        });
+        Ok(())
+    }
+
+    fn job_failed(&self, job: &Job, class: &str, message: &str, _: u32) -> Result<(), OutputError> {
+        lock(&self.outcomes).push(Outcome::Failed {
+            job_key: job.key.to_string(),
+            class: class.to_owned(),
+            message: message.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn has_result(&self, job_key: &str) -> bool {
+        lock(&self.outcomes)
+            .iter()
+            .any(|outcome| matches!(outcome, Outcome::Done { job_key: key, .. } if key == job_key))
+    }
+
+    fn location(&self) -> String {
+        "(memory)".to_owned()
+    }
+}
+
+fn param_u32(job: &Job, name: &str) -> u32 {
+    job.params
+        .get(name)
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0)
+}
+
+/// Every parameter as sent for a request of `n` images starting at `first_index`.
+fn request_params(job: &Job, n: u32, first_index: u32) -> Value {
+    let mut params = (*job.params).clone();
+    params.insert("n".into(), Value::from(n));
+    if let Some(seed) = job.seed_for(first_index) {
+        params.insert("seed".into(), Value::from(seed));
+    }
+    Value::Object(params)
+}
