@@ -4,6 +4,7 @@
 mod cli;
 mod client_sim;
 mod common;
+mod formats_v1;
 mod horde_client;
 mod manifest;
 mod output;
