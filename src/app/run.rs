@@ -17,7 +17,7 @@ use crate::cli::{AtMaxRuntime, CancelArgs, HordeArgs, PlacesArgs, RunArgs, Statu
 use crate::exit;
 use crate::horde::{ApiKey, ClientConfig, FailureClass, HordeClient};
 use crate::manifest::CompiledManifest;
-use crate::output::{FilenameTemplate, OutputDir};
+use crate::output::{Dataset, FilenameTemplate, OutputDir};
 use crate::report::{Reporter, StatusReport};
 use crate::scheduler::{Abort, Budget, Closed, Engine, OnStop, RunSummary};
 use crate::sim::{SimConfig, SimHandle};
@@ -77,10 +77,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let on_stop = if args.detach { OnStop::Detach } else { OnStop::Cancel };
         let engine = Engine::new(
             client.clone(),
-            store,
-            output,
+            Arc::new(store),
+            Arc::new(Dataset::new(output, template, Arc::clone(&compiled))),
             Arc::clone(&compiled),
-            template,
             Budget::new(capacity),
             args.tuning.resolve(),
             stop.clone(),
@@ -121,12 +120,12 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
         let client = client(&args.horde, None, api_key)?;
         let stop = CancellationToken::new();
         stop.cancel();
+        let sink = Dataset::new(output, template, Arc::clone(&compiled));
         let engine = Engine::new(
             client,
-            store,
-            output,
+            Arc::new(store),
+            Arc::new(sink),
             compiled,
-            template,
             Budget::new(1),
             args.tuning.resolve(),
             stop,

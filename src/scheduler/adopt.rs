@@ -16,7 +16,6 @@
 //! one POST at a time, and none while a lost answer is being resolved.
 //! This module decides nothing about retries; the slot acts on [`Lost`].
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::{watch, Mutex, MutexGuard};
@@ -157,7 +156,7 @@ impl Engine {
                 return Some(Lost::Unresolved);
             }
         };
-        let known = match self.known_horde_ids() {
+        let known = match self.ledger.horde_ids() {
             Ok(known) => known,
             Err(error) => {
                 self.abort(super::Abort::Ledger(error.to_string()));
@@ -238,16 +237,6 @@ impl Engine {
                 answer => return Some(answer),
             }
         }
-    }
-
-    /// Every Horde id the ledger has ever recorded.
-    fn known_horde_ids(&self) -> Result<HashSet<String>, crate::store::StoreError> {
-        let mut known = HashSet::new();
-        for entry in self.store.iter() {
-            let (_, record) = entry?;
-            known.extend(record.horde_ids);
-        }
-        Ok(known)
     }
 }
 

@@ -22,6 +22,8 @@ mod pacing;
 pub mod policy;
 pub mod poll;
 mod slot;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,9 +44,9 @@ pub use slot::build_request as request_for;
 
 use crate::horde::HordeClient;
 use crate::manifest::{CompiledManifest, Job, JobKey};
-use crate::output::{format_timestamp, FilenameTemplate, JobError, JobResult, OutputDir};
+use crate::output::ImageSink;
 use crate::plan::{self, Slot};
-use crate::store::{RequestKey, RequestRecord, RequestState, Store};
+use crate::store::{Ledger, RequestKey, RequestRecord, RequestState};
 
 /// What to do with requests still on the Horde when the run is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,10 +110,11 @@ impl Default for Tuning {
 /// Everything a slot task needs, shared by all of them.
 pub struct Engine {
     pub client: HordeClient,
-    pub store: Store,
-    pub output: OutputDir,
+    /// Where every request is checkpointed.
+    ledger: Arc<dyn Ledger>,
+    /// Where images and job outcomes go.
+    sink: Arc<dyn ImageSink>,
     pub manifest: Arc<CompiledManifest>,
-    pub template: FilenameTemplate,
     pub budget: Arc<Budget>,
     pub pacer: Pacer,
     pub tuning: Tuning,
@@ -250,10 +253,9 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: HordeClient,
-        store: Store,
-        output: OutputDir,
+        ledger: Arc<dyn Ledger>,
+        sink: Arc<dyn ImageSink>,
         manifest: Arc<CompiledManifest>,
-        template: FilenameTemplate,
         budget: Arc<Budget>,
         tuning: Tuning,
         stop: CancellationToken,
@@ -262,10 +264,9 @@ impl Engine {
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
-            store,
-            output,
+            ledger,
+            sink,
             manifest,
-            template,
             budget,
             pacer: Pacer::new(tuning.submit_interval),
             gate: SubmitGate::new(0),
@@ -380,7 +381,7 @@ impl Engine {
 
         // Requests already on the Horde go first: they expire 20 minutes after
         // their last activity, and their images are already paid for.
-        let records = match self.store.in_flight() {
+        let records = match self.ledger.in_flight() {
             Ok(records) => records,
             Err(error) => {
                 self.abort(Abort::Ledger(error.to_string()));
@@ -437,7 +438,7 @@ impl Engine {
         summary.interrupted =
             self.stop.is_cancelled() && self.aborted().is_none() && self.closed().is_none();
         summary.abort = self.aborted().map(|a| a.to_string());
-        if let Err(error) = self.store.flush().await {
+        if let Err(error) = self.ledger.flush().await {
             tracing::error!(%error, "final ledger flush failed");
         }
         summary
@@ -459,7 +460,7 @@ impl Engine {
         let mut kudos_before = 0.0;
         for slot in plan::slots(&job, max_n) {
             let key = RequestKey::new(job.key.to_string(), slot.slot);
-            let mut record = match self.store.get(&key) {
+            let mut record = match self.ledger.get(&key) {
                 Ok(record) => record,
                 Err(error) => {
                     self.abort(Abort::Ledger(error.to_string()));
@@ -474,14 +475,14 @@ impl Engine {
                 // slot grows, and only the new indices are asked for.
                 r.n = slot.n;
             }
-            if slot.slot == 0 && record.is_none() && self.output.has_result(&key.job_key) {
+            if slot.slot == 0 && record.is_none() && self.sink.has_result(&key.job_key) {
                 // results.jsonl says this job finished, yet the ledger has never heard of it:
                 // the ledger is stale (restored, truncated) and would redo paid work.
                 self.abort(Abort::Ledger(format!(
                     "job {} is finished in {} but unknown to the ledger in {}; run with --rebuild-state",
                     key.job_key,
-                    self.output.root().display(),
-                    self.store.dir().display()
+                    self.sink.location(),
+                    self.ledger.location()
                 )));
                 break;
             }
@@ -620,16 +621,10 @@ impl Engine {
         if let Some((class, message)) = entry.failure {
             summary.jobs_failed += 1;
             RunStats::bump(&self.stats.jobs_failed);
-            let error = JobError {
-                job_key: job_key.to_string(),
-                job: entry.job.name.to_string(),
-                class,
-                message,
-                images_saved: entry.images_saved,
-                images_wanted: entry.job.images,
-                at: format_timestamp(std::time::SystemTime::now()),
-            };
-            if let Err(e) = self.output.append_error(&error) {
+            if let Err(e) = self
+                .sink
+                .job_failed(&entry.job, &class, &message, entry.images_saved)
+            {
                 tracing::error!(error = %e, "cannot record a job error");
             }
         } else if entry.stopped {
@@ -641,18 +636,8 @@ impl Engine {
         }
     }
 
-    fn record_result(&self, job: &Job, mut files: Vec<String>, kudos: f64, attempts: u32) {
-        files.sort();
-        files.retain(|f| !f.is_empty());
-        let result = JobResult {
-            job_key: job.key.to_string(),
-            job: job.name.to_string(),
-            images: files,
-            kudos,
-            attempts,
-            completed_at: format_timestamp(std::time::SystemTime::now()),
-        };
-        if let Err(e) = self.output.append_result(&result) {
+    fn record_result(&self, job: &Job, files: Vec<String>, kudos: f64, attempts: u32) {
+        if let Err(e) = self.sink.job_done(job, files, kudos, attempts) {
             tracing::error!(error = %e, "cannot record a job result");
         }
     }
@@ -668,7 +653,7 @@ impl Engine {
     /// Cancels every request the ledger shows on the Horde (`horde-batch cancel`),
     /// saving the images their cancel answers hold. Returns how many were cancelled.
     pub async fn cancel_in_flight(self: &Arc<Self>) -> usize {
-        let records = match self.store.in_flight() {
+        let records = match self.ledger.in_flight() {
             Ok(records) => records,
             Err(error) => {
                 self.abort(Abort::Ledger(error.to_string()));
@@ -724,7 +709,7 @@ impl Engine {
                                     },
                                     crate::store::now_ms(),
                                 );
-                                if let Err(e) = self.store.put_durable(&key, &record).await {
+                                if let Err(e) = self.ledger.put_durable(&key, &record).await {
                                     self.abort(Abort::Ledger(e.to_string()));
                                 }
                             }

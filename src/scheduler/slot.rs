@@ -25,9 +25,7 @@ use crate::horde::{
     RequestStatus,
 };
 use crate::manifest::{CensoredPolicy, Job};
-use crate::output::{
-    format_timestamp, IndexRow, NameFields, OutputError, Sidecar, HORDE_BATCH_VERSION,
-};
+use crate::output::{GeneratedImage, OutputError};
 use crate::plan::Slot;
 use crate::store::{now_ms, RequestKey, RequestRecord, RequestState, SavedImage};
 
@@ -184,7 +182,7 @@ impl Engine {
     async fn finish(&self, key: &RequestKey, mut record: RequestRecord) -> SlotOutcome {
         if !matches!(record.state, RequestState::Done) {
             record.transition(RequestState::Done, now_ms());
-            if let Err(e) = self.store.put_durable(key, &record).await {
+            if let Err(e) = self.ledger.put_durable(key, &record).await {
                 self.abort(Abort::Ledger(e.to_string()));
             }
         }
@@ -245,7 +243,7 @@ impl Engine {
             },
             now_ms(),
         );
-        if let Err(e) = self.store.put_durable(key, record).await {
+        if let Err(e) = self.ledger.put_durable(key, record).await {
             self.abort(Abort::Ledger(e.to_string()));
         }
         SlotOutcome::Failed {
@@ -383,7 +381,7 @@ impl Engine {
             }
             None => record.insert(fresh_record(job, slot)),
         };
-        self.store
+        self.ledger
             .put_durable(key, r)
             .await
             .map_err(|e| self.ledger_halt(e))?;
@@ -410,11 +408,13 @@ impl Engine {
                     },
                     now_ms(),
                 );
-                // The id is durable before the first poll.
-                self.store
-                    .put_durable(key, r)
-                    .await
-                    .map_err(|e| self.ledger_halt(e))?;
+                // The id is durable before the first poll. If it cannot be made
+                // durable, no later run could find the request: cancel it now.
+                if let Err(error) = self.ledger.put_durable(key, r).await {
+                    let halt = self.ledger_halt(error);
+                    self.cancel_untracked(&accepted.id).await;
+                    return Err(halt);
+                }
                 tracing::debug!(job = %job.name, key = %key, id = %accepted.id, n, "submitted");
                 Ok(true)
             }
@@ -467,7 +467,7 @@ impl Engine {
                     },
                     now_ms(),
                 );
-                self.store
+                self.ledger
                     .put_durable(key, record)
                     .await
                     .map_err(|e| self.ledger_halt(e))?;
@@ -687,6 +687,18 @@ impl Engine {
         Followed::Stopped
     }
 
+    /// Cancels a request whose id the ledger could not record (one try, bounded).
+    async fn cancel_untracked(&self, id: &str) {
+        RunStats::bump(&self.stats.cancels);
+        match tokio::time::timeout(self.tuning.cancel_timeout, self.client.cancel(id)).await {
+            Ok(Ok(_)) => tracing::warn!(id, "cancelled a request the ledger could not record"),
+            Ok(Err(error)) => {
+                tracing::error!(id, %error, "a request the ledger could not record could not be cancelled either; it expires on the Horde")
+            }
+            Err(_) => tracing::error!(id, "cancelling a request the ledger could not record timed out; it expires on the Horde"),
+        }
+    }
+
     /// `DELETE`s the request, each try bounded by the cancel timeout, keeps the
     /// images its answer holds (they are paid for) and records the cancel.
     /// Returns false when the request may still be on the Horde.
@@ -738,7 +750,7 @@ impl Engine {
             },
             now_ms(),
         );
-        if let Err(e) = self.store.put_durable(key, record).await {
+        if let Err(e) = self.ledger.put_durable(key, record).await {
             tracing::error!(error = %e, "cannot record a cancel");
         }
         tracing::info!(key = %key, id, "cancelled");
@@ -792,7 +804,7 @@ impl Engine {
             // Which generation goes to which index is durable before any file is written,
             // so a crash in between resolves to the same names.
             record.assigned.extend(new_assignments);
-            self.store
+            self.ledger
                 .put_durable(key, record)
                 .await
                 .map_err(|e| self.ledger_halt(e))?;
@@ -861,14 +873,26 @@ impl Engine {
                     continue;
                 }
             };
-            match self
-                .write_image(job, record, id, index, &generation, bytes, &status)
-                .await
-            {
-                Ok(file_name) => {
+            let image = GeneratedImage {
+                job,
+                generation: &generation,
+                request_id: id,
+                index,
+                n: submitted_n(record),
+                submitted_ms: submitted_ms(record),
+                kudos: status.check.kudos,
+                bytes,
+            };
+            match self.sink.save(image).await {
+                Ok(stored) => {
+                    if stored.already_present {
+                        RunStats::bump(&self.stats.images_already_present);
+                    } else {
+                        RunStats::bump(&self.stats.images_saved);
+                    }
                     let saved = SavedImage {
                         generation_id: generation.id.clone(),
-                        file_name,
+                        file_name: stored.file_name,
                         censored: generation.censored,
                     };
                     record.save_image(index, saved, now_ms());
@@ -883,12 +907,12 @@ impl Engine {
                     self.abort(Abort::Ledger(format!(
                         "{error}; the ledger does not know this file: run with --rebuild-state"
                     )));
-                    let _ = self.store.put_durable(key, record).await;
+                    let _ = self.ledger.put_durable(key, record).await;
                     return Err(Halt::Stopped);
                 }
                 Err(error) => {
                     self.abort(Abort::Output(error.to_string()));
-                    let _ = self.store.put_durable(key, record).await;
+                    let _ = self.ledger.put_durable(key, record).await;
                     return Err(Halt::Stopped);
                 }
             }
@@ -896,7 +920,9 @@ impl Engine {
         // Not flushed here: the next step of this slot (done, resubmit, fail, cancel)
         // writes and flushes the record anyway, and the files are already durable, so
         // a crash before then only makes the resumed run rewrite them idempotently.
-        self.store.put(key, record).map_err(|e| self.ledger_halt(e))
+        self.ledger
+            .put(key, record)
+            .map_err(|e| self.ledger_halt(e))
     }
 
     async fn image_bytes(&self, generation: &Generation) -> Result<Vec<u8>, HordeError> {
@@ -915,129 +941,6 @@ impl Engine {
             )),
         }
     }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn write_image(
-        &self,
-        job: &Job,
-        record: &RequestRecord,
-        id: &str,
-        index: u32,
-        generation: &Generation,
-        bytes: Vec<u8>,
-        status: &RequestStatus,
-    ) -> Result<String, OutputError> {
-        let key = job.key.to_string();
-        let width = param_u32(job, "width");
-        let height = param_u32(job, "height");
-        let manifest_name = self.manifest.name().to_owned();
-        let name = self.template.render(&NameFields {
-            manifest: &manifest_name,
-            job: &job.name,
-            key: &key,
-            index,
-            seed: &generation.seed,
-            model: &generation.model,
-            width,
-            height,
-        })?;
-        let n = match record.state {
-            RequestState::Submitted { n, .. } => n,
-            _ => record.n,
-        };
-        let params = request_params(job, n, index);
-        let now = format_timestamp(std::time::SystemTime::now());
-        // Every image of a request was submitted when the request was.
-        let submitted_ms = match record.state {
-            RequestState::Submitted { submitted_ms, .. } => submitted_ms,
-            _ => record.updated_ms,
-        };
-        let submitted_at = format_timestamp(
-            std::time::UNIX_EPOCH + Duration::from_millis(submitted_ms.min(now_ms())),
-        );
-        let sidecar = Sidecar {
-            schema: Sidecar::SCHEMA,
-            file_name: String::new(),
-            manifest: self.manifest.file.path.display().to_string(),
-            manifest_name: manifest_name.clone(),
-            job: job.name.to_string(),
-            job_key: key.clone(),
-            image_index: index,
-            prompt_template: match &job.negative_template {
-                Some(negative) => format!("{} ### {negative}", job.prompt_template),
-                None => job.prompt_template.to_string(),
-            },
-            prompt: job.prompt.clone(),
-            negative_prompt: job.negative.clone(),
-            model: generation.model.clone(),
-            params,
-            request: request_flags_value(job),
-            seed: generation.seed.clone(),
-            batch_index: generation.batch_index(),
-            horde_request_id: id.to_owned(),
-            generation_id: generation.id.clone(),
-            worker_id: generation.worker_id.clone(),
-            worker_name: generation.worker_name.clone(),
-            censored: generation.censored,
-            gen_metadata: serde_json::to_value(&generation.gen_metadata).unwrap_or(Value::Null),
-            kudos: status.check.kudos,
-            submitted_at,
-            completed_at: now,
-            horde_batch_version: HORDE_BATCH_VERSION.to_owned(),
-        };
-        let output = self.output.clone();
-        let index_enabled = self.manifest.output.index;
-        let row_base = IndexRow {
-            file_name: String::new(),
-            text: job.prompt.clone(),
-            negative_prompt: job.negative.clone().unwrap_or_default(),
-            job: job.name.to_string(),
-            job_key: key,
-            image_index: index,
-            model: generation.model.clone(),
-            seed: generation.seed.clone(),
-            width,
-            height,
-            steps: param_u32(job, "steps"),
-            cfg_scale: job
-                .params
-                .get("cfg_scale")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0),
-            sampler_name: job
-                .params
-                .get("sampler_name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            censored: generation.censored,
-            horde_request_id: id.to_owned(),
-            generation_id: generation.id.clone(),
-        };
-        let written =
-            tokio::task::spawn_blocking(move || -> Result<(String, bool), OutputError> {
-                let written = output.write_image(&name, &bytes, &sidecar)?;
-                if index_enabled {
-                    output.append_index(&IndexRow {
-                        file_name: written.file_name.clone(),
-                        ..row_base
-                    })?;
-                }
-                Ok((written.file_name, written.already_present))
-            })
-            .await
-            .map_err(|e| OutputError::Io {
-                action: "write image",
-                path: self.output.root().to_owned(),
-                error: std::io::Error::other(e.to_string()),
-            })??;
-        if written.1 {
-            RunStats::bump(&self.stats.images_already_present);
-        } else {
-            RunStats::bump(&self.stats.images_saved);
-        }
-        Ok(written.0)
-    }
 }
 
 /// A status answer whose image field cannot be turned into bytes.
@@ -1052,34 +955,20 @@ fn unusable_image(reason: String) -> HordeError {
     )
 }
 
+/// When the request on the Horde was submitted: every image of it shares the time.
+fn submitted_ms(record: &RequestRecord) -> u64 {
+    match record.state {
+        RequestState::Submitted { submitted_ms, .. } => submitted_ms,
+        _ => record.updated_ms,
+    }
+}
+
 /// Images the request on the Horde was asked for.
 fn submitted_n(record: &RequestRecord) -> u32 {
     match record.state {
         RequestState::Submitted { n, .. } => n,
         _ => record.n,
     }
-}
-
-fn param_u32(job: &Job, name: &str) -> u32 {
-    job.params
-        .get(name)
-        .and_then(Value::as_u64)
-        .and_then(|v| u32::try_from(v).ok())
-        .unwrap_or(0)
-}
-
-/// Every parameter as sent for a request of `n` images starting at `first_index`.
-fn request_params(job: &Job, n: u32, first_index: u32) -> Value {
-    let mut params = (*job.params).clone();
-    params.insert("n".into(), Value::from(n));
-    if let Some(seed) = job.seed_for(first_index) {
-        params.insert("seed".into(), Value::from(seed));
-    }
-    Value::Object(params)
-}
-
-fn request_flags_value(job: &Job) -> Value {
-    serde_json::to_value(&*job.request).unwrap_or(Value::Null)
 }
 
 /// The Horde request for `n` images of `job`, the first being image `first_index`.

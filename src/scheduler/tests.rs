@@ -1,0 +1,185 @@
+//! The engine alone: driven against an in-memory ledger and sink and the
+//! in-process simulated Horde, with no files and no binary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Abort, Budget, Engine, OnStop, Tuning};
+use crate::horde::{ApiKey, ClientConfig, HordeClient};
+use crate::manifest::{compile, CompileOptions, CompiledManifest, ManifestFile};
+use crate::output::{MemorySink, Outcome};
+use crate::sim::{LatencySpec, SimConfig, SimHandle};
+use crate::store::{Ledger, MemoryLedger, RequestState};
+
+/// Three jobs of two images, one request each.
+const THREE_JOBS: &str = "version: 1\nname: engine\n\
+    defaults: {models: [stable_diffusion], params: {width: 64, height: 64}}\n\
+    jobs:\n  - {name: a, prompt: 'a {red|green|blue} cone', images: 2}\n";
+
+fn manifest(text: &str) -> Arc<CompiledManifest> {
+    let path = Path::new("engine-test.yaml");
+    let file = ManifestFile::parse(path, PathBuf::from("."), text.to_owned())
+        .expect("the test manifest parses");
+    Arc::new(compile(file, &CompileOptions::default()).expect("the test manifest compiles"))
+}
+
+async fn sim(latency: Duration) -> SimHandle {
+    crate::sim::spawn(SimConfig {
+        workers: 4,
+        latency: LatencySpec {
+            min: latency,
+            max: latency,
+        },
+        no_rate_limits: true,
+        seed: Some(5),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("the sim starts on loopback")
+}
+
+fn tuning() -> Tuning {
+    Tuning {
+        submit_interval: Duration::from_millis(20),
+        poll_floor: Duration::from_millis(100),
+        ..Tuning::default()
+    }
+}
+
+fn engine(
+    sim: &SimHandle,
+    ledger: Arc<dyn Ledger>,
+    sink: Arc<MemorySink>,
+    manifest: Arc<CompiledManifest>,
+    stop: CancellationToken,
+) -> Arc<Engine> {
+    let url = reqwest::Url::parse(&sim.base_url()).expect("the sim's URL parses");
+    let client = HordeClient::new(ClientConfig::new(url, ApiKey::anonymous()))
+        .expect("a client for the sim");
+    Engine::new(
+        client,
+        ledger,
+        sink,
+        manifest,
+        Budget::new(30),
+        tuning(),
+        stop,
+        OnStop::Cancel,
+        None,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stores_every_image_and_records_every_request_done() {
+    let sim = sim(Duration::from_millis(10)).await;
+    let ledger = Arc::new(MemoryLedger::new());
+    let sink = Arc::new(MemorySink::new());
+    let engine = engine(
+        &sim,
+        ledger.clone(),
+        sink.clone(),
+        manifest(THREE_JOBS),
+        CancellationToken::new(),
+    );
+    let summary = engine.run().await;
+    assert_eq!((summary.jobs, summary.jobs_done), (3, 3), "{summary:?}");
+    assert_eq!(sink.images().len(), 6);
+    let done = sink
+        .outcomes()
+        .iter()
+        .filter(|o| matches!(o, Outcome::Done { files, .. } if files.len() == 2))
+        .count();
+    assert_eq!(done, 3);
+    let records = ledger.records();
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|(_, r)| r.state == RequestState::Done));
+    assert_eq!(sim.stats().requests_never_retrieved, 0);
+
+    // A second run over the same ledger has nothing to do and asks for nothing.
+    let again = engine_again(&sim, ledger.clone(), Arc::new(MemorySink::new()));
+    let summary = again.run().await;
+    assert_eq!(summary.slots_skipped_done, 3, "{summary:?}");
+    assert_eq!(sim.stats().requests_created, 3);
+    sim.shutdown().await;
+}
+
+fn engine_again(sim: &SimHandle, ledger: Arc<MemoryLedger>, sink: Arc<MemorySink>) -> Arc<Engine> {
+    engine(
+        sim,
+        ledger,
+        sink,
+        manifest(THREE_JOBS),
+        CancellationToken::new(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_mid_run_cancels_everything_on_the_horde() {
+    // Slow images: the stop comes while every request is still on the Horde.
+    let sim = sim(Duration::from_secs(30)).await;
+    let ledger = Arc::new(MemoryLedger::new());
+    let stop = CancellationToken::new();
+    let engine = engine(
+        &sim,
+        ledger.clone(),
+        Arc::new(MemorySink::new()),
+        manifest(THREE_JOBS),
+        stop.clone(),
+    );
+    let run = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        async move { engine.run().await }
+    });
+    while sim.stats().requests_created < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("a stop is prompt")
+        .expect("the run task ends normally");
+    assert!(summary.interrupted, "{summary:?}");
+    assert_eq!(summary.jobs_unfinished, 3, "{summary:?}");
+    let stats = sim.stats();
+    assert_eq!(stats.requests_cancelled, 3, "{stats:?}");
+    assert_eq!(stats.requests_never_retrieved, 0, "{stats:?}");
+    assert!(ledger
+        .records()
+        .iter()
+        .all(|(_, r)| matches!(r.state, RequestState::Cancelled { .. })));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_ledger_stops_the_run_without_a_panic_or_a_lost_request() {
+    let sim = sim(Duration::from_millis(10)).await;
+    // The intent of the first submit is written, then the disk is full.
+    let ledger = Arc::new(MemoryLedger::failing_after(1));
+    let sink = Arc::new(MemorySink::new());
+    let engine = engine(
+        &sim,
+        ledger.clone(),
+        sink.clone(),
+        manifest(THREE_JOBS),
+        CancellationToken::new(),
+    );
+    let summary = tokio::time::timeout(Duration::from_secs(20), engine.run())
+        .await
+        .expect("a ledger failure ends the run");
+    assert!(
+        matches!(engine.aborted(), Some(Abort::Ledger(_))),
+        "{:?}",
+        engine.aborted()
+    );
+    assert!(summary.abort.is_some(), "{summary:?}");
+    assert_eq!(summary.jobs_done, 0, "{summary:?}");
+    assert!(sink.images().is_empty());
+    // The one request whose id could not be recorded was cancelled, not orphaned.
+    let stats = sim.stats();
+    assert_eq!(stats.requests_created, 1, "{stats:?}");
+    assert_eq!(stats.requests_never_retrieved, 0, "{stats:?}");
+    sim.shutdown().await;
+}
