@@ -1143,7 +1143,8 @@ fn an_image_folder_that_cannot_be_created_stops_the_run_and_a_rerun_completes() 
     std::fs::write(&blocker, "in the way").unwrap();
     let mut command = batch.command(&sim, "run");
     let run = run_bounded(&mut command, RUN_LIMIT);
-    assert_ne!(run.code, 0, "{}", run.stderr);
+    // A folder that cannot be written is a setup problem, whenever it is found.
+    assert_eq!(run.code, 2, "{}", run.stderr);
     assert_no_panic(&run.stderr);
     assert!(
         run.stderr.contains(&*blocker.to_string_lossy()),

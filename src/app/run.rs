@@ -19,7 +19,7 @@ use crate::horde::{ApiKey, ClientConfig, FailureClass, HordeClient};
 use crate::manifest::CompiledManifest;
 use crate::output::{Dataset, FilenameTemplate, OutputDir};
 use crate::report::{Reporter, StatusReport};
-use crate::scheduler::{Abort, Budget, Closed, Engine, OnStop, RunSummary};
+use crate::scheduler::{Budget, Closed, Engine, Ending, OnStop, RunSummary};
 use crate::sim::{SimConfig, SimHandle};
 use crate::store::Store;
 
@@ -104,7 +104,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         if let Some(sim) = sim {
             sim.shutdown().await;
         }
-        Ok(ExitCode::from(exit_code(&engine, &summary)))
+        Ok(ExitCode::from(exit::code(&engine.ending(&summary))))
     })
 }
 
@@ -134,11 +134,8 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
         );
         let cancelled = engine.cancel_in_flight().await;
         crate::say!("cancelled {cancelled} request(s); images they had finished were saved");
-        Ok(ExitCode::from(match engine.aborted() {
-            Some(Abort::Ledger(_)) => exit::LEDGER,
-            Some(_) => exit::JOBS_FAILED,
-            None => exit::SUCCESS,
-        }))
+        let ending = engine.aborted().map_or(Ending::Complete, Ending::Aborted);
+        Ok(ExitCode::from(exit::code(&ending)))
     })
 }
 
@@ -286,7 +283,7 @@ fn watch_stop_deadline(engine: Arc<Engine>) {
             interrupted: engine.aborted().is_none() && engine.closed().is_none(),
             ..RunSummary::default()
         };
-        std::process::exit(i32::from(exit_code(&engine, &summary)));
+        std::process::exit(i32::from(exit::code(&engine.ending(&summary))));
     });
 }
 
@@ -328,20 +325,6 @@ async fn next_signal() -> Option<&'static str> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await.ok().map(|()| "interrupted")
-    }
-}
-
-fn exit_code(engine: &Engine, summary: &RunSummary) -> u8 {
-    match engine.aborted() {
-        Some(Abort::Auth(_)) => exit::AUTH,
-        Some(Abort::Ledger(_)) => exit::LEDGER,
-        Some(Abort::Output(_)) => exit::JOBS_FAILED,
-        Some(Abort::Redirected(_)) => exit::USAGE,
-        None if engine.closed() == Some(Closed::MaxRuntime) => exit::MAX_RUNTIME,
-        None if engine.closed() == Some(Closed::MaxKudos) => exit::AUTH,
-        None if summary.interrupted => exit::INTERRUPTED,
-        None if summary.jobs_failed > 0 || summary.jobs_unfinished > 0 => exit::JOBS_FAILED,
-        None => exit::SUCCESS,
     }
 }
 

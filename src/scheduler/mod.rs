@@ -74,6 +74,23 @@ pub enum Abort {
     Redirected(String),
 }
 
+/// Why a run ended: the one fact its exit code is made from ([`crate::exit::code`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Every job asked for is done.
+    Complete,
+    /// The run went through, but some jobs failed or could not finish.
+    JobsFailed,
+    /// Stopped by a signal.
+    Interrupted,
+    /// `--max-runtime` was reached.
+    MaxRuntime,
+    /// `--max-kudos` would have been passed.
+    MaxKudos,
+    /// Something made going on pointless.
+    Aborted(Abort),
+}
+
 /// The durations and limits of a run. `Tuning::default()` is what users get;
 /// tests and rehearsals scale them down through `run`'s hidden flags.
 #[derive(Debug, Clone)]
@@ -358,6 +375,20 @@ impl Engine {
         }
         drop(abort);
         self.stop.cancel();
+    }
+
+    /// Why the run ended, given its summary.
+    pub fn ending(&self, summary: &RunSummary) -> Ending {
+        match (self.aborted(), self.closed()) {
+            (Some(abort), _) => Ending::Aborted(abort),
+            (None, Some(Closed::MaxRuntime)) => Ending::MaxRuntime,
+            (None, Some(Closed::MaxKudos)) => Ending::MaxKudos,
+            (None, None) if summary.interrupted => Ending::Interrupted,
+            (None, None) if summary.jobs_failed > 0 || summary.jobs_unfinished > 0 => {
+                Ending::JobsFailed
+            }
+            (None, None) => Ending::Complete,
+        }
     }
 
     /// Why the run was aborted, if it was.
