@@ -4,11 +4,14 @@
 //! owning a fixed range of image indices, so a slot's files keep their names
 //! across crashes and resumes. Seeds left to the Horde batch freely; exact
 //! per-image seeds need one request per image, because the Horde gives a batched
-//! request one seed. This module only computes; it does no I/O.
+//! request one seed. On resume, [`resume_slot`] decides from a slot's ledger
+//! record what it needs (skip, follow, look for a lost submit, submit). This
+//! module only computes; it does no I/O.
 
 use serde::Serialize;
 
 use crate::manifest::{CompiledManifest, Job, Seeds};
+use crate::store::{RequestRecord, RequestState};
 
 /// One request slot of a job: images `first_index .. first_index + n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,5 +118,183 @@ pub fn summarize(compiled: &CompiledManifest) -> PlanSummary {
         max_n,
         totals,
         jobs,
+    }
+}
+
+/// What a slot needs, given what the ledger says about it: the resume diff.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlotPlan {
+    /// Every image was saved by an earlier run: nothing to do.
+    Done { files: Vec<String>, kudos: f64 },
+    /// The Horde holds its request: follow it, not pay again. Its `n` images
+    /// count against the in-flight budget from the start.
+    Follow { record: RequestRecord, n: u32 },
+    /// An earlier run sent its submit and never recorded the answer: look for
+    /// that request before anything else is submitted.
+    FindLost { record: RequestRecord },
+    /// Submit for its missing images (`images` of them); `record` holds what
+    /// an earlier attempt saved, if any.
+    Submit {
+        record: Option<RequestRecord>,
+        images: u32,
+    },
+}
+
+/// Why a job cannot be planned against the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeError {
+    /// `results.jsonl` says the job finished, yet the ledger has never heard of
+    /// it: the ledger is stale (restored, truncated) and would redo paid work.
+    StaleLedger,
+}
+
+/// The resume diff of one slot: `record` is what the ledger holds for it,
+/// `has_result` whether the output folder records its job as finished.
+pub fn resume_slot(
+    slot: Slot,
+    record: Option<RequestRecord>,
+    has_result: bool,
+) -> Result<SlotPlan, ResumeError> {
+    let Some(mut record) = record else {
+        if slot.slot == 0 && has_result {
+            return Err(ResumeError::StaleLedger);
+        }
+        return Ok(SlotPlan::Submit {
+            record: None,
+            images: slot.n,
+        });
+    };
+    if record.first_index == slot.first_index && record.n < slot.n {
+        // The job asks for more images than when this slot was recorded: the
+        // slot grows, and only the new indices are asked for.
+        record.n = slot.n;
+    }
+    let missing = record.missing_indices().len() as u32;
+    Ok(match record.state {
+        RequestState::Done if missing == 0 => SlotPlan::Done {
+            files: record.images.values().map(|i| i.file_name.clone()).collect(),
+            kudos: record.kudos_charged,
+        },
+        RequestState::Submitted { n, .. } => SlotPlan::Follow { record, n },
+        RequestState::Submitting { .. } => SlotPlan::FindLost { record },
+        _ => SlotPlan::Submit {
+            record: Some(record),
+            images: missing,
+        },
+    })
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+    use crate::store::{RequestKey, SavedImage};
+
+    const SLOT: Slot = Slot {
+        slot: 0,
+        first_index: 0,
+        n: 4,
+    };
+
+    fn record(n: u32, saved: u32) -> RequestRecord {
+        let mut record = RequestRecord::first_attempt(&RequestKey::new("job", 0), 0, n, 1);
+        for index in 0..saved {
+            let image = SavedImage {
+                generation_id: format!("g{index}"),
+                file_name: format!("f{index}"),
+                censored: false,
+            };
+            record.save_image(index, image, 2);
+        }
+        record
+    }
+
+    fn in_state(mut record: RequestRecord, state: RequestState) -> RequestRecord {
+        record.transition(state, 3);
+        record
+    }
+
+    #[test]
+    fn a_slot_the_ledger_never_saw_is_submitted() {
+        assert_eq!(
+            resume_slot(SLOT, None, false),
+            Ok(SlotPlan::Submit {
+                record: None,
+                images: 4
+            })
+        );
+    }
+
+    #[test]
+    fn a_finished_job_the_ledger_never_saw_means_a_stale_ledger() {
+        assert_eq!(resume_slot(SLOT, None, true), Err(ResumeError::StaleLedger));
+        let later = Slot { slot: 1, ..SLOT };
+        assert!(matches!(
+            resume_slot(later, None, true),
+            Ok(SlotPlan::Submit { .. })
+        ));
+    }
+
+    #[test]
+    fn a_done_slot_is_skipped_with_its_files() {
+        let done = in_state(record(4, 4), RequestState::Done);
+        let Ok(SlotPlan::Done { files, .. }) = resume_slot(SLOT, Some(done), true) else {
+            panic!("a done slot is skipped")
+        };
+        assert_eq!(files, ["f0", "f1", "f2", "f3"]);
+    }
+
+    #[test]
+    fn a_done_slot_whose_job_grew_asks_for_the_new_images_only() {
+        let done = in_state(record(2, 2), RequestState::Done);
+        let Ok(SlotPlan::Submit { record, images }) = resume_slot(SLOT, Some(done), false) else {
+            panic!("a grown slot is submitted")
+        };
+        assert_eq!(images, 2);
+        assert_eq!(record.map(|r| r.missing_indices()), Some(vec![2, 3]));
+    }
+
+    #[test]
+    fn a_request_on_the_horde_is_followed() {
+        let submitted = in_state(
+            record(4, 1),
+            RequestState::Submitted {
+                horde_id: "id".into(),
+                n: 3,
+                submitted_ms: 2,
+            },
+        );
+        assert!(matches!(
+            resume_slot(SLOT, Some(submitted), false),
+            Ok(SlotPlan::Follow { n: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn a_submit_without_its_answer_is_looked_for() {
+        // `first_attempt` leaves the record `Submitting`, as a kill after the intent does.
+        assert!(matches!(
+            resume_slot(SLOT, Some(record(4, 0)), false),
+            Ok(SlotPlan::FindLost { .. })
+        ));
+    }
+
+    #[test]
+    fn failed_and_cancelled_slots_are_submitted_for_their_missing_images() {
+        for state in [
+            RequestState::Failed {
+                class: "transient".into(),
+                message: "m".into(),
+            },
+            RequestState::Cancelled {
+                horde_id: "id".into(),
+                cancelled_ms: 3,
+            },
+        ] {
+            let stopped = in_state(record(4, 3), state);
+            assert!(matches!(
+                resume_slot(SLOT, Some(stopped), false),
+                Ok(SlotPlan::Submit { images: 1, .. })
+            ));
+        }
     }
 }

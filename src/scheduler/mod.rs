@@ -45,7 +45,7 @@ pub use slot::build_request as request_for;
 use crate::horde::HordeClient;
 use crate::manifest::{CompiledManifest, Job, JobKey};
 use crate::output::ImageSink;
-use crate::plan::{self, Slot};
+use crate::plan::{self, ResumeError, Slot, SlotPlan};
 use crate::store::{Ledger, RequestKey, RequestRecord, RequestState};
 
 /// What to do with requests still on the Horde when the run is stopped.
@@ -491,60 +491,49 @@ impl Engine {
         let mut kudos_before = 0.0;
         for slot in plan::slots(&job, max_n) {
             let key = RequestKey::new(job.key.to_string(), slot.slot);
-            let mut record = match self.ledger.get(&key) {
+            let record = match self.ledger.get(&key) {
                 Ok(record) => record,
                 Err(error) => {
                     self.abort(Abort::Ledger(error.to_string()));
                     break;
                 }
             };
-            if let Some(r) = record
-                .as_mut()
-                .filter(|r| r.first_index == slot.first_index && r.n < slot.n)
-            {
-                // The job asks for more images than when this slot was recorded: the
-                // slot grows, and only the new indices are asked for.
-                r.n = slot.n;
-            }
-            if slot.slot == 0 && record.is_none() && self.sink.has_result(&key.job_key) {
-                // results.jsonl says this job finished, yet the ledger has never heard of it:
-                // the ledger is stale (restored, truncated) and would redo paid work.
-                self.abort(Abort::Ledger(format!(
-                    "job {} is finished in {} but unknown to the ledger in {}; run with --rebuild-state",
-                    key.job_key,
-                    self.sink.location(),
-                    self.ledger.location()
-                )));
-                break;
-            }
-            if let Some(record) = &record {
-                saved_before += record.images.len() as u32;
-                if matches!(record.state, RequestState::Done) && record.missing_indices().is_empty()
-                {
+            saved_before += record.as_ref().map_or(0, |r| r.images.len() as u32);
+            let finished_before =
+                slot.slot == 0 && record.is_none() && self.sink.has_result(&key.job_key);
+            let slot_plan = match plan::resume_slot(slot, record, finished_before) {
+                Ok(slot_plan) => slot_plan,
+                Err(ResumeError::StaleLedger) => {
+                    self.abort(Abort::Ledger(format!(
+                        "job {} is finished in {} but unknown to the ledger in {}; run with --rebuild-state",
+                        key.job_key,
+                        self.sink.location(),
+                        self.ledger.location()
+                    )));
+                    break;
+                }
+            };
+            let lease = match &slot_plan {
+                SlotPlan::Done { files, kudos } => {
                     run.summary.slots_skipped_done += 1;
-                    files_before.extend(record.images.values().map(|i| i.file_name.clone()));
-                    kudos_before += record.kudos_charged;
+                    files_before.extend(files.iter().cloned());
+                    kudos_before += kudos;
                     continue;
                 }
-            }
-            if self.submits.is_cancelled()
-                && !record.as_ref().is_some_and(RequestRecord::is_in_flight)
-            {
-                cut_short = true;
-                break;
-            }
-            slots_left += 1;
-            let lease = match record.as_ref().map(|r| &r.state) {
                 // Already on the Horde: its waiting images count against the budget.
-                Some(RequestState::Submitted { n, .. }) => Some(self.budget.lease_now(*n)),
+                SlotPlan::Follow { n, .. } => Some(self.budget.lease_now(*n)),
                 // A lost submit leases when it submits again, if it must.
-                Some(RequestState::Submitting { .. }) => None,
-                _ => {
+                SlotPlan::FindLost { .. } => {
+                    run.doubts_taken += 1;
+                    None
+                }
+                SlotPlan::Submit { images, .. } => {
+                    if self.submits.is_cancelled() {
+                        cut_short = true;
+                        break;
+                    }
                     // Hold new submits until the budget has room, finishing tasks meanwhile.
-                    let wanted = record
-                        .as_ref()
-                        .map_or(slot.n, |r| r.missing_indices().len() as u32)
-                        .clamp(1, self.budget.capacity());
+                    let wanted = (*images).clamp(1, self.budget.capacity());
                     let lease = loop {
                         tokio::select! {
                             lease = self.budget.lease(wanted) => break Some(lease),
@@ -555,21 +544,17 @@ impl Engine {
                         }
                     };
                     if lease.is_none() {
-                        slots_left -= 1;
                         cut_short = true;
                         break;
                     }
                     lease
                 }
             };
-            let lost_earlier = record
-                .as_ref()
-                .is_some_and(|r| matches!(r.state, RequestState::Submitting { .. }));
-            run.doubts_taken += u32::from(lost_earlier);
+            slots_left += 1;
             let engine = Arc::clone(self);
             let job_for_task = Arc::clone(&job);
             run.tasks.spawn(async move {
-                let outcome = engine.drive(&job_for_task, slot, record, lease).await;
+                let outcome = engine.drive(&job_for_task, slot, slot_plan, lease).await;
                 (job_for_task.key, outcome)
             });
         }

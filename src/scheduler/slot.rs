@@ -26,7 +26,7 @@ use crate::horde::{
 };
 use crate::manifest::{CensoredPolicy, Job};
 use crate::output::{GeneratedImage, OutputError};
-use crate::plan::Slot;
+use crate::plan::{Slot, SlotPlan};
 use crate::store::{now_ms, RequestKey, RequestRecord, RequestState, SavedImage};
 
 /// Largest image accepted from an R2 URL.
@@ -54,103 +54,142 @@ pub(super) enum Halt {
     Failed(String, String),
 }
 
+/// Where a slot is in its life: submit → follow → finish, or fail on the way.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// An earlier run's submit lost its answer: look for its request first.
+    FindLost,
+    /// Submit the missing images.
+    Submit,
+    /// Follow the request with this id until its images are saved.
+    Follow(String),
+    /// Every image is saved: record the slot done.
+    Finish,
+}
+
+/// The step after a record turned (or was found) `Submitted`.
+fn following(record: &RequestRecord) -> Step {
+    match &record.state {
+        RequestState::Submitted { horde_id, .. } => Step::Follow(horde_id.clone()),
+        _ => Step::Submit,
+    }
+}
+
+/// Every image of the slot is saved.
+fn is_complete(record: &RequestRecord) -> bool {
+    record.missing_indices().is_empty() && record.assigned.is_empty()
+}
+
 impl Engine {
     /// Drives one slot until its images are on disk, it fails, or the run stops.
     pub(super) async fn drive(
         self: &Arc<Self>,
         job: &Job,
         slot: Slot,
-        record: Option<RequestRecord>,
+        plan: SlotPlan,
         lease: Option<Lease>,
     ) -> SlotOutcome {
         let key = RequestKey::new(job.key.to_string(), slot.slot);
         let mut lease = lease;
-        let mut record = record;
+        let (mut record, mut step) = match plan {
+            SlotPlan::Done { files, kudos } => {
+                return SlotOutcome::Done {
+                    files,
+                    kudos,
+                    attempts: 0,
+                }
+            }
+            SlotPlan::Follow { record, .. } => {
+                let step = following(&record);
+                (Some(record), step)
+            }
+            SlotPlan::FindLost { record } => (Some(record), Step::FindLost),
+            SlotPlan::Submit { record, .. } => (record, Step::Submit),
+        };
         let mut retries_used = 0u32;
         let mut submit_failures = 0u32;
-        // Set when the request on the Horde is finished with but images are missing.
-        let mut resubmit = false;
-        let retries = self.manifest.run.retries;
-        if let Some(r) = record
-            .as_mut()
-            .filter(|r| matches!(r.state, RequestState::Submitting { .. }))
-        {
-            // An earlier run sent this submit and never recorded the answer.
-            let doubt = self.gate.adopt_initial();
-            match self.resolve_lost_submit(&key, r).await {
-                Ok(true) => {
-                    if let RequestState::Submitted { n, .. } = r.state {
-                        lease = Some(self.budget.lease_now(n));
+        loop {
+            step = match step {
+                Step::FindLost => {
+                    let r = record.as_mut().expect("a lost submit comes with its record");
+                    // An earlier run sent this submit and never recorded the answer.
+                    let doubt = self.gate.adopt_initial();
+                    let found = self.resolve_lost_submit(&key, r).await;
+                    drop(doubt);
+                    match found {
+                        Ok(true) => {
+                            if let RequestState::Submitted { n, .. } = r.state {
+                                lease = Some(self.budget.lease_now(n));
+                            }
+                            following(r)
+                        }
+                        Ok(false) => Step::Submit,
+                        Err(halt) => return self.halted(job, slot, &key, record, halt).await,
                     }
                 }
-                Ok(false) => {}
-                Err(halt) => return self.halted(job, slot, &key, record, halt).await,
-            }
-            drop(doubt);
-        }
-        loop {
-            if let Some(r) = &record {
-                if r.missing_indices().is_empty() && r.assigned.is_empty() {
-                    return self
-                        .finish(
+                Step::Submit => {
+                    let submitted = self
+                        .submit(
+                            job,
+                            slot,
                             &key,
-                            record.take().unwrap_or_else(|| fresh_record(job, slot)),
+                            &mut record,
+                            &mut lease,
+                            &mut submit_failures,
                         )
                         .await;
+                    match submitted {
+                        Ok(true) => {
+                            submit_failures = 0;
+                            following(record.as_ref().expect("a submitted slot has its record"))
+                        }
+                        Ok(false) => Step::Submit,
+                        Err(halt) => return self.halted(job, slot, &key, record, halt).await,
+                    }
                 }
-            }
-            match record.as_ref().map(|r| r.state.clone()) {
-                Some(RequestState::Submitted { horde_id, .. }) if !resubmit => {
-                    let r = record.as_mut().expect("matched Some above");
-                    match self.follow(job, &key, r, &horde_id, &mut lease).await {
-                        Followed::Retrieved => {
-                            if !r.missing_indices().is_empty() {
-                                retries_used += 1;
-                                resubmit = true;
-                                RunStats::bump(&self.stats.resubmits);
+                Step::Follow(horde_id) => {
+                    let r = record.as_mut().expect("a followed slot has its record");
+                    if is_complete(r) {
+                        // Every image was saved before the run stopped to record it.
+                        Step::Finish
+                    } else {
+                        let followed = self.follow(job, &key, r, &horde_id, &mut lease).await;
+                        match followed {
+                            Followed::Retrieved if is_complete(r) => Step::Finish,
+                            Followed::Retrieved => {
                                 tracing::info!(job = %job.name, key = %key, missing = r.missing_indices().len(), "request came back short; resubmitting the missing images");
+                                retries_used += 1;
+                                RunStats::bump(&self.stats.resubmits);
+                                Step::Submit
+                            }
+                            Followed::Expired => {
+                                tracing::warn!(job = %job.name, key = %key, id = %horde_id, "request expired on the Horde; resubmitting");
+                                retries_used += 1;
+                                RunStats::bump(&self.stats.resubmits);
+                                self.stats.failure("expired");
+                                Step::Submit
+                            }
+                            Followed::Stopped => return SlotOutcome::Stopped,
+                            Followed::Failed(class, message) => {
+                                return self.give_up(job, &key, r, class, message).await
                             }
                         }
-                        Followed::Expired => {
-                            retries_used += 1;
-                            resubmit = true;
-                            RunStats::bump(&self.stats.resubmits);
-                            self.stats.failure("expired");
-                            tracing::warn!(job = %job.name, key = %key, id = %horde_id, "request expired on the Horde; resubmitting");
-                        }
-                        Followed::Stopped => return SlotOutcome::Stopped,
-                        Followed::Failed(class, message) => {
-                            return self.give_up(job, &key, r, class, message).await
-                        }
-                    }
-                    if retries_used > retries {
-                        let have = r.images.len();
-                        let message = format!(
-                            "gave up after {} attempts: {have} of {} images",
-                            r.attempts, r.n
-                        );
-                        return self.fail(&key, r, "incomplete".into(), message).await;
                     }
                 }
-                _ => match self
-                    .submit(
-                        job,
-                        slot,
-                        &key,
-                        &mut record,
-                        &mut lease,
-                        &mut submit_failures,
-                    )
-                    .await
-                {
-                    Ok(submitted) => {
-                        if submitted {
-                            resubmit = false;
-                            submit_failures = 0;
-                        }
-                    }
-                    Err(halt) => return self.halted(job, slot, &key, record, halt).await,
-                },
+                Step::Finish => {
+                    let r = record.take().unwrap_or_else(|| fresh_record(job, slot));
+                    return self.finish(&key, r).await;
+                }
+            };
+            if step == Step::Submit && retries_used > self.manifest.run.retries {
+                let r = record.as_mut().expect("a resubmitted slot has its record");
+                let message = format!(
+                    "gave up after {} attempts: {} of {} images",
+                    r.attempts,
+                    r.images.len(),
+                    r.n
+                );
+                return self.fail(&key, r, "incomplete".into(), message).await;
             }
         }
     }
