@@ -360,7 +360,7 @@ fn report(engine: &Engine, summary: &RunSummary, out: &Path) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !failures.is_empty() {
         let mut classes: Vec<_> = failures.iter().collect();
-        classes.sort();
+        classes.sort_by_key(|(kind, _)| kind.as_str());
         let text: Vec<String> = classes
             .iter()
             .map(|(class, count)| format!("{class}: {count}"))

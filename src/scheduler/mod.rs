@@ -18,6 +18,7 @@
 
 mod adopt;
 mod budget;
+mod failure;
 mod pacing;
 pub mod policy;
 pub mod poll;
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use adopt::SubmitGate;
 pub use budget::{Budget, Lease};
+pub use failure::FailureKind;
 pub use pacing::{EndpointClass, Pacer, DEFAULT_SUBMIT_INTERVAL};
 pub use policy::Policy;
 pub use poll::PollPlanner;
@@ -177,7 +179,7 @@ pub struct RunStats {
     pub transient_errors: AtomicU64,
     pub resubmits: AtomicU64,
     pub kudos_millis: AtomicU64,
-    pub failures: Mutex<HashMap<String, u64>>,
+    pub failures: Mutex<HashMap<FailureKind, u64>>,
     /// Requests submitted and not yet followed to their end.
     pub requests_in_flight: AtomicU64,
     /// Images of those requests.
@@ -203,12 +205,12 @@ impl RunStats {
         self.kudos_millis.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
-    pub(crate) fn failure(&self, class: &str) {
+    pub(crate) fn failure(&self, kind: FailureKind) {
         let mut failures = self
             .failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *failures.entry(class.to_owned()).or_default() += 1;
+        *failures.entry(kind).or_default() += 1;
     }
 }
 
@@ -221,7 +223,7 @@ pub enum SlotOutcome {
         attempts: u32,
     },
     Failed {
-        class: String,
+        kind: FailureKind,
         message: String,
         images_saved: u32,
     },
@@ -261,7 +263,7 @@ struct JobProgress {
     files: Vec<String>,
     kudos: f64,
     attempts: u32,
-    failure: Option<(String, String)>,
+    failure: Option<(FailureKind, String)>,
     images_saved: u32,
     stopped: bool,
 }
@@ -619,12 +621,12 @@ impl Engine {
                 entry.attempts += attempts;
             }
             SlotOutcome::Failed {
-                class,
+                kind,
                 message,
                 images_saved,
             } => {
                 entry.images_saved += images_saved;
-                entry.failure.get_or_insert((class, message));
+                entry.failure.get_or_insert((kind, message));
             }
             SlotOutcome::Stopped => entry.stopped = true,
         }
@@ -634,12 +636,12 @@ impl Engine {
         let Some(entry) = progress.remove(&job_key) else {
             return;
         };
-        if let Some((class, message)) = entry.failure {
+        if let Some((kind, message)) = entry.failure {
             summary.jobs_failed += 1;
             RunStats::bump(&self.stats.jobs_failed);
             if let Err(e) = self
                 .sink
-                .job_failed(&entry.job, &class, &message, entry.images_saved)
+                .job_failed(&entry.job, kind.as_str(), &message, entry.images_saved)
             {
                 tracing::error!(error = %e, "cannot record a job error");
             }

@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::adopt::Lost;
 use super::policy::{Action, Call, StopCause, WaitScope, CANCEL_ATTEMPTS};
 use super::poll::Ticket;
-use super::{fresh_record, Abort, EndpointClass, Engine, Lease, OnStop, RunStats, SlotOutcome};
+use super::{
+    fresh_record, Abort, EndpointClass, Engine, FailureKind, Lease, OnStop, RunStats, SlotOutcome,
+};
 use crate::horde::{
     FailureClass, Generation, GenerationParams, GenerationRequest, HordeError, ImageSource,
     RequestStatus,
@@ -43,7 +45,7 @@ pub(super) enum Followed {
     /// The run is stopping.
     Stopped,
     /// Given up: the caller cancels the request and fails the job.
-    Failed(String, String),
+    Failed(FailureKind, String),
 }
 
 /// Why a step could not go on.
@@ -51,7 +53,7 @@ pub(super) enum Halt {
     Stopped,
     /// The request is gone from the Horde: submit the missing images again.
     Resubmit,
-    Failed(String, String),
+    Failed(FailureKind, String),
 }
 
 /// Where a slot is in its life: submit → follow → finish, or fail on the way.
@@ -166,12 +168,12 @@ impl Engine {
                                 tracing::warn!(job = %job.name, key = %key, id = %horde_id, "request expired on the Horde; resubmitting");
                                 retries_used += 1;
                                 RunStats::bump(&self.stats.resubmits);
-                                self.stats.failure("expired");
+                                self.stats.failure(FailureKind::Expired);
                                 Step::Submit
                             }
                             Followed::Stopped => return SlotOutcome::Stopped,
-                            Followed::Failed(class, message) => {
-                                return self.give_up(job, &key, r, class, message).await
+                            Followed::Failed(kind, message) => {
+                                return self.give_up(job, &key, r, kind, message).await
                             }
                         }
                     }
@@ -189,7 +191,7 @@ impl Engine {
                     r.images.len(),
                     r.n
                 );
-                return self.fail(&key, r, "incomplete".into(), message).await;
+                return self.fail(&key, r, FailureKind::Incomplete, message).await;
             }
         }
     }
@@ -208,12 +210,12 @@ impl Engine {
             // A submit cannot expire; treat it as a failure of the job.
             Halt::Resubmit => {
                 let mut r = record.unwrap_or_else(|| fresh_record(job, slot));
-                self.fail(key, &mut r, "expired".into(), "the request vanished".into())
+                self.fail(key, &mut r, FailureKind::Expired, "the request vanished".into())
                     .await
             }
-            Halt::Failed(class, message) => {
+            Halt::Failed(kind, message) => {
                 let mut r = record.unwrap_or_else(|| fresh_record(job, slot));
-                self.give_up(job, key, &mut r, class, message).await
+                self.give_up(job, key, &mut r, kind, message).await
             }
         }
     }
@@ -242,7 +244,7 @@ impl Engine {
         job: &Job,
         key: &RequestKey,
         record: &mut RequestRecord,
-        class: String,
+        kind: FailureKind,
         mut message: String,
     ) -> SlotOutcome {
         if let RequestState::Submitted { horde_id, .. } = record.state.clone() {
@@ -254,30 +256,30 @@ impl Engine {
                     "{message}; cancelling its request {horde_id} failed: the next run or \
                      `horde-batch cancel` retries"
                 );
-                tracing::warn!(key = %key, %class, %message, "request failed");
-                self.stats.failure(&class);
+                tracing::warn!(key = %key, %kind, %message, "request failed");
+                self.stats.failure(kind);
                 return SlotOutcome::Failed {
-                    class,
+                    kind,
                     message,
                     images_saved: record.images.len() as u32,
                 };
             }
         }
-        self.fail(key, record, class, message).await
+        self.fail(key, record, kind, message).await
     }
 
     async fn fail(
         &self,
         key: &RequestKey,
         record: &mut RequestRecord,
-        class: String,
+        kind: FailureKind,
         message: String,
     ) -> SlotOutcome {
-        tracing::warn!(key = %key, %class, %message, "request failed");
-        self.stats.failure(&class);
+        tracing::warn!(key = %key, %kind, %message, "request failed");
+        self.stats.failure(kind);
         record.transition(
             RequestState::Failed {
-                class: class.clone(),
+                class: kind.as_str().to_owned(),
                 message: message.clone(),
             },
             now_ms(),
@@ -286,7 +288,7 @@ impl Engine {
             self.abort(Abort::Ledger(e.to_string()));
         }
         SlotOutcome::Failed {
-            class,
+            kind,
             message,
             images_saved: record.images.len() as u32,
         }
@@ -337,7 +339,7 @@ impl Engine {
             Action::Resubmit => return Err(Halt::Resubmit),
             Action::GiveUp { class } => {
                 let message = format!("{error} (gave up after {failures} tries)");
-                return Err(Halt::Failed(class.as_str().into(), message));
+                return Err(Halt::Failed(class.into(), message));
             }
             Action::StopRun(StopCause::Auth) => {
                 self.abort(Abort::Auth(error.to_string()));
@@ -543,7 +545,7 @@ impl Engine {
                     Ok(status) => {
                         // The Horde drops an image whose attempts all faulted; the request still ends done.
                         for _ in status.generations.len()..n as usize {
-                            self.stats.failure("faulted");
+                            self.stats.failure(FailureKind::Faulted);
                         }
                         self.saved_or_halted(job, key, record, id, &status).await
                     }
@@ -573,7 +575,7 @@ impl Engine {
         match halt {
             Halt::Stopped => self.stop_request(job, key, record, id).await,
             Halt::Resubmit => Followed::Expired,
-            Halt::Failed(class, message) => Followed::Failed(class, message),
+            Halt::Failed(kind, message) => Followed::Failed(kind, message),
         }
     }
 
@@ -647,7 +649,7 @@ impl Engine {
                         "no worker could serve the request for {}",
                         humantime::format_duration(self.manifest.run.no_worker_timeout)
                     );
-                    return Err(Halt::Failed("no_worker".into(), message));
+                    return Err(Halt::Failed(FailureKind::NoWorker, message));
                 }
             }
         }
@@ -833,7 +835,7 @@ impl Engine {
             }
             if generation.censored && self.manifest.run.on_censored == CensoredPolicy::Reroll {
                 RunStats::bump(&self.stats.images_censored);
-                self.stats.failure("censored");
+                self.stats.failure(FailureKind::Censored);
                 continue;
             }
             let Some(index) = free.pop() else { break };
@@ -907,7 +909,7 @@ impl Engine {
                 }
                 Err(error) => {
                     tracing::warn!(%error, generation = %generation.id, "could not fetch an image; it will be asked for again");
-                    self.stats.failure("download");
+                    self.stats.failure(FailureKind::Download);
                     record.assigned.remove(&index);
                     continue;
                 }
@@ -938,7 +940,7 @@ impl Engine {
                 }
                 Err(OutputError::Webp { error, .. }) => {
                     tracing::warn!(%error, generation = %generation.id, "the Horde sent a broken image; it will be asked for again");
-                    self.stats.failure("bad_image");
+                    self.stats.failure(FailureKind::BadImage);
                     record.assigned.remove(&index);
                 }
                 Err(error @ OutputError::Collision { .. }) => {
