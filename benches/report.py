@@ -167,7 +167,7 @@ def polling_markdown(polling: dict) -> list[str]:
     meta, runs, median = polling["meta"], polling["runs"], polling["median"]
     out = [
         f"Polling case (benches/workload-polling.yaml: 40 images at 512x512, 20 steps, 4 requests of n = 10; "
-        f"fresh sim per seed with its defaults: {meta['sim']}; ideal {meta['ideal_s']} s). "
+        f"fresh sim per seed with its default settings: {meta['sim']}; ideal {meta['ideal_s']} s). "
         f"Client: {meta['client_label']}; tree {meta['tree']}. Run {meta['date']}, "
         f"load average at start {meta['load_average_at_start']}.",
         "",
