@@ -4,7 +4,12 @@
 writes WORK_DIR/results.json with every number. Reads: machine.json; for each
 client (hb, sdk, sdk-spaced) NAME.time (/usr/bin/time -v), NAME.stats.json
 (the sim's /sim/stats) and, for the SDK, NAME.json (sdk_workload.py's
-summary); plan-1m.time; resume-*.json (first_submit.py).
+summary); plan-1m.time; resume-*.json (first_submit.py); and, when present,
+the polling case's folder WORK_DIR/polling (benches/polling.sh).
+
+`report.py --polling DIR` prints only the polling case's table for DIR (what
+benches/polling.sh leaves: meta.json, seed-N.time, seed-N.stats.json) and
+writes DIR/results.json.
 """
 
 import json
@@ -108,6 +113,101 @@ def client_numbers(work: Path, name: str, ideal_s: float) -> dict | None:
     return numbers
 
 
+def polling_numbers(folder: Path) -> dict | None:
+    """The polling case: one entry per seed, plus medians."""
+    meta = read_json(folder / "meta.json")
+    if meta is None:
+        return None
+    runs = []
+    for stats_path in sorted(folder.glob("seed-*.stats.json"), key=lambda p: int(p.name.split("-")[1].split(".")[0])):
+        seed = int(stats_path.name.split("-")[1].split(".")[0])
+        stats = read_json(stats_path)
+        time = read_time(folder / f"seed-{seed}.time")
+        if stats is None or time is None:
+            continue
+        images = stats["images_retrieved"]
+        # Every endpoint under /api/ counts; R2 downloads and /sim/ do not.
+        api = {
+            f"{endpoint} {status}": count
+            for endpoint, statuses in stats["calls"].items()
+            if " /api/" in endpoint
+            for status, count in sorted(statuses.items())
+        }
+        api_calls = sum(api.values())
+        checks = sum(count for key, count in api.items() if key.startswith("GET /api/v2/generate/check/"))
+        submitted = api.get("POST /api/v2/generate/async 202", 0)
+        runs.append(
+            {
+                "seed": seed,
+                "images": images,
+                "wall_s": time["wall_s"],
+                "throughput_ratio": meta["ideal_s"] / time["wall_s"] if time["wall_s"] else 0.0,
+                "api_calls": api_calls,
+                "calls": api,
+                "checks": checks,
+                "requests_submitted": submitted,
+                "checks_per_request": checks / submitted if submitted else float("nan"),
+                "http_429": stats["rate_limited"] + stats["too_many_prompts"],
+                "r2_downloads": stats["r2_downloads"],
+                "api_calls_per_image": api_calls / images if images else float("nan"),
+                "requests_never_retrieved": stats["requests_never_retrieved"],
+                "exit_status": time["exit_status"],
+            }
+        )
+    if not runs:
+        return None
+    median = {
+        key: statistics.median(run[key] for run in runs)
+        for key in ("images", "wall_s", "throughput_ratio", "api_calls", "checks", "checks_per_request", "http_429", "api_calls_per_image")
+    }
+    return {"meta": meta, "runs": runs, "median": median}
+
+
+def polling_markdown(polling: dict) -> list[str]:
+    meta, runs, median = polling["meta"], polling["runs"], polling["median"]
+    out = [
+        f"Polling case (benches/workload-polling.yaml: 40 images at 512x512, 20 steps, 4 requests of n = 10; "
+        f"fresh sim per seed with its default settings: {meta['sim']}; ideal {meta['ideal_s']} s). "
+        f"Client: {meta['client_label']}; tree {meta['tree']}. Run {meta['date']}, "
+        f"load average at start {meta['load_average_at_start']}.",
+        "",
+    ]
+    endpoints = []
+    for run in runs:
+        for key in run["calls"]:
+            if key not in endpoints:
+                endpoints.append(key)
+    order = {endpoint: i for i, (endpoint, _) in enumerate(ENDPOINTS)}
+    endpoints.sort(key=lambda k: (order.get(k.rsplit(" ", 1)[0], 99), k))
+    out.append("| | " + " | ".join(f"seed {run['seed']}" for run in runs) + " | median |")
+    out.append("|" + "---|" * (len(runs) + 2))
+
+    def row(label, key, digits):
+        cells = [fmt(run.get(key, run["calls"].get(key, 0)), digits) for run in runs]
+        med = median.get(key)
+        if med is None:
+            med = statistics.median(run["calls"].get(key, 0) for run in runs)
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {fmt(med, digits)} |")
+
+    row("images retrieved", "images", 0)
+    row("Horde API calls per image", "api_calls_per_image", 3)
+    row("Horde API calls", "api_calls", 0)
+    for key in endpoints:
+        label = key.replace("/api/v2/", "").replace("generate/", "")
+        row(label, key, 0)
+    row("checks per request", "checks_per_request", 2)
+    row("429s received", "http_429", 0)
+    row("wall time, process start to exit (s)", "wall_s", 1)
+    row("throughput ÷ ideal", "throughput_ratio", 3)
+    out.append("")
+    api = median["api_calls_per_image"]
+    out.append(
+        f"Target: ≤ 0.45 Horde API calls per image (floor 0.35): median {api:.3f}, "
+        + ("met." if api <= 0.45 else "**not met**.")
+    )
+    return out
+
+
 def fmt(value, digits=2):
     if value is None:
         return "–"
@@ -123,6 +223,15 @@ def ratio(a, b, digits=2):
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--polling":
+        folder = Path(sys.argv[2])
+        polling = polling_numbers(folder)
+        if polling is None:
+            print(f"no polling runs in {folder}", file=sys.stderr)
+            return 1
+        (folder / "results.json").write_text(json.dumps(polling, indent=2) + "\n")
+        print("\n".join(polling_markdown(polling)))
+        return 0
     work = Path(sys.argv[1])
     machine = read_json(work / "machine.json")
     sim = machine["sim"]
@@ -138,6 +247,9 @@ def main() -> int:
     resume_runs = [read_json(p) for p in sorted(work.glob("resume-[0-9].json"))]
     resume_runs = [r for r in resume_runs if r]
     results["resume"] = resume_runs
+    polling = polling_numbers(work / "polling")
+    if polling:
+        results["polling"] = polling
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     clients = [(name, label) for name, label in CLIENTS if name in results["clients"]]
@@ -242,6 +354,9 @@ def main() -> int:
             out.append(
                 f"| resume to first submit < 1 s (100,000 jobs, {machine['resume_done']:,} done) | {statistics.median(firsts):.3f} s median, {worst:.3f} s worst | {'yes' if worst < 1 else 'no'} |"
             )
+    if polling:
+        out.append("")
+        out.extend(polling_markdown(polling))
     print("\n".join(out))
     return 0
 

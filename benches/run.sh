@@ -11,13 +11,17 @@
 #   3. horde_sdk again, spaced 0.7 s apart with its own `delay=` argument;
 #   4. `horde-batch plan benches/plan-1m.yaml --json --max-jobs 1000000`;
 #   5. resume: a ledger of benches/resume-100k.yaml (100,000 one-image jobs)
-#      with the first 50,000 done; time from process start to the first submit.
+#      with the first 50,000 done; time from process start to the first submit;
+#   6. the polling case (benches/polling.sh, also runnable alone): 40 small
+#      images as 4 requests of n = 10 with a registered key, on a sim with its
+#      DEFAULT settings, whose wait_time reads 0 while they wait; seeds 1..3.
 # Client CPU and peak RSS come from /usr/bin/time -v, HTTP calls from the
 # sim's /sim/stats. Results: target/bench/results.md (the table) and
 # target/bench/results.json; logs and outputs stay under target/bench/.
 #
 # Knobs (environment): BENCH_WORKERS (20), BENCH_LATENCY (1s), BENCH_SEED (7),
-# BENCH_RESUME_DONE (50000), BENCH_SKIP_SDK_EXAMPLE=1 (skips step 2, the
+# BENCH_RESUME_DONE (50000), BENCH_SKIP_POLLING=1 (skips step 6),
+# BENCH_POLLING_SEEDS (1 2 3), BENCH_SKIP_SDK_EXAMPLE=1 (skips step 2, the
 # slowest), BENCH_EATMYDATA=1 (also runs step 1 under `eatmydata`, which
 # turns fsync off, to show what durability costs; needs the Debian package
 # eatmydata), HORDE_SDK_SPEC (horde_sdk==0.18.0), CARGO_TARGET_DIR.
@@ -177,6 +181,11 @@ for attempt in 1 2 3; do
     cat "$work/resume-$attempt.json" >&2
 done
 stop_sim resume
+
+if [[ "${BENCH_SKIP_POLLING:-0}" != 1 ]]; then
+    log "polling case (benches/polling.sh): 40 images, 4 requests of n = 10, sim defaults"
+    BENCH_POLLING_DIR="$work/polling" BENCH_POLLING_SIM="$bin" bash benches/polling.sh >/dev/null
+fi
 
 cut -d' ' -f1-3 /proc/loadavg >"$work/loadavg-end.txt"
 "$python" benches/report.py "$work" >"$work/results.md"
