@@ -40,7 +40,10 @@ mod tests {
     #[test]
     fn an_unusable_output_folder_is_a_setup_problem_wherever_it_is_found() {
         // Before the run (AppError::Output) and during it (Abort::Output) alike.
-        assert_eq!(code(&Ending::Aborted(Abort::Output("disk full".into()))), USAGE);
+        assert_eq!(
+            code(&Ending::Aborted(Abort::Output("disk full".into()))),
+            USAGE
+        );
     }
 
     #[test]

@@ -172,7 +172,11 @@ pub fn resume_slot(
     let missing = record.missing_indices().len() as u32;
     Ok(match record.state {
         RequestState::Done if missing == 0 => SlotPlan::Done {
-            files: record.images.values().map(|i| i.file_name.clone()).collect(),
+            files: record
+                .images
+                .values()
+                .map(|i| i.file_name.clone())
+                .collect(),
             kudos: record.kudos_charged,
         },
         RequestState::Submitted { n, .. } => SlotPlan::Follow { record, n },

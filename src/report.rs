@@ -91,7 +91,10 @@ impl StatusReport {
             images_in_flight: load(&s.images_in_flight),
             requests_by_state: BTreeMap::new(),
             in_flight: Vec::new(),
-            failures: failures.iter().map(|(k, v)| (k.as_str().to_owned(), *v)).collect(),
+            failures: failures
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), *v))
+                .collect(),
             kudos_charged: kudos,
             kudos_estimated_remaining: estimate(
                 kudos,

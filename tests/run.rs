@@ -433,3 +433,24 @@ fn raising_images_asks_only_for_the_new_ones() {
         "only the 6 new images were generated"
     );
 }
+
+#[test]
+fn a_simulated_run_accepts_the_key_a_user_has_exported() {
+    // A real user has AI_HORDE_API_KEY set; `--simulate` must not refuse it.
+    let batch = Batch::new(
+        "version: 1\nname: rehearsal\ndefaults: {models: [stable_diffusion], \
+         params: {width: 64, height: 64}}\njobs:\n  - {name: a, prompt: a kite, images: 2}\n",
+    );
+    let output = std::process::Command::new(crate::common::BIN)
+        .args(["run", "--simulate"])
+        .arg(&batch.manifest)
+        .env("AI_HORDE_API_KEY", "a-real-users-key-0123")
+        .env_remove("AI_HORDE_URL")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("a-real-users-key-0123"), "{stderr}");
+    batch.assert_complete(2);
+}

@@ -1,7 +1,11 @@
 //! The commands: each takes parsed arguments, does its work and returns an
 //! exit code. Errors bubble up as `AppError` and are reported once, by `main`.
 
+mod cancel;
+mod config;
+mod kudos;
 mod run;
+mod status;
 
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
@@ -76,6 +80,12 @@ impl AppError {
     }
 }
 
+/// `horde-batch sim`.
+fn sim(config: crate::sim::SimConfig) -> Result<ExitCode, AppError> {
+    config::runtime()?.block_on(crate::sim::run_cli(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs the command `cli` asks for.
 pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
     match cli.command {
@@ -83,9 +93,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Command::Plan(args) => plan(&args),
         Command::Schema => schema(),
         Command::Run(args) => run::run(&args),
-        Command::Cancel(args) => run::cancel(&args),
-        Command::Sim(config) => run::sim(config),
-        Command::Status(args) => run::status(&args),
+        Command::Cancel(args) => cancel::cancel(&args),
+        Command::Sim(config) => sim(config),
+        Command::Status(args) => status::status(&args),
         Command::Completions { shell } => {
             // Generated into memory: clap_complete panics on a failed write (a closed pipe).
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -190,7 +200,11 @@ fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
     }
     let summary = plan::summarize(&compiled);
     let kudos = if args.kudos {
-        Some(run::kudos_estimate(&compiled, &args.horde, args.simulate)?)
+        Some(kudos::kudos_estimate(
+            &compiled,
+            &args.horde,
+            args.simulate,
+        )?)
     } else {
         None
     };

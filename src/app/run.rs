@@ -1,57 +1,48 @@
-//! `run`, `cancel` and `sim`: the commands that talk to a Horde.
-//!
-//! Wiring only: resolve places and the key, open the ledger and the output
-//! directory, build the client (or start the simulated Horde), install the
-//! signal handlers, hand over to the scheduler, and turn its summary into an
-//! exit code and a report on stderr.
+//! `horde-batch run`: wiring only. Open the output folder and the ledger,
+//! connect to the Horde, check the manifest against it, hand over to the
+//! engine, watch for signals and deadlines, and report the summary.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{load, AppError};
-use crate::cli::{AtMaxRuntime, CancelArgs, HordeArgs, PlacesArgs, RunArgs, StatusArgs};
+use super::config::{runtime, Batch, Horde};
+use super::AppError;
+use crate::cli::{AtMaxRuntime, RunArgs};
 use crate::exit;
-use crate::horde::{ApiKey, ClientConfig, FailureClass, HordeClient};
+use crate::horde::{FailureClass, HordeClient};
 use crate::manifest::CompiledManifest;
-use crate::output::{Dataset, FilenameTemplate, OutputDir};
-use crate::report::{Reporter, StatusReport};
-use crate::scheduler::{Budget, Closed, Engine, Ending, OnStop, RunSummary};
-use crate::sim::{SimConfig, SimHandle};
-use crate::store::Store;
+use crate::output::Dataset;
+use crate::report::Reporter;
+use crate::scheduler::{Budget, Closed, Engine, OnStop, RunSummary};
 
-/// The name of the state folder inside the output directory.
-const STATE_DIR: &str = ".horde-batch";
 /// Budget when the Horde cannot tell us the key's concurrency (its default for registered users).
 const FALLBACK_CONCURRENCY: u32 = 30;
 
-fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(AppError::Runtime)
-}
-
 /// `horde-batch run`.
 pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
-    let compiled = Arc::new(load(&args.manifest, args.max_jobs)?);
-    let template = FilenameTemplate::parse(&compiled.output.filename)?;
-    let (out_dir, state_dir) = places(&compiled, &args.places);
-    let api_key = api_key(&args.horde)?;
+    let batch = Batch::load(&args.manifest, args.max_jobs, &args.places)?;
+    let Batch {
+        compiled,
+        template,
+        out_dir,
+        state_dir,
+    } = &batch;
+    let compiled = Arc::clone(compiled);
     runtime()?.block_on(async {
         // The output directory first: if it cannot be written, nothing else is touched.
-        let output = open_output(out_dir.clone()).await?;
+        let output = batch.open_output().await?;
         let rebuild_from = if args.rebuild_state {
-            let moved = crate::rebuild::move_aside(&state_dir)
+            let moved = crate::rebuild::move_aside(state_dir)
                 .map_err(|e| AppError::Config(format!("cannot move the state folder {} aside: {e}", state_dir.display())))?;
             Some(moved)
         } else {
             None
         };
-        let store = open_store(&state_dir).await?;
+        let store = batch.open_store().await?;
         if let Some(moved) = rebuild_from {
             let mut report = crate::rebuild::rebuild(&store, &output, &compiled).await?;
             report.moved_to = moved;
@@ -69,8 +60,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             compiled.name(),
         )?;
         store.flush().await?;
-        let sim = if args.simulate { Some(start_sim().await?) } else { None };
-        let client = client(&args.horde, sim.as_ref(), api_key)?;
+        let horde = Horde::connect(&args.horde, args.simulate).await?;
+        let client = horde.client.clone();
         let capacity = budget_capacity(&client, &compiled).await?;
         preflight(&client, &compiled, args.wait_for_workers).await?;
         let stop = CancellationToken::new();
@@ -78,7 +69,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let engine = Engine::new(
             client.clone(),
             Arc::new(store),
-            Arc::new(Dataset::new(output, template, Arc::clone(&compiled))),
+            Arc::new(Dataset::new(output, template.clone(), Arc::clone(&compiled))),
             Arc::clone(&compiled),
             Budget::new(capacity),
             args.tuning.resolve(),
@@ -100,121 +91,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         tracing::info!(manifest = %compiled.file.path.display(), out = %out_dir.display(), budget = capacity, "run started");
         let summary = engine.run().await;
         reporter.finish().await;
-        report(&engine, &summary, &out_dir);
-        if let Some(sim) = sim {
-            sim.shutdown().await;
-        }
+        report(&engine, &summary, out_dir);
+        horde.close().await;
         Ok(ExitCode::from(exit::code(&engine.ending(&summary))))
     })
-}
-
-/// `horde-batch cancel`: cancels every request a run left on the Horde.
-pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
-    let compiled = Arc::new(load(&args.manifest, None)?);
-    let template = FilenameTemplate::parse(&compiled.output.filename)?;
-    let (out_dir, state_dir) = places(&compiled, &args.places);
-    let api_key = api_key(&args.horde)?;
-    runtime()?.block_on(async {
-        let output = open_output(out_dir).await?;
-        let store = open_store(&state_dir).await?;
-        let client = client(&args.horde, None, api_key)?;
-        let stop = CancellationToken::new();
-        stop.cancel();
-        let sink = Dataset::new(output, template, Arc::clone(&compiled));
-        let engine = Engine::new(
-            client,
-            Arc::new(store),
-            Arc::new(sink),
-            compiled,
-            Budget::new(1),
-            args.tuning.resolve(),
-            stop,
-            OnStop::Cancel,
-            None,
-        );
-        let cancelled = engine.cancel_in_flight().await;
-        crate::say!("cancelled {cancelled} request(s); images they had finished were saved");
-        let ending = engine.aborted().map_or(Ending::Complete, Ending::Aborted);
-        Ok(ExitCode::from(exit::code(&ending)))
-    })
-}
-
-/// `horde-batch sim`.
-pub fn sim(config: SimConfig) -> Result<ExitCode, AppError> {
-    runtime()?.block_on(crate::sim::run_cli(config))?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn places(compiled: &CompiledManifest, places: &PlacesArgs) -> (PathBuf, PathBuf) {
-    let out = places
-        .out
-        .clone()
-        .unwrap_or_else(|| compiled.output.dir.clone());
-    let state = places.state.clone().unwrap_or_else(|| out.join(STATE_DIR));
-    (out, state)
-}
-
-fn api_key(horde: &HordeArgs) -> Result<ApiKey, AppError> {
-    if let Some(path) = &horde.api_key_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            AppError::Config(format!(
-                "cannot read the API key file {}: {e}",
-                path.display()
-            ))
-        })?;
-        let key = text.lines().next().unwrap_or_default().trim();
-        if key.is_empty() {
-            return Err(AppError::Config(format!(
-                "the API key file {} is empty",
-                path.display()
-            )));
-        }
-        return Ok(ApiKey::new(key));
-    }
-    match std::env::var("AI_HORDE_API_KEY") {
-        Ok(key) if !key.trim().is_empty() => Ok(ApiKey::new(key.trim())),
-        _ => Ok(ApiKey::anonymous()),
-    }
-}
-
-async fn open_store(dir: &Path) -> Result<Store, AppError> {
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || Store::open(&dir))
-        .await
-        .map_err(|e| AppError::Config(format!("opening the ledger failed: {e}")))?
-        .map_err(AppError::from)
-}
-
-async fn open_output(dir: PathBuf) -> Result<OutputDir, AppError> {
-    tokio::task::spawn_blocking(move || OutputDir::open(dir))
-        .await
-        .map_err(|e| AppError::Config(format!("opening the output directory failed: {e}")))?
-        .map_err(AppError::from)
-}
-
-async fn start_sim() -> Result<SimHandle, AppError> {
-    let handle = crate::sim::spawn(SimConfig::default()).await?;
-    tracing::info!(url = %handle.base_url(), "simulated Horde started");
-    Ok(handle)
-}
-
-fn client(
-    horde: &HordeArgs,
-    sim: Option<&SimHandle>,
-    api_key: ApiKey,
-) -> Result<HordeClient, AppError> {
-    let url = match (sim, &horde.horde_url) {
-        (Some(sim), _) => sim.base_url(),
-        (None, Some(url)) => url.clone(),
-        (None, None) => crate::horde::DEFAULT_BASE_URL.to_owned(),
-    };
-    let url = reqwest::Url::parse(&url)
-        .map_err(|e| AppError::Config(format!("bad Horde URL `{url}`: {e}")))?;
-    let mut config = ClientConfig::new(url, api_key);
-    if let Some(contact) = &horde.contact {
-        config.contact = contact.clone();
-    }
-    HordeClient::new(config).map_err(|e| AppError::Config(e.to_string()))
 }
 
 /// Images allowed to wait on the Horde at once: the manifest's choice, else the key's concurrency.
@@ -456,111 +336,4 @@ async fn first_request_estimate(client: &HordeClient, compiled: &CompiledManifes
             None
         }
     }
-}
-
-/// `horde-batch status`.
-pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
-    let compiled = load(&args.manifest, None)?;
-    let (_, state_dir) = places(&compiled, &args.places);
-    let wanted = compiled.total_images();
-    let report = if !state_dir.join("ledger").exists() {
-        StatusReport {
-            images_wanted: wanted,
-            updated_ms: crate::store::now_ms(),
-            ..StatusReport::default()
-        }
-    } else {
-        match Store::open(&state_dir) {
-            Ok(store) => StatusReport::from_ledger(&store, wanted)?,
-            Err(crate::store::StoreError::Locked { pid, .. }) => {
-                let mut report = crate::report::read_status_file(&state_dir).unwrap_or_default();
-                report.active = true;
-                report.pid = pid.or(report.pid);
-                report
-            }
-            Err(other) => return Err(other.into()),
-        }
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report)
-                .map_err(|e| AppError::Stdout(std::io::Error::other(e)))?
-        );
-    } else {
-        match (report.active, report.pid) {
-            (true, Some(pid)) => println!("a run is active (pid {pid})"),
-            (true, None) => println!("a run is active"),
-            _ => println!("no run is active"),
-        }
-        println!("{}", report.line());
-        for (state, count) in &report.requests_by_state {
-            println!("  {state}: {count} request(s)");
-        }
-        for request in &report.in_flight {
-            println!(
-                "  in flight: {} {} ({}s)",
-                request.key,
-                request.horde_id.as_deref().unwrap_or("(no id yet)"),
-                request.age_seconds
-            );
-        }
-        for (class, count) in &report.failures {
-            println!("  failed ({class}): {count}");
-        }
-        println!(
-            "  kudos: {:.1} charged, about {:.1} to go",
-            report.kudos_charged, report.kudos_estimated_remaining
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `plan --kudos`: one dry run per distinct parameter set, priced per image.
-pub fn kudos_estimate(
-    compiled: &CompiledManifest,
-    horde: &HordeArgs,
-    simulate: bool,
-) -> Result<(f64, Option<f64>, usize), AppError> {
-    let api_key = api_key(horde)?;
-    runtime()?.block_on(async {
-        let sim = if simulate {
-            Some(start_sim().await?)
-        } else {
-            None
-        };
-        let client = client(horde, sim.as_ref(), api_key)?;
-        let mut signatures: std::collections::HashMap<
-            String,
-            (crate::horde::GenerationRequest, u64),
-        > = std::collections::HashMap::new();
-        for job in compiled.jobs() {
-            let request = crate::scheduler::request_for(&job, 1, 0);
-            let signature = format!(
-                "{:?}{}",
-                request.models,
-                serde_json::to_string(&request.params).unwrap_or_default()
-            );
-            signatures.entry(signature).or_insert((request, 0)).1 += u64::from(job.images);
-        }
-        let mut total = 0.0;
-        for (request, images) in signatures.values() {
-            let per_image = client
-                .dry_run(request)
-                .await
-                .map_err(|e| AppError::Config(format!("the kudos estimate failed: {e}")))?;
-            total += per_image * *images as f64;
-        }
-        let balance = if client.is_anonymous() {
-            None
-        } else if let Ok(Some(shared)) = client.own_shared_key().await {
-            Some(shared.kudos as f64)
-        } else {
-            client.find_user().await.ok().map(|u| u.kudos)
-        };
-        if let Some(sim) = sim {
-            sim.shutdown().await;
-        }
-        Ok((total, balance, signatures.len()))
-    })
 }

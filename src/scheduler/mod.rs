@@ -639,9 +639,9 @@ impl Engine {
         if let Some((kind, message)) = entry.failure {
             summary.jobs_failed += 1;
             RunStats::bump(&self.stats.jobs_failed);
-            if let Err(e) = self
-                .sink
-                .job_failed(&entry.job, kind.as_str(), &message, entry.images_saved)
+            if let Err(e) =
+                self.sink
+                    .job_failed(&entry.job, kind.as_str(), &message, entry.images_saved)
             {
                 tracing::error!(error = %e, "cannot record a job error");
             }

@@ -113,7 +113,9 @@ impl Engine {
         loop {
             step = match step {
                 Step::FindLost => {
-                    let r = record.as_mut().expect("a lost submit comes with its record");
+                    let r = record
+                        .as_mut()
+                        .expect("a lost submit comes with its record");
                     // An earlier run sent this submit and never recorded the answer.
                     let doubt = self.gate.adopt_initial();
                     let found = self.resolve_lost_submit(&key, r).await;
@@ -210,8 +212,13 @@ impl Engine {
             // A submit cannot expire; treat it as a failure of the job.
             Halt::Resubmit => {
                 let mut r = record.unwrap_or_else(|| fresh_record(job, slot));
-                self.fail(key, &mut r, FailureKind::Expired, "the request vanished".into())
-                    .await
+                self.fail(
+                    key,
+                    &mut r,
+                    FailureKind::Expired,
+                    "the request vanished".into(),
+                )
+                .await
             }
             Halt::Failed(kind, message) => {
                 let mut r = record.unwrap_or_else(|| fresh_record(job, slot));

@@ -1,0 +1,150 @@
+//! Command-line arguments resolved once into what the commands work with
+//! (ripgrep's low-level → high-level arguments): a manifest with the folders
+//! its run keeps things in, and the Horde to talk to with its key. `run`,
+//! `cancel`, `status` and `plan --kudos` all start here, so they agree on
+//! every default.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{load, AppError};
+use crate::cli::{HordeArgs, PlacesArgs};
+use crate::horde::{ApiKey, ClientConfig, HordeClient};
+use crate::manifest::CompiledManifest;
+use crate::output::{FilenameTemplate, OutputDir};
+use crate::sim::{SimApiKey, SimConfig, SimHandle};
+use crate::store::Store;
+
+/// The name of the state folder inside the output directory.
+const STATE_DIR: &str = ".horde-batch";
+
+/// The tokio runtime every command that talks to a Horde runs on.
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)
+}
+
+/// A manifest and where its run keeps its files and its ledger.
+pub(super) struct Batch {
+    pub compiled: Arc<CompiledManifest>,
+    pub template: FilenameTemplate,
+    pub out_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Batch {
+    /// Loads and checks `manifest`; `--out` and `--state` override its folders.
+    pub fn load(
+        manifest: &Path,
+        max_jobs: Option<u64>,
+        places: &PlacesArgs,
+    ) -> Result<Batch, AppError> {
+        let compiled = Arc::new(load(manifest, max_jobs)?);
+        let template = FilenameTemplate::parse(&compiled.output.filename)?;
+        let out_dir = places
+            .out
+            .clone()
+            .unwrap_or_else(|| compiled.output.dir.clone());
+        let state_dir = places
+            .state
+            .clone()
+            .unwrap_or_else(|| out_dir.join(STATE_DIR));
+        Ok(Batch {
+            compiled,
+            template,
+            out_dir,
+            state_dir,
+        })
+    }
+
+    /// Opens the output folder (first: if it cannot be written, nothing else is touched).
+    pub async fn open_output(&self) -> Result<OutputDir, AppError> {
+        let dir = self.out_dir.clone();
+        tokio::task::spawn_blocking(move || OutputDir::open(dir))
+            .await
+            .map_err(|e| AppError::Config(format!("opening the output directory failed: {e}")))?
+            .map_err(AppError::from)
+    }
+
+    /// Opens (and locks) the ledger.
+    pub async fn open_store(&self) -> Result<Store, AppError> {
+        let dir = self.state_dir.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| AppError::Config(format!("opening the ledger failed: {e}")))?
+            .map_err(AppError::from)
+    }
+}
+
+/// The Horde a command talks to: the real one, a URL, or a simulated Horde
+/// started in this process.
+pub(super) struct Horde {
+    pub client: HordeClient,
+    sim: Option<SimHandle>,
+}
+
+impl Horde {
+    /// Resolves the key and the URL and builds the client. With `simulate`,
+    /// starts the simulated Horde on loopback and registers the key in it, so
+    /// a user who has `AI_HORDE_API_KEY` exported can rehearse as they run.
+    pub async fn connect(args: &HordeArgs, simulate: bool) -> Result<Horde, AppError> {
+        let key = api_key(args)?;
+        let sim = if simulate {
+            let mut config = SimConfig::default();
+            if !key.is_anonymous() {
+                config.api_keys.push(SimApiKey::new(key.expose_secret()));
+            }
+            let handle = crate::sim::spawn(config).await?;
+            tracing::info!(url = %handle.base_url(), "simulated Horde started");
+            Some(handle)
+        } else {
+            None
+        };
+        let url = match (&sim, &args.horde_url) {
+            (Some(sim), _) => sim.base_url(),
+            (None, Some(url)) => url.clone(),
+            (None, None) => crate::horde::DEFAULT_BASE_URL.to_owned(),
+        };
+        let url = reqwest::Url::parse(&url)
+            .map_err(|e| AppError::Config(format!("bad Horde URL `{url}`: {e}")))?;
+        let mut config = ClientConfig::new(url, key);
+        if let Some(contact) = &args.contact {
+            config.contact = contact.clone();
+        }
+        let client = HordeClient::new(config).map_err(|e| AppError::Config(e.to_string()))?;
+        Ok(Horde { client, sim })
+    }
+
+    /// Stops the simulated Horde, if one was started.
+    pub async fn close(self) {
+        if let Some(sim) = self.sim {
+            sim.shutdown().await;
+        }
+    }
+}
+
+/// The key: `--api-key-file`, else `AI_HORDE_API_KEY`, else anonymous.
+fn api_key(horde: &HordeArgs) -> Result<ApiKey, AppError> {
+    if let Some(path) = &horde.api_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            AppError::Config(format!(
+                "cannot read the API key file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let key = text.lines().next().unwrap_or_default().trim();
+        if key.is_empty() {
+            return Err(AppError::Config(format!(
+                "the API key file {} is empty",
+                path.display()
+            )));
+        }
+        return Ok(ApiKey::new(key));
+    }
+    match std::env::var("AI_HORDE_API_KEY") {
+        Ok(key) if !key.trim().is_empty() => Ok(ApiKey::new(key.trim())),
+        _ => Ok(ApiKey::anonymous()),
+    }
+}

@@ -1,0 +1,68 @@
+//! `horde-batch status`: the state of a batch, from a live run's status file
+//! or from the ledger.
+
+use std::process::ExitCode;
+
+use super::config::Batch;
+use super::AppError;
+use crate::cli::StatusArgs;
+use crate::report::StatusReport;
+use crate::store::Store;
+
+/// `horde-batch status`.
+pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
+    let batch = Batch::load(&args.manifest, None, &args.places)?;
+    let state_dir = &batch.state_dir;
+    let wanted = batch.compiled.total_images();
+    let report = if !state_dir.join("ledger").exists() {
+        StatusReport {
+            images_wanted: wanted,
+            updated_ms: crate::store::now_ms(),
+            ..StatusReport::default()
+        }
+    } else {
+        match Store::open(state_dir) {
+            Ok(store) => StatusReport::from_ledger(&store, wanted)?,
+            Err(crate::store::StoreError::Locked { pid, .. }) => {
+                let mut report = crate::report::read_status_file(state_dir).unwrap_or_default();
+                report.active = true;
+                report.pid = pid.or(report.pid);
+                report
+            }
+            Err(other) => return Err(other.into()),
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .map_err(|e| AppError::Stdout(std::io::Error::other(e)))?
+        );
+    } else {
+        match (report.active, report.pid) {
+            (true, Some(pid)) => println!("a run is active (pid {pid})"),
+            (true, None) => println!("a run is active"),
+            _ => println!("no run is active"),
+        }
+        println!("{}", report.line());
+        for (state, count) in &report.requests_by_state {
+            println!("  {state}: {count} request(s)");
+        }
+        for request in &report.in_flight {
+            println!(
+                "  in flight: {} {} ({}s)",
+                request.key,
+                request.horde_id.as_deref().unwrap_or("(no id yet)"),
+                request.age_seconds
+            );
+        }
+        for (class, count) in &report.failures {
+            println!("  failed ({class}): {count}");
+        }
+        println!(
+            "  kudos: {:.1} charged, about {:.1} to go",
+            report.kudos_charged, report.kudos_estimated_remaining
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
