@@ -1,21 +1,22 @@
 //! Progress and status: what a run is doing, for people and for scripts.
 //!
-//! A reporter task samples the engine's counters every few seconds and shows
-//! them as live bars on a terminal, or as one JSON line on stderr otherwise;
-//! each sample is also written to `<state>/status.json`, which `horde-batch
-//! status` reads while the run holds the ledger's lock. `status` without an
-//! active run computes the same report from the ledger. Decides nothing.
+//! A reporter task folds the engine's events into [`Progress`] and, every few
+//! seconds, shows it as live bars on a terminal, or as one JSON line on stderr
+//! otherwise; each sample is also written to `<state>/status.json`, which
+//! `horde-batch status` reads while the run holds the ledger's lock. The same
+//! fold gives the final summary. `status` without an active run computes the
+//! same report from the ledger. Decides nothing.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
-use crate::scheduler::Engine;
+use crate::horde::FailureClass;
+use crate::scheduler::{Ending, Event, FailureKind, RunSummary};
 use crate::store::{now_ms, RequestState, Store, StoreError};
 
 /// The file an active run keeps its latest progress in.
@@ -70,47 +71,6 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// A sample of a live run.
-    pub fn from_engine(engine: &Engine) -> Self {
-        let s = &engine.stats;
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        let saved = load(&s.images_saved_before) + load(&s.images_saved);
-        let wanted = load(&s.images_wanted);
-        let kudos = s.kudos();
-        let failures = s
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        StatusReport {
-            active: true,
-            pid: Some(std::process::id()),
-            updated_ms: now_ms(),
-            images_wanted: wanted,
-            images_saved: saved,
-            requests_in_flight: load(&s.requests_in_flight),
-            images_in_flight: load(&s.images_in_flight),
-            requests_by_state: BTreeMap::new(),
-            in_flight: Vec::new(),
-            failures: failures
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), *v))
-                .collect(),
-            kudos_charged: kudos,
-            kudos_estimated_remaining: estimate(
-                kudos,
-                load(&s.images_saved),
-                wanted.saturating_sub(saved),
-            ),
-            queue_position: load(&s.queue_position),
-            eta_seconds: load(&s.wait_time),
-            rate_limited_429s: load(&s.rate_limited) + load(&s.concurrency_full),
-            jobs: load(&s.jobs),
-            jobs_done: load(&s.jobs_done),
-            jobs_failed: load(&s.jobs_failed),
-            finished: false,
-        }
-    }
-
     /// The report of a batch no run holds, from its ledger; `images_wanted` from the plan.
     pub fn from_ledger(store: &Store, images_wanted: u64) -> Result<Self, StoreError> {
         let mut report = StatusReport {
@@ -181,6 +141,185 @@ fn estimate(charged: f64, images_priced: u64, images_left: u64) -> f64 {
     }
 }
 
+/// A request being followed, as the events told it.
+#[derive(Debug, Clone)]
+struct Flight {
+    horde_id: String,
+    images: u32,
+    since_ms: u64,
+}
+
+/// Everything a run's events told, folded: what the progress reports, the
+/// status file and the final summary show.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub jobs: u64,
+    pub jobs_done: u64,
+    pub jobs_failed: u64,
+    pub images_wanted: u64,
+    pub images_saved_before: u64,
+    pub images_saved: u64,
+    pub images_already_present: u64,
+    pub submits: u64,
+    pub checks: u64,
+    pub status_calls: u64,
+    pub cancels: u64,
+    pub downloads: u64,
+    pub rate_limited: u64,
+    pub concurrency_full: u64,
+    pub transient_errors: u64,
+    pub resubmits: u64,
+    pub kudos: f64,
+    pub failures: BTreeMap<FailureKind, u64>,
+    pub queue_position: u64,
+    /// The longest wait the engine is in because of a failed call (seconds), if any.
+    pub waiting_seconds: u64,
+    in_flight: BTreeMap<String, Flight>,
+    started: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            jobs: 0,
+            jobs_done: 0,
+            jobs_failed: 0,
+            images_wanted: 0,
+            images_saved_before: 0,
+            images_saved: 0,
+            images_already_present: 0,
+            submits: 0,
+            checks: 0,
+            status_calls: 0,
+            cancels: 0,
+            downloads: 0,
+            rate_limited: 0,
+            concurrency_full: 0,
+            transient_errors: 0,
+            resubmits: 0,
+            kudos: 0.0,
+            failures: BTreeMap::new(),
+            queue_position: 0,
+            waiting_seconds: 0,
+            in_flight: BTreeMap::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Progress {
+    /// Folds one event in.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Started {
+                jobs,
+                images_wanted,
+            } => {
+                self.jobs = *jobs;
+                self.images_wanted = *images_wanted;
+                self.started = Instant::now();
+            }
+            Event::SavedBefore { images } => self.images_saved_before += u64::from(*images),
+            Event::SubmitSent => self.submits += 1,
+            Event::Following {
+                key,
+                horde_id,
+                images,
+            } => {
+                let flight = Flight {
+                    horde_id: horde_id.clone(),
+                    images: *images,
+                    since_ms: now_ms(),
+                };
+                self.in_flight.insert(key.clone(), flight);
+            }
+            Event::Checked { queue_position, .. } => {
+                self.checks += 1;
+                self.queue_position = u64::from(*queue_position);
+                self.waiting_seconds = 0;
+            }
+            Event::StatusRead => self.status_calls += 1,
+            Event::Downloaded => self.downloads += 1,
+            Event::ImageSaved { already_present } => {
+                if *already_present {
+                    self.images_already_present += 1;
+                } else {
+                    self.images_saved += 1;
+                }
+            }
+            Event::Failure(kind) => *self.failures.entry(*kind).or_default() += 1,
+            Event::CallFailed { class, seconds } => {
+                match class {
+                    FailureClass::RateLimited => self.rate_limited += 1,
+                    FailureClass::ConcurrencyFull => self.concurrency_full += 1,
+                    _ => self.transient_errors += 1,
+                }
+                self.waiting_seconds = *seconds;
+            }
+            Event::Resubmitting => self.resubmits += 1,
+            Event::CancelSent => self.cancels += 1,
+            Event::Released { key } => {
+                self.in_flight.remove(key);
+            }
+            Event::Charged { kudos } => self.kudos += kudos,
+            Event::JobEnded { done: true } => self.jobs_done += 1,
+            Event::JobEnded { done: false } => self.jobs_failed += 1,
+        }
+    }
+
+    /// A sample of the live run.
+    pub fn status(&self) -> StatusReport {
+        let saved = self.images_saved_before + self.images_saved;
+        let left = self.images_wanted.saturating_sub(saved);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        // Observed throughput: images saved by this run per second so far.
+        let eta_seconds = if self.images_saved > 0 && elapsed > 0.0 {
+            (left as f64 / (self.images_saved as f64 / elapsed)).round() as u64
+        } else {
+            0
+        };
+        let now = now_ms();
+        let mut requests_by_state = BTreeMap::new();
+        if !self.in_flight.is_empty() {
+            requests_by_state.insert("submitted".to_owned(), self.in_flight.len() as u64);
+        }
+        StatusReport {
+            active: true,
+            pid: Some(std::process::id()),
+            updated_ms: now,
+            images_wanted: self.images_wanted,
+            images_saved: saved,
+            requests_in_flight: self.in_flight.len() as u64,
+            images_in_flight: self.in_flight.values().map(|f| u64::from(f.images)).sum(),
+            requests_by_state,
+            in_flight: self
+                .in_flight
+                .iter()
+                .map(|(key, flight)| InFlight {
+                    key: key.clone(),
+                    horde_id: Some(flight.horde_id.clone()),
+                    state: "submitted".to_owned(),
+                    age_seconds: now.saturating_sub(flight.since_ms) / 1000,
+                })
+                .collect(),
+            failures: self
+                .failures
+                .iter()
+                .map(|(kind, count)| (kind.as_str().to_owned(), *count))
+                .collect(),
+            kudos_charged: self.kudos,
+            kudos_estimated_remaining: estimate(self.kudos, self.images_saved, left),
+            queue_position: self.queue_position,
+            eta_seconds,
+            rate_limited_429s: self.rate_limited + self.concurrency_full,
+            jobs: self.jobs,
+            jobs_done: self.jobs_done,
+            jobs_failed: self.jobs_failed,
+            finished: false,
+        }
+    }
+}
+
 /// Writes `report` to `<state>/status.json` atomically (a reader never sees half a file).
 pub fn write_status_file(state_dir: &Path, report: &StatusReport) -> std::io::Result<()> {
     let path = state_dir.join(STATUS_FILE);
@@ -195,16 +334,17 @@ pub fn read_status_file(state_dir: &Path) -> Option<StatusReport> {
     serde_json::from_slice(&std::fs::read(state_dir.join(STATUS_FILE)).ok()?).ok()
 }
 
-/// The running reporter; `finish` prints the last sample and stops it.
+/// The running reporter; `finish` prints the last sample, stops it and
+/// hands back everything it folded.
 pub struct Reporter {
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Progress>,
     stop: tokio_util::sync::CancellationToken,
 }
 
 impl Reporter {
-    /// Starts sampling `engine` every `interval`.
+    /// Starts folding `events` and showing a sample every `interval`.
     pub fn start(
-        engine: Arc<Engine>,
+        mut events: mpsc::UnboundedReceiver<Event>,
         mode: ProgressMode,
         interval: Duration,
         state_dir: PathBuf,
@@ -217,15 +357,26 @@ impl Reporter {
         let stop = tokio_util::sync::CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
+            let mut progress = Progress::default();
             let bar = (mode == ProgressMode::Bars).then(new_bar);
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let finished = tokio::select! {
+                    Some(event) = events.recv() => {
+                        progress.apply(&event);
+                        continue;
+                    }
                     _ = ticker.tick() => false,
                     () = token.cancelled() => true,
                 };
-                let mut report = StatusReport::from_engine(&engine);
+                if finished {
+                    // What the engine sent before it ended is part of the last sample.
+                    while let Ok(event) = events.try_recv() {
+                        progress.apply(&event);
+                    }
+                }
+                let mut report = progress.status();
                 report.finished = finished;
                 report.active = !finished;
                 if let Err(error) = write_status_file(&state_dir, &report) {
@@ -248,17 +399,64 @@ impl Reporter {
                     _ => {}
                 }
                 if finished {
-                    break;
+                    return progress;
                 }
             }
         });
         Reporter { task, stop }
     }
 
-    /// Emits the final sample and waits for the reporter to end.
-    pub async fn finish(self) {
+    /// Emits the final sample, waits for the reporter to end, and returns what it folded.
+    pub async fn finish(self) -> Progress {
         self.stop.cancel();
-        let _ = self.task.await;
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// The final summary on stderr: jobs, images, calls, failures by class, and
+/// why the run ended early if it did.
+pub fn print_summary(progress: &Progress, summary: &RunSummary, ending: &Ending, out: &Path) {
+    crate::say!(
+        "horde-batch: {} of {} jobs done, {} failed, {} unfinished; {} images saved now, {} before; output in {}",
+        summary.jobs_done,
+        summary.jobs,
+        summary.jobs_failed,
+        summary.jobs_unfinished,
+        summary.images_saved_now,
+        summary.images_saved_before,
+        out.display(),
+    );
+    let p = progress;
+    crate::say!(
+        "horde-batch: requests: {} submit, {} check, {} status, {} cancel, {} download; 429s: {} rate limit, {} concurrency; {} transient errors; {} resubmits; {:.1} kudos",
+        p.submits,
+        p.checks,
+        p.status_calls,
+        p.cancels,
+        p.downloads,
+        p.rate_limited,
+        p.concurrency_full,
+        p.transient_errors,
+        p.resubmits,
+        p.kudos,
+    );
+    if !p.failures.is_empty() {
+        let mut classes: Vec<_> = p.failures.iter().collect();
+        classes.sort_by_key(|(kind, _)| kind.as_str());
+        let text: Vec<String> = classes
+            .iter()
+            .map(|(kind, count)| format!("{kind}: {count}"))
+            .collect();
+        crate::say!("horde-batch: failures by class: {}", text.join(", "));
+    }
+    match ending {
+        Ending::MaxRuntime | Ending::MaxKudos => crate::say!(
+            "horde-batch: submitting stopped ({ending:?}); rerun the same command to resume"
+        ),
+        Ending::Aborted(abort) => crate::say!(
+            "horde-batch: stopped early: {abort}; fix that, then rerun the same command to resume"
+        ),
+        Ending::Complete | Ending::JobsFailed | Ending::Interrupted => {}
     }
 }
 
@@ -272,4 +470,103 @@ fn new_bar() -> indicatif::ProgressBar {
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(500));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folded(events: &[Event]) -> Progress {
+        let mut progress = Progress::default();
+        for event in events {
+            progress.apply(event);
+        }
+        progress
+    }
+
+    #[test]
+    fn requests_in_flight_are_listed_with_their_ids_while_followed() {
+        let progress = folded(&[
+            Event::Started {
+                jobs: 2,
+                images_wanted: 8,
+            },
+            Event::SubmitSent,
+            Event::Following {
+                key: "k/000000".into(),
+                horde_id: "id-1".into(),
+                images: 4,
+            },
+            Event::SubmitSent,
+            Event::Following {
+                key: "j/000000".into(),
+                horde_id: "id-2".into(),
+                images: 4,
+            },
+            Event::Released {
+                key: "j/000000".into(),
+            },
+        ]);
+        let status = progress.status();
+        assert_eq!((status.requests_in_flight, status.images_in_flight), (1, 4));
+        assert_eq!(status.in_flight[0].horde_id.as_deref(), Some("id-1"));
+        assert_eq!(status.requests_by_state.get("submitted"), Some(&1));
+        assert_eq!(progress.submits, 2);
+    }
+
+    #[test]
+    fn the_summary_counts_and_the_status_agree_on_429s_and_failures() {
+        let progress = folded(&[
+            Event::CallFailed {
+                class: FailureClass::RateLimited,
+                seconds: 1,
+            },
+            Event::CallFailed {
+                class: FailureClass::ConcurrencyFull,
+                seconds: 2,
+            },
+            Event::CallFailed {
+                class: FailureClass::Transient,
+                seconds: 4,
+            },
+            Event::Failure(FailureKind::Censored),
+            Event::Failure(FailureKind::Censored),
+            Event::JobEnded { done: false },
+        ]);
+        let status = progress.status();
+        assert_eq!(
+            status.rate_limited_429s,
+            progress.rate_limited + progress.concurrency_full
+        );
+        assert_eq!(status.rate_limited_429s, 2);
+        assert_eq!(progress.transient_errors, 1);
+        assert_eq!(status.failures.get("censored"), Some(&2));
+        assert_eq!(status.jobs_failed, 1);
+    }
+
+    #[test]
+    fn images_saved_count_this_run_and_earlier_ones() {
+        let mut progress = folded(&[
+            Event::Started {
+                jobs: 1,
+                images_wanted: 10,
+            },
+            Event::SavedBefore { images: 4 },
+            Event::ImageSaved {
+                already_present: false,
+            },
+            Event::ImageSaved {
+                already_present: true,
+            },
+            Event::Charged { kudos: 12.5 },
+        ]);
+        let status = progress.status();
+        assert_eq!(status.images_saved, 5);
+        assert_eq!(progress.images_already_present, 1);
+        assert!((status.kudos_charged - 12.5).abs() < 1e-9);
+        // One image in 10 s with 5 left: the ETA is from this run's observed throughput.
+        progress.started = Instant::now() - Duration::from_secs(10);
+        let eta = progress.status().eta_seconds;
+        assert!((49..=51).contains(&eta), "{eta}");
+    }
 }

@@ -33,6 +33,8 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
             stop,
             OnStop::Cancel,
             None,
+            // `cancel` reports what it did itself; nothing listens to the events.
+            tokio::sync::mpsc::unbounded_channel().0,
         );
         let cancelled = engine.cancel_in_flight().await;
         crate::say!("cancelled {cancelled} request(s); images they had finished were saved");

@@ -2,9 +2,7 @@
 //! connect to the Horde, check the manifest against it, hand over to the
 //! engine, watch for signals and deadlines, and report the summary.
 
-use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -66,6 +64,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         preflight(&client, &compiled, args.wait_for_workers).await?;
         let stop = CancellationToken::new();
         let on_stop = if args.detach { OnStop::Detach } else { OnStop::Cancel };
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
         let engine = Engine::new(
             client.clone(),
             Arc::new(store),
@@ -76,6 +75,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             stop.clone(),
             on_stop,
             args.max_kudos,
+            sender,
         );
         if args.max_kudos.is_some() {
             if let Some(per_image) = first_request_estimate(&client, &compiled).await {
@@ -87,13 +87,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         if let Some(limit) = args.max_runtime {
             watch_deadline(Arc::clone(&engine), limit, args.at_max_runtime);
         }
-        let reporter = Reporter::start(Arc::clone(&engine), args.progress, args.progress_interval, state_dir.clone());
+        let reporter = Reporter::start(events, args.progress, args.progress_interval, state_dir.clone());
         tracing::info!(manifest = %compiled.file.path.display(), out = %out_dir.display(), budget = capacity, "run started");
         let summary = engine.run().await;
-        reporter.finish().await;
-        report(&engine, &summary, out_dir);
+        let progress = reporter.finish().await;
+        let ending = engine.ending(&summary);
+        crate::report::print_summary(&progress, &summary, &ending, out_dir);
         horde.close().await;
-        Ok(ExitCode::from(exit::code(&engine.ending(&summary))))
+        Ok(ExitCode::from(exit::code(&ending)))
     })
 }
 
@@ -205,57 +206,6 @@ async fn next_signal() -> Option<&'static str> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await.ok().map(|()| "interrupted")
-    }
-}
-
-fn report(engine: &Engine, summary: &RunSummary, out: &Path) {
-    let stats = &engine.stats;
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    crate::say!(
-        "horde-batch: {} of {} jobs done, {} failed, {} unfinished; {} images saved now, {} before; output in {}",
-        summary.jobs_done,
-        summary.jobs,
-        summary.jobs_failed,
-        summary.jobs_unfinished,
-        summary.images_saved_now,
-        summary.images_saved_before,
-        out.display(),
-    );
-    crate::say!(
-        "horde-batch: requests: {} submit, {} check, {} status, {} cancel, {} download; 429s: {} rate limit, {} concurrency; {} transient errors; {} resubmits; {:.1} kudos",
-        load(&stats.submits),
-        load(&stats.checks),
-        load(&stats.status_calls),
-        load(&stats.cancels),
-        load(&stats.downloads),
-        load(&stats.rate_limited),
-        load(&stats.concurrency_full),
-        load(&stats.transient_errors),
-        load(&stats.resubmits),
-        load(&stats.kudos_millis) as f64 / 1000.0,
-    );
-    let failures = stats
-        .failures
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !failures.is_empty() {
-        let mut classes: Vec<_> = failures.iter().collect();
-        classes.sort_by_key(|(kind, _)| kind.as_str());
-        let text: Vec<String> = classes
-            .iter()
-            .map(|(class, count)| format!("{class}: {count}"))
-            .collect();
-        crate::say!("horde-batch: failures by class: {}", text.join(", "));
-    }
-    if let Some(closed) = engine.closed() {
-        crate::say!(
-            "horde-batch: submitting stopped ({closed:?}); rerun the same command to resume"
-        );
-    }
-    if let Some(abort) = engine.aborted() {
-        crate::say!(
-            "horde-batch: stopped early: {abort}; fix that, then rerun the same command to resume"
-        );
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod adopt;
 mod budget;
+pub mod events;
 mod failure;
 mod pacing;
 pub mod policy;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use adopt::SubmitGate;
 pub use budget::{Budget, Lease};
+pub use events::{Event, EventSender};
 pub use failure::FailureKind;
 pub use pacing::{EndpointClass, Pacer, DEFAULT_SUBMIT_INTERVAL};
 pub use policy::Policy;
@@ -145,7 +147,8 @@ pub struct Engine {
     /// Cancelled when no new request may be submitted (a child of `stop`).
     submits: CancellationToken,
     detach_on_stop: AtomicBool,
-    pub stats: RunStats,
+    accounting: Accounting,
+    events: EventSender,
     /// Kudos the run may spend (`--max-kudos`), and the per-image estimate used before submitting.
     max_kudos: Option<f64>,
     kudos_per_image: Mutex<Option<f64>>,
@@ -163,54 +166,19 @@ pub enum Closed {
     MaxKudos,
 }
 
-/// Counters of a run, for the summary and progress reports.
+/// What the engine itself needs to know to decide (`--max-kudos`): the rest
+/// of a run's figures are told through events and counted by `report`.
 #[derive(Debug, Default)]
-pub struct RunStats {
-    pub images_saved: AtomicU64,
-    pub images_already_present: AtomicU64,
-    pub images_censored: AtomicU64,
-    pub submits: AtomicU64,
-    pub checks: AtomicU64,
-    pub status_calls: AtomicU64,
-    pub cancels: AtomicU64,
-    pub downloads: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub concurrency_full: AtomicU64,
-    pub transient_errors: AtomicU64,
-    pub resubmits: AtomicU64,
-    pub kudos_millis: AtomicU64,
-    pub failures: Mutex<HashMap<FailureKind, u64>>,
-    /// Requests submitted and not yet followed to their end.
-    pub requests_in_flight: AtomicU64,
-    /// Images of those requests.
-    pub images_in_flight: AtomicU64,
-    /// The Horde's last reported queue position and wait estimate (seconds).
-    pub queue_position: AtomicU64,
-    pub wait_time: AtomicU64,
-    /// Totals of the plan, and images found saved by earlier runs.
-    pub images_wanted: AtomicU64,
-    pub images_saved_before: AtomicU64,
-    pub jobs: AtomicU64,
-    pub jobs_done: AtomicU64,
-    pub jobs_failed: AtomicU64,
+struct Accounting {
+    images_saved: AtomicU64,
+    kudos_millis: AtomicU64,
+    /// Images of the requests being followed.
+    images_in_flight: AtomicU64,
 }
 
-impl RunStats {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Kudos charged so far in this run.
-    pub fn kudos(&self) -> f64 {
+impl Accounting {
+    fn kudos(&self) -> f64 {
         self.kudos_millis.load(Ordering::Relaxed) as f64 / 1000.0
-    }
-
-    pub(crate) fn failure(&self, kind: FailureKind) {
-        let mut failures = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *failures.entry(kind).or_default() += 1;
     }
 }
 
@@ -280,6 +248,7 @@ impl Engine {
         stop: CancellationToken,
         on_stop: OnStop,
         max_kudos: Option<f64>,
+        events: EventSender,
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
@@ -294,7 +263,8 @@ impl Engine {
             submits: stop.child_token(),
             stop,
             detach_on_stop: AtomicBool::new(on_stop == OnStop::Detach),
-            stats: RunStats::default(),
+            accounting: Accounting::default(),
+            events,
             max_kudos,
             kudos_per_image: Mutex::new(None),
             abort: Mutex::new(None),
@@ -353,15 +323,15 @@ impl Engine {
         let Some(max) = self.max_kudos else {
             return true;
         };
-        let saved = self.stats.images_saved.load(Ordering::Relaxed);
-        let charged = self.stats.kudos();
+        let saved = self.accounting.images_saved.load(Ordering::Relaxed);
+        let charged = self.accounting.kudos();
         let learned = (saved > 0).then(|| charged / saved as f64);
         let guess = *self
             .kudos_per_image
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let per_image = learned.or(guess).unwrap_or(0.0);
-        let pending = self.stats.images_in_flight.load(Ordering::Relaxed) + u64::from(images);
+        let pending = self.accounting.images_in_flight.load(Ordering::Relaxed) + u64::from(images);
         charged + per_image * pending as f64 <= max
     }
 
@@ -377,6 +347,11 @@ impl Engine {
         }
         drop(abort);
         self.stop.cancel();
+    }
+
+    /// Tells the world what happened (nobody listening is fine).
+    pub(crate) fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
     }
 
     /// Why the run ended, given its summary.
@@ -405,12 +380,10 @@ impl Engine {
     pub async fn run(self: &Arc<Self>) -> RunSummary {
         let mut run = RunState::default();
         // Known up front, so progress reports are right from the first sample.
-        self.stats
-            .images_wanted
-            .store(self.manifest.total_images(), Ordering::Relaxed);
-        self.stats
-            .jobs
-            .store(self.manifest.total_jobs(), Ordering::Relaxed);
+        self.emit(Event::Started {
+            jobs: self.manifest.total_jobs(),
+            images_wanted: self.manifest.total_images(),
+        });
 
         // Requests already on the Horde go first: they expire 20 minutes after
         // their last activity, and their images are already paid for.
@@ -467,7 +440,7 @@ impl Engine {
         }
         let mut summary = run.summary;
         summary.jobs_unfinished += run.progress.len() as u64;
-        summary.images_saved_now = self.stats.images_saved.load(Ordering::Relaxed);
+        summary.images_saved_now = self.accounting.images_saved.load(Ordering::Relaxed);
         summary.interrupted =
             self.stop.is_cancelled() && self.aborted().is_none() && self.closed().is_none();
         summary.abort = self.aborted().map(|a| a.to_string());
@@ -562,15 +535,17 @@ impl Engine {
         }
         let summary = &mut run.summary;
         summary.images_saved_before += u64::from(saved_before);
-        self.stats
-            .images_saved_before
-            .fetch_add(u64::from(saved_before), Ordering::Relaxed);
+        if saved_before > 0 {
+            self.emit(Event::SavedBefore {
+                images: saved_before,
+            });
+        }
         if slots_left == 0 {
             if cut_short {
                 summary.jobs_unfinished += 1;
             } else {
                 summary.jobs_done += 1;
-                RunStats::bump(&self.stats.jobs_done);
+                self.emit(Event::JobEnded { done: true });
                 self.record_result(&job, files_before, kudos_before, 0);
             }
             return !self.stop.is_cancelled();
@@ -638,7 +613,7 @@ impl Engine {
         };
         if let Some((kind, message)) = entry.failure {
             summary.jobs_failed += 1;
-            RunStats::bump(&self.stats.jobs_failed);
+            self.emit(Event::JobEnded { done: false });
             if let Err(e) =
                 self.sink
                     .job_failed(&entry.job, kind.as_str(), &message, entry.images_saved)
@@ -649,7 +624,7 @@ impl Engine {
             summary.jobs_unfinished += 1;
         } else {
             summary.jobs_done += 1;
-            RunStats::bump(&self.stats.jobs_done);
+            self.emit(Event::JobEnded { done: true });
             self.record_result(&entry.job, entry.files, entry.kudos, entry.attempts);
         }
     }

@@ -20,7 +20,7 @@ use super::adopt::Lost;
 use super::policy::{Action, Call, StopCause, WaitScope, CANCEL_ATTEMPTS};
 use super::poll::Ticket;
 use super::{
-    fresh_record, Abort, EndpointClass, Engine, FailureKind, Lease, OnStop, RunStats, SlotOutcome,
+    fresh_record, Abort, EndpointClass, Engine, Event, FailureKind, Lease, OnStop, SlotOutcome,
 };
 use crate::horde::{
     FailureClass, Generation, GenerationParams, GenerationRequest, HordeError, ImageSource,
@@ -163,14 +163,14 @@ impl Engine {
                             Followed::Retrieved => {
                                 tracing::info!(job = %job.name, key = %key, missing = r.missing_indices().len(), "request came back short; resubmitting the missing images");
                                 retries_used += 1;
-                                RunStats::bump(&self.stats.resubmits);
+                                self.emit(Event::Resubmitting);
                                 Step::Submit
                             }
                             Followed::Expired => {
                                 tracing::warn!(job = %job.name, key = %key, id = %horde_id, "request expired on the Horde; resubmitting");
                                 retries_used += 1;
-                                RunStats::bump(&self.stats.resubmits);
-                                self.stats.failure(FailureKind::Expired);
+                                self.emit(Event::Resubmitting);
+                                self.emit(Event::Failure(FailureKind::Expired));
                                 Step::Submit
                             }
                             Followed::Stopped => return SlotOutcome::Stopped,
@@ -264,7 +264,7 @@ impl Engine {
                      `horde-batch cancel` retries"
                 );
                 tracing::warn!(key = %key, %kind, %message, "request failed");
-                self.stats.failure(kind);
+                self.emit(Event::Failure(kind));
                 return SlotOutcome::Failed {
                     kind,
                     message,
@@ -283,7 +283,7 @@ impl Engine {
         message: String,
     ) -> SlotOutcome {
         tracing::warn!(key = %key, %kind, %message, "request failed");
-        self.stats.failure(kind);
+        self.emit(Event::Failure(kind));
         record.transition(
             RequestState::Failed {
                 class: kind.as_str().to_owned(),
@@ -311,16 +311,12 @@ impl Engine {
         failures: &mut u32,
     ) -> Result<Option<Duration>, Halt> {
         *failures += 1;
-        match error.class() {
-            FailureClass::RateLimited => RunStats::bump(&self.stats.rate_limited),
-            FailureClass::ConcurrencyFull => RunStats::bump(&self.stats.concurrency_full),
-            FailureClass::Transient | FailureClass::Maintenance | FailureClass::Timeout => {
-                RunStats::bump(&self.stats.transient_errors)
-            }
-            _ => {}
-        }
         let wait = match self.tuning.policy.decide(call, error, *failures) {
             Action::Retry { after, scope } => {
+                self.emit(Event::CallFailed {
+                    class: error.class(),
+                    seconds: after.as_secs(),
+                });
                 if error.class() == FailureClass::ConcurrencyFull {
                     if let Some(limit) = error.concurrency_limit() {
                         let lower = limit.min(self.budget.capacity().saturating_sub(1)).max(1);
@@ -345,6 +341,10 @@ impl Engine {
             }
             Action::Resubmit => return Err(Halt::Resubmit),
             Action::GiveUp { class } => {
+                self.emit(Event::CallFailed {
+                    class: error.class(),
+                    seconds: 0,
+                });
                 let message = format!("{error} (gave up after {failures} tries)");
                 return Err(Halt::Failed(class.into(), message));
             }
@@ -435,7 +435,7 @@ impl Engine {
             .map_err(|e| self.ledger_halt(e))?;
 
         let request = build_request(job, n, missing[0]);
-        RunStats::bump(&self.stats.submits);
+        self.emit(Event::SubmitSent);
         let answer = tokio::select! {
             answer = self.client.submit(&request) => answer,
             // The POST may have reached the Horde: the record stays `Submitting`,
@@ -540,8 +540,12 @@ impl Engine {
         lease: &mut Option<Lease>,
     ) -> Followed {
         let n = submitted_n(record);
-        RunStats::bump(&self.stats.requests_in_flight);
-        self.stats
+        self.emit(Event::Following {
+            key: key.to_string(),
+            horde_id: id.to_owned(),
+            images: n,
+        });
+        self.accounting
             .images_in_flight
             .fetch_add(u64::from(n), Ordering::Relaxed);
         let mut ticket = self.planner.register(n);
@@ -552,7 +556,7 @@ impl Engine {
                     Ok(status) => {
                         // The Horde drops an image whose attempts all faulted; the request still ends done.
                         for _ in status.generations.len()..n as usize {
-                            self.stats.failure(FailureKind::Faulted);
+                            self.emit(Event::Failure(FailureKind::Faulted));
                         }
                         self.saved_or_halted(job, key, record, id, &status).await
                     }
@@ -562,10 +566,10 @@ impl Engine {
             Err(halt) => self.followed_after(halt, job, key, record, id).await,
         };
         self.planner.unregister(&ticket);
-        self.stats
-            .requests_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-        self.stats
+        self.emit(Event::Released {
+            key: key.to_string(),
+        });
+        self.accounting
             .images_in_flight
             .fetch_sub(u64::from(n), Ordering::Relaxed);
         followed
@@ -604,7 +608,6 @@ impl Engine {
                 None => self.wait_for_check(ticket, hint).await?,
             }
             self.paced(EndpointClass::Check, &self.stop).await?;
-            RunStats::bump(&self.stats.checks);
             let answer = tokio::select! {
                 answer = self.client.check(id) => answer,
                 () = self.stop.cancelled() => return Err(Halt::Stopped),
@@ -621,12 +624,10 @@ impl Engine {
             if let Some(l) = lease.as_mut() {
                 l.shrink_to(check.waiting);
             }
-            self.stats
-                .queue_position
-                .store(u64::from(check.queue_position), Ordering::Relaxed);
-            self.stats
-                .wait_time
-                .store(u64::from(check.wait_time), Ordering::Relaxed);
+            self.emit(Event::Checked {
+                queue_position: check.queue_position,
+                wait_time: check.wait_time,
+            });
             self.planner
                 .observe(ticket, check.finished, check.waiting + check.processing);
             if check.done || check.faulted {
@@ -698,7 +699,7 @@ impl Engine {
         let mut failures = 0u32;
         loop {
             self.paced(EndpointClass::Status, &self.stop).await?;
-            RunStats::bump(&self.stats.status_calls);
+            self.emit(Event::StatusRead);
             let answer = tokio::select! {
                 answer = self.client.status(id) => answer,
                 () = self.stop.cancelled() => return Err(Halt::Stopped),
@@ -737,7 +738,7 @@ impl Engine {
 
     /// Cancels a request whose id the ledger could not record (one try, bounded).
     async fn cancel_untracked(&self, id: &str) {
-        RunStats::bump(&self.stats.cancels);
+        self.emit(Event::CancelSent);
         match tokio::time::timeout(self.tuning.cancel_timeout, self.client.cancel(id)).await {
             Ok(Ok(_)) => tracing::warn!(id, "cancelled a request the ledger could not record"),
             Ok(Err(error)) => {
@@ -760,7 +761,7 @@ impl Engine {
         let mut attempt = 0;
         let status = loop {
             attempt += 1;
-            RunStats::bump(&self.stats.cancels);
+            self.emit(Event::CancelSent);
             let answer = tokio::time::timeout(self.tuning.cancel_timeout, self.client.cancel(id));
             match answer.await {
                 Ok(Ok(status)) => break Some(status),
@@ -819,9 +820,12 @@ impl Engine {
         // same id again may count it twice, which the summary tolerates as an estimate.
         let kudos = status.check.kudos.max(0.0);
         record.kudos_charged += kudos;
-        self.stats
+        self.accounting
             .kudos_millis
             .fetch_add((kudos * 1000.0) as u64, Ordering::Relaxed);
+        if kudos > 0.0 {
+            self.emit(Event::Charged { kudos });
+        }
 
         let known: HashSet<&str> = record
             .images
@@ -841,8 +845,7 @@ impl Engine {
                 continue;
             }
             if generation.censored && self.manifest.run.on_censored == CensoredPolicy::Reroll {
-                RunStats::bump(&self.stats.images_censored);
-                self.stats.failure(FailureKind::Censored);
+                self.emit(Event::Failure(FailureKind::Censored));
                 continue;
             }
             let Some(index) = free.pop() else { break };
@@ -877,7 +880,6 @@ impl Engine {
                 continue;
             };
             if generation.censored && self.manifest.run.on_censored == CensoredPolicy::Skip {
-                RunStats::bump(&self.stats.images_censored);
                 let skipped = SavedImage {
                     generation_id: generation.id.clone(),
                     file_name: String::new(),
@@ -916,7 +918,7 @@ impl Engine {
                 }
                 Err(error) => {
                     tracing::warn!(%error, generation = %generation.id, "could not fetch an image; it will be asked for again");
-                    self.stats.failure(FailureKind::Download);
+                    self.emit(Event::Failure(FailureKind::Download));
                     record.assigned.remove(&index);
                     continue;
                 }
@@ -933,11 +935,12 @@ impl Engine {
             };
             match self.sink.save(image).await {
                 Ok(stored) => {
-                    if stored.already_present {
-                        RunStats::bump(&self.stats.images_already_present);
-                    } else {
-                        RunStats::bump(&self.stats.images_saved);
+                    if !stored.already_present {
+                        self.accounting.images_saved.fetch_add(1, Ordering::Relaxed);
                     }
+                    self.emit(Event::ImageSaved {
+                        already_present: stored.already_present,
+                    });
                     let saved = SavedImage {
                         generation_id: generation.id.clone(),
                         file_name: stored.file_name,
@@ -947,7 +950,7 @@ impl Engine {
                 }
                 Err(OutputError::Webp { error, .. }) => {
                     tracing::warn!(%error, generation = %generation.id, "the Horde sent a broken image; it will be asked for again");
-                    self.stats.failure(FailureKind::BadImage);
+                    self.emit(Event::Failure(FailureKind::BadImage));
                     record.assigned.remove(&index);
                 }
                 Err(error @ OutputError::Collision { .. }) => {
@@ -979,7 +982,7 @@ impl Engine {
                 .decode(text.trim())
                 .map_err(|e| unusable_image(format!("image is not base64: {e}"))),
             ImageSource::Url(url) => {
-                RunStats::bump(&self.stats.downloads);
+                self.emit(Event::Downloaded);
                 self.client
                     .download_image(&url, MAX_IMAGE_BYTES, self.manifest.run.download_timeout)
                     .await

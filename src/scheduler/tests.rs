@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Abort, Budget, Engine, OnStop, Tuning};
+use super::{Abort, Budget, Engine, Event, OnStop, Tuning};
 use crate::horde::{ApiKey, ClientConfig, HordeClient};
 use crate::manifest::{compile, CompileOptions, CompiledManifest, ManifestFile};
 use crate::output::{MemorySink, Outcome};
@@ -56,10 +56,22 @@ fn engine(
     manifest: Arc<CompiledManifest>,
     stop: CancellationToken,
 ) -> Arc<Engine> {
+    engine_with_events(sim, ledger, sink, manifest, stop).0
+}
+
+/// An engine and the receiving end of its events.
+fn engine_with_events(
+    sim: &SimHandle,
+    ledger: Arc<dyn Ledger>,
+    sink: Arc<MemorySink>,
+    manifest: Arc<CompiledManifest>,
+    stop: CancellationToken,
+) -> (Arc<Engine>, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+    let (sender, events) = tokio::sync::mpsc::unbounded_channel();
     let url = reqwest::Url::parse(&sim.base_url()).expect("the sim's URL parses");
     let client = HordeClient::new(ClientConfig::new(url, ApiKey::anonymous()))
         .expect("a client for the sim");
-    Engine::new(
+    let engine = Engine::new(
         client,
         ledger,
         sink,
@@ -69,7 +81,9 @@ fn engine(
         stop,
         OnStop::Cancel,
         None,
-    )
+        sender,
+    );
+    (engine, events)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +91,7 @@ async fn a_run_stores_every_image_and_records_every_request_done() {
     let sim = sim(Duration::from_millis(10)).await;
     let ledger = Arc::new(MemoryLedger::new());
     let sink = Arc::new(MemorySink::new());
-    let engine = engine(
+    let (engine, mut events) = engine_with_events(
         &sim,
         ledger.clone(),
         sink.clone(),
@@ -86,6 +100,17 @@ async fn a_run_stores_every_image_and_records_every_request_done() {
     );
     let summary = engine.run().await;
     assert_eq!((summary.jobs, summary.jobs_done), (3, 3), "{summary:?}");
+    // The events tell the same story, and every request followed is released.
+    let mut progress = crate::report::Progress::default();
+    while let Ok(event) = events.try_recv() {
+        progress.apply(&event);
+    }
+    assert_eq!(
+        (progress.jobs, progress.jobs_done, progress.images_saved),
+        (3, 3, 6)
+    );
+    assert_eq!(progress.submits, 3);
+    assert_eq!(progress.status().requests_in_flight, 0);
     assert_eq!(sink.images().len(), 6);
     let done = sink
         .outcomes()
