@@ -416,47 +416,93 @@ impl Reporter {
 /// The final summary on stderr: jobs, images, calls, failures by class, and
 /// why the run ended early if it did.
 pub fn print_summary(progress: &Progress, summary: &RunSummary, ending: &Ending, out: &Path) {
-    crate::say!(
-        "horde-batch: {} of {} jobs done, {} failed, {} unfinished; {} images saved now, {} before; output in {}",
-        summary.jobs_done,
-        summary.jobs,
-        summary.jobs_failed,
-        summary.jobs_unfinished,
-        summary.images_saved_now,
-        summary.images_saved_before,
-        out.display(),
-    );
     let p = progress;
-    crate::say!(
-        "horde-batch: requests: {} submit, {} check, {} status, {} cancel, {} download; 429s: {} rate limit, {} concurrency; {} transient errors; {} resubmits; {:.1} kudos",
-        p.submits,
-        p.checks,
-        p.status_calls,
-        p.cancels,
-        p.downloads,
-        p.rate_limited,
-        p.concurrency_full,
-        p.transient_errors,
-        p.resubmits,
-        p.kudos,
-    );
-    if !p.failures.is_empty() {
-        let mut classes: Vec<_> = p.failures.iter().collect();
-        classes.sort_by_key(|(kind, _)| kind.as_str());
-        let text: Vec<String> = classes
-            .iter()
-            .map(|(kind, count)| format!("{kind}: {count}"))
-            .collect();
-        crate::say!("horde-batch: failures by class: {}", text.join(", "));
-    }
-    match ending {
-        Ending::MaxRuntime | Ending::MaxKudos => crate::say!(
-            "horde-batch: submitting stopped ({ending:?}); rerun the same command to resume"
-        ),
-        Ending::Aborted(abort) => crate::say!(
-            "horde-batch: stopped early: {abort}; fix that, then rerun the same command to resume"
-        ),
-        Ending::Complete | Ending::JobsFailed | Ending::Interrupted => {}
+    let mut classes: Vec<_> = p.failures.iter().collect();
+    classes.sort_by_key(|(kind, _)| kind.as_str());
+    let early = match ending {
+        Ending::MaxRuntime | Ending::MaxKudos => Some(format!(
+            "submitting stopped ({ending:?}); rerun the same command to resume"
+        )),
+        Ending::Aborted(abort) => Some(format!(
+            "stopped early: {abort}; fix that, then rerun the same command to resume"
+        )),
+        Ending::Complete | Ending::JobsFailed | Ending::Interrupted => None,
+    };
+    match crate::logging::messages() {
+        // `-q`: errors only, and a run that stopped early is one.
+        crate::logging::Messages::Quiet => {
+            if let (Ending::Aborted(_), Some(early)) = (ending, &early) {
+                crate::say!("horde-batch: {early}");
+            }
+        }
+        crate::logging::Messages::Json => {
+            let failures: BTreeMap<&str, u64> = classes
+                .iter()
+                .map(|(kind, n)| (kind.as_str(), **n))
+                .collect();
+            let object = serde_json::json!({
+                "summary": {
+                    "jobs": summary.jobs,
+                    "jobs_done": summary.jobs_done,
+                    "jobs_failed": summary.jobs_failed,
+                    "jobs_unfinished": summary.jobs_unfinished,
+                    "images_saved_now": summary.images_saved_now,
+                    "images_saved_before": summary.images_saved_before,
+                    "output": out.display().to_string(),
+                    "requests": {
+                        "submit": p.submits,
+                        "check": p.checks,
+                        "status": p.status_calls,
+                        "cancel": p.cancels,
+                        "download": p.downloads,
+                    },
+                    "rate_limited_429s": p.rate_limited,
+                    "concurrency_429s": p.concurrency_full,
+                    "transient_errors": p.transient_errors,
+                    "resubmits": p.resubmits,
+                    "kudos": p.kudos,
+                    "failures": failures,
+                    "ending": format!("{ending:?}"),
+                    "message": early,
+                }
+            });
+            crate::say!("{object}");
+        }
+        crate::logging::Messages::Text => {
+            crate::say!(
+                "horde-batch: {} of {} jobs done, {} failed, {} unfinished; {} images saved now, {} before; output in {}",
+                summary.jobs_done,
+                summary.jobs,
+                summary.jobs_failed,
+                summary.jobs_unfinished,
+                summary.images_saved_now,
+                summary.images_saved_before,
+                out.display(),
+            );
+            crate::say!(
+                "horde-batch: requests: {} submit, {} check, {} status, {} cancel, {} download; 429s: {} rate limit, {} concurrency; {} transient errors; {} resubmits; {:.1} kudos",
+                p.submits,
+                p.checks,
+                p.status_calls,
+                p.cancels,
+                p.downloads,
+                p.rate_limited,
+                p.concurrency_full,
+                p.transient_errors,
+                p.resubmits,
+                p.kudos,
+            );
+            if !classes.is_empty() {
+                let text: Vec<String> = classes
+                    .iter()
+                    .map(|(kind, count)| format!("{kind}: {count}"))
+                    .collect();
+                crate::say!("horde-batch: failures by class: {}", text.join(", "));
+            }
+            if let Some(early) = early {
+                crate::say!("horde-batch: {early}");
+            }
+        }
     }
 }
 

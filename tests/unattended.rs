@@ -225,3 +225,46 @@ fn completions_are_printed_for_each_shell() {
         assert!(String::from_utf8_lossy(&output.stdout).contains("max-runtime"));
     }
 }
+
+#[test]
+fn logs_in_a_file_have_no_colour_quiet_is_quiet_and_json_is_json_to_the_end() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "26"]);
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let batch = Batch::new(
+            "version: 1\nname: logs\ndefaults: {models: [stable_diffusion], \
+             params: {width: 64, height: 64}}\njobs:\n  - {name: a, prompt: a kite, images: 2}\n",
+        );
+        let output = batch
+            .command(&sim, "run")
+            .args(args)
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE")
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    // stderr is a pipe here, as in a cron job writing to a log file.
+    let plain = run(&["-v", "--progress", "none"], &[]);
+    assert!(plain.contains("run started"), "{plain}");
+    assert!(
+        !plain.contains('\x1b'),
+        "colour escapes in a log file:\n{plain}"
+    );
+    let forced = run(&["-v", "--progress", "none"], &[("CLICOLOR_FORCE", "1")]);
+    assert!(forced.contains('\x1b'), "CLICOLOR_FORCE asks for colour");
+    let quiet = run(&["-q", "--progress", "none"], &[]);
+    assert_eq!(quiet, "", "-q prints errors only");
+    let json = run(&["--log-format", "json", "--progress", "none", "-v"], &[]);
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let summary = lines
+        .iter()
+        .find_map(|l| l.get("summary"))
+        .expect("the summary is one JSON object");
+    assert_eq!(summary["images_saved_now"], 2);
+    assert_eq!(summary["ending"], "Complete");
+}
