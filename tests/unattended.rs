@@ -226,6 +226,54 @@ fn completions_are_printed_for_each_shell() {
     }
 }
 
+/// What bash's completion function offers for `words`, the last being completed.
+fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let words_list = words
+        .iter()
+        .map(|w| format!("'{w}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let current = words.last().unwrap();
+    let previous = words[words.len() - 2];
+    let program = format!(
+        "source '{}'; COMP_WORDS=({words_list}); COMP_CWORD={}; \
+         _horde__batch horde-batch '{current}' '{previous}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        words.len() - 1
+    );
+    let output = Command::new("bash")
+        .args(["-c", &program])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_every_subcommands_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("horde-batch.bash");
+    let output = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    std::fs::write(&script, output.stdout).unwrap();
+    let offered = bash_completes(&script, &["horde-batch", "run", "--pro"]);
+    assert_eq!(offered, ["--progress", "--progress-interval"]);
+    assert_eq!(
+        bash_completes(&script, &["horde-batch", "cancel", "--horde-u"]),
+        ["--horde-url"]
+    );
+    assert_eq!(bash_completes(&script, &["horde-batch", "sta"]), ["status"]);
+}
+
 #[test]
 fn logs_in_a_file_have_no_colour_quiet_is_quiet_and_json_is_json_to_the_end() {
     let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "26"]);

@@ -101,12 +101,26 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut command, "horde-batch", &mut script);
+            let script = completion_script(shell, script);
             match io::stdout().lock().write_all(&script) {
                 Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(AppError::Stdout(e)),
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
     }
+}
+
+/// clap_complete's bash script names a hyphenated binary's subcommand
+/// branches `horde__subcmd__batch__subcmd__run` but walks the command line to
+/// `horde__batch__subcmd__run`, so no subcommand's options ever complete
+/// (clap_complete 4.6). The branch names are made to match what is walked.
+fn completion_script(shell: clap_complete::Shell, script: Vec<u8>) -> Vec<u8> {
+    if shell != clap_complete::Shell::Bash {
+        return script;
+    }
+    String::from_utf8_lossy(&script)
+        .replace("horde__subcmd__batch", "horde__batch")
+        .into_bytes()
 }
 
 pub(crate) fn load(
