@@ -159,6 +159,9 @@ pub struct RunArgs {
     /// Submit even when the Horde has no worker for a model (requests then wait for one).
     #[arg(long)]
     pub wait_for_workers: bool,
+    /// Stop (exit 6) when the Horde has given no successful answer for this long (a wrong URL, an outage).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub unreachable_after: Duration,
     #[command(flatten)]
     pub horde: HordeArgs,
     #[command(flatten)]

@@ -14,6 +14,9 @@ pub const AUTH: u8 = 3;
 pub const LEDGER: u8 = 4;
 /// `--max-runtime` was reached: submitting stopped, the rest resumes next run.
 pub const MAX_RUNTIME: u8 = 5;
+/// The Horde gave no successful answer for too long (a wrong URL, an outage);
+/// or `cancel` could not reach it for every request.
+pub const UNREACHABLE: u8 = 6;
 /// Stopped by Ctrl-C, SIGTERM or SIGHUP (128 + SIGINT).
 pub const INTERRUPTED: u8 = 130;
 
@@ -29,6 +32,7 @@ pub fn code(ending: &crate::scheduler::Ending) -> u8 {
         Ending::MaxKudos | Ending::Aborted(Abort::Auth(_)) => AUTH,
         Ending::Aborted(Abort::Ledger(_)) => LEDGER,
         Ending::Aborted(Abort::Output(_) | Abort::Redirected(_)) => USAGE,
+        Ending::Aborted(Abort::Unreachable(_)) => UNREACHABLE,
     }
 }
 
@@ -56,6 +60,7 @@ mod tests {
             (Ending::MaxKudos, 3),
             (Ending::Aborted(Abort::Ledger("damaged".into())), 4),
             (Ending::MaxRuntime, 5),
+            (Ending::Aborted(Abort::Unreachable("no answer".into())), 6),
             (Ending::Interrupted, 130),
         ];
         for (ending, expected) in cases {

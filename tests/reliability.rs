@@ -1736,3 +1736,61 @@ fn answers_lost_during_a_run_leave_nothing_orphaned_with_a_registered_key() {
     assert_eq!(stat(&stats, "requests_orphaned"), 0, "{stats}");
     assert_eq!(stat(&stats, "requests_never_retrieved"), 0, "{stats}");
 }
+
+/// A loopback URL nothing listens on.
+fn refused_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+#[test]
+fn an_unreachable_horde_ends_the_run_within_its_bound() {
+    let batch = Batch::new(ONE_IMAGE);
+    let mut command = batch.command_at(&refused_url(), "run");
+    command.args(["--unreachable-after", "2s"]);
+    let run = run_bounded(&mut command, RUN_LIMIT);
+    assert_no_panic(&run.stderr);
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("gave no successful answer") && run.stderr.contains("127.0.0.1"),
+        "the error names the Horde and the bound:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn cancel_says_what_it_could_not_cancel_and_fails() {
+    // A request left on the Horde by a killed run, then the Horde is gone.
+    let stub = Stub::start(Hostile::Frozen);
+    let batch = Batch::new(ONE_IMAGE);
+    let (code, _) = stop_when(
+        &stub,
+        &batch,
+        |stub| Stub::count(&stub.counters.checks) >= 1,
+        "KILL",
+    );
+    assert_eq!(code, Some(128 + 9));
+    let cancel = run_bounded(&mut batch.command_at(&refused_url(), "cancel"), RUN_LIMIT);
+    assert_no_panic(&cancel.stderr);
+    assert_eq!(cancel.code, 6, "{}", cancel.stderr);
+    assert!(
+        cancel.stderr.contains("cancelled 0 request(s)")
+            && cancel.stderr.contains("1 could not be cancelled"),
+        "{}",
+        cancel.stderr
+    );
+}
+
+#[test]
+fn a_kudos_estimate_without_a_horde_is_not_a_usage_error() {
+    let batch = Batch::new(ONE_IMAGE);
+    let mut command = Command::new(BIN);
+    command
+        .args(["plan", "--kudos", "--horde-url", &refused_url()])
+        .arg(&batch.manifest)
+        .env_remove("AI_HORDE_API_KEY");
+    let plan = run_bounded(&mut command, RUN_LIMIT);
+    assert_eq!(plan.code, 6, "{}", plan.stderr);
+}

@@ -36,9 +36,25 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
             // `cancel` reports what it did itself; nothing listens to the events.
             tokio::sync::mpsc::unbounded_channel().0,
         );
-        let cancelled = engine.cancel_in_flight().await;
-        crate::say!("cancelled {cancelled} request(s); images they had finished were saved");
-        let ending = engine.aborted().map_or(Ending::Complete, Ending::Aborted);
+        let report = engine.cancel_in_flight().await;
+        crate::say!(
+            "horde-batch: cancelled {} request(s) (images they had finished were saved); {} could not be cancelled{}",
+            report.cancelled,
+            report.failed,
+            if report.not_found > 0 {
+                format!("; {} lost submit(s) could not be found", report.not_found)
+            } else {
+                String::new()
+            }
+        );
+        let ending = match engine.aborted() {
+            Some(abort) => Ending::Aborted(abort),
+            // What was not cancelled is still in the ledger: a rerun of `cancel` retries it.
+            None if report.failed > 0 => Ending::Aborted(crate::scheduler::Abort::Unreachable(
+                format!("{} request(s) could not be cancelled", report.failed),
+            )),
+            None => Ending::Complete,
+        };
         Ok(ExitCode::from(exit::code(&ending)))
     })
 }

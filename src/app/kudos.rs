@@ -3,6 +3,7 @@
 use super::config::{runtime, Horde};
 use super::AppError;
 use crate::cli::HordeArgs;
+use crate::horde::FailureClass;
 use crate::manifest::CompiledManifest;
 
 /// `plan --kudos`: one dry run per distinct parameter set, priced per image.
@@ -29,10 +30,13 @@ pub fn kudos_estimate(
         }
         let mut total = 0.0;
         for (request, images) in signatures.values() {
-            let per_image = client
-                .dry_run(request)
-                .await
-                .map_err(|e| AppError::Config(format!("the kudos estimate failed: {e}")))?;
+            let per_image = client.dry_run(request).await.map_err(|e| match e.class() {
+                FailureClass::Auth => AppError::Auth(e.to_string()),
+                FailureClass::Permanent | FailureClass::Kudos => {
+                    AppError::Config(format!("the kudos estimate failed: {e}"))
+                }
+                _ => AppError::Unreachable(format!("the kudos estimate failed: {e}")),
+            })?;
             total += per_image * *images as f64;
         }
         let balance = if client.is_anonymous() {

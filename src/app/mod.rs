@@ -54,6 +54,12 @@ pub enum AppError {
         help("lower width, height or steps, or ask the key's owner to raise its limits")
     )]
     SharedKeyLimits(String),
+    #[error("the Horde could not be reached: {0}")]
+    #[diagnostic(
+        code(horde_batch::unreachable),
+        help("check --horde-url / AI_HORDE_URL and the network, then try again")
+    )]
+    Unreachable(String),
     #[error("cannot start the async runtime")]
     #[diagnostic(code(horde_batch::runtime))]
     Runtime(#[source] io::Error),
@@ -68,6 +74,7 @@ impl AppError {
         match self {
             AppError::Store(_) => exit::LEDGER,
             AppError::Auth(_) | AppError::SharedKeyLimits(_) => exit::AUTH,
+            AppError::Unreachable(_) => exit::UNREACHABLE,
             AppError::NoWorkers(_) => exit::USAGE,
             AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
             // The output directory cannot be used: fix the setup, like a bad flag.

@@ -71,7 +71,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             Arc::new(Dataset::new(output, template.clone(), Arc::clone(&compiled))),
             Arc::clone(&compiled),
             Budget::new(capacity),
-            args.tuning.resolve(),
+            crate::scheduler::Tuning {
+                unreachable_after: args.unreachable_after,
+                ..args.tuning.resolve()
+            },
             stop.clone(),
             on_stop,
             args.max_kudos,

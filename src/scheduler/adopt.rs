@@ -223,6 +223,9 @@ impl Engine {
                 answer = call() => answer,
                 () = interrupt.cancelled() => return None,
             };
+            if answer.is_ok() {
+                self.heard_from_horde();
+            }
             match answer {
                 Err(error)
                     if attempt < LOOKUP_ATTEMPTS

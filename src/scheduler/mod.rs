@@ -52,6 +52,27 @@ use crate::output::ImageSink;
 use crate::plan::{self, ResumeError, Slot, SlotPlan};
 use crate::store::{Ledger, RequestKey, RequestRecord, RequestState};
 
+/// What `horde-batch cancel` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CancelReport {
+    /// Requests cancelled (or already gone from the Horde).
+    pub cancelled: u32,
+    /// Requests the Horde did not confirm cancelled: still in the ledger.
+    pub failed: u32,
+    /// Submits whose answer was lost and whose request could not be found.
+    pub not_found: u32,
+}
+
+impl CancelReport {
+    fn count(&mut self, cancelled: bool) {
+        if cancelled {
+            self.cancelled += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
 /// What to do with requests still on the Horde when the run is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStop {
@@ -76,6 +97,9 @@ pub enum Abort {
     /// The server answered with a redirect, which is never followed (it could carry the key elsewhere).
     #[error("{0}")]
     Redirected(String),
+    /// The Horde gave no successful answer for too long.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// Why a run ended: the one fact its exit code is made from ([`crate::exit::code`]).
@@ -112,6 +136,8 @@ pub struct Tuning {
     pub cancel_timeout: Duration,
     /// How long a request that reads done while an image is still processing is followed.
     pub late_image_wait: Duration,
+    /// How long the Horde may give no successful answer before the run stops.
+    pub unreachable_after: Duration,
 }
 
 impl Default for Tuning {
@@ -124,6 +150,7 @@ impl Default for Tuning {
             find_user_cache: Duration::from_secs(30),
             cancel_timeout: Duration::from_secs(3),
             late_image_wait: Duration::from_secs(300),
+            unreachable_after: Duration::from_secs(300),
         }
     }
 }
@@ -149,6 +176,8 @@ pub struct Engine {
     detach_on_stop: AtomicBool,
     accounting: Accounting,
     events: EventSender,
+    /// When the Horde last answered a call successfully (ms since the epoch).
+    last_answer_ms: AtomicU64,
     /// Kudos the run may spend (`--max-kudos`), and the per-image estimate used before submitting.
     max_kudos: Option<f64>,
     kudos_per_image: Mutex<Option<f64>>,
@@ -265,6 +294,7 @@ impl Engine {
             detach_on_stop: AtomicBool::new(on_stop == OnStop::Detach),
             accounting: Accounting::default(),
             events,
+            last_answer_ms: AtomicU64::new(crate::store::now_ms()),
             max_kudos,
             kudos_per_image: Mutex::new(None),
             abort: Mutex::new(None),
@@ -349,6 +379,36 @@ impl Engine {
         self.stop.cancel();
     }
 
+    /// The Horde answered a call successfully: it is reachable.
+    pub(crate) fn heard_from_horde(&self) {
+        self.last_answer_ms
+            .store(crate::store::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Stops the run once the Horde has given no successful answer for
+    /// `tuning.unreachable_after` (checked every few seconds until the run ends).
+    async fn watch_reachability(&self) {
+        let limit = self.tuning.unreachable_after;
+        let every = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.stop.cancelled() => return,
+            }
+            let silent =
+                crate::store::now_ms().saturating_sub(self.last_answer_ms.load(Ordering::Relaxed));
+            if silent >= limit.as_millis() as u64 {
+                self.abort(Abort::Unreachable(format!(
+                    "the Horde at {} gave no successful answer for {}; check the URL and the \
+                     network, then rerun the same command to resume",
+                    self.client.base_url(),
+                    humantime::format_duration(Duration::from_secs(silent / 1000))
+                )));
+                return;
+            }
+        }
+    }
+
     /// Tells the world what happened (nobody listening is fine).
     pub(crate) fn emit(&self, event: Event) {
         let _ = self.events.send(event);
@@ -378,6 +438,17 @@ impl Engine {
 
     /// Runs every job of the manifest to completion (or until stopped).
     pub async fn run(self: &Arc<Self>) -> RunSummary {
+        self.heard_from_horde();
+        let watchdog = {
+            let engine = Arc::clone(self);
+            tokio::spawn(async move { engine.watch_reachability().await })
+        };
+        let summary = self.run_jobs().await;
+        watchdog.abort();
+        summary
+    }
+
+    async fn run_jobs(self: &Arc<Self>) -> RunSummary {
         let mut run = RunState::default();
         // Known up front, so progress reports are right from the first sample.
         self.emit(Event::Started {
@@ -644,13 +715,13 @@ pub(crate) fn fresh_record(job: &Job, slot: Slot) -> RequestRecord {
 
 impl Engine {
     /// Cancels every request the ledger shows on the Horde (`horde-batch cancel`),
-    /// saving the images their cancel answers hold. Returns how many were cancelled.
-    pub async fn cancel_in_flight(self: &Arc<Self>) -> usize {
+    /// saving the images their cancel answers hold.
+    pub async fn cancel_in_flight(self: &Arc<Self>) -> CancelReport {
         let records = match self.ledger.in_flight() {
             Ok(records) => records,
             Err(error) => {
                 self.abort(Abort::Ledger(error.to_string()));
-                return 0;
+                return CancelReport::default();
             }
         };
         let mut wanted: HashMap<String, Vec<(RequestKey, RequestRecord)>> = HashMap::new();
@@ -660,7 +731,7 @@ impl Engine {
                 .or_default()
                 .push((key, record));
         }
-        let mut cancelled = 0;
+        let mut report = CancelReport::default();
         for job in self.manifest.jobs() {
             let Some(slots) = wanted.remove(&job.key.to_string()) else {
                 continue;
@@ -668,8 +739,10 @@ impl Engine {
             for (key, mut record) in slots {
                 match record.state.clone() {
                     RequestState::Submitted { horde_id, .. } => {
-                        self.stop_request(&job, &key, &mut record, &horde_id).await;
-                        cancelled += 1;
+                        report.count(
+                            self.cancel_request(&job, &key, &mut record, &horde_id)
+                                .await,
+                        );
                     }
                     RequestState::Submitting { n, .. } => {
                         // The POST's answer never arrived: find the request, if it reached the Horde.
@@ -691,8 +764,10 @@ impl Engine {
                                     },
                                     crate::store::now_ms(),
                                 );
-                                self.stop_request(&job, &key, &mut record, &horde_id).await;
-                                cancelled += 1;
+                                report.count(
+                                    self.cancel_request(&job, &key, &mut record, &horde_id)
+                                        .await,
+                                );
                             }
                             Some(adopt::Lost::NotOnHorde) => {
                                 record.transition(
@@ -706,7 +781,7 @@ impl Engine {
                                     self.abort(Abort::Ledger(e.to_string()));
                                 }
                             }
-                            Some(adopt::Lost::Unresolved) | None => {}
+                            Some(adopt::Lost::Unresolved) | None => report.not_found += 1,
                         }
                     }
                     _ => {}
@@ -719,6 +794,6 @@ impl Engine {
         for (job_key, _) in wanted {
             tracing::warn!(%job_key, "the ledger has a request for a job the manifest no longer has; it was left alone");
         }
-        cancelled
+        report
     }
 }

@@ -444,6 +444,7 @@ impl Engine {
         };
         match answer {
             Ok(accepted) => {
+                self.heard_from_horde();
                 drop(gate);
                 if accepted.has_no_available_worker() {
                     tracing::warn!(job = %job.name, models = ?job.models, "the Horde has no worker for this request right now");
@@ -613,7 +614,10 @@ impl Engine {
                 () = self.stop.cancelled() => return Err(Halt::Stopped),
             };
             let check = match answer {
-                Ok(check) => check,
+                Ok(check) => {
+                    self.heard_from_horde();
+                    check
+                }
                 Err(error) => {
                     retry_wait = self.after_failure(Call::Check, &error, &mut failures)?;
                     continue;
@@ -705,7 +709,10 @@ impl Engine {
                 () = self.stop.cancelled() => return Err(Halt::Stopped),
             };
             match answer {
-                Ok(status) => return Ok(status),
+                Ok(status) => {
+                    self.heard_from_horde();
+                    return Ok(status);
+                }
                 Err(error) => {
                     if let Some(wait) = self.after_failure(Call::Status, &error, &mut failures)? {
                         self.pause(wait, &self.stop).await?;
@@ -751,7 +758,7 @@ impl Engine {
     /// `DELETE`s the request, each try bounded by the cancel timeout, keeps the
     /// images its answer holds (they are paid for) and records the cancel.
     /// Returns false when the request may still be on the Horde.
-    async fn cancel_request(
+    pub(super) async fn cancel_request(
         &self,
         job: &Job,
         key: &RequestKey,
@@ -764,7 +771,10 @@ impl Engine {
             self.emit(Event::CancelSent);
             let answer = tokio::time::timeout(self.tuning.cancel_timeout, self.client.cancel(id));
             match answer.await {
-                Ok(Ok(status)) => break Some(status),
+                Ok(Ok(status)) => {
+                    self.heard_from_horde();
+                    break Some(status);
+                }
                 Ok(Err(error)) => match self.tuning.policy.decide(Call::Cancel, &error, attempt) {
                     Action::Retry { after, .. } => {
                         tracing::info!(id, %error, "cancel failed; trying again");
