@@ -2,10 +2,11 @@
 //! a manifest in a temporary directory, and checks of what a run wrote.
 #![allow(dead_code)] // Not every helper is used by every test module.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use horde_batch::sim::images::render_pixels_sized;
@@ -320,4 +321,149 @@ pub fn stat(stats: &Value, name: &str) -> u64 {
     stats[name]
         .as_u64()
         .unwrap_or_else(|| panic!("no stat {name}"))
+}
+
+// ----------------------------------------- bounded runs and output checks
+
+/// Every run a test starts ends within this, or the test fails (and kills it).
+pub const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// How a child process ended.
+pub struct Finished {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to its end, capturing its output; kills it and fails the
+/// test if it takes longer than `limit`.
+pub fn run_bounded(command: &mut Command, limit: Duration) -> Finished {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let code = wait_or_kill(&mut child, limit);
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    match code {
+        Some(code) => Finished {
+            code,
+            stdout,
+            stderr,
+        },
+        None => panic!("{command:?} did not end within {limit:?}; its stderr:\n{stderr}"),
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// The exit code (128 + signal for a signal), or `None` after killing a child
+/// that outlived `limit`.
+pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(
+                status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+            );
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Fails the test if horde-batch panicked.
+pub fn assert_no_panic(stderr: &str) {
+    assert!(
+        !stderr.contains("panicked"),
+        "horde-batch panicked:\n{stderr}"
+    );
+}
+
+/// Checks of what a run left in the output folder, for any Horde (the sim or the stub).
+impl Batch {
+    /// The state folder (ledger, status file).
+    pub fn state(&self) -> PathBuf {
+        self.out().join(".horde-batch")
+    }
+
+    /// `run` against `sim`, to its end (bounded by [`RUN_LIMIT`]).
+    pub fn run_on(&self, sim: &Sim) -> Finished {
+        run_bounded(&mut self.command(sim, "run"), RUN_LIMIT)
+    }
+
+    /// The lines of a JSONL file in the output folder.
+    pub fn jsonl(&self, name: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.out().join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Image and temp files anywhere in the output folder, state folder included.
+    pub fn webp_files(&self) -> Vec<PathBuf> {
+        walk(&self.out())
+            .into_iter()
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "webp")
+                    || p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(horde_batch::output::TEMP_PREFIX)
+            })
+            .collect()
+    }
+
+    /// Each job (by key) has exactly `per_job` index lines, for indices
+    /// `0..per_job`, and one line in `results.jsonl` listing them.
+    pub fn assert_each_job_has(&self, jobs: usize, per_job: u64) {
+        let mut by_job: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for line in self.index_lines() {
+            let indices = by_job
+                .entry(line["job_key"].as_str().unwrap().to_owned())
+                .or_default();
+            assert!(
+                indices.insert(line["image_index"].as_u64().unwrap()),
+                "an image index appears twice: {line}"
+            );
+        }
+        assert_eq!(by_job.len(), jobs, "jobs with images");
+        let all: BTreeSet<u64> = (0..per_job).collect();
+        for (key, indices) in &by_job {
+            assert_eq!(indices, &all, "job {key} has other image indices");
+        }
+        let results = self.jsonl("results.jsonl");
+        assert_eq!(results.len(), jobs, "one result line per job");
+        for result in &results {
+            assert_eq!(
+                result["images"].as_array().unwrap().len() as u64,
+                per_job,
+                "{result}"
+            );
+        }
+    }
 }

@@ -8,17 +8,15 @@
 //! (`HORDE_BATCH_CRASH_KILLS`, `HORDE_BATCH_CRASH_SEED`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{stat, Batch, Sim, BIN};
+use crate::common::{
+    assert_no_panic, run_bounded, signal, stat, wait_or_kill, walk, Batch, Finished, Sim, BIN,
+    RUN_LIMIT,
+};
 use serde_json::Value;
-
-/// Every run in this file ends within this, or the test fails (and kills it).
-const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 const SUBMIT: &str = "POST /api/v2/generate/async";
 
@@ -29,169 +27,6 @@ fn calls_to(stats: &Value, endpoint: &str) -> u64 {
     stats["calls"][endpoint].as_object().map_or(0, |by_status| {
         by_status.values().filter_map(Value::as_u64).sum()
     })
-}
-
-/// How a child process ended.
-struct Finished {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `command` to its end, capturing its output; kills it and fails the
-/// test if it takes longer than `limit`.
-fn run_bounded(command: &mut Command, limit: Duration) -> Finished {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = drain(child.stdout.take().unwrap());
-    let stderr = drain(child.stderr.take().unwrap());
-    let code = wait_or_kill(&mut child, limit);
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    match code {
-        Some(code) => Finished {
-            code,
-            stdout,
-            stderr,
-        },
-        None => panic!("{command:?} did not end within {limit:?}; its stderr:\n{stderr}"),
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-/// The exit code (128 + signal for a signal), or `None` after killing a child
-/// that outlived `limit`.
-fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(
-                status
-                    .code()
-                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-            );
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Every file below `dir`, hidden folders (the state directory) included.
-fn all_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(all_files(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
-}
-
-fn assert_no_panic(stderr: &str) {
-    assert!(
-        !stderr.contains("panicked"),
-        "horde-batch panicked:\n{stderr}"
-    );
-}
-
-/// What this file needs of a [`Batch`] beyond the shared helpers: any Horde
-/// URL (the sim or the stub), bounded runs, and per-job checks.
-trait BatchExt {
-    fn state(&self) -> PathBuf;
-    /// `run` against `sim`, to its end (bounded).
-    fn run_on(&self, sim: &Sim) -> Finished;
-    fn jsonl(&self, name: &str) -> Vec<Value>;
-    /// Image and temp files anywhere in the output directory, state folder included.
-    fn webp_files(&self) -> Vec<PathBuf>;
-    /// Each job (by key) has exactly `per_job` index lines, for indices
-    /// `0..per_job`, and one line in `results.jsonl` listing them.
-    fn assert_each_job_has(&self, jobs: usize, per_job: u64);
-}
-
-impl BatchExt for Batch {
-    fn state(&self) -> PathBuf {
-        self.out().join(".horde-batch")
-    }
-
-    fn run_on(&self, sim: &Sim) -> Finished {
-        run_bounded(&mut self.command(sim, "run"), RUN_LIMIT)
-    }
-
-    fn jsonl(&self, name: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.out().join(name))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn webp_files(&self) -> Vec<PathBuf> {
-        all_files(&self.out())
-            .into_iter()
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "webp")
-                    || p.file_name()
-                        .unwrap()
-                        .to_string_lossy()
-                        .starts_with(horde_batch::output::TEMP_PREFIX)
-            })
-            .collect()
-    }
-
-    fn assert_each_job_has(&self, jobs: usize, per_job: u64) {
-        let mut by_job: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-        for line in self.index_lines() {
-            let indices = by_job
-                .entry(line["job_key"].as_str().unwrap().to_owned())
-                .or_default();
-            assert!(
-                indices.insert(line["image_index"].as_u64().unwrap()),
-                "an image index appears twice: {line}"
-            );
-        }
-        assert_eq!(by_job.len(), jobs, "jobs with images");
-        let all: BTreeSet<u64> = (0..per_job).collect();
-        for (key, indices) in &by_job {
-            assert_eq!(indices, &all, "job {key} has other image indices");
-        }
-        let results = self.jsonl("results.jsonl");
-        assert_eq!(results.len(), jobs, "one result line per job");
-        for result in &results {
-            assert_eq!(
-                result["images"].as_array().unwrap().len() as u64,
-                per_job,
-                "{result}"
-            );
-        }
-    }
 }
 
 // --------------------------------------------------------------- crash loop
@@ -1203,14 +1038,14 @@ fn a_damaged_ledger_stops_the_run_with_exit_4_before_anything_is_spent() {
         "61",
     ]);
     let batch = partial_run(&sim);
-    let ledger_files = all_files(&batch.state().join("ledger"));
+    let ledger_files = walk(&batch.state().join("ledger"));
     assert!(!ledger_files.is_empty());
     let submits_before = calls_to(&sim.stats(), SUBMIT);
     let mut rng = fastrand::Rng::with_seed(61);
     type Damage = fn(&Path, &mut fastrand::Rng);
     let damages: [(&str, Damage); 3] = [
         ("garbage", |ledger, rng| {
-            for file in all_files(ledger) {
+            for file in walk(ledger) {
                 let len = std::fs::metadata(&file).unwrap().len().max(64) as usize;
                 let garbage: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
                 std::fs::write(file, garbage).unwrap();
@@ -1310,7 +1145,7 @@ fn rebuild_state_recovers_a_damaged_ledger_from_the_sidecars() {
     ]);
     let batch = partial_run(&sim);
     let saved = batch.index_lines().len() as u64;
-    for file in all_files(&batch.state().join("ledger")) {
+    for file in walk(&batch.state().join("ledger")) {
         std::fs::write(file, b"garbage, not a ledger").unwrap();
     }
     // Images in progress when the partial run cancelled still arrive.
@@ -1389,7 +1224,7 @@ fn the_api_key_appears_in_no_file_log_or_help() {
     }
     assert!(!captured.contains(&key), "the key was printed");
     for batch in &batches {
-        let files = all_files(batch.dir.path());
+        let files = walk(batch.dir.path());
         assert!(files
             .iter()
             .any(|f| f.starts_with(batch.state().join("ledger"))));
