@@ -32,6 +32,14 @@ pub enum ProgressMode {
     None,
 }
 
+/// What the plan asks of one job, for a report from the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedJob {
+    pub images: u32,
+    /// Request slots the job is split into.
+    pub slots: u32,
+}
+
 /// A request still on the Horde.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InFlight {
@@ -66,33 +74,54 @@ pub struct StatusReport {
     pub jobs: u64,
     pub jobs_done: u64,
     pub jobs_failed: u64,
-    /// Set when the run has ended.
+    /// From a live run: the run has ended. From the ledger: every image the
+    /// manifest asks for is saved.
     pub finished: bool,
 }
 
 impl StatusReport {
-    /// The report of a batch no run holds, from its ledger; `images_wanted` from the plan.
-    pub fn from_ledger(store: &Store, images_wanted: u64) -> Result<Self, StoreError> {
+    /// The report of a batch no run holds, from its ledger. `jobs` is the
+    /// manifest's plan: each job key with the images and request slots it
+    /// needs. Records of other manifests' jobs (a shared state folder) are not
+    /// counted.
+    pub fn from_ledger(
+        store: &Store,
+        jobs: &std::collections::HashMap<String, PlannedJob>,
+    ) -> Result<Self, StoreError> {
+        #[derive(Default)]
+        struct Seen {
+            saved: u64,
+            done_slots: u32,
+            failed: bool,
+        }
         let mut report = StatusReport {
             updated_ms: now_ms(),
-            images_wanted,
+            images_wanted: jobs.values().map(|job| u64::from(job.images)).sum(),
+            jobs: jobs.len() as u64,
             ..StatusReport::default()
         };
         let now = now_ms();
+        let mut seen: std::collections::HashMap<&str, Seen> = std::collections::HashMap::new();
         for entry in store.iter() {
             let (key, record) = entry?;
+            let Some((job_key, _)) = jobs.get_key_value(&key.job_key) else {
+                continue;
+            };
+            let job = seen.entry(job_key.as_str()).or_default();
             *report
                 .requests_by_state
                 .entry(record.state.name().to_owned())
                 .or_default() += 1;
-            report.images_saved += record
+            job.saved += record
                 .images
                 .values()
                 .filter(|i| !i.file_name.is_empty())
                 .count() as u64;
             report.kudos_charged += record.kudos_charged;
             match &record.state {
+                RequestState::Done if record.missing_indices().is_empty() => job.done_slots += 1,
                 RequestState::Failed { class, .. } => {
+                    job.failed = true;
                     *report.failures.entry(class.clone()).or_default() += 1
                 }
                 state if state.is_in_flight() => {
@@ -108,10 +137,21 @@ impl StatusReport {
                 _ => {}
             }
         }
+        for (job_key, job) in &seen {
+            let planned = &jobs[*job_key];
+            // A job whose `images` was lowered keeps its extra files; they are not wanted.
+            report.images_saved += job.saved.min(u64::from(planned.images));
+            if job.done_slots >= planned.slots && job.saved >= u64::from(planned.images) {
+                report.jobs_done += 1;
+            } else if job.failed {
+                report.jobs_failed += 1;
+            }
+        }
+        report.finished = report.jobs_done == report.jobs;
         report.kudos_estimated_remaining = estimate(
             report.kudos_charged,
             report.images_saved,
-            images_wanted.saturating_sub(report.images_saved),
+            report.images_wanted.saturating_sub(report.images_saved),
         );
         Ok(report)
     }

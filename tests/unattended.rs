@@ -51,6 +51,17 @@ fn json_progress_lines_and_status_during_an_active_run() {
     assert_eq!(status["pid"], child.id());
     assert_eq!(status["images_wanted"], 200);
     assert!(status["images_saved"].as_u64().unwrap() >= 1, "{status}");
+    // During the run, status names the requests in flight and their ids.
+    let in_flight = status["in_flight"].as_array().unwrap();
+    assert_eq!(
+        in_flight.len() as u64,
+        status["requests_in_flight"].as_u64().unwrap()
+    );
+    assert!(
+        in_flight.iter().all(|r| r["horde_id"].is_string()),
+        "{status}"
+    );
+    assert_eq!(status["jobs"], 25);
 
     kill(&mut child, "INT");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
@@ -85,6 +96,27 @@ fn json_progress_lines_and_status_during_an_active_run() {
             > 0,
         "{status}"
     );
+    assert_eq!(
+        (status["jobs"].as_u64(), status["finished"].as_bool()),
+        (Some(25), Some(false))
+    );
+
+    // After the rest is done, the ledger says so too.
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    let output = Command::new(BIN)
+        .args(["status", "--json"])
+        .arg(&batch.manifest)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["finished"], true, "{status}");
+    assert_eq!(
+        (status["jobs"].as_u64(), status["jobs_done"].as_u64()),
+        (Some(25), Some(25))
+    );
+    assert_eq!(status["images_saved"], 200, "{status}");
+    assert_eq!(status["requests_in_flight"], 0, "{status}");
 }
 
 #[test]

@@ -1,28 +1,41 @@
 //! `horde-batch status`: the state of a batch, from a live run's status file
 //! or from the ledger.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 use super::config::Batch;
 use super::AppError;
 use crate::cli::StatusArgs;
-use crate::report::StatusReport;
+use crate::report::{PlannedJob, StatusReport};
 use crate::store::Store;
 
 /// `horde-batch status`.
 pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
     let batch = Batch::load(&args.manifest, None, &args.places)?;
     let state_dir = &batch.state_dir;
-    let wanted = batch.compiled.total_images();
+    let max_n = batch.compiled.run.max_n;
+    let jobs: HashMap<String, PlannedJob> = batch
+        .compiled
+        .jobs()
+        .map(|job| {
+            let planned = PlannedJob {
+                images: job.images,
+                slots: crate::plan::slot_count(&job, max_n) as u32,
+            };
+            (job.key.to_string(), planned)
+        })
+        .collect();
     let report = if !state_dir.join("ledger").exists() {
         StatusReport {
-            images_wanted: wanted,
+            images_wanted: jobs.values().map(|job| u64::from(job.images)).sum(),
+            jobs: jobs.len() as u64,
             updated_ms: crate::store::now_ms(),
             ..StatusReport::default()
         }
     } else {
         match Store::open(state_dir) {
-            Ok(store) => StatusReport::from_ledger(&store, wanted)?,
+            Ok(store) => StatusReport::from_ledger(&store, &jobs)?,
             Err(crate::store::StoreError::Locked { pid, .. }) => {
                 let mut report = crate::report::read_status_file(state_dir).unwrap_or_default();
                 report.active = true;
