@@ -216,6 +216,8 @@ pub struct Progress {
     pub waiting_seconds: u64,
     in_flight: BTreeMap<String, Flight>,
     started: Instant,
+    /// The plan's totals have arrived (`Event::Started`).
+    planned: bool,
 }
 
 impl Default for Progress {
@@ -243,6 +245,7 @@ impl Default for Progress {
             waiting_seconds: 0,
             in_flight: BTreeMap::new(),
             started: Instant::now(),
+            planned: false,
         }
     }
 }
@@ -258,6 +261,7 @@ impl Progress {
                 self.jobs = *jobs;
                 self.images_wanted = *images_wanted;
                 self.started = Instant::now();
+                self.planned = true;
             }
             Event::SavedBefore { images } => self.images_saved_before += u64::from(*images),
             Event::SubmitSent => self.submits += 1,
@@ -415,6 +419,9 @@ impl Reporter {
                     while let Ok(event) = events.try_recv() {
                         progress.apply(&event);
                     }
+                } else if !progress.planned {
+                    // No sample before the plan's totals are known: it would say 0 of 0.
+                    continue;
                 }
                 let mut report = progress.status();
                 report.finished = finished;

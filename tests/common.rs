@@ -292,6 +292,23 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Every file below `dir`, hidden folders (the state directory) included.
+pub fn walk_all(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk_all(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 pub fn kill(child: &mut Child, signal: &str) {
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &child.id().to_string()])
@@ -426,7 +443,7 @@ impl Batch {
 
     /// Image and temp files anywhere in the output folder, state folder included.
     pub fn webp_files(&self) -> Vec<PathBuf> {
-        walk(&self.out())
+        walk_all(&self.out())
             .into_iter()
             .filter(|p| {
                 p.extension().is_some_and(|e| e == "webp")

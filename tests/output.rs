@@ -905,3 +905,55 @@ fn output_dir_can_be_shared_between_tasks() {
     fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
     assert_send_sync_clone::<OutputDir>();
 }
+
+#[test]
+fn a_result_line_is_replaced_and_errors_keep_their_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = OutputDir::open(dir.path()).unwrap();
+    let result = |key: &str, images: usize| JobResult {
+        job_key: key.into(),
+        job: "cats".into(),
+        images: (0..images)
+            .map(|i| format!("cats/{key}-{i}.webp"))
+            .collect(),
+        kudos: 10.0,
+        attempts: 1,
+        completed_at: "2026-05-01T12:00:30.000Z".into(),
+    };
+    out.put_result(&result("k1", 2)).unwrap();
+    out.put_result(&result("k2", 2)).unwrap();
+    // k1 grew to four images: its line is replaced, k2's is kept.
+    out.put_result(&result("k1", 4)).unwrap();
+    out.put_result(&result("k3", 1)).unwrap();
+    drop(out);
+    let lines: Vec<JobResult> = read_lines(&dir.path().join("results.jsonl"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, [result("k2", 2), result("k1", 4), result("k3", 1)]);
+
+    let out = OutputDir::open(dir.path()).unwrap();
+    let error = |message: &str| JobError {
+        job_key: "k9".into(),
+        job: "dogs".into(),
+        class: "transient".into(),
+        message: message.into(),
+        images_saved: 0,
+        images_wanted: 4,
+        at: "2026-05-01T12:00:30.000Z".into(),
+    };
+    out.record_error(&error("first")).unwrap();
+    out.record_error(&error("second")).unwrap();
+    assert_eq!(read_lines(&dir.path().join("errors.jsonl")).len(), 2);
+    // No temp file is left by a rewrite.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with(horde_batch::output::TEMP_PREFIX)),
+        "{names:?}"
+    );
+}

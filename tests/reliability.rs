@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    assert_no_panic, run_bounded, signal, stat, wait_or_kill, walk, Batch, Finished, Sim, BIN,
+    assert_no_panic, run_bounded, signal, stat, wait_or_kill, walk_all, Batch, Finished, Sim, BIN,
     RUN_LIMIT,
 };
 use serde_json::Value;
@@ -1038,14 +1038,14 @@ fn a_damaged_ledger_stops_the_run_with_exit_4_before_anything_is_spent() {
         "61",
     ]);
     let batch = partial_run(&sim);
-    let ledger_files = walk(&batch.state().join("ledger"));
+    let ledger_files = walk_all(&batch.state().join("ledger"));
     assert!(!ledger_files.is_empty());
     let submits_before = calls_to(&sim.stats(), SUBMIT);
     let mut rng = fastrand::Rng::with_seed(61);
     type Damage = fn(&Path, &mut fastrand::Rng);
     let damages: [(&str, Damage); 3] = [
         ("garbage", |ledger, rng| {
-            for file in walk(ledger) {
+            for file in walk_all(ledger) {
                 let len = std::fs::metadata(&file).unwrap().len().max(64) as usize;
                 let garbage: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
                 std::fs::write(file, garbage).unwrap();
@@ -1145,7 +1145,7 @@ fn rebuild_state_recovers_a_damaged_ledger_from_the_sidecars() {
     ]);
     let batch = partial_run(&sim);
     let saved = batch.index_lines().len() as u64;
-    for file in walk(&batch.state().join("ledger")) {
+    for file in walk_all(&batch.state().join("ledger")) {
         std::fs::write(file, b"garbage, not a ledger").unwrap();
     }
     // Images in progress when the partial run cancelled still arrive.
@@ -1224,7 +1224,7 @@ fn the_api_key_appears_in_no_file_log_or_help() {
     }
     assert!(!captured.contains(&key), "the key was printed");
     for batch in &batches {
-        let files = walk(batch.dir.path());
+        let files = walk_all(batch.dir.path());
         assert!(files
             .iter()
             .any(|f| f.starts_with(batch.state().join("ledger"))));

@@ -432,6 +432,20 @@ fn raising_images_asks_only_for_the_new_ones() {
         12,
         "only the 6 new images were generated"
     );
+    // results.jsonl tells the current truth: one line per job, all 6 images.
+    let results = batch.jsonl("results.jsonl");
+    assert_eq!(results.len(), 2, "{results:?}");
+    for result in &results {
+        assert_eq!(result["images"].as_array().unwrap().len(), 6, "{result}");
+    }
+    // A rerun of the finished manifest leaves it as it is.
+    let before = std::fs::read(batch.out().join("results.jsonl")).unwrap();
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        std::fs::read(batch.out().join("results.jsonl")).unwrap(),
+        before
+    );
 }
 
 #[test]

@@ -252,6 +252,67 @@ impl JsonlLog {
         Ok(true)
     }
 
+    /// Appends `row` as one line even if its key is already there (a history).
+    ///
+    /// # Errors
+    ///
+    /// As [`JsonlLog::append`].
+    pub fn push<T: Serialize>(&mut self, key: &str, row: &T) -> Result<(), OutputError> {
+        let mut line = serde_json::to_vec(row)
+            .expect("row types are plain structs with string keys; serialising cannot fail");
+        line.push(b'\n');
+        self.write_row_bytes(&line)?;
+        self.keys.insert(key.to_owned());
+        Ok(())
+    }
+
+    /// Makes `row` the one line for `key`: appended if the key is new, else
+    /// the file is rewritten with the old line replaced (atomically: a new
+    /// file, synced, renamed over the old one).
+    ///
+    /// # Errors
+    ///
+    /// [`OutputError::Io`]; the old file is then left as it was.
+    pub fn replace<T: Serialize>(&mut self, key: &str, row: &T) -> Result<(), OutputError> {
+        if !self.contains(key) {
+            self.append(key, row)?;
+            return Ok(());
+        }
+        let old = std::fs::read(&self.path).map_err(|e| OutputError::io("read", &self.path, e))?;
+        let mut new = Vec::with_capacity(old.len());
+        for line in old.split_inclusive(|b| *b == b'\n') {
+            let ours = row_key(line, self.key_field).ok().flatten().as_deref() == Some(key);
+            if !ours {
+                new.extend_from_slice(line);
+            }
+        }
+        new.extend(
+            serde_json::to_vec(row)
+                .expect("row types are plain structs with string keys; serialising cannot fail"),
+        );
+        new.push(b'\n');
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_owned();
+        let temp = dir.join(format!(
+            "{}{}",
+            super::TEMP_PREFIX,
+            self.path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ));
+        let written = std::fs::write(&temp, &new)
+            .and_then(|()| File::open(&temp)?.sync_all())
+            .and_then(|()| std::fs::rename(&temp, &self.path))
+            .and_then(|()| sync_dir(&dir));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(OutputError::io("rewrite", &self.path, e));
+        }
+        // The handle points at the replaced file: reopen on the next append.
+        self.file = None;
+        self.len = new.len() as u64;
+        Ok(())
+    }
+
     fn write_row_bytes(&mut self, bytes: &[u8]) -> Result<(), OutputError> {
         let len = self.len;
         let file = self.open_for_append()?;

@@ -360,6 +360,25 @@ impl OutputDir {
         lock(&self.inner.results).append(&result.job_key, result)
     }
 
+    /// Makes `result` the one line of its job in `results.jsonl`: a job that
+    /// grew or was retried gets its line rewritten, not a second one.
+    ///
+    /// # Errors
+    ///
+    /// [`OutputError::Io`].
+    pub fn put_result(&self, result: &JobResult) -> Result<(), OutputError> {
+        lock(&self.inner.results).replace(&result.job_key, result)
+    }
+
+    /// Appends a failure to `errors.jsonl`, which keeps every job's history.
+    ///
+    /// # Errors
+    ///
+    /// [`OutputError::Io`].
+    pub fn record_error(&self, error: &JobError) -> Result<(), OutputError> {
+        lock(&self.inner.errors).push(&error.job_key, error)
+    }
+
     /// Appends a row to `errors.jsonl` unless its job key is already there.
     ///
     /// # Errors

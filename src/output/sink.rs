@@ -226,16 +226,14 @@ impl ImageSink for Dataset {
     ) -> Result<(), OutputError> {
         files.sort();
         files.retain(|f| !f.is_empty());
-        self.dir
-            .append_result(&JobResult {
-                job_key: job.key.to_string(),
-                job: job.name.to_string(),
-                images: files,
-                kudos,
-                attempts,
-                completed_at: format_timestamp(SystemTime::now()),
-            })
-            .map(drop)
+        self.dir.put_result(&JobResult {
+            job_key: job.key.to_string(),
+            job: job.name.to_string(),
+            images: files,
+            kudos,
+            attempts,
+            completed_at: format_timestamp(SystemTime::now()),
+        })
     }
 
     fn job_failed(
@@ -245,17 +243,15 @@ impl ImageSink for Dataset {
         message: &str,
         images_saved: u32,
     ) -> Result<(), OutputError> {
-        self.dir
-            .append_error(&JobError {
-                job_key: job.key.to_string(),
-                job: job.name.to_string(),
-                class: class.to_owned(),
-                message: message.to_owned(),
-                images_saved,
-                images_wanted: job.images,
-                at: format_timestamp(SystemTime::now()),
-            })
-            .map(drop)
+        self.dir.record_error(&JobError {
+            job_key: job.key.to_string(),
+            job: job.name.to_string(),
+            class: class.to_owned(),
+            message: message.to_owned(),
+            images_saved,
+            images_wanted: job.images,
+            at: format_timestamp(SystemTime::now()),
+        })
     }
 
     fn has_result(&self, job_key: &str) -> bool {

@@ -617,7 +617,10 @@ impl Engine {
             } else {
                 summary.jobs_done += 1;
                 self.emit(Event::JobEnded { done: true });
-                self.record_result(&job, files_before, kudos_before, 0);
+                // Finished before this run: its line is only written if it is missing.
+                if !self.sink.has_result(&job.key.to_string()) {
+                    self.record_result(&job, files_before, kudos_before, 0);
+                }
             }
             return !self.stop.is_cancelled();
         }
