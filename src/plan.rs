@@ -172,11 +172,7 @@ pub fn resume_slot(
     let missing = record.missing_indices().len() as u32;
     Ok(match record.state {
         RequestState::Done if missing == 0 => SlotPlan::Done {
-            files: record
-                .images
-                .values()
-                .map(|i| i.file_name.clone())
-                .collect(),
+            files: record.file_names(),
             kudos: record.kudos_charged,
         },
         RequestState::Submitted { n, .. } => SlotPlan::Follow { record, n },

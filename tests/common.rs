@@ -274,36 +274,27 @@ impl Batch {
     }
 }
 
+/// Every file below `dir`, hidden folders (the state directory) left out.
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            if !path.file_name().unwrap().to_string_lossy().starts_with('.') {
-                out.extend(walk(&path));
-            }
-        } else {
-            out.push(path);
-        }
-    }
-    out
+    files_below(dir, false)
 }
 
 /// Every file below `dir`, hidden folders (the state directory) included.
 pub fn walk_all(dir: &Path) -> Vec<PathBuf> {
+    files_below(dir, true)
+}
+
+fn files_below(dir: &Path, hidden: bool) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return files;
     };
     for entry in entries {
         let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk_all(&path));
-        } else {
+        if !path.is_dir() {
             files.push(path);
+        } else if hidden || !path.file_name().unwrap().to_string_lossy().starts_with('.') {
+            files.extend(files_below(&path, hidden));
         }
     }
     files

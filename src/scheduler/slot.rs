@@ -235,11 +235,7 @@ impl Engine {
             }
         }
         SlotOutcome::Done {
-            files: record
-                .images
-                .values()
-                .map(|i| i.file_name.clone())
-                .collect(),
+            files: record.file_names(),
             kudos: record.kudos_charged,
             attempts: record.attempts,
         }

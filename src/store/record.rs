@@ -240,6 +240,11 @@ impl RequestRecord {
         self.state.horde_id()
     }
 
+    /// The file names of the saved images, in index order.
+    pub fn file_names(&self) -> Vec<String> {
+        self.images.values().map(|i| i.file_name.clone()).collect()
+    }
+
     /// The slot's image indices that are not yet durable on disk, ascending.
     pub fn missing_indices(&self) -> Vec<u32> {
         let end = self.first_index.saturating_add(self.n);
