@@ -96,8 +96,12 @@ fn crash_loop(kills: usize, seed: u64, submit_latency: &str) -> CrashLoopReport 
             Some(128 + 9)
         );
     }
-    // Submits are paced 700 ms apart: allow for every request left.
-    let final_limit = RUN_LIMIT + Duration::from_millis(1500) * jobs as u32;
+    // Submits go one at a time, at least 700 ms apart and each as long as the
+    // sim takes to answer it: allow for every request left.
+    let latency = humantime::parse_duration(submit_latency).expect("a duration");
+    let per_request = Duration::from_millis(750).max(latency + Duration::from_millis(150));
+    let requests = jobs as u32 * (per_job as u32).div_ceil(max_n as u32);
+    let final_limit = RUN_LIMIT + per_request * requests;
     let last = run_bounded(&mut run(), final_limit);
     assert_eq!(last.code, 0, "{}", last.stderr);
     assert_no_panic(&last.stderr);
