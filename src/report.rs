@@ -71,6 +71,10 @@ pub struct StatusReport {
     pub queue_position: u64,
     pub eta_seconds: u64,
     pub rate_limited_429s: u64,
+    /// The wait the run is in after a failed call (seconds; 0 when none), so a
+    /// long back-off is never silent.
+    #[serde(default)]
+    pub waiting_seconds: u64,
     pub jobs: u64,
     pub jobs_done: u64,
     pub jobs_failed: u64,
@@ -356,6 +360,7 @@ impl Progress {
             queue_position: self.queue_position,
             eta_seconds,
             rate_limited_429s: self.rate_limited + self.concurrency_full,
+            waiting_seconds: self.waiting_seconds,
             jobs: self.jobs,
             jobs_done: self.jobs_done,
             jobs_failed: self.jobs_failed,
@@ -633,6 +638,10 @@ mod tests {
         );
         assert_eq!(status.rate_limited_429s, 2);
         assert_eq!(progress.transient_errors, 1);
+        assert_eq!(
+            status.waiting_seconds, 4,
+            "the back-off in progress is visible"
+        );
         assert_eq!(status.failures.get("censored"), Some(&2));
         assert_eq!(status.jobs_failed, 1);
     }

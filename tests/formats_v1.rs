@@ -637,6 +637,7 @@ fn write_output_files(dir: &Path) {
         queue_position: 3,
         eta_seconds: 42,
         rate_limited_429s: 1,
+        waiting_seconds: 0,
         jobs: 2,
         jobs_done: 0,
         jobs_failed: 1,
