@@ -255,19 +255,26 @@ fn transient_chaos_is_survived() {
 }
 
 #[test]
-fn a_model_no_worker_serves_is_refused_before_submitting_or_fails_its_job() {
+fn a_job_for_a_model_no_worker_serves_fails_at_once_and_the_rest_run() {
     let sim = Sim::start(&["--workers", "2", "--latency", "10ms", "--seed", "9"]);
     let batch = Batch::new(
-        "version: 1\nname: noworker\nrun: {timeouts: {no_worker: 2s}}\njobs:\n  - {name: good, prompt: ok, models: [stable_diffusion], images: 2}\n  - {name: bad, prompt: never, models: [no-such-model], images: 2}\n",
+        "version: 1\nname: noworker\nrun: {timeouts: {no_worker: 2s}}\njobs:\n  - {name: good, prompt: ok, models: [stable_diffusion], images: 2}\n  - {name: bad, prompt: never, models: [stable_difusion], images: 2}\n",
     );
-    // Pre-flight: refused before anything is spent.
+    // Pre-flight: the bad job fails before anything is spent on it; the good one runs.
     let (code, stderr) = batch.run(&sim);
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 1, "{stderr}");
+    batch.assert_complete(2);
+    assert_eq!(stat(&sim.stats(), "requests_created"), 1);
+    let errors = std::fs::read_to_string(batch.out().join("errors.jsonl")).unwrap();
+    let error: Value = serde_json::from_str(errors.lines().next().unwrap()).unwrap();
+    assert_eq!(error["job"], "bad");
+    assert_eq!(error["class"], "no_worker");
+    let message = error["message"].as_str().unwrap();
     assert!(
-        stderr.contains("no worker serves no-such-model"),
-        "{stderr}"
+        message.contains("no worker serves stable_difusion")
+            && message.contains("closest to it: stable_diffusion"),
+        "the served models closest to the name are listed: {message}"
     );
-    assert_eq!(stat(&sim.stats(), "requests_created"), 0);
 
     // Told to wait: the job waits up to its no-worker timeout, then fails alone.
     let output = batch
@@ -282,9 +289,16 @@ fn a_model_no_worker_serves_is_refused_before_submitting_or_fails_its_job() {
     assert_eq!(code, 1, "{stderr}");
     batch.assert_complete(2);
     let errors = std::fs::read_to_string(batch.out().join("errors.jsonl")).unwrap();
-    let error: Value = serde_json::from_str(errors.lines().next().unwrap()).unwrap();
+    let error: Value = serde_json::from_str(errors.lines().last().unwrap()).unwrap();
     assert_eq!(error["job"], "bad");
     assert_eq!(error["class"], "no_worker");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("no worker could serve"),
+        "{error}"
+    );
     assert_eq!(
         stat(&sim.stats(), "requests_never_retrieved"),
         0,

@@ -45,9 +45,6 @@ pub enum AppError {
         help("check AI_HORDE_API_KEY or --api-key-file")
     )]
     Auth(String),
-    #[error("no worker serves a model of this manifest: {0}")]
-    #[diagnostic(code(horde_batch::no_workers), help("check the model names (`GET /v2/status/models`), or pass --wait-for-workers to queue anyway"))]
-    NoWorkers(String),
     #[error("the shared key's limits refuse this manifest: {0}")]
     #[diagnostic(
         code(horde_batch::shared_key_limits),
@@ -75,7 +72,6 @@ impl AppError {
             AppError::Store(_) => exit::LEDGER,
             AppError::Auth(_) | AppError::SharedKeyLimits(_) => exit::AUTH,
             AppError::Unreachable(_) => exit::UNREACHABLE,
-            AppError::NoWorkers(_) => exit::USAGE,
             AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
             // The output directory cannot be used: fix the setup, like a bad flag.
             AppError::Output(_) => exit::USAGE,

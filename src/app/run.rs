@@ -61,7 +61,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let horde = Horde::connect(&args.horde, args.simulate).await?;
         let client = horde.client.clone();
         let capacity = budget_capacity(&client, &compiled).await?;
-        preflight(&client, &compiled, args.wait_for_workers).await?;
+        let served_models = preflight(&client, &compiled, args.wait_for_workers).await?;
         let stop = CancellationToken::new();
         let on_stop = if args.detach { OnStop::Detach } else { OnStop::Cancel };
         let (sender, events) = tokio::sync::mpsc::unbounded_channel();
@@ -80,6 +80,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             args.max_kudos,
             sender,
         );
+        if let Some(served) = served_models {
+            engine.set_served_models(served);
+        }
         if args.max_kudos.is_some() {
             if let Some(per_image) = first_request_estimate(&client, &compiled).await {
                 engine.set_kudos_estimate(per_image);
@@ -212,38 +215,34 @@ async fn next_signal() -> Option<&'static str> {
     }
 }
 
-/// Before submitting: every job has a model some worker serves (unless told
-/// to wait), and a shared key's pixel and step limits fit every job.
+/// Before submitting: which models some worker serves (jobs for the others
+/// fail at once instead of waiting 20 minutes, unless told to wait), and, for a
+/// shared key, whether its pixel and step limits fit every job.
 async fn preflight(
     client: &HordeClient,
     compiled: &CompiledManifest,
     wait_for_workers: bool,
-) -> Result<(), AppError> {
+) -> Result<Option<std::collections::HashSet<String>>, AppError> {
+    let mut served_models = None;
     match client.models().await {
         Ok(models) => {
-            let served: std::collections::HashSet<&str> = models
-                .iter()
+            let served: std::collections::HashSet<String> = models
+                .into_iter()
                 .filter(|m| m.count > 0)
-                .map(|m| m.name.as_str())
+                .map(|m| m.name)
                 .collect();
-            let mut missing = Vec::new();
-            for (job, lists) in compiled.model_choices() {
-                for list in lists {
-                    if !list.iter().any(|m| served.contains(m.as_str())) {
-                        missing.push(format!(
-                            "job `{job}`: no worker serves {}",
-                            list.join(" or ")
-                        ));
-                    }
-                }
-            }
-            if !missing.is_empty() {
-                let text = missing.join("; ");
-                if wait_for_workers {
-                    tracing::warn!("{text}; waiting for workers as asked");
-                } else {
-                    return Err(AppError::NoWorkers(text));
-                }
+            let unserved = compiled
+                .model_choices()
+                .into_iter()
+                .flat_map(|(_, lists)| lists)
+                .filter(|list| !list.iter().any(|m| served.contains(m)))
+                .count();
+            if unserved > 0 && wait_for_workers {
+                tracing::warn!(
+                    "no worker serves the models of {unserved} job(s); waiting for workers as asked"
+                );
+            } else {
+                served_models = Some(served);
             }
         }
         Err(error) => {
@@ -251,10 +250,10 @@ async fn preflight(
         }
     }
     if client.is_anonymous() {
-        return Ok(());
+        return Ok(served_models);
     }
-    // The key may be a shared key: its owner can limit pixels and steps per request.
-    // The key may be a shared key (only then is it looked up: the id goes into the URL).
+    // The key may be a shared key: its owner can limit pixels and steps per request
+    // (only a UUID-shaped key is looked up: the id goes into the URL).
     if let Ok(Some(shared)) = client.own_shared_key().await {
         let mut problems = Vec::new();
         for (job, pixels, steps) in compiled.largest_request() {
@@ -275,7 +274,7 @@ async fn preflight(
             return Err(AppError::SharedKeyLimits(problems.join("; ")));
         }
     }
-    Ok(())
+    Ok(served_models)
 }
 
 /// Kudos per image of the manifest's first request, from a dry run (cached by the Horde).

@@ -178,6 +178,9 @@ pub struct Engine {
     events: EventSender,
     /// When the Horde last answered a call successfully (ms since the epoch).
     last_answer_ms: AtomicU64,
+    /// The models some worker serves, when known: a job for none of them
+    /// fails at once instead of waiting for a worker that is not there.
+    served_models: Mutex<Option<Arc<HashSet<String>>>>,
     /// Kudos the run may spend (`--max-kudos`), and the per-image estimate used before submitting.
     max_kudos: Option<f64>,
     kudos_per_image: Mutex<Option<f64>>,
@@ -295,6 +298,7 @@ impl Engine {
             accounting: Accounting::default(),
             events,
             last_answer_ms: AtomicU64::new(crate::store::now_ms()),
+            served_models: Mutex::new(None),
             max_kudos,
             kudos_per_image: Mutex::new(None),
             abort: Mutex::new(None),
@@ -377,6 +381,49 @@ impl Engine {
         }
         drop(abort);
         self.stop.cancel();
+    }
+
+    /// The models some worker serves (from `/v2/status/models`).
+    pub fn set_served_models(&self, served: HashSet<String>) {
+        *self
+            .served_models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(served));
+    }
+
+    /// Why no worker can serve `job`, if none can: its models and the served
+    /// models closest to them.
+    fn unserved(&self, job: &Job) -> Option<String> {
+        let served = self
+            .served_models
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()?;
+        if job.models.iter().any(|model| served.contains(model)) {
+            return None;
+        }
+        let mut closest: Vec<(f64, &String)> = served
+            .iter()
+            .map(|name| {
+                let score = job
+                    .models
+                    .iter()
+                    .map(|model| strsim::jaro_winkler(&model.to_lowercase(), &name.to_lowercase()))
+                    .fold(0.0, f64::max);
+                (score, name)
+            })
+            .collect();
+        closest.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let names: Vec<&str> = closest.iter().take(3).map(|(_, n)| n.as_str()).collect();
+        Some(format!(
+            "no worker serves {}; the served models closest to it: {}",
+            job.models.join(" or "),
+            if names.is_empty() {
+                "(none)".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ))
     }
 
     /// The Horde answered a call successfully: it is reachable.
@@ -527,6 +574,20 @@ impl Engine {
         let summary = &mut run.summary;
         summary.jobs += 1;
         summary.images_wanted += u64::from(job.images);
+        if let Some(message) = self.unserved(&job) {
+            // Nothing is submitted for it: it fails now, the rest of the run goes on.
+            tracing::warn!(job = %job.name, %message, "job failed");
+            summary.jobs_failed += 1;
+            self.emit(Event::Failure(FailureKind::NoWorker));
+            self.emit(Event::JobEnded { done: false });
+            if let Err(e) = self
+                .sink
+                .job_failed(&job, FailureKind::NoWorker.as_str(), &message, 0)
+            {
+                tracing::error!(error = %e, "cannot record a job error");
+            }
+            return !self.stop.is_cancelled();
+        }
         let max_n = self.manifest.run.max_n;
         let mut cut_short = false;
         let job = Arc::new(job);
