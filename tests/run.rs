@@ -482,3 +482,38 @@ fn a_simulated_run_accepts_the_key_a_user_has_exported() {
     assert!(!stderr.contains("a-real-users-key-0123"), "{stderr}");
     batch.assert_complete(2);
 }
+
+#[test]
+fn a_state_folder_belongs_to_one_manifest() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "15"]);
+    let job = "defaults: {models: [stable_diffusion], params: {width: 64, height: 64}}\n\
+               jobs:\n  - {name: a, prompt: a kite, images: 2}\n";
+    let first = Batch::new(&format!("version: 1\nname: first\n{job}"));
+    let second = Batch::new(&format!("version: 1\nname: second\n{job}"));
+    let state = first.dir.path().join("shared-state");
+    let run = |batch: &Batch| {
+        let output = batch
+            .command(&sim, "run")
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&first);
+    assert_eq!(code, Some(0), "{stderr}");
+    first.assert_complete(2);
+    // The same job (same prompt and parameters) in another manifest is not
+    // taken for done: the second manifest is refused before anything happens.
+    let (code, stderr) = run(&second);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("belongs to the manifest `first`"),
+        "{stderr}"
+    );
+    assert!(second.index_lines().is_empty());
+    first.assert_complete(2);
+}

@@ -52,6 +52,20 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
                 report.moved_to.as_ref().map(|p| format!("; the old state folder is at {}", p.display())).unwrap_or_default(),
             );
         }
+        // A state folder belongs to one manifest: another one's job keys could
+        // match (same prompt and parameters) and be taken for done.
+        if let Some(meta) = store.run_meta()? {
+            if meta.manifest_name != compiled.name() {
+                return Err(AppError::Config(format!(
+                    "the state folder {} belongs to the manifest `{}` ({}); give `{}` its own \
+                     --state (or --out), so that neither takes the other's work for its own",
+                    state_dir.display(),
+                    meta.manifest_name,
+                    meta.manifest_path,
+                    compiled.name()
+                )));
+            }
+        }
         store.record_run_start(
             crate::output::HORDE_BATCH_VERSION,
             &compiled.file.path.display().to_string(),
