@@ -517,3 +517,26 @@ fn a_state_folder_belongs_to_one_manifest() {
     assert!(second.index_lines().is_empty());
     first.assert_complete(2);
 }
+
+#[test]
+fn a_deleted_state_folder_is_rebuilt_from_the_output_and_nothing_is_paid_again() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "16"]);
+    let batch = Batch::new(
+        "version: 1\nname: rebuilt\ndefaults: {models: [stable_diffusion], \
+         params: {width: 64, height: 64}}\njobs:\n  - {name: a, prompt: 'a {red|blue} kite', images: 3}\n",
+    );
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    batch.assert_complete(6);
+    std::fs::remove_dir_all(batch.state()).unwrap();
+    let before = stat(&sim.stats(), "requests_created");
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("rebuilt it from the 6 images"), "{stderr}");
+    assert_eq!(
+        stat(&sim.stats(), "requests_created"),
+        before,
+        "nothing submitted"
+    );
+    batch.assert_complete(6);
+}

@@ -41,6 +41,24 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             None
         };
         let store = batch.open_store().await?;
+        // The output folder is the record of what exists: a state folder that was
+        // deleted (or never copied along) is rebuilt from the sidecars, unasked.
+        let rebuild_from = match rebuild_from {
+            None if store.run_meta()?.is_none() && store.is_empty() => {
+                let report = crate::rebuild::rebuild(&store, &output, &compiled).await?;
+                if report.images > 0 {
+                    crate::say!(
+                        "horde-batch: no ledger in {}; rebuilt it from the {} images in {} ({} sidecars skipped)",
+                        state_dir.display(),
+                        report.images,
+                        out_dir.display(),
+                        report.skipped,
+                    );
+                }
+                None
+            }
+            other => other,
+        };
         if let Some(moved) = rebuild_from {
             let mut report = crate::rebuild::rebuild(&store, &output, &compiled).await?;
             report.moved_to = moved;
