@@ -204,6 +204,8 @@ pub struct Progress {
     pub images_saved_before: u64,
     pub images_saved: u64,
     pub images_already_present: u64,
+    /// Images saved earlier whose files were gone: made again.
+    pub images_gone: u64,
     pub submits: u64,
     pub checks: u64,
     pub status_calls: u64,
@@ -234,6 +236,7 @@ impl Default for Progress {
             images_saved_before: 0,
             images_saved: 0,
             images_already_present: 0,
+            images_gone: 0,
             submits: 0,
             checks: 0,
             status_calls: 0,
@@ -296,6 +299,7 @@ impl Progress {
                 }
             }
             Event::Failure(kind) => *self.failures.entry(*kind).or_default() += 1,
+            Event::ImageGone => self.images_gone += 1,
             Event::CallFailed { class, seconds } => {
                 match class {
                     FailureClass::RateLimited => self.rate_limited += 1,
@@ -512,6 +516,7 @@ pub fn print_summary(progress: &Progress, summary: &RunSummary, ending: &Ending,
                     "concurrency_429s": p.concurrency_full,
                     "transient_errors": p.transient_errors,
                     "resubmits": p.resubmits,
+                    "images_gone": p.images_gone,
                     "kudos": p.kudos,
                     "failures": failures,
                     "ending": format!("{ending:?}"),
@@ -550,6 +555,12 @@ pub fn print_summary(progress: &Progress, summary: &RunSummary, ending: &Ending,
                     .map(|(kind, count)| format!("{kind}: {count}"))
                     .collect();
                 crate::say!("horde-batch: failures by class: {}", text.join(", "));
+            }
+            if p.images_gone > 0 {
+                crate::say!(
+                    "horde-batch: {} image(s) saved earlier were gone from the output folder and were made again",
+                    p.images_gone
+                );
             }
             if let Some(early) = early {
                 crate::say!("horde-batch: {early}");

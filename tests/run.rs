@@ -540,3 +540,45 @@ fn a_deleted_state_folder_is_rebuilt_from_the_output_and_nothing_is_paid_again()
     );
     batch.assert_complete(6);
 }
+
+#[test]
+fn a_deleted_image_comes_back_and_nothing_else_is_made_again() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "17"]);
+    let batch = Batch::new(
+        "version: 1\nname: regrow\ndefaults: {models: [stable_diffusion], \
+         params: {width: 64, height: 64}}\nrun: {max_n: 4}\n\
+         jobs:\n  - {name: a, prompt: 'a {red|blue} kite', images: 4}\n",
+    );
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    batch.assert_complete(8);
+    // The user deletes one image and keeps its sidecar.
+    let image = batch
+        .out()
+        .join(batch.index_lines()[1]["file_name"].as_str().unwrap());
+    let old_sidecar = std::fs::read_to_string(image.with_extension("json")).unwrap();
+    std::fs::remove_file(&image).unwrap();
+    let before = sim.stats();
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("1 image(s) saved earlier were gone"),
+        "{stderr}"
+    );
+    let after = sim.stats();
+    assert_eq!(
+        stat(&after, "images_generated") - stat(&before, "images_generated"),
+        1,
+        "exactly that image was made again"
+    );
+    assert!(image.exists());
+    let new_sidecar = std::fs::read_to_string(image.with_extension("json")).unwrap();
+    assert_ne!(
+        new_sidecar, old_sidecar,
+        "the sidecar describes the new image"
+    );
+    // Index, results and files agree again: 8 images, one index row each.
+    batch.assert_complete(8);
+    let results = batch.jsonl("results.jsonl");
+    assert_eq!(results.len(), 2);
+}

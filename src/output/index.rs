@@ -278,19 +278,37 @@ impl JsonlLog {
             self.append(key, row)?;
             return Ok(());
         }
+        let mut line = serde_json::to_vec(row)
+            .expect("row types are plain structs with string keys; serialising cannot fail");
+        line.push(b'\n');
+        self.rewrite_without(key, &line)
+    }
+
+    /// Drops the line(s) of `key`, if any (the file is rewritten atomically).
+    ///
+    /// # Errors
+    ///
+    /// [`OutputError::Io`]; the old file is then left as it was.
+    pub fn remove(&mut self, key: &str) -> Result<(), OutputError> {
+        if !self.contains(key) {
+            return Ok(());
+        }
+        self.rewrite_without(key, b"")?;
+        self.keys.remove(key);
+        Ok(())
+    }
+
+    /// Rewrites the file without the lines of `key`, then `tail`.
+    fn rewrite_without(&mut self, key: &str, tail: &[u8]) -> Result<(), OutputError> {
         let old = std::fs::read(&self.path).map_err(|e| OutputError::io("read", &self.path, e))?;
-        let mut new = Vec::with_capacity(old.len());
+        let mut new = Vec::with_capacity(old.len() + tail.len());
         for line in old.split_inclusive(|b| *b == b'\n') {
             let ours = row_key(line, self.key_field).ok().flatten().as_deref() == Some(key);
             if !ours {
                 new.extend_from_slice(line);
             }
         }
-        new.extend(
-            serde_json::to_vec(row)
-                .expect("row types are plain structs with string keys; serialising cannot fail"),
-        );
-        new.push(b'\n');
+        new.extend_from_slice(tail);
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_owned();
         let temp = dir.join(format!(
             "{}{}",

@@ -360,6 +360,32 @@ impl OutputDir {
         lock(&self.inner.results).append(&result.job_key, result)
     }
 
+    /// Whether the image `file_name` (relative, as recorded) is gone from disk.
+    pub fn image_missing(&self, file_name: &str) -> bool {
+        check_relative_name(file_name).is_ok() && !self.root().join(file_name).exists()
+    }
+
+    /// Forgets an image whose file is gone: its sidecar (which describes it)
+    /// is removed and its `metadata.jsonl` row dropped, so the image made in
+    /// its place is described afresh under the same name.
+    ///
+    /// # Errors
+    ///
+    /// [`OutputError::Escape`] or [`OutputError::Io`].
+    pub fn forget_image(&self, file_name: &str) -> Result<(), OutputError> {
+        check_relative_name(file_name)?;
+        let stem = file_name
+            .strip_suffix(&format!(".{IMAGE_EXTENSION}"))
+            .unwrap_or(file_name);
+        let sidecar = self.root().join(format!("{stem}.{SIDECAR_EXTENSION}"));
+        match fs::remove_file(&sidecar) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(OutputError::io("remove", &sidecar, e)),
+        }
+        lock(&self.inner.index).remove(file_name)
+    }
+
     /// Makes `result` the one line of its job in `results.jsonl`: a job that
     /// grew or was retried gets its line rewritten, not a second one.
     ///

@@ -71,6 +71,11 @@ pub trait ImageSink: Send + Sync {
     ) -> Result<(), OutputError>;
     /// Whether a finished result of this job is already recorded.
     fn has_result(&self, job_key: &str) -> bool;
+    /// Whether a stored image is gone (deleted by the user since).
+    fn is_missing(&self, file_name: &str) -> bool;
+    /// Forgets a stored image that is gone, so one made in its place is
+    /// described afresh.
+    fn forget(&self, file_name: &str) -> Result<(), OutputError>;
     /// Where it stores, for messages.
     fn location(&self) -> String;
 }
@@ -258,6 +263,14 @@ impl ImageSink for Dataset {
         self.dir.has_result(job_key)
     }
 
+    fn is_missing(&self, file_name: &str) -> bool {
+        self.dir.image_missing(file_name)
+    }
+
+    fn forget(&self, file_name: &str) -> Result<(), OutputError> {
+        self.dir.forget_image(file_name)
+    }
+
     fn location(&self) -> String {
         self.dir.root().display().to_string()
     }
@@ -342,6 +355,15 @@ impl ImageSink for MemorySink {
             class: class.to_owned(),
             message: message.to_owned(),
         });
+        Ok(())
+    }
+
+    fn is_missing(&self, file_name: &str) -> bool {
+        !lock(&self.images).iter().any(|(name, _)| name == file_name)
+    }
+
+    fn forget(&self, file_name: &str) -> Result<(), OutputError> {
+        lock(&self.images).retain(|(name, _)| name != file_name);
         Ok(())
     }
 

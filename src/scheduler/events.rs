@@ -34,6 +34,8 @@ pub enum Event {
     Downloaded,
     /// An image is on disk (or was already, from an earlier run).
     ImageSaved { already_present: bool },
+    /// An image saved by an earlier run is gone from disk; it is made again.
+    ImageGone,
     /// Something was not as asked: an image censored or faulted, a request
     /// expired, a job failed…
     Failure(FailureKind),

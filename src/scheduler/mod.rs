@@ -383,6 +383,29 @@ impl Engine {
         self.stop.cancel();
     }
 
+    /// Images of the record whose files are gone (deleted since they were
+    /// saved) are forgotten: the slot then asks for exactly those again.
+    fn forget_missing_images(&self, key: &RequestKey, record: &mut RequestRecord) {
+        let gone: Vec<u32> = record
+            .images
+            .iter()
+            .filter(|(_, image)| {
+                !image.file_name.is_empty() && self.sink.is_missing(&image.file_name)
+            })
+            .map(|(index, _)| *index)
+            .collect();
+        for index in gone {
+            let Some(image) = record.images.remove(&index) else {
+                continue;
+            };
+            tracing::warn!(key = %key, file = %image.file_name, "the image is gone from the output folder; it will be made again");
+            self.emit(Event::ImageGone);
+            if let Err(error) = self.sink.forget(&image.file_name) {
+                tracing::error!(%error, "cannot forget a missing image");
+            }
+        }
+    }
+
     /// The models some worker serves (from `/v2/status/models`).
     pub fn set_served_models(&self, served: HashSet<String>) {
         *self
@@ -605,6 +628,10 @@ impl Engine {
                     break;
                 }
             };
+            let mut record = record;
+            if let Some(r) = record.as_mut() {
+                self.forget_missing_images(&key, r);
+            }
             saved_before += record.as_ref().map_or(0, |r| r.images.len() as u32);
             let finished_before =
                 slot.slot == 0 && record.is_none() && self.sink.has_result(&key.job_key);

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Abort, Budget, Engine, Event, OnStop, Tuning};
 use crate::horde::{ApiKey, ClientConfig, HordeClient};
 use crate::manifest::{compile, CompileOptions, CompiledManifest, ManifestFile};
-use crate::output::{MemorySink, Outcome};
+use crate::output::{ImageSink, MemorySink, Outcome};
 use crate::sim::{LatencySpec, SimConfig, SimHandle};
 use crate::store::{Ledger, MemoryLedger, RequestState};
 
@@ -124,10 +124,18 @@ async fn a_run_stores_every_image_and_records_every_request_done() {
     assert_eq!(sim.stats().requests_never_retrieved, 0);
 
     // A second run over the same ledger has nothing to do and asks for nothing.
-    let again = engine_again(&sim, ledger.clone(), Arc::new(MemorySink::new()));
+    let again = engine_again(&sim, ledger.clone(), sink.clone());
     let summary = again.run().await;
     assert_eq!(summary.slots_skipped_done, 3, "{summary:?}");
     assert_eq!(sim.stats().requests_created, 3);
+
+    // An image gone from the sink since is asked for again, and only that one.
+    let (first, _) = sink.images().remove(0);
+    sink.forget(&first).expect("a memory sink forgets");
+    let summary = engine_again(&sim, ledger.clone(), sink.clone()).run().await;
+    assert_eq!(summary.images_saved_now, 1, "{summary:?}");
+    assert_eq!(sim.stats().requests_created, 4);
+    assert_eq!(sink.images().len(), 6);
     sim.shutdown().await;
 }
 
