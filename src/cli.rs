@@ -153,7 +153,7 @@ pub struct RunArgs {
     /// At --max-runtime, detach from requests on the Horde (the next run collects them) or cancel them.
     #[arg(long, value_enum, default_value_t = AtMaxRuntime::Detach)]
     pub at_max_runtime: AtMaxRuntime,
-    /// Stop submitting before the kudos charged plus the estimate for requests in flight would pass N.
+    /// Stop submitting (exit 3) before the batch's kudos would pass N: what every run on this state folder was charged, plus the estimate for what is in flight.
     #[arg(long, value_name = "N")]
     pub max_kudos: Option<f64>,
     /// Submit even when the Horde has no worker for a model (requests then wait for one).

@@ -175,6 +175,21 @@ fn max_kudos_stops_submitting_before_the_budget_is_passed() {
         "charged {charged} of a 100 kudos budget: {stats}"
     );
     assert!(!batch.index_lines().is_empty());
+
+    // The budget is the batch's, across runs: a second run with the same
+    // budget has (next to) nothing left to spend.
+    let output = batch
+        .command(&sim, "run")
+        .args(["--max-kudos", "100"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    let total = sim.stats()["kudos_charged"].as_f64().unwrap();
+    assert!(
+        total <= 100.0,
+        "the batch was charged {total} of a 100 kudos budget"
+    );
 }
 
 #[test]
@@ -347,4 +362,37 @@ fn logs_in_a_file_have_no_colour_quiet_is_quiet_and_json_is_json_to_the_end() {
         .expect("the summary is one JSON object");
     assert_eq!(summary["images_saved_now"], 2);
     assert_eq!(summary["ending"], "Complete");
+}
+
+#[test]
+fn the_kudos_estimate_is_close_to_what_the_run_is_charged() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "27"]);
+    let batch = Batch::new(
+        "version: 1\nname: priced\ndefaults: {models: [stable_diffusion], \
+         params: {width: 512, height: 512, steps: 20}}\nrun: {max_n: 4}\n\
+         jobs:\n  - {name: a, prompt: 'a {red|blue} kite', images: 4}\n  \
+         - {name: b, prompt: a boat, images: 3, params: {steps: 40}}\n",
+    );
+    let plan = Command::new(BIN)
+        .args(["plan", "--kudos", "--json", "--horde-url", &sim.url])
+        .arg(&batch.manifest)
+        .env_remove("AI_HORDE_API_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let estimate = plan["kudos"]["estimate"].as_f64().unwrap();
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    let charged = sim.stats()["kudos_charged"].as_f64().unwrap();
+    let ratio = estimate / charged;
+    println!("kudos: estimated {estimate}, charged {charged}, ratio {ratio:.3}");
+    assert!(
+        (0.85..=1.25).contains(&ratio),
+        "estimated {estimate} kudos, charged {charged} (ratio {ratio:.2})"
+    );
 }

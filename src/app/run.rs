@@ -90,6 +90,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             compiled.name(),
         )?;
         store.flush().await?;
+        // Read only when it matters: it walks the whole ledger.
+        let spent_before = match args.max_kudos {
+            Some(_) => store.counts()?.kudos_charged,
+            None => 0.0,
+        };
         let horde = Horde::connect(&args.horde, args.simulate).await?;
         let client = horde.client.clone();
         let capacity = budget_capacity(&client, &compiled).await?;
@@ -116,6 +121,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             engine.set_served_models(served);
         }
         if args.max_kudos.is_some() {
+            engine.set_kudos_spent_before(spent_before);
             if let Some(per_image) = first_request_estimate(&client, &compiled).await {
                 engine.set_kudos_estimate(per_image);
             }

@@ -204,6 +204,8 @@ pub enum Closed {
 struct Accounting {
     images_saved: AtomicU64,
     kudos_millis: AtomicU64,
+    /// Kudos earlier runs of this batch were charged (from the ledger).
+    kudos_before_millis: AtomicU64,
     /// Images of the requests being followed.
     images_in_flight: AtomicU64,
 }
@@ -344,6 +346,14 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Kudos earlier runs of this batch were charged: `--max-kudos` bounds the
+    /// whole batch, not one invocation.
+    pub fn set_kudos_spent_before(&self, kudos: f64) {
+        self.accounting
+            .kudos_before_millis
+            .store((kudos.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+    }
+
     /// Sets the per-image kudos estimate used by `--max-kudos` until real charges are known.
     pub fn set_kudos_estimate(&self, per_image: f64) {
         *self
@@ -366,7 +376,8 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let per_image = learned.or(guess).unwrap_or(0.0);
         let pending = self.accounting.images_in_flight.load(Ordering::Relaxed) + u64::from(images);
-        charged + per_image * pending as f64 <= max
+        let before = self.accounting.kudos_before_millis.load(Ordering::Relaxed) as f64 / 1000.0;
+        before + charged + per_image * pending as f64 <= max
     }
 
     /// Ends the run early for `reason` (the first reason wins).
