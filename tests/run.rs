@@ -582,3 +582,38 @@ fn a_deleted_image_comes_back_and_nothing_else_is_made_again() {
     let results = batch.jsonl("results.jsonl");
     assert_eq!(results.len(), 2);
 }
+
+#[test]
+fn stray_files_in_the_output_folder_are_reported_and_left_alone() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "18"]);
+    let batch = Batch::new(
+        "version: 1\nname: strays\ndefaults: {models: [stable_diffusion], \
+         params: {width: 64, height: 64}}\njobs:\n  - {name: a, prompt: a kite, images: 2}\n",
+    );
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    // A sidecar whose image the user moved away, and an image copied in by hand.
+    let first = batch
+        .out()
+        .join(batch.index_lines()[0]["file_name"].as_str().unwrap());
+    std::fs::copy(
+        first.with_extension("json"),
+        batch.out().join("orphan.json"),
+    )
+    .unwrap();
+    std::fs::copy(&first, batch.out().join("copied-in.webp")).unwrap();
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("without their other half")
+            && stderr.contains("sidecars_without_image=1")
+            && stderr.contains("images_without_sidecar=1")
+            && stderr.contains("orphan.json")
+            && stderr.contains("copied-in.webp"),
+        "{stderr}"
+    );
+    // Never trusted: neither is in the index.
+    let index = batch.index_lines();
+    assert_eq!(index.len(), 2);
+    assert!(index.iter().all(|row| row["file_name"] != "copied-in.webp"));
+}

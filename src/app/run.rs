@@ -137,9 +137,37 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let progress = reporter.finish().await;
         let ending = engine.ending(&summary);
         crate::report::print_summary(&progress, &summary, &ending, out_dir);
+        report_strays(out_dir).await;
         horde.close().await;
         Ok(ExitCode::from(exit::code(&ending)))
     })
+}
+
+/// Names what the output folder holds that no run wrote as a pair (left alone).
+async fn report_strays(out_dir: &std::path::Path) {
+    let root = out_dir.to_owned();
+    let Ok(strays) = tokio::task::spawn_blocking(move || crate::output::find_strays(&root)).await
+    else {
+        return;
+    };
+    if strays.is_empty() {
+        return;
+    }
+    let first = |paths: &[std::path::PathBuf]| {
+        paths
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    tracing::warn!(
+        sidecars_without_image = strays.sidecars_without_image.len(),
+        images_without_sidecar = strays.images_without_sidecar.len(),
+        sidecars = %first(&strays.sidecars_without_image),
+        images = %first(&strays.images_without_sidecar),
+        "files in the output folder without their other half were left alone (not in the index or the ledger)"
+    );
 }
 
 /// Images allowed to wait on the Horde at once: the manifest's choice, else the key's concurrency.

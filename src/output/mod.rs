@@ -18,6 +18,7 @@ mod index;
 mod naming;
 mod sidecar;
 mod sink;
+mod strays;
 mod webp;
 
 use std::fs;
@@ -33,6 +34,7 @@ pub use naming::{
 };
 pub use sidecar::{format_timestamp, Sidecar, HORDE_BATCH_VERSION};
 pub use sink::{Dataset, GeneratedImage, ImageSink, MemorySink, Outcome, Stored};
+pub use strays::{find_strays, Strays};
 pub use webp::{verify_webp, WebpError, WebpInfo, MAX_PIXELS};
 
 use index::JsonlLog;
