@@ -59,6 +59,33 @@ fn sigkill_mid_run_then_resume_loses_and_duplicates_nothing() {
     let sim = Sim::unlimited(&["--workers", "4", "--latency", "100ms..300ms", "--seed", "2"]);
     let batch = Batch::smoke();
     batch.kill_run_after(&sim, 40);
+    // What a script sees after the kill: not active, not finished, the requests
+    // left on the Horde named with their ids.
+    let output = std::process::Command::new(crate::common::BIN)
+        .args(["status", "--json"])
+        .arg(&batch.manifest)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (status["active"].as_bool(), status["finished"].as_bool()),
+        (Some(false), Some(false)),
+        "{status}"
+    );
+    assert_eq!(status["jobs"], 25, "{status}");
+    // The ledger may not yet know the last images written before the kill
+    // (their record is made durable with the slot's next step); the resumed
+    // run adopts them, so they are never made twice.
+    let saved = status["images_saved"].as_u64().unwrap();
+    assert!(
+        (1..=batch.index_lines().len() as u64).contains(&saved),
+        "{status}"
+    );
+    let in_flight = status["in_flight"].as_array().unwrap();
+    assert_eq!(
+        in_flight.len() as u64,
+        status["requests_in_flight"].as_u64().unwrap()
+    );
     let before = sim.stats();
     let (code, stderr) = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
