@@ -1,20 +1,22 @@
 //! The engine: drives every request slot of a run from submit to files on disk.
 //!
-//! Each slot runs as its own task: lease images from the budget, wait for the
-//! pacer, record the intent in the ledger, submit, record the Horde id, poll
-//! `/check` (at the pace its `wait_time` suggests, never under the server's
-//! 1 s cache), fetch `/status` once when done, and hand each image to the
-//! output directory before marking it saved. Failures follow the failure
-//! class of the error (see `DESIGN.md`): rate limits back off for everyone,
-//! concurrency limits shrink the budget, expired, faulted or short requests
-//! are resubmitted for the missing images within `run.retries`, permanent
-//! errors fail the job, an invalid key stops the run.
+//! `Engine::run` plans each job against the ledger (`plan::resume_slot`),
+//! spawns a task per unfinished slot and joins them. A slot is a small state
+//! machine (look for a lost submit → submit → follow → finish, or fail): lease
+//! images from the budget, wait for the pacer, record the intent in the ledger,
+//! submit (one POST at a time), record the Horde id, check it when the poll
+//! planner expects it done, read `/status` once, and hand each image to the
+//! sink before recording it saved.
 //!
 //! What to do after a failed call is decided in one place, [`policy`]; when
-//! to poll, in [`poll`]; what became of a submit whose answer was lost, in
-//! `adopt`. Every wait selects on the run's stop token, so a stop is prompt.
+//! to check a request, in [`poll`]; what became of a submit whose answer was
+//! lost, in `adopt`. Every wait selects on the run's stop token, so a stop is
+//! prompt. The engine holds a [`crate::store::Ledger`] and an
+//! [`crate::output::ImageSink`], never a concrete store or a file
+//! format.
 //!
-//! The engine must not print; it reports through `RunStats` and tracing.
+//! The engine must not print or count for reports: it sends [`Event`]s, which
+//! `report` folds, and logs through tracing.
 
 mod adopt;
 mod budget;
