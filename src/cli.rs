@@ -20,11 +20,12 @@ neither is set); it is never written to disk or logs.
 Exit codes:
   0    everything asked for was done
   1    some jobs failed (see errors.jsonl)
-  2    usage or manifest error
+  2    usage, manifest or setup error (output folder, redirecting URL)
   3    auth, kudos or key error (also: --max-kudos reached)
   4    ledger locked by another run, or damaged
   5    --max-runtime reached (the next run resumes)
-  130  interrupted (Ctrl-C / SIGTERM)";
+  6    the Horde could not be reached (--unreachable-after), or cancel failed
+  130  stopped (Ctrl-C / SIGTERM / SIGHUP)";
 
 /// Resumable, rate-limited batch image generation for the AI Horde.
 #[derive(Debug, Parser)]

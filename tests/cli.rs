@@ -172,5 +172,6 @@ fn help_lists_exit_codes() {
         .arg("--help")
         .assert()
         .success()
-        .stdout(predicate::str::contains("130  interrupted"));
+        .stdout(predicate::str::contains("130  stopped"))
+        .stdout(predicate::str::contains("6    the Horde could not be reached"));
 }
