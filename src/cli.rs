@@ -72,6 +72,8 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Show a batch's progress: counts by state, requests in flight, failures, kudos (also during a run).
     Status(StatusArgs),
+    /// Combine the shard folders of a batch run with --shard into one metadata.jsonl and results.
+    Merge(MergeArgs),
     /// Serve the simulated AI Horde on 127.0.0.1 (for rehearsals, tests and benchmarks).
     Sim(crate::sim::SimConfig),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -124,6 +126,10 @@ pub struct PlacesArgs {
     /// State directory holding the ledger (default: `<output>/.horde-batch`).
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
+    /// Only this part of the jobs (e.g. 2/5: the second of five disjoint parts, by job key), written
+    /// to `<output>/shard-2-of-5/` with its own state; `merge` combines the parts' indexes.
+    #[arg(long, value_name = "I/N", value_parser = clap::value_parser!(crate::plan::Shard))]
+    pub shard: Option<crate::plan::Shard>,
 }
 
 #[derive(Debug, Args)]
@@ -225,6 +231,15 @@ impl TuningArgs {
         }
         tuning
     }
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The manifest whose shards to merge.
+    pub manifest: PathBuf,
+    /// Output directory holding the `shard-I-of-N` folders (default: the manifest's `output.dir`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -298,3 +298,70 @@ mod resume_tests {
         }
     }
 }
+
+/// One of N disjoint parts of a manifest's jobs (`--shard I/N`, I from 1).
+/// A job belongs to the shard its key falls in, so shards stay disjoint and
+/// stable when the manifest is edited (a job keeps its key, hence its shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// From 1 to `count`.
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// Whether the job with this key is this shard's.
+    pub fn includes(&self, key: crate::manifest::JobKey) -> bool {
+        key.0 % u64::from(self.count) == u64::from(self.index - 1)
+    }
+
+    /// The folder (under the output directory) this shard writes to.
+    pub fn folder(&self) -> String {
+        format!("shard-{}-of-{}", self.index, self.count)
+    }
+
+    /// Reads a folder name written by [`Shard::folder`].
+    pub fn from_folder(name: &str) -> Option<Shard> {
+        let (index, count) = name.strip_prefix("shard-")?.split_once("-of-")?;
+        format!("{index}/{count}").parse().ok()
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{text}` is not I/N with 1 <= I <= N (e.g. 2/5)");
+        let (index, count) = text.split_once('/').ok_or_else(bad)?;
+        let index: u32 = index.trim().parse().map_err(|_| bad())?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        if index == 0 || count == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+    use crate::manifest::JobKey;
+
+    #[test]
+    fn every_job_is_in_exactly_one_shard() {
+        let shards: Vec<Shard> = (1..=3).map(|i| format!("{i}/3").parse().unwrap()).collect();
+        for key in (0..1000u64).map(|k| JobKey(k.wrapping_mul(0x9e37_79b9_7f4a_7c15))) {
+            assert_eq!(shards.iter().filter(|s| s.includes(key)).count(), 1);
+        }
+    }
+
+    #[test]
+    fn shards_parse_and_name_their_folders() {
+        let shard: Shard = "2/5".parse().unwrap();
+        assert_eq!(shard.folder(), "shard-2-of-5");
+        assert_eq!(Shard::from_folder("shard-2-of-5"), Some(shard));
+        for bad in ["0/3", "4/3", "1/0", "x/3", "3", "1/3/4"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+    }
+}

@@ -173,5 +173,7 @@ fn help_lists_exit_codes() {
         .assert()
         .success()
         .stdout(predicate::str::contains("130  stopped"))
-        .stdout(predicate::str::contains("6    the Horde could not be reached"));
+        .stdout(predicate::str::contains(
+            "6    the Horde could not be reached",
+        ));
 }

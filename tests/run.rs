@@ -644,3 +644,64 @@ fn stray_files_in_the_output_folder_are_reported_and_left_alone() {
     assert_eq!(index.len(), 2);
     assert!(index.iter().all(|row| row["file_name"] != "copied-in.webp"));
 }
+
+#[test]
+fn three_shards_at_once_make_exactly_the_plan_and_merge_into_one_index() {
+    let sim = Sim::unlimited(&["--workers", "8", "--latency", "10ms..30ms", "--seed", "19"]);
+    let batch = Batch::new(
+        "version: 1\nname: sharded\ndefaults: {models: [stable_diffusion], \
+         params: {width: 64, height: 64}}\n\
+         jobs:\n  - {name: a, prompt: 'a {red|green|blue|white} {cube|ball|cone}', images: 2}\n",
+    );
+    let mut children: Vec<_> = (1..=3)
+        .map(|i| {
+            batch
+                .command(&sim, "run")
+                .args(["--shard", &format!("{i}/3")])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in &mut children {
+        assert_eq!(wait_exit(child, Duration::from_secs(60)), 0);
+    }
+    // Each shard did only its own jobs: the plan, once, across the three.
+    assert_eq!(stat(&sim.stats(), "images_generated"), 24);
+    let merged = std::process::Command::new(crate::common::BIN)
+        .arg("merge")
+        .arg(&batch.manifest)
+        .output()
+        .unwrap();
+    assert_eq!(
+        merged.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    let index = batch.index_lines();
+    assert_eq!(index.len(), 24);
+    let mut names = std::collections::BTreeSet::new();
+    for row in &index {
+        let name = row["file_name"].as_str().unwrap();
+        assert!(name.starts_with("shard-"), "{name}");
+        assert!(batch.out().join(name).exists(), "{name}");
+        assert!(row["seed"].is_string(), "one JSON type per column: {row}");
+        assert!(names.insert(name.to_owned()), "{name} twice");
+    }
+    let results = batch.jsonl("results.jsonl");
+    let keys: std::collections::BTreeSet<_> = results
+        .iter()
+        .map(|r| r["job_key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!((results.len(), keys.len()), (12, 12));
+    // A shard run again has nothing left to do.
+    let before = stat(&sim.stats(), "requests_created");
+    let output = batch
+        .command(&sim, "run")
+        .args(["--shard", "2/3"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(stat(&sim.stats(), "requests_created"), before);
+}

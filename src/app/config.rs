@@ -12,6 +12,7 @@ use crate::cli::{HordeArgs, PlacesArgs};
 use crate::horde::{ApiKey, ClientConfig, HordeClient};
 use crate::manifest::CompiledManifest;
 use crate::output::{FilenameTemplate, OutputDir};
+use crate::plan::Shard;
 use crate::sim::{SimApiKey, SimConfig, SimHandle};
 use crate::store::Store;
 
@@ -32,6 +33,8 @@ pub(super) struct Batch {
     pub template: FilenameTemplate,
     pub out_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// With `--shard`: only this part of the jobs, in its own folder.
+    pub shard: Option<Shard>,
 }
 
 impl Batch {
@@ -43,10 +46,15 @@ impl Batch {
     ) -> Result<Batch, AppError> {
         let compiled = Arc::new(load(manifest, max_jobs)?);
         let template = FilenameTemplate::parse(&compiled.output.filename)?;
-        let out_dir = places
+        let mut out_dir = places
             .out
             .clone()
             .unwrap_or_else(|| compiled.output.dir.clone());
+        // A shard writes the same layout into a folder of its own, so shards
+        // running at once never share an index file or a ledger.
+        if let Some(shard) = places.shard {
+            out_dir = out_dir.join(shard.folder());
+        }
         let state_dir = places
             .state
             .clone()
@@ -56,6 +64,7 @@ impl Batch {
             template,
             out_dir,
             state_dir,
+            shard: places.shard,
         })
     }
 

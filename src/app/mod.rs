@@ -4,6 +4,7 @@
 mod cancel;
 mod config;
 mod kudos;
+mod merge;
 mod run;
 mod status;
 
@@ -97,6 +98,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Command::Schema => schema(),
         Command::Run(args) => run::run(&args),
         Command::Cancel(args) => cancel::cancel(&args),
+        Command::Merge(args) => merge::merge(&args),
         Command::Sim(config) => sim(config),
         Command::Status(args) => status::status(&args),
         Command::Completions { shell } => {

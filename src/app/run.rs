@@ -28,6 +28,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         template,
         out_dir,
         state_dir,
+        ..
     } = &batch;
     let compiled = Arc::clone(compiled);
     runtime()?.block_on(async {
@@ -119,6 +120,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         );
         if let Some(served) = served_models {
             engine.set_served_models(served);
+        }
+        if let Some(shard) = batch.shard {
+            engine.set_shard(shard);
         }
         if args.max_kudos.is_some() {
             engine.set_kudos_spent_before(spent_before);

@@ -18,6 +18,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
     let jobs: HashMap<String, PlannedJob> = batch
         .compiled
         .jobs()
+        .filter(|job| batch.shard.is_none_or(|shard| shard.includes(job.key)))
         .map(|job| {
             let planned = PlannedJob {
                 images: job.images,

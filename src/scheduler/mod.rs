@@ -183,6 +183,8 @@ pub struct Engine {
     /// The models some worker serves, when known: a job for none of them
     /// fails at once instead of waiting for a worker that is not there.
     served_models: Mutex<Option<Arc<HashSet<String>>>>,
+    /// With `--shard`: only this part of the manifest's jobs is run.
+    shard: Mutex<Option<crate::plan::Shard>>,
     /// Kudos the run may spend (`--max-kudos`), and the per-image estimate used before submitting.
     max_kudos: Option<f64>,
     kudos_per_image: Mutex<Option<f64>>,
@@ -303,6 +305,7 @@ impl Engine {
             events,
             last_answer_ms: AtomicU64::new(crate::store::now_ms()),
             served_models: Mutex::new(None),
+            shard: Mutex::new(None),
             max_kudos,
             kudos_per_image: Mutex::new(None),
             abort: Mutex::new(None),
@@ -417,6 +420,25 @@ impl Engine {
                 tracing::error!(%error, "cannot forget a missing image");
             }
         }
+    }
+
+    /// Runs only this part of the manifest's jobs.
+    pub fn set_shard(&self, shard: crate::plan::Shard) {
+        *self
+            .shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shard);
+    }
+
+    /// The manifest's jobs this run is for (all of them, or a shard's).
+    fn own_jobs(&self) -> impl Iterator<Item = Job> + '_ {
+        let shard = *self
+            .shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.manifest
+            .jobs()
+            .filter(move |job| shard.is_none_or(|shard| shard.includes(job.key)))
     }
 
     /// The models some worker serves (from `/v2/status/models`).
@@ -534,9 +556,21 @@ impl Engine {
     async fn run_jobs(self: &Arc<Self>) -> RunSummary {
         let mut run = RunState::default();
         // Known up front, so progress reports are right from the first sample.
+        let sharded = self
+            .shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        let (jobs, images_wanted) = if sharded {
+            self.own_jobs().fold((0, 0), |(jobs, images), job| {
+                (jobs + 1, images + u64::from(job.images))
+            })
+        } else {
+            (self.manifest.total_jobs(), self.manifest.total_images())
+        };
         self.emit(Event::Started {
-            jobs: self.manifest.total_jobs(),
-            images_wanted: self.manifest.total_images(),
+            jobs,
+            images_wanted,
         });
 
         // Requests already on the Horde go first: they expire 20 minutes after
@@ -562,14 +596,13 @@ impl Engine {
             );
         }
         let in_flight: HashSet<String> = records.into_iter().map(|(key, _)| key.job_key).collect();
-        let manifest = Arc::clone(&self.manifest);
         if !in_flight.is_empty() {
             tracing::info!(
                 requests = in_flight.len(),
                 "re-attaching to requests still on the Horde"
             );
-            for job in manifest
-                .jobs()
+            for job in self
+                .own_jobs()
                 .filter(|job| in_flight.contains(&job.key.to_string()))
             {
                 if !self.start_job(job, &mut run).await {
@@ -580,8 +613,8 @@ impl Engine {
         // Lost submits of jobs the manifest no longer has cannot be looked for here.
         self.gate.release(doubtful.saturating_sub(run.doubts_taken));
         if !self.stop.is_cancelled() {
-            for job in manifest
-                .jobs()
+            for job in self
+                .own_jobs()
                 .filter(|job| !in_flight.contains(&job.key.to_string()))
             {
                 if !self.start_job(job, &mut run).await {
