@@ -74,6 +74,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Combine the shard folders of a batch run with --shard into one metadata.jsonl and results.
     Merge(MergeArgs),
+    /// List the jobs that failed and have not succeeded since: class, message, how often.
+    Failures(FailuresArgs),
     /// Serve the simulated AI Horde on 127.0.0.1 (for rehearsals, tests and benchmarks).
     Sim(crate::sim::SimConfig),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -166,6 +168,9 @@ pub struct RunArgs {
     /// Submit even when the Horde has no worker for a model (requests then wait for one).
     #[arg(long)]
     pub wait_for_workers: bool,
+    /// Run only the jobs that failed before (`horde-batch failures` lists them); a plain rerun retries them too, with the rest.
+    #[arg(long)]
+    pub retry_failed: bool,
     /// Stop (exit 6) when the Horde has given no successful answer for this long (a wrong URL, an outage).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub unreachable_after: Duration,
@@ -231,6 +236,17 @@ impl TuningArgs {
         }
         tuning
     }
+}
+
+#[derive(Debug, Args)]
+pub struct FailuresArgs {
+    /// The manifest whose failed jobs to list.
+    pub manifest: PathBuf,
+    /// One JSON object per failed job, on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub places: PlacesArgs,
 }
 
 #[derive(Debug, Args)]

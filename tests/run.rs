@@ -705,3 +705,54 @@ fn three_shards_at_once_make_exactly_the_plan_and_merge_into_one_index() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(stat(&sim.stats(), "requests_created"), before);
 }
+
+#[test]
+fn failures_lists_what_failed_and_retry_failed_runs_only_that() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "20"]);
+    let text = "version: 1\nname: retry\ndefaults: {params: {width: 64, height: 64}}\njobs:\n  \
+                - {name: good, prompt: ok, models: [stable_diffusion], images: 2}\n  \
+                - {name: bad, prompt: never, models: [no-such-model], images: 2}\n";
+    let batch = Batch::new(text);
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 1, "{stderr}");
+    let failures = |batch: &Batch| -> Vec<Value> {
+        let output = std::process::Command::new(crate::common::BIN)
+            .args(["failures", "--json"])
+            .arg(&batch.manifest)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let listed = failures(&batch);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0]["job"].as_str(), listed[0]["class"].as_str()),
+        (Some("bad"), Some("no_worker"))
+    );
+    // A job added since is not run by --retry-failed; the failed one is tried again.
+    std::fs::write(
+        &batch.manifest,
+        format!("{text}  - {{name: new, prompt: later, models: [stable_diffusion], images: 2}}\n"),
+    )
+    .unwrap();
+    let before = stat(&sim.stats(), "requests_created");
+    let output = batch
+        .command(&sim, "run")
+        .arg("--retry-failed")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("retrying 1 failed job(s) only"), "{stderr}");
+    assert_eq!(
+        stat(&sim.stats(), "requests_created"),
+        before,
+        "the new job was not run"
+    );
+    let listed = failures(&batch);
+    assert_eq!(listed[0]["failures"], 2, "its history is kept: {listed:?}");
+}

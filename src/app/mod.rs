@@ -3,6 +3,7 @@
 
 mod cancel;
 mod config;
+mod failures;
 mod kudos;
 mod merge;
 mod run;
@@ -99,6 +100,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Command::Run(args) => run::run(&args),
         Command::Cancel(args) => cancel::cancel(&args),
         Command::Merge(args) => merge::merge(&args),
+        Command::Failures(args) => failures::failures(&args),
         Command::Sim(config) => sim(config),
         Command::Status(args) => status::status(&args),
         Command::Completions { shell } => {

@@ -124,6 +124,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         if let Some(shard) = batch.shard {
             engine.set_shard(shard);
         }
+        if args.retry_failed {
+            let failed = super::failures::failed_jobs(&batch)?;
+            crate::say!("horde-batch: retrying {} failed job(s) only", failed.len());
+            engine.set_only(failed.into_iter().map(|job| job.job_key).collect());
+        }
         if args.max_kudos.is_some() {
             engine.set_kudos_spent_before(spent_before);
             if let Some(per_image) = first_request_estimate(&client, &compiled).await {

@@ -185,6 +185,8 @@ pub struct Engine {
     served_models: Mutex<Option<Arc<HashSet<String>>>>,
     /// With `--shard`: only this part of the manifest's jobs is run.
     shard: Mutex<Option<crate::plan::Shard>>,
+    /// With `--retry-failed`: only these jobs (by key) are run.
+    only: Mutex<Option<Arc<HashSet<String>>>>,
     /// Kudos the run may spend (`--max-kudos`), and the per-image estimate used before submitting.
     max_kudos: Option<f64>,
     kudos_per_image: Mutex<Option<f64>>,
@@ -306,6 +308,7 @@ impl Engine {
             last_answer_ms: AtomicU64::new(crate::store::now_ms()),
             served_models: Mutex::new(None),
             shard: Mutex::new(None),
+            only: Mutex::new(None),
             max_kudos,
             kudos_per_image: Mutex::new(None),
             abort: Mutex::new(None),
@@ -430,15 +433,32 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shard);
     }
 
-    /// The manifest's jobs this run is for (all of them, or a shard's).
+    /// Runs only the jobs with these keys (`--retry-failed`).
+    pub fn set_only(&self, job_keys: HashSet<String>) {
+        *self
+            .only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(job_keys));
+    }
+
+    /// The manifest's jobs this run is for (all of them, a shard's, or the
+    /// ones `--retry-failed` names).
     fn own_jobs(&self) -> impl Iterator<Item = Job> + '_ {
         let shard = *self
             .shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.manifest
-            .jobs()
-            .filter(move |job| shard.is_none_or(|shard| shard.includes(job.key)))
+        let only = self
+            .only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        self.manifest.jobs().filter(move |job| {
+            shard.is_none_or(|shard| shard.includes(job.key))
+                && only
+                    .as_ref()
+                    .is_none_or(|keys| keys.contains(&job.key.to_string()))
+        })
     }
 
     /// The models some worker serves (from `/v2/status/models`).
@@ -560,7 +580,12 @@ impl Engine {
             .shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some();
+            .is_some()
+            || self
+                .only
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some();
         let (jobs, images_wanted) = if sharded {
             self.own_jobs().fold((0, 0), |(jobs, images), job| {
                 (jobs + 1, images + u64::from(job.images))
