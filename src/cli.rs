@@ -76,6 +76,8 @@ pub enum Command {
     Merge(MergeArgs),
     /// List the jobs that failed and have not succeeded since: class, message, how often.
     Failures(FailuresArgs),
+    /// Set rejected images aside (into `<output>/.rejected/`); the next run makes them again under their names.
+    Reroll(RerollArgs),
     /// Serve the simulated AI Horde on 127.0.0.1 (for rehearsals, tests and benchmarks).
     Sim(crate::sim::SimConfig),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -245,6 +247,19 @@ pub struct FailuresArgs {
     /// One JSON object per failed job, on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub places: PlacesArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RerollArgs {
+    /// The manifest the images belong to.
+    pub manifest: PathBuf,
+    /// Images to set aside: file names as in metadata.jsonl, or paths to them.
+    pub images: Vec<PathBuf>,
+    /// A file listing more of them, one per line (e.g. copied from the report page).
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
     #[command(flatten)]
     pub places: PlacesArgs,
 }

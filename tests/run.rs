@@ -756,3 +756,75 @@ fn failures_lists_what_failed_and_retry_failed_runs_only_that() {
     let listed = failures(&batch);
     assert_eq!(listed[0]["failures"], 2, "its history is kept: {listed:?}");
 }
+
+#[test]
+fn reroll_sets_three_images_aside_and_the_next_run_makes_exactly_those_again() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "21"]);
+    let batch = Batch::new(
+        "version: 1\nname: cull\ndefaults: {models: [stable_diffusion], \
+         params: {width: 64, height: 64}}\nrun: {max_n: 3}\n\
+         jobs:\n  - {name: a, prompt: 'a {red|blue} kite', images: 3}\n",
+    );
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    let names: Vec<String> = batch
+        .index_lines()
+        .iter()
+        .map(|row| row["file_name"].as_str().unwrap().to_owned())
+        .collect();
+    let rejected = &names[..3];
+    let kept: Vec<(String, Vec<u8>)> = names[3..]
+        .iter()
+        .map(|n| (n.clone(), std::fs::read(batch.out().join(n)).unwrap()))
+        .collect();
+    let list = batch.dir.path().join("rejected.txt");
+    std::fs::write(&list, rejected.join("\n")).unwrap();
+    let output = std::process::Command::new(crate::common::BIN)
+        .arg("reroll")
+        .arg(&batch.manifest)
+        .arg("--from")
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in rejected {
+        assert!(!batch.out().join(name).exists());
+        assert!(
+            batch.out().join(".rejected").join(name).exists(),
+            "{name} set aside"
+        );
+    }
+    assert_eq!(batch.index_lines().len(), 3, "their index rows are gone");
+
+    let before = stat(&sim.stats(), "images_generated");
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stat(&sim.stats(), "images_generated") - before,
+        3,
+        "exactly 3 new images"
+    );
+    batch.assert_complete(6);
+    for name in rejected {
+        assert!(
+            batch.out().join(name).exists(),
+            "{name} made again under its name"
+        );
+    }
+    for (name, bytes) in &kept {
+        assert_eq!(
+            &std::fs::read(batch.out().join(name)).unwrap(),
+            bytes,
+            "{name} untouched"
+        );
+    }
+    let results = batch.jsonl("results.jsonl");
+    assert!(results
+        .iter()
+        .all(|r| r["images"].as_array().unwrap().len() == 3));
+}

@@ -6,6 +6,7 @@ mod config;
 mod failures;
 mod kudos;
 mod merge;
+mod reroll;
 mod run;
 mod status;
 
@@ -101,6 +102,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Command::Cancel(args) => cancel::cancel(&args),
         Command::Merge(args) => merge::merge(&args),
         Command::Failures(args) => failures::failures(&args),
+        Command::Reroll(args) => reroll::reroll(&args),
         Command::Sim(config) => sim(config),
         Command::Status(args) => status::status(&args),
         Command::Completions { shell } => {
