@@ -1,6 +1,7 @@
 //! The one integration-test binary: every end-to-end suite is a module of it,
 //! so `cargo test` links once and the shared helpers live in `common`.
 
+mod a1111;
 mod cli;
 mod client_sim;
 mod common;

@@ -13,6 +13,7 @@
 //! the ledger. All methods block on file I/O and fsync: call them from
 //! `tokio::task::spawn_blocking`, not directly on the async runtime.
 
+pub mod a1111;
 mod atomic;
 mod index;
 mod naming;
