@@ -28,6 +28,10 @@ const MAX_PROMPT_WORDS: usize = 7500;
 /// Images one combination may ask for.
 const MAX_IMAGES_PER_JOB: u32 = 100_000;
 const DEFAULT_FILENAME: &str = "{job}/{key}-{index}";
+/// Values one variant may take once the wildcards in its options are expanded.
+const MAX_VARIANT_VALUES: usize = 1_000_000;
+const WILDCARD_HELP: &str =
+    "define it under `wildcards:` in the manifest, or as a text file with one value per line";
 
 /// Options from the command line that override the manifest.
 #[derive(Debug, Clone, Default)]
@@ -771,15 +775,12 @@ impl Context<'_> {
         let pieces = match template::parse(text) {
             Ok(pieces) => pieces,
             Err(problem) => {
-                self.problem(
-                    path,
-                    format!(
-                        "{} (at character {} of the template)",
-                        problem.message,
-                        text[..problem.offset.min(text.len())].chars().count() + 1
-                    ),
-                    "",
-                );
+                let problem = self
+                    .file
+                    .source
+                    .problem_in_scalar(path, text, problem.offset, problem.message)
+                    .with_help(problem.help);
+                self.problems.push(problem);
                 return None;
             }
         };
@@ -788,19 +789,25 @@ impl Context<'_> {
         for piece in pieces {
             match piece {
                 Piece::Literal(text) => segments.push(Segment::Text(text)),
-                Piece::Variant(options) => {
-                    segments.push(Segment::Axis(axes.len()));
-                    axes.push(Axis {
-                        kind: AxisKind::Text,
-                        values: options
-                            .into_iter()
-                            .map(|o| AxisValue {
-                                json: Value::from(o.as_str()),
-                                text: o,
-                            })
-                            .collect(),
-                    });
-                }
+                Piece::Variant(options) => match self.variant_values(&options) {
+                    Ok(values) => {
+                        segments.push(Segment::Axis(axes.len()));
+                        axes.push(Axis {
+                            kind: AxisKind::Text,
+                            values: values
+                                .into_iter()
+                                .map(|text| AxisValue {
+                                    json: Value::from(text.as_str()),
+                                    text,
+                                })
+                                .collect(),
+                        });
+                    }
+                    Err((message, help)) => {
+                        ok = false;
+                        self.problem(path, message, help);
+                    }
+                },
                 Piece::Wildcard(name) => match self.wildcard(&name) {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
@@ -817,7 +824,7 @@ impl Context<'_> {
                     }
                     Err(message) => {
                         ok = false;
-                        self.problem(path, message, "define it under `wildcards:` in the manifest, or as a text file with one value per line");
+                        self.problem(path, message, WILDCARD_HELP);
                     }
                 },
                 Piece::Variable(name) => match variables.get(name.as_str()) {
@@ -833,6 +840,38 @@ impl Context<'_> {
             }
         }
         ok.then_some(segments)
+    }
+
+    /// The values of a variant: each option in turn, an option holding
+    /// wildcards giving one value per combination of their values (so
+    /// `{__color__|green}` takes every colour, then `green`).
+    fn variant_values(
+        &mut self,
+        options: &[Vec<Piece>],
+    ) -> Result<Vec<String>, (String, &'static str)> {
+        let mut values = Vec::new();
+        for option in options {
+            let mut texts = vec![String::new()];
+            for piece in option {
+                match piece {
+                    Piece::Literal(text) => texts.iter_mut().for_each(|t| t.push_str(text)),
+                    Piece::Wildcard(name) => {
+                        let words = self.wildcard(name).map_err(|m| (m, WILDCARD_HELP))?;
+                        if texts.len().saturating_mul(words.len()) + values.len() > MAX_VARIANT_VALUES {
+                            return Err((format!("a variant with `__{name}__` has more than {MAX_VARIANT_VALUES} values"), "split the variant into separate variants or wildcards"));
+                        }
+                        texts = texts
+                            .iter()
+                            .flat_map(|t| words.iter().map(move |w| format!("{t}{w}")))
+                            .collect();
+                    }
+                    // The parser puts only text and wildcards in options.
+                    Piece::Variant(_) | Piece::Variable(_) => {}
+                }
+            }
+            values.extend(texts);
+        }
+        Ok(values)
     }
 
     fn wildcard(&mut self, name: &str) -> Result<Arc<[String]>, String> {
