@@ -220,6 +220,169 @@ jobs:
 }
 
 #[test]
+fn wildcards_inside_variants_expand_option_by_option() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("wildcards/people")).unwrap();
+    std::fs::write(
+        dir.path().join("wildcards/people/artists.txt"),
+        "Monet\nKlimt\n",
+    )
+    .unwrap();
+    let text = r#"
+version: 1
+name: w
+defaults: {models: [m]}
+wildcards: {color: [red, blue]}
+jobs:
+  - name: a
+    prompt: "a {__color__ ball|green cube|__color__ __color__ kite} by {__people/artists__|nobody}"
+"#;
+    let compiled = compile_in(text, dir.path()).unwrap();
+    let prompts: Vec<_> = compiled.jobs().map(|j| j.prompt).collect();
+    let shapes = [
+        "red ball",
+        "blue ball",
+        "green cube",
+        "red red kite",
+        "red blue kite",
+        "blue red kite",
+        "blue blue kite",
+    ];
+    let expected: Vec<String> = shapes
+        .iter()
+        .flat_map(|s| ["Monet", "Klimt", "nobody"].map(|by| format!("a {s} by {by}")))
+        .collect();
+    assert_eq!(prompts, expected);
+    assert_eq!(compiled.total_jobs(), 21);
+    let keys: std::collections::HashSet<_> = compiled.jobs().map(|j| j.key).collect();
+    assert_eq!(keys.len(), 21);
+
+    // An undefined wildcard inside a variant is an error, not text.
+    let text = text.replace("__people/artists__", "__people/painters__");
+    let error = compile_in(&text, dir.path()).unwrap_err().to_string();
+    assert!(
+        error.contains("wildcard `__people/painters__` is not defined"),
+        "{error}"
+    );
+}
+
+/// sd-dynamic-prompts and A1111 syntax horde-batch does not implement is
+/// refused where it is written (line and column of the offending text), in
+/// the prompt and in the negative prompt, in every YAML scalar style.
+#[test]
+fn unsupported_syntax_is_refused_at_its_position() {
+    let head = "version: 1\nname: x\ndefaults: {models: [m]}\nwildcards: {c: [red]}\njobs:\n";
+    let cases: &[(&str, (usize, usize), &str)] = &[
+        (
+            "  - {name: a, prompt: 'a {2$$b|c|d}'}\n",
+            (6, 28),
+            "`$$` in a variant",
+        ),
+        (
+            "  - {name: a, prompt: \"a {0.5::b|2::c}\"}\n",
+            (6, 30),
+            "`::` in a variant",
+        ),
+        (
+            "  - {name: a, prompt: 'cat <lora:detail:0.8>'}\n",
+            (6, 28),
+            "`<lora:…>` is an A1111 prompt tag",
+        ),
+        (
+            "  - {name: a, prompt: cat, negative: 'ugly <lyco:x:1>'}\n",
+            (6, 44),
+            "`<lyco:…>`",
+        ),
+        (
+            "  - {name: a, prompt: 'x <hypernet:h:1>'}\n",
+            (6, 26),
+            "`<hypernet:…>`",
+        ),
+        (
+            "  - {name: a, prompt: 'by __people/*__'}\n",
+            (6, 27),
+            "wildcard glob",
+        ),
+        (
+            "  - {name: a, prompt: '{__c__|__c*__}'}\n",
+            (6, 31),
+            "wildcard glob",
+        ),
+        (
+            "  - {name: a, prompt: 'a __x.y__'}\n",
+            (6, 26),
+            "not a valid wildcard name",
+        ),
+        (
+            "  - {name: a, prompt: 'a {b|c'}\n",
+            (6, 26),
+            "`{` without a closing `}`",
+        ),
+        (
+            "  - {name: a, prompt: 'a b} c'}\n",
+            (6, 27),
+            "`}` without a matching `{`",
+        ),
+        (
+            "  - {name: a, prompt: 'a {b|{c}}'}\n",
+            (6, 29),
+            "a variant inside a variant",
+        ),
+        (
+            "  - name: a\n    prompt: |\n      first line\n      then {2$$b|c}\n",
+            (9, 14),
+            "`$$` in a variant",
+        ),
+        (
+            "  - name: a\n    prompt: >\n      first line\n      then <lora:x>\n",
+            (9, 12),
+            "`<lora:…>`",
+        ),
+        (
+            "  - name: a\n    prompt: first\n      then {1::b}\n",
+            (8, 14),
+            "`::` in a variant",
+        ),
+    ];
+    for (job, (line, column), message) in cases {
+        let problems = problems(&format!("{head}{job}"));
+        assert_eq!(problems.len(), 1, "{job}: {problems:?}");
+        let expected = format!("test.yaml:{line}:{column}: ");
+        assert!(
+            problems[0].starts_with(&expected) && problems[0].contains(message),
+            "{job}: expected {expected}…{message}…, got {}",
+            problems[0]
+        );
+    }
+}
+
+/// The escapes send text that looks like template syntax as it is.
+#[test]
+fn escapes_send_template_syntax_as_text() {
+    let text = r#"
+version: 1
+name: e
+defaults: {models: [m]}
+jobs:
+  - name: a
+    prompt: 'a \<lora:x:1> \{2\$\$b\} {0.5\:\:c|\<lyco:d>} \_\_p/*\_\_ $\{v\}'
+    negative: 'x\:\:y \}'
+"#;
+    let prompts: Vec<_> = compile_text(text)
+        .unwrap()
+        .jobs()
+        .map(|j| j.wire_prompt())
+        .collect();
+    assert_eq!(
+        prompts,
+        [
+            "a <lora:x:1> {2$$b} 0.5::c __p/*__ ${v} ### x::y }",
+            "a <lora:x:1> {2$$b} <lyco:d> __p/*__ ${v} ### x::y }",
+        ]
+    );
+}
+
+#[test]
 fn sampling_is_seeded_distinct_and_capped() {
     let text = r#"
 version: 1
@@ -356,6 +519,16 @@ fn error_messages() {
         ("empty prompt", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: '{|}'}\n"),
         ("filename without key", "version: 1\nname: x\ndefaults: {models: [m]}\noutput: {filename: '{job}-{index}'}\njobs:\n  - {name: a, prompt: x}\n"),
         ("webhook", "version: 1\nname: x\ndefaults: {models: [m], request: {webhook: 'http://example.org/hook'}}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("combination variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {2$$b|c|d}'}\n"),
+        ("weighted variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {0.5::b|2::c}'}\n"),
+        ("lora tag", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat <lora:detail_tweaker:0.8>'}\n"),
+        ("hypernet tag", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat', negative: '<hypernet:h:1>'}\n"),
+        ("wildcard glob", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'by __people/*__'}\n"),
+        ("bad wildcard name", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'by __../x__'}\n"),
+        ("missing wildcard in variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {__nothere__|green}'}\n"),
+        ("stray closing brace", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a b} c'}\n"),
+        ("variant in variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {b|{c|d}}'}\n"),
+        ("variable in variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: 'a {${v}|b}'\n    matrix: {v: [x]}\n"),
         ("prompt too long", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: '__w__'\nwildcards: {w: [LONG]}\n"),
     ];
     let long = "word ".repeat(7600);

@@ -339,6 +339,25 @@ impl Context<'_> {
         self.problems.push(problem);
     }
 
+    /// A problem with `needle`, a piece of the template `text` at `path`:
+    /// pointed at its first occurrence (the template's start if it is not found).
+    fn problem_in_template(
+        &mut self,
+        path: &YamlPath,
+        text: &str,
+        needle: &str,
+        message: impl Into<String>,
+        help: &str,
+    ) {
+        let offset = text.find(needle).unwrap_or(0);
+        let problem = self
+            .file
+            .source
+            .problem_in_scalar(path, text, offset, message)
+            .with_help(help);
+        self.problems.push(problem);
+    }
+
     fn run_settings(&mut self, options: &CompileOptions) -> RunSettings {
         let spec = &self.file.manifest.run;
         let path = YamlPath::root().key("run");
@@ -513,7 +532,16 @@ impl Context<'_> {
         // Axes: matrix first (in the order written), then template variants and wildcards.
         let mut axes = Vec::new();
         let mut variables: HashMap<&str, usize> = HashMap::new();
-        let used_variables = template_variables(&spec.prompt, spec.negative.as_deref());
+        let mut used_variables = template_variables(&spec.prompt, spec.negative.as_deref());
+        if [Some(spec.prompt.as_str()), spec.negative.as_deref()]
+            .into_iter()
+            .flatten()
+            .any(|t| template::parse(t).is_err())
+        {
+            // The template's own error is reported; its variables are unknown,
+            // so the matrix's text axes are not second-guessed.
+            used_variables.extend(spec.matrix.0.keys().cloned());
+        }
         for (name, values) in &spec.matrix.0 {
             let here = path.key("matrix").key(name);
             if let Some(axis) = self.matrix_axis(name, values, &here, &used_variables) {
@@ -805,7 +833,8 @@ impl Context<'_> {
                     }
                     Err((message, help)) => {
                         ok = false;
-                        self.problem(path, message, help);
+                        let needle = message.split('`').nth(1).unwrap_or("{").to_owned();
+                        self.problem_in_template(path, text, &needle, message, help);
                     }
                 },
                 Piece::Wildcard(name) => match self.wildcard(&name) {
@@ -824,7 +853,13 @@ impl Context<'_> {
                     }
                     Err(message) => {
                         ok = false;
-                        self.problem(path, message, WILDCARD_HELP);
+                        self.problem_in_template(
+                            path,
+                            text,
+                            &format!("__{name}__"),
+                            message,
+                            WILDCARD_HELP,
+                        );
                     }
                 },
                 Piece::Variable(name) => match variables.get(name.as_str()) {
@@ -833,7 +868,7 @@ impl Context<'_> {
                         ok = false;
                         // A matrix axis of that name that failed its own checks was already reported.
                         if !matrix.contains_key(&name) {
-                            self.problem(path, format!("the template uses `${{{name}}}` but the job's matrix has no axis `{name}`"), &format!("add `matrix: {{{name}: [...]}}` to the job"));
+                            self.problem_in_template(path, text, &format!("${{{name}}}"), format!("the template uses `${{{name}}}` but the job's matrix has no axis `{name}`"), &format!("add `matrix: {{{name}: [...]}}` to the job"));
                         }
                     }
                 },
@@ -857,7 +892,9 @@ impl Context<'_> {
                     Piece::Literal(text) => texts.iter_mut().for_each(|t| t.push_str(text)),
                     Piece::Wildcard(name) => {
                         let words = self.wildcard(name).map_err(|m| (m, WILDCARD_HELP))?;
-                        if texts.len().saturating_mul(words.len()) + values.len() > MAX_VARIANT_VALUES {
+                        if texts.len().saturating_mul(words.len()) + values.len()
+                            > MAX_VARIANT_VALUES
+                        {
                             return Err((format!("a variant with `__{name}__` has more than {MAX_VARIANT_VALUES} values"), "split the variant into separate variants or wildcards"));
                         }
                         texts = texts

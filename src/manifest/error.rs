@@ -56,10 +56,7 @@ impl SourceText {
             Some(position) => self.problem_at_position(position, message),
             None => {
                 let character = value[..offset.min(value.len())].chars().count() + 1;
-                let message = format!(
-                    "{} (at character {character} of the value)",
-                    message.into()
-                );
+                let message = format!("{} (at character {character} of the value)", message.into());
                 self.problem_at_position(start, message)
             }
         }

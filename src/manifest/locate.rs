@@ -335,8 +335,14 @@ mod tests {
         assert_eq!(column("p: a {b\n", "a {b", 2), Some((1, 6)));
         assert_eq!(column("p: 'it''s {b'\n", "it's {b", 5), Some((1, 11)));
         assert_eq!(column("p: \"a\\\\ {b\"\n", "a\\ {b", 3), Some((1, 9)));
-        assert_eq!(column("p: |\n  one\n  two {\n", "one\ntwo {\n", 8), Some((3, 7)));
-        assert_eq!(column("p: >\n  one\n  two {\n", "one two {\n", 8), Some((3, 7)));
+        assert_eq!(
+            column("p: |\n  one\n  two {\n", "one\ntwo {\n", 8),
+            Some((3, 7))
+        );
+        assert_eq!(
+            column("p: >\n  one\n  two {\n", "one two {\n", 8),
+            Some((3, 7))
+        );
         assert_eq!(column("p: \"a\\u0041 {\"\n", "aA {", 3), None);
     }
 

@@ -70,7 +70,11 @@ pub fn parse(text: &str) -> Result<Vec<Piece>, TemplateProblem> {
             ));
         } else if let Some(after) = rest.strip_prefix("${") {
             let end = after.find('}').ok_or_else(|| {
-                TemplateProblem::new(i, "`${` without a closing `}`", "write `\\$` for a literal `$`")
+                TemplateProblem::new(
+                    i,
+                    "`${` without a closing `}`",
+                    "write `\\$` for a literal `$`",
+                )
             })?;
             let name = &after[..end];
             check_name(name, i, "variable")?;
@@ -200,7 +204,11 @@ fn wildcard_token(text: &str, at: usize) -> Result<Option<(String, usize)>, Temp
         return Ok(None);
     };
     let name = &after[..end];
-    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || matches!(c, '{' | '}' | '|')) {
+    if name.is_empty()
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '{' | '}' | '|'))
+    {
         return Ok(None);
     }
     if is_wildcard_name(name) {
@@ -240,7 +248,8 @@ fn check_extra_network(text: &str, at: usize) -> Result<(), TemplateProblem> {
         .and_then(|w| w.trim().parse::<f64>().ok())
         .unwrap_or(1.0);
     let help = if kind == "hypernet" {
-        "the Horde has no hypernetworks; remove the tag, or write `\\<` to send `<` as text".to_owned()
+        "the Horde has no hypernetworks; remove the tag, or write `\\<` to send `<` as text"
+            .to_owned()
     } else {
         format!(
             "set the LoRA as a parameter, e.g. `params: {{loras: [{{name: \"{name}\", model: {weight}, clip: {weight}}}]}}`; write `\\<` to send `<` as text"
@@ -331,7 +340,10 @@ mod tests {
     fn reports_unbalanced_braces_with_offsets() {
         assert_eq!(parse("ab {c|d").unwrap_err().offset, 3);
         assert_eq!(parse("ab c}").unwrap_err().offset, 4);
-        assert!(parse("{a|{b}}").unwrap_err().message.contains("inside a variant"));
+        assert!(parse("{a|{b}}")
+            .unwrap_err()
+            .message
+            .contains("inside a variant"));
         assert!(parse("${bad name}").is_err());
     }
 
