@@ -284,14 +284,19 @@ fn unsupported_syntax_is_refused_at_its_position() {
             "`::` in a variant",
         ),
         (
-            "  - {name: a, prompt: 'cat <lora:detail:0.8>'}\n",
+            "  - {name: a, prompt: '{cat|<lora:detail:0.8>}'}\n",
+            (6, 29),
+            "`<lora:…>` inside a variant",
+        ),
+        (
+            "  - {name: a, prompt: 'cat <lora:detail:9>'}\n",
             (6, 28),
-            "`<lora:…>` is an A1111 prompt tag",
+            "LoRA tag `detail`: `model` must be a number from -5 to 5",
         ),
         (
             "  - {name: a, prompt: cat, negative: 'ugly <lyco:x:1>'}\n",
             (6, 44),
-            "`<lyco:…>`",
+            "a LoRA tag in the negative prompt",
         ),
         (
             "  - {name: a, prompt: 'x <hypernet:h:1>'}\n",
@@ -334,9 +339,9 @@ fn unsupported_syntax_is_refused_at_its_position() {
             "`$$` in a variant",
         ),
         (
-            "  - name: a\n    prompt: >\n      first line\n      then <lora:x>\n",
+            "  - name: a\n    prompt: >\n      first line\n      then <hypernet:x>\n",
             (9, 12),
-            "`<lora:…>`",
+            "`<hypernet:…>`",
         ),
         (
             "  - name: a\n    prompt: first\n      then {1::b}\n",
@@ -354,6 +359,54 @@ fn unsupported_syntax_is_refused_at_its_position() {
             problems[0]
         );
     }
+}
+
+/// A1111 LoRA tags in the prompt become `params.loras` (after the LoRAs the
+/// parameters name) and leave the prompt; the job key is the key of the same
+/// job written with `params.loras`.
+#[test]
+fn lora_tags_become_the_loras_parameter() {
+    let tagged = r#"
+version: 1
+name: l
+defaults: {models: [m], params: {loras: [{name: base, model: 1}]}}
+jobs:
+  - name: a
+    prompt: "a {cat|dog}, <lora:detail:0.8> detailed <LyCo:style:0.5:1.5>"
+"#;
+    let explicit = r#"
+version: 1
+name: l
+defaults: {models: [m]}
+jobs:
+  - name: a
+    prompt: "a {cat|dog}, detailed"
+    params:
+      loras:
+        - {name: base, model: 1}
+        - {name: detail, model: 0.8, clip: 0.8}
+        - {name: style, model: 1.5, clip: 0.5}
+"#;
+    let compiled = compile_text(tagged).unwrap();
+    let jobs: Vec<_> = compiled.jobs().collect();
+    assert_eq!(
+        jobs.iter().map(|j| j.prompt.as_str()).collect::<Vec<_>>(),
+        ["a cat, detailed", "a dog, detailed"]
+    );
+    assert_eq!(
+        jobs[0].params["loras"],
+        serde_json::json!([
+            {"name": "base", "model": 1.0},
+            {"name": "detail", "model": 0.8, "clip": 0.8},
+            {"name": "style", "model": 1.5, "clip": 0.5},
+        ])
+    );
+    assert_eq!(keys(tagged), keys(explicit));
+    // The LoRAs are part of the key: another weight, other keys.
+    assert_ne!(
+        keys(tagged),
+        keys(&tagged.replace("detail:0.8", "detail:0.7"))
+    );
 }
 
 /// The escapes send text that looks like template syntax as it is.
@@ -521,7 +574,13 @@ fn error_messages() {
         ("webhook", "version: 1\nname: x\ndefaults: {models: [m], request: {webhook: 'http://example.org/hook'}}\njobs:\n  - {name: a, prompt: x}\n"),
         ("combination variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {2$$b|c|d}'}\n"),
         ("weighted variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {0.5::b|2::c}'}\n"),
-        ("lora tag", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat <lora:detail_tweaker:0.8>'}\n"),
+        ("lora tag in a variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat {<lora:detail_tweaker:0.8>|}'}\n"),
+        ("lora tag in the negative", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat', negative: 'ugly <lora:bad:1>'}\n"),
+        ("lora tag weight", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat <lora:detail:7>'}\n"),
+        ("lora tag twice", "version: 1\nname: x\ndefaults: {models: [m], params: {loras: [{name: detail}]}}\njobs:\n  - {name: a, prompt: 'a cat <lora:detail:0.5>'}\n"),
+        ("lora tags over the limit", "version: 1\nname: x\ndefaults: {models: [m], params: {loras: [{name: a}, {name: b}, {name: c}, {name: d}]}}\njobs:\n  - {name: a, prompt: 'a cat <lora:e> <lora:f>'}\n"),
+        ("lora tag and loras axis", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: 'a cat <lora:e>'\n    matrix: {loras: [[{name: f}]]}\n"),
+        ("lora tag syntax", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat <lora:e:dyn=4>'}\n"),
         ("hypernet tag", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat', negative: '<hypernet:h:1>'}\n"),
         ("wildcard glob", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'by __people/*__'}\n"),
         ("bad wildcard name", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'by __../x__'}\n"),

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::locate::YamlPath;
 use super::params::{self, BuiltIn, ParamSpec, BUILT_IN_DEFAULTS, PARAMS};
 use super::schema::{CensoredPolicy, JobSpec, RequestSpec, SeedsSpec};
-use super::template::{self, Piece};
+use super::template::{self, LoraTag, Piece};
 use super::{ManifestError, ManifestFile, Problem};
 
 /// Expansions larger than this are refused unless the user raises the limit.
@@ -482,7 +482,8 @@ impl Context<'_> {
         if spec.name.trim().is_empty() {
             self.problem(&path.key("name"), "the job name is empty", "");
         }
-        let base_params = self.params(&spec.params.0, &path.key("params"), Some(default_params));
+        let mut base_params =
+            self.params(&spec.params.0, &path.key("params"), Some(default_params));
         let manifest = &self.file.manifest;
         let models: Vec<String> = spec
             .models
@@ -549,12 +550,14 @@ impl Context<'_> {
                 axes.push(axis);
             }
         }
+        let mut lora_tags = Vec::new();
         let positive = self.template(
             &spec.prompt,
             &path.key("prompt"),
             &mut axes,
             &variables,
             &spec.matrix.0,
+            Some(&mut lora_tags),
         );
         let negative = spec.negative.as_ref().map(|n| {
             self.template(
@@ -563,8 +566,12 @@ impl Context<'_> {
                 &mut axes,
                 &variables,
                 &spec.matrix.0,
+                None,
             )
         });
+        if !lora_tags.is_empty() {
+            self.lora_tags(spec, path, &lora_tags, &mut base_params);
+        }
         if let Some(pieces) = &positive {
             self.check_prompt_size(
                 pieces,
@@ -799,6 +806,7 @@ impl Context<'_> {
         axes: &mut Vec<Axis>,
         variables: &HashMap<&str, usize>,
         matrix: &indexmap::IndexMap<String, Value>,
+        mut lora_tags: Option<&mut Vec<LoraTag>>,
     ) -> Option<Vec<Segment>> {
         let pieces = match template::parse(text) {
             Ok(pieces) => pieces,
@@ -817,6 +825,20 @@ impl Context<'_> {
         for piece in pieces {
             match piece {
                 Piece::Literal(text) => segments.push(Segment::Text(text)),
+                Piece::Lora(tag) => {
+                    match lora_tags.as_deref_mut() {
+                        Some(tags) => tags.push(tag),
+                        None => {
+                            ok = false;
+                            let problem = self
+                            .file
+                            .source
+                            .problem_in_scalar(path, text, tag.offset, "a LoRA tag in the negative prompt: LoRAs apply to the whole image")
+                            .with_help("put the tag in `prompt`, or the LoRA in `params.loras`");
+                            self.problems.push(problem);
+                        }
+                    }
+                }
                 Piece::Variant(options) => match self.variant_values(&options) {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
@@ -877,6 +899,72 @@ impl Context<'_> {
         ok.then_some(segments)
     }
 
+    /// Moves the prompt's `<lora:…>` tags into `params.loras`, after the LoRAs
+    /// the parameters already name; each problem is reported at its tag.
+    fn lora_tags(
+        &mut self,
+        spec: &JobSpec,
+        path: &YamlPath,
+        tags: &[LoraTag],
+        params: &mut BTreeMap<&'static str, Value>,
+    ) {
+        let here = path.key("prompt");
+        let at = |cx: &mut Self, tag: &LoraTag, message: String, help: &str| {
+            let problem = cx
+                .file
+                .source
+                .problem_in_scalar(&here, &spec.prompt, tag.offset, message)
+                .with_help(help);
+            cx.problems.push(problem);
+        };
+        if spec.matrix.0.contains_key("loras") {
+            at(self, &tags[0], "the prompt has `<lora:…>` tags and the job has a `loras` matrix axis; each axis value would replace the tags' LoRAs".to_owned(), "name the LoRAs in the axis values");
+            return;
+        }
+        let Some(loras_spec) = params::spec("loras") else {
+            return;
+        };
+        let mut list = match params.get("loras") {
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        for tag in tags {
+            let mut entry = serde_json::Map::new();
+            entry.insert("name".into(), Value::from(tag.name.as_str()));
+            for (field, weight) in [("model", tag.model), ("clip", tag.clip)] {
+                if let Some(weight) = weight {
+                    entry.insert(field.into(), Value::from(weight));
+                }
+            }
+            let entry = Value::Object(entry);
+            let named = |v: &Value| v.get("name") == entry.get("name");
+            if list.iter().any(named) {
+                at(self, tag, format!("LoRA `{}` is requested twice (by this tag and by `params.loras` or an earlier tag)", tag.name), "keep one of them");
+                continue;
+            }
+            if let Err(problem) =
+                params::canonicalize(loras_spec, &Value::from(vec![entry.clone()]))
+            {
+                let message = problem.0.trim_start_matches("entry 0: ");
+                at(self, tag, format!("LoRA tag `{}`: {message}", tag.name), "");
+                continue;
+            }
+            list.push(entry);
+            if let Err(problem) = params::canonicalize(loras_spec, &Value::from(list.clone())) {
+                at(
+                    self,
+                    tag,
+                    format!("`loras` with the prompt's tags: {}", problem.0),
+                    "",
+                );
+                return;
+            }
+        }
+        if let Ok(canonical) = params::canonicalize(loras_spec, &Value::from(list)) {
+            params.insert(loras_spec.name, canonical);
+        }
+    }
+
     /// The values of a variant: each option in turn, an option holding
     /// wildcards giving one value per combination of their values (so
     /// `{__color__|green}` takes every colour, then `green`).
@@ -903,7 +991,7 @@ impl Context<'_> {
                             .collect();
                     }
                     // The parser puts only text and wildcards in options.
-                    Piece::Variant(_) | Piece::Variable(_) => {}
+                    Piece::Variant(_) | Piece::Variable(_) | Piece::Lora(_) => {}
                 }
             }
             values.extend(texts);

@@ -3,13 +3,16 @@
 //! combinatorial). This module only parses; it does not know where wildcard
 //! values come from or how combinations are enumerated.
 //!
+//! A1111's `<lora:name:0.8>` (and `<lyco:…>`) tags outside variants are
+//! parsed into `Piece::Lora`, for the caller to move into `params.loras`.
 //! Text that looks like template syntax horde-batch does not implement
 //! (sd-dynamic-prompts' `{2$$a|b}` and `{0.5::a|2::b}`, wildcard globs,
-//! A1111's `<lora:name:0.8>` tags, unbalanced braces) is refused with its
-//! offset, never passed through: the Horde would read it as prompt words.
+//! LoRA tags inside variants, `<hypernet:…>`, unbalanced braces) is refused
+//! with its offset, never passed through: the Horde would read it as prompt
+//! words.
 
 /// One piece of a parsed template.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
     /// Text sent as is.
     Literal(String),
@@ -20,6 +23,21 @@ pub enum Piece {
     Wildcard(String),
     /// `${name}`: the value of the job's matrix axis `name`.
     Variable(String),
+    /// `<lora:name:weights>`: a LoRA to request; it adds no text.
+    Lora(LoraTag),
+}
+
+/// An A1111 LoRA tag, `<lora:name>`, `<lora:name:w>` (text encoder and
+/// UNet weight), `<lora:name:te:unet>` or with named `te=`/`unet=` weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraTag {
+    /// Byte offset of the `<` in the template.
+    pub offset: usize,
+    pub name: String,
+    /// UNet weight (the Horde's `model`), when given.
+    pub model: Option<f64>,
+    /// Text-encoder weight (the Horde's `clip`), when given.
+    pub clip: Option<f64>,
 }
 
 /// A template that failed to parse, with the byte offset of the problem.
@@ -94,9 +112,17 @@ pub fn parse(text: &str) -> Result<Vec<Piece>, TemplateProblem> {
                 }
             }
         } else if rest.starts_with('<') {
-            check_extra_network(text, i)?;
-            literal.push('<');
-            i += 1;
+            match extra_network(text, i, false)? {
+                Some((tag, consumed)) => {
+                    flush(&mut literal, &mut pieces);
+                    pieces.push(Piece::Lora(tag));
+                    i += consumed;
+                }
+                None => {
+                    literal.push('<');
+                    i += 1;
+                }
+            }
         } else {
             let c = rest.chars().next().unwrap_or('\0');
             literal.push(c);
@@ -180,7 +206,7 @@ fn parse_variant(text: &str, start: usize) -> Result<(Vec<Vec<Piece>>, usize), T
                 continue;
             }
             '<' => {
-                check_extra_network(text, i)?;
+                extra_network(text, i, true)?;
                 literal.push('<');
             }
             _ => literal.push(c),
@@ -228,38 +254,86 @@ fn wildcard_token(text: &str, at: usize) -> Result<Option<(String, usize)>, Temp
     ))
 }
 
-/// Refuses an A1111 extra-network tag (`<lora:name:0.8>`, `<lyco:…>`,
-/// `<hypernet:…>`) at `at`: the Horde takes LoRAs in `params.loras` and would
-/// read the tag as words of the prompt.
-fn check_extra_network(text: &str, at: usize) -> Result<(), TemplateProblem> {
+/// An A1111 extra-network tag at `at`: a LoRA tag outside a variant is
+/// parsed (with the bytes it spans); `<hypernet:…>` and any tag inside a
+/// variant are refused. `None` when the `<` starts no such tag.
+fn extra_network(
+    text: &str,
+    at: usize,
+    in_variant: bool,
+) -> Result<Option<(LoraTag, usize)>, TemplateProblem> {
     let rest = &text[at + 1..];
-    let Some((kind, body)) = rest.split_once(':') else {
-        return Ok(());
+    let Some((kind, after_kind)) = rest.split_once(':') else {
+        return Ok(None);
     };
     let kind = kind.to_ascii_lowercase();
     if !matches!(kind.as_str(), "lora" | "lyco" | "lycoris" | "hypernet") {
-        return Ok(());
+        return Ok(None);
     }
-    let body = body.split('>').next().unwrap_or_default();
-    let mut parts = body.split(':');
-    let name = parts.next().unwrap_or_default().trim();
-    let weight = parts
-        .next()
-        .and_then(|w| w.trim().parse::<f64>().ok())
-        .unwrap_or(1.0);
-    let help = if kind == "hypernet" {
-        "the Horde has no hypernetworks; remove the tag, or write `\\<` to send `<` as text"
-            .to_owned()
-    } else {
-        format!(
-            "set the LoRA as a parameter, e.g. `params: {{loras: [{{name: \"{name}\", model: {weight}, clip: {weight}}}]}}`; write `\\<` to send `<` as text"
-        )
+    let what = format!("`<{kind}:…>`");
+    if kind == "hypernet" {
+        return Err(TemplateProblem::new(
+            at,
+            format!("{what} is an A1111 hypernetwork tag; the Horde has no hypernetworks and would use it as words of the prompt"),
+            "remove the tag, or write `\\<` to send `<` as text",
+        ));
+    }
+    if in_variant {
+        return Err(TemplateProblem::new(
+            at,
+            format!("{what} inside a variant: LoRA tags are translated to `params.loras` only outside variants"),
+            "to vary LoRAs, use a matrix axis, e.g. `matrix: {loras: [[{name: a}], [{name: b}]]}`; write `\\<` to send `<` as text",
+        ));
+    }
+    let Some(end) = after_kind.find('>') else {
+        return Err(TemplateProblem::new(
+            at,
+            format!("{what} without a closing `>`"),
+            "write `\\<` to send `<` as text",
+        ));
     };
-    Err(TemplateProblem::new(
-        at,
-        format!("`<{kind}:…>` is an A1111 prompt tag; the Horde does not read it and would use it as words of the prompt"),
-        help,
-    ))
+    let mut parts = after_kind[..end].split(':');
+    let name = parts.next().unwrap_or_default().trim();
+    let bad = |message: String| {
+        Err(TemplateProblem::new(
+            at,
+            message,
+            "a LoRA tag is `<lora:name>`, `<lora:name:weight>`, `<lora:name:te_weight:unet_weight>` or with `te=`/`unet=`",
+        ))
+    };
+    if name.is_empty() {
+        return bad(format!("{what} names no LoRA"));
+    }
+    let (mut te, mut unet) = (None, None);
+    for (position, part) in parts.enumerate() {
+        let part = part.trim();
+        let (key, value) = match part.split_once('=') {
+            Some((key, value)) => (key.trim(), value.trim()),
+            None if position == 0 => ("te", part),
+            None if position == 1 => ("unet", part),
+            None => return bad(format!("{what} has more weights than `te` and `unet` (`dyn` is not supported by the Horde)")),
+        };
+        let Ok(weight) = value.parse::<f64>() else {
+            return bad(format!("{what}: `{value}` is not a number"));
+        };
+        match key {
+            "te" => te = Some(weight),
+            "unet" => unet = Some(weight),
+            _ => {
+                return bad(format!(
+                    "{what}: unknown weight `{key}` (the Horde takes `te` and `unet`)"
+                ))
+            }
+        }
+    }
+    // As in A1111: the UNet weight defaults to the text-encoder weight.
+    let tag = LoraTag {
+        offset: at,
+        name: name.to_owned(),
+        model: unet.or(te),
+        clip: te,
+    };
+    Ok(Some((tag, 1 + kind.len() + 1 + end + 1)))
 }
 
 fn check_name(name: &str, offset: usize, what: &str) -> Result<(), TemplateProblem> {
@@ -363,16 +437,51 @@ mod tests {
         assert_eq!(offset("a {b|0.5::c}"), 8);
         assert_eq!(offset("a {b|c} __people/*__"), 8);
         assert_eq!(offset("{a|__x*__}"), 3);
-        assert_eq!(offset("x <lora:detail:0.8>"), 2);
+        assert_eq!(offset("x <lora:detail:0.8"), 2);
+        assert_eq!(offset("x <lora::0.8>"), 2);
+        assert_eq!(offset("x <lora:a:1:2:3>"), 2);
+        assert_eq!(offset("x <lora:a:dyn=3>"), 2);
+        assert_eq!(offset("x <lora:a:high>"), 2);
         assert_eq!(offset("{x|<LyCo:a>}"), 3);
         assert_eq!(offset("<hypernet:h:1>"), 0);
         assert_eq!(offset("a {${v}|b}"), 3);
-        let lora = parse("x <lora:detail:0.8>").unwrap_err();
-        assert!(
-            lora.help
-                .contains(r#"loras: [{name: "detail", model: 0.8, clip: 0.8}]"#),
-            "{}",
-            lora.help
+        let lora = parse("{x|<lora:detail:0.8>}").unwrap_err();
+        assert!(lora.help.contains("matrix: {loras:"), "{}", lora.help);
+    }
+
+    #[test]
+    fn lora_tags_are_parsed_like_a1111() {
+        let tags = |t: &str| -> Vec<(String, Option<f64>, Option<f64>)> {
+            parse(t)
+                .unwrap()
+                .into_iter()
+                .filter_map(|p| match p {
+                    Piece::Lora(tag) => Some((tag.name, tag.model, tag.clip)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            tags("<lora:a> <LORA:b:0.5> <lyco:c:0.5:1.5> <lora: d :te=0.2:unet=-1>"),
+            [
+                ("a".to_owned(), None, None),
+                ("b".to_owned(), Some(0.5), Some(0.5)),
+                ("c".to_owned(), Some(1.5), Some(0.5)),
+                ("d".to_owned(), Some(-1.0), Some(0.2)),
+            ]
+        );
+        assert_eq!(
+            parse("a <lora:x:1>, b").unwrap(),
+            vec![
+                Piece::Literal("a ".into()),
+                Piece::Lora(LoraTag {
+                    offset: 2,
+                    name: "x".into(),
+                    model: Some(1.0),
+                    clip: Some(1.0)
+                }),
+                Piece::Literal(", b".into()),
+            ]
         );
     }
 
