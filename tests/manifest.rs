@@ -266,6 +266,31 @@ jobs:
     );
 }
 
+/// Wildcard values are inserted as text, so syntax in a wildcard file is an
+/// error that names the file and line, not words sent to the Horde.
+#[test]
+fn syntax_in_wildcard_files_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("wildcards")).unwrap();
+    let file = dir.path().join("wildcards/style.txt");
+    std::fs::write(&file, "# styles\noil\n\n{2$$ink|chalk}\n").unwrap();
+    let text = "version: 1\nname: w\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'x __style__'}\n";
+    let error = compile_in(text, dir.path()).unwrap_err();
+    let problem = &error.problems()[0];
+    assert_eq!((problem.line, problem.column), (5, 26));
+    let place = format!(
+        "{}:4",
+        dir.path().join("wildcards").join("style.txt").display()
+    );
+    assert!(problem.message.contains(&place), "{}", problem.message);
+    assert!(problem
+        .message
+        .contains("not expanded inside wildcard values"));
+    // The same values without the syntax compile.
+    std::fs::write(&file, "oil\nink\n").unwrap();
+    assert_eq!(compile_in(text, dir.path()).unwrap().total_jobs(), 2);
+}
+
 /// sd-dynamic-prompts and A1111 syntax horde-batch does not implement is
 /// refused where it is written (line and column of the offending text), in
 /// the prompt and in the negative prompt, in every YAML scalar style.
@@ -588,6 +613,8 @@ fn error_messages() {
         ("stray closing brace", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a b} c'}\n"),
         ("variant in variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {b|{c|d}}'}\n"),
         ("variable in variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: 'a {${v}|b}'\n    matrix: {v: [x]}\n"),
+        ("variant in a wildcard value", "version: 1\nname: x\ndefaults: {models: [m]}\nwildcards: {c: [red, '{dark|light} blue']}\njobs:\n  - {name: a, prompt: 'a __c__ ball'}\n"),
+        ("lora tag in a matrix value", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: 'a ${style} ball'\n    matrix: {style: [plain, '<lora:glossy:0.7>']}\n"),
         ("prompt too long", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: '__w__'\nwildcards: {w: [LONG]}\n"),
     ];
     let long = "word ".repeat(7600);

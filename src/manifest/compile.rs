@@ -30,6 +30,7 @@ const MAX_IMAGES_PER_JOB: u32 = 100_000;
 const DEFAULT_FILENAME: &str = "{job}/{key}-{index}";
 /// Values one variant may take once the wildcards in its options are expanded.
 const MAX_VARIANT_VALUES: usize = 1_000_000;
+const VALUE_SYNTAX_HELP: &str = "wildcard and matrix values are inserted as text: write variants out as separate values, and LoRAs under `params.loras` (a `loras` matrix axis varies them)";
 const WILDCARD_HELP: &str =
     "define it under `wildcards:` in the manifest, or as a text file with one value per line";
 
@@ -330,7 +331,7 @@ pub fn compile(
 struct Context<'a> {
     file: &'a ManifestFile,
     problems: Vec<Problem>,
-    wildcard_cache: HashMap<String, Result<Arc<[String]>, String>>,
+    wildcard_cache: HashMap<String, Wildcard>,
 }
 
 impl Context<'_> {
@@ -777,7 +778,19 @@ impl Context<'_> {
                     )),
                 },
                 AxisKind::Text => match value {
-                    Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(value.clone()),
+                    Value::String(text) => match template::syntax_in_value(text) {
+                        None => Ok(value.clone()),
+                        Some(what) => {
+                            let problem = self
+                                .file
+                                .source
+                                .problem_at(&here, format!("matrix axis `{name}`: the value `{text}` holds {what}, which is not expanded inside matrix values"))
+                                .with_help(VALUE_SYNTAX_HELP);
+                            self.problems.push(problem);
+                            continue;
+                        }
+                    },
+                    Value::Number(_) | Value::Bool(_) => Ok(value.clone()),
                     other => Err(format!(
                         "expected a text value, found {}",
                         params::describe(other)
@@ -873,15 +886,9 @@ impl Context<'_> {
                                 .collect(),
                         });
                     }
-                    Err(message) => {
+                    Err((message, help)) => {
                         ok = false;
-                        self.problem_in_template(
-                            path,
-                            text,
-                            &format!("__{name}__"),
-                            message,
-                            WILDCARD_HELP,
-                        );
+                        self.problem_in_template(path, text, &format!("__{name}__"), message, help);
                     }
                 },
                 Piece::Variable(name) => match variables.get(name.as_str()) {
@@ -979,7 +986,7 @@ impl Context<'_> {
                 match piece {
                     Piece::Literal(text) => texts.iter_mut().for_each(|t| t.push_str(text)),
                     Piece::Wildcard(name) => {
-                        let words = self.wildcard(name).map_err(|m| (m, WILDCARD_HELP))?;
+                        let words = self.wildcard(name)?;
                         if texts.len().saturating_mul(words.len()) + values.len()
                             > MAX_VARIANT_VALUES
                         {
@@ -999,16 +1006,23 @@ impl Context<'_> {
         Ok(values)
     }
 
-    fn wildcard(&mut self, name: &str) -> Result<Arc<[String]>, String> {
+    fn wildcard(&mut self, name: &str) -> Wildcard {
         if let Some(cached) = self.wildcard_cache.get(name) {
             return cached.clone();
         }
         let manifest = &self.file.manifest;
         let result = if let Some(values) = manifest.wildcards.get(name) {
             if values.is_empty() {
-                Err(format!("wildcard `__{name}__` has no values"))
+                Err((
+                    format!("wildcard `__{name}__` has no values"),
+                    WILDCARD_HELP,
+                ))
             } else {
-                Ok(Arc::from(values.clone()))
+                let placed = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("`wildcards.{name}[{i}]`"), v.clone()));
+                plain_values(name, placed)
             }
         } else {
             let dir = self
@@ -1018,23 +1032,27 @@ impl Context<'_> {
             let file = dir.join(format!("{name}.txt"));
             match std::fs::read_to_string(&file) {
                 Ok(text) => {
-                    let values: Vec<String> = text
+                    let values: Vec<(String, String)> = text
                         .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(str::to_owned)
+                        .enumerate()
+                        .map(|(i, l)| (i, l.trim()))
+                        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+                        .map(|(i, l)| (format!("{}:{}", file.display(), i + 1), l.to_owned()))
                         .collect();
                     if values.is_empty() {
-                        Err(format!("wildcard file {} has no values", file.display()))
+                        Err((
+                            format!("wildcard file {} has no values", file.display()),
+                            WILDCARD_HELP,
+                        ))
                     } else {
-                        Ok(Arc::from(values))
+                        plain_values(name, values.into_iter())
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err((format!(
                     "wildcard `__{name}__` is not defined: no `wildcards.{name}` in the manifest and no file {}",
                     file.display()
-                )),
-                Err(e) => Err(format!("cannot read wildcard file {}: {e}", file.display())),
+                ), WILDCARD_HELP)),
+                Err(e) => Err((format!("cannot read wildcard file {}: {e}", file.display()), "")),
             }
         };
         self.wildcard_cache.insert(name.to_owned(), result.clone());
@@ -1081,6 +1099,26 @@ impl Context<'_> {
             self.problem(&path.key("prompt"), "the prompt contains `###`, which the Horde reads as the start of the negative prompt", "put the negative prompt under `negative:`");
         }
     }
+}
+
+/// A wildcard's values, or why it cannot be used (message and help).
+type Wildcard = Result<Arc<[String]>, (String, &'static str)>;
+
+/// Wildcard values (with where each was written), refused when one holds
+/// template syntax: values are inserted as text, so a `{a|b}` or a
+/// `<lora:…>` there would reach the Horde as words.
+fn plain_values(name: &str, values: impl Iterator<Item = (String, String)>) -> Wildcard {
+    let mut out = Vec::new();
+    for (place, value) in values {
+        if let Some(what) = template::syntax_in_value(&value) {
+            return Err((
+                format!("wildcard `__{name}__`: the value `{value}` ({place}) holds {what}, which is not expanded inside wildcard values"),
+                VALUE_SYNTAX_HELP,
+            ));
+        }
+        out.push(value);
+    }
+    Ok(Arc::from(out))
 }
 
 /// The spec of a manifest parameter, or why `name` is not one.

@@ -165,7 +165,10 @@ pub struct TimeoutsSpec {
 pub struct JobSpec {
     /// Unique name of the job (used in file names and results).
     pub name: String,
-    /// Prompt template: `{a|b}` variants, `__name__` wildcards, `${axis}` matrix variables.
+    /// Prompt template: `{a|b}` variants (options may hold `__name__` wildcards), `__name__`
+    /// wildcards, `${axis}` matrix variables, and A1111 `<lora:name:weight>` tags, which are
+    /// moved to `params.loras`. Unsupported syntax (`{2$$a|b}`, `{0.5::a|b}`, globs) is an
+    /// error; `\` escapes it.
     pub prompt: String,
     /// Negative prompt template (sent as `prompt ### negative`).
     #[serde(default)]

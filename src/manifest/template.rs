@@ -133,6 +133,21 @@ pub fn parse(text: &str) -> Result<Vec<Piece>, TemplateProblem> {
     Ok(pieces)
 }
 
+/// What template syntax `value` holds, if any (for values that are inserted
+/// as text: wildcard and matrix values). Escapes count as text.
+pub fn syntax_in_value(value: &str) -> Option<String> {
+    match parse(value) {
+        Err(problem) => Some(format!("template syntax ({})", problem.message)),
+        Ok(pieces) => pieces.iter().find_map(|piece| match piece {
+            Piece::Literal(_) => None,
+            Piece::Variant(_) => Some("a variant `{…}`".to_owned()),
+            Piece::Wildcard(name) => Some(format!("a wildcard `__{name}__`")),
+            Piece::Variable(name) => Some(format!("a variable `${{{name}}}`")),
+            Piece::Lora(_) => Some("a LoRA tag `<lora:…>`".to_owned()),
+        }),
+    }
+}
+
 fn flush(literal: &mut String, pieces: &mut Vec<Piece>) {
     if !literal.is_empty() {
         pieces.push(Piece::Literal(std::mem::take(literal)));
