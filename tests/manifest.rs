@@ -266,6 +266,56 @@ jobs:
     );
 }
 
+fn prompts(text: &str) -> Vec<String> {
+    compile_text(text)
+        .expect("manifest is valid")
+        .jobs()
+        .map(|j| j.prompt)
+        .collect()
+}
+
+fn one_job(prompt: &str) -> String {
+    format!("version: 1\nname: c\ndefaults: {{models: [m]}}\nwildcards: {{c: [r, b]}}\njobs:\n  - name: a\n    prompt: '{prompt}'\n")
+}
+
+/// sd-dynamic-prompts' combinations `{N$$…}`, `{N-M$$…}`, `{N$$sep$$…}`:
+/// every set of distinct options, in option order, like its combinatorial
+/// generator (itertools.combinations, then the options' wildcard values).
+#[test]
+fn combinations_expand_like_sd_dynamic_prompts() {
+    assert_eq!(
+        prompts(&one_job("a {2$$x|y|z}")),
+        ["a x, y", "a x, z", "a y, z"]
+    );
+    assert_eq!(
+        prompts(&one_job("{1-2$$x|y|z}")),
+        ["x", "y", "z", "x, y", "x, z", "y, z"]
+    );
+    assert_eq!(
+        prompts(&one_job("{2-$$x|y|z}")),
+        ["x, y", "x, z", "y, z", "x, y, z"]
+    );
+    assert_eq!(prompts(&one_job("{-1$$x|y}")), ["x", "y"]);
+    assert_eq!(
+        prompts(&one_job("{2$$ and $$x|y|z} cat")),
+        ["x and y cat", "x and z cat", "y and z cat"]
+    );
+    // Counts above the number of options stop at all of them.
+    assert_eq!(prompts(&one_job("{2-9$$x|y}")), ["x, y"]);
+    // A wildcard option is one slot; its values multiply out.
+    assert_eq!(prompts(&one_job("{2$$__c__|x}")), ["r, x", "b, x"]);
+    // A text repeated within one pick appears once; repeated results once.
+    assert_eq!(
+        prompts(&one_job("{2$$__c__|__c__}")),
+        ["r", "r, b", "b, r", "b"]
+    );
+    // Combinations are one axis among the others.
+    let compiled = compile_text(&one_job("{2$$x|y|z|w} {p|q} __c__")).unwrap();
+    assert_eq!(compiled.total_jobs(), 6 * 2 * 2);
+    let first: Vec<_> = compiled.jobs().take(3).map(|j| j.prompt).collect();
+    assert_eq!(first, ["x, y p r", "x, y p b", "x, y q r"]);
+}
+
 /// Wildcard values are inserted as text, so syntax in a wildcard file is an
 /// error that names the file and line, not words sent to the Horde.
 #[test]
@@ -299,9 +349,9 @@ fn unsupported_syntax_is_refused_at_its_position() {
     let head = "version: 1\nname: x\ndefaults: {models: [m]}\nwildcards: {c: [red]}\njobs:\n";
     let cases: &[(&str, (usize, usize), &str)] = &[
         (
-            "  - {name: a, prompt: 'a {2$$b|c|d}'}\n",
-            (6, 28),
-            "`$$` in a variant",
+            "  - {name: a, prompt: 'a {b|2$$c|d}'}\n",
+            (6, 30),
+            "`$$` inside a variant",
         ),
         (
             "  - {name: a, prompt: \"a {0.5::b|2::c}\"}\n",
@@ -359,9 +409,9 @@ fn unsupported_syntax_is_refused_at_its_position() {
             "a variant inside a variant",
         ),
         (
-            "  - name: a\n    prompt: |\n      first line\n      then {2$$b|c}\n",
-            (9, 14),
-            "`$$` in a variant",
+            "  - name: a\n    prompt: |\n      first line\n      then {b|2$$c}\n",
+            (9, 16),
+            "`$$` inside a variant",
         ),
         (
             "  - name: a\n    prompt: >\n      first line\n      then <hypernet:x>\n",
@@ -597,7 +647,9 @@ fn error_messages() {
         ("empty prompt", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: '{|}'}\n"),
         ("filename without key", "version: 1\nname: x\ndefaults: {models: [m]}\noutput: {filename: '{job}-{index}'}\njobs:\n  - {name: a, prompt: x}\n"),
         ("webhook", "version: 1\nname: x\ndefaults: {models: [m], request: {webhook: 'http://example.org/hook'}}\njobs:\n  - {name: a, prompt: x}\n"),
-        ("combination variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {2$$b|c|d}'}\n"),
+        ("combination larger than its variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {4$$b|c|d}'}\n"),
+        ("combination bounds reversed", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {3-1$$b|c|d}'}\n"),
+        ("dollars inside a variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {b|2$$c|d}'}\n"),
         ("weighted variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {0.5::b|2::c}'}\n"),
         ("lora tag in a variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat {<lora:detail_tweaker:0.8>|}'}\n"),
         ("lora tag in the negative", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat', negative: 'ugly <lora:bad:1>'}\n"),
@@ -657,6 +709,29 @@ proptest! {
         prop_assert_eq!(compiled.total_images(), expected as u64 * u64::from(images));
         let keys: std::collections::HashSet<_> = compiled.jobs().map(|j| j.key).collect();
         prop_assert_eq!(keys.len(), expected);
+    }
+
+    /// `{k$$…}` over n options gives C(n, k) jobs, and editing another job
+    /// changes none of its keys.
+    #[test]
+    fn combination_counts_are_binomial_and_keys_stable(
+        n in 1usize..7,
+        k in 1usize..7,
+        other in "[a-z]{1,8}",
+    ) {
+        let k = k.min(n);
+        let options: Vec<String> = (0..n).map(|i| format!("o{i}")).collect();
+        let text = |other: &str| format!(
+            "version: 1\nname: p\ndefaults: {{models: [m]}}\njobs:\n  - name: a\n    prompt: 'x {{{k}$${}}}'\n  - name: b\n    prompt: '{other} {{y|z}}'\n",
+            options.join("|")
+        );
+        let compiled = compile_text(&text(&other)).unwrap();
+        let binomial = (0..k).fold(1usize, |acc, i| acc * (n - i) / (i + 1));
+        prop_assert_eq!(compiled.jobs.first().map(|j| j.combinations), Some(binomial as u64));
+        let before = keys(&text(&other));
+        let after = keys(&text(&format!("{other}x")));
+        prop_assert_eq!(&before["a"], &after["a"]);
+        prop_assert_ne!(&before["b"], &after["b"]);
     }
 
     /// Arbitrary bytes never panic: either a manifest or a located error.

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::locate::YamlPath;
 use super::params::{self, BuiltIn, ParamSpec, BUILT_IN_DEFAULTS, PARAMS};
 use super::schema::{CensoredPolicy, JobSpec, RequestSpec, SeedsSpec};
-use super::template::{self, LoraTag, Piece};
+use super::template::{self, LoraTag, Pick, Piece};
 use super::{ManifestError, ManifestFile, Problem};
 
 /// Expansions larger than this are refused unless the user raises the limit.
@@ -852,6 +852,31 @@ impl Context<'_> {
                         }
                     }
                 }
+                Piece::Combination(pick, options) => match self.combination_values(&pick, &options)
+                {
+                    Ok(values) => {
+                        segments.push(Segment::Axis(axes.len()));
+                        axes.push(Axis {
+                            kind: AxisKind::Text,
+                            values: values
+                                .into_iter()
+                                .map(|text| AxisValue {
+                                    json: Value::from(text.as_str()),
+                                    text,
+                                })
+                                .collect(),
+                        });
+                    }
+                    Err((message, help)) => {
+                        ok = false;
+                        let problem = self
+                            .file
+                            .source
+                            .problem_in_scalar(path, text, pick.offset, message)
+                            .with_help(help);
+                        self.problems.push(problem);
+                    }
+                },
                 Piece::Variant(options) => match self.variant_values(&options) {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
@@ -972,6 +997,97 @@ impl Context<'_> {
         }
     }
 
+    /// The values of a combination `{N-M$$sep$$a|b|c}`, as sd-dynamic-prompts'
+    /// combinatorial generator makes them: for each count from N to M, each
+    /// set of that many distinct options in option order, and for an option
+    /// with wildcards each of its values (last option fastest); repeated
+    /// texts within one pick are dropped and repeated results are kept once.
+    fn combination_values(
+        &mut self,
+        pick: &Pick,
+        options: &[Vec<Piece>],
+    ) -> Result<Vec<String>, (String, &'static str)> {
+        let n = options.len();
+        let max = pick.max.unwrap_or(n);
+        let bounds = match pick.max {
+            Some(max) if max != pick.min => format!("{}-{max}", pick.min),
+            Some(_) => pick.min.to_string(),
+            None => format!("{}-", pick.min),
+        };
+        if max < pick.min {
+            return Err((
+                format!(
+                    "`{{{bounds}$$…}}` takes at least {} and at most {max} options",
+                    pick.min
+                ),
+                "write the smaller count first",
+            ));
+        }
+        if pick.min > n {
+            return Err((
+                format!(
+                    "`{{{bounds}$$…}}` takes {} distinct options but the variant has {n}",
+                    pick.min
+                ),
+                "add options or lower the count",
+            ));
+        }
+        let per_option = options
+            .iter()
+            .map(|option| self.variant_values(std::slice::from_ref(option)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let too_many = || {
+            (
+                format!("`{{{bounds}$$…}}` has more than {MAX_VARIANT_VALUES} combinations"),
+                "lower the count or split the options",
+            )
+        };
+        let mut values = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut steps = 0usize;
+        for k in pick.min..=max.min(n) {
+            // Index sets of size k in lexicographic order (like itertools.combinations).
+            let mut chosen: Vec<usize> = (0..k).collect();
+            loop {
+                // Every pick of one value per chosen option, last option fastest.
+                let mut digits = vec![0usize; k];
+                loop {
+                    steps += 1;
+                    if steps > MAX_VARIANT_VALUES {
+                        return Err(too_many());
+                    }
+                    let mut parts: Vec<&str> = Vec::with_capacity(k);
+                    for (slot, &option) in chosen.iter().enumerate() {
+                        let part = per_option[option][digits[slot]].as_str();
+                        if !parts.contains(&part) {
+                            parts.push(part);
+                        }
+                    }
+                    let value = parts.join(&pick.separator);
+                    if seen.insert(value.clone()) {
+                        values.push(value);
+                    }
+                    let Some(slot) = (0..k)
+                        .rev()
+                        .find(|&s| digits[s] + 1 < per_option[chosen[s]].len())
+                    else {
+                        break;
+                    };
+                    digits[slot] += 1;
+                    digits[slot + 1..].iter_mut().for_each(|d| *d = 0);
+                }
+                let Some(slot) = (0..k).rev().find(|&s| chosen[s] < n - k + s) else {
+                    break;
+                };
+                chosen[slot] += 1;
+                for next in slot + 1..k {
+                    chosen[next] = chosen[next - 1] + 1;
+                }
+            }
+        }
+        Ok(values)
+    }
+
     /// The values of a variant: each option in turn, an option holding
     /// wildcards giving one value per combination of their values (so
     /// `{__color__|green}` takes every colour, then `green`).
@@ -998,7 +1114,10 @@ impl Context<'_> {
                             .collect();
                     }
                     // The parser puts only text and wildcards in options.
-                    Piece::Variant(_) | Piece::Variable(_) | Piece::Lora(_) => {}
+                    Piece::Variant(_)
+                    | Piece::Combination(..)
+                    | Piece::Variable(_)
+                    | Piece::Lora(_) => {}
                 }
             }
             values.extend(texts);

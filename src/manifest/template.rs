@@ -25,6 +25,58 @@ pub enum Piece {
     Variable(String),
     /// `<lora:name:weights>`: a LoRA to request; it adds no text.
     Lora(LoraTag),
+    /// `{N$$a|b|c}`, `{N-M$$…}`, `{N$$sep$$…}`: sd-dynamic-prompts'
+    /// combinations of distinct options (options as in `Variant`).
+    Combination(Pick, Vec<Vec<Piece>>),
+}
+
+/// How many options a combination takes, and what joins them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    pub min: usize,
+    /// `None` for `{N-$$…}`: up to every option.
+    pub max: Option<usize>,
+    pub separator: String,
+    /// Byte offset of the `{`, for errors about the bounds.
+    pub offset: usize,
+}
+
+/// The prefix of a combination at `at` (just after its `{`): the pick and
+/// the bytes of the prefix, `None` when the variant has no `$$` prefix.
+fn combination_prefix(text: &str, at: usize, open: usize) -> Option<(Pick, usize)> {
+    let rest = &text[at..];
+    let end = rest.find("$$")?;
+    let bounds = &rest[..end];
+    if bounds.is_empty() || !bounds.chars().all(|c| c.is_ascii_digit() || c == '-') {
+        return None;
+    }
+    let number = |s: &str| s.parse::<usize>().ok();
+    let (min, max) = match bounds.split_once('-') {
+        None => (number(bounds)?, Some(number(bounds)?)),
+        Some(("", hi)) => (1, Some(number(hi)?)),
+        Some((lo, "")) => (number(lo)?, None),
+        Some((lo, hi)) => (number(lo)?, Some(number(hi)?)),
+    };
+    let mut consumed = end + 2;
+    let after = &rest[consumed..];
+    // A second `$$` before the first option ends gives the separator.
+    let option_end = after.find(['|', '}']).unwrap_or(after.len());
+    let separator = match after[..option_end].find("$$") {
+        Some(sep_end) => {
+            consumed += sep_end + 2;
+            after[..sep_end].to_owned()
+        }
+        None => ", ".to_owned(),
+    };
+    Some((
+        Pick {
+            min,
+            max,
+            separator,
+            offset: open,
+        },
+        consumed,
+    ))
 }
 
 /// An A1111 LoRA tag, `<lora:name>`, `<lora:name:w>` (text encoder and
@@ -76,9 +128,12 @@ pub fn parse(text: &str) -> Result<Vec<Piece>, TemplateProblem> {
             }
         }
         if rest.starts_with('{') {
-            let (options, consumed) = parse_variant(text, i)?;
+            let (pick, options, consumed) = parse_variant(text, i)?;
             flush(&mut literal, &mut pieces);
-            pieces.push(Piece::Variant(options));
+            pieces.push(match pick {
+                None => Piece::Variant(options),
+                Some(pick) => Piece::Combination(pick, options),
+            });
             i += consumed;
         } else if rest.starts_with('}') {
             return Err(TemplateProblem::new(
@@ -140,7 +195,7 @@ pub fn syntax_in_value(value: &str) -> Option<String> {
         Err(problem) => Some(format!("template syntax ({})", problem.message)),
         Ok(pieces) => pieces.iter().find_map(|piece| match piece {
             Piece::Literal(_) => None,
-            Piece::Variant(_) => Some("a variant `{…}`".to_owned()),
+            Piece::Variant(_) | Piece::Combination(..) => Some("a variant `{…}`".to_owned()),
             Piece::Wildcard(name) => Some(format!("a wildcard `__{name}__`")),
             Piece::Variable(name) => Some(format!("a variable `${{{name}}}`")),
             Piece::Lora(_) => Some("a LoRA tag `<lora:…>`".to_owned()),
@@ -154,11 +209,17 @@ fn flush(literal: &mut String, pieces: &mut Vec<Piece>) {
     }
 }
 
-fn parse_variant(text: &str, start: usize) -> Result<(Vec<Vec<Piece>>, usize), TemplateProblem> {
+type ParsedVariant = (Option<Pick>, Vec<Vec<Piece>>, usize);
+
+fn parse_variant(text: &str, start: usize) -> Result<ParsedVariant, TemplateProblem> {
     let mut options: Vec<Vec<Piece>> = Vec::new();
     let mut option: Vec<Piece> = Vec::new();
     let mut literal = String::new();
     let mut i = start + 1;
+    let pick = combination_prefix(text, i, start).map(|(pick, consumed)| {
+        i += consumed;
+        pick
+    });
     while i < text.len() {
         let rest = &text[i..];
         let c = rest.chars().next().unwrap_or('\0');
@@ -179,7 +240,7 @@ fn parse_variant(text: &str, start: usize) -> Result<(Vec<Vec<Piece>>, usize), T
             '}' => {
                 flush(&mut literal, &mut option);
                 options.push(option);
-                return Ok((options, i - start + 1));
+                return Ok((pick, options, i - start + 1));
             }
             '{' => {
                 return Err(TemplateProblem::new(
@@ -191,8 +252,8 @@ fn parse_variant(text: &str, start: usize) -> Result<(Vec<Vec<Piece>>, usize), T
             '$' if rest.starts_with("$$") => {
                 return Err(TemplateProblem::new(
                     i,
-                    "`$$` in a variant is sd-dynamic-prompts' combination syntax (`{2$$a|b|c}`), which horde-batch does not support",
-                    "use several variants or a matrix axis instead; write `\\$` for a literal `$`",
+                    "`$$` inside a variant: a combination's `N$$` or `N$$separator$$` comes first, as in `{2$$a|b|c}`",
+                    "write `\\$` for a literal `$`",
                 ))
             }
             '$' if rest.starts_with("${") => {
@@ -448,7 +509,8 @@ mod tests {
     #[test]
     fn unsupported_syntax_is_refused_where_it_is() {
         let offset = |t: &str| parse(t).unwrap_err().offset;
-        assert_eq!(offset("a {2$$b|c}"), 4);
+        assert_eq!(offset("a {b|2$$c}"), 6);
+        assert_eq!(offset("a {2$$b|c$$d}"), 9);
         assert_eq!(offset("a {b|0.5::c}"), 8);
         assert_eq!(offset("a {b|c} __people/*__"), 8);
         assert_eq!(offset("{a|__x*__}"), 3);
@@ -517,6 +579,31 @@ mod tests {
         assert_eq!(
             parse("a < b: c, 4__k, x__y z__, ::, $$").unwrap(),
             vec![Piece::Literal("a < b: c, 4__k, x__y z__, ::, $$".into())]
+        );
+    }
+
+    #[test]
+    fn combination_prefixes() {
+        let pick = |t: &str| match parse(t).unwrap().remove(0) {
+            Piece::Combination(pick, options) => {
+                (pick.min, pick.max, pick.separator, options.len())
+            }
+            other => panic!("not a combination: {other:?}"),
+        };
+        assert_eq!(pick("{2$$a|b|c}"), (2, Some(2), ", ".into(), 3));
+        assert_eq!(pick("{1-3$$a|b|c}"), (1, Some(3), ", ".into(), 3));
+        assert_eq!(pick("{-2$$a|b}"), (1, Some(2), ", ".into(), 2));
+        assert_eq!(pick("{2-$$a|b}"), (2, None, ", ".into(), 2));
+        assert_eq!(pick("{2$$ and $$a|b|c}"), (2, Some(2), " and ".into(), 3));
+        assert_eq!(pick("{2$$$$a|b}"), (2, Some(2), "".into(), 2));
+        // Not a count: an ordinary variant whose `$$` is refused.
+        assert!(parse("{x$$a|b}").is_err());
+        assert_eq!(
+            parse(r"{2\$\$a|b}").unwrap(),
+            vec![Piece::Variant(vec![
+                vec![Piece::Literal("2$$a".into())],
+                vec![Piece::Literal("b".into())]
+            ])]
         );
     }
 
