@@ -316,6 +316,49 @@ fn combinations_expand_like_sd_dynamic_prompts() {
     assert_eq!(first, ["x, y p r", "x, y p b", "x, y q r"]);
 }
 
+/// Weighted variants `{0.5::a|2::b}`: every option once in combinatorial
+/// mode (weights change no prompt and no key); in random mode (`sample:`)
+/// options are drawn by weight, reproducibly from `sample_seed`.
+#[test]
+fn weighted_variants_steer_only_random_mode() {
+    assert_eq!(prompts(&one_job("{0.5::x|2::y|z}")), ["x", "y", "z"]);
+    assert_eq!(keys(&one_job("{0.5::x|2::y|z}")), keys(&one_job("{x|y|z}")));
+    // In a combination, weights are ignored.
+    assert_eq!(prompts(&one_job("{2$$3::x|y|z}")), ["x, y", "x, z", "y, z"]);
+    // A weighted option with a wildcard shares its weight among the values.
+    assert_eq!(prompts(&one_job("{3::__c__|x}")), ["r", "b", "x"]);
+
+    let numbers: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+    let sampled = |weights: &str, seed: u64| -> Vec<String> {
+        let text = format!(
+            "version: 1\nname: s\ndefaults: {{models: [m]}}\nwildcards: {{n: [{}]}}\njobs:\n  - name: a\n    prompt: '{weights} __n__'\n    sample: 100\n    sample_seed: {seed}\n",
+            numbers.join(", ")
+        );
+        prompts(&text)
+    };
+    let heavy = sampled("{99::heavy|1::light}", 7);
+    assert_eq!(heavy.len(), 100);
+    let with_heavy = heavy.iter().filter(|p| p.starts_with("heavy")).count();
+    assert!(
+        with_heavy >= 90,
+        "{with_heavy} of 100 picked the 99:1 option"
+    );
+    let distinct: std::collections::HashSet<_> = heavy.iter().collect();
+    assert_eq!(distinct.len(), 100);
+    assert_eq!(
+        heavy,
+        sampled("{99::heavy|1::light}", 7),
+        "same seed, same pick"
+    );
+    assert_ne!(heavy, sampled("{99::heavy|1::light}", 8));
+    // Weight 0: never drawn while other combinations remain.
+    assert!(sampled("{0::never|1::always}", 3)
+        .iter()
+        .all(|p| p.starts_with("always")));
+    // Even weights keep the uniform pick (and its results) unchanged.
+    assert_eq!(sampled("{2::a|2::b}", 5), sampled("{a|b}", 5));
+}
+
 /// Wildcard values are inserted as text, so syntax in a wildcard file is an
 /// error that names the file and line, not words sent to the Horde.
 #[test]
@@ -354,9 +397,9 @@ fn unsupported_syntax_is_refused_at_its_position() {
             "`$$` inside a variant",
         ),
         (
-            "  - {name: a, prompt: \"a {0.5::b|2::c}\"}\n",
-            (6, 30),
-            "`::` in a variant",
+            "  - {name: a, prompt: \"a {b|c 2::d}\"}\n",
+            (6, 32),
+            "`::` inside a variant option",
         ),
         (
             "  - {name: a, prompt: '{cat|<lora:detail:0.8>}'}\n",
@@ -419,9 +462,9 @@ fn unsupported_syntax_is_refused_at_its_position() {
             "`<hypernet:…>`",
         ),
         (
-            "  - name: a\n    prompt: first\n      then {1::b}\n",
-            (8, 14),
-            "`::` in a variant",
+            "  - name: a\n    prompt: first\n      then {b 1::c}\n",
+            (8, 16),
+            "`::` inside a variant option",
         ),
     ];
     for (job, (line, column), message) in cases {
@@ -650,7 +693,8 @@ fn error_messages() {
         ("combination larger than its variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {4$$b|c|d}'}\n"),
         ("combination bounds reversed", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {3-1$$b|c|d}'}\n"),
         ("dollars inside a variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {b|2$$c|d}'}\n"),
-        ("weighted variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {0.5::b|2::c}'}\n"),
+        ("colons inside a variant option", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {0.5::b|c 2::d}'}\n"),
+        ("every weight zero", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {0::b|0.0::c}'}\n"),
         ("lora tag in a variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat {<lora:detail_tweaker:0.8>|}'}\n"),
         ("lora tag in the negative", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat', negative: 'ugly <lora:bad:1>'}\n"),
         ("lora tag weight", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat <lora:detail:7>'}\n"),

@@ -110,6 +110,9 @@ impl Seeds {
 pub(crate) struct AxisValue {
     pub text: String,
     pub json: Value,
+    /// Relative weight in random mode (`sample:`); 1 unless a variant option
+    /// says `w::`.
+    pub weight: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -801,6 +804,7 @@ impl Context<'_> {
                 Ok(json) => axis_values.push(AxisValue {
                     text: value_text(&json),
                     json,
+                    weight: 1.0,
                 }),
                 Err(message) => self.problem(&here, format!("matrix axis `{name}`: {message}"), ""),
             }
@@ -838,6 +842,8 @@ impl Context<'_> {
         for piece in pieces {
             match piece {
                 Piece::Literal(text) => segments.push(Segment::Text(text)),
+                // Only inside variant options.
+                Piece::Weight(_) => {}
                 Piece::Lora(tag) => {
                     match lora_tags.as_deref_mut() {
                         Some(tags) => tags.push(tag),
@@ -863,6 +869,7 @@ impl Context<'_> {
                                 .map(|text| AxisValue {
                                     json: Value::from(text.as_str()),
                                     text,
+                                    weight: 1.0,
                                 })
                                 .collect(),
                         });
@@ -884,9 +891,10 @@ impl Context<'_> {
                             kind: AxisKind::Text,
                             values: values
                                 .into_iter()
-                                .map(|text| AxisValue {
+                                .map(|(text, weight)| AxisValue {
                                     json: Value::from(text.as_str()),
                                     text,
+                                    weight,
                                 })
                                 .collect(),
                         });
@@ -907,6 +915,7 @@ impl Context<'_> {
                                 .map(|v| AxisValue {
                                     text: v.clone(),
                                     json: Value::from(v.as_str()),
+                                    weight: 1.0,
                                 })
                                 .collect(),
                         });
@@ -1034,7 +1043,10 @@ impl Context<'_> {
         }
         let per_option = options
             .iter()
-            .map(|option| self.variant_values(std::slice::from_ref(option)))
+            .map(|option| {
+                self.variant_values(std::slice::from_ref(option))
+                    .map(|values| values.into_iter().map(|(text, _)| text).collect::<Vec<_>>())
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let too_many = || {
             (
@@ -1094,13 +1106,15 @@ impl Context<'_> {
     fn variant_values(
         &mut self,
         options: &[Vec<Piece>],
-    ) -> Result<Vec<String>, (String, &'static str)> {
+    ) -> Result<Vec<(String, f64)>, (String, &'static str)> {
         let mut values = Vec::new();
         for option in options {
             let mut texts = vec![String::new()];
+            let mut weight = 1.0;
             for piece in option {
                 match piece {
                     Piece::Literal(text) => texts.iter_mut().for_each(|t| t.push_str(text)),
+                    Piece::Weight(w) => weight = *w,
                     Piece::Wildcard(name) => {
                         let words = self.wildcard(name)?;
                         if texts.len().saturating_mul(words.len()) + values.len()
@@ -1113,14 +1127,23 @@ impl Context<'_> {
                             .flat_map(|t| words.iter().map(move |w| format!("{t}{w}")))
                             .collect();
                     }
-                    // The parser puts only text and wildcards in options.
+                    // The parser puts only text, wildcards and a weight in options.
                     Piece::Variant(_)
                     | Piece::Combination(..)
                     | Piece::Variable(_)
                     | Piece::Lora(_) => {}
                 }
             }
-            values.extend(texts);
+            // As in sd-dynamic-prompts' random mode: the option is picked by
+            // its weight, then one of its values evenly.
+            let share = weight / texts.len() as f64;
+            values.extend(texts.into_iter().map(|t| (t, share)));
+        }
+        if values.iter().all(|(_, w)| *w == 0.0) {
+            return Err((
+                "every option of the variant has weight `0::`".to_owned(),
+                "give at least one option a weight above 0",
+            ));
         }
         Ok(values)
     }

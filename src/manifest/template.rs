@@ -28,6 +28,27 @@ pub enum Piece {
     /// `{N$$a|b|c}`, `{N-M$$…}`, `{N$$sep$$…}`: sd-dynamic-prompts'
     /// combinations of distinct options (options as in `Variant`).
     Combination(Pick, Vec<Vec<Piece>>),
+    /// `0.5::` at the start of a variant option: its weight in random mode.
+    /// Only ever the first piece of an option.
+    Weight(f64),
+}
+
+/// A `weight::` prefix at the start of a variant option: the weight and the
+/// bytes it spans (leading spaces included).
+fn option_weight(rest: &str) -> Option<(f64, usize)> {
+    let trimmed = rest.trim_start_matches(' ');
+    let digits = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let after = trimmed[digits..].trim_start_matches(' ');
+    if digits == 0 || !after.starts_with("::") {
+        return None;
+    }
+    let weight = trimmed[..digits]
+        .parse::<f64>()
+        .ok()
+        .filter(|w| w.is_finite())?;
+    Some((weight, rest.len() - after.len() + 2))
 }
 
 /// How many options a combination takes, and what joins them.
@@ -195,7 +216,9 @@ pub fn syntax_in_value(value: &str) -> Option<String> {
         Err(problem) => Some(format!("template syntax ({})", problem.message)),
         Ok(pieces) => pieces.iter().find_map(|piece| match piece {
             Piece::Literal(_) => None,
-            Piece::Variant(_) | Piece::Combination(..) => Some("a variant `{…}`".to_owned()),
+            Piece::Variant(_) | Piece::Combination(..) | Piece::Weight(_) => {
+                Some("a variant `{…}`".to_owned())
+            }
             Piece::Wildcard(name) => Some(format!("a wildcard `__{name}__`")),
             Piece::Variable(name) => Some(format!("a variable `${{{name}}}`")),
             Piece::Lora(_) => Some("a LoRA tag `<lora:…>`".to_owned()),
@@ -220,8 +243,16 @@ fn parse_variant(text: &str, start: usize) -> Result<ParsedVariant, TemplateProb
         i += consumed;
         pick
     });
+    let mut option_start = true;
     while i < text.len() {
         let rest = &text[i..];
+        if std::mem::take(&mut option_start) {
+            if let Some((weight, consumed)) = option_weight(rest) {
+                option.push(Piece::Weight(weight));
+                i += consumed;
+                continue;
+            }
+        }
         let c = rest.chars().next().unwrap_or('\0');
         match c {
             '\\' => {
@@ -236,6 +267,7 @@ fn parse_variant(text: &str, start: usize) -> Result<ParsedVariant, TemplateProb
             '|' => {
                 flush(&mut literal, &mut option);
                 options.push(std::mem::take(&mut option));
+                option_start = true;
             }
             '}' => {
                 flush(&mut literal, &mut option);
@@ -266,8 +298,8 @@ fn parse_variant(text: &str, start: usize) -> Result<ParsedVariant, TemplateProb
             ':' if rest.starts_with("::") => {
                 return Err(TemplateProblem::new(
                     i,
-                    "`::` in a variant is sd-dynamic-prompts' weighted-variant syntax (`{0.5::a|2::b}`), which horde-batch does not support",
-                    "every option is used once; write `\\:` for a literal `:`",
+                    "`::` inside a variant option: a weight comes first and is a number, as in `{0.5::a|2::b}`",
+                    "write `\\:` for a literal `:`",
                 ))
             }
             '_' if rest.starts_with("__") => {
@@ -511,7 +543,8 @@ mod tests {
         let offset = |t: &str| parse(t).unwrap_err().offset;
         assert_eq!(offset("a {b|2$$c}"), 6);
         assert_eq!(offset("a {2$$b|c$$d}"), 9);
-        assert_eq!(offset("a {b|0.5::c}"), 8);
+        assert_eq!(offset("a {b|c 0.5::c}"), 10);
+        assert_eq!(offset("a {b|-1::c}"), 7);
         assert_eq!(offset("a {b|c} __people/*__"), 8);
         assert_eq!(offset("{a|__x*__}"), 3);
         assert_eq!(offset("x <lora:detail:0.8"), 2);
@@ -579,6 +612,19 @@ mod tests {
         assert_eq!(
             parse("a < b: c, 4__k, x__y z__, ::, $$").unwrap(),
             vec![Piece::Literal("a < b: c, 4__k, x__y z__, ::, $$".into())]
+        );
+    }
+
+    #[test]
+    fn option_weights() {
+        assert_eq!(
+            parse("{0.5::a| 2 :: b|c|.25::}").unwrap(),
+            vec![Piece::Variant(vec![
+                vec![Piece::Weight(0.5), Piece::Literal("a".into())],
+                vec![Piece::Weight(2.0), Piece::Literal(" b".into())],
+                vec![Piece::Literal("c".into())],
+                vec![Piece::Weight(0.25)],
+            ])]
         );
     }
 
