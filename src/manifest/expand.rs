@@ -3,7 +3,8 @@
 //! Combinations are enumerated like nested loops over the axes in the order
 //! they were written (matrix axes, then the prompt's variants and wildcards),
 //! the last axis varying fastest; random mode picks distinct combinations with
-//! a seeded generator and keeps them in that same order. A job's key is a hash
+//! a seeded generator (uniformly, or by the variant options' weights) and
+//! keeps them in that same order. A job's key is a hash
 //! of its resolved content (job name, prompts, models, parameters, request
 //! flags, seed policy), so reordering mapping keys or reformatting the YAML
 //! changes no key and editing one job changes only that job's keys. The image

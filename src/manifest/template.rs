@@ -1,15 +1,15 @@
-//! Prompt templates: literal text with `{a|b|c}` variants, `__name__`
-//! wildcards and `${name}` matrix variables (the sd-dynamic-prompts syntax,
-//! combinatorial). This module only parses; it does not know where wildcard
-//! values come from or how combinations are enumerated.
+//! Prompt templates: literal text with `{a|b|c}` variants (options may hold
+//! wildcards and a leading `0.5::` weight), `{N-M$$sep$$a|b|c}` combinations,
+//! `__name__` wildcards and `${name}` matrix variables (the sd-dynamic-prompts
+//! syntax, combinatorial). This module only parses; it does not know where
+//! wildcard values come from or how combinations are enumerated.
 //!
 //! A1111's `<lora:name:0.8>` (and `<lyco:…>`) tags outside variants are
 //! parsed into `Piece::Lora`, for the caller to move into `params.loras`.
-//! Text that looks like template syntax horde-batch does not implement
-//! (sd-dynamic-prompts' `{2$$a|b}` and `{0.5::a|2::b}`, wildcard globs,
-//! LoRA tags inside variants, `<hypernet:…>`, unbalanced braces) is refused
-//! with its offset, never passed through: the Horde would read it as prompt
-//! words.
+//! Text that looks like template syntax but is not what horde-batch
+//! implements (`$$` or `::` elsewhere in a variant, wildcard globs, LoRA tags
+//! inside variants, `<hypernet:…>`, unbalanced braces) is refused with its
+//! offset, never passed through: the Horde would read it as prompt words.
 
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq)]
