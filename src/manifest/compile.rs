@@ -5,7 +5,9 @@
 //! wildcards (inline or files beside the manifest), matrix axes and ranges,
 //! seeds, and the expansion limit. All problems are collected, not just the
 //! first. The result holds, per job, the axes to combine and the resolved
-//! defaults; `expand` turns that into jobs. Reads wildcard files; nothing else.
+//! defaults; `expand` turns that into jobs. A1111 `<lora:…>` tags in a prompt
+//! are moved into the job's `loras` parameter here, so they are part of the
+//! job keys. Reads wildcard files; nothing else.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
