@@ -220,6 +220,340 @@ jobs:
 }
 
 #[test]
+fn wildcards_inside_variants_expand_option_by_option() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("wildcards/people")).unwrap();
+    std::fs::write(
+        dir.path().join("wildcards/people/artists.txt"),
+        "Monet\nKlimt\n",
+    )
+    .unwrap();
+    let text = r#"
+version: 1
+name: w
+defaults: {models: [m]}
+wildcards: {color: [red, blue]}
+jobs:
+  - name: a
+    prompt: "a {__color__ ball|green cube|__color__ __color__ kite} by {__people/artists__|nobody}"
+"#;
+    let compiled = compile_in(text, dir.path()).unwrap();
+    let prompts: Vec<_> = compiled.jobs().map(|j| j.prompt).collect();
+    let shapes = [
+        "red ball",
+        "blue ball",
+        "green cube",
+        "red red kite",
+        "red blue kite",
+        "blue red kite",
+        "blue blue kite",
+    ];
+    let expected: Vec<String> = shapes
+        .iter()
+        .flat_map(|s| ["Monet", "Klimt", "nobody"].map(|by| format!("a {s} by {by}")))
+        .collect();
+    assert_eq!(prompts, expected);
+    assert_eq!(compiled.total_jobs(), 21);
+    let keys: std::collections::HashSet<_> = compiled.jobs().map(|j| j.key).collect();
+    assert_eq!(keys.len(), 21);
+
+    // An undefined wildcard inside a variant is an error, not text.
+    let text = text.replace("__people/artists__", "__people/painters__");
+    let error = compile_in(&text, dir.path()).unwrap_err().to_string();
+    assert!(
+        error.contains("wildcard `__people/painters__` is not defined"),
+        "{error}"
+    );
+}
+
+fn prompts(text: &str) -> Vec<String> {
+    compile_text(text)
+        .expect("manifest is valid")
+        .jobs()
+        .map(|j| j.prompt)
+        .collect()
+}
+
+fn one_job(prompt: &str) -> String {
+    format!("version: 1\nname: c\ndefaults: {{models: [m]}}\nwildcards: {{c: [r, b]}}\njobs:\n  - name: a\n    prompt: '{prompt}'\n")
+}
+
+/// sd-dynamic-prompts' combinations `{N$$…}`, `{N-M$$…}`, `{N$$sep$$…}`:
+/// every set of distinct options, in option order, like its combinatorial
+/// generator (itertools.combinations, then the options' wildcard values).
+#[test]
+fn combinations_expand_like_sd_dynamic_prompts() {
+    assert_eq!(
+        prompts(&one_job("a {2$$x|y|z}")),
+        ["a x, y", "a x, z", "a y, z"]
+    );
+    assert_eq!(
+        prompts(&one_job("{1-2$$x|y|z}")),
+        ["x", "y", "z", "x, y", "x, z", "y, z"]
+    );
+    assert_eq!(
+        prompts(&one_job("{2-$$x|y|z}")),
+        ["x, y", "x, z", "y, z", "x, y, z"]
+    );
+    assert_eq!(prompts(&one_job("{-1$$x|y}")), ["x", "y"]);
+    assert_eq!(
+        prompts(&one_job("{2$$ and $$x|y|z} cat")),
+        ["x and y cat", "x and z cat", "y and z cat"]
+    );
+    // Counts above the number of options stop at all of them.
+    assert_eq!(prompts(&one_job("{2-9$$x|y}")), ["x, y"]);
+    // A wildcard option is one slot; its values multiply out.
+    assert_eq!(prompts(&one_job("{2$$__c__|x}")), ["r, x", "b, x"]);
+    // A text repeated within one pick appears once; repeated results once.
+    assert_eq!(
+        prompts(&one_job("{2$$__c__|__c__}")),
+        ["r", "r, b", "b, r", "b"]
+    );
+    // Combinations are one axis among the others.
+    let compiled = compile_text(&one_job("{2$$x|y|z|w} {p|q} __c__")).unwrap();
+    assert_eq!(compiled.total_jobs(), 6 * 2 * 2);
+    let first: Vec<_> = compiled.jobs().take(3).map(|j| j.prompt).collect();
+    assert_eq!(first, ["x, y p r", "x, y p b", "x, y q r"]);
+}
+
+/// Weighted variants `{0.5::a|2::b}`: every option once in combinatorial
+/// mode (weights change no prompt and no key); in random mode (`sample:`)
+/// options are drawn by weight, reproducibly from `sample_seed`.
+#[test]
+fn weighted_variants_steer_only_random_mode() {
+    assert_eq!(prompts(&one_job("{0.5::x|2::y|z}")), ["x", "y", "z"]);
+    assert_eq!(keys(&one_job("{0.5::x|2::y|z}")), keys(&one_job("{x|y|z}")));
+    // In a combination, weights are ignored.
+    assert_eq!(prompts(&one_job("{2$$3::x|y|z}")), ["x, y", "x, z", "y, z"]);
+    // A weighted option with a wildcard shares its weight among the values.
+    assert_eq!(prompts(&one_job("{3::__c__|x}")), ["r", "b", "x"]);
+
+    let numbers: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+    let sampled = |weights: &str, seed: u64| -> Vec<String> {
+        let text = format!(
+            "version: 1\nname: s\ndefaults: {{models: [m]}}\nwildcards: {{n: [{}]}}\njobs:\n  - name: a\n    prompt: '{weights} __n__'\n    sample: 100\n    sample_seed: {seed}\n",
+            numbers.join(", ")
+        );
+        prompts(&text)
+    };
+    let heavy = sampled("{99::heavy|1::light}", 7);
+    assert_eq!(heavy.len(), 100);
+    let with_heavy = heavy.iter().filter(|p| p.starts_with("heavy")).count();
+    assert!(
+        with_heavy >= 90,
+        "{with_heavy} of 100 picked the 99:1 option"
+    );
+    let distinct: std::collections::HashSet<_> = heavy.iter().collect();
+    assert_eq!(distinct.len(), 100);
+    assert_eq!(
+        heavy,
+        sampled("{99::heavy|1::light}", 7),
+        "same seed, same pick"
+    );
+    assert_ne!(heavy, sampled("{99::heavy|1::light}", 8));
+    // Weight 0: never drawn while other combinations remain.
+    assert!(sampled("{0::never|1::always}", 3)
+        .iter()
+        .all(|p| p.starts_with("always")));
+    // Even weights keep the uniform pick (and its results) unchanged.
+    assert_eq!(sampled("{2::a|2::b}", 5), sampled("{a|b}", 5));
+}
+
+/// Wildcard values are inserted as text, so syntax in a wildcard file is an
+/// error that names the file and line, not words sent to the Horde.
+#[test]
+fn syntax_in_wildcard_files_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("wildcards")).unwrap();
+    let file = dir.path().join("wildcards/style.txt");
+    std::fs::write(&file, "# styles\noil\n\n{2$$ink|chalk}\n").unwrap();
+    let text = "version: 1\nname: w\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'x __style__'}\n";
+    let error = compile_in(text, dir.path()).unwrap_err();
+    let problem = &error.problems()[0];
+    assert_eq!((problem.line, problem.column), (5, 26));
+    let place = format!(
+        "{}:4",
+        dir.path().join("wildcards").join("style.txt").display()
+    );
+    assert!(problem.message.contains(&place), "{}", problem.message);
+    assert!(problem
+        .message
+        .contains("not expanded inside wildcard values"));
+    // The same values without the syntax compile.
+    std::fs::write(&file, "oil\nink\n").unwrap();
+    assert_eq!(compile_in(text, dir.path()).unwrap().total_jobs(), 2);
+}
+
+/// sd-dynamic-prompts and A1111 syntax horde-batch does not implement is
+/// refused where it is written (line and column of the offending text), in
+/// the prompt and in the negative prompt, in every YAML scalar style.
+#[test]
+fn unsupported_syntax_is_refused_at_its_position() {
+    let head = "version: 1\nname: x\ndefaults: {models: [m]}\nwildcards: {c: [red]}\njobs:\n";
+    let cases: &[(&str, (usize, usize), &str)] = &[
+        (
+            "  - {name: a, prompt: 'a {b|2$$c|d}'}\n",
+            (6, 30),
+            "`$$` inside a variant",
+        ),
+        (
+            "  - {name: a, prompt: \"a {b|c 2::d}\"}\n",
+            (6, 32),
+            "`::` inside a variant option",
+        ),
+        (
+            "  - {name: a, prompt: '{cat|<lora:detail:0.8>}'}\n",
+            (6, 29),
+            "`<lora:…>` inside a variant",
+        ),
+        (
+            "  - {name: a, prompt: 'cat <lora:detail:9>'}\n",
+            (6, 28),
+            "LoRA tag `detail`: `model` must be a number from -5 to 5",
+        ),
+        (
+            "  - {name: a, prompt: cat, negative: 'ugly <lyco:x:1>'}\n",
+            (6, 44),
+            "a LoRA tag in the negative prompt",
+        ),
+        (
+            "  - {name: a, prompt: 'x <hypernet:h:1>'}\n",
+            (6, 26),
+            "`<hypernet:…>`",
+        ),
+        (
+            "  - {name: a, prompt: 'by __people/*__'}\n",
+            (6, 27),
+            "wildcard glob",
+        ),
+        (
+            "  - {name: a, prompt: '{__c__|__c*__}'}\n",
+            (6, 31),
+            "wildcard glob",
+        ),
+        (
+            "  - {name: a, prompt: 'a __x.y__'}\n",
+            (6, 26),
+            "not a valid wildcard name",
+        ),
+        (
+            "  - {name: a, prompt: 'a {b|c'}\n",
+            (6, 26),
+            "`{` without a closing `}`",
+        ),
+        (
+            "  - {name: a, prompt: 'a b} c'}\n",
+            (6, 27),
+            "`}` without a matching `{`",
+        ),
+        (
+            "  - {name: a, prompt: 'a {b|{c}}'}\n",
+            (6, 29),
+            "a variant inside a variant",
+        ),
+        (
+            "  - name: a\n    prompt: |\n      first line\n      then {b|2$$c}\n",
+            (9, 16),
+            "`$$` inside a variant",
+        ),
+        (
+            "  - name: a\n    prompt: >\n      first line\n      then <hypernet:x>\n",
+            (9, 12),
+            "`<hypernet:…>`",
+        ),
+        (
+            "  - name: a\n    prompt: first\n      then {b 1::c}\n",
+            (8, 16),
+            "`::` inside a variant option",
+        ),
+    ];
+    for (job, (line, column), message) in cases {
+        let problems = problems(&format!("{head}{job}"));
+        assert_eq!(problems.len(), 1, "{job}: {problems:?}");
+        let expected = format!("test.yaml:{line}:{column}: ");
+        assert!(
+            problems[0].starts_with(&expected) && problems[0].contains(message),
+            "{job}: expected {expected}…{message}…, got {}",
+            problems[0]
+        );
+    }
+}
+
+/// A1111 LoRA tags in the prompt become `params.loras` (after the LoRAs the
+/// parameters name) and leave the prompt; the job key is the key of the same
+/// job written with `params.loras`.
+#[test]
+fn lora_tags_become_the_loras_parameter() {
+    let tagged = r#"
+version: 1
+name: l
+defaults: {models: [m], params: {loras: [{name: base, model: 1}]}}
+jobs:
+  - name: a
+    prompt: "a {cat|dog}, <lora:detail:0.8> detailed <LyCo:style:0.5:1.5>"
+"#;
+    let explicit = r#"
+version: 1
+name: l
+defaults: {models: [m]}
+jobs:
+  - name: a
+    prompt: "a {cat|dog}, detailed"
+    params:
+      loras:
+        - {name: base, model: 1}
+        - {name: detail, model: 0.8, clip: 0.8}
+        - {name: style, model: 1.5, clip: 0.5}
+"#;
+    let compiled = compile_text(tagged).unwrap();
+    let jobs: Vec<_> = compiled.jobs().collect();
+    assert_eq!(
+        jobs.iter().map(|j| j.prompt.as_str()).collect::<Vec<_>>(),
+        ["a cat, detailed", "a dog, detailed"]
+    );
+    assert_eq!(
+        jobs[0].params["loras"],
+        serde_json::json!([
+            {"name": "base", "model": 1.0},
+            {"name": "detail", "model": 0.8, "clip": 0.8},
+            {"name": "style", "model": 1.5, "clip": 0.5},
+        ])
+    );
+    assert_eq!(keys(tagged), keys(explicit));
+    // The LoRAs are part of the key: another weight, other keys.
+    assert_ne!(
+        keys(tagged),
+        keys(&tagged.replace("detail:0.8", "detail:0.7"))
+    );
+}
+
+/// The escapes send text that looks like template syntax as it is.
+#[test]
+fn escapes_send_template_syntax_as_text() {
+    let text = r#"
+version: 1
+name: e
+defaults: {models: [m]}
+jobs:
+  - name: a
+    prompt: 'a \<lora:x:1> \{2\$\$b\} {0.5\:\:c|\<lyco:d>} \_\_p/*\_\_ $\{v\}'
+    negative: 'x\:\:y \}'
+"#;
+    let prompts: Vec<_> = compile_text(text)
+        .unwrap()
+        .jobs()
+        .map(|j| j.wire_prompt())
+        .collect();
+    assert_eq!(
+        prompts,
+        [
+            "a <lora:x:1> {2$$b} 0.5::c __p/*__ ${v} ### x::y }",
+            "a <lora:x:1> {2$$b} <lyco:d> __p/*__ ${v} ### x::y }",
+        ]
+    );
+}
+
+#[test]
 fn sampling_is_seeded_distinct_and_capped() {
     let text = r#"
 version: 1
@@ -356,6 +690,27 @@ fn error_messages() {
         ("empty prompt", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: '{|}'}\n"),
         ("filename without key", "version: 1\nname: x\ndefaults: {models: [m]}\noutput: {filename: '{job}-{index}'}\njobs:\n  - {name: a, prompt: x}\n"),
         ("webhook", "version: 1\nname: x\ndefaults: {models: [m], request: {webhook: 'http://example.org/hook'}}\njobs:\n  - {name: a, prompt: x}\n"),
+        ("combination larger than its variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {4$$b|c|d}'}\n"),
+        ("combination bounds reversed", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {3-1$$b|c|d}'}\n"),
+        ("dollars inside a variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {b|2$$c|d}'}\n"),
+        ("colons inside a variant option", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {0.5::b|c 2::d}'}\n"),
+        ("every weight zero", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {0::b|0.0::c}'}\n"),
+        ("lora tag in a variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat {<lora:detail_tweaker:0.8>|}'}\n"),
+        ("lora tag in the negative", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat', negative: 'ugly <lora:bad:1>'}\n"),
+        ("lora tag weight", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat <lora:detail:7>'}\n"),
+        ("lora tag twice", "version: 1\nname: x\ndefaults: {models: [m], params: {loras: [{name: detail}]}}\njobs:\n  - {name: a, prompt: 'a cat <lora:detail:0.5>'}\n"),
+        ("lora tags over the limit", "version: 1\nname: x\ndefaults: {models: [m], params: {loras: [{name: a}, {name: b}, {name: c}, {name: d}]}}\njobs:\n  - {name: a, prompt: 'a cat <lora:e> <lora:f>'}\n"),
+        ("lora tag and loras axis", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: 'a cat <lora:e>'\n    matrix: {loras: [[{name: f}]]}\n"),
+        ("lora tag syntax", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat <lora:e:dyn=4>'}\n"),
+        ("hypernet tag", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a cat', negative: '<hypernet:h:1>'}\n"),
+        ("wildcard glob", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'by __people/*__'}\n"),
+        ("bad wildcard name", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'by __../x__'}\n"),
+        ("missing wildcard in variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {__nothere__|green}'}\n"),
+        ("stray closing brace", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a b} c'}\n"),
+        ("variant in variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - {name: a, prompt: 'a {b|{c|d}}'}\n"),
+        ("variable in variant", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: 'a {${v}|b}'\n    matrix: {v: [x]}\n"),
+        ("variant in a wildcard value", "version: 1\nname: x\ndefaults: {models: [m]}\nwildcards: {c: [red, '{dark|light} blue']}\njobs:\n  - {name: a, prompt: 'a __c__ ball'}\n"),
+        ("lora tag in a matrix value", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: 'a ${style} ball'\n    matrix: {style: [plain, '<lora:glossy:0.7>']}\n"),
         ("prompt too long", "version: 1\nname: x\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: '__w__'\nwildcards: {w: [LONG]}\n"),
     ];
     let long = "word ".repeat(7600);
@@ -398,6 +753,29 @@ proptest! {
         prop_assert_eq!(compiled.total_images(), expected as u64 * u64::from(images));
         let keys: std::collections::HashSet<_> = compiled.jobs().map(|j| j.key).collect();
         prop_assert_eq!(keys.len(), expected);
+    }
+
+    /// `{k$$…}` over n options gives C(n, k) jobs, and editing another job
+    /// changes none of its keys.
+    #[test]
+    fn combination_counts_are_binomial_and_keys_stable(
+        n in 1usize..7,
+        k in 1usize..7,
+        other in "[a-z]{1,8}",
+    ) {
+        let k = k.min(n);
+        let options: Vec<String> = (0..n).map(|i| format!("o{i}")).collect();
+        let text = |other: &str| format!(
+            "version: 1\nname: p\ndefaults: {{models: [m]}}\njobs:\n  - name: a\n    prompt: 'x {{{k}$${}}}'\n  - name: b\n    prompt: '{other} {{y|z}}'\n",
+            options.join("|")
+        );
+        let compiled = compile_text(&text(&other)).unwrap();
+        let binomial = (0..k).fold(1usize, |acc, i| acc * (n - i) / (i + 1));
+        prop_assert_eq!(compiled.jobs.first().map(|j| j.combinations), Some(binomial as u64));
+        let before = keys(&text(&other));
+        let after = keys(&text(&format!("{other}x")));
+        prop_assert_eq!(&before["a"], &after["a"]);
+        prop_assert_ne!(&before["b"], &after["b"]);
     }
 
     /// Arbitrary bytes never panic: either a manifest or a located error.

@@ -5,7 +5,9 @@
 //! wildcards (inline or files beside the manifest), matrix axes and ranges,
 //! seeds, and the expansion limit. All problems are collected, not just the
 //! first. The result holds, per job, the axes to combine and the resolved
-//! defaults; `expand` turns that into jobs. Reads wildcard files; nothing else.
+//! defaults; `expand` turns that into jobs. A1111 `<lora:…>` tags in a prompt
+//! are moved into the job's `loras` parameter here, so they are part of the
+//! job keys. Reads wildcard files; nothing else.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use serde_json::Value;
 use super::locate::YamlPath;
 use super::params::{self, BuiltIn, ParamSpec, BUILT_IN_DEFAULTS, PARAMS};
 use super::schema::{CensoredPolicy, JobSpec, RequestSpec, SeedsSpec};
-use super::template::{self, Piece};
+use super::template::{self, LoraTag, Pick, Piece};
 use super::{ManifestError, ManifestFile, Problem};
 
 /// Expansions larger than this are refused unless the user raises the limit.
@@ -28,6 +30,11 @@ const MAX_PROMPT_WORDS: usize = 7500;
 /// Images one combination may ask for.
 const MAX_IMAGES_PER_JOB: u32 = 100_000;
 const DEFAULT_FILENAME: &str = "{job}/{key}-{index}";
+/// Values one variant may take once the wildcards in its options are expanded.
+const MAX_VARIANT_VALUES: usize = 1_000_000;
+const VALUE_SYNTAX_HELP: &str = "wildcard and matrix values are inserted as text: write variants out as separate values, and LoRAs under `params.loras` (a `loras` matrix axis varies them)";
+const WILDCARD_HELP: &str =
+    "define it under `wildcards:` in the manifest, or as a text file with one value per line";
 
 /// Options from the command line that override the manifest.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +112,9 @@ impl Seeds {
 pub(crate) struct AxisValue {
     pub text: String,
     pub json: Value,
+    /// Relative weight in random mode (`sample:`); 1 unless a variant option
+    /// says `w::`.
+    pub weight: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -326,12 +336,31 @@ pub fn compile(
 struct Context<'a> {
     file: &'a ManifestFile,
     problems: Vec<Problem>,
-    wildcard_cache: HashMap<String, Result<Arc<[String]>, String>>,
+    wildcard_cache: HashMap<String, Wildcard>,
 }
 
 impl Context<'_> {
     fn problem(&mut self, path: &YamlPath, message: impl Into<String>, help: &str) {
         let problem = self.file.source.problem_at(path, message).with_help(help);
+        self.problems.push(problem);
+    }
+
+    /// A problem with `needle`, a piece of the template `text` at `path`:
+    /// pointed at its first occurrence (the template's start if it is not found).
+    fn problem_in_template(
+        &mut self,
+        path: &YamlPath,
+        text: &str,
+        needle: &str,
+        message: impl Into<String>,
+        help: &str,
+    ) {
+        let offset = text.find(needle).unwrap_or(0);
+        let problem = self
+            .file
+            .source
+            .problem_in_scalar(path, text, offset, message)
+            .with_help(help);
         self.problems.push(problem);
     }
 
@@ -459,7 +488,8 @@ impl Context<'_> {
         if spec.name.trim().is_empty() {
             self.problem(&path.key("name"), "the job name is empty", "");
         }
-        let base_params = self.params(&spec.params.0, &path.key("params"), Some(default_params));
+        let mut base_params =
+            self.params(&spec.params.0, &path.key("params"), Some(default_params));
         let manifest = &self.file.manifest;
         let models: Vec<String> = spec
             .models
@@ -509,7 +539,16 @@ impl Context<'_> {
         // Axes: matrix first (in the order written), then template variants and wildcards.
         let mut axes = Vec::new();
         let mut variables: HashMap<&str, usize> = HashMap::new();
-        let used_variables = template_variables(&spec.prompt, spec.negative.as_deref());
+        let mut used_variables = template_variables(&spec.prompt, spec.negative.as_deref());
+        if [Some(spec.prompt.as_str()), spec.negative.as_deref()]
+            .into_iter()
+            .flatten()
+            .any(|t| template::parse(t).is_err())
+        {
+            // The template's own error is reported; its variables are unknown,
+            // so the matrix's text axes are not second-guessed.
+            used_variables.extend(spec.matrix.0.keys().cloned());
+        }
         for (name, values) in &spec.matrix.0 {
             let here = path.key("matrix").key(name);
             if let Some(axis) = self.matrix_axis(name, values, &here, &used_variables) {
@@ -517,12 +556,14 @@ impl Context<'_> {
                 axes.push(axis);
             }
         }
+        let mut lora_tags = Vec::new();
         let positive = self.template(
             &spec.prompt,
             &path.key("prompt"),
             &mut axes,
             &variables,
             &spec.matrix.0,
+            Some(&mut lora_tags),
         );
         let negative = spec.negative.as_ref().map(|n| {
             self.template(
@@ -531,8 +572,12 @@ impl Context<'_> {
                 &mut axes,
                 &variables,
                 &spec.matrix.0,
+                None,
             )
         });
+        if !lora_tags.is_empty() {
+            self.lora_tags(spec, path, &lora_tags, &mut base_params);
+        }
         if let Some(pieces) = &positive {
             self.check_prompt_size(
                 pieces,
@@ -738,7 +783,19 @@ impl Context<'_> {
                     )),
                 },
                 AxisKind::Text => match value {
-                    Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(value.clone()),
+                    Value::String(text) => match template::syntax_in_value(text) {
+                        None => Ok(value.clone()),
+                        Some(what) => {
+                            let problem = self
+                                .file
+                                .source
+                                .problem_at(&here, format!("matrix axis `{name}`: the value `{text}` holds {what}, which is not expanded inside matrix values"))
+                                .with_help(VALUE_SYNTAX_HELP);
+                            self.problems.push(problem);
+                            continue;
+                        }
+                    },
+                    Value::Number(_) | Value::Bool(_) => Ok(value.clone()),
                     other => Err(format!(
                         "expected a text value, found {}",
                         params::describe(other)
@@ -749,6 +806,7 @@ impl Context<'_> {
                 Ok(json) => axis_values.push(AxisValue {
                     text: value_text(&json),
                     json,
+                    weight: 1.0,
                 }),
                 Err(message) => self.problem(&here, format!("matrix axis `{name}`: {message}"), ""),
             }
@@ -767,19 +825,17 @@ impl Context<'_> {
         axes: &mut Vec<Axis>,
         variables: &HashMap<&str, usize>,
         matrix: &indexmap::IndexMap<String, Value>,
+        mut lora_tags: Option<&mut Vec<LoraTag>>,
     ) -> Option<Vec<Segment>> {
         let pieces = match template::parse(text) {
             Ok(pieces) => pieces,
             Err(problem) => {
-                self.problem(
-                    path,
-                    format!(
-                        "{} (at character {} of the template)",
-                        problem.message,
-                        text[..problem.offset.min(text.len())].chars().count() + 1
-                    ),
-                    "",
-                );
+                let problem = self
+                    .file
+                    .source
+                    .problem_in_scalar(path, text, problem.offset, problem.message)
+                    .with_help(problem.help);
+                self.problems.push(problem);
                 return None;
             }
         };
@@ -788,19 +844,69 @@ impl Context<'_> {
         for piece in pieces {
             match piece {
                 Piece::Literal(text) => segments.push(Segment::Text(text)),
-                Piece::Variant(options) => {
-                    segments.push(Segment::Axis(axes.len()));
-                    axes.push(Axis {
-                        kind: AxisKind::Text,
-                        values: options
-                            .into_iter()
-                            .map(|o| AxisValue {
-                                json: Value::from(o.as_str()),
-                                text: o,
-                            })
-                            .collect(),
-                    });
+                // Only inside variant options.
+                Piece::Weight(_) => {}
+                Piece::Lora(tag) => {
+                    match lora_tags.as_deref_mut() {
+                        Some(tags) => tags.push(tag),
+                        None => {
+                            ok = false;
+                            let problem = self
+                            .file
+                            .source
+                            .problem_in_scalar(path, text, tag.offset, "a LoRA tag in the negative prompt: LoRAs apply to the whole image")
+                            .with_help("put the tag in `prompt`, or the LoRA in `params.loras`");
+                            self.problems.push(problem);
+                        }
+                    }
                 }
+                Piece::Combination(pick, options) => match self.combination_values(&pick, &options)
+                {
+                    Ok(values) => {
+                        segments.push(Segment::Axis(axes.len()));
+                        axes.push(Axis {
+                            kind: AxisKind::Text,
+                            values: values
+                                .into_iter()
+                                .map(|text| AxisValue {
+                                    json: Value::from(text.as_str()),
+                                    text,
+                                    weight: 1.0,
+                                })
+                                .collect(),
+                        });
+                    }
+                    Err((message, help)) => {
+                        ok = false;
+                        let problem = self
+                            .file
+                            .source
+                            .problem_in_scalar(path, text, pick.offset, message)
+                            .with_help(help);
+                        self.problems.push(problem);
+                    }
+                },
+                Piece::Variant(options) => match self.variant_values(&options) {
+                    Ok(values) => {
+                        segments.push(Segment::Axis(axes.len()));
+                        axes.push(Axis {
+                            kind: AxisKind::Text,
+                            values: values
+                                .into_iter()
+                                .map(|(text, weight)| AxisValue {
+                                    json: Value::from(text.as_str()),
+                                    text,
+                                    weight,
+                                })
+                                .collect(),
+                        });
+                    }
+                    Err((message, help)) => {
+                        ok = false;
+                        let needle = message.split('`').nth(1).unwrap_or("{").to_owned();
+                        self.problem_in_template(path, text, &needle, message, help);
+                    }
+                },
                 Piece::Wildcard(name) => match self.wildcard(&name) {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
@@ -811,13 +917,14 @@ impl Context<'_> {
                                 .map(|v| AxisValue {
                                     text: v.clone(),
                                     json: Value::from(v.as_str()),
+                                    weight: 1.0,
                                 })
                                 .collect(),
                         });
                     }
-                    Err(message) => {
+                    Err((message, help)) => {
                         ok = false;
-                        self.problem(path, message, "define it under `wildcards:` in the manifest, or as a text file with one value per line");
+                        self.problem_in_template(path, text, &format!("__{name}__"), message, help);
                     }
                 },
                 Piece::Variable(name) => match variables.get(name.as_str()) {
@@ -826,7 +933,7 @@ impl Context<'_> {
                         ok = false;
                         // A matrix axis of that name that failed its own checks was already reported.
                         if !matrix.contains_key(&name) {
-                            self.problem(path, format!("the template uses `${{{name}}}` but the job's matrix has no axis `{name}`"), &format!("add `matrix: {{{name}: [...]}}` to the job"));
+                            self.problem_in_template(path, text, &format!("${{{name}}}"), format!("the template uses `${{{name}}}` but the job's matrix has no axis `{name}`"), &format!("add `matrix: {{{name}: [...]}}` to the job"));
                         }
                     }
                 },
@@ -835,16 +942,231 @@ impl Context<'_> {
         ok.then_some(segments)
     }
 
-    fn wildcard(&mut self, name: &str) -> Result<Arc<[String]>, String> {
+    /// Moves the prompt's `<lora:…>` tags into `params.loras`, after the LoRAs
+    /// the parameters already name; each problem is reported at its tag.
+    fn lora_tags(
+        &mut self,
+        spec: &JobSpec,
+        path: &YamlPath,
+        tags: &[LoraTag],
+        params: &mut BTreeMap<&'static str, Value>,
+    ) {
+        let here = path.key("prompt");
+        let at = |cx: &mut Self, tag: &LoraTag, message: String, help: &str| {
+            let problem = cx
+                .file
+                .source
+                .problem_in_scalar(&here, &spec.prompt, tag.offset, message)
+                .with_help(help);
+            cx.problems.push(problem);
+        };
+        if spec.matrix.0.contains_key("loras") {
+            at(self, &tags[0], "the prompt has `<lora:…>` tags and the job has a `loras` matrix axis; each axis value would replace the tags' LoRAs".to_owned(), "name the LoRAs in the axis values");
+            return;
+        }
+        let Some(loras_spec) = params::spec("loras") else {
+            return;
+        };
+        let mut list = match params.get("loras") {
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        for tag in tags {
+            let mut entry = serde_json::Map::new();
+            entry.insert("name".into(), Value::from(tag.name.as_str()));
+            for (field, weight) in [("model", tag.model), ("clip", tag.clip)] {
+                if let Some(weight) = weight {
+                    entry.insert(field.into(), Value::from(weight));
+                }
+            }
+            let entry = Value::Object(entry);
+            let named = |v: &Value| v.get("name") == entry.get("name");
+            if list.iter().any(named) {
+                at(self, tag, format!("LoRA `{}` is requested twice (by this tag and by `params.loras` or an earlier tag)", tag.name), "keep one of them");
+                continue;
+            }
+            if let Err(problem) =
+                params::canonicalize(loras_spec, &Value::from(vec![entry.clone()]))
+            {
+                let message = problem.0.trim_start_matches("entry 0: ");
+                at(self, tag, format!("LoRA tag `{}`: {message}", tag.name), "");
+                continue;
+            }
+            list.push(entry);
+            if let Err(problem) = params::canonicalize(loras_spec, &Value::from(list.clone())) {
+                at(
+                    self,
+                    tag,
+                    format!("`loras` with the prompt's tags: {}", problem.0),
+                    "",
+                );
+                return;
+            }
+        }
+        if let Ok(canonical) = params::canonicalize(loras_spec, &Value::from(list)) {
+            params.insert(loras_spec.name, canonical);
+        }
+    }
+
+    /// The values of a combination `{N-M$$sep$$a|b|c}`, as sd-dynamic-prompts'
+    /// combinatorial generator makes them: for each count from N to M, each
+    /// set of that many distinct options in option order, and for an option
+    /// with wildcards each of its values (last option fastest); repeated
+    /// texts within one pick are dropped and repeated results are kept once.
+    fn combination_values(
+        &mut self,
+        pick: &Pick,
+        options: &[Vec<Piece>],
+    ) -> Result<Vec<String>, (String, &'static str)> {
+        let n = options.len();
+        let max = pick.max.unwrap_or(n);
+        let bounds = match pick.max {
+            Some(max) if max != pick.min => format!("{}-{max}", pick.min),
+            Some(_) => pick.min.to_string(),
+            None => format!("{}-", pick.min),
+        };
+        if max < pick.min {
+            return Err((
+                format!(
+                    "`{{{bounds}$$…}}` takes at least {} and at most {max} options",
+                    pick.min
+                ),
+                "write the smaller count first",
+            ));
+        }
+        if pick.min > n {
+            return Err((
+                format!(
+                    "`{{{bounds}$$…}}` takes {} distinct options but the variant has {n}",
+                    pick.min
+                ),
+                "add options or lower the count",
+            ));
+        }
+        let per_option = options
+            .iter()
+            .map(|option| {
+                self.variant_values(std::slice::from_ref(option))
+                    .map(|values| values.into_iter().map(|(text, _)| text).collect::<Vec<_>>())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let too_many = || {
+            (
+                format!("`{{{bounds}$$…}}` has more than {MAX_VARIANT_VALUES} combinations"),
+                "lower the count or split the options",
+            )
+        };
+        let mut values = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut steps = 0usize;
+        for k in pick.min..=max.min(n) {
+            // Index sets of size k in lexicographic order (like itertools.combinations).
+            let mut chosen: Vec<usize> = (0..k).collect();
+            loop {
+                // Every pick of one value per chosen option, last option fastest.
+                let mut digits = vec![0usize; k];
+                loop {
+                    steps += 1;
+                    if steps > MAX_VARIANT_VALUES {
+                        return Err(too_many());
+                    }
+                    let mut parts: Vec<&str> = Vec::with_capacity(k);
+                    for (slot, &option) in chosen.iter().enumerate() {
+                        let part = per_option[option][digits[slot]].as_str();
+                        if !parts.contains(&part) {
+                            parts.push(part);
+                        }
+                    }
+                    let value = parts.join(&pick.separator);
+                    if seen.insert(value.clone()) {
+                        values.push(value);
+                    }
+                    let Some(slot) = (0..k)
+                        .rev()
+                        .find(|&s| digits[s] + 1 < per_option[chosen[s]].len())
+                    else {
+                        break;
+                    };
+                    digits[slot] += 1;
+                    digits[slot + 1..].iter_mut().for_each(|d| *d = 0);
+                }
+                let Some(slot) = (0..k).rev().find(|&s| chosen[s] < n - k + s) else {
+                    break;
+                };
+                chosen[slot] += 1;
+                for next in slot + 1..k {
+                    chosen[next] = chosen[next - 1] + 1;
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// The values of a variant: each option in turn, an option holding
+    /// wildcards giving one value per combination of their values (so
+    /// `{__color__|green}` takes every colour, then `green`).
+    fn variant_values(
+        &mut self,
+        options: &[Vec<Piece>],
+    ) -> Result<Vec<(String, f64)>, (String, &'static str)> {
+        let mut values = Vec::new();
+        for option in options {
+            let mut texts = vec![String::new()];
+            let mut weight = 1.0;
+            for piece in option {
+                match piece {
+                    Piece::Literal(text) => texts.iter_mut().for_each(|t| t.push_str(text)),
+                    Piece::Weight(w) => weight = *w,
+                    Piece::Wildcard(name) => {
+                        let words = self.wildcard(name)?;
+                        if texts.len().saturating_mul(words.len()) + values.len()
+                            > MAX_VARIANT_VALUES
+                        {
+                            return Err((format!("a variant with `__{name}__` has more than {MAX_VARIANT_VALUES} values"), "split the variant into separate variants or wildcards"));
+                        }
+                        texts = texts
+                            .iter()
+                            .flat_map(|t| words.iter().map(move |w| format!("{t}{w}")))
+                            .collect();
+                    }
+                    // The parser puts only text, wildcards and a weight in options.
+                    Piece::Variant(_)
+                    | Piece::Combination(..)
+                    | Piece::Variable(_)
+                    | Piece::Lora(_) => {}
+                }
+            }
+            // As in sd-dynamic-prompts' random mode: the option is picked by
+            // its weight, then one of its values evenly.
+            let share = weight / texts.len() as f64;
+            values.extend(texts.into_iter().map(|t| (t, share)));
+        }
+        if values.iter().all(|(_, w)| *w == 0.0) {
+            return Err((
+                "every option of the variant has weight `0::`".to_owned(),
+                "give at least one option a weight above 0",
+            ));
+        }
+        Ok(values)
+    }
+
+    fn wildcard(&mut self, name: &str) -> Wildcard {
         if let Some(cached) = self.wildcard_cache.get(name) {
             return cached.clone();
         }
         let manifest = &self.file.manifest;
         let result = if let Some(values) = manifest.wildcards.get(name) {
             if values.is_empty() {
-                Err(format!("wildcard `__{name}__` has no values"))
+                Err((
+                    format!("wildcard `__{name}__` has no values"),
+                    WILDCARD_HELP,
+                ))
             } else {
-                Ok(Arc::from(values.clone()))
+                let placed = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("`wildcards.{name}[{i}]`"), v.clone()));
+                plain_values(name, placed)
             }
         } else {
             let dir = self
@@ -854,23 +1176,27 @@ impl Context<'_> {
             let file = dir.join(format!("{name}.txt"));
             match std::fs::read_to_string(&file) {
                 Ok(text) => {
-                    let values: Vec<String> = text
+                    let values: Vec<(String, String)> = text
                         .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(str::to_owned)
+                        .enumerate()
+                        .map(|(i, l)| (i, l.trim()))
+                        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+                        .map(|(i, l)| (format!("{}:{}", file.display(), i + 1), l.to_owned()))
                         .collect();
                     if values.is_empty() {
-                        Err(format!("wildcard file {} has no values", file.display()))
+                        Err((
+                            format!("wildcard file {} has no values", file.display()),
+                            WILDCARD_HELP,
+                        ))
                     } else {
-                        Ok(Arc::from(values))
+                        plain_values(name, values.into_iter())
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err((format!(
                     "wildcard `__{name}__` is not defined: no `wildcards.{name}` in the manifest and no file {}",
                     file.display()
-                )),
-                Err(e) => Err(format!("cannot read wildcard file {}: {e}", file.display())),
+                ), WILDCARD_HELP)),
+                Err(e) => Err((format!("cannot read wildcard file {}: {e}", file.display()), "")),
             }
         };
         self.wildcard_cache.insert(name.to_owned(), result.clone());
@@ -917,6 +1243,26 @@ impl Context<'_> {
             self.problem(&path.key("prompt"), "the prompt contains `###`, which the Horde reads as the start of the negative prompt", "put the negative prompt under `negative:`");
         }
     }
+}
+
+/// A wildcard's values, or why it cannot be used (message and help).
+type Wildcard = Result<Arc<[String]>, (String, &'static str)>;
+
+/// Wildcard values (with where each was written), refused when one holds
+/// template syntax: values are inserted as text, so a `{a|b}` or a
+/// `<lora:…>` there would reach the Horde as words.
+fn plain_values(name: &str, values: impl Iterator<Item = (String, String)>) -> Wildcard {
+    let mut out = Vec::new();
+    for (place, value) in values {
+        if let Some(what) = template::syntax_in_value(&value) {
+            return Err((
+                format!("wildcard `__{name}__`: the value `{value}` ({place}) holds {what}, which is not expanded inside wildcard values"),
+                VALUE_SYNTAX_HELP,
+            ));
+        }
+        out.push(value);
+    }
+    Ok(Arc::from(out))
 }
 
 /// The spec of a manifest parameter, or why `name` is not one.

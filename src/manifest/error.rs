@@ -7,7 +7,7 @@ use std::sync::Arc;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 use thiserror::Error;
 
-use super::locate::{locate, Position, YamlPath};
+use super::locate::{locate, locate_in_scalar, Position, YamlPath};
 
 /// One problem in a manifest, at a place in its text.
 #[derive(Debug, Error, Diagnostic, Clone)]
@@ -38,6 +38,28 @@ impl SourceText {
     pub fn problem_at(&self, path: &YamlPath, message: impl Into<String>) -> Problem {
         let position = locate(&self.text, path);
         self.problem_at_position(position, message)
+    }
+
+    /// A problem at byte `offset` of the string value `value` found at `path`:
+    /// pointed at exactly when the scalar's source text can be mapped back
+    /// (plain, quoted and literal-block scalars), else at the scalar's start
+    /// with the character named in the message.
+    pub fn problem_in_scalar(
+        &self,
+        path: &YamlPath,
+        value: &str,
+        offset: usize,
+        message: impl Into<String>,
+    ) -> Problem {
+        let start = locate(&self.text, path);
+        match locate_in_scalar(&self.text, start, value, offset) {
+            Some(position) => self.problem_at_position(position, message),
+            None => {
+                let character = value[..offset.min(value.len())].chars().count() + 1;
+                let message = format!("{} (at character {character} of the value)", message.into());
+                self.problem_at_position(start, message)
+            }
+        }
     }
 
     /// A problem at a known position.

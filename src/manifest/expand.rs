@@ -3,7 +3,8 @@
 //! Combinations are enumerated like nested loops over the axes in the order
 //! they were written (matrix axes, then the prompt's variants and wildcards),
 //! the last axis varying fastest; random mode picks distinct combinations with
-//! a seeded generator and keeps them in that same order. A job's key is a hash
+//! a seeded generator (uniformly, or by the variant options' weights) and
+//! keeps them in that same order. A job's key is a hash
 //! of its resolved content (job name, prompts, models, parameters, request
 //! flags, seed policy), so reordering mapping keys or reformatting the YAML
 //! changes no key and editing one job changes only that job's keys. The image
@@ -174,6 +175,9 @@ enum Combinations {
 impl Combinations {
     fn new(job: &CompiledJob) -> Self {
         match job.sample {
+            Some((count, seed)) if u128::from(count) < job.space && weighted(job) => {
+                Combinations::Sampled(weighted_sample(job, count, seed).into_iter())
+            }
             Some((count, seed)) if u128::from(count) < job.space => {
                 // Floyd's algorithm: `count` distinct ordinals, uniformly, in O(count).
                 let mut rng = fastrand::Rng::with_seed(seed);
@@ -195,6 +199,62 @@ impl Combinations {
             },
         }
     }
+}
+
+/// Whether some axis has options of unequal weight (`{0.5::a|b}`).
+fn weighted(job: &CompiledJob) -> bool {
+    job.axes.iter().any(|axis| {
+        axis.values
+            .first()
+            .is_some_and(|first| axis.values.iter().any(|v| v.weight != first.weight))
+    })
+}
+
+/// `count` distinct ordinals drawn with the options' weights: each draw picks
+/// every axis's value by weight, and a combination drawn again is drawn
+/// anew. If the weights make new combinations too rare (after 64 draws per
+/// wanted combination), the first combinations in order that were not drawn
+/// fill the rest, so the count is always met. Sorted, like the uniform pick.
+fn weighted_sample(job: &CompiledJob, count: u64, seed: u64) -> Vec<u128> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let cumulative: Vec<Vec<f64>> = job
+        .axes
+        .iter()
+        .map(|axis| {
+            axis.values
+                .iter()
+                .scan(0.0, |total, v| {
+                    *total += v.weight;
+                    Some(*total)
+                })
+                .collect()
+        })
+        .collect();
+    let wanted = count as usize;
+    let mut picked = HashSet::with_capacity(wanted);
+    let mut draws = 0u64;
+    let limit = count.saturating_mul(64).saturating_add(1024);
+    while picked.len() < wanted && draws < limit {
+        draws += 1;
+        let mut ordinal = 0u128;
+        for (axis, sums) in job.axes.iter().zip(&cumulative) {
+            let total = sums.last().copied().unwrap_or(0.0);
+            let target = rng.f64() * total;
+            let index = sums
+                .partition_point(|&s| s <= target)
+                .min(axis.values.len().saturating_sub(1));
+            ordinal = ordinal * axis.values.len() as u128 + index as u128;
+        }
+        picked.insert(ordinal);
+    }
+    let mut next = 0u128;
+    while picked.len() < wanted && next < job.space {
+        picked.insert(next);
+        next += 1;
+    }
+    let mut ordinals: Vec<u128> = picked.into_iter().collect();
+    ordinals.sort_unstable();
+    ordinals
 }
 
 impl Iterator for Combinations {

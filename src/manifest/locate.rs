@@ -116,6 +116,67 @@ pub fn locate(source: &str, path: &YamlPath) -> Position {
     Position::from_line_column(source, start.line(), start.col() + 1)
 }
 
+/// Where byte `offset` of a string scalar's value sits in the source, given
+/// where the scalar starts. Walks the value and its source text together,
+/// undoing YAML's quoting and line folding; `None` when they cannot be matched
+/// (a folded block, an unusual escape), so the caller falls back to the start.
+pub fn locate_in_scalar(
+    source: &str,
+    start: Position,
+    value: &str,
+    offset: usize,
+) -> Option<Position> {
+    let raw = source.get(start.offset..)?;
+    // A block scalar's span starts at its first content character, so its
+    // indentation is the column it starts at.
+    let (style, mut at) = match raw.chars().next()? {
+        '\'' => ('\'', 1),
+        '"' => ('"', 1),
+        _ => (' ', 0),
+    };
+    let bytes = raw.as_bytes();
+    let indent = start.column.saturating_sub(1);
+    let mut consumed = 0;
+    for c in value.chars() {
+        if consumed >= offset {
+            break;
+        }
+        let here = *bytes.get(at)?;
+        match (style, c) {
+            (' ', '\n') if here == b'\n' => {
+                at += 1;
+                let line = &raw[at..];
+                at += (line.len() - line.trim_start_matches(' ').len()).min(indent);
+            }
+            ('\'', '\'') if raw[at..].starts_with("''") => at += 2,
+            ('"', _) if here == b'\\' => {
+                let next = *bytes.get(at + 1)?;
+                let decoded = match next {
+                    b'\\' => '\\',
+                    b'"' => '"',
+                    b'/' => '/',
+                    b't' => '\t',
+                    b'n' => '\n',
+                    _ => return None,
+                };
+                if decoded != c {
+                    return None;
+                }
+                at += 2;
+            }
+            // Folded line breaks: a space in the value, a newline and indentation in the source.
+            ('\'' | '"' | ' ', ' ') if here == b'\n' || here == b'\r' => {
+                let line = &raw[at..];
+                at += line.len() - line.trim_start().len();
+            }
+            _ if raw[at..].starts_with(c) => at += c.len_utf8(),
+            _ => return None,
+        }
+        consumed += c.len_utf8();
+    }
+    Some(Position::from_offset(source, start.offset + at))
+}
+
 /// The state of one walk over the event stream.
 enum Frame {
     Mapping {
@@ -263,6 +324,26 @@ mod tests {
     fn missing_key_falls_back_to_enclosing_node() {
         let p = locate(DOC, &YamlPath::root().key("jobs").index(1).key("prompt"));
         assert_eq!(p.line, 5);
+    }
+
+    #[test]
+    fn points_inside_scalars() {
+        let column = |doc: &str, value: &str, offset: usize| {
+            let start = locate(doc, &YamlPath::root().key("p"));
+            locate_in_scalar(doc, start, value, offset).map(|p| (p.line, p.column))
+        };
+        assert_eq!(column("p: a {b\n", "a {b", 2), Some((1, 6)));
+        assert_eq!(column("p: 'it''s {b'\n", "it's {b", 5), Some((1, 11)));
+        assert_eq!(column("p: \"a\\\\ {b\"\n", "a\\ {b", 3), Some((1, 9)));
+        assert_eq!(
+            column("p: |\n  one\n  two {\n", "one\ntwo {\n", 8),
+            Some((3, 7))
+        );
+        assert_eq!(
+            column("p: >\n  one\n  two {\n", "one two {\n", 8),
+            Some((3, 7))
+        );
+        assert_eq!(column("p: \"a\\u0041 {\"\n", "aA {", 3), None);
     }
 
     #[test]

@@ -165,7 +165,11 @@ pub struct TimeoutsSpec {
 pub struct JobSpec {
     /// Unique name of the job (used in file names and results).
     pub name: String,
-    /// Prompt template: `{a|b}` variants, `__name__` wildcards, `${axis}` matrix variables.
+    /// Prompt template: `{a|b}` variants (options may hold `__name__` wildcards and a
+    /// leading `0.5::` weight), `{2$$a|b|c}` / `{1-2$$ and $$a|b}` combinations, `__name__`
+    /// wildcards, `${axis}` matrix variables, and A1111 `<lora:name:weight>` tags, which are
+    /// moved to `params.loras`. Unsupported syntax (globs, `$$` or `::` elsewhere in a
+    /// variant) is an error; `\` escapes it.
     pub prompt: String,
     /// Negative prompt template (sent as `prompt ### negative`).
     #[serde(default)]
