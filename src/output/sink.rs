@@ -239,6 +239,9 @@ impl ImageSink for Dataset {
                     Err(error) => answers.push(Some(Err(error))),
                 }
             }
+            if batch.is_empty() {
+                return answers.into_iter().flatten().collect();
+            }
             let dir = self.dir.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let images = batch
