@@ -7,8 +7,9 @@ use std::path::{Component, Path};
 use std::sync::Barrier;
 
 use horde_batch::output::{
-    verify_webp, FilenameTemplate, IndexRow, JobError, JobResult, NameFields, OutputDir,
-    OutputError, Placeholder, Sidecar, TemplateError, WebpError, HORDE_BATCH_VERSION,
+    syncs_on_this_thread, verify_webp, FilenameTemplate, IndexRow, JobError, JobResult, NameFields,
+    NewImage, OutputDir, OutputError, Placeholder, Sidecar, TemplateError, WebpError,
+    HORDE_BATCH_VERSION, INDEX_FILE, TEMP_PREFIX,
 };
 use image_webp::{ColorType, WebPEncoder};
 use serde_json::{json, Value};
@@ -644,6 +645,291 @@ fn open_removes_temp_files_left_by_a_killed_run() {
         files_under(dir.path()),
         [".horde-batch/db", "cats/keep.webp"]
     );
+}
+
+// ---------------------------------------------------------------- batches (group commit)
+
+/// A batch of images for `write_images`: `(rel_name, bytes, sidecar)`.
+type Batch = Vec<(String, Vec<u8>, Sidecar)>;
+
+fn batch(names: &[&str], seed: u8) -> Batch {
+    names
+        .iter()
+        .zip(seed..)
+        .map(|(name, seed)| {
+            let mut side = sidecar(&format!("gen-{name}"));
+            side.generation_id = format!("gen-{name}");
+            (name.to_string(), webp(8, 6, seed), side)
+        })
+        .collect()
+}
+
+fn write_batch(
+    out: &OutputDir,
+    batch: &Batch,
+) -> Vec<Result<horde_batch::output::WrittenImage, OutputError>> {
+    let images = batch
+        .iter()
+        .map(|(name, bytes, side)| NewImage {
+            rel_name: name,
+            webp: bytes,
+            sidecar: side,
+            index_row: Some(IndexRow {
+                generation_id: side.generation_id.clone(),
+                ..index_row("", "42", 7.0)
+            }),
+        })
+        .collect();
+    out.write_images(images)
+}
+
+fn index_file_names(dir: &Path) -> Vec<String> {
+    read_lines(&dir.join(INDEX_FILE))
+        .iter()
+        .map(|line| serde_json::from_str::<IndexRow>(line).unwrap().file_name)
+        .collect()
+}
+
+#[test]
+fn a_batch_writes_every_file_sidecar_and_row_with_one_flush_per_directory_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = OutputDir::open(dir.path()).unwrap();
+    // The directories exist already, so only the batch's own flushes are counted.
+    fs::create_dir_all(dir.path().join("cats")).unwrap();
+    fs::create_dir_all(dir.path().join("dogs")).unwrap();
+    let names = ["cats/a", "cats/b", "cats/c", "dogs/a", "dogs/b"];
+    let images = batch(&names, 1);
+
+    let before = syncs_on_this_thread();
+    let results = write_batch(&out, &images);
+    let syncs = syncs_on_this_thread() - before;
+
+    for (result, (name, bytes, _)) in results.iter().zip(&images) {
+        let written = result.as_ref().unwrap();
+        assert!(!written.already_present);
+        assert_eq!(written.file_name, format!("{name}.webp"));
+        assert_eq!(fs::read(&written.image_path).unwrap(), *bytes);
+        let on_disk: Sidecar =
+            serde_json::from_slice(&fs::read(&written.sidecar_path).unwrap()).unwrap();
+        assert_eq!(on_disk.file_name, written.file_name);
+        assert_eq!(on_disk.generation_id, format!("gen-{name}"));
+    }
+    let mut expected: Vec<String> = names
+        .iter()
+        .flat_map(|n| [format!("{n}.json"), format!("{n}.webp")])
+        .collect();
+    expected.push(INDEX_FILE.to_owned());
+    expected.sort();
+    assert_eq!(
+        files_under(dir.path()),
+        expected,
+        "no temp file may be left"
+    );
+    assert_eq!(
+        index_file_names(dir.path()),
+        names
+            .iter()
+            .map(|n| format!("{n}.webp"))
+            .collect::<Vec<_>>()
+    );
+    // 2 temp files per image, 1 per directory (2), 1 for the index; creating
+    // metadata.jsonl also flushes the root once. Per image: 2.8 here, and
+    // 2 + 3/n for a request of n images in one folder (it was 4 per image).
+    assert_eq!(syncs, 2 * 5 + 2 + 1 + 1);
+
+    // Once the index exists, a batch in one folder costs 2n + 2 flushes.
+    let more = batch(&["cats/d", "cats/e", "cats/f"], 9);
+    let before = syncs_on_this_thread();
+    assert!(write_batch(&out, &more).iter().all(Result::is_ok));
+    assert_eq!(syncs_on_this_thread() - before, 2 * 3 + 1 + 1);
+}
+
+#[test]
+fn one_bad_image_in_a_batch_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = OutputDir::open(dir.path()).unwrap();
+    // An image already there (identical), one whose name holds another image,
+    // a broken one and a new one.
+    out.write_image("same", &webp(8, 6, 1), &sidecar("gen-same"))
+        .unwrap();
+    out.write_image("taken", &webp(8, 6, 99), &sidecar("gen-taken"))
+        .unwrap();
+    let mut images = batch(&["same", "taken", "broken", "new"], 1);
+    images[0].2 = sidecar("gen-same");
+    images[2].1.truncate(20);
+
+    let results = write_batch(&out, &images);
+    assert!(results[0].as_ref().unwrap().already_present);
+    assert!(
+        matches!(results[1], Err(OutputError::Collision { .. })),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Err(OutputError::Webp { .. })),
+        "{:?}",
+        results[2]
+    );
+    assert!(!results[3].as_ref().unwrap().already_present);
+
+    assert_eq!(
+        fs::read(dir.path().join("taken.webp")).unwrap(),
+        webp(8, 6, 99)
+    );
+    assert_eq!(
+        files_under(dir.path()),
+        [
+            INDEX_FILE,
+            "new.json",
+            "new.webp",
+            "same.json",
+            "same.webp",
+            "taken.json",
+            "taken.webp"
+        ]
+    );
+    // Rows only for the images that are there: the present one and the new one.
+    assert_eq!(index_file_names(dir.path()), ["same.webp", "new.webp"]);
+
+    // Again: every row already there, nothing new.
+    let again = write_batch(&out, &images);
+    assert!(again[3].as_ref().unwrap().already_present);
+    assert_eq!(index_file_names(dir.path()), ["same.webp", "new.webp"]);
+}
+
+const CRASH_CHILD_DIR: &str = "HORDE_BATCH_TEST_OUTPUT_CRASH_DIR";
+const CRASH_CHILD_ROUND: &str = "HORDE_BATCH_TEST_OUTPUT_CRASH_ROUND";
+const CRASH_BATCH: usize = 6;
+
+/// The bytes a crash child writes under `r<round>/b<batch>-<i>`.
+fn crash_image(batch: usize, i: usize) -> Vec<u8> {
+    webp(16, 16, (batch * CRASH_BATCH + i) as u8)
+}
+
+/// Runs only as the child of [`a_kill_at_any_point_of_a_batch_leaves_no_partial_file_and_no_row_without_files`]:
+/// writes batches until it is killed.
+#[test]
+fn crash_child_writes_batches() {
+    let (Some(dir), Some(round)) = (
+        std::env::var_os(CRASH_CHILD_DIR),
+        std::env::var(CRASH_CHILD_ROUND).ok(),
+    ) else {
+        return;
+    };
+    let out = OutputDir::open(Path::new(&dir)).unwrap();
+    for b in 0..100_000 {
+        let images: Batch = (0..CRASH_BATCH)
+            .map(|i| {
+                let name = format!("r{round}/{}/b{b}-{i}", b % 2);
+                let mut side = sidecar(&name);
+                side.generation_id = name.clone();
+                (name, crash_image(b, i), side)
+            })
+            .collect();
+        assert!(write_batch(&out, &images).iter().all(Result::is_ok));
+        if b == 0 {
+            println!("crash-child: first batch written");
+        }
+    }
+    std::process::abort();
+}
+
+#[test]
+fn a_kill_at_any_point_of_a_batch_leaves_no_partial_file_and_no_row_without_files() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_micros() as u64;
+    // Each round kills a fresh child at a different point; the next child
+    // opens the folder the previous one left.
+    for (round, base_us) in [0u64, 700, 1_900, 4_100, 9_700, 23_000]
+        .into_iter()
+        .enumerate()
+    {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "output::crash_child_writes_batches",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_CHILD_DIR, dir.path())
+            .env(CRASH_CHILD_ROUND, round.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Wait until the child is writing (after its first batch), then kill
+        // it at a point that varies from round to round and run to run.
+        assert!(
+            lines.any(|l| l.unwrap().contains("crash-child: first batch written")),
+            "the child died before writing"
+        );
+        std::thread::sleep(std::time::Duration::from_micros(base_us + jitter % 3_000));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "the child must be killed, not finish: {status:?}"
+        );
+
+        // Before any cleanup: every visible image and sidecar is complete.
+        let files = files_under(dir.path());
+        for file in &files {
+            let base = file.rsplit('/').next().unwrap();
+            if base.starts_with(TEMP_PREFIX) || file == INDEX_FILE {
+                continue;
+            }
+            let path = dir.path().join(file);
+            let stem = file.rsplit_once('.').unwrap().0;
+            let (b, i) = stem.rsplit_once("/b").unwrap().1.split_once('-').unwrap();
+            let (b, i): (usize, usize) = (b.parse().unwrap(), i.parse().unwrap());
+            if file.ends_with(".webp") {
+                assert_eq!(
+                    fs::read(&path).unwrap(),
+                    crash_image(b, i),
+                    "{file} is partial"
+                );
+            } else {
+                let side: Sidecar = serde_json::from_slice(&fs::read(&path).unwrap())
+                    .unwrap_or_else(|e| panic!("{file} is partial: {e}"));
+                assert_eq!(side.file_name, format!("{stem}.webp"));
+                assert!(
+                    dir.path().join(format!("{stem}.webp")).is_file(),
+                    "a sidecar without its image: {file}"
+                );
+            }
+        }
+        // Every complete index row has both its files.
+        let index = fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap_or_default();
+        for line in index.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let row: IndexRow = serde_json::from_str(line).unwrap();
+            let stem = row.file_name.strip_suffix(".webp").unwrap();
+            assert!(
+                dir.path().join(&row.file_name).is_file(),
+                "row without image: {stem}"
+            );
+            assert!(
+                dir.path().join(format!("{stem}.json")).is_file(),
+                "row without sidecar: {stem}"
+            );
+        }
+        // The next open leaves nothing but complete files.
+        let out = OutputDir::open(dir.path()).unwrap();
+        drop(out);
+        assert!(
+            files_under(dir.path()).iter().all(|f| !f
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .starts_with(TEMP_PREFIX)),
+            "open must remove the temp files"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- index files

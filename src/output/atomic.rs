@@ -2,16 +2,77 @@
 //!
 //! Owns the temp-file → `sync_all` → no-clobber rename → directory fsync sequence
 //! (invariant 1 of DESIGN.md), durable directory creation, and the removal of
-//! temp files a killed run left behind. Returns plain `io::Error`s; callers
-//! attach the path and decide what an existing file means. Must not know
-//! about images, sidecars or the index.
+//! temp files a killed run left behind. The steps are also offered apart
+//! ([`write_synced_temp`], [`SyncedTemp::persist_noclobber`], [`sync_dir`]) so
+//! a caller can place many files and flush their directory once. Every flush
+//! goes through here and is counted per thread ([`syncs_on_this_thread`]).
+//! Returns plain `io::Error`s; callers attach the path and decide what an
+//! existing file means. Must not know about images, sidecars or the index.
 
+use std::cell::Cell;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Component, Path};
 
 /// Prefix of every temp file we create, so leftovers of a killed run are recognisable.
 pub const TEMP_PREFIX: &str = ".hb-tmp-";
+
+thread_local! {
+    static SYNCS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many `fsync`/`fdatasync` calls the output code made on this thread so
+/// far: lets tests and measurements count flushes per image exactly (a batch
+/// is written on one thread).
+pub fn syncs_on_this_thread() -> u64 {
+    SYNCS.with(Cell::get)
+}
+
+fn counted<T>(result: T) -> T {
+    SYNCS.with(|c| c.set(c.get() + 1));
+    result
+}
+
+/// `fsync` of a file's data and metadata, counted.
+pub fn sync_file(file: &File) -> io::Result<()> {
+    counted(file.sync_all())
+}
+
+/// `fdatasync` of a file, counted.
+pub fn sync_file_data(file: &File) -> io::Result<()> {
+    counted(file.sync_data())
+}
+
+/// A complete file flushed to disk under a temp name in its final directory,
+/// not yet visible under its final name. Dropped unplaced, it is deleted.
+#[derive(Debug)]
+pub struct SyncedTemp(tempfile::NamedTempFile);
+
+/// Writes `bytes` to a new temp file in `dir` and flushes it (`fsync`).
+///
+/// The flush must come before the rename: otherwise a crash after the rename
+/// could leave the final name pointing at a file whose data never reached
+/// the disk (a zero-length or partial `.webp`).
+pub fn write_synced_temp(dir: &Path, bytes: &[u8]) -> io::Result<SyncedTemp> {
+    let mut temp = temp_builder().tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    sync_file(temp.as_file())?;
+    Ok(SyncedTemp(temp))
+}
+
+impl SyncedTemp {
+    /// Renames the file to `path` unless something already has that name
+    /// ([`io::ErrorKind::AlreadyExists`]; the temp file is then removed).
+    /// The new directory entry is not flushed: call [`sync_dir`] before
+    /// relying on it.
+    pub fn persist_noclobber(self, path: &Path) -> io::Result<()> {
+        // On failure the PersistError owns the temp file; dropping it deletes it.
+        self.0
+            .persist_noclobber(path)
+            .map(drop)
+            .map_err(|e| e.error)
+    }
+}
 
 /// Creates `path` holding exactly `bytes`, never replacing an existing file.
 ///
@@ -24,21 +85,10 @@ pub const TEMP_PREFIX: &str = ".hb-tmp-";
 ///
 /// Any I/O error; [`io::ErrorKind::AlreadyExists`] when `path` already exists
 /// (nothing is written then, and the temp file is removed).
+#[cfg(test)] // production code places files in batches (OutputDir::write_images)
 pub fn create_new_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    create_new_unsynced_entry(path, bytes)?;
+    write_synced_temp(parent_dir(path), bytes)?.persist_noclobber(path)?;
     sync_dir(parent_dir(path))
-}
-
-/// Like [`create_new_durably`], but the directory entry is not flushed: the
-/// caller flushes the directory once after creating several files in it.
-/// Until then the file's content is durable but its name may not be.
-pub fn create_new_unsynced_entry(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = parent_dir(path);
-    let mut temp = temp_builder().tempfile_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    // On failure the PersistError owns the temp file; dropping it deletes it.
-    temp.persist_noclobber(path).map(drop).map_err(|e| e.error)
 }
 
 /// Checks that a temp file can be created in `dir` (and removes it again).
@@ -84,7 +134,7 @@ pub fn create_dirs_durably(root: &Path, relative: &Path) -> io::Result<()> {
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {
-        File::open(dir)?.sync_all()
+        sync_file(&File::open(dir)?)
     }
     // Windows cannot open a directory as a file; NTFS journals renames itself.
     #[cfg(not(unix))]
@@ -139,6 +189,7 @@ fn temp_builder() -> tempfile::Builder<'static, 'static> {
 }
 
 /// The directory a file lives in; `.` for a bare file name.
+#[cfg(test)]
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,

@@ -3,7 +3,8 @@
 //!
 //! Owns the row types and [`JsonlLog`], which keeps each file valid across
 //! crashes: a torn last line (a kill mid-append) is repaired on open, every
-//! row is one `write` followed by `fsync`, a failed write is rolled back, and
+//! append (one row, or all the rows of a request) is one `write` followed by
+//! one `fdatasync`, a failed write is rolled back, and
 //! a row whose key is already in the file is not written again. Row types are
 //! typed structs, never free-form maps, so a key has the same JSON type in
 //! every row (Hugging Face's loader fails otherwise). Must not know where the
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::sync_dir;
+use super::atomic::{sync_dir, sync_file, sync_file_data};
 use super::OutputError;
 
 /// Name of the dataset index in the output directory.
@@ -203,7 +204,7 @@ impl JsonlLog {
         if let Some(dropped_bytes) = torn {
             let file = log.open_for_append()?;
             file.set_len(valid_len)
-                .and_then(|()| file.sync_all())
+                .and_then(|()| sync_file(file))
                 .map_err(|e| OutputError::io("repair", &log.path, e))?;
             tracing::warn!(
                 path = %log.path.display(),
@@ -250,6 +251,46 @@ impl JsonlLog {
         self.write_row_bytes(&line)?;
         self.keys.insert(key.to_owned());
         Ok(true)
+    }
+
+    /// Appends every row whose key is not in the file yet (nor earlier in
+    /// `rows`) with one `write` and one `fdatasync`: a request's rows cost
+    /// one flush, not one each. Returns how many were written; they are
+    /// durable when this returns.
+    ///
+    /// # Errors
+    ///
+    /// As [`JsonlLog::append`]: on error none of them is recorded, and the
+    /// file is truncated back (a kill mid-write tears at most the last line,
+    /// which the next open drops).
+    pub fn append_many<T: Serialize>(&mut self, rows: &[(&str, &T)]) -> Result<usize, OutputError> {
+        let mut buffer = Vec::new();
+        let mut new_keys: Vec<&str> = Vec::new();
+        for (key, row) in rows {
+            if self.contains(key) || new_keys.contains(key) {
+                continue;
+            }
+            let start = buffer.len();
+            serde_json::to_writer(&mut buffer, row)
+                .expect("row types are plain structs with string keys; serialising cannot fail");
+            debug_assert_eq!(
+                row_key(&buffer[start..], self.key_field)
+                    .ok()
+                    .flatten()
+                    .as_deref(),
+                Some(*key),
+                "the key passed to append_many must be the row's {}",
+                self.key_field
+            );
+            buffer.push(b'\n');
+            new_keys.push(key);
+        }
+        if new_keys.is_empty() {
+            return Ok(0);
+        }
+        self.write_row_bytes(&buffer)?;
+        self.keys.extend(new_keys.iter().map(|k| (*k).to_owned()));
+        Ok(new_keys.len())
     }
 
     /// Appends `row` as one line even if its key is already there (a history).
@@ -318,7 +359,7 @@ impl JsonlLog {
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
         ));
         let written = std::fs::write(&temp, &new)
-            .and_then(|()| File::open(&temp)?.sync_all())
+            .and_then(|()| sync_file(&File::open(&temp)?))
             .and_then(|()| std::fs::rename(&temp, &self.path))
             .and_then(|()| sync_dir(&dir));
         if let Err(e) = written {
@@ -335,7 +376,7 @@ impl JsonlLog {
         let len = self.len;
         let file = self.open_for_append()?;
         // One write call for the whole line, so a kill tears at most this line.
-        let result = file.write_all(bytes).and_then(|()| file.sync_data());
+        let result = file.write_all(bytes).and_then(|()| sync_file_data(file));
         if let Err(e) = result {
             // Best effort: the original error is the one worth reporting.
             let _ = file.set_len(len);

@@ -22,12 +22,13 @@ mod sink;
 mod strays;
 mod webp;
 
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-pub use atomic::TEMP_PREFIX;
+pub use atomic::{syncs_on_this_thread, TEMP_PREFIX};
 pub use index::{IndexRow, JobError, JobResult, TornLine, ERRORS_FILE, INDEX_FILE, RESULTS_FILE};
 pub use naming::{
     check_relative_name, sanitize_value, FilenameTemplate, NameFields, PathEscape, Placeholder,
@@ -257,17 +258,8 @@ impl OutputDir {
         lock(&self.inner.errors).contains(job_key)
     }
 
-    /// Writes `<rel_name>.webp` and its sidecar `<rel_name>.json`.
-    ///
-    /// `rel_name` is a rendered template (relative, `/`-separated, no
-    /// extension); missing subdirectories are created. The sidecar is written
-    /// with `file_name` set to the image's relative path. The image is
-    /// verified first; both files are written atomically and never replace
-    /// an existing file:
-    /// - an identical `.webp` already there (a retry after a crash) is
-    ///   success with `already_present`, and a missing sidecar is added;
-    /// - a different `.webp`, or a sidecar for another generation without
-    ///   its image, is [`OutputError::Collision`] and nothing is written.
+    /// Writes `<rel_name>.webp` and its sidecar `<rel_name>.json`: a batch of
+    /// one, see [`OutputDir::write_images`].
     ///
     /// # Errors
     ///
@@ -279,69 +271,186 @@ impl OutputDir {
         webp: &[u8],
         sidecar: &Sidecar,
     ) -> Result<WrittenImage, OutputError> {
+        let image = NewImage {
+            rel_name,
+            webp,
+            sidecar,
+            index_row: None,
+        };
+        self.write_images(vec![image])
+            .pop()
+            .expect("write_images answers once per image")
+    }
+
+    /// Writes a request's images, each as `<rel_name>.webp` with its sidecar
+    /// `<rel_name>.json` and, if given, its `metadata.jsonl` row; answers
+    /// once per image, in order. An image that fails (a broken WebP, a
+    /// collision) does not stop the others.
+    ///
+    /// `rel_name` is a rendered template (relative, `/`-separated, no
+    /// extension); missing subdirectories are created. The sidecar and row
+    /// get `file_name` set to the image's relative path. Each image is
+    /// verified first; files never replace an existing file:
+    /// - an identical `.webp` already there (a retry after a crash) is
+    ///   success with `already_present`, and a missing sidecar is added;
+    /// - a different `.webp`, or a sidecar for another generation without
+    ///   its image, is [`OutputError::Collision`] and nothing is written.
+    ///
+    /// Flushes per batch, not per image (group commit): every file is
+    /// written to a temp file and `fsync`ed, all are renamed (no-clobber),
+    /// each directory touched is flushed once, then all the rows are
+    /// appended with one `write` and one `fdatasync`. So `Ok` means the
+    /// files and the row are durable, a row never exists without its files,
+    /// and a crash at any point leaves only complete files or temp files
+    /// (which [`OutputDir::open`] removes).
+    pub fn write_images(
+        &self,
+        images: Vec<NewImage<'_>>,
+    ) -> Vec<Result<WrittenImage, OutputError>> {
+        let mut created_dirs = HashSet::new();
+        let mut prepared: Vec<Result<Prepared, OutputError>> = images
+            .iter()
+            .map(|image| self.prepare(image, &mut created_dirs))
+            .collect();
+
+        // Renames, then one flush per directory for every image placed or found.
+        let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+        for (slot, image) in prepared.iter_mut().zip(&images) {
+            if let Ok(p) = slot {
+                match place(p, image.webp) {
+                    Ok(()) => {
+                        dirs.insert(p.dir.clone());
+                    }
+                    Err(e) => *slot = Err(e),
+                }
+            }
+        }
+        for dir in &dirs {
+            if let Err(error) = atomic::sync_dir(dir) {
+                for slot in &mut prepared {
+                    if matches!(slot, Ok(p) if p.dir == *dir) {
+                        *slot = Err(copy_io("sync", dir, &error));
+                    }
+                }
+            }
+        }
+
+        // The rows go last, so a row is never durable before its files.
+        let rows: Vec<(usize, IndexRow)> = prepared
+            .iter()
+            .zip(images)
+            .enumerate()
+            .filter_map(|(i, (slot, image))| match (slot, image.index_row) {
+                (Ok(p), Some(row)) => Some((
+                    i,
+                    IndexRow {
+                        file_name: p.written.file_name.clone(),
+                        ..row
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        if !rows.is_empty() {
+            let keyed: Vec<(&str, &IndexRow)> = rows
+                .iter()
+                .map(|(_, row)| (row.file_name.as_str(), row))
+                .collect();
+            if let Err(error) = lock(&self.inner.index).append_many(&keyed) {
+                let path = self.root().join(INDEX_FILE);
+                let cause = match &error {
+                    OutputError::Io { error, .. } => {
+                        io::Error::new(error.kind(), error.to_string())
+                    }
+                    other => io::Error::other(other.to_string()),
+                };
+                for (i, _) in &rows {
+                    prepared[*i] = Err(copy_io("append to", &path, &cause));
+                }
+            }
+        }
+        prepared
+            .into_iter()
+            .map(|slot| slot.map(|p| p.written))
+            .collect()
+    }
+
+    /// Checks one image, compares it with what is on disk, and writes its
+    /// files to flushed temp files (not yet renamed).
+    fn prepare(
+        &self,
+        image: &NewImage<'_>,
+        created_dirs: &mut HashSet<PathBuf>,
+    ) -> Result<Prepared, OutputError> {
+        let rel_name = image.rel_name;
         check_relative_name(rel_name)?;
         let root = self.root();
         let file_name = format!("{rel_name}.{IMAGE_EXTENSION}");
         let image_path = root.join(&file_name);
         let sidecar_path = root.join(format!("{rel_name}.{SIDECAR_EXTENSION}"));
 
-        let info = verify_webp(webp).map_err(|error| OutputError::Webp {
+        let info = verify_webp(image.webp).map_err(|error| OutputError::Webp {
             path: image_path.clone(),
             error,
         })?;
         let sidecar = Sidecar {
             file_name: file_name.clone(),
-            ..sidecar.clone()
+            ..image.sidecar.clone()
         };
         let mut sidecar_json = serde_json::to_vec_pretty(&sidecar)
             .expect("a sidecar has string keys only; serialising cannot fail");
         sidecar_json.push(b'\n');
 
-        if let Some(parent) = Path::new(rel_name).parent() {
-            atomic::create_dirs_durably(root, parent)
-                .map_err(|e| OutputError::io("create directory", &root.join(parent), e))?;
+        let relative_dir = Path::new(rel_name).parent().unwrap_or(Path::new(""));
+        let dir = root.join(relative_dir);
+        // One mkdir walk per directory per batch, not per image.
+        if !relative_dir.as_os_str().is_empty() && created_dirs.insert(dir.clone()) {
+            atomic::create_dirs_durably(root, relative_dir)
+                .map_err(|e| OutputError::io("create directory", &dir, e))?;
         }
 
-        let written = |already_present| WrittenImage {
-            file_name: file_name.clone(),
-            image_path: image_path.clone(),
-            sidecar_path: sidecar_path.clone(),
-            already_present,
-            info,
-        };
-
-        if same_file_content(&image_path, webp)? {
-            write_sidecar_if_missing(&sidecar_path, &sidecar_json)?;
-            return Ok(written(true));
-        }
-        // The image is not there. An orphan sidecar (its image deleted) may
-        // stay only if it describes this very generation.
-        if let Some(existing) = read_sidecar(&sidecar_path)? {
-            if !existing.same_generation(&sidecar) {
-                return Err(OutputError::Collision { path: sidecar_path });
-            }
-        }
-
-        // The image's directory entry is flushed together with the sidecar's
-        // (same directory), once; the caller records the image only after this returns.
-        match atomic::create_new_unsynced_entry(&image_path, webp) {
-            Ok(()) => {}
-            // Another task won the race for this name: fine if it wrote the same image.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                if !same_file_content(&image_path, webp)? {
-                    return Err(OutputError::Collision { path: image_path });
+        let already_present = same_file_content(&image_path, image.webp)?;
+        let sidecar_exists = if already_present {
+            fs::symlink_metadata(&sidecar_path).is_ok()
+        } else {
+            // The image is not there. An orphan sidecar (its image deleted) may
+            // stay only if it describes this very generation.
+            match read_sidecar(&sidecar_path)? {
+                Some(existing) if !existing.same_generation(&sidecar) => {
+                    return Err(OutputError::Collision { path: sidecar_path });
                 }
-                write_sidecar_if_missing(&sidecar_path, &sidecar_json)?;
-                return Ok(written(true));
+                Some(_) => true,
+                None => false,
             }
-            Err(e) => return Err(OutputError::io("write", &image_path, e)),
-        }
-        if !write_sidecar_if_missing(&sidecar_path, &sidecar_json)? {
-            // No new sidecar, so no directory flush yet: flush for the image.
-            let dir = image_path.parent().unwrap_or(root);
-            atomic::sync_dir(dir).map_err(|e| OutputError::io("sync", dir, e))?;
-        }
-        Ok(written(false))
+        };
+        let image_temp = if already_present {
+            None
+        } else {
+            Some(
+                atomic::write_synced_temp(&dir, image.webp)
+                    .map_err(|e| OutputError::io("write", &image_path, e))?,
+            )
+        };
+        let sidecar_temp = if sidecar_exists {
+            None
+        } else {
+            Some(
+                atomic::write_synced_temp(&dir, &sidecar_json)
+                    .map_err(|e| OutputError::io("write", &sidecar_path, e))?,
+            )
+        };
+        Ok(Prepared {
+            written: WrittenImage {
+                file_name,
+                image_path,
+                sidecar_path,
+                already_present,
+                info,
+            },
+            dir,
+            image_temp,
+            sidecar_temp,
+        })
     }
 
     /// Appends a row to `metadata.jsonl` unless its `file_name` is already
@@ -457,13 +566,67 @@ fn read_sidecar(path: &Path) -> Result<Option<Sidecar>, OutputError> {
     }
 }
 
-/// Writes the sidecar unless one exists. An existing sidecar for an existing
-/// identical image is kept as is: it recorded the first retrieval.
-/// Writes the sidecar durably unless one exists; true when it was written.
-fn write_sidecar_if_missing(path: &Path, json: &[u8]) -> Result<bool, OutputError> {
-    match atomic::create_new_durably(path, json) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(OutputError::io("write", path, e)),
+/// One image for [`OutputDir::write_images`].
+#[derive(Debug, Clone)]
+pub struct NewImage<'a> {
+    /// The rendered template: relative, `/`-separated, without extension.
+    pub rel_name: &'a str,
+    /// The WebP bytes, as received.
+    pub webp: &'a [u8],
+    /// Its sidecar (`file_name` is filled in by the writer).
+    pub sidecar: &'a Sidecar,
+    /// Its `metadata.jsonl` row (`file_name` filled in by the writer), or
+    /// `None` when the manifest turned the index off.
+    pub index_row: Option<IndexRow>,
+}
+
+/// An image checked and written to flushed temp files, not yet renamed.
+struct Prepared {
+    written: WrittenImage,
+    /// The directory of its files.
+    dir: PathBuf,
+    /// `None` when an identical image is already there.
+    image_temp: Option<atomic::SyncedTemp>,
+    /// `None` when a sidecar is already there.
+    sidecar_temp: Option<atomic::SyncedTemp>,
+}
+
+/// Renames an image's temp files to their final names: the image first, so
+/// a sidecar never appears for an image that did not (a crash in between
+/// leaves an image without sidecar, which the retry completes).
+fn place(p: &mut Prepared, webp: &[u8]) -> Result<(), OutputError> {
+    if let Some(temp) = p.image_temp.take() {
+        match temp.persist_noclobber(&p.written.image_path) {
+            Ok(()) => {}
+            // Another writer won the race for this name: fine if it wrote the same image.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if !same_file_content(&p.written.image_path, webp)? {
+                    return Err(OutputError::Collision {
+                        path: p.written.image_path.clone(),
+                    });
+                }
+                p.written.already_present = true;
+            }
+            Err(e) => return Err(OutputError::io("write", &p.written.image_path, e)),
+        }
     }
+    if let Some(temp) = p.sidecar_temp.take() {
+        match temp.persist_noclobber(&p.written.sidecar_path) {
+            // An existing sidecar for this image is kept: it recorded the first retrieval.
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(OutputError::io("write", &p.written.sidecar_path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// An I/O error for each image of a batch that one failed flush affects
+/// (`io::Error` cannot be cloned).
+fn copy_io(action: &'static str, path: &Path, error: &io::Error) -> OutputError {
+    OutputError::io(
+        action,
+        path,
+        io::Error::new(error.kind(), error.to_string()),
+    )
 }

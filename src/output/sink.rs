@@ -16,8 +16,8 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{
-    format_timestamp, FilenameTemplate, IndexRow, JobError, JobResult, NameFields, OutputDir,
-    OutputError, Sidecar, HORDE_BATCH_VERSION,
+    format_timestamp, FilenameTemplate, IndexRow, JobError, JobResult, NameFields, NewImage,
+    OutputDir, OutputError, Sidecar, HORDE_BATCH_VERSION,
 };
 use crate::horde::Generation;
 use crate::manifest::{CompiledManifest, Job};
@@ -53,6 +53,22 @@ pub struct Stored {
 pub trait ImageSink: Send + Sync {
     /// Stores one image durably (with whatever describes it) and names it.
     fn save<'a>(&'a self, image: GeneratedImage<'a>) -> BoxFuture<'a, Result<Stored, OutputError>>;
+    /// Stores a request's images, answering once per image in order; each
+    /// `Ok` is durable when the future resolves. One image failing does not
+    /// stop the others. The default saves them one by one; a sink that can
+    /// flush once for all of them (as [`Dataset`] does) overrides it.
+    fn save_all<'a>(
+        &'a self,
+        images: Vec<GeneratedImage<'a>>,
+    ) -> BoxFuture<'a, Vec<Result<Stored, OutputError>>> {
+        Box::pin(async move {
+            let mut stored = Vec::with_capacity(images.len());
+            for image in images {
+                stored.push(self.save(image).await);
+            }
+            stored
+        })
+    }
     /// Records that `job` has all its images.
     fn job_done(
         &self,
@@ -196,29 +212,74 @@ impl Dataset {
 impl ImageSink for Dataset {
     fn save<'a>(&'a self, image: GeneratedImage<'a>) -> BoxFuture<'a, Result<Stored, OutputError>> {
         Box::pin(async move {
-            let (name, sidecar, row) = self.describe(&image)?;
-            let dir = self.dir.clone();
+            self.save_all(vec![image])
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(join_error(self, "save_all answered no image")))
+        })
+    }
+
+    fn save_all<'a>(
+        &'a self,
+        images: Vec<GeneratedImage<'a>>,
+    ) -> BoxFuture<'a, Vec<Result<Stored, OutputError>>> {
+        Box::pin(async move {
+            let count = images.len();
             let index_enabled = self.manifest.output.index;
-            let bytes = image.bytes;
-            tokio::task::spawn_blocking(move || -> Result<Stored, OutputError> {
-                let written = dir.write_image(&name, &bytes, &sidecar)?;
-                if index_enabled {
-                    dir.append_index(&IndexRow {
-                        file_name: written.file_name.clone(),
-                        ..row
-                    })?;
+            // Names and descriptions first (a bad name fails only its image), then
+            // one blocking task writes the rest as one group commit.
+            let mut answers: Vec<Option<Result<Stored, OutputError>>> = Vec::with_capacity(count);
+            let mut batch = Vec::new();
+            for (position, image) in images.into_iter().enumerate() {
+                match self.describe(&image) {
+                    Ok((name, sidecar, row)) => {
+                        answers.push(None);
+                        batch.push((position, name, image.bytes, sidecar, row));
+                    }
+                    Err(error) => answers.push(Some(Err(error))),
                 }
-                Ok(Stored {
-                    file_name: written.file_name,
-                    already_present: written.already_present,
-                })
+            }
+            if batch.is_empty() {
+                return answers.into_iter().flatten().collect();
+            }
+            let dir = self.dir.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let images = batch
+                    .iter()
+                    .map(|(_, name, bytes, sidecar, row)| NewImage {
+                        rel_name: name,
+                        webp: bytes,
+                        sidecar,
+                        index_row: index_enabled.then(|| row.clone()),
+                    })
+                    .collect();
+                let results = dir.write_images(images);
+                batch
+                    .into_iter()
+                    .map(|(position, ..)| position)
+                    .zip(results)
+                    .collect::<Vec<_>>()
             })
-            .await
-            .map_err(|e| OutputError::Io {
-                action: "write image",
-                path: self.dir.root().to_owned(),
-                error: std::io::Error::other(e.to_string()),
-            })?
+            .await;
+            match written {
+                Ok(results) => {
+                    for (position, result) in results {
+                        answers[position] = Some(result.map(|w| Stored {
+                            file_name: w.file_name,
+                            already_present: w.already_present,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    for answer in answers.iter_mut().filter(|a| a.is_none()) {
+                        *answer = Some(Err(join_error(self, &e.to_string())));
+                    }
+                }
+            }
+            answers
+                .into_iter()
+                .map(|a| a.unwrap_or_else(|| Err(join_error(self, "image left unanswered"))))
+                .collect()
         })
     }
 
@@ -375,6 +436,15 @@ impl ImageSink for MemorySink {
 
     fn location(&self) -> String {
         "(memory)".to_owned()
+    }
+}
+
+/// The blocking writer task died (a panic): its images are not saved.
+fn join_error(dataset: &Dataset, message: &str) -> OutputError {
+    OutputError::Io {
+        action: "write images in",
+        path: dataset.dir.root().to_owned(),
+        error: std::io::Error::other(message.to_owned()),
     }
 }
 

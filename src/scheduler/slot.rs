@@ -812,8 +812,10 @@ impl Engine {
         true
     }
 
-    /// Assigns the request's new generations to missing image indices, then
-    /// writes each image and sidecar and records it as saved.
+    /// Assigns the request's new generations to missing image indices,
+    /// fetches them all, hands them to the sink in one batch (one group
+    /// commit: the files are durable when it answers), then records each
+    /// image saved.
     async fn save_generations(
         &self,
         job: &Job,
@@ -874,6 +876,7 @@ impl Engine {
             .collect();
         let mut status = std::borrow::Cow::Borrowed(status);
         let mut refetched = false;
+        let mut fetched: Vec<(u32, Generation, Vec<u8>)> = Vec::new();
         for (index, generation_id) in assigned {
             let Some(generation) = status
                 .generations
@@ -929,17 +932,35 @@ impl Engine {
                     continue;
                 }
             };
-            let image = GeneratedImage {
+            fetched.push((index, generation, bytes));
+        }
+
+        // All of the request's images go to the sink at once, so it can flush once for all
+        // of them; each answer is durable before the record says the image is saved.
+        let n = submitted_n(record);
+        let submitted = submitted_ms(record);
+        let (fetched, all_bytes): (Vec<(u32, Generation)>, Vec<Vec<u8>>) = fetched
+            .into_iter()
+            .map(|(index, generation, bytes)| ((index, generation), bytes))
+            .unzip();
+        let images = fetched
+            .iter()
+            .zip(all_bytes)
+            .map(|((index, generation), bytes)| GeneratedImage {
                 job,
-                generation: &generation,
+                generation,
                 request_id: id,
-                index,
-                n: submitted_n(record),
-                submitted_ms: submitted_ms(record),
+                index: *index,
+                n,
+                submitted_ms: submitted,
                 kudos: status.check.kudos,
                 bytes,
-            };
-            match self.sink.save(image).await {
+            })
+            .collect();
+        let answers = self.sink.save_all(images).await;
+        let mut fatal = None;
+        for ((index, generation), answer) in fetched.iter().zip(answers) {
+            match answer {
                 Ok(stored) => {
                     if !stored.already_present {
                         self.accounting.images_saved.fetch_add(1, Ordering::Relaxed);
@@ -952,27 +973,29 @@ impl Engine {
                         file_name: stored.file_name,
                         censored: generation.censored,
                     };
-                    record.save_image(index, saved, now_ms());
+                    record.save_image(*index, saved, now_ms());
                 }
                 Err(OutputError::Webp { error, .. }) => {
                     tracing::warn!(%error, generation = %generation.id, "the Horde sent a broken image; it will be asked for again");
                     self.emit(Event::Failure(FailureKind::BadImage));
-                    record.assigned.remove(&index);
+                    record.assigned.remove(index);
                 }
                 Err(error @ OutputError::Collision { .. }) => {
                     // A different image already has this name: the ledger lost track of it.
-                    self.abort(Abort::Ledger(format!(
+                    fatal.get_or_insert(Abort::Ledger(format!(
                         "{error}; the ledger does not know this file: run with --rebuild-state"
                     )));
-                    let _ = self.ledger.put_durable(key, record).await;
-                    return Err(Halt::Stopped);
                 }
                 Err(error) => {
-                    self.abort(Abort::Output(error.to_string()));
-                    let _ = self.ledger.put_durable(key, record).await;
-                    return Err(Halt::Stopped);
+                    fatal.get_or_insert(Abort::Output(error.to_string()));
                 }
             }
+        }
+        if let Some(abort) = fatal {
+            // The images that were saved stay recorded; the run stops.
+            self.abort(abort);
+            let _ = self.ledger.put_durable(key, record).await;
+            return Err(Halt::Stopped);
         }
         // Not flushed here: the next step of this slot (done, resubmit, fail, cancel)
         // writes and flushes the record anyway, and the files are already durable, so
