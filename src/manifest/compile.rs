@@ -64,6 +64,7 @@ pub struct OutputSettings {
     pub filename: String,
     pub sidecars: bool,
     pub index: bool,
+    pub a1111_parameters: bool,
 }
 
 /// The Horde's top-level request flags, every one resolved.
@@ -435,6 +436,7 @@ impl Context<'_> {
             filename,
             sidecars: spec.sidecars.unwrap_or(true),
             index: spec.index.unwrap_or(true),
+            a1111_parameters: spec.a1111_parameters.unwrap_or(true),
         }
     }
 

@@ -109,6 +109,10 @@ pub struct OutputSpec {
     pub sidecars: Option<bool>,
     /// Keep `metadata.jsonl`, a Hugging Face `imagefolder` index (default true).
     pub index: Option<bool>,
+    /// Write the A1111 parameters (prompt, negative prompt, steps, sampler, CFG scale,
+    /// seed, size, model) into each image's EXIF UserComment, as PNG Info and civitai
+    /// read them (default true).
+    pub a1111_parameters: Option<bool>,
 }
 
 /// What to do with an image the Horde's censor blacked out.

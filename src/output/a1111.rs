@@ -49,9 +49,14 @@ pub fn parameters_text(sidecar: &Sidecar) -> String {
     text
 }
 
+/// A value as the web UI prints it: text bare, `7.0` as `7`.
 fn plain(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
         other => other.to_string(),
     }
 }

@@ -117,6 +117,25 @@ impl Dataset {
         }
     }
 
+    /// The bytes to store: the Horde's WebP with the A1111 parameters in its
+    /// EXIF (the pixels stay the Horde's), unless the manifest turned that off
+    /// or the very same untagged file is already there (written by a version
+    /// that did not tag, before a crash): then it is kept as it is.
+    fn with_parameters(&self, name: &str, sidecar: &Sidecar, bytes: Vec<u8>) -> Vec<u8> {
+        if !self.manifest.output.a1111_parameters {
+            return bytes;
+        }
+        let existing = self
+            .dir
+            .root()
+            .join(format!("{name}.{}", super::IMAGE_EXTENSION));
+        if std::fs::read(&existing).is_ok_and(|on_disk| on_disk == bytes) {
+            return bytes;
+        }
+        let text = super::a1111::parameters_text(sidecar);
+        super::a1111::with_parameters(&bytes, &text).unwrap_or(bytes)
+    }
+
     /// The file name, sidecar and index row of an image.
     fn describe(
         &self,
@@ -234,7 +253,8 @@ impl ImageSink for Dataset {
                 match self.describe(&image) {
                     Ok((name, sidecar, row)) => {
                         answers.push(None);
-                        batch.push((position, name, image.bytes, sidecar, row));
+                        let bytes = self.with_parameters(&name, &sidecar, image.bytes);
+                        batch.push((position, name, bytes, sidecar, row));
                     }
                     Err(error) => answers.push(Some(Err(error))),
                 }
