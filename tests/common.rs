@@ -418,6 +418,22 @@ impl Batch {
         self.out().join(".horde-batch")
     }
 
+    /// `horde-batch status --json` for this batch (the state folder as the
+    /// manifest places it), which must succeed.
+    pub fn status_json(&self) -> Value {
+        let output = Command::new(BIN)
+            .args(["status", "--json"])
+            .arg(&self.manifest)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
     /// `run` against `sim`, to its end (bounded by [`RUN_LIMIT`]).
     pub fn run_on(&self, sim: &Sim) -> Finished {
         run_bounded(&mut self.command(sim, "run"), RUN_LIMIT)

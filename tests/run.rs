@@ -61,12 +61,7 @@ fn sigkill_mid_run_then_resume_loses_and_duplicates_nothing() {
     batch.kill_run_after(&sim, 40);
     // What a script sees after the kill: not active, not finished, the requests
     // left on the Horde named with their ids.
-    let output = std::process::Command::new(crate::common::BIN)
-        .args(["status", "--json"])
-        .arg(&batch.manifest)
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let status = batch.status_json();
     assert_eq!(
         (status["active"].as_bool(), status["finished"].as_bool()),
         (Some(false), Some(false)),

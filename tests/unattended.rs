@@ -31,17 +31,7 @@ fn json_progress_lines_and_status_during_an_active_run() {
     // (every progress tick, so wait for a sample that has seen an image).
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        let output = Command::new(BIN)
-            .args(["status", "--json"])
-            .arg(&batch.manifest)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let status = batch.status_json();
         if status["images_saved"].as_u64().unwrap_or(0) >= 1 || Instant::now() > deadline {
             break status;
         }
@@ -78,12 +68,7 @@ fn json_progress_lines_and_status_during_an_active_run() {
     assert!(last["images_saved"].as_u64().unwrap() >= 8);
 
     // With no run active, status reads the ledger itself.
-    let output = Command::new(BIN)
-        .args(["status", "--json"])
-        .arg(&batch.manifest)
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let status = batch.status_json();
     assert_eq!(status["active"], false);
     assert_eq!(
         status["images_saved"].as_u64().unwrap(),
@@ -104,12 +89,7 @@ fn json_progress_lines_and_status_during_an_active_run() {
     // After the rest is done, the ledger says so too.
     let (code, stderr) = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
-    let output = Command::new(BIN)
-        .args(["status", "--json"])
-        .arg(&batch.manifest)
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let status = batch.status_json();
     assert_eq!(status["finished"], true, "{status}");
     assert_eq!(
         (status["jobs"].as_u64(), status["jobs_done"].as_u64()),
