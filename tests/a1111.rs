@@ -1,7 +1,6 @@
-//! The A1111 parameters in an image, read back by an independent reader
-//! (Pillow, installed by `.ci/run`), as PNG Info and civitai read them.
-
-use std::process::Command;
+//! The A1111 parameters in an image, read back by an independent EXIF reader
+//! (the `kamadak-exif` crate reads the WebP container and the TIFF structure
+//! itself), as PNG Info and civitai read them.
 
 use horde_batch::output::a1111::with_parameters;
 
@@ -15,56 +14,51 @@ fn small_webp() -> Vec<u8> {
 }
 
 #[test]
-fn pillow_reads_the_user_comment_and_the_image() {
+fn an_independent_reader_finds_the_user_comment_and_the_image() {
     let text = "a lighthouse at dusk, oil painting\nNegative prompt: blurry\n\
                 Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 32x16, Model: stable_diffusion";
-    let tagged = with_parameters(&small_webp(), text).expect("a WebP takes the parameters");
+    let original = small_webp();
+    let tagged = with_parameters(&original, text).expect("a WebP takes the parameters");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tagged.webp");
-    std::fs::write(&path, tagged).unwrap();
-    let script = "import sys\n\
-        from PIL import Image\n\
-        im = Image.open(sys.argv[1])\n\
-        raw = im.getexif().get_ifd(0x8769)[0x9286]\n\
-        assert raw.startswith(b'UNICODE\\0'), raw[:16]\n\
-        im.load()\n\
-        print('%dx%d' % im.size)\n\
-        sys.stdout.write(raw[8:].decode('utf-16-be'))\n";
-    let output = Command::new("python3")
-        .args(["-c", script])
-        .arg(&path)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "Pillow could not read it (is Pillow installed? .ci/run installs it): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let (size, comment) = stdout.split_once('\n').unwrap();
-    assert_eq!(size, "32x16");
-    assert_eq!(comment, text);
+    std::fs::write(&path, &tagged).unwrap();
+    assert_eq!(user_comment(&path).as_deref(), Some(text));
+    // The pixels are the original's.
+    assert_eq!(pixels(&tagged), pixels(&original));
 }
 
-/// The UserComment Pillow reads from `image`, if any.
+fn pixels(webp: &[u8]) -> Vec<u8> {
+    let mut decoder = image_webp::WebPDecoder::new(std::io::Cursor::new(webp)).unwrap();
+    let mut pixels = vec![0; decoder.output_buffer_size().unwrap()];
+    decoder.read_image(&mut pixels).unwrap();
+    pixels
+}
+
+/// The UserComment an independent EXIF reader finds in `image`, if any
+/// (`UNICODE\0` and UTF-16 in the TIFF's byte order, as A1111 and piexif write it).
 fn user_comment(image: &std::path::Path) -> Option<String> {
-    let script = "import sys\n\
-        from PIL import Image\n\
-        ifd = Image.open(sys.argv[1]).getexif().get_ifd(0x8769)\n\
-        raw = ifd.get(0x9286)\n\
-        sys.stdout.write(raw[8:].decode('utf-16-be') if raw else '')\n";
-    let output = Command::new("python3")
-        .args(["-c", script])
-        .arg(image)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
-    (!text.is_empty()).then_some(text)
+    let file = std::fs::File::open(image).unwrap();
+    let exif = exif::Reader::new()
+        .read_from_container(&mut std::io::BufReader::new(file))
+        .ok()?;
+    let field = exif.get_field(exif::Tag::UserComment, exif::In::PRIMARY)?;
+    let exif::Value::Undefined(bytes, _) = &field.value else {
+        panic!("UserComment is not UNDEFINED: {:?}", field.value)
+    };
+    let text = bytes
+        .strip_prefix(b"UNICODE\0")
+        .expect("the UNICODE prefix");
+    let units: Vec<u16> = text
+        .chunks_exact(2)
+        .map(|pair| {
+            if exif.little_endian() {
+                u16::from_le_bytes([pair[0], pair[1]])
+            } else {
+                u16::from_be_bytes([pair[0], pair[1]])
+            }
+        })
+        .collect();
+    Some(String::from_utf16(&units).expect("UTF-16"))
 }
 
 #[test]
