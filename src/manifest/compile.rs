@@ -131,6 +131,23 @@ pub(crate) struct Axis {
     pub values: Vec<AxisValue>,
 }
 
+impl Axis {
+    /// An axis of prompt text: each value with its weight in random mode.
+    fn text(values: impl IntoIterator<Item = (String, f64)>) -> Axis {
+        Axis {
+            kind: AxisKind::Text,
+            values: values
+                .into_iter()
+                .map(|(text, weight)| AxisValue {
+                    json: Value::from(text.as_str()),
+                    text,
+                    weight,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A piece of a compiled template: text, or the value of an axis.
 #[derive(Debug, Clone)]
 pub(crate) enum Segment {
@@ -866,17 +883,7 @@ impl Context<'_> {
                 {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
-                        axes.push(Axis {
-                            kind: AxisKind::Text,
-                            values: values
-                                .into_iter()
-                                .map(|text| AxisValue {
-                                    json: Value::from(text.as_str()),
-                                    text,
-                                    weight: 1.0,
-                                })
-                                .collect(),
-                        });
+                        axes.push(Axis::text(values.into_iter().map(|text| (text, 1.0))));
                     }
                     Err((message, help)) => {
                         ok = false;
@@ -891,17 +898,7 @@ impl Context<'_> {
                 Piece::Variant(options) => match self.variant_values(&options) {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
-                        axes.push(Axis {
-                            kind: AxisKind::Text,
-                            values: values
-                                .into_iter()
-                                .map(|(text, weight)| AxisValue {
-                                    json: Value::from(text.as_str()),
-                                    text,
-                                    weight,
-                                })
-                                .collect(),
-                        });
+                        axes.push(Axis::text(values));
                     }
                     Err((message, help)) => {
                         ok = false;
@@ -912,17 +909,7 @@ impl Context<'_> {
                 Piece::Wildcard(name) => match self.wildcard(&name) {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
-                        axes.push(Axis {
-                            kind: AxisKind::Text,
-                            values: values
-                                .iter()
-                                .map(|v| AxisValue {
-                                    text: v.clone(),
-                                    json: Value::from(v.as_str()),
-                                    weight: 1.0,
-                                })
-                                .collect(),
-                        });
+                        axes.push(Axis::text(values.iter().map(|v| (v.clone(), 1.0))));
                     }
                     Err((message, help)) => {
                         ok = false;
