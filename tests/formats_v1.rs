@@ -566,6 +566,7 @@ fn write_output_files(dir: &Path) {
         submitted_at: "2026-01-15T10:00:01.000Z".into(),
         completed_at: "2026-01-15T10:00:08.000Z".into(),
         horde_batch_version: horde_batch::output::HORDE_BATCH_VERSION.into(),
+        labels: Default::default(),
     };
     let written = output
         .write_image(

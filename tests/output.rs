@@ -55,6 +55,7 @@ fn sidecar(generation_id: &str) -> Sidecar {
         submitted_at: "2026-05-01T12:00:00.000Z".into(),
         completed_at: "2026-05-01T12:00:30.000Z".into(),
         horde_batch_version: HORDE_BATCH_VERSION.into(),
+        labels: Default::default(),
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Job {
     pub request: Arc<RequestFlags>,
     pub images: u32,
     pub seeds: Seeds,
+    /// The value each named axis, wildcard and row variable took, by name.
+    pub labels: BTreeMap<String, Value>,
 }
 
 impl Job {
@@ -361,6 +363,7 @@ fn resolve(
         request: Arc::clone(&job.request),
         images: job.images,
         seeds: job.seeds.clone(),
+        labels: BTreeMap::new(),
     }
 }
 

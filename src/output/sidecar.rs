@@ -73,7 +73,15 @@ pub struct Sidecar {
     pub completed_at: String,
     /// The horde-batch version that wrote the sidecar.
     pub horde_batch_version: String,
+    /// The value each axis, wildcard and row variable took for this job,
+    /// named after it (`{mood: happy, animal: owl}`). Absent in sidecars
+    /// written before labels existed.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
+
+/// A job's labels: variable name → the value it took, sorted by name.
+pub type Labels = std::collections::BTreeMap<String, Value>;
 
 impl Sidecar {
     /// The sidecar format this build writes.

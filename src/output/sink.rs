@@ -196,6 +196,7 @@ impl Dataset {
             submitted_at: format_timestamp(submitted.min(now)),
             completed_at: format_timestamp(now),
             horde_batch_version: HORDE_BATCH_VERSION.to_owned(),
+            labels: job.labels.clone(),
         };
         let row = IndexRow {
             file_name: String::new(),
