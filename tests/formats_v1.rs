@@ -450,6 +450,7 @@ fn v1_jsonl_files_read_back_and_reopen_without_repair() {
             kudos: 11.5,
             attempts: 1,
             completed_at: "2026-01-15T10:00:09.000Z".into(),
+            id: None,
         }]
     );
 
@@ -593,6 +594,9 @@ fn write_output_files(dir: &Path) {
             censored: false,
             horde_request_id: A0_HORDE_ID.into(),
             generation_id: GEN_A0.into(),
+            loras: String::new(),
+            post_processing: String::new(),
+            columns: Default::default(),
         })
         .unwrap();
     output
@@ -603,6 +607,7 @@ fn write_output_files(dir: &Path) {
             kudos: 11.5,
             attempts: 1,
             completed_at: "2026-01-15T10:00:09.000Z".into(),
+            id: None,
         })
         .unwrap();
     output

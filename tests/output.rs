@@ -77,6 +77,9 @@ fn index_row(file_name: &str, seed: &str, cfg_scale: f64) -> IndexRow {
         censored: false,
         horde_request_id: "req-1".into(),
         generation_id: "gen-1".into(),
+        loras: String::new(),
+        post_processing: String::new(),
+        columns: Default::default(),
     }
 }
 
@@ -109,6 +112,7 @@ fn fields<'a>() -> NameFields<'a> {
         model: "stable_diffusion",
         width: 512,
         height: 768,
+        id: "4f1c",
     }
 }
 
@@ -275,7 +279,7 @@ fn an_unknown_placeholder_is_named_with_the_known_ones() {
     assert_eq!(name, "prompt");
     assert_eq!(
         known,
-        "{manifest}, {job}, {key}, {index}, {seed}, {model}, {width}, {height}"
+        "{manifest}, {job}, {key}, {index}, {seed}, {model}, {width}, {height}, {id}"
     );
     assert_eq!((span.offset(), span.len()), (6, 8));
     assert_eq!(
@@ -360,7 +364,7 @@ fn hostile_values_stay_inside_the_output_directory() {
         long.as_str(),
         long_unicode.as_str(),
     ];
-    let template = FilenameTemplate::parse("{manifest}/{job}/{seed}-{model}-{index}").unwrap();
+    let template = FilenameTemplate::parse("{manifest}/{job}/{seed}-{model}-{id}-{index}").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = OutputDir::open(dir.path()).unwrap();
     for (i, value) in hostile.iter().enumerate() {
@@ -369,6 +373,7 @@ fn hostile_values_stay_inside_the_output_directory() {
             job: value,
             seed: value,
             model: value,
+            id: value,
             index: i as u32,
             ..fields()
         };
@@ -1035,7 +1040,8 @@ fn every_index_row_has_the_same_key_types_and_file_name_first() {
     assert_eq!(types["cfg_scale"], "float");
     assert_eq!(types["width"], "integer");
     assert_eq!(types["negative_prompt"], "string");
-    assert_eq!(types.len(), 16);
+    assert_eq!(types["loras"], "string");
+    assert_eq!(types.len(), 18);
 }
 
 #[test]
@@ -1049,6 +1055,7 @@ fn results_and_errors_are_deduplicated_by_job_key() {
         kudos: 10.0,
         attempts: 1,
         completed_at: "2026-05-01T12:00:30.000Z".into(),
+        id: None,
     };
     let error = JobError {
         job_key: "k2".into(),
@@ -1206,6 +1213,7 @@ fn a_result_line_is_replaced_and_errors_keep_their_history() {
         kudos: 10.0,
         attempts: 1,
         completed_at: "2026-05-01T12:00:30.000Z".into(),
+        id: None,
     };
     out.put_result(&result("k1", 2)).unwrap();
     out.put_result(&result("k2", 2)).unwrap();

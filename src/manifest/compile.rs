@@ -19,9 +19,11 @@ use serde_json::Value;
 
 use super::locate::YamlPath;
 use super::params::{self, BuiltIn, ParamSpec, BUILT_IN_DEFAULTS, PARAMS};
-use super::schema::{CensoredPolicy, JobSpec, RequestSpec, SeedsSpec};
+use super::rows::{self, TableError};
+use super::schema::{CensoredPolicy, JobSpec, RequestSpec, RowsSpec, SeedsSpec};
 use super::template::{self, LoraTag, Pick, Piece};
 use super::{ManifestError, ManifestFile, Problem};
+use crate::output::IndexRow;
 
 /// Expansions larger than this are refused unless the user raises the limit.
 pub const DEFAULT_MAX_JOBS: u64 = 100_000;
@@ -33,6 +35,8 @@ const DEFAULT_FILENAME: &str = "{job}/{key}-{index}";
 /// Values one variant may take once the wildcards in its options are expanded.
 const MAX_VARIANT_VALUES: usize = 1_000_000;
 const VALUE_SYNTAX_HELP: &str = "wildcard and matrix values are inserted as text: write variants out as separate values, and LoRAs under `params.loras` (a `loras` matrix axis varies them)";
+/// Prefix of the labels of unnamed variants and combinations.
+const VARIANT_LABEL: &str = "variant_";
 const WILDCARD_HELP: &str =
     "define it under `wildcards:` in the manifest, or as a text file with one value per line";
 
@@ -65,7 +69,22 @@ pub struct OutputSettings {
     pub sidecars: bool,
     pub index: bool,
     pub a1111_parameters: bool,
+    /// The name of `metadata.jsonl`'s caption column.
+    pub caption_column: String,
+    /// Extra columns of `metadata.jsonl`, in the order given.
+    pub extra_columns: Vec<String>,
 }
+
+/// Sidecar fields `output.metadata.columns` may add to `metadata.jsonl`.
+pub const SIDECAR_COLUMNS: &[&str] = &[
+    "worker_name",
+    "worker_id",
+    "kudos",
+    "prompt_template",
+    "submitted_at",
+    "completed_at",
+    "batch_index",
+];
 
 /// The Horde's top-level request flags, every one resolved.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -123,19 +142,42 @@ pub(crate) enum AxisKind {
     Param(&'static str),
     Model,
     Text,
+    /// A `rows:` table: each value is a row, its `json` an object of the
+    /// row's cells (canonical parameter values, text for the rest).
+    Rows(Arc<RowColumns>),
+}
+
+/// The columns of a `rows:` table and what each sets.
+#[derive(Debug)]
+pub(crate) struct RowColumns {
+    pub columns: Vec<(String, ColumnUse)>,
+    /// The column holding each row's id.
+    pub id: Option<String>,
+}
+
+/// What a `rows:` column sets, besides being a prompt variable and a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColumnUse {
+    Text,
+    Param(&'static str),
+    Model,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Axis {
     pub kind: AxisKind,
+    /// The label the axis's value is recorded under: the matrix axis's or
+    /// wildcard's name, `variant_N` for the N-th unnamed variant.
+    pub name: String,
     pub values: Vec<AxisValue>,
 }
 
 impl Axis {
     /// An axis of prompt text: each value with its weight in random mode.
-    fn text(values: impl IntoIterator<Item = (String, f64)>) -> Axis {
+    fn text(name: String, values: impl IntoIterator<Item = (String, f64)>) -> Axis {
         Axis {
             kind: AxisKind::Text,
+            name,
             values: values
                 .into_iter()
                 .map(|(text, weight)| AxisValue {
@@ -153,6 +195,15 @@ impl Axis {
 pub(crate) enum Segment {
     Text(String),
     Axis(usize),
+    /// `${column}` of the `rows:` axis at this index.
+    Field(usize, String),
+}
+
+impl AxisValue {
+    /// The text a `${column}` of a row inserts (`""` when the cell is empty).
+    pub(crate) fn field_text(&self, column: &str) -> String {
+        self.json.get(column).map(value_text).unwrap_or_default()
+    }
 }
 
 /// One job of the manifest, ready to expand.
@@ -173,8 +224,10 @@ pub struct CompiledJob {
     pub(crate) base_params: BTreeMap<&'static str, Value>,
     pub(crate) models: Arc<[String]>,
     pub(crate) request: Arc<RequestFlags>,
-    /// Random mode: (how many, seed).
+    /// `sample:` (how many distinct combinations, seed).
     pub(crate) sample: Option<(u64, u64)>,
+    /// `random:` (how many draws with repeats, seed).
+    pub(crate) random: Option<(u64, u64)>,
     /// The product of the axis lengths.
     pub(crate) space: u128,
 }
@@ -205,12 +258,25 @@ impl CompiledManifest {
         self.jobs
             .iter()
             .map(|job| {
-                let axis: Vec<Vec<String>> = job
+                let mut axis: Vec<Vec<String>> = job
                     .axes
                     .iter()
                     .filter(|a| matches!(a.kind, AxisKind::Model))
                     .flat_map(|a| a.values.iter().map(|v| vec![v.text.clone()]))
                     .collect();
+                for rows in job
+                    .axes
+                    .iter()
+                    .filter(|a| matches!(a.kind, AxisKind::Rows(_)))
+                {
+                    for row in &rows.values {
+                        match row.json.get("model").and_then(Value::as_str) {
+                            Some(model) => axis.push(vec![model.to_owned()]),
+                            None => axis.push(job.models.to_vec()),
+                        }
+                    }
+                    axis.dedup();
+                }
                 let lists = if axis.is_empty() {
                     vec![job.models.to_vec()]
                 } else {
@@ -231,8 +297,17 @@ impl CompiledManifest {
                 .unwrap_or(0);
             job.axes
                 .iter()
-                .filter(|a| matches!(a.kind, AxisKind::Param(p) if p == name))
-                .flat_map(|a| a.values.iter().filter_map(|v| v.json.as_u64()))
+                .flat_map(|a| match &a.kind {
+                    AxisKind::Param(p) if *p == name => {
+                        a.values.iter().filter_map(|v| v.json.as_u64()).collect()
+                    }
+                    AxisKind::Rows(_) => a
+                        .values
+                        .iter()
+                        .filter_map(|v| v.json.get(name).and_then(Value::as_u64))
+                        .collect(),
+                    _ => Vec::new(),
+                })
                 .fold(base, u64::max)
         };
         self.jobs
@@ -245,6 +320,37 @@ impl CompiledManifest {
                 )
             })
             .collect()
+    }
+
+    /// The labels that become `metadata.jsonl` columns, sorted: every
+    /// axis's label, except a parameter or `model` axis whose name is a
+    /// built-in column already (`steps`, `model`, …).
+    pub fn label_columns(&self) -> Vec<String> {
+        let names: std::collections::BTreeSet<&str> = self
+            .jobs
+            .iter()
+            .flat_map(|job| &job.axes)
+            .flat_map(|axis| match &axis.kind {
+                AxisKind::Text => vec![axis.name.as_str()],
+                AxisKind::Rows(table) => table
+                    .columns
+                    .iter()
+                    .filter(|(name, used)| {
+                        *used == ColumnUse::Text
+                            || !IndexRow::BUILT_IN_COLUMNS.contains(&name.as_str())
+                    })
+                    .map(|(name, _)| name.as_str())
+                    .collect(),
+                AxisKind::Param(_) | AxisKind::Model => {
+                    if IndexRow::BUILT_IN_COLUMNS.contains(&axis.name.as_str()) {
+                        vec![]
+                    } else {
+                        vec![axis.name.as_str()]
+                    }
+                }
+            })
+            .collect();
+        names.into_iter().map(str::to_owned).collect()
     }
 
     /// Images over all jobs.
@@ -265,6 +371,7 @@ pub fn compile(
         file: &file,
         problems: Vec::new(),
         wildcard_cache: HashMap::new(),
+        reserved_columns: Vec::new(),
     };
     let root = YamlPath::root();
     let manifest = &file.manifest;
@@ -294,6 +401,12 @@ pub fn compile(
         &root.key("defaults").key("request"),
     );
     let output = cx.output_settings();
+    cx.reserved_columns = IndexRow::BUILT_IN_COLUMNS
+        .iter()
+        .map(|c| (*c).to_owned())
+        .chain([output.caption_column.clone()])
+        .chain(output.extra_columns.iter().cloned())
+        .collect();
     let default_params = cx.params(
         &manifest.defaults.params.0,
         &root.key("defaults").key("params"),
@@ -327,6 +440,8 @@ pub fn compile(
         }
     }
 
+    cx.check_ids_name_files(&output.filename, &jobs);
+
     let total: u128 = jobs.iter().map(|j| u128::from(j.combinations)).sum();
     if total > u128::from(run.max_jobs) {
         let biggest = jobs
@@ -355,6 +470,8 @@ struct Context<'a> {
     file: &'a ManifestFile,
     problems: Vec<Problem>,
     wildcard_cache: HashMap<String, Wildcard>,
+    /// Column names of `metadata.jsonl` that a label may not take.
+    reserved_columns: Vec<String>,
 }
 
 impl Context<'_> {
@@ -448,12 +565,61 @@ impl Context<'_> {
                 "the default is `{job}/{key}-{index}`",
             );
         }
+        let caption_column = spec
+            .metadata
+            .caption
+            .clone()
+            .unwrap_or_else(|| "text".to_owned());
+        let metadata = path.key("metadata");
+        if caption_column != "text" && IndexRow::BUILT_IN_COLUMNS.contains(&caption_column.as_str())
+        {
+            self.problem(
+                &metadata.key("caption"),
+                format!("`{caption_column}` is a built-in column of metadata.jsonl"),
+                "choose another name for the caption column",
+            );
+        } else if caption_column.trim().is_empty() {
+            self.problem(
+                &metadata.key("caption"),
+                "the caption column's name is empty",
+                "",
+            );
+        }
+        let extra_columns = spec.metadata.columns.clone().unwrap_or_default();
+        for (i, column) in extra_columns.iter().enumerate() {
+            let known =
+                params::spec(column).is_some() || SIDECAR_COLUMNS.contains(&column.as_str());
+            if !known || IndexRow::BUILT_IN_COLUMNS.contains(&column.as_str()) {
+                let candidates = PARAMS
+                    .iter()
+                    .map(|p| p.name)
+                    .chain(SIDECAR_COLUMNS.iter().copied());
+                let why = if known {
+                    " (it is a built-in column already)".to_owned()
+                } else {
+                    params::suggest(column, candidates)
+                };
+                self.problem(
+                    &metadata.key("columns").index(i),
+                    format!("`{column}` cannot be an extra column{why}"),
+                    "extra columns are generation parameters or worker_name, worker_id, kudos, prompt_template, submitted_at, completed_at, batch_index",
+                );
+            } else if extra_columns[..i].contains(column) || *column == caption_column {
+                self.problem(
+                    &metadata.key("columns").index(i),
+                    format!("column `{column}` is named twice"),
+                    "",
+                );
+            }
+        }
         OutputSettings {
             dir,
             filename,
             sidecars: spec.sidecars.unwrap_or(true),
             index: spec.index.unwrap_or(true),
             a1111_parameters: spec.a1111_parameters.unwrap_or(true),
+            caption_column,
+            extra_columns,
         }
     }
 
@@ -555,8 +721,14 @@ impl Context<'_> {
             );
         }
 
-        // Axes: matrix first (in the order written), then template variants and wildcards.
+        // Axes: rows first, then matrix (in the order written), then template
+        // variants and wildcards.
         let mut axes = Vec::new();
+        if let Some(rows) = &spec.rows {
+            if let Some(axis) = self.rows_axis(rows, &path.key("rows"), &spec.matrix.0) {
+                axes.push(axis);
+            }
+        }
         let mut variables: HashMap<&str, usize> = HashMap::new();
         let mut used_variables = template_variables(&spec.prompt, spec.negative.as_deref());
         if [Some(spec.prompt.as_str()), spec.negative.as_deref()]
@@ -606,14 +778,22 @@ impl Context<'_> {
             );
         }
 
+        self.check_labels(spec, path, &axes);
+
         let space = axes.iter().try_fold(1u128, |acc, axis| {
             acc.checked_mul(axis.values.len() as u128)
         });
-        let sample = spec
-            .sample
-            .map(|count| (count, spec.sample_seed.unwrap_or(0)));
+        let seed = spec.sample_seed.unwrap_or(0);
+        let sample = spec.sample.map(|count| (count, seed));
         if sample.is_some_and(|(count, _)| count == 0) {
             self.problem(&path.key("sample"), "sample must be at least 1", "");
+        }
+        let random = spec.random.map(|count| (count, seed));
+        if random.is_some_and(|(count, _)| count == 0) {
+            self.problem(&path.key("random"), "random must be at least 1", "");
+        }
+        if sample.is_some() && random.is_some() {
+            self.problem(&path.key("random"), "`random` and `sample` cannot both be set", "`sample: N` picks N distinct combinations; `random: N` draws N prompts with repeats");
         }
         let space = match space {
             Some(space) => space,
@@ -626,9 +806,10 @@ impl Context<'_> {
                 return None;
             }
         };
-        let combinations = match sample {
-            Some((count, _)) => u128::from(count).min(space),
-            None => space,
+        let combinations = match (sample, random) {
+            (_, Some((count, _))) => u128::from(count),
+            (Some((count, _)), None) => u128::from(count).min(space),
+            (None, None) => space,
         };
         if self.problems.len() > problems_before {
             return None;
@@ -648,8 +829,212 @@ impl Context<'_> {
             models: Arc::from(models),
             request: Arc::new(request),
             sample,
+            random,
             space,
         })
+    }
+
+    /// A file name template with `{id}` but no `{key}` names each image by its
+    /// row: only when every job is one row per combination (a table with an
+    /// id column and no other axis), and `{job}` tells jobs apart.
+    fn check_ids_name_files(&mut self, filename: &str, jobs: &[CompiledJob]) {
+        use crate::output::{FilenameTemplate, Placeholder};
+        let Ok(parsed) = FilenameTemplate::parse(filename) else {
+            return;
+        };
+        if parsed.uses(Placeholder::Key) || !parsed.uses(Placeholder::Id) {
+            return;
+        }
+        let by_row = |job: &CompiledJob| {
+            job.random.is_none()
+                && matches!(job.axes.as_slice(), [only] if matches!(&only.kind, AxisKind::Rows(t) if t.id.is_some()))
+        };
+        let here = YamlPath::root().key("output").key("filename");
+        if let Some(job) = jobs.iter().find(|job| !by_row(job)) {
+            self.problem(&here, format!("file name template `{filename}` uses `{{id}}` without `{{key}}`, but job `{}` is not one image set per row (it needs a `rows: {{file, id}}` table and no other axis)", job.name), "add `{key}` to the template");
+        } else if jobs.len() > 1 && !parsed.uses(Placeholder::Job) {
+            self.problem(&here, format!("file name template `{filename}` uses `{{id}}` without `{{key}}` or `{{job}}`: two jobs' rows with the same id would write the same file"), "add `{job}` to the template");
+        }
+    }
+
+    /// The `rows:` table of a job as an axis, every bad cell reported at its
+    /// place in the table (all of them, not just the first).
+    fn rows_axis(
+        &mut self,
+        spec: &RowsSpec,
+        path: &YamlPath,
+        matrix: &indexmap::IndexMap<String, Value>,
+    ) -> Option<Axis> {
+        let file = self.file.base_dir.join(spec.file());
+        let shown = file.display().to_string();
+        let table = match rows::read(&file, &shown) {
+            Ok(table) => table,
+            Err(TableError::File(message)) => {
+                self.problem(path, message, "rows are a CSV file with a header line, or a JSON Lines file, relative to the manifest");
+                return None;
+            }
+            Err(TableError::Rows(problems)) => {
+                self.problems.extend(problems);
+                return None;
+            }
+        };
+        if table.rows.is_empty() {
+            self.problem(path, format!("rows file {shown} has no rows"), "");
+            return None;
+        }
+        let problems_before = self.problems.len();
+        let mut columns = Vec::with_capacity(table.columns.len());
+        for name in &table.columns {
+            let used = if name == "model" {
+                ColumnUse::Model
+            } else if let Some(param) = params::spec(name) {
+                ColumnUse::Param(param.name)
+            } else if name == "seed" || name == "n" {
+                let (message, help) = param_spec(name).err().unwrap_or_default();
+                self.problem(path, format!("rows column `{name}`: {message}"), &help);
+                ColumnUse::Text
+            } else {
+                ColumnUse::Text
+            };
+            if matrix.contains_key(name) {
+                self.problem(
+                    &path.key("file"),
+                    format!("`{name}` is both a rows column and a matrix axis"),
+                    "rename one of them",
+                );
+            }
+            columns.push((name.clone(), used));
+        }
+        let id = spec.id().map(str::to_owned);
+        if let Some(id) = &id {
+            if !table.columns.contains(id) {
+                self.problem(
+                    &path.key("id"),
+                    format!(
+                        "rows file {shown} has no column `{id}`; its columns are {}",
+                        table.columns.join(", ")
+                    ),
+                    "",
+                );
+                return None;
+            }
+        }
+        let mut seen_ids: HashMap<String, usize> = HashMap::new();
+        let mut values = Vec::with_capacity(table.rows.len());
+        for row in &table.rows {
+            let mut cells = serde_json::Map::new();
+            for cell in &row.cells {
+                let (name, used) = &columns[cell.column];
+                let at = |message: String| {
+                    table.problem_at(
+                        cell.offset,
+                        format!("row {}, column `{name}`: {message}", row.number),
+                    )
+                };
+                let checked = match used {
+                    ColumnUse::Param(param) => param_spec(param)
+                        .map_err(|(message, _)| message)
+                        .and_then(|spec| {
+                            params::canonicalize(spec, &typed_cell(&cell.value)).map_err(|p| p.0)
+                        }),
+                    ColumnUse::Model => match &cell.value {
+                        Value::String(model) if !model.trim().is_empty() => Ok(Value::from(model.trim())),
+                        other => Err(format!("expected a model name, found {}", params::describe(other))),
+                    },
+                    ColumnUse::Text => match &cell.value {
+                        Value::String(text) => match template::syntax_in_value(text) {
+                            None => Ok(cell.value.clone()),
+                            Some(what) => Err(format!("`{text}` holds {what}, which is not expanded inside row values (write `\\` before it to send it as text)")),
+                        },
+                        Value::Number(_) | Value::Bool(_) => Ok(Value::from(value_text(&cell.value))),
+                        other => Err(format!("expected text, found {}", params::describe(other))),
+                    },
+                };
+                match checked {
+                    Ok(value) => {
+                        cells.insert(name.clone(), value);
+                    }
+                    Err(message) => self.problems.push(at(message)),
+                }
+            }
+            let label = match &id {
+                Some(id) => match cells.get(id).map(value_text) {
+                    Some(value) if !value.trim().is_empty() => {
+                        if let Some(first) = seen_ids.insert(value.clone(), row.number) {
+                            let problem = table.problem_at(
+                                table.cell(row, id).map_or(row.offset, |c| c.offset),
+                                format!(
+                                    "row {}: id `{value}` is already the id of row {first}",
+                                    row.number
+                                ),
+                            );
+                            self.problems.push(problem);
+                        }
+                        value
+                    }
+                    _ => {
+                        let problem = table.problem_at(
+                            row.offset,
+                            format!("row {}: the id column `{id}` is empty", row.number),
+                        );
+                        self.problems.push(problem);
+                        continue;
+                    }
+                },
+                None => row.number.to_string(),
+            };
+            if cells.is_empty() && self.problems.len() == problems_before {
+                let problem = table.problem_at(row.offset, format!("row {} is empty", row.number));
+                self.problems.push(problem);
+            }
+            values.push(AxisValue {
+                text: label,
+                json: Value::Object(cells),
+                weight: 1.0,
+            });
+        }
+        if self.problems.len() > problems_before {
+            return None;
+        }
+        Some(Axis {
+            kind: AxisKind::Rows(Arc::new(RowColumns { columns, id })),
+            name: "rows".to_owned(),
+            values,
+        })
+    }
+
+    /// Labels become `metadata.jsonl` columns: a text axis may not be named
+    /// after a built-in, caption or extra column.
+    fn check_labels(&mut self, spec: &JobSpec, path: &YamlPath, axes: &[Axis]) {
+        for axis in axes {
+            let AxisKind::Rows(table) = &axis.kind else {
+                continue;
+            };
+            for (name, used) in &table.columns {
+                if *used == ColumnUse::Text && self.reserved_columns.contains(name) {
+                    self.problem(&path.key("rows"), format!("the rows column `{name}` would be a metadata.jsonl column, and `{name}` is a column already (built in, the caption or an extra column)"), "rename the column, or the caption column with `output.metadata.caption`");
+                }
+            }
+        }
+        for axis in axes.iter().filter(|a| matches!(a.kind, AxisKind::Text)) {
+            if !self.reserved_columns.contains(&axis.name) {
+                continue;
+            }
+            let name = &axis.name;
+            let message = format!("the label `{name}` would be a metadata.jsonl column, and `{name}` is a column already (built in, the caption or an extra column)");
+            if spec.matrix.0.contains_key(name) {
+                self.problem(&path.key("matrix").key(name), message, "rename the axis");
+            } else {
+                let needle = format!("__{name}__");
+                self.problem_in_template(
+                    &path.key("prompt"),
+                    &spec.prompt,
+                    &needle,
+                    message,
+                    "rename the wildcard (its file or its `wildcards:` entry)",
+                );
+            }
+        }
     }
 
     fn request_flags(
@@ -794,6 +1179,8 @@ impl Context<'_> {
                     .ok()
                     .map(|spec| params::canonicalize(spec, value).map_err(|p| p.0))
                     .unwrap_or_else(|| Err("unknown parameter".to_owned())),
+                // Matrix axes are never tables.
+                AxisKind::Rows(_) => Ok(value.clone()),
                 AxisKind::Model => match value {
                     Value::String(s) if !s.trim().is_empty() => Ok(value.clone()),
                     other => Err(format!(
@@ -832,6 +1219,7 @@ impl Context<'_> {
         }
         (axis_values.len() == raw.len()).then_some(Axis {
             kind,
+            name: name.to_owned(),
             values: axis_values,
         })
     }
@@ -883,7 +1271,8 @@ impl Context<'_> {
                 {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
-                        axes.push(Axis::text(values.into_iter().map(|text| (text, 1.0))));
+                        let name = unnamed_label(axes);
+                        axes.push(Axis::text(name, values.into_iter().map(|text| (text, 1.0))));
                     }
                     Err((message, help)) => {
                         ok = false;
@@ -898,7 +1287,8 @@ impl Context<'_> {
                 Piece::Variant(options) => match self.variant_values(&options) {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
-                        axes.push(Axis::text(values));
+                        let name = unnamed_label(axes);
+                        axes.push(Axis::text(name, values));
                     }
                     Err((message, help)) => {
                         ok = false;
@@ -909,7 +1299,8 @@ impl Context<'_> {
                 Piece::Wildcard(name) => match self.wildcard(&name) {
                     Ok(values) => {
                         segments.push(Segment::Axis(axes.len()));
-                        axes.push(Axis::text(values.iter().map(|v| (v.clone(), 1.0))));
+                        let label = distinct_label(axes, &name);
+                        axes.push(Axis::text(label, values.iter().map(|v| (v.clone(), 1.0))));
                     }
                     Err((message, help)) => {
                         ok = false;
@@ -918,11 +1309,14 @@ impl Context<'_> {
                 },
                 Piece::Variable(name) => match variables.get(name.as_str()) {
                     Some(&axis) => segments.push(Segment::Axis(axis)),
+                    None if row_column(axes, &name).is_some() => {
+                        segments.push(Segment::Field(0, name));
+                    }
                     None => {
                         ok = false;
                         // A matrix axis of that name that failed its own checks was already reported.
                         if !matrix.contains_key(&name) {
-                            self.problem_in_template(path, text, &format!("${{{name}}}"), format!("the template uses `${{{name}}}` but the job's matrix has no axis `{name}`"), &format!("add `matrix: {{{name}: [...]}}` to the job"));
+                            self.problem_in_template(path, text, &format!("${{{name}}}"), format!("the template uses `${{{name}}}` but the job has no matrix axis or rows column `{name}`"), &format!("add `matrix: {{{name}: [...]}}` to the job, or a `{name}` column to its rows"));
                         }
                     }
                 },
@@ -1092,43 +1486,61 @@ impl Context<'_> {
     }
 
     /// The values of a variant: each option in turn, an option holding
-    /// wildcards giving one value per combination of their values (so
-    /// `{__color__|green}` takes every colour, then `green`).
+    /// wildcards or nested variants giving one value per combination of
+    /// theirs, last fastest (so `{__color__|green}` takes every colour, then
+    /// `green`, and `{a|{b|c}}` takes `a`, `b`, `c`). In random mode an
+    /// option is picked by its weight, then its values evenly, a nested
+    /// variant's by their own weights (as sd-dynamic-prompts does).
     fn variant_values(
         &mut self,
         options: &[Vec<Piece>],
     ) -> Result<Vec<(String, f64)>, (String, &'static str)> {
         let mut values = Vec::new();
         for option in options {
-            let mut texts = vec![String::new()];
+            // Each text of the option so far, with its share of the option's weight.
+            let mut texts = vec![(String::new(), 1.0)];
             let mut weight = 1.0;
             for piece in option {
-                match piece {
-                    Piece::Literal(text) => texts.iter_mut().for_each(|t| t.push_str(text)),
-                    Piece::Weight(w) => weight = *w,
+                let parts: Vec<(String, f64)> = match piece {
+                    Piece::Literal(text) => vec![(text.clone(), 1.0)],
+                    Piece::Weight(w) => {
+                        weight = *w;
+                        continue;
+                    }
                     Piece::Wildcard(name) => {
                         let words = self.wildcard(name)?;
-                        if texts.len().saturating_mul(words.len()) + values.len()
-                            > MAX_VARIANT_VALUES
-                        {
-                            return Err((format!("a variant with `__{name}__` has more than {MAX_VARIANT_VALUES} values"), "split the variant into separate variants or wildcards"));
-                        }
-                        texts = texts
-                            .iter()
-                            .flat_map(|t| words.iter().map(move |w| format!("{t}{w}")))
-                            .collect();
+                        let share = 1.0 / words.len() as f64;
+                        words.iter().map(|w| (w.clone(), share)).collect()
                     }
-                    // The parser puts only text, wildcards and a weight in options.
-                    Piece::Variant(_)
-                    | Piece::Combination(..)
-                    | Piece::Variable(_)
-                    | Piece::Lora(_) => {}
+                    Piece::Variant(nested) => {
+                        let nested = self.variant_values(nested)?;
+                        let total: f64 = nested.iter().map(|(_, w)| w).sum();
+                        nested.into_iter().map(|(t, w)| (t, w / total)).collect()
+                    }
+                    Piece::Combination(pick, nested) => {
+                        let nested = self.combination_values(pick, nested)?;
+                        let share = 1.0 / nested.len().max(1) as f64;
+                        nested.into_iter().map(|t| (t, share)).collect()
+                    }
+                    // The parser puts no variables or LoRA tags in options.
+                    Piece::Variable(_) | Piece::Lora(_) => continue,
+                };
+                if texts.len().saturating_mul(parts.len()) + values.len() > MAX_VARIANT_VALUES {
+                    return Err((
+                        format!("a variant has more than {MAX_VARIANT_VALUES} values"),
+                        "split the variant into separate variants or wildcards",
+                    ));
                 }
+                texts = texts
+                    .iter()
+                    .flat_map(|(t, f)| parts.iter().map(move |(p, g)| (format!("{t}{p}"), f * g)))
+                    .collect();
             }
-            // As in sd-dynamic-prompts' random mode: the option is picked by
-            // its weight, then one of its values evenly.
-            let share = weight / texts.len() as f64;
-            values.extend(texts.into_iter().map(|t| (t, share)));
+            values.extend(
+                texts
+                    .into_iter()
+                    .map(|(t, fraction)| (t, weight * fraction)),
+            );
         }
         if values.iter().all(|(_, w)| *w == 0.0) {
             return Err((
@@ -1139,9 +1551,67 @@ impl Context<'_> {
         Ok(values)
     }
 
+    /// Every wildcard name a glob matches, sorted, with their values one
+    /// after the other (as sd-dynamic-prompts does: fnmatch over the names of
+    /// the manifest's wildcards and of the files in the wildcards folder and
+    /// its sub-folders, `*` crossing `/`).
+    fn wildcard_glob(&mut self, glob: &str) -> Wildcard {
+        let Ok(pattern) = glob::Pattern::new(glob) else {
+            return Err((format!("`__{glob}__` is not a valid glob"), WILDCARD_HELP));
+        };
+        let dir = self.wildcards_dir();
+        let mut names: std::collections::BTreeSet<String> = self
+            .file
+            .manifest
+            .wildcards
+            .keys()
+            .filter(|name| pattern.matches(name))
+            .cloned()
+            .collect();
+        for file in walk_txt_files(&dir) {
+            let Ok(relative) = file.strip_prefix(&dir) else {
+                continue;
+            };
+            let name = relative
+                .with_extension("")
+                .to_string_lossy()
+                .replace('\\', "/");
+            if template::is_wildcard_name(&name) && pattern.matches(&name) {
+                names.insert(name);
+            }
+        }
+        if names.is_empty() {
+            return Err((
+                format!(
+                    "the wildcard glob `__{glob}__` matches no wildcard: none under `wildcards:` and no file in {}",
+                    dir.display()
+                ),
+                WILDCARD_HELP,
+            ));
+        }
+        let mut values = Vec::new();
+        for name in names {
+            values.extend(self.wildcard(&name)?.iter().cloned());
+        }
+        Ok(Arc::from(values))
+    }
+
+    /// The folder wildcard files are read from.
+    fn wildcards_dir(&self) -> PathBuf {
+        let manifest = &self.file.manifest;
+        self.file
+            .base_dir
+            .join(manifest.wildcards_dir.as_deref().unwrap_or("wildcards"))
+    }
+
     fn wildcard(&mut self, name: &str) -> Wildcard {
         if let Some(cached) = self.wildcard_cache.get(name) {
             return cached.clone();
+        }
+        if template::is_wildcard_glob(name) {
+            let result = self.wildcard_glob(name);
+            self.wildcard_cache.insert(name.to_owned(), result.clone());
+            return result;
         }
         let manifest = &self.file.manifest;
         let result = if let Some(values) = manifest.wildcards.get(name) {
@@ -1210,6 +1680,12 @@ impl Context<'_> {
                         .map(|v| v.text.split_whitespace().count())
                         .reduce(pick)
                         .unwrap_or(0),
+                    Segment::Field(axis, column) => axes[*axis]
+                        .values
+                        .iter()
+                        .map(|v| v.field_text(column).split_whitespace().count())
+                        .reduce(pick)
+                        .unwrap_or(0),
                 })
                 .sum()
         };
@@ -1227,11 +1703,81 @@ impl Context<'_> {
         let has_separator = positive.iter().any(|segment| match segment {
             Segment::Text(text) => text.contains("###"),
             Segment::Axis(axis) => axes[*axis].values.iter().any(|v| v.text.contains("###")),
+            Segment::Field(axis, column) => axes[*axis]
+                .values
+                .iter()
+                .any(|v| v.field_text(column).contains("###")),
         });
         if has_separator {
             self.problem(&path.key("prompt"), "the prompt contains `###`, which the Horde reads as the start of the negative prompt", "put the negative prompt under `negative:`");
         }
     }
+}
+
+/// The label of the next variant or combination: `variant_N`, N counting the
+/// job's unnamed axes from 1.
+fn unnamed_label(axes: &[Axis]) -> String {
+    let taken = axes
+        .iter()
+        .filter(|a| a.name.starts_with(VARIANT_LABEL))
+        .count();
+    distinct_label(axes, &format!("{VARIANT_LABEL}{}", taken + 1))
+}
+
+/// `name`, or `name_2`, `name_3`… when an axis already records that label
+/// (a wildcard used twice gives two labels).
+fn distinct_label(axes: &[Axis], name: &str) -> String {
+    let taken = |label: &str| axes.iter().any(|a| a.name == label);
+    if !taken(name) {
+        return name.to_owned();
+    }
+    (2..)
+        .map(|n| format!("{name}_{n}"))
+        .find(|label| !taken(label))
+        .unwrap_or_else(|| name.to_owned())
+}
+
+/// The `rows:` column `name` of the job's table, if it has one (the table is
+/// always the first axis).
+fn row_column<'a>(axes: &'a [Axis], name: &str) -> Option<&'a (String, ColumnUse)> {
+    match &axes.first()?.kind {
+        AxisKind::Rows(table) => table.columns.iter().find(|(column, _)| column == name),
+        _ => None,
+    }
+}
+
+/// A CSV cell as the JSON value it spells (`30` → 30, `true` → true, `[a, b]`
+/// → a list); JSON Lines values are typed already.
+fn typed_cell(value: &Value) -> Value {
+    match value {
+        Value::String(text) => serde_yaml::from_str::<Value>(text)
+            .ok()
+            .filter(|v| !v.is_null())
+            .unwrap_or_else(|| value.clone()),
+        other => other.clone(),
+    }
+}
+
+/// The `.txt` files under `dir` and its sub-folders (none if it cannot be read).
+fn walk_txt_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(path),
+                Ok(kind) if kind.is_file() && path.extension().is_some_and(|e| e == "txt") => {
+                    files.push(path)
+                }
+                _ => {}
+            }
+        }
+    }
+    files
 }
 
 /// A wildcard's values, or why it cannot be used (message and help).
@@ -1324,7 +1870,8 @@ fn template_variables(prompt: &str, negative: Option<&str>) -> Vec<String> {
 fn check_filename_template(template: &str) -> Result<(), String> {
     use crate::output::{FilenameTemplate, Placeholder};
     let parsed = FilenameTemplate::parse(template).map_err(|e| e.to_string())?;
-    if !parsed.uses(Placeholder::Key) {
+    // `{id}` can stand for `{key}`; whether it may is checked with the jobs.
+    if !parsed.uses(Placeholder::Key) && !parsed.uses(Placeholder::Id) {
         return Err(format!("file name template `{template}` lacks `{{key}}`: without it, two combinations of a job would write the same file"));
     }
     if !parsed.uses(Placeholder::Index) {

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::compile::{AxisKind, CompiledJob, CompiledManifest, RequestFlags, Seeds, Segment};
+use super::compile::{
+    AxisKind, ColumnUse, CompiledJob, CompiledManifest, RequestFlags, Seeds, Segment,
+};
 use super::params::canonical_text;
 use super::template::normalize_whitespace;
 
@@ -60,6 +62,8 @@ pub struct Job {
     pub request: Arc<RequestFlags>,
     pub images: u32,
     pub seeds: Seeds,
+    /// The row's id, for a job from a `rows:` table with an id column.
+    pub id: Option<String>,
     /// The value each named axis, wildcard and row variable took, by name.
     pub labels: BTreeMap<String, Value>,
 }
@@ -148,14 +152,25 @@ impl Constants {
         canonical_text(&key_flags(&job.request), &mut key_tail);
         key_tail.push('\n');
         key_tail.push_str(&job.seeds.canonical());
-        let varies = |wanted: fn(&AxisKind) -> bool| job.axes.iter().any(|a| wanted(&a.kind));
-        let models = (!varies(|k| matches!(k, AxisKind::Model))).then(|| {
+        let sets_models = job.axes.iter().any(|a| match &a.kind {
+            AxisKind::Model => true,
+            AxisKind::Rows(table) => table.columns.iter().any(|(_, u)| *u == ColumnUse::Model),
+            _ => false,
+        });
+        let sets_params = job.axes.iter().any(|a| match &a.kind {
+            AxisKind::Param(_) => true,
+            AxisKind::Rows(table) => table
+                .columns
+                .iter()
+                .any(|(_, u)| matches!(u, ColumnUse::Param(_))),
+            _ => false,
+        });
+        let models = (!sets_models).then(|| {
             let mut text = String::new();
             canonical_text(&Value::from(job.models.to_vec()), &mut text);
             text
         });
-        let params = (!varies(|k| matches!(k, AxisKind::Param(_))))
-            .then(|| Arc::new(to_map(job.base_params.clone())));
+        let params = (!sets_params).then(|| Arc::new(to_map(job.base_params.clone())));
         Self {
             key_tail,
             models,
@@ -176,6 +191,14 @@ enum Combinations {
 
 impl Combinations {
     fn new(job: &CompiledJob) -> Self {
+        if let Some((count, seed)) = job.random {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let cumulative = cumulative_weights(job);
+            let draws = (0..count)
+                .map(|_| draw(job, &cumulative, &mut rng))
+                .collect::<Vec<_>>();
+            return Combinations::Sampled(draws.into_iter());
+        }
         match job.sample {
             Some((count, seed)) if u128::from(count) < job.space && weighted(job) => {
                 Combinations::Sampled(weighted_sample(job, count, seed).into_iter())
@@ -219,8 +242,28 @@ fn weighted(job: &CompiledJob) -> bool {
 /// fill the rest, so the count is always met. Sorted, like the uniform pick.
 fn weighted_sample(job: &CompiledJob, count: u64, seed: u64) -> Vec<u128> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let cumulative: Vec<Vec<f64>> = job
-        .axes
+    let cumulative = cumulative_weights(job);
+    let wanted = count as usize;
+    let mut picked = HashSet::with_capacity(wanted);
+    let mut draws = 0u64;
+    let limit = count.saturating_mul(64).saturating_add(1024);
+    while picked.len() < wanted && draws < limit {
+        draws += 1;
+        picked.insert(draw(job, &cumulative, &mut rng));
+    }
+    let mut next = 0u128;
+    while picked.len() < wanted && next < job.space {
+        picked.insert(next);
+        next += 1;
+    }
+    let mut ordinals: Vec<u128> = picked.into_iter().collect();
+    ordinals.sort_unstable();
+    ordinals
+}
+
+/// Per axis, the running sums of its values' weights.
+fn cumulative_weights(job: &CompiledJob) -> Vec<Vec<f64>> {
+    job.axes
         .iter()
         .map(|axis| {
             axis.values
@@ -231,32 +274,21 @@ fn weighted_sample(job: &CompiledJob, count: u64, seed: u64) -> Vec<u128> {
                 })
                 .collect()
         })
-        .collect();
-    let wanted = count as usize;
-    let mut picked = HashSet::with_capacity(wanted);
-    let mut draws = 0u64;
-    let limit = count.saturating_mul(64).saturating_add(1024);
-    while picked.len() < wanted && draws < limit {
-        draws += 1;
-        let mut ordinal = 0u128;
-        for (axis, sums) in job.axes.iter().zip(&cumulative) {
-            let total = sums.last().copied().unwrap_or(0.0);
-            let target = rng.f64() * total;
-            let index = sums
-                .partition_point(|&s| s <= target)
-                .min(axis.values.len().saturating_sub(1));
-            ordinal = ordinal * axis.values.len() as u128 + index as u128;
-        }
-        picked.insert(ordinal);
+        .collect()
+}
+
+/// One combination drawn at random: each axis's value by its weight.
+fn draw(job: &CompiledJob, cumulative: &[Vec<f64>], rng: &mut fastrand::Rng) -> u128 {
+    let mut ordinal = 0u128;
+    for (axis, sums) in job.axes.iter().zip(cumulative) {
+        let total = sums.last().copied().unwrap_or(0.0);
+        let target = rng.f64() * total;
+        let index = sums
+            .partition_point(|&s| s <= target)
+            .min(axis.values.len().saturating_sub(1));
+        ordinal = ordinal * axis.values.len() as u128 + index as u128;
     }
-    let mut next = 0u128;
-    while picked.len() < wanted && next < job.space {
-        picked.insert(next);
-        next += 1;
-    }
-    let mut ordinals: Vec<u128> = picked.into_iter().collect();
-    ordinals.sort_unstable();
-    ordinals
+    ordinal
 }
 
 impl Iterator for Combinations {
@@ -292,6 +324,9 @@ fn resolve(
             match segment {
                 Segment::Text(t) => text.push_str(t),
                 Segment::Axis(a) => text.push_str(&job.axes[*a].values[choice[*a]].text),
+                Segment::Field(a, column) => {
+                    text.push_str(&job.axes[*a].values[choice[*a]].field_text(column));
+                }
             }
         }
         normalize_whitespace(&text)
@@ -305,16 +340,48 @@ fn resolve(
 
     let mut models = Arc::clone(&job.models);
     let mut params_override: Option<BTreeMap<&str, Value>> = None;
+    let mut labels = BTreeMap::new();
+    let mut id = None;
     for (axis, &pick) in job.axes.iter().zip(&choice) {
         let value = &axis.values[pick];
-        match axis.kind {
+        match &axis.kind {
             AxisKind::Param(name) => {
+                labels.insert(axis.name.clone(), value.json.clone());
                 params_override
                     .get_or_insert_with(|| job.base_params.clone())
                     .insert(name, value.json.clone());
             }
-            AxisKind::Model => models = Arc::from(vec![value.text.clone()]),
-            AxisKind::Text => {}
+            AxisKind::Model => {
+                labels.insert(axis.name.clone(), Value::from(value.text.as_str()));
+                models = Arc::from(vec![value.text.clone()]);
+            }
+            AxisKind::Text => {
+                labels.insert(axis.name.clone(), Value::from(value.text.as_str()));
+            }
+            AxisKind::Rows(table) => {
+                if table.id.is_some() {
+                    id = Some(value.text.clone());
+                }
+                for (column, used) in &table.columns {
+                    let Some(cell) = value.json.get(column) else {
+                        continue;
+                    };
+                    labels.insert(column.clone(), cell.clone());
+                    match used {
+                        ColumnUse::Param(name) => {
+                            params_override
+                                .get_or_insert_with(|| job.base_params.clone())
+                                .insert(name, cell.clone());
+                        }
+                        ColumnUse::Model => {
+                            if let Some(model) = cell.as_str() {
+                                models = Arc::from(vec![model.to_owned()]);
+                            }
+                        }
+                        ColumnUse::Text => {}
+                    }
+                }
+            }
         }
     }
     let params = match (params_override, &constants.params) {
@@ -341,6 +408,11 @@ fn resolve(
     canonical_params(&params, &mut content);
     content.push('\n');
     content.push_str(&constants.key_tail);
+    if let Some(id) = &id {
+        // The row's id: rows of the same content are distinct images.
+        content.push_str("\nrow id ");
+        content.push_str(id);
+    }
 
     let mut key = hash(&content);
     let mut occurrence = 1u32;
@@ -363,7 +435,8 @@ fn resolve(
         request: Arc::clone(&job.request),
         images: job.images,
         seeds: job.seeds.clone(),
-        labels: BTreeMap::new(),
+        id,
+        labels,
     }
 }
 

@@ -13,6 +13,7 @@ mod expand;
 pub mod locate;
 pub mod params;
 mod range;
+mod rows;
 pub mod schema;
 mod template;
 

@@ -113,6 +113,23 @@ pub struct OutputSpec {
     /// seed, size, model) into each image's EXIF UserComment, as PNG Info and civitai
     /// read them (default true).
     pub a1111_parameters: Option<bool>,
+    /// The columns of `metadata.jsonl` beyond the built-in ones.
+    #[serde(default)]
+    pub metadata: MetadataSpec,
+}
+
+/// Columns of `metadata.jsonl`. Every label (matrix axis, wildcard, variant,
+/// row column) is a column already; these add to and rename the rest.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataSpec {
+    /// Name of the caption column, the prompt (default `text`, as Hugging Face's
+    /// `imagefolder` text-to-image examples expect).
+    pub caption: Option<String>,
+    /// Extra columns: any generation parameter (e.g. `clip_skip`, `karras`), or one of
+    /// `worker_name`, `worker_id`, `kudos`, `prompt_template`, `submitted_at`,
+    /// `completed_at`, `batch_index`.
+    pub columns: Option<Vec<String>>,
 }
 
 /// What to do with an image the Horde's censor blacked out.
@@ -195,6 +212,13 @@ pub struct JobSpec {
     /// Exact per-image seeds cost one request per image.
     #[serde(default)]
     pub seeds: Option<SeedsSpec>,
+    /// A table of prompts: a CSV file (with a header line) or a JSON Lines file, relative
+    /// to this file; one combination per row (times the matrix and variants). Each column
+    /// is a prompt variable `${column}` and a label; a column named like a parameter
+    /// (`steps`, `cfg_scale`, …) or `model` sets it for its row. `{file, id}` names the
+    /// column holding each row's unique id (its file names' `{id}`, and part of its key).
+    #[serde(default)]
+    pub rows: Option<RowsSpec>,
     /// Named axes: a parameter, `model`, or a prompt variable, each with a list of values
     /// or an A1111-style range (`"20-40 (+10)"`, `"1-10 [5]"`).
     #[serde(default)]
@@ -202,9 +226,52 @@ pub struct JobSpec {
     /// Random mode: pick this many distinct combinations instead of all of them.
     #[serde(default)]
     pub sample: Option<u64>,
-    /// Seed of the random pick (default 0): the same seed picks the same combinations.
+    /// Per-image random mode (sd-dynamic-prompts' random generator): draw this many
+    /// prompts, each combination picked at random by the options' weights, repeats
+    /// allowed; each draw is a job of `images` images (default 1). Not with `sample`.
+    #[serde(default)]
+    pub random: Option<u64>,
+    /// Seed of the random pick of `sample` or `random` (default 0): the same seed picks
+    /// the same combinations.
     #[serde(default)]
     pub sample_seed: Option<u64>,
+}
+
+/// A job's table of prompts: a path, or a path and the id column.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum RowsSpec {
+    /// The table's path, relative to the manifest.
+    File(String),
+    /// The table's path and the column that identifies each row.
+    WithId(RowsFile),
+}
+
+/// `rows: {file, id}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RowsFile {
+    /// The table's path, relative to the manifest.
+    pub file: String,
+    /// The column holding each row's id (unique, non-empty).
+    pub id: Option<String>,
+}
+
+impl RowsSpec {
+    /// The table's path as written.
+    pub fn file(&self) -> &str {
+        match self {
+            RowsSpec::File(file) | RowsSpec::WithId(RowsFile { file, .. }) => file,
+        }
+    }
+
+    /// The id column, if named.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            RowsSpec::File(_) => None,
+            RowsSpec::WithId(rows) => rows.id.as_deref(),
+        }
+    }
 }
 
 /// Generation parameters, checked against the Horde's limits.

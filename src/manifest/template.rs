@@ -16,8 +16,8 @@
 pub enum Piece {
     /// Text sent as is.
     Literal(String),
-    /// `{a|b|c}`: one option per combination. An option is text and
-    /// wildcards (only `Literal` and `Wildcard` pieces).
+    /// `{a|b|c}`: one option per combination. An option is text, wildcards,
+    /// nested variants and combinations, and a leading `Weight`.
     Variant(Vec<Vec<Piece>>),
     /// `__name__`: one line of the named wildcard per combination.
     Wildcard(String),
@@ -275,11 +275,15 @@ fn parse_variant(text: &str, start: usize) -> Result<ParsedVariant, TemplateProb
                 return Ok((pick, options, i - start + 1));
             }
             '{' => {
-                return Err(TemplateProblem::new(
-                    i,
-                    "a variant inside a variant is not supported",
-                    "write `\\{` for a literal brace",
-                ))
+                // A nested variant or combination: one of its values per value of the option.
+                let (pick, nested, consumed) = parse_variant(text, i)?;
+                flush(&mut literal, &mut option);
+                option.push(match pick {
+                    None => Piece::Variant(nested),
+                    Some(pick) => Piece::Combination(pick, nested),
+                });
+                i += consumed;
+                continue;
             }
             '$' if rest.starts_with("$$") => {
                 return Err(TemplateProblem::new(
@@ -348,12 +352,8 @@ fn wildcard_token(text: &str, at: usize) -> Result<Option<(String, usize)>, Temp
     if is_wildcard_name(name) {
         return Ok(Some((name.to_owned(), 2 + end + 2)));
     }
-    if name.contains(['*', '?', '[']) {
-        return Err(TemplateProblem::new(
-            at,
-            format!("`__{name}__` is a wildcard glob; horde-batch does not support globs"),
-            "name the wildcard files one by one (`__people/artists__`), or write `\\_\\_` for literal underscores",
-        ));
+    if is_wildcard_glob(name) {
+        return Ok(Some((name.to_owned(), 2 + end + 2)));
     }
     Err(TemplateProblem::new(
         at,
@@ -461,13 +461,21 @@ fn check_name(name: &str, offset: usize, what: &str) -> Result<(), TemplateProbl
 }
 
 /// A wildcard name: letters, digits, `_`, `-`, and `/` for sub-folders.
-fn is_wildcard_name(name: &str) -> bool {
+pub fn is_wildcard_name(name: &str) -> bool {
     !name.starts_with('/')
         && !name.ends_with('/')
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/'))
         && !name.split('/').any(|part| part.is_empty() || part == "..")
+}
+
+/// Whether `name` is a wildcard glob (`people/*`, `color?`, `[ab]*`): a
+/// wildcard name with `*`, `?` or a `[…]` class that the glob crate accepts.
+pub fn is_wildcard_glob(name: &str) -> bool {
+    name.contains(['*', '?', '['])
+        && glob::Pattern::new(name).is_ok()
+        && is_wildcard_name(&name.replace(['*', '?', '[', ']', '!'], "x"))
 }
 
 /// Collapses runs of whitespace to one space and trims the ends: prompts that
@@ -522,11 +530,45 @@ mod tests {
     fn reports_unbalanced_braces_with_offsets() {
         assert_eq!(parse("ab {c|d").unwrap_err().offset, 3);
         assert_eq!(parse("ab c}").unwrap_err().offset, 4);
-        assert!(parse("{a|{b}}")
-            .unwrap_err()
-            .message
-            .contains("inside a variant"));
+        assert_eq!(parse("{a|{b|c}").unwrap_err().offset, 0);
+        assert_eq!(parse("{a|{b|c}|d").unwrap_err().offset, 0);
         assert!(parse("${bad name}").is_err());
+    }
+
+    #[test]
+    fn variants_nest() {
+        let literal = |t: &str| Piece::Literal(t.into());
+        assert_eq!(
+            parse("{a|{b|0.5::c}}").unwrap(),
+            vec![Piece::Variant(vec![
+                vec![literal("a")],
+                vec![Piece::Variant(vec![
+                    vec![literal("b")],
+                    vec![Piece::Weight(0.5), literal("c")]
+                ])]
+            ])]
+        );
+        assert!(matches!(
+            &parse("{x {2$$a|b|c}|y}").unwrap()[0],
+            Piece::Variant(options) if matches!(options[0][1], Piece::Combination(..))
+        ));
+    }
+
+    #[test]
+    fn wildcard_globs_parse_as_wildcards() {
+        for glob in ["people/*", "color?", "[ab]*", "**"] {
+            assert_eq!(
+                parse(&format!("by __{glob}__")).unwrap()[1],
+                Piece::Wildcard(glob.into())
+            );
+        }
+        assert_eq!(
+            parse("{a|__x*__}").unwrap(),
+            vec![Piece::Variant(vec![
+                vec![Piece::Literal("a".into())],
+                vec![Piece::Wildcard("x*".into())]
+            ])]
+        );
     }
 
     #[test]
@@ -545,8 +587,8 @@ mod tests {
         assert_eq!(offset("a {2$$b|c$$d}"), 9);
         assert_eq!(offset("a {b|c 0.5::c}"), 10);
         assert_eq!(offset("a {b|-1::c}"), 7);
-        assert_eq!(offset("a {b|c} __people/*__"), 8);
-        assert_eq!(offset("{a|__x*__}"), 3);
+        assert_eq!(offset("a {b|c} __people/[*__"), 8);
+        assert_eq!(offset("a __x/*/../y__"), 2);
         assert_eq!(offset("x <lora:detail:0.8"), 2);
         assert_eq!(offset("x <lora::0.8>"), 2);
         assert_eq!(offset("x <lora:a:1:2:3>"), 2);

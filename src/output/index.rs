@@ -35,7 +35,11 @@ pub const ERRORS_FILE: &str = "errors.jsonl";
 pub struct IndexRow {
     /// The image's path relative to the output directory, with extension.
     pub file_name: String,
-    /// The positive prompt the image was generated from.
+    /// The positive prompt the image was generated from (the caption column).
+    /// Empty, and then not written, when the manifest names the caption
+    /// column otherwise (`output.metadata.caption`): the prompt is in
+    /// `columns` under that name. A prompt is never empty (the Horde refuses one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
     /// The negative prompt, `""` when there was none.
     pub negative_prompt: String,
@@ -65,6 +69,42 @@ pub struct IndexRow {
     pub horde_request_id: String,
     /// The Horde's generation id.
     pub generation_id: String,
+    /// The LoRAs requested, `name` or `name:weight`, comma-separated; `""` when none.
+    #[serde(default)]
+    pub loras: String,
+    /// The post-processors requested, comma-separated; `""` when none.
+    #[serde(default)]
+    pub post_processing: String,
+    /// One column per label of the manifest (the value each axis, wildcard and
+    /// row variable took; `null` in rows of jobs without it) and per extra
+    /// column the manifest chose.
+    #[serde(flatten)]
+    pub columns: serde_json::Map<String, serde_json::Value>,
+}
+
+impl IndexRow {
+    /// The built-in columns, which labels and extra columns may not be named
+    /// after (`text` is the caption column's default name).
+    pub const BUILT_IN_COLUMNS: &'static [&'static str] = &[
+        "file_name",
+        "text",
+        "negative_prompt",
+        "job",
+        "job_key",
+        "image_index",
+        "model",
+        "seed",
+        "width",
+        "height",
+        "steps",
+        "cfg_scale",
+        "sampler_name",
+        "censored",
+        "horde_request_id",
+        "generation_id",
+        "loras",
+        "post_processing",
+    ];
 }
 
 /// One line of `results.jsonl`: a job that got all the images it asked for.
@@ -82,6 +122,9 @@ pub struct JobResult {
     pub attempts: u32,
     /// When the job finished (RFC 3339).
     pub completed_at: String,
+    /// The row's id, for a job from a `rows:` table with an id column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// One line of `errors.jsonl`: a job that ended without all its images.

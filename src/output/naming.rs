@@ -50,11 +50,14 @@ pub enum Placeholder {
     Width,
     /// `{height}`: height in pixels.
     Height,
+    /// `{id}`: the row's id for a job from a `rows:` table with an id column,
+    /// else the job's key.
+    Id,
 }
 
 impl Placeholder {
     /// Every placeholder, in the order the help text lists them.
-    pub const ALL: [Placeholder; 8] = [
+    pub const ALL: [Placeholder; 9] = [
         Placeholder::Manifest,
         Placeholder::Job,
         Placeholder::Key,
@@ -63,6 +66,7 @@ impl Placeholder {
         Placeholder::Model,
         Placeholder::Width,
         Placeholder::Height,
+        Placeholder::Id,
     ];
 
     /// The name written between braces.
@@ -76,6 +80,7 @@ impl Placeholder {
             Placeholder::Model => "model",
             Placeholder::Width => "width",
             Placeholder::Height => "height",
+            Placeholder::Id => "id",
         }
     }
 
@@ -110,6 +115,8 @@ pub struct NameFields<'a> {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
+    /// The row's id, or the key when the job has none.
+    pub id: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,6 +401,7 @@ fn push_value(out: &mut String, placeholder: Placeholder, pad: Option<usize>, f:
         Placeholder::Key => out.push_str(&sanitize_value(f.key)),
         Placeholder::Seed => out.push_str(&sanitize_value(f.seed)),
         Placeholder::Model => out.push_str(&sanitize_value(f.model)),
+        Placeholder::Id => out.push_str(&sanitize_value(f.id)),
     }
 }
 

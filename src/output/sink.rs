@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{
     format_timestamp, FilenameTemplate, IndexRow, JobError, JobResult, NameFields, NewImage,
@@ -102,6 +102,8 @@ pub struct Dataset {
     dir: OutputDir,
     template: FilenameTemplate,
     manifest: Arc<CompiledManifest>,
+    /// The labels that are `metadata.jsonl` columns, for every row.
+    label_columns: Arc<Vec<String>>,
 }
 
 impl Dataset {
@@ -110,10 +112,12 @@ impl Dataset {
         template: FilenameTemplate,
         manifest: Arc<CompiledManifest>,
     ) -> Self {
+        let label_columns = Arc::new(manifest.label_columns());
         Self {
             dir,
             template,
             manifest,
+            label_columns,
         }
     }
 
@@ -164,6 +168,7 @@ impl Dataset {
             model: &generation.model,
             width,
             height,
+            id: job.id.as_deref().unwrap_or(&key),
         })?;
         let now = SystemTime::now();
         let submitted = UNIX_EPOCH + Duration::from_millis(*submitted_ms);
@@ -224,9 +229,83 @@ impl Dataset {
             censored: generation.censored,
             horde_request_id: (*request_id).to_owned(),
             generation_id: generation.id.clone(),
+            loras: loras_column(job),
+            post_processing: job
+                .params
+                .get("post_processing")
+                .and_then(Value::as_array)
+                .map(|names| {
+                    names
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+            columns: Map::new(),
         };
+        let row = self.with_columns(row, job, &sidecar);
         Ok((name, sidecar, row))
     }
+}
+
+impl Dataset {
+    /// `row` with the caption under its chosen name, one column per label of
+    /// the manifest (`null` where this job has none, so every row has the same
+    /// columns) and the extra columns.
+    fn with_columns(&self, mut row: IndexRow, job: &Job, sidecar: &Sidecar) -> IndexRow {
+        let output = &self.manifest.output;
+        if output.caption_column != "text" {
+            let caption = std::mem::take(&mut row.text);
+            row.columns
+                .insert(output.caption_column.clone(), Value::from(caption));
+        }
+        for name in self.label_columns.iter() {
+            let value = job.labels.get(name).map_or(Value::Null, column_value);
+            row.columns.insert(name.clone(), value);
+        }
+        for name in &output.extra_columns {
+            let value = match name.as_str() {
+                "worker_name" => Value::from(sidecar.worker_name.as_str()),
+                "worker_id" => Value::from(sidecar.worker_id.as_str()),
+                "kudos" => Value::from(sidecar.kudos),
+                "prompt_template" => Value::from(sidecar.prompt_template.as_str()),
+                "submitted_at" => Value::from(sidecar.submitted_at.as_str()),
+                "completed_at" => Value::from(sidecar.completed_at.as_str()),
+                "batch_index" => sidecar.batch_index.map_or(Value::Null, Value::from),
+                param => job.params.get(param).map_or(Value::Null, column_value),
+            };
+            row.columns.insert(name.clone(), value);
+        }
+        row
+    }
+}
+
+/// A value as a `metadata.jsonl` cell: scalars as they are, lists and maps as
+/// their JSON text, so a column has one type on every row (as `datasets` needs).
+fn column_value(value: &Value) -> Value {
+    match value {
+        Value::Array(_) | Value::Object(_) => Value::from(value.to_string()),
+        scalar => scalar.clone(),
+    }
+}
+
+/// The `loras` column: `name` or `name:weight` per LoRA, comma-separated.
+fn loras_column(job: &Job) -> String {
+    let Some(Value::Array(loras)) = job.params.get("loras") else {
+        return String::new();
+    };
+    loras
+        .iter()
+        .filter_map(|lora| {
+            let name = lora.get("name")?.as_str()?;
+            Some(match lora.get("model").and_then(Value::as_f64) {
+                Some(weight) => format!("{name}:{weight}"),
+                None => name.to_owned(),
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl ImageSink for Dataset {
@@ -314,6 +393,7 @@ impl ImageSink for Dataset {
         files.sort();
         files.retain(|f| !f.is_empty());
         self.dir.put_result(&JobResult {
+            id: job.id.clone(),
             job_key: job.key.to_string(),
             job: job.name.to_string(),
             images: files,
