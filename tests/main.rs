@@ -8,6 +8,7 @@ mod common;
 mod formats_v1;
 mod horde_client;
 mod manifest;
+mod manifest_v2;
 mod output;
 mod reliability;
 mod run;

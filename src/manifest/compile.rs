@@ -372,6 +372,7 @@ pub fn compile(
         problems: Vec::new(),
         wildcard_cache: HashMap::new(),
         reserved_columns: Vec::new(),
+        rows_failed: false,
     };
     let root = YamlPath::root();
     let manifest = &file.manifest;
@@ -401,8 +402,10 @@ pub fn compile(
         &root.key("defaults").key("request"),
     );
     let output = cx.output_settings();
+    // `text` is the caption's default name: a renamed caption frees it.
     cx.reserved_columns = IndexRow::BUILT_IN_COLUMNS
         .iter()
+        .filter(|c| **c != "text")
         .map(|c| (*c).to_owned())
         .chain([output.caption_column.clone()])
         .chain(output.extra_columns.iter().cloned())
@@ -472,6 +475,8 @@ struct Context<'a> {
     wildcard_cache: HashMap<String, Wildcard>,
     /// Column names of `metadata.jsonl` that a label may not take.
     reserved_columns: Vec<String>,
+    /// The current job's `rows:` table failed its checks.
+    rows_failed: bool,
 }
 
 impl Context<'_> {
@@ -724,9 +729,13 @@ impl Context<'_> {
         // Axes: rows first, then matrix (in the order written), then template
         // variants and wildcards.
         let mut axes = Vec::new();
+        // A table that failed its checks was reported; the variables it would
+        // have given are then not reported again as unknown.
+        self.rows_failed = false;
         if let Some(rows) = &spec.rows {
-            if let Some(axis) = self.rows_axis(rows, &path.key("rows"), &spec.matrix.0) {
-                axes.push(axis);
+            match self.rows_axis(rows, &path.key("rows"), &spec.matrix.0) {
+                Some(axis) => axes.push(axis),
+                None => self.rows_failed = true,
             }
         }
         let mut variables: HashMap<&str, usize> = HashMap::new();
@@ -1315,7 +1324,7 @@ impl Context<'_> {
                     None => {
                         ok = false;
                         // A matrix axis of that name that failed its own checks was already reported.
-                        if !matrix.contains_key(&name) {
+                        if !matrix.contains_key(&name) && !self.rows_failed {
                             self.problem_in_template(path, text, &format!("${{{name}}}"), format!("the template uses `${{{name}}}` but the job has no matrix axis or rows column `{name}`"), &format!("add `matrix: {{{name}: [...]}}` to the job, or a `{name}` column to its rows"));
                         }
                     }

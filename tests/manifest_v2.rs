@@ -1,0 +1,464 @@
+//! Manifest v2 at the compile level: nested variants, wildcard globs,
+//! per-image random mode, labels, and `rows:` tables (CSV and JSON Lines),
+//! with exact expansions, stable keys and every bad row reported at its place.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use horde_batch::manifest::{compile, CompileOptions, CompiledManifest, Job, ManifestFile};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn compile_in(text: &str, base: &Path) -> Result<CompiledManifest, Vec<String>> {
+    let file = ManifestFile::parse(Path::new("test.yaml"), base.to_path_buf(), text.to_owned())
+        .map_err(|e| vec![e.to_string()])?;
+    compile(file, &CompileOptions::default())
+        .map_err(|e| e.problems().iter().map(|p| format!("{p}")).collect())
+}
+
+fn jobs_in(text: &str, base: &Path) -> Vec<Job> {
+    compile_in(text, base)
+        .unwrap_or_else(|problems| panic!("manifest is valid: {problems:#?}"))
+        .jobs()
+        .collect()
+}
+
+fn jobs(text: &str) -> Vec<Job> {
+    jobs_in(text, Path::new("."))
+}
+
+fn prompts(text: &str) -> Vec<String> {
+    jobs(text).into_iter().map(|j| j.prompt).collect()
+}
+
+fn one_job(prompt: &str, extra: &str) -> String {
+    format!("version: 1\nname: v2\ndefaults: {{models: [m]}}\nwildcards: {{c: [r, b]}}\njobs:\n  - name: a\n    prompt: '{prompt}'\n{extra}")
+}
+
+#[test]
+fn nested_variants_expand_option_by_option() {
+    assert_eq!(prompts(&one_job("{a|{b|c}} x", "")), ["a x", "b x", "c x"]);
+    assert_eq!(
+        prompts(&one_job("{x|{2$$p|q|r}}", "")),
+        ["x", "p, q", "p, r", "q, r"]
+    );
+    assert_eq!(
+        prompts(&one_job("{a|{__c__|z} y}", "")),
+        ["a", "r y", "b y", "z y"]
+    );
+    assert_eq!(
+        prompts(&one_job("{a {b|c}|d} {e|f}", "")),
+        ["a b e", "a b f", "a c e", "a c f", "d e", "d f"]
+    );
+    // Weights inside nested variants change no prompt and no key.
+    let plain: Vec<_> = jobs(&one_job("{a|{b|c}}", ""))
+        .iter()
+        .map(|j| j.key)
+        .collect();
+    let weighted: Vec<_> = jobs(&one_job("{a|2::{0.5::b|c}}", ""))
+        .iter()
+        .map(|j| j.key)
+        .collect();
+    assert_eq!(plain, weighted);
+}
+
+/// In random mode an option is drawn by its weight and a nested variant's
+/// options by theirs: `{1::a|3::{b|3::c}}` gives a ¼, b 3/16, c 9/16.
+#[test]
+fn nested_weights_multiply_in_random_mode() {
+    let drawn = prompts(&one_job("{1::a|3::{b|3::c}}", "    random: 4000\n"));
+    assert_eq!(drawn.len(), 4000);
+    let share = |p: &str| drawn.iter().filter(|d| *d == p).count() as f64 / 4000.0;
+    assert!((share("a") - 0.25).abs() < 0.03, "a: {}", share("a"));
+    assert!((share("b") - 0.1875).abs() < 0.03, "b: {}", share("b"));
+    assert!((share("c") - 0.5625).abs() < 0.03, "c: {}", share("c"));
+}
+
+#[test]
+fn wildcard_globs_take_every_matching_wildcard_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let wildcards = dir.path().join("wildcards");
+    std::fs::create_dir_all(wildcards.join("people/old")).unwrap();
+    std::fs::write(wildcards.join("people/male.txt"), "Bob\nCarl\n").unwrap();
+    std::fs::write(wildcards.join("people/female.txt"), "Alice\n").unwrap();
+    std::fs::write(wildcards.join("people/old/elders.txt"), "Zed\n").unwrap();
+    std::fs::write(wildcards.join("colors.txt"), "red\n").unwrap();
+    let text = |prompt: &str| {
+        format!("version: 1\nname: g\ndefaults: {{models: [m]}}\nwildcards: {{people_inline: [Ina]}}\njobs:\n  - name: a\n    prompt: '{prompt}'\n")
+    };
+    let prompts_of = |prompt: &str| -> Vec<String> {
+        jobs_in(&text(prompt), dir.path())
+            .into_iter()
+            .map(|j| j.prompt)
+            .collect()
+    };
+    // `*` crosses folders, as fnmatch does in sd-dynamic-prompts.
+    assert_eq!(prompts_of("__people/*__"), ["Alice", "Bob", "Carl", "Zed"]);
+    assert_eq!(prompts_of("__people/?ale__"), ["Bob", "Carl"]);
+    // Globs match the manifest's own wildcards too, and sit inside variants.
+    assert_eq!(
+        prompts_of("__people*__"),
+        ["Alice", "Bob", "Carl", "Zed", "Ina"]
+    );
+    assert_eq!(prompts_of("{__col*__|blue} hat"), ["red hat", "blue hat"]);
+    // The label is the glob as written.
+    let labelled = jobs_in(&text("__people/*__"), dir.path());
+    assert_eq!(labelled[0].labels["people/*"], json!("Alice"));
+    // A glob that matches nothing is an error at its place, never text.
+    let problems = compile_in(&text("by __animals/*__"), dir.path()).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0]
+            .starts_with("test.yaml:7:17: the wildcard glob `__animals/*__` matches no wildcard"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn random_mode_draws_prompts_with_repeats_reproducibly() {
+    let manifest = |seed: u64| {
+        one_job(
+            "{a|b} __c__",
+            &format!("    random: 50\n    images: 2\n    sample_seed: {seed}\n"),
+        )
+    };
+    let first = jobs(&manifest(7));
+    assert_eq!(first.len(), 50);
+    assert!(first.iter().all(|j| j.images == 2));
+    // Only 4 prompts exist: 50 draws repeat them, each still its own job.
+    let distinct: HashSet<_> = first.iter().map(|j| j.prompt.clone()).collect();
+    assert_eq!(distinct.len(), 4);
+    let keys: HashSet<_> = first.iter().map(|j| j.key).collect();
+    assert_eq!(keys.len(), 50, "every draw has its own key");
+    // The same seed draws the same prompts and keys; another seed does not.
+    let again = jobs(&manifest(7));
+    assert_eq!(
+        first.iter().map(|j| (&j.prompt, j.key)).collect::<Vec<_>>(),
+        again.iter().map(|j| (&j.prompt, j.key)).collect::<Vec<_>>()
+    );
+    let other = jobs(&manifest(8));
+    assert_ne!(
+        first.iter().map(|j| &j.prompt).collect::<Vec<_>>(),
+        other.iter().map(|j| &j.prompt).collect::<Vec<_>>()
+    );
+    let compiled = compile_in(&manifest(7), Path::new(".")).unwrap();
+    assert_eq!(compiled.total_images(), 100);
+
+    let both = compile_in(
+        &one_job("{a|b}", "    random: 5\n    sample: 2\n"),
+        Path::new("."),
+    )
+    .unwrap_err();
+    assert!(
+        both[0].contains("`random` and `sample` cannot both be set"),
+        "{both:?}"
+    );
+}
+
+#[test]
+fn labels_record_the_value_of_every_axis_wildcard_and_variant() {
+    let text = r#"
+version: 1
+name: l
+defaults: {models: [m]}
+wildcards: {animal: [owl, cat]}
+jobs:
+  - name: a
+    prompt: "a ${mood} __animal__ and __animal__ {at dawn|at night} {2$$x|y|z}"
+    matrix:
+      mood: [happy, sad]
+      steps: [10, 20]
+      model: [m1, m2]
+"#;
+    let all = jobs(text);
+    assert_eq!(all.len(), 2 * 2 * 2 * 2 * 2 * 2 * 3);
+    let first = &all[0];
+    let expected: BTreeMap<String, Value> = [
+        ("mood", json!("happy")),
+        ("steps", json!(10)),
+        ("model", json!("m1")),
+        ("animal", json!("owl")),
+        ("animal_2", json!("owl")),
+        ("variant_1", json!("at dawn")),
+        ("variant_2", json!("x, y")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(first.labels, expected);
+    let last = all.last().unwrap();
+    assert_eq!(last.labels["animal_2"], json!("cat"));
+    assert_eq!(last.labels["variant_2"], json!("y, z"));
+    // The labels that become columns: not the built-in `steps` and `model`.
+    let compiled = compile_in(text, Path::new(".")).unwrap();
+    assert_eq!(
+        compiled.label_columns(),
+        ["animal", "animal_2", "mood", "variant_1", "variant_2"]
+    );
+}
+
+#[test]
+fn a_label_named_like_a_column_is_refused_where_it_is_written() {
+    let text = "version: 1\nname: l\ndefaults: {models: [m]}\nwildcards: {seed: [a]}\njobs:\n  - name: a\n    prompt: '${job} __seed__'\n    matrix: {job: [x]}\n";
+    let problems = compile_in(text, Path::new(".")).unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("test.yaml:8:19: the label `job`"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("test.yaml:7:21: the label `seed`"),
+        "{problems:?}"
+    );
+    // An extra column takes its name too.
+    let text = "version: 1\nname: l\ndefaults: {models: [m]}\noutput: {metadata: {columns: [clip_skip]}}\njobs:\n  - name: a\n    prompt: '${clip_skip}'\n    matrix: {mood: [x]}\n";
+    assert!(compile_in(text, Path::new(".")).is_err());
+    // Renaming the caption column frees `text`.
+    let text = "version: 1\nname: l\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: '${text}'\n    matrix: {text: [x]}\n";
+    let problems = compile_in(text, Path::new(".")).unwrap_err();
+    assert!(problems[0].contains("the label `text`"), "{problems:?}");
+    let renamed = text.replace("jobs:", "output: {metadata: {caption: prompt}}\njobs:");
+    assert_eq!(jobs(&renamed)[0].labels["text"], json!("x"));
+    // Unknown extra columns are named with what is known.
+    let text = "version: 1\nname: l\ndefaults: {models: [m]}\noutput: {metadata: {columns: [clip_skp]}}\njobs:\n  - {name: a, prompt: x}\n";
+    let problems = compile_in(text, Path::new(".")).unwrap_err();
+    assert!(
+        problems[0].contains("did you mean `clip_skip`"),
+        "{problems:?}"
+    );
+}
+
+/// A folder with `rows.csv` (or `.jsonl`) and a manifest using it.
+fn table(name: &str, content: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), content).unwrap();
+    dir
+}
+
+const ROWS_MANIFEST: &str = r#"version: 1
+name: rows
+defaults: {models: [m], params: {steps: 20}}
+jobs:
+  - name: t
+    prompt: "${subject}, ${style} style, {day|night}"
+    rows: {file: FILE, id: pid}
+"#;
+
+#[test]
+fn rows_expand_one_job_per_row_times_the_variants() {
+    let dir = table(
+        "p.csv",
+        "pid,subject,style,steps,model,note\nr1,a cat,oil,30,m2,first\nr2,\"a dog, small\",,,,\nr3,an owl,ink,12,,\n",
+    );
+    let all = jobs_in(&ROWS_MANIFEST.replace("FILE", "p.csv"), dir.path());
+    let prompts: Vec<_> = all.iter().map(|j| j.prompt.as_str()).collect();
+    assert_eq!(
+        prompts,
+        [
+            "a cat, oil style, day",
+            "a cat, oil style, night",
+            "a dog, small, style, day",
+            "a dog, small, style, night",
+            "an owl, ink style, day",
+            "an owl, ink style, night",
+        ]
+    );
+    let ids: Vec<_> = all.iter().map(|j| j.id.as_deref().unwrap()).collect();
+    assert_eq!(ids, ["r1", "r1", "r2", "r2", "r3", "r3"]);
+    // Parameter and model columns set their row; empty cells keep the defaults.
+    let steps: Vec<_> = all.iter().map(|j| j.params["steps"].clone()).collect();
+    assert_eq!(
+        steps,
+        [
+            json!(30),
+            json!(30),
+            json!(20),
+            json!(20),
+            json!(12),
+            json!(12)
+        ]
+    );
+    assert_eq!(all[0].models.to_vec(), ["m2"]);
+    assert_eq!(all[2].models.to_vec(), ["m"]);
+    // Every column is a label; empty cells are absent.
+    assert_eq!(all[0].labels["note"], json!("first"));
+    assert_eq!(all[0].labels["pid"], json!("r1"));
+    assert_eq!(all[0].labels["variant_1"], json!("day"));
+    assert!(!all[2].labels.contains_key("style"));
+
+    // JSON Lines rows work the same, typed values included.
+    let dir = table(
+        "p.jsonl",
+        "{\"pid\": \"r1\", \"subject\": \"a cat\", \"style\": \"oil\", \"steps\": 30, \"model\": \"m2\", \"note\": \"first\"}\n\n{\"pid\": \"r2\", \"subject\": \"a dog, small\"}\n{\"pid\": \"r3\", \"subject\": \"an owl\", \"style\": \"ink\", \"steps\": 12}\n",
+    );
+    let from_jsonl = jobs_in(&ROWS_MANIFEST.replace("FILE", "p.jsonl"), dir.path());
+    assert_eq!(
+        from_jsonl
+            .iter()
+            .map(|j| (&j.prompt, j.key))
+            .collect::<Vec<_>>(),
+        all.iter().map(|j| (&j.prompt, j.key)).collect::<Vec<_>>(),
+        "the same table as CSV or JSON Lines gives the same jobs and keys"
+    );
+}
+
+#[test]
+fn row_keys_are_stable_and_ids_tell_identical_rows_apart() {
+    let manifest = "version: 1\nname: k\ndefaults: {models: [m]}\njobs:\n  - name: t\n    prompt: '${subject}'\n    rows: {file: p.csv, id: pid}\n";
+    let keys = |csv: &str| -> BTreeMap<String, String> {
+        let dir = table("p.csv", csv);
+        jobs_in(manifest, dir.path())
+            .into_iter()
+            .map(|j| (j.id.unwrap(), j.key.to_string()))
+            .collect()
+    };
+    let before = keys("pid,subject\na,cat\nb,cat\nc,owl\n");
+    assert_eq!(before.len(), 3);
+    assert_ne!(before["a"], before["b"], "same prompt, different ids");
+    // Reordering rows changes no key; editing one row changes only its key.
+    assert_eq!(keys("pid,subject\nc,owl\na,cat\nb,cat\n"), before);
+    let edited = keys("pid,subject\na,cat\nb,dog\nc,owl\n");
+    assert_eq!(edited["a"], before["a"]);
+    assert_ne!(edited["b"], before["b"]);
+    assert_eq!(edited["c"], before["c"]);
+}
+
+#[test]
+fn every_bad_row_is_reported_at_once_with_its_line_and_column() {
+    let dir = table(
+        "p.csv",
+        "pid,subject,steps,cfg_scale\n\
+         r1,a cat,20,7\n\
+         r2,a dog,abc,7\n\
+         r3,a {big|small} owl,20,7\n\
+         r4,a fox,9999,7\n\
+         r1,a hen,20,7\n\
+         ,a cow,20,7\n\
+         r7,a bee,20,7.123\n",
+    );
+    let problems = compile_in(&ROWS_MANIFEST.replace("FILE", "p.csv"), dir.path()).unwrap_err();
+    let shown = dir.path().join("p.csv").display().to_string();
+    let expected = [
+        (3, 10, "row 2, column `steps`: expected a whole number"),
+        (
+            4,
+            4,
+            "row 3, column `subject`: `a {big|small} owl` holds a variant",
+        ),
+        (5, 10, "row 4, column `steps`: 9999 is out of range"),
+        (6, 1, "row 5: id `r1` is already the id of row 1"),
+        (7, 1, "row 6: the id column `pid` is empty"),
+        (
+            8,
+            13,
+            "row 7, column `cfg_scale`: 7.123 has more than 2 decimals",
+        ),
+    ];
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    for (problem, (line, column, message)) in problems.iter().zip(expected) {
+        let place = format!("{shown}:{line}:{column}: ");
+        assert!(
+            problem.starts_with(&place) && problem.contains(message),
+            "expected {place}{message}…, got {problem}"
+        );
+    }
+
+    // Rows that do not parse at all are reported with their lines too.
+    let dir = table(
+        "p.jsonl",
+        "{\"pid\": \"a\", \"subject\": \"x\"}\n[1, 2]\n{\"pid\": \"c\", \n",
+    );
+    let problems = compile_in(&ROWS_MANIFEST.replace("FILE", "p.jsonl"), dir.path()).unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems[0].contains(":2:1: row 2: expected a JSON object"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains(":3:") && problems[1].contains("row 3:"),
+        "{problems:?}"
+    );
+
+    // A missing file, an unknown id column, a ragged CSV.
+    let problems =
+        compile_in(&ROWS_MANIFEST.replace("FILE", "nothere.csv"), dir.path()).unwrap_err();
+    assert!(
+        problems[0].starts_with("test.yaml:7:11: cannot read rows file"),
+        "{problems:?}"
+    );
+    let dir = table("p.csv", "id,subject\n1,x\n");
+    let problems = compile_in(&ROWS_MANIFEST.replace("FILE", "p.csv"), dir.path()).unwrap_err();
+    assert!(
+        problems[0].contains("has no column `pid`; its columns are id, subject"),
+        "{problems:?}"
+    );
+    let dir = table("p.csv", "pid,subject\n1,x\n2,y,z\n");
+    let problems = compile_in(&ROWS_MANIFEST.replace("FILE", "p.csv"), dir.path()).unwrap_err();
+    assert!(problems[0].contains(":3:1: row 2:"), "{problems:?}");
+}
+
+#[test]
+fn id_may_stand_for_key_in_file_names_only_when_rows_name_every_job() {
+    let dir = table("p.csv", "pid,subject,style\na,cat,oil\nb,owl,ink\n");
+    let with = |filename: &str, extra: &str| {
+        ROWS_MANIFEST.replace("FILE", "p.csv").replace(
+            "jobs:",
+            &format!("output: {{filename: \"{filename}\"}}\njobs:"),
+        ) + extra
+    };
+    // The variants make two images sets per row: `{id}` alone would collide.
+    let problems = compile_in(&with("{job}/{id}-{index}", ""), dir.path()).unwrap_err();
+    assert!(
+        problems[0].contains("uses `{id}` without `{key}`, but job `t`"),
+        "{problems:?}"
+    );
+    let plain = "version: 1\nname: k\ndefaults: {models: [m]}\noutput: {filename: \"{id}-{index}\"}\njobs:\n  - name: t\n    prompt: '${subject}'\n    rows: {file: p.csv, id: pid}\n";
+    assert!(compile_in(plain, dir.path()).is_ok());
+    let two_jobs = format!(
+        "{plain}  - name: u\n    prompt: '${{subject}}'\n    rows: {{file: p.csv, id: pid}}\n"
+    );
+    let problems = compile_in(&two_jobs, dir.path()).unwrap_err();
+    assert!(
+        problems[0].contains("without `{key}` or `{job}`"),
+        "{problems:?}"
+    );
+    assert!(compile_in(&with("{job}/{key}-{id}-{index}", ""), dir.path()).is_ok());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Expansion is deterministic, and the keys of a rows job and of a
+    /// nested-variant job stay the same when an unrelated job changes.
+    #[test]
+    fn keys_stay_stable_when_unrelated_jobs_change(
+        subjects in proptest::collection::btree_set("[a-z]{1,6}", 1..8),
+        other in "[a-z]{1,8}",
+        draws in 1u64..20,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("pid,subject\n");
+        for (i, subject) in subjects.iter().enumerate() {
+            csv.push_str(&format!("id{i},{subject}\n"));
+        }
+        std::fs::write(dir.path().join("p.csv"), csv).unwrap();
+        let text = |other: &str| format!(
+            "version: 1\nname: p\ndefaults: {{models: [m]}}\njobs:\n  - name: rows\n    prompt: '${{subject}} {{a|{{b|c}}}}'\n    rows: {{file: p.csv, id: pid}}\n  - name: drawn\n    prompt: '{{x|2::{{y|z}}}}'\n    random: {draws}\n  - name: other\n    prompt: '{other} {{p|q}}'\n"
+        );
+        let keyed = |text: &str| -> BTreeMap<String, Vec<String>> {
+            let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for job in jobs_in(text, dir.path()) {
+                out.entry(job.name.to_string()).or_default().push(format!("{} {}", job.key, job.prompt));
+            }
+            out
+        };
+        let before = keyed(&text(&other));
+        prop_assert_eq!(&before, &keyed(&text(&other)));
+        prop_assert_eq!(before["rows"].len(), subjects.len() * 3);
+        prop_assert_eq!(before["drawn"].len() as u64, draws);
+        let after = keyed(&text(&format!("{other}x")));
+        prop_assert_eq!(&before["rows"], &after["rows"]);
+        prop_assert_eq!(&before["drawn"], &after["drawn"]);
+        prop_assert_ne!(&before["other"], &after["other"]);
+    }
+}
