@@ -5,6 +5,7 @@ mod a1111;
 mod cli;
 mod client_sim;
 mod common;
+mod dataset;
 mod formats_v1;
 mod horde_client;
 mod manifest;

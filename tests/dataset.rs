@@ -1,0 +1,289 @@
+//! Datasets end to end against the sim: a 1,000-row CSV with ids becomes
+//! 1,000 images named by id with their labels in every file, and a finished
+//! run loads with Hugging Face `datasets` with one column per label.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{run_bounded, Batch, Sim};
+
+#[test]
+fn a_thousand_row_csv_with_ids_names_every_file_and_result_by_id() {
+    let sim = Sim::unlimited(&["--workers", "64", "--latency", "1ms", "--seed", "13"]);
+    let batch = Batch::new(
+        "version: 1\nname: rows1k\ndefaults:\n  models: [stable_diffusion]\n  params: {width: 64, height: 64, steps: 4}\noutput: {filename: \"{job}/{id}-{index}\"}\njobs:\n  - name: prompts\n    prompt: \"${subject}, ${style}\"\n    rows: {file: prompts.csv, id: prompt_id}\n",
+    );
+    let styles = ["oil", "ink", "pastel"];
+    let mut csv = String::from("prompt_id,subject,style,category\n");
+    for i in 0..1000 {
+        let style = styles[i % 3];
+        csv.push_str(&format!(
+            "p{i:04},\"subject {i}, small\",{style},c{}\n",
+            i % 7
+        ));
+    }
+    std::fs::write(batch.dir.path().join("prompts.csv"), csv).unwrap();
+
+    let mut command = batch.command(&sim, "run");
+    command.env("HORDE_BATCH_SUBMIT_INTERVAL", "2ms");
+    let finished = run_bounded(&mut command, Duration::from_secs(240));
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+
+    let ids: BTreeSet<String> = (0..1000).map(|i| format!("p{i:04}")).collect();
+    let files: BTreeSet<String> = batch
+        .webp_files()
+        .iter()
+        .map(|p| p.strip_prefix(batch.out()).unwrap().display().to_string())
+        .collect();
+    let expected: BTreeSet<String> = ids
+        .iter()
+        .map(|id| format!("prompts/{id}-0.webp"))
+        .collect();
+    assert_eq!(files, expected);
+
+    let results = batch.jsonl("results.jsonl");
+    assert_eq!(results.len(), 1000);
+    for result in &results {
+        let id = result["id"].as_str().unwrap();
+        assert_eq!(result["images"], json!([format!("prompts/{id}-0.webp")]));
+    }
+    let index = batch.jsonl("metadata.jsonl");
+    assert_eq!(index.len(), 1000);
+    for row in &index {
+        let id = row["prompt_id"].as_str().unwrap();
+        let n: usize = id[1..].parse().unwrap();
+        assert_eq!(row["file_name"], json!(format!("prompts/{id}-0.webp")));
+        assert_eq!(row["style"], json!(styles[n % 3]));
+        assert_eq!(row["category"], json!(format!("c{}", n % 7)));
+        assert_eq!(
+            row["text"],
+            json!(format!("subject {n}, small, {}", styles[n % 3]))
+        );
+        let sidecar: Value = serde_json::from_slice(
+            &std::fs::read(batch.out().join(format!("prompts/{id}-0.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(sidecar["labels"]["prompt_id"], json!(id));
+        assert_eq!(
+            sidecar["labels"]["subject"],
+            json!(format!("subject {n}, small"))
+        );
+    }
+}
+
+/// A manifest with every kind of label: matrix text and parameter axes, a
+/// wildcard, a variant, a rows table with a parameter column, LoRAs and
+/// post-processing, a renamed caption and extra columns.
+const LABELLED: &str = r#"version: 1
+name: labelled
+defaults:
+  models: [stable_diffusion]
+  params: {width: 64, height: 64, steps: 4}
+wildcards: {animal: [owl, cat]}
+output:
+  metadata: {caption: caption, columns: [worker_name, kudos, karras]}
+jobs:
+  - name: grid
+    prompt: "a ${mood} __animal__ at {dawn|dusk} <lora:detail:0.5>"
+    matrix:
+      mood: [happy, sad]
+      cfg_scale: [5, 7.5]
+      clip_skip: [1, 2]
+  - name: rows
+    prompt: "${subject}"
+    rows: {file: rows.jsonl, id: uid}
+    params: {post_processing: [GFPGAN]}
+"#;
+
+fn labelled_run() -> Batch {
+    let sim = Sim::unlimited(&["--workers", "16", "--latency", "1ms", "--seed", "14"]);
+    let batch = Batch::new(LABELLED);
+    std::fs::write(
+        batch.dir.path().join("rows.jsonl"),
+        "{\"uid\": 1, \"subject\": \"a red kite\", \"steps\": 5}\n{\"uid\": 2, \"subject\": \"a blue boat\"}\n",
+    )
+    .unwrap();
+    let finished = batch.run_on(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    batch
+}
+
+/// What `datasets` needs of `metadata.jsonl`, checked the way its JSON
+/// loader (pyarrow) infers a table: one row per image, `file_name` first,
+/// every row with the same columns, and each column one type (or null).
+#[test]
+fn label_columns_have_one_type_each_and_every_row_has_them_all() {
+    let batch = labelled_run();
+    let rows = batch.jsonl("metadata.jsonl");
+    assert_eq!(rows.len(), 2 * 2 * 2 * 2 * 2 + 2);
+    let columns =
+        |row: &Value| -> Vec<String> { row.as_object().unwrap().keys().cloned().collect() };
+    let first = columns(&rows[0]);
+    let mut types: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for row in &rows {
+        assert_eq!(columns(row), first, "every row has the same columns");
+        let text = serde_json::to_string(row).unwrap();
+        assert!(text.starts_with("{\"file_name\":"), "{text}");
+        for (name, value) in row.as_object().unwrap() {
+            let kind = match value {
+                Value::Null => continue,
+                Value::Bool(_) => "bool",
+                Value::Number(n) if n.is_f64() => "float",
+                Value::Number(_) => "int",
+                Value::String(_) => "string",
+                Value::Array(_) | Value::Object(_) => "nested",
+            };
+            types.entry(name.clone()).or_default().insert(kind);
+        }
+    }
+    for (name, kinds) in &types {
+        assert_eq!(kinds.len(), 1, "column {name} has types {kinds:?}");
+    }
+    for label in [
+        "mood",
+        "animal",
+        "variant_1",
+        "clip_skip",
+        "subject",
+        "uid",
+        "caption",
+        "worker_name",
+        "kudos",
+        "karras",
+        "loras",
+        "post_processing",
+    ] {
+        assert!(
+            first.contains(&label.to_owned()),
+            "no column {label} in {first:?}"
+        );
+    }
+    assert!(
+        !first.contains(&"text".to_owned()),
+        "the caption column is renamed"
+    );
+    let grid = rows.iter().find(|r| r["job"] == "grid").unwrap();
+    assert_eq!(grid["loras"], json!("detail:0.5"));
+    assert!(grid["subject"].is_null());
+    assert_eq!(types["cfg_scale"], BTreeSet::from(["float"]));
+    assert_eq!(
+        types["uid"],
+        BTreeSet::from(["string"]),
+        "ids are text, whatever the JSON"
+    );
+    let kite = rows.iter().find(|r| r["uid"] == "1").unwrap();
+    assert_eq!(kite["caption"], json!("a red kite"));
+    assert_eq!(kite["steps"], json!(5));
+    assert_eq!(kite["post_processing"], json!("GFPGAN"));
+    let sidecar: Value = serde_json::from_slice(
+        &std::fs::read(
+            batch
+                .out()
+                .join(kite["file_name"].as_str().unwrap())
+                .with_extension("json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        sidecar["labels"],
+        json!({"uid": "1", "subject": "a red kite", "steps": 5})
+    );
+}
+
+/// The Python that has `datasets`: `HORDE_BATCH_PYTHON`, else `python3`.
+fn python_with_datasets() -> Option<String> {
+    let python = std::env::var("HORDE_BATCH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let has = Command::new(&python)
+        .args(["-c", "import datasets"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    has.then_some(python)
+}
+
+/// The real loader: `datasets.load_dataset("imagefolder", …)` reads the run's
+/// folder with one column per label and the right values. `.ci/run` installs
+/// `datasets` and sets `HORDE_BATCH_REQUIRE_TOOLS=1`, so CI cannot skip this;
+/// elsewhere it is skipped, saying so, when `datasets` is not installed.
+#[test]
+fn a_finished_run_loads_with_hugging_face_datasets() {
+    let Some(python) = python_with_datasets() else {
+        assert!(
+            std::env::var_os("HORDE_BATCH_REQUIRE_TOOLS").is_none(),
+            "HORDE_BATCH_REQUIRE_TOOLS is set but no Python with `datasets` was found (set HORDE_BATCH_PYTHON)"
+        );
+        eprintln!(
+            "skipped: no Python with `datasets` (pip install datasets, or set HORDE_BATCH_PYTHON)"
+        );
+        return;
+    };
+    let batch = labelled_run();
+    let script = r#"
+import json, sys
+import datasets
+ds = datasets.load_dataset("imagefolder", data_dir=sys.argv[1], split="train")
+rows = [{k: v for k, v in row.items() if k != "image"} for row in ds]
+sizes = sorted({row_image.size for row_image in ds["image"]})
+print(json.dumps({"columns": ds.column_names, "rows": rows, "sizes": sizes,
+                  "features": {k: str(v) for k, v in ds.features.items()}}))
+"#;
+    let output = Command::new(python)
+        .args(["-c", script])
+        .arg(batch.out())
+        .env("HF_DATASETS_OFFLINE", "1")
+        .env("HF_HOME", batch.dir.path().join("hf-home"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let loaded: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let columns: Vec<&str> = loaded["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for label in [
+        "image",
+        "caption",
+        "mood",
+        "animal",
+        "variant_1",
+        "clip_skip",
+        "subject",
+        "uid",
+        "loras",
+    ] {
+        assert!(columns.contains(&label), "no column {label} in {columns:?}");
+    }
+    let rows = loaded["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 34);
+    assert_eq!(loaded["sizes"], json!([[64, 64]]));
+    let moods: BTreeSet<&str> = rows.iter().filter_map(|r| r["mood"].as_str()).collect();
+    assert_eq!(moods, BTreeSet::from(["happy", "sad"]));
+    let index = batch.jsonl("metadata.jsonl");
+    for row in rows {
+        let ours = index
+            .iter()
+            .find(|r| r["generation_id"] == row["generation_id"])
+            .unwrap();
+        for label in [
+            "caption",
+            "mood",
+            "animal",
+            "variant_1",
+            "subject",
+            "uid",
+            "clip_skip",
+        ] {
+            assert_eq!(row[label], ours[label], "{label}");
+        }
+    }
+    assert_eq!(loaded["features"]["clip_skip"], json!("Value('int64')"));
+}
