@@ -20,6 +20,7 @@ use serde_json::Value;
 use super::locate::YamlPath;
 use super::params::{self, BuiltIn, ParamSpec, BUILT_IN_DEFAULTS, PARAMS};
 use super::schema::{CensoredPolicy, JobSpec, RequestSpec, SeedsSpec};
+use super::source::{JobSources, SourceRef};
 use super::template::{self, LoraTag, Pick, Piece};
 use super::{ManifestError, ManifestFile, Problem};
 
@@ -123,6 +124,8 @@ pub(crate) enum AxisKind {
     Param(&'static str),
     Model,
     Text,
+    /// `source_image` files (a matrix axis), in the axis's order.
+    Source(Arc<[Arc<SourceRef>]>),
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +180,8 @@ pub struct CompiledJob {
     pub(crate) sample: Option<(u64, u64)>,
     /// The product of the axis lengths.
     pub(crate) space: u128,
+    /// Source images (a `source_image` axis replaces `image` per combination).
+    pub(crate) sources: Option<Arc<JobSources>>,
 }
 
 /// A checked manifest.
@@ -265,6 +270,7 @@ pub fn compile(
         file: &file,
         problems: Vec::new(),
         wildcard_cache: HashMap::new(),
+        source_cache: HashMap::new(),
     };
     let root = YamlPath::root();
     let manifest = &file.manifest;
@@ -351,14 +357,16 @@ pub fn compile(
     })
 }
 
-struct Context<'a> {
-    file: &'a ManifestFile,
-    problems: Vec<Problem>,
+pub(super) struct Context<'a> {
+    pub(super) file: &'a ManifestFile,
+    pub(super) problems: Vec<Problem>,
     wildcard_cache: HashMap<String, Wildcard>,
+    /// Source files by path as written: checked once per compile.
+    pub(super) source_cache: HashMap<String, Result<Arc<SourceRef>, String>>,
 }
 
 impl Context<'_> {
-    fn problem(&mut self, path: &YamlPath, message: impl Into<String>, help: &str) {
+    pub(super) fn problem(&mut self, path: &YamlPath, message: impl Into<String>, help: &str) {
         let problem = self.file.source.problem_at(path, message).with_help(help);
         self.problems.push(problem);
     }
@@ -606,6 +614,7 @@ impl Context<'_> {
             );
         }
 
+        let sources = self.job_sources(spec, path, &base_params, &axes, &models);
         let space = axes.iter().try_fold(1u128, |acc, axis| {
             acc.checked_mul(axis.values.len() as u128)
         });
@@ -649,6 +658,7 @@ impl Context<'_> {
             request: Arc::new(request),
             sample,
             space,
+            sources,
         })
     }
 
@@ -728,6 +738,9 @@ impl Context<'_> {
         path: &YamlPath,
         used_variables: &[String],
     ) -> Option<Axis> {
+        if name == "source_image" {
+            return self.source_axis(values, path);
+        }
         // A parameter axis can be used as `${name}` in the prompt too; it stays a parameter.
         let kind = if name == "model" {
             AxisKind::Model
@@ -794,6 +807,8 @@ impl Context<'_> {
                     .ok()
                     .map(|spec| params::canonicalize(spec, value).map_err(|p| p.0))
                     .unwrap_or_else(|| Err("unknown parameter".to_owned())),
+                // `source_axis` builds these; never reached.
+                AxisKind::Source(_) => Err("not a source image axis".to_owned()),
                 AxisKind::Model => match value {
                     Value::String(s) if !s.trim().is_empty() => Ok(value.clone()),
                     other => Err(format!(

@@ -14,6 +14,7 @@ pub mod locate;
 pub mod params;
 mod range;
 pub mod schema;
+pub mod source;
 mod template;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub use compile::{
 pub use error::{ManifestError, Problem, SourceText};
 pub use expand::{Job, JobKey, JobStream};
 pub use schema::{json_schema, CensoredPolicy, Manifest};
+pub use source::{load_source, JobSources, SourceProcessing, SourceRef};
 
 use locate::Position;
 
