@@ -271,3 +271,30 @@ fn bad_sources_are_refused_at_their_position() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+#[test]
+fn defaults_give_every_job_its_source_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    write_png(&dir.path().join("base.png"), 8, 8, true, 1);
+    write_png(&dir.path().join("own.png"), 8, 8, true, 2);
+    let text = "version: 1\nname: d\ndefaults:\n  models: [stable_diffusion]\n  source_image: base.png\n  source_processing: inpainting\njobs:\n  - {name: a, prompt: a cat}\n  - {name: b, prompt: a dog, source_image: own.png, source_processing: img2img}\n";
+    let compiled = compile_at(dir.path(), text).unwrap();
+    let seen: Vec<(String, &'static str)> = compiled
+        .jobs()
+        .map(|job| {
+            let sources = job.sources.expect("sources from defaults or the job");
+            (sources.image.path.clone(), sources.processing.as_str())
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("base.png".to_owned(), "inpainting"),
+            ("own.png".to_owned(), "img2img")
+        ]
+    );
+    // A default that only says how to process sources does not touch txt2img jobs.
+    let txt2img = "version: 1\nname: d\ndefaults:\n  models: [stable_diffusion]\n  source_processing: inpainting\njobs:\n  - {name: a, prompt: a cat}\n";
+    let compiled = compile_at(dir.path(), txt2img).unwrap();
+    assert!(compiled.jobs().all(|job| job.sources.is_none()));
+}

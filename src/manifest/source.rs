@@ -485,19 +485,24 @@ impl Context<'_> {
             );
         }
         if image.is_none() && axis_images.is_none() {
-            if let Some(mask) = &mask {
-                self.problem(&mask.path, "`source_mask` without `source_image` (the Horde answers SourceMaskUnnecessary)", "set `source_image`, or drop the mask");
+            // Source fields under `defaults` simply do not apply to a txt2img
+            // job (nothing is sent); the job's own are a mistake.
+            if spec.source_mask.is_some() {
+                let at = path.key("source_mask");
+                self.problem(&at, "`source_mask` without `source_image` (the Horde answers SourceMaskUnnecessary)", "set `source_image`, or drop the mask");
             }
-            if let Some(processing) = &processing {
+            if spec.source_processing.is_some() {
+                let at = path.key("source_processing");
                 self.problem(
-                    &processing.path,
+                    &at,
                     "`source_processing` has no effect without `source_image`",
                     "set `source_image`, or drop `source_processing`",
                 );
             }
-            if let Some(extra) = &extra {
+            if spec.extra_source_images.is_some() {
+                let at = path.key("extra_source_images");
                 self.problem(
-                    &extra.path,
+                    &at,
                     "`extra_source_images` without `source_image`",
                     "extra source images go with a `source_image` and `source_processing: remix`",
                 );
