@@ -568,6 +568,7 @@ fn write_output_files(dir: &Path) {
         completed_at: "2026-01-15T10:00:08.000Z".into(),
         horde_batch_version: horde_batch::output::HORDE_BATCH_VERSION.into(),
         labels: Default::default(),
+        sources: None,
     };
     let written = output
         .write_image(

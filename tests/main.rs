@@ -14,5 +14,6 @@ mod output;
 mod reliability;
 mod run;
 mod sim;
+mod source_images;
 mod store;
 mod unattended;

@@ -56,6 +56,7 @@ fn sidecar(generation_id: &str) -> Sidecar {
         completed_at: "2026-05-01T12:00:30.000Z".into(),
         horde_batch_version: HORDE_BATCH_VERSION.into(),
         labels: Default::default(),
+        sources: None,
     }
 }
 

@@ -20,7 +20,8 @@ pub fn kudos_estimate(
             (crate::horde::GenerationRequest, u64),
         > = std::collections::HashMap::new();
         for job in compiled.jobs() {
-            let request = crate::scheduler::request_for(&job, 1, 0);
+            let request = crate::scheduler::request_for(&job, 1, 0)
+                .map_err(|e| AppError::Config(e.to_string()))?;
             let signature = format!(
                 "{:?}{}",
                 request.models,

@@ -355,7 +355,7 @@ async fn preflight(
 /// Kudos per image of the manifest's first request, from a dry run (cached by the Horde).
 async fn first_request_estimate(client: &HordeClient, compiled: &CompiledManifest) -> Option<f64> {
     let job = compiled.jobs().next()?;
-    let request = crate::scheduler::request_for(&job, 1, 0);
+    let request = crate::scheduler::request_for(&job, 1, 0).ok()?;
     match client.dry_run(&request).await {
         Ok(kudos) => Some(kudos),
         Err(error) => {

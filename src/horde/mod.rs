@@ -26,7 +26,8 @@ pub use error::{
 };
 pub use time::{HordeTime, TimeParseError};
 pub use types::{
-    ActiveGenerations, GenMetadata, Generation, GenerationParams, GenerationRequest, Heartbeat,
-    ImageSource, ModelStatus, RequestCheck, RequestStatus, SharedKeyDetails, SharedKeyInput,
-    SubmitAccepted, UserDetails, Warning, NEGATIVE_PROMPT_SEPARATOR, NO_AVAILABLE_WORKER,
+    ActiveGenerations, Base64Image, ExtraSourceImage, GenMetadata, Generation, GenerationParams,
+    GenerationRequest, Heartbeat, ImageSource, ModelStatus, RequestCheck, RequestStatus,
+    SharedKeyDetails, SharedKeyInput, SubmitAccepted, UserDetails, Warning,
+    NEGATIVE_PROMPT_SEPARATOR, NO_AVAILABLE_WORKER,
 };

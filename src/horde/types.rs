@@ -34,8 +34,9 @@ fn one() -> u32 {
 ///
 /// Every boolean flag is serialized, always: the server's real defaults (e.g.
 /// `nsfw: true`) differ from the swagger's, so nothing is left to them.
-/// Fields the client does not model (img2img's `source_*`, `extra_source_images`,
-/// `proxied_account`) are dropped when deserializing.
+/// Source images (`source_image`, `source_mask`, `extra_source_images`) travel
+/// as base64 WebP in [`Base64Image`], whose `Debug` shows only the length, so a
+/// logged request never carries the image. `proxied_account` is not modelled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerationRequest {
     /// Positive prompt, optionally followed by `###` and the negative prompt
@@ -93,6 +94,41 @@ pub struct GenerationRequest {
     /// Style id or name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub style: Option<String>,
+    /// The image to start from (img2img, inpainting, outpainting, remix, ControlNet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<Base64Image>,
+    /// `img2img` (the server's default), `inpainting`, `outpainting` or `remix`;
+    /// sent only with a source image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_processing: Option<String>,
+    /// Inpainting/outpainting mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_mask: Option<Base64Image>,
+    /// Up to 5 more images (remix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_source_images: Vec<ExtraSourceImage>,
+}
+
+/// A base64-encoded WebP as the API takes source images. `Debug` prints only
+/// its length: requests may be logged, images must not be.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Base64Image(pub String);
+
+impl std::fmt::Debug for Base64Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Base64Image({} chars)", self.0.len())
+    }
+}
+
+/// One of `extra_source_images`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtraSourceImage {
+    /// Base64 WebP.
+    pub image: Base64Image,
+    /// Strength of this image (the server's default is 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 impl GenerationRequest {
@@ -119,6 +155,10 @@ impl GenerationRequest {
             disable_batching: false,
             webhook: None,
             style: None,
+            source_image: None,
+            source_processing: None,
+            source_mask: None,
+            extra_source_images: Vec::new(),
         }
     }
 
@@ -575,6 +615,40 @@ mod tests {
 
     fn generation(value: Value) -> Generation {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn source_images_serialize_as_the_api_names_them_and_never_debug_print() {
+        let mut request = GenerationRequest::new("p", vec!["m".into()], GenerationParams::new(1));
+        let plain = serde_json::to_value(&request).unwrap();
+        for field in [
+            "source_image",
+            "source_processing",
+            "source_mask",
+            "extra_source_images",
+        ] {
+            assert!(plain.get(field).is_none(), "{field} sent without a source");
+        }
+        request.source_image = Some(Base64Image("UklGRsecret".into()));
+        request.source_processing = Some("inpainting".into());
+        request.source_mask = Some(Base64Image("UklGRmask".into()));
+        request.extra_source_images = vec![ExtraSourceImage {
+            image: Base64Image("UklGRextra".into()),
+            strength: Some(0.5),
+        }];
+        let value = serde_json::to_value(&request).unwrap();
+        assert_eq!(value["source_image"], "UklGRsecret");
+        assert_eq!(value["source_processing"], "inpainting");
+        assert_eq!(value["source_mask"], "UklGRmask");
+        assert_eq!(
+            value["extra_source_images"],
+            json!([{"image": "UklGRextra", "strength": 0.5}])
+        );
+        let debug = format!("{request:?}");
+        assert!(!debug.contains("UklGR"), "{debug}");
+        assert!(debug.contains("Base64Image(11 chars)"), "{debug}");
+        let back: GenerationRequest = serde_json::from_value(value).unwrap();
+        assert_eq!(back, request);
     }
 
     #[test]

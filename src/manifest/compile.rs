@@ -21,6 +21,7 @@ use super::locate::YamlPath;
 use super::params::{self, BuiltIn, ParamSpec, BUILT_IN_DEFAULTS, PARAMS};
 use super::rows::{self, TableError};
 use super::schema::{CensoredPolicy, JobSpec, RequestSpec, RowsSpec, SeedsSpec};
+use super::source::{JobSources, SourceRef};
 use super::template::{self, LoraTag, Pick, Piece};
 use super::{ManifestError, ManifestFile, Problem};
 use crate::output::IndexRow;
@@ -142,6 +143,8 @@ pub(crate) enum AxisKind {
     Param(&'static str),
     Model,
     Text,
+    /// `source_image` files (a matrix axis), in the axis's order.
+    Source(Arc<[Arc<SourceRef>]>),
     /// A `rows:` table: each value is a row, its `json` an object of the
     /// row's cells (canonical parameter values, text for the rest).
     Rows(Arc<RowColumns>),
@@ -230,6 +233,8 @@ pub struct CompiledJob {
     pub(crate) random: Option<(u64, u64)>,
     /// The product of the axis lengths.
     pub(crate) space: u128,
+    /// Source images (a `source_image` axis replaces `image` per combination).
+    pub(crate) sources: Option<Arc<JobSources>>,
 }
 
 /// A checked manifest.
@@ -341,7 +346,7 @@ impl CompiledManifest {
                     })
                     .map(|(name, _)| name.as_str())
                     .collect(),
-                AxisKind::Param(_) | AxisKind::Model => {
+                AxisKind::Param(_) | AxisKind::Model | AxisKind::Source(_) => {
                     if IndexRow::BUILT_IN_COLUMNS.contains(&axis.name.as_str()) {
                         vec![]
                     } else {
@@ -373,6 +378,7 @@ pub fn compile(
         wildcard_cache: HashMap::new(),
         reserved_columns: Vec::new(),
         rows_failed: false,
+        source_cache: HashMap::new(),
     };
     let root = YamlPath::root();
     let manifest = &file.manifest;
@@ -469,18 +475,20 @@ pub fn compile(
     })
 }
 
-struct Context<'a> {
-    file: &'a ManifestFile,
-    problems: Vec<Problem>,
+pub(super) struct Context<'a> {
+    pub(super) file: &'a ManifestFile,
+    pub(super) problems: Vec<Problem>,
     wildcard_cache: HashMap<String, Wildcard>,
     /// Column names of `metadata.jsonl` that a label may not take.
     reserved_columns: Vec<String>,
     /// The current job's `rows:` table failed its checks.
     rows_failed: bool,
+    /// Source files by path as written: checked once per compile.
+    pub(super) source_cache: HashMap<String, Result<Arc<SourceRef>, String>>,
 }
 
 impl Context<'_> {
-    fn problem(&mut self, path: &YamlPath, message: impl Into<String>, help: &str) {
+    pub(super) fn problem(&mut self, path: &YamlPath, message: impl Into<String>, help: &str) {
         let problem = self.file.source.problem_at(path, message).with_help(help);
         self.problems.push(problem);
     }
@@ -789,6 +797,7 @@ impl Context<'_> {
 
         self.check_labels(spec, path, &axes);
 
+        let sources = self.job_sources(spec, path, &base_params, &axes, &models);
         let space = axes.iter().try_fold(1u128, |acc, axis| {
             acc.checked_mul(axis.values.len() as u128)
         });
@@ -840,6 +849,7 @@ impl Context<'_> {
             sample,
             random,
             space,
+            sources,
         })
     }
 
@@ -1122,6 +1132,9 @@ impl Context<'_> {
         path: &YamlPath,
         used_variables: &[String],
     ) -> Option<Axis> {
+        if name == "source_image" {
+            return self.source_axis(values, path);
+        }
         // A parameter axis can be used as `${name}` in the prompt too; it stays a parameter.
         let kind = if name == "model" {
             AxisKind::Model
@@ -1190,6 +1203,8 @@ impl Context<'_> {
                     .unwrap_or_else(|| Err("unknown parameter".to_owned())),
                 // Matrix axes are never tables.
                 AxisKind::Rows(_) => Ok(value.clone()),
+                // `source_axis` builds these; never reached.
+                AxisKind::Source(_) => Err("not a source image axis".to_owned()),
                 AxisKind::Model => match value {
                     Value::String(s) if !s.trim().is_empty() => Ok(value.clone()),
                     other => Err(format!(

@@ -7,7 +7,9 @@
 //! keeps them in that same order. A job's key is a hash
 //! of its resolved content (job name, prompts, models, parameters, request
 //! flags, seed policy), so reordering mapping keys or reformatting the YAML
-//! changes no key and editing one job changes only that job's keys. The image
+//! changes no key and editing one job changes only that job's keys. A job with
+//! source images adds their hashes (not their paths) to its key, so replacing
+//! a source file's bytes re-generates; txt2img keys are unchanged. The image
 //! count is deliberately not part of the key: asking for more images of a
 //! finished combination resumes it instead of starting over. Pure computation.
 
@@ -21,6 +23,7 @@ use super::compile::{
     AxisKind, ColumnUse, CompiledJob, CompiledManifest, RequestFlags, Seeds, Segment,
 };
 use super::params::canonical_text;
+use super::source::JobSources;
 use super::template::normalize_whitespace;
 
 /// A job's stable identity: 16 hex digits of a hash of its content.
@@ -66,6 +69,8 @@ pub struct Job {
     pub id: Option<String>,
     /// The value each named axis, wildcard and row variable took, by name.
     pub labels: BTreeMap<String, Value>,
+    /// Source images (paths and hashes, never the bytes); `None` for txt2img.
+    pub sources: Option<Arc<JobSources>>,
 }
 
 impl Job {
@@ -339,6 +344,7 @@ fn resolve(
         .filter(|n| !n.is_empty());
 
     let mut models = Arc::clone(&job.models);
+    let mut sources = job.sources.clone();
     let mut params_override: Option<BTreeMap<&str, Value>> = None;
     let mut labels = BTreeMap::new();
     let mut id = None;
@@ -382,6 +388,10 @@ fn resolve(
                     }
                 }
             }
+            AxisKind::Source(images) => {
+                labels.insert(axis.name.clone(), Value::from(value.text.as_str()));
+                sources = sources.map(|s| Arc::new(s.with_image(Arc::clone(&images[pick]))));
+            }
         }
     }
     let params = match (params_override, &constants.params) {
@@ -413,6 +423,11 @@ fn resolve(
         content.push_str("\nrow id ");
         content.push_str(id);
     }
+    // Only jobs with sources get this line: txt2img keys stay as they were.
+    if let Some(sources) = &sources {
+        content.push_str("\nsources ");
+        content.push_str(&sources.key_text());
+    }
 
     let mut key = hash(&content);
     let mut occurrence = 1u32;
@@ -437,6 +452,7 @@ fn resolve(
         seeds: job.seeds.clone(),
         id,
         labels,
+        sources,
     }
 }
 

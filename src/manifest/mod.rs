@@ -15,6 +15,7 @@ pub mod params;
 mod range;
 mod rows;
 pub mod schema;
+pub mod source;
 mod template;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub use compile::{
 pub use error::{ManifestError, Problem, SourceText};
 pub use expand::{Job, JobKey, JobStream};
 pub use schema::{json_schema, CensoredPolicy, Manifest};
+pub use source::{load_source, JobSources, SourceProcessing, SourceRef};
 
 use locate::Position;
 

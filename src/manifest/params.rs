@@ -47,6 +47,19 @@ const UPSCALERS: &[&str] = &[
     "4x_AnimeSharp",
 ];
 
+/// ControlNet types the Horde's schema accepts (`control_type`).
+pub const CONTROL_TYPES: &[&str] = &[
+    "canny",
+    "hed",
+    "depth",
+    "normal",
+    "openpose",
+    "seg",
+    "scribble",
+    "fakescribbles",
+    "hough",
+];
+
 /// What a parameter's value must be.
 #[derive(Debug, Clone, Copy)]
 pub enum Rule {
@@ -62,6 +75,7 @@ pub enum Rule {
     },
     Bool,
     Sampler,
+    ControlType,
     PostProcessing,
     Loras,
     Tis,
@@ -100,6 +114,11 @@ pub const PARAMS: &[ParamSpec] = &[
         name: "clip_skip",
         rule: int(1, 12),
         description: "CLIP layers to skip, 1 to 12.",
+    },
+    ParamSpec {
+        name: "control_type",
+        rule: Rule::ControlType,
+        description: "ControlNet type; needs `source_image`, not with inpainting.",
     },
     ParamSpec {
         name: "denoising_strength",
@@ -143,6 +162,11 @@ pub const PARAMS: &[ParamSpec] = &[
         description: "Denoising strength of the hires-fix pass, 0.01 to 1.",
     },
     ParamSpec {
+        name: "image_is_control",
+        rule: Rule::Bool,
+        description: "The source image is already a ControlNet map.",
+    },
+    ParamSpec {
         name: "karras",
         rule: Rule::Bool,
         description: "Karras noise schedule (the server's default is true).",
@@ -156,6 +180,11 @@ pub const PARAMS: &[ParamSpec] = &[
         name: "post_processing",
         rule: Rule::PostProcessing,
         description: "Post-processors to apply, at most one upscaler.",
+    },
+    ParamSpec {
+        name: "return_control_map",
+        rule: Rule::Bool,
+        description: "Return the ControlNet map instead of a generated image.",
     },
     ParamSpec {
         name: "sampler_name",
@@ -314,6 +343,23 @@ pub fn canonicalize(spec: &ParamSpec, value: &Value) -> Result<Value, ParamProbl
                     "unknown sampler `{name}`{}; known samplers: {}",
                     suggest(name, KNOWN_SAMPLERS.iter().copied()),
                     KNOWN_SAMPLERS.join(", ")
+                )))
+            }
+        }
+        Rule::ControlType => {
+            let name = value.as_str().ok_or_else(|| {
+                problem(format!(
+                    "expected a ControlNet type, found {}",
+                    describe(value)
+                ))
+            })?;
+            if CONTROL_TYPES.contains(&name) {
+                Ok(Value::from(name))
+            } else {
+                Err(problem(format!(
+                    "unknown ControlNet type `{name}`{}; known: {}",
+                    suggest(name, CONTROL_TYPES.iter().copied()),
+                    CONTROL_TYPES.join(", ")
                 )))
             }
         }

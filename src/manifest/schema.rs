@@ -14,7 +14,8 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::params::{Rule, KNOWN_POST_PROCESSORS, KNOWN_SAMPLERS, PARAMS};
+use super::params::{Rule, CONTROL_TYPES, KNOWN_POST_PROCESSORS, KNOWN_SAMPLERS, PARAMS};
+use super::source::SourceProcessing;
 
 /// A horde-batch manifest: many prompt/parameter sets for the AI Horde.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -58,6 +59,34 @@ pub struct Defaults {
     /// Request flags (the Horde's top-level booleans).
     #[serde(default)]
     pub request: RequestSpec,
+    /// The image to start from, relative to this file: a PNG, JPEG or WebP of at most
+    /// 3072×3072 pixels, sent as lossless WebP (img2img, inpainting, outpainting, remix,
+    /// ControlNet). A matrix axis `source_image: [a.png, b.png]` varies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<String>,
+    /// How the source image is used. Default `img2img`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_processing: Option<SourceProcessing>,
+    /// Inpainting/outpainting mask (relative to this file); without one, inpainting
+    /// needs a source image with an alpha channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_mask: Option<String>,
+    /// Up to 5 more images, `{image: path, strength: 0..1}` (remix only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 5))]
+    pub extra_source_images: Option<Vec<ExtraSourceSpec>>,
+}
+
+/// One of `extra_source_images`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraSourceSpec {
+    /// Path of the image, relative to the manifest's folder.
+    pub image: String,
+    /// Strength, 0 to 1 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub strength: Option<f64>,
 }
 
 /// The Horde's top-level request flags. Every flag is sent explicitly, since the
@@ -235,6 +264,22 @@ pub struct JobSpec {
     /// the same combinations.
     #[serde(default)]
     pub sample_seed: Option<u64>,
+    /// The image to start from, relative to this file: a PNG, JPEG or WebP of at most
+    /// 3072×3072 pixels, sent as lossless WebP (img2img, inpainting, outpainting, remix,
+    /// ControlNet). A matrix axis `source_image: [a.png, b.png]` varies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<String>,
+    /// How the source image is used. Default `img2img`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_processing: Option<SourceProcessing>,
+    /// Inpainting/outpainting mask (relative to this file); without one, inpainting
+    /// needs a source image with an alpha channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_mask: Option<String>,
+    /// Up to 5 more images, `{image: path, strength: 0..1}` (remix only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 5))]
+    pub extra_source_images: Option<Vec<ExtraSourceSpec>>,
 }
 
 /// A job's table of prompts: a path, or a path and the id column.
@@ -307,6 +352,7 @@ fn param_schema(rule: Rule) -> Value {
         }
         Rule::Bool => serde_json::json!({"type": "boolean"}),
         Rule::Sampler => serde_json::json!({"enum": KNOWN_SAMPLERS}),
+        Rule::ControlType => serde_json::json!({"enum": CONTROL_TYPES}),
         Rule::PostProcessing => {
             serde_json::json!({"type": "array", "uniqueItems": true, "items": {"enum": KNOWN_POST_PROCESSORS}})
         }

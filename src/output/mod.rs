@@ -34,7 +34,9 @@ pub use naming::{
     check_relative_name, sanitize_value, FilenameTemplate, NameFields, PathEscape, Placeholder,
     TemplateError, MAX_COMPONENT_BYTES, MAX_VALUE_BYTES,
 };
-pub use sidecar::{format_timestamp, Labels, Sidecar, HORDE_BATCH_VERSION};
+pub use sidecar::{
+    format_timestamp, Labels, Sidecar, SidecarSourceFile, SidecarSources, HORDE_BATCH_VERSION,
+};
 pub use sink::{Dataset, GeneratedImage, ImageSink, MemorySink, Outcome, Stored};
 pub use strays::{find_strays, Strays};
 pub use webp::{verify_webp, WebpError, WebpInfo, MAX_PIXELS};

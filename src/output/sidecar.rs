@@ -78,6 +78,35 @@ pub struct Sidecar {
     /// written before labels existed.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// The source images the job was generated from (img2img, inpainting,
+    /// ControlNet, ...): paths as the manifest wrote them and the hashes of
+    /// the bytes sent. Absent for txt2img and in sidecars written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<SidecarSources>,
+}
+
+/// A job's source images, as recorded in its sidecars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SidecarSources {
+    /// `img2img`, `inpainting`, `outpainting` or `remix`.
+    pub source_processing: String,
+    pub source_image: SidecarSourceFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_mask: Option<SidecarSourceFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_source_images: Vec<SidecarSourceFile>,
+}
+
+/// One source file: where it was and what its bytes hashed to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SidecarSourceFile {
+    /// The path as the manifest wrote it (relative to the manifest's folder).
+    pub path: String,
+    /// horde-batch's hash of the file's bytes (32 hex digits; part of the job key).
+    pub hash: String,
+    /// Strength, for an extra source image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 /// A job's labels: variable name → the value it took, sorted by name.
@@ -103,5 +132,31 @@ mod tests {
     fn timestamps_are_rfc3339_utc_with_millis() {
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(format_timestamp(at), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn sources_are_optional_and_left_out_when_absent() {
+        let file = |path: &str| SidecarSourceFile {
+            path: path.into(),
+            hash: "ab".into(),
+            strength: None,
+        };
+        let sources = SidecarSources {
+            source_processing: "inpainting".into(),
+            source_image: file("in/a.png"),
+            source_mask: Some(file("in/m.png")),
+            extra_source_images: Vec::new(),
+        };
+        let value = serde_json::to_value(&sources).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"source_processing": "inpainting",
+                "source_image": {"path": "in/a.png", "hash": "ab"},
+                "source_mask": {"path": "in/m.png", "hash": "ab"}})
+        );
+        assert_eq!(
+            serde_json::from_value::<SidecarSources>(value).unwrap(),
+            sources
+        );
     }
 }

@@ -202,6 +202,7 @@ impl Dataset {
             completed_at: format_timestamp(now),
             horde_batch_version: HORDE_BATCH_VERSION.to_owned(),
             labels: job.labels.clone(),
+            sources: job.sources.as_deref().map(sidecar_sources),
         };
         let row = IndexRow {
             file_name: String::new(),
@@ -565,4 +566,25 @@ fn request_params(job: &Job, n: u32, first_index: u32) -> Value {
         params.insert("seed".into(), Value::from(seed));
     }
     Value::Object(params)
+}
+
+/// What a sidecar records of a job's source images: paths and hashes.
+fn sidecar_sources(sources: &crate::manifest::JobSources) -> super::sidecar::SidecarSources {
+    let file = |source: &crate::manifest::SourceRef, strength: Option<f64>| {
+        super::sidecar::SidecarSourceFile {
+            path: source.path.clone(),
+            hash: source.hash.clone(),
+            strength,
+        }
+    };
+    super::sidecar::SidecarSources {
+        source_processing: sources.processing.as_str().to_owned(),
+        source_image: file(&sources.image, None),
+        source_mask: sources.mask.as_deref().map(|mask| file(mask, None)),
+        extra_source_images: sources
+            .extra
+            .iter()
+            .map(|extra| file(&extra.image, Some(extra.strength)))
+            .collect(),
+    }
 }

@@ -23,8 +23,8 @@ use super::{
     fresh_record, Abort, EndpointClass, Engine, Event, FailureKind, Lease, OnStop, SlotOutcome,
 };
 use crate::horde::{
-    FailureClass, Generation, GenerationParams, GenerationRequest, HordeError, ImageSource,
-    RequestStatus,
+    Base64Image, ExtraSourceImage, FailureClass, Generation, GenerationParams, GenerationRequest,
+    HordeError, ImageSource, RequestStatus,
 };
 use crate::manifest::{CensoredPolicy, Job};
 use crate::output::{GeneratedImage, OutputError};
@@ -413,6 +413,9 @@ impl Engine {
             self.close_submits(super::Closed::MaxKudos);
             return Err(Halt::Stopped);
         }
+        // Before the intent is written: a source that cannot be sent fails the job, never a request.
+        let request = build_request(job, n, missing[0])
+            .map_err(|e| Halt::Failed(FailureKind::Permanent, e.to_string()))?;
         let gate = tokio::select! {
             gate = self.gate.enter() => gate,
             () = self.submits.cancelled() => return Err(Halt::Stopped),
@@ -430,7 +433,6 @@ impl Engine {
             .await
             .map_err(|e| self.ledger_halt(e))?;
 
-        let request = build_request(job, n, missing[0]);
         self.emit(Event::SubmitSent);
         let answer = tokio::select! {
             answer = self.client.submit(&request) => answer,
@@ -1052,7 +1054,14 @@ fn submitted_n(record: &RequestRecord) -> u32 {
 }
 
 /// The Horde request for `n` images of `job`, the first being image `first_index`.
-pub fn build_request(job: &Job, n: u32, first_index: u32) -> GenerationRequest {
+/// Source images are read now and sent as base64 lossless WebP; a source file
+/// that is gone or whose bytes changed since the manifest was checked fails
+/// (the job must not be generated from other bytes than its key names).
+pub fn build_request(
+    job: &Job,
+    n: u32,
+    first_index: u32,
+) -> Result<GenerationRequest, crate::manifest::source::SourceError> {
     let mut params = GenerationParams::new(n);
     for (name, value) in job.params.iter() {
         params.extra.insert(name.clone(), value.clone());
@@ -1076,5 +1085,19 @@ pub fn build_request(job: &Job, n: u32, first_index: u32) -> GenerationRequest {
     request.worker_blacklist = flags.worker_blacklist;
     request.webhook = flags.webhook.clone();
     request.style = flags.style.clone();
-    request
+    if let Some(sources) = &job.sources {
+        let wire = crate::manifest::source::wire_sources(sources)?;
+        request.source_image = Some(Base64Image(wire.image));
+        request.source_processing = Some(wire.processing.as_str().to_owned());
+        request.source_mask = wire.mask.map(Base64Image);
+        request.extra_source_images = wire
+            .extra
+            .into_iter()
+            .map(|(image, strength)| ExtraSourceImage {
+                image: Base64Image(image),
+                strength: Some(strength),
+            })
+            .collect();
+    }
+    Ok(request)
 }

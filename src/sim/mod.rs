@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{LatencySpec, SimApiKey, SimConfig};
-pub use stats::{ChaosStats, SimStats};
+pub use stats::{ChaosStats, SimStats, SourceSeen};
 
 /// Errors starting or running the simulator.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

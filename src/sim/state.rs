@@ -506,6 +506,7 @@ impl Horde {
             return Err(error);
         }
 
+        super::validate::check_sources(&input)?;
         let params = &input.params;
         if params.loras > 5 {
             return Err(ApiError::rc(
@@ -637,12 +638,17 @@ impl Horde {
         if input.dry_run {
             return Ok(SubmitOutcome::DryRun { kudos: required });
         }
-        Ok(SubmitOutcome::Queued(self.activate(
-            caller,
-            input,
-            upfront_hold,
-            worker_filter,
-        )))
+        // The image drawn stays a function of prompt and seed (tests recompute
+        // it from the sidecar), so an img2img image is as deterministic as any.
+        let seen = super::validate::decode_sources(&input)?;
+        let queued = self.activate(caller, input, upfront_hold, worker_filter);
+        if let Some(seen) = seen {
+            self.stats.source_images_received += 1;
+            self.stats.masks_received += u64::from(seen.mask_format.is_some());
+            self.stats.extra_source_images_received += seen.extra.len() as u64;
+            self.stats.last_source = Some(seen);
+        }
+        Ok(SubmitOutcome::Queued(queued))
     }
 
     /// `workers` as worker indexes: an unknown id is 404 `WorkerNotFound`.

@@ -73,6 +73,36 @@ pub struct SimStats {
     pub live_requests: u64,
     /// What the chaos knobs did.
     pub chaos: ChaosStats,
+    /// Queued requests (202, dry runs excluded) that carried a `source_image`
+    /// the sim decoded.
+    #[serde(default)]
+    pub source_images_received: u64,
+    /// Queued requests that carried a decoded `source_mask`.
+    #[serde(default)]
+    pub masks_received: u64,
+    /// Decoded `extra_source_images` over all queued requests.
+    #[serde(default)]
+    pub extra_source_images_received: u64,
+    /// What the last queued request with a source image sent.
+    #[serde(default)]
+    pub last_source: Option<SourceSeen>,
+}
+
+/// The source images of one request, as the sim decoded them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SourceSeen {
+    /// `source_processing` as applied (`img2img` when the request left it out).
+    pub processing: String,
+    /// Format of the decoded `source_image`: `webp`, `png` or `jpeg`.
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    /// The source image has an alpha channel.
+    pub has_alpha: bool,
+    /// Format of the decoded `source_mask`, if one was sent.
+    pub mask_format: Option<String>,
+    /// Formats of the decoded `extra_source_images`, with their strengths.
+    pub extra: Vec<(String, Option<f64>)>,
 }
 
 /// Counters of the chaos knobs.
