@@ -10,6 +10,7 @@ mod horde_client;
 mod manifest;
 mod output;
 mod reliability;
+mod report;
 mod run;
 mod sim;
 mod store;
