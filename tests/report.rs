@@ -325,7 +325,8 @@ fn in_headless_chromium_every_image_loads_and_two_ticks_list_exactly_those_two()
     assert_eq!(shot.code, 0, "{}", shot.stderr);
     let bytes = std::fs::read(&screenshot).expect("a screenshot");
     assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
-    let target = std::env::var_os("CARGO_TARGET_TMPDIR")
+    // Kept for a human to look at: target/tmp/report-screenshot.png.
+    let target = option_env!("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let _ = std::fs::copy(&screenshot, target.join("report-screenshot.png"));

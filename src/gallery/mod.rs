@@ -281,3 +281,136 @@ pub(crate) fn facets(job: &str, model: &str, labels: &Labels) -> BTreeMap<String
     }
     facets
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scraper::{Html, Selector};
+    use serde_json::json;
+
+    /// Writes a 64×64 image of one colour with its sidecar and index row.
+    fn save(out: &Path, name: &str, job: &str, key: &str, colour: u8, labels: Value) {
+        let mut webp = Vec::new();
+        image_webp::WebPEncoder::new(&mut webp)
+            .encode(&[colour; 64 * 64 * 3], 64, 64, image_webp::ColorType::Rgb8)
+            .unwrap();
+        std::fs::write(out.join(name), webp).unwrap();
+        let sidecar = json!({
+            "schema": 1, "file_name": name, "manifest": "m.yaml", "manifest_name": "m", "job": job,
+            "job_key": key, "image_index": 0, "prompt_template": "p", "prompt": "<script>alert(1)</script>",
+            "negative_prompt": null, "model": "stable_diffusion", "params": {"steps": 10}, "request": {},
+            "seed": "1", "batch_index": 0, "horde_request_id": "r", "generation_id": "g", "worker_id": "w",
+            "worker_name": "worker <b>", "censored": false, "gen_metadata": [], "kudos": 1.0,
+            "submitted_at": "2026-01-01T00:00:00.000Z", "completed_at": "2026-01-01T00:01:00.000Z",
+            "horde_batch_version": "0", "labels": labels,
+        });
+        std::fs::write(out.join(name).with_extension("json"), sidecar.to_string()).unwrap();
+        let row = json!({
+            "file_name": name, "text": "<script>alert(1)</script>", "negative_prompt": "", "job": job,
+            "job_key": key, "image_index": 0, "model": "stable_diffusion", "seed": "1", "width": 64,
+            "height": 64, "steps": 10, "cfg_scale": 7.0, "sampler_name": "k_euler_a", "censored": false,
+            "horde_request_id": "r", "generation_id": "g",
+        });
+        use std::io::Write as _;
+        let mut index = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join(INDEX_FILE))
+            .unwrap();
+        writeln!(index, "{row}").unwrap();
+    }
+
+    fn plan_job(key: &str, combination: u128, labels: Value) -> PlanJob {
+        PlanJob {
+            key: key.into(),
+            name: "zoo".into(),
+            combination,
+            images: 1,
+            prompt: "p".into(),
+            models: vec!["stable_diffusion".into()],
+            params: serde_json::Map::new(),
+            labels: serde_json::from_value(labels).unwrap(),
+        }
+    }
+
+    #[test]
+    fn labels_become_filters_and_grid_axes_and_user_text_stays_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let mut plan = Vec::new();
+        // Axis order: animal (slow) then mood (fast); the label names sort the other way.
+        let mut combination = 0;
+        for (a, animal) in ["owl", "cat"].iter().enumerate() {
+            for (m, mood) in ["happy", "sad"].iter().enumerate() {
+                let key = format!("{a}{m}");
+                let labels = json!({"animal": animal, "mood": mood});
+                save(
+                    out,
+                    &format!("{key}.webp"),
+                    "zoo",
+                    &key,
+                    (a * 100 + m * 50) as u8,
+                    labels.clone(),
+                );
+                plan.push(plan_job(&key, combination, labels));
+                combination += 1;
+            }
+        }
+        let input = ReportInput {
+            manifest: "m.yaml".into(),
+            title: "<i>zoo</i>".into(),
+            plan,
+            ..ReportInput::default()
+        };
+        let written = write_report(out, &input).unwrap();
+        assert_eq!((written.images, written.thumbs_made), (4, 4));
+        assert_eq!(written.grids, vec!["grids/zoo/img0.png".to_owned()]);
+        let grid = image::open(out.join(&written.grids[0])).unwrap().to_rgb8();
+        // X = animal (the first axis): owl then cat; Y = mood: happy then sad.
+        assert_eq!(grid.dimensions(), grid_size(2, 2, 64, 64));
+        let at = |column: u32, row: u32| {
+            grid.get_pixel(
+                GRID_ROW_LABEL_WIDTH + column * 64 + 32,
+                GRID_HEADER_HEIGHT + row * 64 + 32,
+            )[0]
+        };
+        assert_eq!([at(0, 0), at(0, 1), at(1, 0), at(1, 1)], [0, 50, 100, 150]);
+
+        let html = Html::parse_document(&std::fs::read_to_string(&written.page).unwrap());
+        let options = |facet: &str| -> Vec<String> {
+            let css = format!("select[data-facet=\"{facet}\"] option");
+            html.select(&Selector::parse(&css).unwrap())
+                .map(|o| o.text().collect())
+                .collect()
+        };
+        assert_eq!(options("label:animal"), ["all", "cat", "owl"]);
+        assert_eq!(options("label:mood"), ["all", "happy", "sad"]);
+        assert_eq!(options("model"), ["all", "stable_diffusion"]);
+        assert_eq!(options("job"), ["all", "zoo"]);
+        let card = html
+            .select(&Selector::parse(".card[data-file=\"01.webp\"]").unwrap())
+            .next()
+            .unwrap();
+        let facets: Value = serde_json::from_str(card.value().attr("data-f").unwrap()).unwrap();
+        assert_eq!(facets["label:animal"], "owl");
+        assert_eq!(facets["label:mood"], "sad");
+        let scripts = html.select(&Selector::parse("script").unwrap()).count();
+        assert_eq!(scripts, 1, "the prompt's <script> is text");
+        let title: String = html
+            .select(&Selector::parse("title").unwrap())
+            .flat_map(|t| t.text())
+            .collect();
+        assert!(title.starts_with("<i>zoo</i>"), "{title}");
+
+        // Nothing new: no thumbnail made again.
+        assert_eq!(write_report(out, &input).unwrap().thumbs_made, 0);
+    }
+
+    #[test]
+    fn hostile_index_names_are_skipped() {
+        assert!(is_plain_relative("a/b.webp"));
+        for name in ["../x.webp", "/etc/passwd", "", "a/../../b", "a\\b.webp"] {
+            assert!(!is_plain_relative(name), "{name}");
+        }
+    }
+}

@@ -168,6 +168,8 @@ fn summary(
             "a run is active"
         } else if status.finished {
             "finished"
+        } else if status.jobs > 0 && status.jobs_done + status.jobs_failed == status.jobs {
+            "ended, with failed jobs"
         } else {
             "not finished (stopped, or not run to the end yet)"
         };
