@@ -102,8 +102,7 @@ fn assert_links_exist(html: &Html, out: &Path) -> Vec<String> {
     }
     for a in select(html, "a[href]") {
         let href = a.value().attr("href").unwrap();
-        if href.starts_with('#') {
-            let id = &href[1..];
+        if let Some(id) = href.strip_prefix('#') {
             assert!(
                 !select(html, &format!("[id=\"{id}\"]")).is_empty(),
                 "anchor {href} has no target"
