@@ -162,7 +162,16 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
 async fn write_report(batch: &Batch, status: crate::report::StatusReport) {
     let written = tokio::task::block_in_place(|| super::report::write(batch, Some(status)));
     match written {
-        Ok(written) => crate::say!("horde-batch: report at {}", written.page.display()),
+        // Like the summary: a line of text, a JSON log line, or nothing with -q.
+        Ok(written) => match crate::logging::messages() {
+            crate::logging::Messages::Text => {
+                crate::say!("horde-batch: report at {}", written.page.display())
+            }
+            crate::logging::Messages::Json => {
+                tracing::info!(page = %written.page.display(), "report at")
+            }
+            crate::logging::Messages::Quiet => {}
+        },
         Err(error) => {
             tracing::warn!(%error, "the report page could not be written; `horde-batch report` tries again")
         }
