@@ -78,6 +78,8 @@ pub enum Command {
     Failures(FailuresArgs),
     /// Set rejected images aside (into `<output>/.rejected/`); the next run makes them again under their names.
     Reroll(RerollArgs),
+    /// Write `report.html` (thumbnails, X/Y/Z grids, failures, tick-to-reject) in the output folder; works mid-run too.
+    Report(ReportArgs),
     /// Serve the simulated AI Horde on 127.0.0.1 (for rehearsals, tests and benchmarks).
     Sim(crate::sim::SimConfig),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -260,6 +262,14 @@ pub struct RerollArgs {
     /// A file listing more of them, one per line (e.g. copied from the report page).
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub places: PlacesArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The manifest whose output folder to report on.
+    pub manifest: PathBuf,
     #[command(flatten)]
     pub places: PlacesArgs,
 }

@@ -17,6 +17,7 @@
 //! | [`store`] | the sled ledger: versioned request records, flushes, the lock | talk HTTP or write images |
 //! | [`output`] | every file in the output folder: WebP checks, atomic writes, sidecars, names, the dataset index, results and errors | know the scheduler |
 //! | [`report`] | progress bars, JSON progress, `status.json`, `status` | decide anything |
+//! | [`gallery`] | `report.html`, its thumbnails (`.report/`) and the X/Y/Z grids (`grids/`) | write images, sidecars or JSON Lines files |
 //! | [`rebuild`] | a new ledger from the sidecars (`run --rebuild-state`) | touch the Horde |
 //! | [`logging`] | tracing set-up (text or JSON, levels) | see the key |
 //! | [`sim`] | the simulated Horde (axum): never kinder than the real server | share code paths that could hide a client bug |
@@ -34,6 +35,7 @@ macro_rules! say {
 pub mod app;
 pub mod cli;
 pub mod exit;
+pub mod gallery;
 pub mod horde;
 pub mod logging;
 pub mod manifest;

@@ -12,6 +12,7 @@ mod manifest;
 mod manifest_v2;
 mod output;
 mod reliability;
+mod report;
 mod run;
 mod sim;
 mod source_images;

@@ -6,6 +6,7 @@ mod config;
 mod failures;
 mod kudos;
 mod merge;
+mod report;
 mod reroll;
 mod run;
 mod status;
@@ -39,6 +40,9 @@ pub enum AppError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Sim(#[from] crate::sim::SimError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Gallery(#[from] crate::gallery::GalleryError),
     #[error("{0}")]
     #[diagnostic(code(horde_batch::config))]
     Config(String),
@@ -77,7 +81,7 @@ impl AppError {
             AppError::Unreachable(_) => exit::UNREACHABLE,
             AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
             // The output directory cannot be used: fix the setup, like a bad flag.
-            AppError::Output(_) => exit::USAGE,
+            AppError::Output(_) | AppError::Gallery(_) => exit::USAGE,
             AppError::Manifest(_)
             | AppError::Stdout(_)
             | AppError::Template(_)
@@ -103,6 +107,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Command::Merge(args) => merge::merge(&args),
         Command::Failures(args) => failures::failures(&args),
         Command::Reroll(args) => reroll::reroll(&args),
+        Command::Report(args) => report::report(&args),
         Command::Sim(config) => sim(config),
         Command::Status(args) => status::status(&args),
         Command::Completions { shell } => {

@@ -147,9 +147,35 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let ending = engine.ending(&summary);
         crate::report::print_summary(&progress, &summary, &ending, out_dir);
         report_strays(out_dir).await;
+        let mut status = progress.status();
+        status.active = false;
+        status.pid = None;
+        status.finished = status.jobs > 0 && status.jobs_done == status.jobs;
+        write_report(&batch, status).await;
         horde.close().await;
         Ok(ExitCode::from(exit::code(&ending)))
     })
+}
+
+/// Writes `report.html` for the run that just ended (stopped or failed too).
+/// The run's outcome stands whatever happens here: a failure is a warning.
+async fn write_report(batch: &Batch, status: crate::report::StatusReport) {
+    let written = tokio::task::block_in_place(|| super::report::write(batch, Some(status)));
+    match written {
+        // Like the summary: a line of text, a JSON log line, or nothing with -q.
+        Ok(written) => match crate::logging::messages() {
+            crate::logging::Messages::Text => {
+                crate::say!("horde-batch: report at {}", written.page.display())
+            }
+            crate::logging::Messages::Json => {
+                tracing::info!(page = %written.page.display(), "report at")
+            }
+            crate::logging::Messages::Quiet => {}
+        },
+        Err(error) => {
+            tracing::warn!(%error, "the report page could not be written; `horde-batch report` tries again")
+        }
+    }
 }
 
 /// Names what the output folder holds that no run wrote as a pair (left alone).

@@ -13,39 +13,7 @@ use crate::store::Store;
 /// `horde-batch status`.
 pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
     let batch = Batch::load(&args.manifest, None, &args.places)?;
-    let state_dir = &batch.state_dir;
-    let max_n = batch.compiled.run.max_n;
-    let jobs: HashMap<String, PlannedJob> = batch
-        .compiled
-        .jobs()
-        .filter(|job| batch.shard.is_none_or(|shard| shard.includes(job.key)))
-        .map(|job| {
-            let planned = PlannedJob {
-                images: job.images,
-                slots: crate::plan::slot_count(&job, max_n) as u32,
-            };
-            (job.key.to_string(), planned)
-        })
-        .collect();
-    let report = if !state_dir.join("ledger").exists() {
-        StatusReport {
-            images_wanted: jobs.values().map(|job| u64::from(job.images)).sum(),
-            jobs: jobs.len() as u64,
-            updated_ms: crate::store::now_ms(),
-            ..StatusReport::default()
-        }
-    } else {
-        match Store::open(state_dir) {
-            Ok(store) => StatusReport::from_ledger(&store, &jobs)?,
-            Err(crate::store::StoreError::Locked { pid, .. }) => {
-                let mut report = crate::report::read_status_file(state_dir).unwrap_or_default();
-                report.active = true;
-                report.pid = pid.or(report.pid);
-                report
-            }
-            Err(other) => return Err(other.into()),
-        }
-    };
+    let report = batch_status(&batch)?;
     if args.json {
         println!(
             "{}",
@@ -79,4 +47,43 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The state of `batch`: from a live run's status file while a run holds the
+/// ledger, else from the ledger (also for `report`).
+pub(super) fn batch_status(batch: &Batch) -> Result<StatusReport, AppError> {
+    let state_dir = &batch.state_dir;
+    let max_n = batch.compiled.run.max_n;
+    let jobs: HashMap<String, PlannedJob> = batch
+        .compiled
+        .jobs()
+        .filter(|job| batch.shard.is_none_or(|shard| shard.includes(job.key)))
+        .map(|job| {
+            let planned = PlannedJob {
+                images: job.images,
+                slots: crate::plan::slot_count(&job, max_n) as u32,
+            };
+            (job.key.to_string(), planned)
+        })
+        .collect();
+    let report = if !state_dir.join("ledger").exists() {
+        StatusReport {
+            images_wanted: jobs.values().map(|job| u64::from(job.images)).sum(),
+            jobs: jobs.len() as u64,
+            updated_ms: crate::store::now_ms(),
+            ..StatusReport::default()
+        }
+    } else {
+        match Store::open(state_dir) {
+            Ok(store) => StatusReport::from_ledger(&store, &jobs)?,
+            Err(crate::store::StoreError::Locked { pid, .. }) => {
+                let mut report = crate::report::read_status_file(state_dir).unwrap_or_default();
+                report.active = true;
+                report.pid = pid.or(report.pid);
+                report
+            }
+            Err(other) => return Err(other.into()),
+        }
+    };
+    Ok(report)
 }

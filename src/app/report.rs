@@ -1,0 +1,73 @@
+//! `horde-batch report` and the report written at the end of every run:
+//! gathers the plan, the failed jobs and the batch's status, and hands them
+//! to [`crate::gallery`], which owns the page, thumbnails and grids. Works on
+//! an output folder in any state, also while a run writes it.
+
+use std::process::ExitCode;
+
+use super::config::Batch;
+use super::AppError;
+use crate::cli::ReportArgs;
+use crate::gallery::{self, FailedJob, PlanJob, ReportInput, Written};
+use crate::report::StatusReport;
+
+/// `horde-batch report`.
+pub fn report(args: &ReportArgs) -> Result<ExitCode, AppError> {
+    let batch = Batch::load(&args.manifest, None, &args.places)?;
+    let status = super::status::batch_status(&batch)?;
+    let written = write(&batch, Some(status))?;
+    println!("{}", written.page.display());
+    crate::say!(
+        "horde-batch: report of {} image(s) ({} new thumbnail(s), {} grid(s)) at {}",
+        written.images,
+        written.thumbs_made,
+        written.grids.len(),
+        written.page.display()
+    );
+    if written.unreadable > 0 {
+        crate::say!(
+            "horde-batch: {} image(s) could not be read; the page shows them as unreadable",
+            written.unreadable
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the report of `batch`'s output folder. Blocking (file I/O, image coding).
+pub(super) fn write(batch: &Batch, status: Option<StatusReport>) -> Result<Written, AppError> {
+    let plan = batch
+        .compiled
+        .jobs()
+        .filter(|job| batch.shard.is_none_or(|shard| shard.includes(job.key)))
+        .map(|job| PlanJob {
+            key: job.key.to_string(),
+            name: job.name.to_string(),
+            combination: job.combination,
+            images: job.images,
+            prompt: job.prompt.clone(),
+            models: job.models.to_vec(),
+            params: (*job.params).clone(),
+            labels: job.labels.clone(),
+        })
+        .collect();
+    let failures = super::failures::failed_jobs(batch)?
+        .into_iter()
+        .map(|f| FailedJob {
+            job_key: f.job_key,
+            job: f.job,
+            class: f.class,
+            message: f.message,
+            failures: f.failures,
+            images_saved: f.images_saved,
+            images_wanted: f.images_wanted,
+        })
+        .collect();
+    let input = ReportInput {
+        manifest: batch.compiled.file.path.display().to_string(),
+        title: batch.compiled.name().to_owned(),
+        status,
+        plan,
+        failures,
+    };
+    Ok(gallery::write_report(&batch.out_dir, &input)?)
+}

@@ -1,0 +1,416 @@
+//! The morning review: `report.html`, its thumbnails and the X/Y/Z grids of
+//! an output folder.
+//!
+//! Owns everything under `<out>/.report/` (thumbnails, hidden so dataset
+//! loaders and the stray check never see them), `<out>/grids/` (PNG grid
+//! images) and `<out>/report.html`. It reads what a run wrote —
+//! `metadata.jsonl`, the sidecars, `results.jsonl` — and what the caller
+//! hands it (the plan, the failed jobs, the status report), so it works on a
+//! folder in any state, also while a run is writing it (a torn or unreadable
+//! line is skipped, a missing file is an empty one).
+//!
+//! It must never write or move an image, a sidecar or a JSON Lines file, and
+//! never reach the network: the page it writes loads nothing from anywhere
+//! but the output folder.
+
+mod grid;
+mod page;
+mod thumbs;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::output::{IndexRow, JobResult, Labels, Sidecar, INDEX_FILE, RESULTS_FILE};
+use crate::report::StatusReport;
+
+pub use grid::{
+    grid_size, GRID_CELL_MAX, GRID_HEADER_HEIGHT, GRID_ROW_LABEL_WIDTH, GRID_TITLE_HEIGHT,
+};
+pub use thumbs::THUMB_SIZE;
+
+/// The page, in the output folder.
+pub const PAGE_FILE: &str = "report.html";
+/// Thumbnails live under this folder of the output folder (hidden).
+pub const THUMBS_DIR: &str = ".report/thumbs";
+/// Grid images live under this folder of the output folder.
+pub const GRIDS_DIR: &str = "grids";
+
+/// One job of the plan, as the page and the grids need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanJob {
+    /// The job's stable key.
+    pub key: String,
+    /// The manifest job it came from.
+    pub name: String,
+    /// Which combination of that manifest job (enumeration order: the first
+    /// axis varies slowest).
+    pub combination: u128,
+    /// Images it wants.
+    pub images: u32,
+    /// The resolved prompt.
+    pub prompt: String,
+    /// The models it may run on.
+    pub models: Vec<String>,
+    /// Its generation parameters (without `seed` and `n`).
+    pub params: serde_json::Map<String, Value>,
+    /// The value each axis, wildcard and row variable took.
+    pub labels: Labels,
+}
+
+/// A job whose latest outcome is a failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedJob {
+    pub job_key: String,
+    pub job: String,
+    /// The failure class (`no_worker`, `permanent`, …) and message.
+    pub class: String,
+    pub message: String,
+    /// Times it failed.
+    pub failures: u32,
+    pub images_saved: u32,
+    pub images_wanted: u32,
+}
+
+/// What the caller knows that the output folder does not tell.
+#[derive(Debug, Clone, Default)]
+pub struct ReportInput {
+    /// The manifest as the user names it on a command line (for the reroll command shown).
+    pub manifest: String,
+    /// The manifest's `name`.
+    pub title: String,
+    /// The batch's state, from a run's last sample or from the ledger.
+    pub status: Option<StatusReport>,
+    /// Every job of the plan, in plan order.
+    pub plan: Vec<PlanJob>,
+    /// The jobs that failed and have not succeeded since.
+    pub failures: Vec<FailedJob>,
+}
+
+/// What [`write_report`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// Full path of `report.html`.
+    pub page: PathBuf,
+    /// Images shown.
+    pub images: usize,
+    /// Thumbnails made now (the others were fresh).
+    pub thumbs_made: usize,
+    /// Images whose thumbnail could not be made (unreadable files).
+    pub unreadable: usize,
+    /// Grid images, relative to the output folder.
+    pub grids: Vec<String>,
+}
+
+/// Something that stopped the report from being written.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum GalleryError {
+    /// A file of the report could not be written.
+    #[error("cannot {action} {}: {error}", path.display())]
+    #[diagnostic(
+        code(horde_batch::gallery::io),
+        help("check that the output folder is writable and its disk is not full")
+    )]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// An image could not be encoded (a thumbnail or a grid).
+    #[error("cannot encode {}: {message}", path.display())]
+    #[diagnostic(code(horde_batch::gallery::encode))]
+    Encode { path: PathBuf, message: String },
+}
+
+impl GalleryError {
+    fn io(action: &'static str, path: &Path, error: std::io::Error) -> Self {
+        GalleryError::Io {
+            action,
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+}
+
+/// A saved image, from its index row and (when there is one) its sidecar.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub row: IndexRow,
+    pub sidecar: Option<Sidecar>,
+    /// The thumbnail, relative to the output folder, if it could be made.
+    pub thumb: Option<Thumb>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ThumbSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Thumb {
+    pub path: String,
+    pub size: ThumbSize,
+}
+
+impl Entry {
+    pub fn labels(&self) -> Labels {
+        self.sidecar
+            .as_ref()
+            .map(|s| s.labels.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Writes `report.html`, its missing or stale thumbnails and the grids of
+/// `out`. Blocks on file I/O and image coding: call it from
+/// `spawn_blocking` in async code.
+///
+/// # Errors
+///
+/// [`GalleryError::Io`] if the page, a thumbnail or a grid cannot be
+/// written. An unreadable image is not an error: it is shown as such.
+pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryError> {
+    let mut entries = read_entries(out);
+    let mut thumbs_made = 0;
+    let mut unreadable = 0;
+    for entry in &mut entries {
+        match thumbs::ensure(out, &entry.row.file_name)? {
+            thumbs::Outcome::Fresh(thumb) => entry.thumb = Some(thumb),
+            thumbs::Outcome::Made(thumb) => {
+                thumbs_made += 1;
+                entry.thumb = Some(thumb);
+            }
+            thumbs::Outcome::Unreadable => unreadable += 1,
+        }
+    }
+    let results = read_results(out);
+    let grids = grid::write_grids(out, &input.plan, &entries)?;
+    let html = page::render(input, &entries, &results, &grids);
+    let page = out.join(PAGE_FILE);
+    write_atomic(&page, html.as_bytes())?;
+    Ok(Written {
+        page,
+        images: entries.len(),
+        thumbs_made,
+        unreadable,
+        grids: grids.into_iter().map(|g| g.file).collect(),
+    })
+}
+
+/// The images of `metadata.jsonl` whose file is there, first row of each
+/// name, with their sidecars. Damaged lines and hostile names are skipped.
+fn read_entries(out: &Path) -> Vec<Entry> {
+    let text = std::fs::read_to_string(out.join(INDEX_FILE)).unwrap_or_default();
+    let mut seen = HashSet::new();
+    let mut entries = Vec::new();
+    for row in text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<IndexRow>(line).ok())
+    {
+        if !is_plain_relative(&row.file_name) || !seen.insert(row.file_name.clone()) {
+            continue;
+        }
+        let image = out.join(&row.file_name);
+        if !image.is_file() {
+            continue;
+        }
+        let sidecar = std::fs::read(image.with_extension(crate::output::SIDECAR_EXTENSION))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok());
+        entries.push(Entry {
+            row,
+            sidecar,
+            thumb: None,
+        });
+    }
+    entries
+}
+
+/// The last result line of each job.
+fn read_results(out: &Path) -> HashMap<String, JobResult> {
+    std::fs::read_to_string(out.join(RESULTS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<JobResult>(line).ok())
+        .map(|result| (result.job_key.clone(), result))
+        .collect()
+}
+
+/// A relative path that stays inside the folder (no `..`, no root, not empty).
+pub(crate) fn is_plain_relative(name: &str) -> bool {
+    let path = Path::new(name);
+    !name.is_empty()
+        && !name.contains('\\')
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Writes `bytes` to `path` through a temp file in the same folder, so a
+/// reader (a browser, a second report) never sees half a file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GalleryError> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| GalleryError::io("create directory", dir, e))?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(crate::output::TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(|e| GalleryError::io("create a temp file in", dir, e))?;
+    temp.write_all(bytes)
+        .map_err(|e| GalleryError::io("write", temp.path(), e))?;
+    temp.persist(path)
+        .map_err(|e| GalleryError::io("write", path, e.error))?;
+    Ok(())
+}
+
+/// A label or parameter value as text (strings without their quotes).
+pub(crate) fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The dimensions a job can be filtered by: `model`, `job` and each label.
+pub(crate) fn facets(job: &str, model: &str, labels: &Labels) -> BTreeMap<String, String> {
+    let mut facets = BTreeMap::new();
+    facets.insert("model".to_owned(), model.to_owned());
+    facets.insert("job".to_owned(), job.to_owned());
+    for (name, value) in labels {
+        facets.insert(format!("label:{name}"), value_text(value));
+    }
+    facets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scraper::{Html, Selector};
+    use serde_json::json;
+
+    /// Writes a 64×64 image of one colour with its sidecar and index row.
+    fn save(out: &Path, name: &str, job: &str, key: &str, colour: u8, labels: Value) {
+        let mut webp = Vec::new();
+        image_webp::WebPEncoder::new(&mut webp)
+            .encode(&[colour; 64 * 64 * 3], 64, 64, image_webp::ColorType::Rgb8)
+            .unwrap();
+        std::fs::write(out.join(name), webp).unwrap();
+        let sidecar = json!({
+            "schema": 1, "file_name": name, "manifest": "m.yaml", "manifest_name": "m", "job": job,
+            "job_key": key, "image_index": 0, "prompt_template": "p", "prompt": "<script>alert(1)</script>",
+            "negative_prompt": null, "model": "stable_diffusion", "params": {"steps": 10}, "request": {},
+            "seed": "1", "batch_index": 0, "horde_request_id": "r", "generation_id": "g", "worker_id": "w",
+            "worker_name": "worker <b>", "censored": false, "gen_metadata": [], "kudos": 1.0,
+            "submitted_at": "2026-01-01T00:00:00.000Z", "completed_at": "2026-01-01T00:01:00.000Z",
+            "horde_batch_version": "0", "labels": labels,
+        });
+        std::fs::write(out.join(name).with_extension("json"), sidecar.to_string()).unwrap();
+        let row = json!({
+            "file_name": name, "text": "<script>alert(1)</script>", "negative_prompt": "", "job": job,
+            "job_key": key, "image_index": 0, "model": "stable_diffusion", "seed": "1", "width": 64,
+            "height": 64, "steps": 10, "cfg_scale": 7.0, "sampler_name": "k_euler_a", "censored": false,
+            "horde_request_id": "r", "generation_id": "g",
+        });
+        use std::io::Write as _;
+        let mut index = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join(INDEX_FILE))
+            .unwrap();
+        writeln!(index, "{row}").unwrap();
+    }
+
+    fn plan_job(key: &str, combination: u128, labels: Value) -> PlanJob {
+        PlanJob {
+            key: key.into(),
+            name: "zoo".into(),
+            combination,
+            images: 1,
+            prompt: "p".into(),
+            models: vec!["stable_diffusion".into()],
+            params: serde_json::Map::new(),
+            labels: serde_json::from_value(labels).unwrap(),
+        }
+    }
+
+    #[test]
+    fn labels_become_filters_and_grid_axes_and_user_text_stays_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let mut plan = Vec::new();
+        // Axis order: animal (slow) then mood (fast); the label names sort the other way.
+        let mut combination = 0;
+        for (a, animal) in ["owl", "cat"].iter().enumerate() {
+            for (m, mood) in ["happy", "sad"].iter().enumerate() {
+                let key = format!("{a}{m}");
+                let labels = json!({"animal": animal, "mood": mood});
+                save(
+                    out,
+                    &format!("{key}.webp"),
+                    "zoo",
+                    &key,
+                    (a * 100 + m * 50) as u8,
+                    labels.clone(),
+                );
+                plan.push(plan_job(&key, combination, labels));
+                combination += 1;
+            }
+        }
+        let input = ReportInput {
+            manifest: "m.yaml".into(),
+            title: "<i>zoo</i>".into(),
+            plan,
+            ..ReportInput::default()
+        };
+        let written = write_report(out, &input).unwrap();
+        assert_eq!((written.images, written.thumbs_made), (4, 4));
+        assert_eq!(written.grids, vec!["grids/zoo/img0.png".to_owned()]);
+        let grid = image::open(out.join(&written.grids[0])).unwrap().to_rgb8();
+        // X = animal (the first axis): owl then cat; Y = mood: happy then sad.
+        assert_eq!(grid.dimensions(), grid_size(2, 2, 64, 64));
+        let at = |column: u32, row: u32| {
+            grid.get_pixel(
+                GRID_ROW_LABEL_WIDTH + column * 64 + 32,
+                GRID_HEADER_HEIGHT + row * 64 + 32,
+            )[0]
+        };
+        assert_eq!([at(0, 0), at(0, 1), at(1, 0), at(1, 1)], [0, 50, 100, 150]);
+
+        let html = Html::parse_document(&std::fs::read_to_string(&written.page).unwrap());
+        let options = |facet: &str| -> Vec<String> {
+            let css = format!("select[data-facet=\"{facet}\"] option");
+            html.select(&Selector::parse(&css).unwrap())
+                .map(|o| o.text().collect())
+                .collect()
+        };
+        assert_eq!(options("label:animal"), ["all", "cat", "owl"]);
+        assert_eq!(options("label:mood"), ["all", "happy", "sad"]);
+        assert_eq!(options("model"), ["all", "stable_diffusion"]);
+        assert_eq!(options("job"), ["all", "zoo"]);
+        let card = html
+            .select(&Selector::parse(".card[data-file=\"01.webp\"]").unwrap())
+            .next()
+            .unwrap();
+        let facets: Value = serde_json::from_str(card.value().attr("data-f").unwrap()).unwrap();
+        assert_eq!(facets["label:animal"], "owl");
+        assert_eq!(facets["label:mood"], "sad");
+        let scripts = html.select(&Selector::parse("script").unwrap()).count();
+        assert_eq!(scripts, 1, "the prompt's <script> is text");
+        let title: String = html
+            .select(&Selector::parse("title").unwrap())
+            .flat_map(|t| t.text())
+            .collect();
+        assert!(title.starts_with("<i>zoo</i>"), "{title}");
+
+        // Nothing new: no thumbnail made again.
+        assert_eq!(write_report(out, &input).unwrap().thumbs_made, 0);
+    }
+
+    #[test]
+    fn hostile_index_names_are_skipped() {
+        assert!(is_plain_relative("a/b.webp"));
+        for name in ["../x.webp", "/etc/passwd", "", "a/../../b", "a\\b.webp"] {
+            assert!(!is_plain_relative(name), "{name}");
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! `report.html`, its thumbnails and grids, end to end against the sim: a
+//! finished run with a censored image and a failed job, the page in headless
+//! Chromium, a 3×3 matrix grid, and the report of a run that is still going
+//! and then killed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use scraper::{Html, Selector};
+use serde_json::Value;
+
+use crate::common::{kill, run_bounded, wait_exit, walk, Batch, Sim};
+
+/// A prompt that must stay text on the page.
+const HOSTILE: &str = "<script>document.title='pwned'</script> & \"quotes\"";
+
+/// A run with censored images kept and one job no worker can take.
+fn finished_run() -> (Sim, Batch) {
+    let sim = Sim::unlimited(&[
+        "--workers",
+        "4",
+        "--latency",
+        "10ms..30ms",
+        "--censor-rate",
+        "0.4",
+        "--seed",
+        "7",
+    ]);
+    let manifest = format!(
+        "version: 1\nname: review\nrun: {{on_censored: keep, timeouts: {{no_worker: 2s}}}}\n\
+         defaults:\n  models: [stable_diffusion]\n  params: {{width: 64, height: 64, steps: 10}}\n\
+         jobs:\n  - name: shapes\n    prompt: \"a {{red|blue}} cube\"\n    images: 4\n\
+         \x20 - name: hostile\n    prompt: {}\n    images: 2\n\
+         \x20 - name: bad\n    prompt: never\n    models: [stable_difusion]\n    images: 2\n",
+        serde_json::to_string(HOSTILE).unwrap()
+    );
+    let batch = Batch::new(&manifest);
+    let finished = run_bounded(&mut batch.command(&sim, "run"), Duration::from_secs(120));
+    assert_ne!(
+        finished.code, 0,
+        "the bad job fails the run: {}",
+        finished.stderr
+    );
+    assert!(
+        finished.stderr.contains("report at"),
+        "the run writes its report: {}",
+        finished.stderr
+    );
+    (sim, batch)
+}
+
+/// `horde-batch report <manifest>` (it talks to no Horde).
+fn report(batch: &Batch) -> crate::common::Finished {
+    let mut command = Command::new(crate::common::BIN);
+    command
+        .arg("report")
+        .arg(&batch.manifest)
+        .env_remove("AI_HORDE_API_KEY")
+        .env_remove("AI_HORDE_URL")
+        .stdin(std::process::Stdio::null());
+    run_bounded(&mut command, Duration::from_secs(60))
+}
+
+fn page(batch: &Batch) -> Html {
+    let text = std::fs::read_to_string(batch.out().join("report.html")).expect("report.html");
+    Html::parse_document(&text)
+}
+
+fn select<'a>(html: &'a Html, css: &str) -> Vec<scraper::ElementRef<'a>> {
+    let selector = Selector::parse(css).unwrap();
+    html.select(&selector).collect()
+}
+
+/// `%XX` escapes of a relative URL undone.
+fn percent_decode(url: &str) -> String {
+    let bytes = url.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Every `<img src>` and file `<a href>` names a file of the output folder; returns the images' sources.
+fn assert_links_exist(html: &Html, out: &Path) -> Vec<String> {
+    let mut sources = Vec::new();
+    for img in select(html, "img") {
+        let src = img.value().attr("src").expect("every img has a src");
+        let path = out.join(percent_decode(src));
+        assert!(path.is_file(), "img src {src} missing");
+        sources.push(src.to_owned());
+    }
+    for a in select(html, "a[href]") {
+        let href = a.value().attr("href").unwrap();
+        if let Some(id) = href.strip_prefix('#') {
+            assert!(
+                !select(html, &format!("[id=\"{id}\"]")).is_empty(),
+                "anchor {href} has no target"
+            );
+            continue;
+        }
+        assert!(!href.contains("://"), "no external link: {href}");
+        let path = out.join(percent_decode(href));
+        assert!(path.is_file(), "a href {href} missing");
+    }
+    sources
+}
+
+#[test]
+fn report_of_a_finished_run_links_existing_files_and_shows_every_job_failure_and_censored_image() {
+    let (sim, batch) = finished_run();
+    let out = batch.out();
+    let html = page(&batch);
+    assert!(
+        html.errors.is_empty(),
+        "the page parses cleanly: {:?}",
+        html.errors
+    );
+    let sources = assert_links_exist(&html, &out);
+
+    // Every image of the index has a card with a thumbnail; every job a section.
+    let index = batch.index_lines();
+    assert!(!index.is_empty());
+    let cards: BTreeSet<String> = select(&html, ".card[data-file]")
+        .iter()
+        .map(|c| c.value().attr("data-file").unwrap().to_owned())
+        .collect();
+    let files: BTreeSet<String> = index
+        .iter()
+        .map(|row| row["file_name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cards, files);
+    assert_eq!(
+        sources
+            .iter()
+            .filter(|s| s.starts_with(".report/thumbs/"))
+            .count(),
+        files.len()
+    );
+    let keys: BTreeSet<String> = select(&html, "section.job")
+        .iter()
+        .map(|s| s.value().attr("data-job-key").unwrap().to_owned())
+        .collect();
+    let plan = Command::new(crate::common::BIN)
+        .args(["plan", "--json", "--list"])
+        .arg(&batch.manifest)
+        .output()
+        .unwrap();
+    let planned: BTreeSet<String> = String::from_utf8_lossy(&plan.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|job| job["key"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        planned.len(),
+        4,
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    assert_eq!(keys, planned, "one section per job of the plan");
+
+    // The failed job: in the failures list with its class, and as failed placeholders.
+    let errors = batch.jsonl("errors.jsonl");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let bad_key = errors[0]["job_key"].as_str().unwrap();
+    let failures = select(&html, "#failures li.failure");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].value().attr("data-job-key"), Some(bad_key));
+    let text: String = select(&html, "#failures")[0].text().collect();
+    assert!(text.contains("no_worker"), "{text}");
+    let bad = select(&html, &format!("section#job-{bad_key}"));
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].value().classes().any(|c| c == "failed"));
+    let absent = Selector::parse(".card.absent").unwrap();
+    assert_eq!(
+        bad[0].select(&absent).count(),
+        2,
+        "both missing images shown as failed"
+    );
+
+    // Censored images are marked.
+    let censored = index.iter().filter(|row| row["censored"] == true).count();
+    assert!(
+        censored > 0,
+        "the sim censored something: {:?}",
+        sim.stats()
+    );
+    assert_eq!(select(&html, ".card.censored").len(), censored);
+
+    // The hostile prompt is text: the page has exactly one script, its own.
+    assert_eq!(select(&html, "script").len(), 1);
+    let prompts: Vec<String> = select(&html, ".prompt")
+        .iter()
+        .map(|p| p.text().collect())
+        .collect();
+    assert!(prompts.iter().any(|p| p == HOSTILE), "{prompts:?}");
+
+    // Thumbnails are small JPEGs; a second report makes none again.
+    for thumb in walk(&out.join(".report/thumbs")) {
+        let bytes = std::fs::read(&thumb).unwrap();
+        assert!(
+            bytes.starts_with(&[0xFF, 0xD8]),
+            "{} is a JPEG",
+            thumb.display()
+        );
+        assert!(
+            bytes.len() < 16 * 1024,
+            "{} is {} bytes",
+            thumb.display(),
+            bytes.len()
+        );
+    }
+    let again = report(&batch);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("(0 new thumbnail(s)"),
+        "{}",
+        again.stderr
+    );
+}
+
+/// Chromium's binary, or `None` when the test may be skipped.
+fn chromium() -> Option<PathBuf> {
+    for name in ["chromium", "chromium-browser"] {
+        if let Ok(output) = Command::new("which").arg(name).output() {
+            let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            if output.status.success() && !path.is_empty() {
+                return Some(PathBuf::from(path));
+            }
+        }
+    }
+    if std::env::var("HORDE_BATCH_SKIP_BROWSER").as_deref() == Ok("1") {
+        eprintln!("chromium not installed; skipped (HORDE_BATCH_SKIP_BROWSER=1)");
+        return None;
+    }
+    panic!(
+        "this test needs headless Chromium: install Debian's `chromium` package \
+         (`apt-get install -y chromium`, as .ci/run does) or set HORDE_BATCH_SKIP_BROWSER=1"
+    );
+}
+
+fn headless(chromium: &Path, profile: &Path, extra: &[&str], url: &str) -> crate::common::Finished {
+    let mut command = Command::new(chromium);
+    command
+        .args([
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--window-size=1280,2000",
+            "--virtual-time-budget=15000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url);
+    run_bounded(&mut command, Duration::from_secs(120))
+}
+
+#[test]
+fn in_headless_chromium_every_image_loads_and_two_ticks_list_exactly_those_two() {
+    let Some(chromium) = chromium() else { return };
+    let (_sim, batch) = finished_run();
+    let out = batch.out();
+    let files: Vec<String> = batch
+        .index_lines()
+        .iter()
+        .map(|row| row["file_name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(files.len() >= 3);
+    let images = select(&page(&batch), "img").len();
+    let ticked = [&files[0], &files[2]];
+    let encode = |name: &str| {
+        name.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    let url = format!(
+        "file://{}#eager&tick={},{}",
+        out.join("report.html").display(),
+        encode(ticked[0]),
+        encode(ticked[1])
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let dump = headless(&chromium, profile.path(), &["--dump-dom"], &url);
+    assert_eq!(dump.code, 0, "{}", dump.stderr);
+    let dom = Html::parse_document(&dump.stdout);
+    let body = select(&dom, "body");
+    assert_eq!(
+        body[0].value().attr("data-images-ok"),
+        Some(format!("{images}/{images}").as_str()),
+        "every <img> loaded with a non-zero size"
+    );
+    let list: String = select(&dom, "#rejected")[0].text().collect();
+    assert_eq!(list, format!("{}\n{}\n", ticked[0], ticked[1]));
+
+    // The list is what `reroll --from` takes.
+    std::fs::write(batch.dir.path().join("rejected.txt"), &list).unwrap();
+
+    let screenshot = batch.dir.path().join("report.png");
+    let shot = headless(
+        &chromium,
+        profile.path(),
+        &[&format!("--screenshot={}", screenshot.display())],
+        &url,
+    );
+    assert_eq!(shot.code, 0, "{}", shot.stderr);
+    let bytes = std::fs::read(&screenshot).expect("a screenshot");
+    assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
+    // Kept for a human to look at: target/tmp/report-screenshot.png.
+    let target = option_env!("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let _ = std::fs::copy(&screenshot, target.join("report-screenshot.png"));
+}
+
+#[test]
+fn grid_of_a_3x3_matrix_has_its_size_and_the_cells_in_axis_order() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms..30ms", "--seed", "3"]);
+    let batch = Batch::new(
+        "version: 1\nname: sweep\ndefaults:\n  models: [stable_diffusion]\n  params: {width: 64, height: 64}\n\
+         jobs:\n  - name: sweep\n    prompt: a lighthouse\n    matrix:\n      steps: [10, 20, 30]\n      cfg_scale: [5, 7, 9]\n",
+    );
+    let finished = run_bounded(&mut batch.command(&sim, "run"), Duration::from_secs(120));
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let out = batch.out();
+    let grids = walk(&out.join("grids"));
+    assert_eq!(grids.len(), 1, "{grids:?}");
+    let grid = image::open(&grids[0]).unwrap().to_rgb8();
+    let (width, height) = horde_batch::gallery::grid_size(3, 3, 64, 64);
+    assert_eq!((width, height), (160 + 192, 56 + 192));
+    assert_eq!(grid.dimensions(), (width, height));
+
+    // Column = steps (the first axis), row = cfg_scale (the second).
+    let mut cells = Vec::new();
+    for row in batch.index_lines() {
+        let column = [10, 20, 30]
+            .iter()
+            .position(|s| row["steps"] == *s)
+            .unwrap();
+        let line = [5.0, 7.0, 9.0]
+            .iter()
+            .position(|c| row["cfg_scale"].as_f64() == Some(*c))
+            .unwrap();
+        let image = image::open(out.join(row["file_name"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        cells.push((column as u32, line as u32, image));
+    }
+    assert_eq!(cells.len(), 9);
+    for (column, line, image) in &cells {
+        let left = horde_batch::gallery::GRID_ROW_LABEL_WIDTH + column * 64;
+        let top = horde_batch::gallery::GRID_HEADER_HEIGHT + line * 64;
+        let cell = image::imageops::crop_imm(&grid, left, top, 64, 64).to_image();
+        assert!(
+            cell == *image,
+            "cell ({column}, {line}) is the image with those values"
+        );
+    }
+    let distinct: BTreeSet<Vec<u8>> = cells.iter().map(|(_, _, i)| i.as_raw().clone()).collect();
+    assert_eq!(
+        distinct.len(),
+        9,
+        "nine different images, so the order is checked"
+    );
+
+    // The page links it.
+    let html = page(&batch);
+    let relative = grids[0]
+        .strip_prefix(&out)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(select(&html, "#grids a[href]")
+        .iter()
+        .any(|a| a.value().attr("href") == Some(relative.as_str())));
+}
+
+#[test]
+fn report_works_on_a_running_and_then_killed_run() {
+    let sim = Sim::unlimited(&["--workers", "2", "--latency", "300ms..600ms", "--seed", "4"]);
+    let batch = Batch::smoke();
+    let mut child = batch.spawn_run(&sim);
+    batch.wait_for_images(6, Duration::from_secs(60));
+    let during = report(&batch);
+    assert_eq!(during.code, 0, "{}", during.stderr);
+    let text = std::fs::read_to_string(batch.out().join("report.html")).unwrap();
+    assert!(
+        text.contains("a run is active"),
+        "the live run's status is shown"
+    );
+    kill(&mut child, "KILL");
+    wait_exit(&mut child, Duration::from_secs(10));
+
+    let after = report(&batch);
+    assert_eq!(after.code, 0, "{}", after.stderr);
+    let html = page(&batch);
+    assert_links_exist(&html, &batch.out());
+    let saved = batch.index_lines().len();
+    assert!(saved < 200, "the run was killed before the end");
+    assert_eq!(select(&html, ".card[data-file]").len(), saved);
+    assert_eq!(select(&html, "section.job").len(), 25);
+    assert!(
+        !select(&html, "section.job.pending").is_empty(),
+        "unfinished jobs shown as such"
+    );
+    let state: String = select(&html, "#summary")[0].text().collect();
+    assert!(state.contains("not finished"), "{state}");
+}
