@@ -523,7 +523,10 @@ async fn sim_users(State(app): State<App>) -> Response {
 async fn sim_owner(State(app): State<App>, Path(id): Path<String>) -> Response {
     match app.shared.lock().owner_of(&id) {
         Some(user) => json_response(StatusCode::OK, &json!({ "user": user })),
-        None => json_response(StatusCode::NOT_FOUND, &json!({ "message": "no such request" })),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "message": "no such request" }),
+        ),
     }
 }
 
@@ -544,7 +547,10 @@ async fn sim_revoke(State(app): State<App>, body: Bytes) -> Response {
     if app.shared.lock().revoke(&body.apikey) {
         json_response(StatusCode::OK, &json!({ "revoked": true }))
     } else {
-        json_response(StatusCode::NOT_FOUND, &json!({ "message": "no user has that key" }))
+        json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "message": "no user has that key" }),
+        )
     }
 }
 

@@ -923,7 +923,9 @@ impl Horde {
             batch_index: 0,
             attempt: 0,
             worker,
-            latency: settings.latency.pick(settings.det.unit("background", &parts)),
+            latency: settings
+                .latency
+                .pick(settings.det.unit("background", &parts)),
             fault: false,
             censored: false,
             prompt: String::new(),
