@@ -7,6 +7,7 @@ mod client_sim;
 mod common;
 mod formats_v1;
 mod horde_client;
+mod key_pool;
 mod manifest;
 mod output;
 mod reliability;
