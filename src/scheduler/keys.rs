@@ -223,3 +223,48 @@ impl KeyPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::horde::{ApiKey, ClientConfig};
+
+    fn client(key: &str) -> HordeClient {
+        let url = reqwest::Url::parse("http://127.0.0.1:9/api/").expect("a loopback URL");
+        HordeClient::new(ClientConfig::new(url, ApiKey::new(key))).expect("a client")
+    }
+
+    #[test]
+    fn fingerprints_are_stable_short_and_not_the_key() {
+        let fp = fingerprint("secret-key-1");
+        assert_eq!(fp.len(), 12);
+        assert_eq!(fp, fingerprint("secret-key-1"));
+        assert_ne!(fp, fingerprint("secret-key-2"));
+        assert!(!fp.contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn leases_go_to_the_key_with_most_room_and_the_last_key_is_never_retired() {
+        let pool = KeyPool::new(vec![
+            (client("k1"), 10),
+            (client("k2"), 10),
+            (client("k1"), 5),
+        ]);
+        assert_eq!(pool.keys().len(), 2, "a key given twice is kept once");
+        let (first, _a) = pool.lease(6).await.expect("room");
+        let (second, _b) = pool.lease(6).await.expect("room");
+        assert_ne!(
+            first.fingerprint, second.fingerprint,
+            "the emptier key is chosen"
+        );
+        assert!(pool.retire(&first, "401"));
+        assert!(!pool.retire(&second, "401"), "the last active key stays");
+        assert_eq!(pool.active(), 1);
+        let (third, _c) = pool.lease(2).await.expect("room on the active key");
+        assert_eq!(third.fingerprint, second.fingerprint);
+        assert_eq!(
+            pool.by_fingerprint(None).map(|k| &k.fingerprint),
+            Some(&first.fingerprint)
+        );
+    }
+}
