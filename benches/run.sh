@@ -15,12 +15,16 @@
 #   6. the polling case (benches/polling.sh, also runnable alone): 40 small
 #      images as 4 requests of n = 10 with a registered key, on a sim with its
 #      DEFAULT settings, whose wait_time reads 0 while they wait; seeds 1..3.
+#   7. the key-pool case (benches/key_pool.sh, also runnable alone): 2,000
+#      images on a sim with background load, concurrency 30 per key, run with
+#      1, 2 and 4 keys; throughput ratios and TooManyPrompts.
 # Client CPU and peak RSS come from /usr/bin/time -v, HTTP calls from the
 # sim's /sim/stats. Results: target/bench/results.md (the table) and
 # target/bench/results.json; logs and outputs stay under target/bench/.
 #
 # Knobs (environment): BENCH_WORKERS (20), BENCH_LATENCY (1s), BENCH_SEED (7),
 # BENCH_RESUME_DONE (50000), BENCH_SKIP_POLLING=1 (skips step 6),
+# BENCH_SKIP_KEY_POOL=1 (skips step 7),
 # BENCH_POLLING_SEEDS (1 2 3), BENCH_SKIP_SDK_EXAMPLE=1 (skips step 2, the
 # slowest), BENCH_EATMYDATA=1 (also runs step 1 under `eatmydata`, which
 # turns fsync off, to show what durability costs; needs the Debian package
@@ -185,6 +189,12 @@ stop_sim resume
 if [[ "${BENCH_SKIP_POLLING:-0}" != 1 ]]; then
     log "polling case (benches/polling.sh): 40 images, 4 requests of n = 10, sim defaults"
     BENCH_POLLING_DIR="$work/polling" BENCH_POLLING_SIM="$bin" bash benches/polling.sh >/dev/null
+fi
+
+if [[ "${BENCH_SKIP_KEY_POOL:-0}" != 1 ]]; then
+    log "key-pool case (benches/key_pool.sh): 2,000 images, background load, 1, 2 and 4 keys of concurrency 30"
+    KEYPOOL_WORK="$work/key-pool" HORDE_BATCH_BIN="$bin" bash benches/key_pool.sh >"$work/key-pool.jsonl"
+    cat "$work/key-pool.jsonl" >&2
 fi
 
 cut -d' ' -f1-3 /proc/loadavg >"$work/loadavg-end.txt"

@@ -116,8 +116,13 @@ pub struct HordeArgs {
     #[arg(long, env = "AI_HORDE_URL", value_name = "URL")]
     pub horde_url: Option<String>,
     /// Read the API key from this file (first line) instead of AI_HORDE_API_KEY.
+    /// Repeat it to run with several keys (a key pool).
     #[arg(long, value_name = "FILE")]
-    pub api_key_file: Option<PathBuf>,
+    pub api_key_file: Vec<PathBuf>,
+    /// Read several API keys from this file, one per line (blank lines and `#`
+    /// comments skipped); they join the keys of --api-key-file in a key pool.
+    #[arg(long, value_name = "FILE")]
+    pub api_keys_file: Option<PathBuf>,
     /// Contact for the Client-Agent header (an email or URL), so Horde admins can reach you.
     #[arg(long, env = "HORDE_BATCH_CONTACT", value_name = "CONTACT")]
     pub contact: Option<String>,

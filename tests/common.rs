@@ -491,3 +491,50 @@ impl Batch {
         }
     }
 }
+
+impl Sim {
+    /// `GET path` on the sim (e.g. `/sim/users`), over a plain socket: the JSON body.
+    pub fn get_json(&self, path: &str) -> Value {
+        self.plain_call("GET", path, "")
+    }
+
+    /// `POST path` with a JSON `body` on the sim (e.g. `/sim/revoke`): the JSON answer.
+    pub fn post_json(&self, path: &str, body: &Value) -> Value {
+        self.plain_call("POST", path, &body.to_string())
+    }
+
+    fn plain_call(&self, method: &str, path: &str, body: &str) -> Value {
+        let authority = self
+            .url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap();
+        let mut stream = std::net::TcpStream::connect(authority).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let answer = response.split_once("\r\n\r\n").unwrap().1;
+        serde_json::from_str(answer).unwrap_or_else(|e| panic!("{path}: {e}: {answer}"))
+    }
+}
+
+/// Files under `dir` (any depth) whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    walk_all(dir)
+        .into_iter()
+        .filter(|path| {
+            std::fs::read(path).is_ok_and(|bytes| {
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            })
+        })
+        .collect()
+}

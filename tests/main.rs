@@ -8,6 +8,7 @@ mod common;
 mod dataset;
 mod formats_v1;
 mod horde_client;
+mod key_pool;
 mod manifest;
 mod manifest_v2;
 mod output;

@@ -10,7 +10,7 @@ use super::AppError;
 use crate::cli::CancelArgs;
 use crate::exit;
 use crate::output::Dataset;
-use crate::scheduler::{Budget, Ending, Engine, OnStop};
+use crate::scheduler::{Ending, Engine, KeyPool, OnStop};
 
 /// `horde-batch cancel`: cancels every request a run left on the Horde.
 pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
@@ -18,17 +18,20 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
     runtime()?.block_on(async {
         let output = batch.open_output().await?;
         let store = batch.open_store().await?;
-        let client = Horde::connect(&args.horde, false).await?.client;
+        let horde = Horde::connect(&args.horde, false).await?;
+        let client = horde.client.clone();
+        // Cancels go by request id; a lost submit is looked for with the key that sent it.
+        let keys = KeyPool::new(horde.clients.iter().map(|c| (c.clone(), 1)).collect());
         let stop = CancellationToken::new();
         stop.cancel();
         let compiled = Arc::clone(&batch.compiled);
         let sink = Dataset::new(output, batch.template.clone(), Arc::clone(&compiled));
         let engine = Engine::new(
             client,
+            keys,
             Arc::new(store),
             Arc::new(sink),
             compiled,
-            Budget::new(1),
             args.tuning.resolve(),
             stop,
             OnStop::Cancel,
@@ -37,6 +40,12 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
             tokio::sync::mpsc::unbounded_channel().0,
         );
         let report = engine.cancel_in_flight().await;
+        for (fingerprint, requests) in &report.missing_keys {
+            crate::say!(
+                "horde-batch: {requests} lost submit(s) were sent with the key {fingerprint}, which is \
+                 not among the keys given; they were left alone (run `cancel` with that key too)"
+            );
+        }
         crate::say!(
             "horde-batch: cancelled {} request(s) (images they had finished were saved); {} could not be cancelled{}",
             report.cancelled,
@@ -53,6 +62,18 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
             None if report.failed > 0 => Ending::Aborted(crate::scheduler::Abort::Unreachable(
                 format!("{} request(s) could not be cancelled", report.failed),
             )),
+            // Requests of a missing key are still on the Horde: not a clean finish.
+            None if !report.missing_keys.is_empty() => {
+                Ending::Aborted(crate::scheduler::Abort::Auth(format!(
+                    "lost submits of key(s) {} not among the keys given",
+                    report
+                        .missing_keys
+                        .iter()
+                        .map(|(fp, _)| fp.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
             None => Ending::Complete,
         };
         Ok(ExitCode::from(exit::code(&ending)))

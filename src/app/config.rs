@@ -90,7 +90,11 @@ impl Batch {
 /// The Horde a command talks to: the real one, a URL, or a simulated Horde
 /// started in this process.
 pub(super) struct Horde {
+    /// The primary key's client (the first key given).
     pub client: HordeClient,
+    /// One client per key of the run, the primary first (a pool of one
+    /// without `--api-keys-file` or a repeated `--api-key-file`).
+    pub clients: Vec<HordeClient>,
     sim: Option<SimHandle>,
 }
 
@@ -99,10 +103,10 @@ impl Horde {
     /// starts the simulated Horde on loopback and registers the key in it, so
     /// a user who has `AI_HORDE_API_KEY` exported can rehearse as they run.
     pub async fn connect(args: &HordeArgs, simulate: bool) -> Result<Horde, AppError> {
-        let key = api_key(args)?;
+        let keys = api_keys(args)?;
         let sim = if simulate {
             let mut config = SimConfig::default();
-            if !key.is_anonymous() {
+            for key in keys.iter().filter(|key| !key.is_anonymous()) {
                 config.api_keys.push(SimApiKey::new(key.expose_secret()));
             }
             let handle = crate::sim::spawn(config).await?;
@@ -118,12 +122,22 @@ impl Horde {
         };
         let url = reqwest::Url::parse(&url)
             .map_err(|e| AppError::Config(format!("bad Horde URL `{url}`: {e}")))?;
-        let mut config = ClientConfig::new(url, key);
-        if let Some(contact) = &args.contact {
-            config.contact = contact.clone();
+        let mut clients = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut config = ClientConfig::new(url.clone(), key);
+            if let Some(contact) = &args.contact {
+                config.contact = contact.clone();
+            }
+            clients.push(HordeClient::new(config).map_err(|e| AppError::Config(e.to_string()))?);
         }
-        let client = HordeClient::new(config).map_err(|e| AppError::Config(e.to_string()))?;
-        Ok(Horde { client, sim })
+        let Some(client) = clients.first().cloned() else {
+            return Err(AppError::Config("no API key to use".into()));
+        };
+        Ok(Horde {
+            client,
+            clients,
+            sim,
+        })
     }
 
     /// Stops the simulated Horde, if one was started.
@@ -134,15 +148,13 @@ impl Horde {
     }
 }
 
-/// The key: `--api-key-file`, else `AI_HORDE_API_KEY`, else anonymous.
-fn api_key(horde: &HordeArgs) -> Result<ApiKey, AppError> {
-    if let Some(path) = &horde.api_key_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            AppError::Config(format!(
-                "cannot read the API key file {}: {e}",
-                path.display()
-            ))
-        })?;
+/// The keys: each `--api-key-file` (its first line), then every line of
+/// `--api-keys-file`; without either, `AI_HORDE_API_KEY`, else anonymous. A
+/// key given twice is used once. Errors name the file, never a key.
+fn api_keys(horde: &HordeArgs) -> Result<Vec<ApiKey>, AppError> {
+    let mut keys: Vec<String> = Vec::new();
+    for path in &horde.api_key_file {
+        let text = read_key_file(path)?;
         let key = text.lines().next().unwrap_or_default().trim();
         if key.is_empty() {
             return Err(AppError::Config(format!(
@@ -150,10 +162,43 @@ fn api_key(horde: &HordeArgs) -> Result<ApiKey, AppError> {
                 path.display()
             )));
         }
-        return Ok(ApiKey::new(key));
+        keys.push(key.to_owned());
     }
-    match std::env::var("AI_HORDE_API_KEY") {
-        Ok(key) if !key.trim().is_empty() => Ok(ApiKey::new(key.trim())),
-        _ => Ok(ApiKey::anonymous()),
+    if let Some(path) = &horde.api_keys_file {
+        let text = read_key_file(path)?;
+        let listed: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .collect();
+        if listed.is_empty() {
+            return Err(AppError::Config(format!(
+                "the API keys file {} lists no key",
+                path.display()
+            )));
+        }
+        keys.extend(listed.into_iter().map(str::to_owned));
     }
+    if keys.is_empty() {
+        return Ok(vec![match std::env::var("AI_HORDE_API_KEY") {
+            Ok(key) if !key.trim().is_empty() => ApiKey::new(key.trim()),
+            _ => ApiKey::anonymous(),
+        }]);
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(keys.len());
+    for key in keys {
+        if !unique.contains(&key) {
+            unique.push(key);
+        }
+    }
+    Ok(unique.into_iter().map(ApiKey::new).collect())
+}
+
+fn read_key_file(path: &Path) -> Result<String, AppError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        AppError::Config(format!(
+            "cannot read the API key file {}: {e}",
+            path.display()
+        ))
+    })
 }

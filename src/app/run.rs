@@ -15,7 +15,7 @@ use crate::horde::{FailureClass, HordeClient};
 use crate::manifest::CompiledManifest;
 use crate::output::Dataset;
 use crate::report::Reporter;
-use crate::scheduler::{Budget, Closed, Engine, OnStop, RunSummary};
+use crate::scheduler::{Closed, Engine, KeyPool, OnStop, RunSummary};
 
 /// Budget when the Horde cannot tell us the key's concurrency (its default for registered users).
 const FALLBACK_CONCURRENCY: u32 = 30;
@@ -98,17 +98,23 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         };
         let horde = Horde::connect(&args.horde, args.simulate).await?;
         let client = horde.client.clone();
-        let capacity = budget_capacity(&client, &compiled).await?;
-        let served_models = preflight(&client, &compiled, args.wait_for_workers).await?;
+        let keys = key_pool(&horde.clients, &compiled).await?;
+        let capacity: u32 = keys
+            .keys()
+            .iter()
+            .filter(|k| k.retired().is_none())
+            .map(|k| k.budget.capacity())
+            .sum();
+        let served_models = preflight(&horde.clients, &compiled, args.wait_for_workers).await?;
         let stop = CancellationToken::new();
         let on_stop = if args.detach { OnStop::Detach } else { OnStop::Cancel };
         let (sender, events) = tokio::sync::mpsc::unbounded_channel();
         let engine = Engine::new(
             client.clone(),
+            keys,
             Arc::new(store),
             Arc::new(Dataset::new(output, template.clone(), Arc::clone(&compiled))),
             Arc::clone(&compiled),
-            Budget::new(capacity),
             crate::scheduler::Tuning {
                 unreachable_after: args.unreachable_after,
                 ..args.tuning.resolve()
@@ -205,7 +211,50 @@ async fn report_strays(out_dir: &std::path::Path) {
     );
 }
 
-/// Images allowed to wait on the Horde at once: the manifest's choice, else the key's concurrency.
+/// The run's keys, each with its budget. A key the Horde refuses is retired
+/// (logged by fingerprint) while another works; when none works, the run
+/// fails as a single key would.
+async fn key_pool(
+    clients: &[HordeClient],
+    compiled: &CompiledManifest,
+) -> Result<KeyPool, AppError> {
+    let mut budgets = Vec::with_capacity(clients.len());
+    let mut refused = Vec::new();
+    for client in clients {
+        match budget_capacity(client, compiled).await {
+            Ok(capacity) => budgets.push((client.clone(), capacity)),
+            Err(AppError::Auth(message)) if clients.len() > 1 => {
+                budgets.push((client.clone(), 1));
+                refused.push((
+                    crate::scheduler::fingerprint(client.api_key().expose_secret()),
+                    message,
+                ));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let pool = KeyPool::new(budgets);
+    for (fingerprint, message) in refused {
+        let retired = pool
+            .by_fingerprint(Some(&fingerprint))
+            .is_some_and(|key| pool.retire(key, &message));
+        if !retired {
+            // Every key was refused: the last one fails the run as a single key would.
+            return Err(AppError::Auth(message));
+        }
+    }
+    if pool.keys().len() > 1 {
+        tracing::info!(
+            keys = pool.keys().len(),
+            fingerprints = ?pool.keys().iter().map(|k| k.fingerprint.as_str()).collect::<Vec<_>>(),
+            "running with a pool of API keys"
+        );
+    }
+    Ok(pool)
+}
+
+/// Images allowed to wait on the Horde at once for one key: the manifest's
+/// choice, else the key's concurrency.
 async fn budget_capacity(
     client: &HordeClient,
     compiled: &CompiledManifest,
@@ -320,10 +369,13 @@ async fn next_signal() -> Option<&'static str> {
 /// fail at once instead of waiting 20 minutes, unless told to wait), and, for a
 /// shared key, whether its pixel and step limits fit every job.
 async fn preflight(
-    client: &HordeClient,
+    clients: &[HordeClient],
     compiled: &CompiledManifest,
     wait_for_workers: bool,
 ) -> Result<Option<std::collections::HashSet<String>>, AppError> {
+    let Some(client) = clients.first() else {
+        return Ok(None);
+    };
     let mut served_models = None;
     match client.models().await {
         Ok(models) => {
@@ -350,11 +402,18 @@ async fn preflight(
             tracing::warn!(%error, "cannot list the Horde's models; skipping the worker check")
         }
     }
-    if client.is_anonymous() {
-        return Ok(served_models);
+    for client in clients.iter().filter(|client| !client.is_anonymous()) {
+        shared_key_limits(client, compiled).await?;
     }
-    // The key may be a shared key: its owner can limit pixels and steps per request
-    // (only a UUID-shaped key is looked up: the id goes into the URL).
+    Ok(served_models)
+}
+
+/// The key may be a shared key: its owner can limit pixels and steps per request
+/// (only a UUID-shaped key is looked up: the id goes into the URL).
+async fn shared_key_limits(
+    client: &HordeClient,
+    compiled: &CompiledManifest,
+) -> Result<(), AppError> {
     if let Ok(Some(shared)) = client.own_shared_key().await {
         let mut problems = Vec::new();
         for (job, pixels, steps) in compiled.largest_request() {
@@ -375,7 +434,7 @@ async fn preflight(
             return Err(AppError::SharedKeyLimits(problems.join("; ")));
         }
     }
-    Ok(served_models)
+    Ok(())
 }
 
 /// Kudos per image of the manifest's first request, from a dry run (cached by the Horde).

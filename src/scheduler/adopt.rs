@@ -13,7 +13,9 @@
 //! and left alone.
 //!
 //! To keep "exactly one" meaningful, submits go through the [`SubmitGate`]:
-//! one POST at a time, and none while a lost answer is being resolved.
+//! one POST at a time, and none while a lost answer is being resolved. Each
+//! key of a pool has its own gate and is looked up with its own `find_user`:
+//! another key's submits cannot show up in (or hide from) that key's list.
 //! This module decides nothing about retries; the slot acts on [`Lost`].
 
 use std::time::Duration;
@@ -123,12 +125,13 @@ impl Engine {
     /// `None` when `interrupt` fired while waiting.
     pub(super) async fn find_lost_submit(
         &self,
+        key: &super::PoolKey,
         what: &str,
         n: u32,
         lost_at: Instant,
         interrupt: &CancellationToken,
     ) -> Option<Lost> {
-        if self.client.is_anonymous() {
+        if key.client.is_anonymous() {
             tracing::warn!(
                 request = what,
                 "a submit's answer was lost; with the anonymous key the Horde cannot tell which \
@@ -149,10 +152,10 @@ impl Engine {
             () = tokio::time::sleep_until(ready) => {}
             () = interrupt.cancelled() => return None,
         }
-        let listed = match self.retried(interrupt, || self.client.find_user()).await? {
+        let listed = match self.retried(interrupt, || key.client.find_user()).await? {
             Ok(user) => user.active_generations.image,
             Err(error) => {
-                tracing::warn!(request = what, %error, "cannot list the key's requests; a request whose submit answer was lost may run unretrieved");
+                tracing::warn!(request = what, key = %key.fingerprint, %error, "cannot list the key's requests; a request whose submit answer was lost may run unretrieved");
                 return Some(Lost::Unresolved);
             }
         };

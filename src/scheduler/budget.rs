@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 pub struct Budget {
     state: Mutex<State>,
-    changed: Notify,
+    /// Woken on every change; a key pool shares one among its keys' budgets.
+    changed: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -28,12 +29,38 @@ struct State {
 impl Budget {
     /// A budget of `capacity` images (at least 1).
     pub fn new(capacity: u32) -> Arc<Self> {
+        Self::with_notify(capacity, Arc::new(Notify::new()))
+    }
+
+    /// A budget of `capacity` images that wakes `changed` whenever room may have
+    /// appeared (shared by the budgets of a key pool, so a wait can cover them all).
+    pub fn with_notify(capacity: u32, changed: Arc<Notify>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 capacity: capacity.max(1),
                 in_use: 0,
             }),
-            changed: Notify::new(),
+            changed,
+        })
+    }
+
+    /// Images that may still be leased now (0 when full or over).
+    pub fn free(&self) -> u32 {
+        let state = self.lock();
+        state.capacity.saturating_sub(state.in_use)
+    }
+
+    /// Leases `images` if they fit now (the same rule as [`Budget::lease`]).
+    pub fn try_lease(self: &Arc<Self>, images: u32) -> Option<Lease> {
+        let mut state = self.lock();
+        let fits = state.in_use + images <= state.capacity || state.in_use == 0;
+        if !fits {
+            return None;
+        }
+        state.in_use += images;
+        Some(Lease {
+            budget: Arc::clone(self),
+            held: images,
         })
     }
 

@@ -17,11 +17,18 @@
 //!
 //! The engine must not print or count for reports: it sends [`Event`]s, which
 //! `report` folds, and logs through tracing.
+//!
+//! A run may hold several API keys ([`keys`]): each slot leases from the key
+//! with the most room, submits and looks for lost answers with that key, and
+//! records its fingerprint, so a resumed run or `cancel` acts with the key the
+//! request belongs to. Keyless calls (check, status, cancel, downloads) go
+//! through the primary client.
 
 mod adopt;
 mod budget;
 pub mod events;
 mod failure;
+pub mod keys;
 mod pacing;
 pub mod policy;
 pub mod poll;
@@ -42,6 +49,7 @@ pub use adopt::SubmitGate;
 pub use budget::{Budget, Lease};
 pub use events::{Event, EventSender};
 pub use failure::FailureKind;
+pub use keys::{fingerprint, KeyPool, KeyUsage, PoolKey};
 pub use pacing::{EndpointClass, Pacer, DEFAULT_SUBMIT_INTERVAL};
 pub use policy::Policy;
 pub use poll::PollPlanner;
@@ -55,7 +63,7 @@ use crate::plan::{self, ResumeError, Slot, SlotPlan};
 use crate::store::{Ledger, RequestKey, RequestRecord, RequestState};
 
 /// What `horde-batch cancel` did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CancelReport {
     /// Requests cancelled (or already gone from the Horde).
     pub cancelled: u32,
@@ -63,6 +71,9 @@ pub struct CancelReport {
     pub failed: u32,
     /// Submits whose answer was lost and whose request could not be found.
     pub not_found: u32,
+    /// Lost submits left alone because their key is not among this run's
+    /// keys: (fingerprint, requests). Only that key's `find_user` lists them.
+    pub missing_keys: Vec<(String, u32)>,
 }
 
 impl CancelReport {
@@ -159,17 +170,19 @@ impl Default for Tuning {
 
 /// Everything a slot task needs, shared by all of them.
 pub struct Engine {
+    /// The primary key's client, for calls that need no key (check, status,
+    /// cancel, downloads, models).
     pub client: HordeClient,
+    /// Every key of the run, each with its budget and submit gate.
+    pub keys: KeyPool,
     /// Where every request is checkpointed.
     ledger: Arc<dyn Ledger>,
     /// Where images and job outcomes go.
     sink: Arc<dyn ImageSink>,
     pub manifest: Arc<CompiledManifest>,
-    pub budget: Arc<Budget>,
+    /// Per-IP pacing, shared by every key.
     pub pacer: Pacer,
     pub tuning: Tuning,
-    /// One POST at a time, none while a lost submit answer is being looked for.
-    gate: SubmitGate,
     planner: PollPlanner,
     /// Cancelled on Ctrl-C / SIGTERM / a fatal error: stop everything.
     pub stop: CancellationToken,
@@ -252,6 +265,9 @@ pub struct RunSummary {
     pub slots_skipped_done: u64,
     pub interrupted: bool,
     pub abort: Option<String>,
+    /// What each key did, when the run had several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyUsage>,
 }
 
 /// What `Engine::run` carries from job to job.
@@ -260,8 +276,9 @@ struct RunState {
     summary: RunSummary,
     progress: HashMap<JobKey, JobProgress>,
     tasks: JoinSet<(JobKey, SlotOutcome)>,
-    /// Lost submits of an earlier run whose slots were started (each looks for its request).
-    doubts_taken: u32,
+    /// Lost submits of an earlier run whose slots were started (each looks
+    /// for its request), by key fingerprint.
+    doubts_taken: HashMap<String, u32>,
 }
 
 /// Per-job bookkeeping while its slots run.
@@ -280,10 +297,10 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: HordeClient,
+        keys: KeyPool,
         ledger: Arc<dyn Ledger>,
         sink: Arc<dyn ImageSink>,
         manifest: Arc<CompiledManifest>,
-        budget: Arc<Budget>,
         tuning: Tuning,
         stop: CancellationToken,
         on_stop: OnStop,
@@ -292,12 +309,11 @@ impl Engine {
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
+            keys,
             ledger,
             sink,
             manifest,
-            budget,
             pacer: Pacer::new(tuning.submit_interval),
-            gate: SubmitGate::new(0),
             planner: PollPlanner::new(tuning.poll_floor, tuning.poll_cap),
             tuning,
             submits: stop.child_token(),
@@ -607,18 +623,35 @@ impl Engine {
                 Vec::new()
             }
         };
-        let doubtful = records
-            .iter()
-            .filter(|(_, r)| matches!(r.state, RequestState::Submitting { .. }))
-            .count() as u32;
-        if doubtful > 0 {
-            // No new submit until each is found or known lost: see `adopt`.
-            self.gate.hold(doubtful);
-            tracing::warn!(
-                submits = doubtful,
-                "an earlier run was stopped between submitting and recording the Horde's answer; \
-                 looking for those requests before submitting anything new"
-            );
+        // Lost submits by the key that sent them: only that key's submits wait.
+        let mut doubtful: HashMap<String, u32> = HashMap::new();
+        for (key, record) in &records {
+            if !matches!(record.state, RequestState::Submitting { .. }) {
+                continue;
+            }
+            match self.keys.for_record(record) {
+                Some(pool_key) => *doubtful.entry(pool_key.fingerprint.clone()).or_default() += 1,
+                None => tracing::warn!(
+                    request = %key,
+                    key = record.key_fingerprint.as_deref().unwrap_or("?"),
+                    "a lost submit of an earlier run was sent with a key that is not among this \
+                     run's keys; it cannot be looked for and is left in the ledger (run with that \
+                     key to resolve it)"
+                ),
+            }
+        }
+        for pool_key in self.keys.keys() {
+            let count = doubtful.get(&pool_key.fingerprint).copied().unwrap_or(0);
+            if count > 0 {
+                // No new submit with that key until each is found or known lost: see `adopt`.
+                pool_key.gate.hold(count);
+                tracing::warn!(
+                    submits = count,
+                    key = %pool_key.fingerprint,
+                    "an earlier run was stopped between submitting and recording the Horde's \
+                     answer; looking for those requests before this key submits anything new"
+                );
+            }
         }
         let in_flight: HashSet<String> = records.into_iter().map(|(key, _)| key.job_key).collect();
         if !in_flight.is_empty() {
@@ -636,7 +669,15 @@ impl Engine {
             }
         }
         // Lost submits of jobs the manifest no longer has cannot be looked for here.
-        self.gate.release(doubtful.saturating_sub(run.doubts_taken));
+        for pool_key in self.keys.keys() {
+            let held = doubtful.get(&pool_key.fingerprint).copied().unwrap_or(0);
+            let taken = run
+                .doubts_taken
+                .get(&pool_key.fingerprint)
+                .copied()
+                .unwrap_or(0);
+            pool_key.gate.release(held.saturating_sub(taken));
+        }
         if !self.stop.is_cancelled() {
             for job in self
                 .own_jobs()
@@ -656,6 +697,19 @@ impl Engine {
         summary.interrupted =
             self.stop.is_cancelled() && self.aborted().is_none() && self.closed().is_none();
         summary.abort = self.aborted().map(|a| a.to_string());
+        if self.keys.keys().len() > 1 {
+            summary.keys = self.keys.keys().iter().map(|k| k.usage()).collect();
+            for usage in &summary.keys {
+                tracing::info!(
+                    key = %usage.fingerprint,
+                    submits = usage.submits,
+                    images = usage.images_saved,
+                    kudos = usage.kudos,
+                    retired = usage.retired.as_deref().unwrap_or("no"),
+                    "key used"
+                );
+            }
+        }
         if let Err(error) = self.ledger.flush().await {
             tracing::error!(%error, "final ledger flush failed");
         }
@@ -725,11 +779,27 @@ impl Engine {
                     kudos_before += kudos;
                     continue;
                 }
-                // Already on the Horde: its waiting images count against the budget.
-                SlotPlan::Follow { n, .. } => Some(self.budget.lease_now(*n)),
+                // Already on the Horde: its waiting images count against its key's budget.
+                SlotPlan::Follow { n, record } => match self.keys.for_record(record) {
+                    Some(pool_key) => Some((Arc::clone(pool_key), pool_key.budget.lease_now(*n))),
+                    None => {
+                        // Checks and status reads need no key: its images are still collected.
+                        tracing::warn!(
+                            request = %key,
+                            key = record.key_fingerprint.as_deref().unwrap_or("?"),
+                            "a request on the Horde was submitted with a key that is not among \
+                             this run's keys; following it by id (its images are paid for)"
+                        );
+                        None
+                    }
+                },
                 // A lost submit leases when it submits again, if it must.
-                SlotPlan::FindLost { .. } => {
-                    run.doubts_taken += 1;
+                SlotPlan::FindLost { record } => {
+                    if let Some(pool_key) = self.keys.for_record(record) {
+                        *run.doubts_taken
+                            .entry(pool_key.fingerprint.clone())
+                            .or_default() += 1;
+                    }
                     None
                 }
                 SlotPlan::Submit { images, .. } => {
@@ -737,11 +807,11 @@ impl Engine {
                         cut_short = true;
                         break;
                     }
-                    // Hold new submits until the budget has room, finishing tasks meanwhile.
-                    let wanted = (*images).clamp(1, self.budget.capacity());
+                    // Hold new submits until some key has room, finishing tasks meanwhile.
+                    let wanted = *images;
                     let lease = loop {
                         tokio::select! {
-                            lease = self.budget.lease(wanted) => break Some(lease),
+                            lease = self.keys.lease(wanted) => break lease,
                             Some(joined) = run.tasks.join_next() => {
                                 self.finish_slot(joined, &mut run.progress, &mut run.summary)
                             }
@@ -907,9 +977,25 @@ impl Engine {
                         );
                     }
                     RequestState::Submitting { n, .. } => {
-                        // The POST's answer never arrived: find the request, if it reached the Horde.
+                        // The POST's answer never arrived: find the request, if it reached the
+                        // Horde. Only the key that sent it can list it.
+                        let Some(pool_key) = self.keys.for_record(&record).cloned() else {
+                            let fingerprint =
+                                record.key_fingerprint.clone().unwrap_or_else(|| "?".into());
+                            tracing::warn!(request = %key, key = %fingerprint, "a lost submit was sent with a key that is not among this run's keys; it was left alone");
+                            match report
+                                .missing_keys
+                                .iter_mut()
+                                .find(|(fp, _)| *fp == fingerprint)
+                            {
+                                Some((_, count)) => *count += 1,
+                                None => report.missing_keys.push((fingerprint, 1)),
+                            }
+                            continue;
+                        };
                         let found = self
                             .find_lost_submit(
+                                &pool_key,
                                 &key.to_string(),
                                 n,
                                 tokio::time::Instant::now(),

@@ -20,7 +20,8 @@ use super::adopt::Lost;
 use super::policy::{Action, Call, StopCause, WaitScope, CANCEL_ATTEMPTS};
 use super::poll::Ticket;
 use super::{
-    fresh_record, Abort, EndpointClass, Engine, Event, FailureKind, Lease, OnStop, SlotOutcome,
+    fresh_record, Abort, EndpointClass, Engine, Event, FailureKind, Lease, OnStop, PoolKey,
+    SlotOutcome,
 };
 use crate::horde::{
     Base64Image, ExtraSourceImage, FailureClass, Generation, GenerationParams, GenerationRequest,
@@ -89,10 +90,14 @@ impl Engine {
         job: &Job,
         slot: Slot,
         plan: SlotPlan,
-        lease: Option<Lease>,
+        leased: Option<(Arc<PoolKey>, Lease)>,
     ) -> SlotOutcome {
         let key = RequestKey::new(job.key.to_string(), slot.slot);
-        let mut lease = lease;
+        // The key the slot's images are leased from (and its next submit goes with).
+        let (mut pool_key, mut lease) = match leased {
+            Some((pool_key, lease)) => (Some(pool_key), Some(lease)),
+            None => (None, None),
+        };
         let (mut record, mut step) = match plan {
             SlotPlan::Done { files, kudos } => {
                 return SlotOutcome::Done {
@@ -116,14 +121,19 @@ impl Engine {
                     let r = record
                         .as_mut()
                         .expect("a lost submit comes with its record");
-                    // An earlier run sent this submit and never recorded the answer.
-                    let doubt = self.gate.adopt_initial();
-                    let found = self.resolve_lost_submit(&key, r).await;
+                    // An earlier run sent this submit and never recorded the answer;
+                    // only the key that sent it can find it (reported when it is missing).
+                    let Some(sender) = self.keys.for_record(r).cloned() else {
+                        return SlotOutcome::Stopped;
+                    };
+                    let doubt = sender.gate.adopt_initial();
+                    let found = self.resolve_lost_submit(&sender, &key, r).await;
                     drop(doubt);
                     match found {
                         Ok(true) => {
                             if let RequestState::Submitted { n, .. } = r.state {
-                                lease = Some(self.budget.lease_now(n));
+                                lease = Some(sender.budget.lease_now(n));
+                                pool_key = Some(sender);
                             }
                             following(r)
                         }
@@ -138,7 +148,7 @@ impl Engine {
                             slot,
                             &key,
                             &mut record,
-                            &mut lease,
+                            (&mut pool_key, &mut lease),
                             &mut submit_failures,
                         )
                         .await;
@@ -305,6 +315,7 @@ impl Engine {
         call: Call,
         error: &HordeError,
         failures: &mut u32,
+        pool_key: Option<&PoolKey>,
     ) -> Result<Option<Duration>, Halt> {
         *failures += 1;
         let wait = match self.tuning.policy.decide(call, error, *failures) {
@@ -314,14 +325,16 @@ impl Engine {
                     seconds: after.as_secs(),
                 });
                 if error.class() == FailureClass::ConcurrencyFull {
-                    if let Some(limit) = error.concurrency_limit() {
-                        let lower = limit.min(self.budget.capacity().saturating_sub(1)).max(1);
+                    if let (Some(limit), Some(pool_key)) = (error.concurrency_limit(), pool_key) {
+                        let budget = &pool_key.budget;
+                        let lower = limit.min(budget.capacity().saturating_sub(1)).max(1);
                         tracing::info!(
                             limit,
                             budget = lower,
+                            key = %pool_key.fingerprint,
                             "the Horde's concurrency limit is lower than the budget; lowering it"
                         );
-                        self.budget.set_capacity(lower);
+                        budget.set_capacity(lower);
                     }
                 }
                 if after >= VISIBLE_WAIT {
@@ -383,7 +396,7 @@ impl Engine {
         slot: Slot,
         key: &RequestKey,
         record: &mut Option<RequestRecord>,
-        lease: &mut Option<Lease>,
+        (pool_key, lease): (&mut Option<Arc<PoolKey>>, &mut Option<Lease>),
         failures: &mut u32,
     ) -> Result<bool, Halt> {
         if self.submits.is_cancelled() {
@@ -393,21 +406,36 @@ impl Engine {
             || (slot.first_index..slot.first_index + slot.n).collect(),
             RequestRecord::missing_indices,
         );
-        let n = (missing.len() as u32).clamp(1, self.budget.capacity().min(20));
-        match lease {
-            Some(l) => {
+        let wanted = (missing.len() as u32).clamp(1, 20);
+        if pool_key.as_ref().is_some_and(|k| k.retired().is_some()) {
+            // Its key was retired meanwhile: another key takes the slot.
+            *lease = None;
+            *pool_key = None;
+        }
+        let (sender, n) = match (pool_key.as_ref(), lease.as_mut()) {
+            (Some(sender), Some(l)) => {
+                let n = wanted.min(sender.budget.capacity());
                 tokio::select! {
                     () = l.grow_to(n) => {}
                     () = self.submits.cancelled() => return Err(Halt::Stopped),
                 }
+                (Arc::clone(sender), n)
             }
-            None => {
-                tokio::select! {
-                    l = self.budget.lease(n) => *lease = Some(l),
+            _ => {
+                let leased = tokio::select! {
+                    leased = self.keys.lease(wanted) => leased,
                     () = self.submits.cancelled() => return Err(Halt::Stopped),
-                }
+                };
+                let Some((sender, l)) = leased else {
+                    self.abort(Abort::Auth("no API key of the run is left".into()));
+                    return Err(Halt::Stopped);
+                };
+                let n = l.held();
+                *lease = Some(l);
+                *pool_key = Some(Arc::clone(&sender));
+                (sender, n)
             }
-        }
+        };
         self.paced(EndpointClass::Submit, &self.submits).await?;
         if !self.kudos_allow(n) {
             self.close_submits(super::Closed::MaxKudos);
@@ -417,7 +445,7 @@ impl Engine {
         let request = build_request(job, n, missing[0])
             .map_err(|e| Halt::Failed(FailureKind::Permanent, e.to_string()))?;
         let gate = tokio::select! {
-            gate = self.gate.enter() => gate,
+            gate = sender.gate.enter() => gate,
             () = self.submits.cancelled() => return Err(Halt::Stopped),
         };
         // Write the intent before the POST: a crash now leaves a `Submitting` record.
@@ -428,6 +456,8 @@ impl Engine {
             }
             None => record.insert(fresh_record(job, slot)),
         };
+        // Which key sends it, so a later run looks for it (or cancels it) with that key.
+        r.key_fingerprint = Some(sender.fingerprint.clone());
         self.ledger
             .put_durable(key, r)
             .await
@@ -435,7 +465,7 @@ impl Engine {
 
         self.emit(Event::SubmitSent);
         let answer = tokio::select! {
-            answer = self.client.submit(&request) => answer,
+            answer = sender.client.submit(&request) => answer,
             // The POST may have reached the Horde: the record stays `Submitting`,
             // and the next run looks for its request before submitting again.
             () = self.submits.cancelled() => return Err(Halt::Stopped),
@@ -444,6 +474,7 @@ impl Engine {
             Ok(accepted) => {
                 self.heard_from_horde();
                 drop(gate);
+                sender.submitted();
                 if accepted.has_no_available_worker() {
                     tracing::warn!(job = %job.name, models = ?job.models, "the Horde has no worker for this request right now");
                 }
@@ -467,22 +498,34 @@ impl Engine {
             }
             Err(error) if error.outcome_unknown() => {
                 // No other submit until this one's request is found or known lost.
-                let doubt = self.gate.open();
+                let doubt = sender.gate.open();
                 drop(gate);
                 tracing::warn!(job = %job.name, key = %key, %error, "the answer to a submit was lost");
-                let adopted = self.resolve_lost_submit(key, r).await?;
+                let adopted = self.resolve_lost_submit(&sender, key, r).await?;
                 drop(doubt);
                 if adopted {
                     return Ok(true);
                 }
-                if let Some(wait) = self.after_failure(Call::Submit, &error, failures)? {
+                if let Some(wait) =
+                    self.after_failure(Call::Submit, &error, failures, Some(&sender))?
+                {
                     self.pause(wait, &self.submits).await?;
                 }
                 Ok(false)
             }
             Err(error) => {
                 drop(gate);
-                if let Some(wait) = self.after_failure(Call::Submit, &error, failures)? {
+                if matches!(error.class(), FailureClass::Auth | FailureClass::Kudos)
+                    && self.keys.retire(&sender, &error.to_string())
+                {
+                    // The key is out, not the request: another key submits it.
+                    *lease = None;
+                    *pool_key = None;
+                    return Ok(false);
+                }
+                if let Some(wait) =
+                    self.after_failure(Call::Submit, &error, failures, Some(&sender))?
+                {
                     self.pause(wait, &self.submits).await?;
                 }
                 Ok(false)
@@ -494,6 +537,7 @@ impl Engine {
     /// found and the record is now `Submitted` (durably).
     async fn resolve_lost_submit(
         &self,
+        sender: &PoolKey,
         key: &RequestKey,
         record: &mut RequestRecord,
     ) -> Result<bool, Halt> {
@@ -501,7 +545,7 @@ impl Engine {
             return Ok(false);
         };
         let found = self
-            .find_lost_submit(&key.to_string(), n, Instant::now(), &self.stop)
+            .find_lost_submit(sender, &key.to_string(), n, Instant::now(), &self.stop)
             .await;
         match found {
             None => Err(Halt::Stopped),
@@ -617,7 +661,7 @@ impl Engine {
                     check
                 }
                 Err(error) => {
-                    retry_wait = self.after_failure(Call::Check, &error, &mut failures)?;
+                    retry_wait = self.after_failure(Call::Check, &error, &mut failures, None)?;
                     continue;
                 }
             };
@@ -712,7 +756,9 @@ impl Engine {
                     return Ok(status);
                 }
                 Err(error) => {
-                    if let Some(wait) = self.after_failure(Call::Status, &error, &mut failures)? {
+                    if let Some(wait) =
+                        self.after_failure(Call::Status, &error, &mut failures, None)?
+                    {
                         self.pause(wait, &self.stop).await?;
                     }
                 }
@@ -830,6 +876,10 @@ impl Engine {
         // same id again may count it twice, which the summary tolerates as an estimate.
         let kudos = status.check.kudos.max(0.0);
         record.kudos_charged += kudos;
+        let sender = self.keys.for_record(record).cloned();
+        if let Some(sender) = &sender {
+            sender.charged(kudos);
+        }
         self.accounting
             .kudos_millis
             .fetch_add((kudos * 1000.0) as u64, Ordering::Relaxed);
@@ -966,6 +1016,9 @@ impl Engine {
                 Ok(stored) => {
                     if !stored.already_present {
                         self.accounting.images_saved.fetch_add(1, Ordering::Relaxed);
+                        if let Some(sender) = &sender {
+                            sender.saved(1);
+                        }
                     }
                     self.emit(Event::ImageSaved {
                         already_present: stored.already_present,

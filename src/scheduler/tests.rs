@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Abort, Budget, Engine, Event, OnStop, Tuning};
+use super::{Abort, Engine, Event, KeyPool, OnStop, Tuning};
 use crate::horde::{ApiKey, ClientConfig, HordeClient};
 use crate::manifest::{compile, CompileOptions, CompiledManifest, ManifestFile};
 use crate::output::{ImageSink, MemorySink, Outcome};
@@ -72,11 +72,11 @@ fn engine_with_events(
     let client = HordeClient::new(ClientConfig::new(url, ApiKey::anonymous()))
         .expect("a client for the sim");
     let engine = Engine::new(
-        client,
+        client.clone(),
+        KeyPool::single(client, 30),
         ledger,
         sink,
         manifest,
-        Budget::new(30),
         tuning(),
         stop,
         OnStop::Cancel,

@@ -71,9 +71,18 @@ pub struct SimConfig {
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     pub r2_ttl: Duration,
 
-    /// A registered user's API key (repeatable). The anonymous key 0000000000 is always known.
+    /// A registered user's API key (repeatable), one user per key; `KEY,concurrency=N,kudos=K`
+    /// gives that user its own concurrency and kudos instead of --user-concurrency and
+    /// --user-kudos. The anonymous key 0000000000 is always known.
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_keys: Vec<SimApiKey>,
+
+    /// Images of other users that always wait in the queue, at the same priority as
+    /// ours: a worker that takes one is given the next, queued behind everything that
+    /// waits now. Workers serve the queue in arrival order, so a user's share of the
+    /// workers is about its waiting images ÷ (this + its waiting images).
+    #[arg(long, default_value_t = 0)]
+    pub background_load: u32,
 
     /// Starting kudos of each registered user.
     #[arg(long, default_value_t = 100_000.0)]
@@ -219,19 +228,42 @@ impl fmt::Display for LatencySpec {
     }
 }
 
-/// An API key given to the simulator; never shown in Debug output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SimApiKey(String);
+/// An API key given to the simulator, with its user's own limits when they
+/// differ from the sim-wide ones; the key is never shown in Debug output.
+#[derive(Clone, PartialEq)]
+pub struct SimApiKey {
+    key: String,
+    /// This user's concurrency (else `--user-concurrency`).
+    pub concurrency: Option<u32>,
+    /// This user's starting kudos (else `--user-kudos`).
+    pub kudos: Option<f64>,
+}
 
 impl SimApiKey {
     /// Wraps a key.
     pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
+        Self {
+            key: key.into(),
+            concurrency: None,
+            kudos: None,
+        }
+    }
+
+    /// The same key, its user with `concurrency` waiting images.
+    pub fn with_concurrency(mut self, concurrency: u32) -> Self {
+        self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// The same key, its user starting with `kudos`.
+    pub fn with_kudos(mut self, kudos: f64) -> Self {
+        self.kudos = Some(kudos);
+        self
     }
 
     /// The key itself, for comparing with the `apikey` header.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.key
     }
 }
 
@@ -245,10 +277,38 @@ impl FromStr for SimApiKey {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.trim().is_empty() {
+        let mut parts = text.split(',');
+        let key = parts.next().unwrap_or_default();
+        if key.trim().is_empty() {
             return Err("an API key cannot be empty".to_owned());
         }
-        Ok(Self(text.to_owned()))
+        let mut parsed = Self::new(key);
+        for part in parts {
+            // Errors name the setting, never the key.
+            match part.split_once('=') {
+                Some(("concurrency", value)) => {
+                    let value = value
+                        .parse()
+                        .map_err(|_| format!("concurrency={value:?} is not a whole number"))?;
+                    parsed.concurrency = Some(value);
+                }
+                Some(("kudos", value)) => {
+                    let value: f64 = value
+                        .parse()
+                        .map_err(|_| format!("kudos={value:?} is not a number"))?;
+                    if !value.is_finite() {
+                        return Err(format!("kudos={value} is not a finite number"));
+                    }
+                    parsed.kudos = Some(value);
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown key setting {part:?}; use concurrency=N or kudos=K"
+                    ))
+                }
+            }
+        }
+        Ok(parsed)
     }
 }
 
@@ -303,5 +363,19 @@ mod tests {
     fn api_keys_are_redacted() {
         let key = SimApiKey::new("secret-key-123");
         assert!(!format!("{key:?}").contains("secret"));
+    }
+
+    #[test]
+    fn api_keys_take_their_own_limits() {
+        let key: SimApiKey = "k1,concurrency=12,kudos=50".parse().unwrap();
+        assert_eq!(key.expose(), "k1");
+        assert_eq!(key.concurrency, Some(12));
+        assert_eq!(key.kudos, Some(50.0));
+        let plain: SimApiKey = "k2".parse().unwrap();
+        assert_eq!((plain.concurrency, plain.kudos), (None, None));
+        let error = "secret,speed=3".parse::<SimApiKey>().unwrap_err();
+        assert!(!error.contains("secret"), "{error}");
+        assert!("k,concurrency=x".parse::<SimApiKey>().is_err());
+        assert_eq!(SimConfig::default().background_load, 0);
     }
 }

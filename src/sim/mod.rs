@@ -4,6 +4,12 @@
 //! latency, faults and censorship, expiry, cancel semantics, base64 and
 //! R2-URL delivery — plus counters (`/sim/stats`) and chaos knobs.
 //!
+//! Several registered users (one per `--api-key`, each with its own
+//! concurrency and kudos) share the workers with `--background-load` images
+//! of other users, served in arrival order. Test-only hooks outside `/api`:
+//! `/sim/users` (per-user figures), `/sim/owner/{id}` (who made a request) and
+//! `POST /sim/revoke` (a key becomes invalid mid-run).
+//!
 //! It is used by tests, benchmarks, `horde-batch sim` and `run --simulate`.
 //! Rule: it is never kinder than the real server (see
 //! `shared/research/horde-api-facts.md`). It shares no code with the client

@@ -139,6 +139,9 @@ pub(crate) fn router(app: App) -> Router {
         ));
     Router::new()
         .route("/sim/stats", get(sim_stats))
+        .route("/sim/users", get(sim_users))
+        .route("/sim/owner/{id}", get(sim_owner))
+        .route("/sim/revoke", post(sim_revoke))
         .route("/sim/r2/{file}", get(r2_download))
         .merge(api)
         .with_state(app)
@@ -507,6 +510,48 @@ async fn method_not_allowed() -> Response {
 async fn sim_stats(State(app): State<App>) -> Response {
     let stats = app.shared.lock().snapshot();
     json_response(StatusCode::OK, &stats)
+}
+
+/// `GET /sim/users`: per-user figures (requests made, images received,
+/// images waiting, revoked) and the background load's.
+async fn sim_users(State(app): State<App>) -> Response {
+    let users = app.shared.lock().users_report();
+    json_response(StatusCode::OK, &users)
+}
+
+/// `GET /sim/owner/{id}`: the id of the user who made request `id` (0: anonymous).
+async fn sim_owner(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.shared.lock().owner_of(&id) {
+        Some(user) => json_response(StatusCode::OK, &json!({ "user": user })),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "message": "no such request" }),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct RevokeBody {
+    apikey: String,
+}
+
+/// `POST /sim/revoke` `{"apikey": "..."}`: the key is invalid from now on
+/// (every call with it gets 401 `InvalidAPIKey`); a test's way to lose a key mid-run.
+async fn sim_revoke(State(app): State<App>, body: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<RevokeBody>(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({ "message": "expected {\"apikey\": \"...\"}" }),
+        );
+    };
+    if app.shared.lock().revoke(&body.apikey) {
+        json_response(StatusCode::OK, &json!({ "revoked": true }))
+    } else {
+        json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "message": "no user has that key" }),
+        )
+    }
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,7 @@
 //! microseconds; it must not await, sleep or do I/O. HTTP shapes belong to
 //! `routes`, timing to `workers`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -249,13 +249,15 @@ pub(crate) struct Job {
     pub seed: String,
     pub width: u32,
     pub height: u32,
+    /// An image of another user (`--background-load`): it only keeps the worker busy.
+    pub background: bool,
 }
 
 impl Job {
     /// The WebP a successful attempt uploads (none for a fault). Pure CPU work:
     /// callers run it outside the state lock.
     pub(crate) fn render(&self) -> Option<Vec<u8>> {
-        if self.fault {
+        if self.fault || self.background {
             return None;
         }
         let pixels = if self.censored {
@@ -307,6 +309,12 @@ pub(crate) struct Horde {
     expired_retrieved: u64,
     /// Expired requests that were orphaned (see `SimStats::requests_orphaned`).
     expired_orphaned: u64,
+    /// Arrival numbers of the other users' images waiting now (`--background-load`).
+    background: BTreeSet<u64>,
+    /// Other users' images the workers made.
+    background_served: u64,
+    /// Users whose key was revoked (`POST /sim/revoke`).
+    revoked: Vec<usize>,
 }
 
 impl Horde {
@@ -347,9 +355,9 @@ impl Horde {
             users.push(User {
                 id,
                 username: format!("sim_user_{id}#{id}"),
-                kudos: config.user_kudos,
+                kudos: key.kudos.unwrap_or(config.user_kudos),
                 floor: 0.0,
-                concurrency: config.user_concurrency,
+                concurrency: key.concurrency.unwrap_or(config.user_concurrency),
                 anon: false,
                 shared_keys: Vec::new(),
                 requests_made: 0,
@@ -362,6 +370,8 @@ impl Horde {
                 name: format!("sim-worker-{index}"),
             })
             .collect();
+        // Other users' images are already queued when ours arrive.
+        let background: BTreeSet<u64> = (0..u64::from(config.background_load)).collect();
         Self {
             settings,
             users,
@@ -371,14 +381,67 @@ impl Horde {
             queue: BTreeMap::new(),
             r2: HashMap::new(),
             workers,
-            next_seq: 0,
+            next_seq: background.len() as u64,
             next_shared_key: 0,
             stats: SimStats::default(),
             find_user_cache: HashMap::new(),
             expired_never_retrieved: 0,
             expired_retrieved: 0,
             expired_orphaned: 0,
+            background,
+            background_served: 0,
+            revoked: Vec::new(),
         }
+    }
+
+    /// Makes `apikey` invalid from now on (its user's requests stay on the
+    /// Horde, as a deleted key's do). False when no user has that key.
+    pub(crate) fn revoke(&mut self, apikey: &str) -> bool {
+        let Some(user) = self.keys.remove(apikey) else {
+            return false;
+        };
+        self.find_user_cache.remove(apikey);
+        self.revoked.push(user);
+        true
+    }
+
+    /// Per-user figures (`GET /sim/users`): who made which requests, what each
+    /// still has waiting, and how many images of other users the workers made.
+    pub(crate) fn users_report(&self) -> Value {
+        let users: Vec<Value> = self
+            .users
+            .iter()
+            .enumerate()
+            .map(|(index, user)| {
+                let waiting: u64 = self
+                    .requests
+                    .values()
+                    .filter(|request| request.owner == index)
+                    .map(|request| request.waiting.len() as u64)
+                    .sum();
+                serde_json::json!({
+                    "id": user.id,
+                    "username": user.username,
+                    "anonymous": user.anon,
+                    "concurrency": user.concurrency,
+                    "kudos": user.kudos,
+                    "requests_made": user.requests_made,
+                    "images_received": user.images_received,
+                    "waiting_images": waiting,
+                    "revoked": self.revoked.contains(&index),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "users": users,
+            "background_waiting": self.background.len(),
+            "background_served": self.background_served,
+        })
+    }
+
+    /// The user (by id, 0 for anonymous) who made request `id`.
+    pub(crate) fn owner_of(&self, id: &str) -> Option<u32> {
+        self.find(id).map(|request| self.users[request.owner].id)
     }
 
     // ----- identity -----
@@ -797,7 +860,7 @@ impl Horde {
 
     /// Hands the oldest waiting image `worker` may serve to it.
     pub(crate) fn pop_job(&mut self, worker: usize) -> Option<Job> {
-        let (seq, id) = self
+        let ours = self
             .queue
             .iter()
             .map(|(&seq, &id)| (seq, id))
@@ -805,7 +868,14 @@ impl Horde {
                 self.requests
                     .get(id)
                     .is_some_and(|request| request.workers.allows(worker))
-            })?;
+            });
+        // Another user's image that arrived first is served first (same priority).
+        if let Some(&first) = self.background.first() {
+            if ours.is_none_or(|(seq, _)| first < seq) {
+                return Some(self.pop_background(first, worker));
+            }
+        }
+        let (seq, id) = ours?;
         let settings = Arc::clone(&self.settings);
         let request = self
             .requests
@@ -842,12 +912,43 @@ impl Horde {
             seed: request.seed.clone(),
             width: request.width,
             height: request.height,
+            background: false,
         })
+    }
+
+    /// Hands another user's image to `worker`; that user queues the next one
+    /// at the back, so the background load stays the same.
+    fn pop_background(&mut self, seq: u64, worker: usize) -> Job {
+        self.background.remove(&seq);
+        self.background.insert(self.next_seq);
+        self.next_seq += 1;
+        let settings = &self.settings;
+        let parts = [Part::Num(seq)];
+        Job {
+            request: Uuid::nil(),
+            batch_index: 0,
+            attempt: 0,
+            worker,
+            latency: settings
+                .latency
+                .pick(settings.det.unit("background", &parts)),
+            fault: false,
+            censored: false,
+            prompt: String::new(),
+            seed: String::new(),
+            width: 64,
+            height: 64,
+            background: true,
+        }
     }
 
     /// Lands a job: a fault (re-queue or drop) or a finished image. `webp` is
     /// what [`Job::render`] made (drawn here when the caller did not).
     pub(crate) fn finish_job(&mut self, job: Job, webp: Option<Vec<u8>>) {
+        if job.background {
+            self.background_served += 1;
+            return;
+        }
         let settings = Arc::clone(&self.settings);
         let Some(request) = self.requests.get_mut(&job.request) else {
             // The request expired while the image was being made (the real
@@ -988,6 +1089,16 @@ impl Horde {
                 })
         } else {
             (0, 0.0)
+        };
+        // Other users' images ahead of it wait too (taken to be the same size).
+        let (queue_position, mps_ahead) = if self.queue.contains_key(&request.seq) {
+            let ahead = self.background.range(..request.seq).count() as u64;
+            (
+                queue_position + ahead,
+                mps_ahead + ahead as f64 * request.mps_per_image,
+            )
+        } else {
+            (queue_position, mps_ahead)
         };
         let done = request.is_done();
         let speed = self.total_speed();

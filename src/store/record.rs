@@ -198,6 +198,10 @@ pub struct RequestRecord {
     pub last_error: Option<RecordedError>,
     /// Every Horde id this slot ever had, oldest first.
     pub horde_ids: Vec<String>,
+    /// The fingerprint of the key that made the latest submit (never the key
+    /// itself). Absent in records from before key pools: the run's single key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
 }
 
 impl RequestRecord {
@@ -222,6 +226,7 @@ impl RequestRecord {
             updated_ms: now_ms,
             last_error: None,
             horde_ids: Vec::new(),
+            key_fingerprint: None,
         }
     }
 

@@ -1,0 +1,270 @@
+//! The run's key pool: each API key with its own budget, submit gate and
+//! kudos figures, and the choice of which key submits next.
+//!
+//! The Horde counts concurrency, lost-answer look-ups (`find_user`) and kudos
+//! per key, so each [`PoolKey`] carries its own [`Budget`] and [`SubmitGate`];
+//! the per-IP limits (submit pacing, `Retry-After` of the IP-keyed endpoints)
+//! stay in the engine's one shared `Pacer`. A submit goes to the active key
+//! with the most free room, so every key is kept full. A key the Horde
+//! refuses (invalid, out of kudos, expired shared key) is retired while
+//! another key is still active; the last active key is never retired, so a
+//! pool of one behaves exactly like a single key.
+//!
+//! Keys are known here only through their clients and fingerprints: this
+//! module must never log, print or store a key, only its [`fingerprint`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::{Budget, Lease, SubmitGate};
+use crate::horde::HordeClient;
+use crate::store::RequestRecord;
+
+/// A fixed namespace, so that a fingerprint means nothing outside horde-batch.
+const FINGERPRINT_DOMAIN: &str = "horde-batch key fingerprint v1";
+
+/// The non-reversible fingerprint of an API key: 12 hex digits of a SHA-1
+/// based name UUID (v5) of the key under a fixed horde-batch namespace. It
+/// tells keys apart in the ledger and in logs; it cannot give the key back.
+pub fn fingerprint(key: &str) -> String {
+    let namespace = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, FINGERPRINT_DOMAIN.as_bytes());
+    let digest = uuid::Uuid::new_v5(&namespace, key.as_bytes());
+    // The first 6 bytes are hash output only (no version or variant bits).
+    digest.simple().to_string()[..12].to_owned()
+}
+
+/// One API key of the run.
+#[derive(Debug)]
+pub struct PoolKey {
+    /// See [`fingerprint`].
+    pub fingerprint: String,
+    /// The client that sends this key (submit, `find_user`).
+    pub client: HordeClient,
+    /// This key's images allowed to wait on the Horde at once.
+    pub budget: Arc<Budget>,
+    /// One POST at a time per key, none while one of its lost answers is open.
+    pub(super) gate: SubmitGate,
+    retired: Mutex<Option<String>>,
+    kudos_millis: AtomicU64,
+    images: AtomicU64,
+    submits: AtomicU64,
+}
+
+impl PoolKey {
+    /// Why the key was retired, if it was.
+    pub fn retired(&self) -> Option<String> {
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn is_active(&self) -> bool {
+        self.retired().is_none()
+    }
+
+    pub(super) fn charged(&self, kudos: f64) {
+        self.kudos_millis
+            .fetch_add((kudos.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn saved(&self, images: u64) {
+        self.images.fetch_add(images, Ordering::Relaxed);
+    }
+
+    pub(super) fn submitted(&self) {
+        self.submits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What this key did in the run.
+    pub fn usage(&self) -> KeyUsage {
+        KeyUsage {
+            fingerprint: self.fingerprint.clone(),
+            submits: self.submits.load(Ordering::Relaxed),
+            images_saved: self.images.load(Ordering::Relaxed),
+            kudos: self.kudos_millis.load(Ordering::Relaxed) as f64 / 1000.0,
+            retired: self.retired(),
+        }
+    }
+}
+
+/// What one key of the pool did in a run (in the summary when the pool has several).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyUsage {
+    pub fingerprint: String,
+    pub submits: u64,
+    pub images_saved: u64,
+    pub kudos: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired: Option<String>,
+}
+
+/// The keys of a run, first the primary one (records without a fingerprint are its).
+#[derive(Debug)]
+pub struct KeyPool {
+    keys: Vec<Arc<PoolKey>>,
+    /// Shared by every key's budget, and woken when a key is retired.
+    changed: Arc<Notify>,
+    retiring: Mutex<()>,
+}
+
+impl KeyPool {
+    /// A pool of `(client, capacity)`, in order; a key given twice is kept once.
+    /// An empty pool leases nothing (`lease` answers `None`).
+    pub fn new(keys: Vec<(HordeClient, u32)>) -> Self {
+        let changed = Arc::new(Notify::new());
+        let mut pool: Vec<Arc<PoolKey>> = Vec::new();
+        for (client, capacity) in keys {
+            let fingerprint = fingerprint(client.api_key().expose_secret());
+            if pool.iter().any(|k| k.fingerprint == fingerprint) {
+                continue;
+            }
+            pool.push(Arc::new(PoolKey {
+                fingerprint,
+                client,
+                budget: Budget::with_notify(capacity, Arc::clone(&changed)),
+                gate: SubmitGate::new(0),
+                retired: Mutex::new(None),
+                kudos_millis: AtomicU64::new(0),
+                images: AtomicU64::new(0),
+                submits: AtomicU64::new(0),
+            }));
+        }
+        Self {
+            keys: pool,
+            changed,
+            retiring: Mutex::new(()),
+        }
+    }
+
+    /// A pool of one key.
+    pub fn single(client: HordeClient, capacity: u32) -> Self {
+        Self::new(vec![(client, capacity)])
+    }
+
+    /// Every key, retired ones included, primary first.
+    pub fn keys(&self) -> &[Arc<PoolKey>] {
+        &self.keys
+    }
+
+    /// The primary key (the first given).
+    pub fn primary(&self) -> Option<&Arc<PoolKey>> {
+        self.keys.first()
+    }
+
+    /// The key with this fingerprint; `None` means the primary key (a record
+    /// from before key pools). `None` back when the pool has no such key.
+    pub fn by_fingerprint(&self, fingerprint: Option<&str>) -> Option<&Arc<PoolKey>> {
+        match fingerprint {
+            None => self.primary(),
+            Some(fp) => self.keys.iter().find(|k| k.fingerprint == fp),
+        }
+    }
+
+    /// The key that made the record's latest submit, if it is in the pool.
+    pub fn for_record(&self, record: &RequestRecord) -> Option<&Arc<PoolKey>> {
+        self.by_fingerprint(record.key_fingerprint.as_deref())
+    }
+
+    /// Keys not retired.
+    pub fn active(&self) -> usize {
+        self.keys.iter().filter(|k| k.is_active()).count()
+    }
+
+    /// Retires `key` for `reason` unless it is the last active key (then the
+    /// caller fails as a single-key run would). True when it was retired now.
+    pub fn retire(&self, key: &PoolKey, reason: &str) -> bool {
+        // One decision at a time, so two keys failing at once cannot both be
+        // retired as "not the last".
+        let _one_at_a_time = self
+            .retiring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !key.is_active() || self.active() <= 1 {
+            return false;
+        }
+        *key.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_owned());
+        tracing::warn!(
+            key = %key.fingerprint,
+            keys_left = self.active(),
+            %reason,
+            "retired an API key; the run goes on with the others"
+        );
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// Waits until some active key has room for up to `images` (clamped to
+    /// its capacity), and leases them from the one with the most free room.
+    /// `None` when every key is retired.
+    pub async fn lease(&self, images: u32) -> Option<(Arc<PoolKey>, Lease)> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut best: Option<(&Arc<PoolKey>, u32)> = None;
+            for key in self.keys.iter().filter(|k| k.is_active()) {
+                let free = key.budget.free();
+                if best.is_none_or(|(_, most)| free > most) {
+                    best = Some((key, free));
+                }
+            }
+            let (key, _) = best?;
+            let wanted = images.clamp(1, key.budget.capacity());
+            if let Some(lease) = key.budget.try_lease(wanted) {
+                return Some((Arc::clone(key), lease));
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::horde::{ApiKey, ClientConfig};
+
+    fn client(key: &str) -> HordeClient {
+        let url = reqwest::Url::parse("http://127.0.0.1:9/api/").expect("a loopback URL");
+        HordeClient::new(ClientConfig::new(url, ApiKey::new(key))).expect("a client")
+    }
+
+    #[test]
+    fn fingerprints_are_stable_short_and_not_the_key() {
+        let fp = fingerprint("secret-key-1");
+        assert_eq!(fp.len(), 12);
+        assert_eq!(fp, fingerprint("secret-key-1"));
+        assert_ne!(fp, fingerprint("secret-key-2"));
+        assert!(!fp.contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn leases_go_to_the_key_with_most_room_and_the_last_key_is_never_retired() {
+        let pool = KeyPool::new(vec![
+            (client("k1"), 10),
+            (client("k2"), 10),
+            (client("k1"), 5),
+        ]);
+        assert_eq!(pool.keys().len(), 2, "a key given twice is kept once");
+        let (first, _a) = pool.lease(6).await.expect("room");
+        let (second, _b) = pool.lease(6).await.expect("room");
+        assert_ne!(
+            first.fingerprint, second.fingerprint,
+            "the emptier key is chosen"
+        );
+        assert!(pool.retire(&first, "401"));
+        assert!(!pool.retire(&second, "401"), "the last active key stays");
+        assert_eq!(pool.active(), 1);
+        let (third, _c) = pool.lease(2).await.expect("room on the active key");
+        assert_eq!(third.fingerprint, second.fingerprint);
+        assert_eq!(
+            pool.by_fingerprint(None).map(|k| &k.fingerprint),
+            Some(&first.fingerprint)
+        );
+    }
+}
