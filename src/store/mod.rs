@@ -24,6 +24,7 @@ mod record;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,14 @@ struct Inner {
     db: sled::Db,
     requests: sled::Tree,
     meta: sled::Tree,
+    /// Writes made so far, and how many of them a finished flush covers.
+    writes: AtomicU64,
+    flushed: AtomicU64,
+    /// One flush at a time: sled's `flush_async` runs on its small IO thread
+    /// pool, and more concurrent flushes than it has threads deadlock it (each
+    /// waits for a write queued behind the others). Callers that wait here
+    /// usually find their writes already covered by the flush before them.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -114,6 +123,9 @@ impl Store {
                 db,
                 requests,
                 meta,
+                writes: AtomicU64::new(0),
+                flushed: AtomicU64::new(0),
+                flushing: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -144,18 +156,34 @@ impl Store {
             .requests
             .insert(key.encode(), record.encode())
             .map_err(|error| self.backend_error(error))?;
+        self.wrote();
         Ok(())
     }
 
     /// Waits until every earlier write is on disk (fsynced). Runs on sled's own
     /// IO threads, so it never blocks the async runtime.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner
+        let inner = &self.inner;
+        let wanted = inner.writes.load(Ordering::SeqCst);
+        let _turn = inner.flushing.lock().await;
+        if inner.flushed.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        // Every write counted here was made before this flush starts.
+        let covered = inner.writes.load(Ordering::SeqCst);
+        inner
             .db
             .flush_async()
             .await
             .map_err(|error| self.backend_error(error))?;
+        inner.flushed.fetch_max(covered, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Counts a write, for [`Store::flush`] to know what it covers. Called
+    /// after the write is made.
+    fn wrote(&self) {
+        self.inner.writes.fetch_add(1, Ordering::SeqCst);
     }
 
     /// [`Store::put`] then [`Store::flush`]: the record survives a crash once this returns.
@@ -203,7 +231,10 @@ impl Store {
                 )
                 .map_err(|error| self.backend_error(error))?;
             match swapped {
-                Ok(()) => return Ok(next),
+                Ok(()) => {
+                    self.wrote();
+                    return Ok(next);
+                }
                 Err(conflict) => current = conflict.current,
             }
         }
@@ -296,6 +327,7 @@ impl Store {
             .meta
             .insert(RUN_META_KEY, meta.encode())
             .map_err(|error| self.backend_error(error))?;
+        self.wrote();
         Ok(())
     }
 
@@ -514,6 +546,42 @@ fn check_ledger_identity(dir: &Path, db: &sled::Db, meta: &sled::Tree) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many slots flushing at once (a 1,000-row run with 40 in flight) once
+    /// left sled's IO threads all waiting on each other: every flush must end.
+    #[test]
+    fn many_concurrent_flushes_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let done = runtime.block_on(async {
+            let tasks: Vec<_> = (0..64u32)
+                .map(|slot| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        for round in 0..20u64 {
+                            let key = RequestKey::new(format!("{slot:016x}"), 0);
+                            let record = RequestRecord::first_attempt(&key, 0, 1, round);
+                            store.put_durable(&key, &record).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(tasks)).await
+        });
+        runtime.shutdown_background();
+        if done.is_err() {
+            // A deadlocked sled never closes: leak it rather than hang the test.
+            std::mem::forget(store);
+            panic!("flushes did not finish within 30 s");
+        }
+        let flushed = store.inner.flushed.load(Ordering::SeqCst);
+        assert_eq!(flushed, store.inner.writes.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn a_record_with_an_unknown_schema_is_a_bad_record() {
