@@ -298,3 +298,98 @@ fn defaults_give_every_job_its_source_fields() {
     let compiled = compile_at(dir.path(), txt2img).unwrap();
     assert!(compiled.jobs().all(|job| job.sources.is_none()));
 }
+
+/// A `rows:` table's `source_image` column gives each row its source: the
+/// sim receives one WebP per row, each sidecar names its own file, and
+/// replacing one file's bytes changes that row's key only.
+#[test]
+fn a_rows_column_gives_each_row_its_source() {
+    let sim = Sim::unlimited(&["--workers", "2", "--latency", "5ms..10ms", "--seed", "4"]);
+    let batch = Batch::new(&format!("{HEAD}  - name: rows\n    prompt: '${{subject}} as a painting'\n    params: {{denoising_strength: 0.5}}\n    rows: {{file: photos.csv, id: photo}}\n"));
+    let dir = batch.dir.path();
+    write_png(&dir.join("in/a.png"), 40, 24, false, 10);
+    write_png(&dir.join("in/b.png"), 24, 40, false, 20);
+    std::fs::write(
+        dir.join("photos.csv"),
+        "photo,subject,source_image\nA,a cat,in/a.png\nB,a dog,in/b.png\n",
+    )
+    .unwrap();
+    let keys_now = || -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(&batch.manifest).unwrap();
+        keys(&compile_at(dir, &text).unwrap())
+    };
+    let before = keys_now();
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    batch.assert_complete(2);
+    let stats = sim.stats();
+    assert_eq!(stat(&stats, "source_images_received"), 2, "{stats}");
+    let mut seen = Vec::new();
+    for sidecar in walk(&batch.out()).into_iter().filter(|p| {
+        p.extension().is_some_and(|e| e == "json") && p.parent() != Some(batch.out().as_path())
+    }) {
+        let sidecar: Value =
+            serde_json::from_str(&std::fs::read_to_string(sidecar).unwrap()).unwrap();
+        assert_hash(&sidecar["sources"]["source_image"]["hash"]);
+        seen.push((
+            sidecar["labels"]["photo"].as_str().unwrap().to_owned(),
+            sidecar["sources"]["source_image"]["path"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            sidecar["labels"]["source_image"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("A".to_owned(), "in/a.png".to_owned(), "in/a.png".to_owned()),
+            ("B".to_owned(), "in/b.png".to_owned(), "in/b.png".to_owned())
+        ]
+    );
+
+    write_png(&dir.join("in/b.png"), 24, 40, false, 99);
+    let after = keys_now();
+    assert_eq!(after[0], before[0]);
+    assert_ne!(after[1], before[1]);
+
+    // Every row needs a source once the column exists; other source fields
+    // are not columns.
+    std::fs::write(
+        dir.join("photos.csv"),
+        "photo,subject,source_image\nA,a cat,in/a.png\nB,a dog,\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&batch.manifest).unwrap();
+    let problems = compile_at(dir, &text).unwrap_err();
+    assert!(
+        problems[0].contains("row `B` of the table has no `source_image`"),
+        "{problems:?}"
+    );
+    std::fs::write(
+        dir.join("photos.csv"),
+        "photo,subject,source_image,source_mask\nA,a cat,in/a.png,in/b.png\n",
+    )
+    .unwrap();
+    let problems = compile_at(dir, &text).unwrap_err();
+    assert!(
+        problems[0].contains("`source_mask` cannot be a rows column"),
+        "{problems:?}"
+    );
+    std::fs::write(
+        dir.join("photos.csv"),
+        "photo,subject,source_image\nA,a cat,in/nothere.png\n",
+    )
+    .unwrap();
+    let problems = compile_at(dir, &text).unwrap_err();
+    assert!(
+        problems[0].contains(
+            "photos.csv:2:9: row 1, column `source_image`: source image `in/nothere.png` not found"
+        ),
+        "{problems:?}"
+    );
+}

@@ -156,6 +156,17 @@ pub(crate) struct RowColumns {
     pub columns: Vec<(String, ColumnUse)>,
     /// The column holding each row's id.
     pub id: Option<String>,
+    /// Each row's `source_image`, when the table has that column.
+    pub sources: Vec<Option<Arc<SourceRef>>>,
+}
+
+impl RowColumns {
+    /// Whether the table has a `source_image` column.
+    pub(crate) fn has_sources(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|(_, used)| *used == ColumnUse::SourceImage)
+    }
 }
 
 /// What a `rows:` column sets, besides being a prompt variable and a label.
@@ -164,6 +175,8 @@ pub(crate) enum ColumnUse {
     Text,
     Param(&'static str),
     Model,
+    /// A source image path, relative to the manifest (img2img per row).
+    SourceImage,
 }
 
 #[derive(Debug, Clone)]
@@ -906,6 +919,18 @@ impl Context<'_> {
         for name in &table.columns {
             let used = if name == "model" {
                 ColumnUse::Model
+            } else if name == "source_image" {
+                ColumnUse::SourceImage
+            } else if matches!(
+                name.as_str(),
+                "source_mask" | "source_processing" | "extra_source_images"
+            ) {
+                self.problem(
+                    path,
+                    format!("`{name}` cannot be a rows column; only `source_image` can"),
+                    &format!("set `{name}` on the job: it applies to every row"),
+                );
+                ColumnUse::Text
             } else if let Some(param) = params::spec(name) {
                 ColumnUse::Param(param.name)
             } else if name == "seed" || name == "n" {
@@ -940,8 +965,10 @@ impl Context<'_> {
         }
         let mut seen_ids: HashMap<String, usize> = HashMap::new();
         let mut values = Vec::with_capacity(table.rows.len());
+        let mut sources = Vec::new();
         for row in &table.rows {
             let mut cells = serde_json::Map::new();
+            let mut row_source = None;
             for cell in &row.cells {
                 let (name, used) = &columns[cell.column];
                 let at = |message: String| {
@@ -959,6 +986,13 @@ impl Context<'_> {
                     ColumnUse::Model => match &cell.value {
                         Value::String(model) if !model.trim().is_empty() => Ok(Value::from(model.trim())),
                         other => Err(format!("expected a model name, found {}", params::describe(other))),
+                    },
+                    ColumnUse::SourceImage => match &cell.value {
+                        Value::String(file) => self.cached_source(file).map(|source| {
+                            row_source = Some(source);
+                            cell.value.clone()
+                        }),
+                        other => Err(format!("expected an image path, found {}", params::describe(other))),
                     },
                     ColumnUse::Text => match &cell.value {
                         Value::String(text) => match template::syntax_in_value(text) {
@@ -1011,12 +1045,17 @@ impl Context<'_> {
                 json: Value::Object(cells),
                 weight: 1.0,
             });
+            sources.push(row_source);
         }
         if self.problems.len() > problems_before {
             return None;
         }
         Some(Axis {
-            kind: AxisKind::Rows(Arc::new(RowColumns { columns, id })),
+            kind: AxisKind::Rows(Arc::new(RowColumns {
+                columns,
+                id,
+                sources,
+            })),
             name: "rows".to_owned(),
             values,
         })

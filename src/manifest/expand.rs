@@ -368,6 +368,9 @@ fn resolve(
                 if table.id.is_some() {
                     id = Some(value.text.clone());
                 }
+                if let Some(Some(image)) = table.sources.get(pick) {
+                    sources = sources.map(|s| Arc::new(s.with_image(Arc::clone(image))));
+                }
                 for (column, used) in &table.columns {
                     let Some(cell) = value.json.get(column) else {
                         continue;
@@ -384,7 +387,7 @@ fn resolve(
                                 models = Arc::from(vec![model.to_owned()]);
                             }
                         }
-                        ColumnUse::Text => {}
+                        ColumnUse::Text | ColumnUse::SourceImage => {}
                     }
                 }
             }

@@ -374,6 +374,15 @@ impl Context<'_> {
         }
     }
 
+    /// A source file, read and checked once per compile; why not, otherwise.
+    pub(super) fn cached_source(&mut self, path: &str) -> Result<Arc<SourceRef>, String> {
+        let base_dir = self.file.base_dir.clone();
+        self.source_cache
+            .entry(path.to_owned())
+            .or_insert_with(|| load_source(&base_dir, path).map(Arc::new))
+            .clone()
+    }
+
     /// A `source_image` matrix axis: each value a source file.
     pub(super) fn source_axis(&mut self, values: &Value, path: &YamlPath) -> Option<Axis> {
         let Value::Array(items) = values else {
@@ -458,6 +467,15 @@ impl Context<'_> {
         let axis_images: Option<Arc<[Arc<SourceRef>]>> =
             axes.iter().find_map(|axis| match &axis.kind {
                 AxisKind::Source(refs) => Some(Arc::clone(refs)),
+                AxisKind::Rows(table) if table.has_sources() => {
+                    // Every row needs its source: a table mixing img2img and
+                    // txt2img rows is two jobs.
+                    let missing = axis.values.iter().zip(&table.sources).find(|(_, s)| s.is_none());
+                    if let Some((row, _)) = missing {
+                        self.problem(&path.key("rows"), format!("row `{}` of the table has no `source_image`, which other rows have", row.text), "give every row a source image, or split the table into an img2img and a txt2img job");
+                    }
+                    Some(table.sources.iter().flatten().cloned().collect())
+                }
                 _ => None,
             });
         // Where a parameter is set: the job's params, its matrix, or defaults.
@@ -481,7 +499,7 @@ impl Context<'_> {
         if spec.source_image.is_some() && axis_images.is_some() {
             self.problem(
                 &path.key("source_image"),
-                "the job sets `source_image` and has a `source_image` matrix axis",
+                "the job sets `source_image` and has a `source_image` matrix axis or rows column",
                 "keep one of them",
             );
         }
