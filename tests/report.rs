@@ -424,4 +424,17 @@ fn report_works_on_a_running_and_then_killed_run() {
     );
     let state: String = select(&html, "#summary")[0].text().collect();
     assert!(state.contains("not finished"), "{state}");
+
+    // The resumed run's own report covers the whole batch, not only the
+    // images this run made.
+    let (code, stderr) = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    let html = page(&batch);
+    let state: String = select(&html, "#summary")[0].text().collect();
+    assert!(
+        state.contains("finished") && !state.contains("not finished"),
+        "{state}"
+    );
+    assert!(state.contains("200"), "all 200 images counted: {state}");
+    assert_eq!(select(&html, ".card[data-file]").len(), 200);
 }

@@ -112,7 +112,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let engine = Engine::new(
             client.clone(),
             keys,
-            Arc::new(store),
+            Arc::new(store.clone()),
             Arc::new(Dataset::new(output, template.clone(), Arc::clone(&compiled))),
             Arc::clone(&compiled),
             crate::scheduler::Tuning {
@@ -153,10 +153,17 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let ending = engine.ending(&summary);
         crate::report::print_summary(&progress, &summary, &ending, out_dir);
         report_strays(out_dir).await;
-        let mut status = progress.status();
+        // The report shows the whole batch (earlier runs too) from the ledger,
+        // with this run's own figures (429s, queue) from its events.
+        let this_run = progress.status();
+        let mut status = super::status::ledger_status(&batch, &store).unwrap_or_else(|error| {
+            tracing::warn!(%error, "the ledger could not be read for the report; it shows this run only");
+            this_run.clone()
+        });
+        status.rate_limited_429s = this_run.rate_limited_429s;
+        status.waiting_seconds = this_run.waiting_seconds;
         status.active = false;
         status.pid = None;
-        status.finished = status.jobs > 0 && status.jobs_done == status.jobs;
         write_report(&batch, status).await;
         horde.close().await;
         Ok(ExitCode::from(exit::code(&ending)))

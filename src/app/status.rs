@@ -53,19 +53,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
 /// ledger, else from the ledger (also for `report`).
 pub(super) fn batch_status(batch: &Batch) -> Result<StatusReport, AppError> {
     let state_dir = &batch.state_dir;
-    let max_n = batch.compiled.run.max_n;
-    let jobs: HashMap<String, PlannedJob> = batch
-        .compiled
-        .jobs()
-        .filter(|job| batch.shard.is_none_or(|shard| shard.includes(job.key)))
-        .map(|job| {
-            let planned = PlannedJob {
-                images: job.images,
-                slots: crate::plan::slot_count(&job, max_n) as u32,
-            };
-            (job.key.to_string(), planned)
-        })
-        .collect();
+    let jobs = planned_jobs(batch);
     let report = if !state_dir.join("ledger").exists() {
         StatusReport {
             images_wanted: jobs.values().map(|job| u64::from(job.images)).sum(),
@@ -86,4 +74,27 @@ pub(super) fn batch_status(batch: &Batch) -> Result<StatusReport, AppError> {
         }
     };
     Ok(report)
+}
+
+/// The state of `batch` in `store`, a ledger this process has open (a run
+/// that just ended): the whole batch, not only what this run did.
+pub(super) fn ledger_status(batch: &Batch, store: &Store) -> Result<StatusReport, AppError> {
+    Ok(StatusReport::from_ledger(store, &planned_jobs(batch))?)
+}
+
+/// Every job of `batch` (of its shard) with the images and slots it wants.
+fn planned_jobs(batch: &Batch) -> HashMap<String, PlannedJob> {
+    let max_n = batch.compiled.run.max_n;
+    batch
+        .compiled
+        .jobs()
+        .filter(|job| batch.shard.is_none_or(|shard| shard.includes(job.key)))
+        .map(|job| {
+            let planned = PlannedJob {
+                images: job.images,
+                slots: crate::plan::slot_count(&job, max_n) as u32,
+            };
+            (job.key.to_string(), planned)
+        })
+        .collect()
 }
