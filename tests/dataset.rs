@@ -207,12 +207,11 @@ fn python_with_datasets() -> Option<String> {
     has.then_some(python)
 }
 
-/// The real loader: `datasets.load_dataset("imagefolder", …)` reads the run's
-/// folder with one column per label and the right values. `.ci/run` installs
-/// `datasets` and sets `HORDE_BATCH_REQUIRE_TOOLS=1`, so CI cannot skip this;
-/// elsewhere it is skipped, saying so, when `datasets` is not installed.
-#[test]
-fn a_finished_run_loads_with_hugging_face_datasets() {
+/// Loads `dir` with `datasets.load_dataset("imagefolder", …)`: its columns,
+/// rows (without the image) and image sizes. `None` (saying so) when no
+/// Python with `datasets` is installed, which `.ci/run` does not allow: it
+/// installs `datasets` and sets `HORDE_BATCH_REQUIRE_TOOLS=1`.
+pub fn load_imagefolder(dir: &std::path::Path) -> Option<Value> {
     let Some(python) = python_with_datasets() else {
         assert!(
             std::env::var_os("HORDE_BATCH_REQUIRE_TOOLS").is_none(),
@@ -221,9 +220,8 @@ fn a_finished_run_loads_with_hugging_face_datasets() {
         eprintln!(
             "skipped: no Python with `datasets` (pip install datasets, or set HORDE_BATCH_PYTHON)"
         );
-        return;
+        return None;
     };
-    let batch = labelled_run();
     let script = r#"
 import json, sys
 import datasets
@@ -233,11 +231,12 @@ sizes = sorted({row_image.size for row_image in ds["image"]})
 print(json.dumps({"columns": ds.column_names, "rows": rows, "sizes": sizes,
                   "features": {k: str(v) for k, v in ds.features.items()}}))
 "#;
+    let home = tempfile::tempdir().unwrap();
     let output = Command::new(python)
         .args(["-c", script])
-        .arg(batch.out())
+        .arg(dir)
         .env("HF_DATASETS_OFFLINE", "1")
-        .env("HF_HOME", batch.dir.path().join("hf-home"))
+        .env("HF_HOME", home.path())
         .output()
         .unwrap();
     assert!(
@@ -245,7 +244,17 @@ print(json.dumps({"columns": ds.column_names, "rows": rows, "sizes": sizes,
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let loaded: Value = serde_json::from_slice(&output.stdout).unwrap();
+    Some(serde_json::from_slice(&output.stdout).unwrap())
+}
+
+/// The real loader reads a finished run's folder with one column per label
+/// and the right values.
+#[test]
+fn a_finished_run_loads_with_hugging_face_datasets() {
+    let batch = labelled_run();
+    let Some(loaded) = load_imagefolder(&batch.out()) else {
+        return;
+    };
     let columns: Vec<&str> = loaded["columns"]
         .as_array()
         .unwrap()

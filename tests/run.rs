@@ -690,6 +690,17 @@ fn three_shards_at_once_make_exactly_the_plan_and_merge_into_one_index() {
         .map(|r| r["job_key"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!((results.len(), keys.len()), (12, 12));
+    // The merged index loads with Hugging Face `datasets`: 24 rows, one per image.
+    if let Some(loaded) = crate::dataset::load_imagefolder(&batch.out()) {
+        let rows = loaded["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 24);
+        let generations: std::collections::BTreeSet<_> = rows
+            .iter()
+            .map(|r| r["generation_id"].to_string())
+            .collect();
+        assert_eq!(generations.len(), 24);
+        assert_eq!(loaded["sizes"], serde_json::json!([[64, 64]]));
+    }
     // A shard run again has nothing left to do.
     let before = stat(&sim.stats(), "requests_created");
     let output = batch

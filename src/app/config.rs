@@ -71,7 +71,11 @@ impl Batch {
     /// Opens the output folder (first: if it cannot be written, nothing else is touched).
     pub async fn open_output(&self) -> Result<OutputDir, AppError> {
         let dir = self.out_dir.clone();
-        tokio::task::spawn_blocking(move || OutputDir::open(dir))
+        let index = match self.shard {
+            Some(_) => crate::output::SHARD_INDEX_FILE,
+            None => crate::output::INDEX_FILE,
+        };
+        tokio::task::spawn_blocking(move || OutputDir::open_with_index(dir, index))
             .await
             .map_err(|e| AppError::Config(format!("opening the output directory failed: {e}")))?
             .map_err(AppError::from)

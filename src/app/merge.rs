@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::{load, AppError};
 use crate::cli::MergeArgs;
 use crate::exit;
-use crate::output::{ERRORS_FILE, INDEX_FILE, RESULTS_FILE};
+use crate::output::{ERRORS_FILE, INDEX_FILE, RESULTS_FILE, SHARD_INDEX_FILE};
 use crate::plan::Shard;
 
 /// `horde-batch merge`.
@@ -51,7 +51,13 @@ pub fn merge(args: &MergeArgs) -> Result<ExitCode, AppError> {
     let mut errors = Vec::new();
     for (shard, folder) in &shards {
         let prefix = shard.folder();
-        for mut row in read_rows(&folder.join(INDEX_FILE))? {
+        // Shard folders from before SHARD_INDEX_FILE hold a metadata.jsonl.
+        let part = [SHARD_INDEX_FILE, INDEX_FILE]
+            .map(|name| folder.join(name))
+            .into_iter()
+            .find(|path| path.exists())
+            .unwrap_or_else(|| folder.join(SHARD_INDEX_FILE));
+        for mut row in read_rows(&part)? {
             if let Some(name) = row.get("file_name").and_then(Value::as_str) {
                 row["file_name"] = Value::from(format!("{prefix}/{name}"));
             }

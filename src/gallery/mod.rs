@@ -22,7 +22,9 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::output::{IndexRow, JobResult, Labels, Sidecar, INDEX_FILE, RESULTS_FILE};
+use crate::output::{
+    IndexRow, JobResult, Labels, Sidecar, INDEX_FILE, RESULTS_FILE, SHARD_INDEX_FILE,
+};
 use crate::report::StatusReport;
 
 pub use grid::{
@@ -202,7 +204,10 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
 /// The images of `metadata.jsonl` whose file is there, first row of each
 /// name, with their sidecars. Damaged lines and hostile names are skipped.
 fn read_entries(out: &Path) -> Vec<Entry> {
-    let text = std::fs::read_to_string(out.join(INDEX_FILE)).unwrap_or_default();
+    // A shard's folder holds its part of the index under another name.
+    let text = std::fs::read_to_string(out.join(INDEX_FILE))
+        .or_else(|_| std::fs::read_to_string(out.join(SHARD_INDEX_FILE)))
+        .unwrap_or_default();
     let mut seen = HashSet::new();
     let mut entries = Vec::new();
     for row in text

@@ -22,6 +22,10 @@ use super::OutputError;
 
 /// Name of the dataset index in the output directory.
 pub const INDEX_FILE: &str = "metadata.jsonl";
+/// Name of a shard's part of the index, in its `shard-I-of-N` folder. Not
+/// `metadata.jsonl`: `datasets` reads every `metadata.jsonl` under the folder
+/// it loads, so a shard's next to the merged one would count each image twice.
+pub const SHARD_INDEX_FILE: &str = "shard-metadata.jsonl";
 /// Name of the per-job results file.
 pub const RESULTS_FILE: &str = "results.jsonl";
 /// Name of the per-job errors file.

@@ -29,7 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 pub use atomic::{syncs_on_this_thread, TEMP_PREFIX};
-pub use index::{IndexRow, JobError, JobResult, TornLine, ERRORS_FILE, INDEX_FILE, RESULTS_FILE};
+pub use index::{
+    IndexRow, JobError, JobResult, TornLine, ERRORS_FILE, INDEX_FILE, RESULTS_FILE,
+    SHARD_INDEX_FILE,
+};
 pub use naming::{
     check_relative_name, sanitize_value, FilenameTemplate, NameFields, PathEscape, Placeholder,
     TemplateError, MAX_COMPONENT_BYTES, MAX_VALUE_BYTES,
@@ -177,6 +180,8 @@ pub struct OutputDir {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
+    /// The index's file name: [`INDEX_FILE`], or [`SHARD_INDEX_FILE`] in a shard's folder.
+    index_name: &'static str,
     index: Mutex<JsonlLog>,
     results: Mutex<JsonlLog>,
     errors: Mutex<JsonlLog>,
@@ -193,6 +198,15 @@ impl OutputDir {
     /// [`OutputError::Io`] naming the path that could not be created, read
     /// or written; [`OutputError::CorruptLog`] for a damaged index file.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, OutputError> {
+        Self::open_with_index(dir, INDEX_FILE)
+    }
+
+    /// [`OutputDir::open`] with the index under another name (a shard's
+    /// folder keeps [`SHARD_INDEX_FILE`]).
+    pub fn open_with_index(
+        dir: impl Into<PathBuf>,
+        index_name: &'static str,
+    ) -> Result<Self, OutputError> {
         let root: PathBuf = dir.into();
         if !root.is_dir() {
             fs::create_dir_all(&root).map_err(|e| OutputError::io("create directory", &root, e))?;
@@ -217,13 +231,14 @@ impl OutputDir {
             torn_lines.extend(torn);
             Ok(Mutex::new(log))
         };
-        let index = open_log(INDEX_FILE, "file_name")?;
+        let index = open_log(index_name, "file_name")?;
         let results = open_log(RESULTS_FILE, "job_key")?;
         let errors = open_log(ERRORS_FILE, "job_key")?;
 
         Ok(OutputDir {
             inner: Arc::new(Inner {
                 root,
+                index_name,
                 index,
                 results,
                 errors,
@@ -359,7 +374,7 @@ impl OutputDir {
                 .map(|(_, row)| (row.file_name.as_str(), row))
                 .collect();
             if let Err(error) = lock(&self.inner.index).append_many(&keyed) {
-                let path = self.root().join(INDEX_FILE);
+                let path = self.root().join(self.inner.index_name);
                 let cause = match &error {
                     OutputError::Io { error, .. } => {
                         io::Error::new(error.kind(), error.to_string())
