@@ -683,3 +683,19 @@ mod tests {
         assert!((49..=51).contains(&eta), "{eta}");
     }
 }
+
+/// A job that failed and has not succeeded since (`failures`, the report page).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailedJob {
+    pub job_key: String,
+    pub job: String,
+    /// The latest failure's class and message.
+    pub class: String,
+    pub message: String,
+    /// How many times it failed (runs that gave up on it).
+    pub failures: u32,
+    pub images_saved: u32,
+    pub images_wanted: u32,
+    /// When it last failed (RFC 3339).
+    pub at: String,
+}

@@ -6,27 +6,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::process::ExitCode;
 
-use serde::Serialize;
-
 use super::config::Batch;
 use super::AppError;
 use crate::cli::FailuresArgs;
 use crate::output::{JobError, JobResult, ERRORS_FILE, RESULTS_FILE};
 
-/// A job that failed and has not succeeded since.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedJob {
-    pub job_key: String,
-    pub job: String,
-    /// The latest failure's class and message.
-    pub class: String,
-    pub message: String,
-    /// How many times it failed (runs that gave up on it).
-    pub failures: u32,
-    pub images_saved: u32,
-    pub images_wanted: u32,
-    pub at: String,
-}
+pub use crate::report::FailedJob;
 
 /// The jobs of `batch` whose latest outcome is a failure, in the order they last failed.
 pub(super) fn failed_jobs(batch: &Batch) -> Result<Vec<FailedJob>, AppError> {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use super::config::Batch;
 use super::AppError;
 use crate::cli::ReportArgs;
-use crate::gallery::{self, FailedJob, PlanJob, ReportInput, Written};
+use crate::gallery::{self, PlanJob, ReportInput, Written};
 use crate::report::StatusReport;
 
 /// `horde-batch report`.
@@ -50,18 +50,7 @@ pub(super) fn write(batch: &Batch, status: Option<StatusReport>) -> Result<Writt
             labels: job.labels.clone(),
         })
         .collect();
-    let failures = super::failures::failed_jobs(batch)?
-        .into_iter()
-        .map(|f| FailedJob {
-            job_key: f.job_key,
-            job: f.job,
-            class: f.class,
-            message: f.message,
-            failures: f.failures,
-            images_saved: f.images_saved,
-            images_wanted: f.images_wanted,
-        })
-        .collect();
+    let failures = super::failures::failed_jobs(batch)?;
     let input = ReportInput {
         manifest: batch.compiled.file.path.display().to_string(),
         title: batch.compiled.name().to_owned(),

@@ -61,19 +61,7 @@ pub struct PlanJob {
     pub labels: Labels,
 }
 
-/// A job whose latest outcome is a failure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FailedJob {
-    pub job_key: String,
-    pub job: String,
-    /// The failure class (`no_worker`, `permanent`, …) and message.
-    pub class: String,
-    pub message: String,
-    /// Times it failed.
-    pub failures: u32,
-    pub images_saved: u32,
-    pub images_wanted: u32,
-}
+pub use crate::report::FailedJob;
 
 /// What the caller knows that the output folder does not tell.
 #[derive(Debug, Clone, Default)]
