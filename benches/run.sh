@@ -10,8 +10,9 @@
 #      (asyncio.gather, no spacing; 429s retried after 1 s);
 #   3. horde_sdk again, spaced 0.7 s apart with its own `delay=` argument;
 #   4. `horde-batch plan benches/plan-1m.yaml --json --max-jobs 1000000`;
-#   5. resume: a ledger of benches/resume-100k.yaml (100,000 one-image jobs)
-#      with the first 50,000 done; time from process start to the first submit;
+#   5. resume: a ledger of benches/resume-100k.yaml (100,000 one-image jobs,
+#      or BENCH_RESUME_JOBS) with the first half done; time from process start
+#      to the first submit;
 #   6. the polling case (benches/polling.sh, also runnable alone): 40 small
 #      images as 4 requests of n = 10 with a registered key, on a sim with its
 #      DEFAULT settings, whose wait_time reads 0 while they wait; seeds 1..3.
@@ -23,7 +24,7 @@
 # target/bench/results.json; logs and outputs stay under target/bench/.
 #
 # Knobs (environment): BENCH_WORKERS (20), BENCH_LATENCY (1s), BENCH_SEED (7),
-# BENCH_RESUME_DONE (50000), BENCH_SKIP_POLLING=1 (skips step 6),
+# BENCH_RESUME_JOBS (100000), BENCH_RESUME_DONE (half of them), BENCH_SKIP_POLLING=1 (skips step 6),
 # BENCH_SKIP_KEY_POOL=1 (skips step 7),
 # BENCH_POLLING_SEEDS (1 2 3), BENCH_SKIP_SDK_EXAMPLE=1 (skips step 2, the
 # slowest), BENCH_EATMYDATA=1 (also runs step 1 under `eatmydata`, which
@@ -44,7 +45,8 @@ python="$venv/bin/python"
 workers="${BENCH_WORKERS:-20}"
 latency="${BENCH_LATENCY:-1s}"
 seed="${BENCH_SEED:-7}"
-resume_done="${BENCH_RESUME_DONE:-50000}"
+resume_jobs="${BENCH_RESUME_JOBS:-100000}"
+resume_done="${BENCH_RESUME_DONE:-$((resume_jobs / 2))}"
 sdk_spec="${HORDE_SDK_SPEC:-horde_sdk==0.18.0}"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -89,6 +91,7 @@ fi
     echo "  \"python\": \"$("$python" --version 2>&1)\","
     echo "  \"horde_sdk\": \"$("$python" -c 'import importlib.metadata as m; print(m.version("horde_sdk"))')\","
     echo "  \"resume_done\": $resume_done,"
+    echo "  \"resume_jobs\": $resume_jobs,"
     echo "  \"sim\": {\"workers\": $workers, \"latency\": \"$latency\", \"seed\": $seed}"
     echo "}"
 } >"$work/machine.json"
@@ -172,15 +175,17 @@ AI_HORDE_URL="$sim_url" /usr/bin/time -v -o "$work/sdk-spaced.time" "$python" be
     log "horde_sdk (spaced) failed; see $work/sdk-spaced.err"
 stop_sim sdk-spaced
 
-log "resume: preparing a ledger of 100,000 jobs with $resume_done done"
+log "resume: preparing a ledger of $resume_jobs jobs with $resume_done done"
 start_sim 50 10ms resume
 sed 's/"1-100000"/"1-30"/' benches/resume-100k.yaml >"$work/resume-prefix.yaml"
+# The same jobs, as many as BENCH_RESUME_JOBS: keys do not depend on the range's length.
+sed "s/\"1-100000\"/\"1-$resume_jobs\"/" benches/resume-100k.yaml >"$work/resume-jobs.yaml"
 "$bin" run "$work/resume-prefix.yaml" --horde-url "$sim_url" --out "$work/resume" -q 2>"$work/resume-prefix.err"
-"$prep" benches/resume-100k.yaml "$work/resume" "$resume_done" >&2
+"$prep" "$work/resume-jobs.yaml" "$work/resume" "$resume_done" >&2
 sync
 log "resume: time to first submit (3 runs)"
 for attempt in 1 2 3; do
-    "$python" benches/first_submit.py -- "$bin" run benches/resume-100k.yaml \
+    "$python" benches/first_submit.py -- "$bin" run "$work/resume-jobs.yaml" --max-jobs "$resume_jobs" \
         --horde-url "$sim_url" --out "$work/resume" --log-format json >"$work/resume-$attempt.json"
     cat "$work/resume-$attempt.json" >&2
 done

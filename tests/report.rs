@@ -438,3 +438,24 @@ fn report_works_on_a_running_and_then_killed_run() {
     assert!(state.contains("200"), "all 200 images counted: {state}");
     assert_eq!(select(&html, ".card[data-file]").len(), 200);
 }
+
+/// `run --no-report` writes no page (the report costs CPU per new image);
+/// `report` writes it on demand from the same folder.
+#[test]
+fn run_no_report_leaves_the_page_to_the_report_command() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "31"]);
+    let batch = Batch::new(
+        "version: 1\nname: noreport\ndefaults: {models: [stable_diffusion], params: {width: 64, height: 64}}\njobs:\n  - {name: a, prompt: 'a {red|blue} cube', images: 2}\n",
+    );
+    let finished = run_bounded(
+        batch.command(&sim, "run").arg("--no-report"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    batch.assert_complete(4);
+    assert!(!batch.out().join("report.html").exists());
+    assert!(!batch.out().join(".report").exists());
+    let made = report(&batch);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    assert_eq!(select(&page(&batch), ".card[data-file]").len(), 4);
+}

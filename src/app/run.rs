@@ -153,21 +153,31 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let ending = engine.ending(&summary);
         crate::report::print_summary(&progress, &summary, &ending, out_dir);
         report_strays(out_dir).await;
-        // The report shows the whole batch (earlier runs too) from the ledger,
-        // with this run's own figures (429s, queue) from its events.
-        let this_run = progress.status();
-        let mut status = super::status::ledger_status(&batch, &store).unwrap_or_else(|error| {
-            tracing::warn!(%error, "the ledger could not be read for the report; it shows this run only");
-            this_run.clone()
-        });
-        status.rate_limited_429s = this_run.rate_limited_429s;
-        status.waiting_seconds = this_run.waiting_seconds;
-        status.active = false;
-        status.pid = None;
-        write_report(&batch, status).await;
+        if !args.no_report {
+            write_run_report(&batch, &store, &progress).await;
+        }
         horde.close().await;
         Ok(ExitCode::from(exit::code(&ending)))
     })
+}
+
+/// The report of the batch at the end of a run: the whole batch (earlier runs
+/// too) from the ledger, with this run's own figures (429s, waits) from its events.
+async fn write_run_report(
+    batch: &Batch,
+    store: &crate::store::Store,
+    progress: &crate::report::Progress,
+) {
+    let this_run = progress.status();
+    let mut status = super::status::ledger_status(batch, store).unwrap_or_else(|error| {
+            tracing::warn!(%error, "the ledger could not be read for the report; it shows this run only");
+            this_run.clone()
+        });
+    status.rate_limited_429s = this_run.rate_limited_429s;
+    status.waiting_seconds = this_run.waiting_seconds;
+    status.active = false;
+    status.pid = None;
+    write_report(batch, status).await;
 }
 
 /// Writes `report.html` for the run that just ended (stopped or failed too).

@@ -105,6 +105,7 @@ fn prepare(manifest_path: &Path, out: &Path, done: usize) -> Result<(), Error> {
             model: &model,
             width: param("width"),
             height: param("height"),
+            id: job.id.as_deref().unwrap_or(&job_key),
         })?;
         let file_name = format!("{rel}.webp");
         let horde_id = format!("00000000-0000-4000-8000-{ordinal:012}");
