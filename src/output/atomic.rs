@@ -1,13 +1,11 @@
 //! Crash-safe file creation: a file appears under its final name complete or not at all.
 //!
-//! Owns the temp-file → flush → no-clobber rename → directory fsync sequence
+//! Owns the temp-file → `sync_all` → no-clobber rename → directory fsync sequence
 //! (invariant 1 of DESIGN.md), durable directory creation, and the removal of
 //! temp files a killed run left behind. The steps are also offered apart
-//! ([`write_temp`], [`sync_temps`], [`TempFile::persist_noclobber`],
-//! [`sync_dir`]) so a caller can write many files, flush their data with one
-//! `syncfs` per file system (Linux; one `fsync` each elsewhere), place them
-//! and flush their directory once. Every flush goes through here and is
-//! counted per thread ([`syncs_on_this_thread`]).
+//! ([`write_synced_temp`], [`SyncedTemp::persist_noclobber`], [`sync_dir`]) so
+//! a caller can place many files and flush their directory once. Every flush
+//! goes through here and is counted per thread ([`syncs_on_this_thread`]).
 //! Returns plain `io::Error`s; callers attach the path and decide what an
 //! existing file means. Must not know about images, sidecars or the index.
 
@@ -45,57 +43,29 @@ pub fn sync_file_data(file: &File) -> io::Result<()> {
     counted(file.sync_data())
 }
 
-/// A complete file under a temp name in its final directory, not yet
-/// visible under its final name. Dropped unplaced, it is deleted.
+/// A complete file flushed to disk under a temp name in its final directory,
+/// not yet visible under its final name. Dropped unplaced, it is deleted.
 #[derive(Debug)]
-pub struct TempFile(tempfile::NamedTempFile);
+pub struct SyncedTemp(tempfile::NamedTempFile);
 
-/// Proof that the data of some temp files reached the disk ([`sync_temps`]):
-/// [`TempFile::persist_noclobber`] takes one. The flush must come before the
-/// rename: otherwise a crash after the rename could leave the final name
-/// pointing at a file whose data never reached the disk (a zero-length or
-/// partial `.webp`).
-#[derive(Debug)]
-pub struct Synced(());
-
-/// Writes `bytes` to a new temp file in `dir`; not flushed yet ([`sync_temps`]).
-pub fn write_temp(dir: &Path, bytes: &[u8]) -> io::Result<TempFile> {
+/// Writes `bytes` to a new temp file in `dir` and flushes it (`fsync`).
+///
+/// The flush must come before the rename: otherwise a crash after the rename
+/// could leave the final name pointing at a file whose data never reached
+/// the disk (a zero-length or partial `.webp`).
+pub fn write_synced_temp(dir: &Path, bytes: &[u8]) -> io::Result<SyncedTemp> {
     let mut temp = temp_builder().tempfile_in(dir)?;
     temp.write_all(bytes)?;
-    Ok(TempFile(temp))
+    sync_file(temp.as_file())?;
+    Ok(SyncedTemp(temp))
 }
 
-/// Flushes the data of `temps` to disk. On Linux that is one `syncfs` per
-/// file system they are on (which also reports a failed writeback of any of
-/// them, since Linux 5.8): a request's 40 files cost one journal commit
-/// instead of 40. Elsewhere, one `fsync` per file.
-pub fn sync_temps(temps: &[&TempFile]) -> io::Result<Synced> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let mut devices = Vec::new();
-        for temp in temps {
-            let file = temp.0.as_file();
-            let device = file.metadata()?.dev();
-            if !devices.contains(&device) {
-                devices.push(device);
-                counted(rustix::fs::syncfs(file)).map_err(io::Error::from)?;
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    for temp in temps {
-        sync_file(temp.0.as_file())?;
-    }
-    Ok(Synced(()))
-}
-
-impl TempFile {
+impl SyncedTemp {
     /// Renames the file to `path` unless something already has that name
     /// ([`io::ErrorKind::AlreadyExists`]; the temp file is then removed).
-    /// Its data was flushed (`_synced`); the new directory entry is not:
-    /// call [`sync_dir`] before relying on it.
-    pub fn persist_noclobber(self, path: &Path, _synced: &Synced) -> io::Result<()> {
+    /// The new directory entry is not flushed: call [`sync_dir`] before
+    /// relying on it.
+    pub fn persist_noclobber(self, path: &Path) -> io::Result<()> {
         // On failure the PersistError owns the temp file; dropping it deletes it.
         self.0
             .persist_noclobber(path)
@@ -117,9 +87,7 @@ impl TempFile {
 /// (nothing is written then, and the temp file is removed).
 #[cfg(test)] // production code places files in batches (OutputDir::write_images)
 pub fn create_new_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temp = write_temp(parent_dir(path), bytes)?;
-    let synced = sync_temps(&[&temp])?;
-    temp.persist_noclobber(path, &synced)?;
+    write_synced_temp(parent_dir(path), bytes)?.persist_noclobber(path)?;
     sync_dir(parent_dir(path))
 }
 

@@ -314,10 +314,9 @@ impl OutputDir {
     ///   its image, is [`OutputError::Collision`] and nothing is written.
     ///
     /// Flushes per batch, not per image (group commit): every file is
-    /// written to a temp file, their data is flushed together (one `syncfs`
-    /// per file system on Linux, see [`atomic::sync_temps`]), all are renamed
-    /// (no-clobber), each directory touched is flushed once, then all the rows
-    /// are appended with one `write` and one `fdatasync`. So `Ok` means the
+    /// written to a temp file and `fsync`ed, all are renamed (no-clobber),
+    /// each directory touched is flushed once, then all the rows are
+    /// appended with one `write` and one `fdatasync`. So `Ok` means the
     /// files and the row are durable, a row never exists without its files,
     /// and a crash at any point leaves only complete files or temp files
     /// (which [`OutputDir::open`] removes).
@@ -331,32 +330,11 @@ impl OutputDir {
             .map(|image| self.prepare(image, &mut created_dirs))
             .collect();
 
-        // The data of every temp file reaches the disk (one syncfs on Linux)...
-        let temps: Vec<&atomic::TempFile> = prepared
-            .iter()
-            .flatten()
-            .flat_map(|p| p.image_temp.iter().chain(&p.sidecar_temp))
-            .collect();
-        let synced = match atomic::sync_temps(&temps) {
-            Ok(synced) => synced,
-            Err(error) => {
-                let root = self.root().to_owned();
-                for slot in &mut prepared {
-                    if slot.is_ok() {
-                        *slot = Err(copy_io("sync", &root, &error));
-                    }
-                }
-                return prepared
-                    .into_iter()
-                    .map(|slot| slot.map(|p| p.written))
-                    .collect();
-            }
-        };
-        // ...then the renames, then one flush per directory for every image placed or found.
+        // Renames, then one flush per directory for every image placed or found.
         let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
         for (slot, image) in prepared.iter_mut().zip(&images) {
             if let Ok(p) = slot {
-                match place(p, image.webp, &synced) {
+                match place(p, image.webp) {
                     Ok(()) => {
                         dirs.insert(p.dir.clone());
                     }
@@ -415,7 +393,7 @@ impl OutputDir {
     }
 
     /// Checks one image, compares it with what is on disk, and writes its
-    /// files to temp files (not yet flushed or renamed).
+    /// files to flushed temp files (not yet renamed).
     fn prepare(
         &self,
         image: &NewImage<'_>,
@@ -466,7 +444,7 @@ impl OutputDir {
             None
         } else {
             Some(
-                atomic::write_temp(&dir, image.webp)
+                atomic::write_synced_temp(&dir, image.webp)
                     .map_err(|e| OutputError::io("write", &image_path, e))?,
             )
         };
@@ -474,7 +452,7 @@ impl OutputDir {
             None
         } else {
             Some(
-                atomic::write_temp(&dir, &sidecar_json)
+                atomic::write_synced_temp(&dir, &sidecar_json)
                     .map_err(|e| OutputError::io("write", &sidecar_path, e))?,
             )
         };
@@ -625,17 +603,17 @@ struct Prepared {
     /// The directory of its files.
     dir: PathBuf,
     /// `None` when an identical image is already there.
-    image_temp: Option<atomic::TempFile>,
+    image_temp: Option<atomic::SyncedTemp>,
     /// `None` when a sidecar is already there.
-    sidecar_temp: Option<atomic::TempFile>,
+    sidecar_temp: Option<atomic::SyncedTemp>,
 }
 
 /// Renames an image's temp files to their final names: the image first, so
 /// a sidecar never appears for an image that did not (a crash in between
 /// leaves an image without sidecar, which the retry completes).
-fn place(p: &mut Prepared, webp: &[u8], synced: &atomic::Synced) -> Result<(), OutputError> {
+fn place(p: &mut Prepared, webp: &[u8]) -> Result<(), OutputError> {
     if let Some(temp) = p.image_temp.take() {
-        match temp.persist_noclobber(&p.written.image_path, synced) {
+        match temp.persist_noclobber(&p.written.image_path) {
             Ok(()) => {}
             // Another writer won the race for this name: fine if it wrote the same image.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -650,7 +628,7 @@ fn place(p: &mut Prepared, webp: &[u8], synced: &atomic::Synced) -> Result<(), O
         }
     }
     if let Some(temp) = p.sidecar_temp.take() {
-        match temp.persist_noclobber(&p.written.sidecar_path, synced) {
+        match temp.persist_noclobber(&p.written.sidecar_path) {
             // An existing sidecar for this image is kept: it recorded the first retrieval.
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
