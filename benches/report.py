@@ -313,7 +313,7 @@ def main() -> int:
         firsts = [r["first_submit_s"] for r in resume_runs if r.get("first_submit_s") is not None]
         starts = [r["run_started_s"] for r in resume_runs if r.get("run_started_s") is not None]
         out.append(
-            f"Resume (benches/resume-100k.yaml: {machine.get('resume_jobs', 100000):,} one-image jobs, first {machine['resume_done']:,} done): "
+            f"Resume ({'benches/resume-1m.yaml' if machine.get('resume_jobs', 100000) == 1000000 else 'benches/resume-100k.yaml'}: {machine.get('resume_jobs', 100000):,} one-image jobs, first {machine['resume_done']:,} done): "
             f"time from process start to the first submit, {len(firsts)} runs: "
             + ", ".join(f"{f:.3f} s" for f in firsts)
             + (f" (median {statistics.median(firsts):.3f} s)" if firsts else "")
