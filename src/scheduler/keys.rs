@@ -199,6 +199,13 @@ impl KeyPool {
         true
     }
 
+    /// Takes `key` out of the run for `reason` unless it is the last active
+    /// key: true when it is out, retired now or already (another slot's
+    /// refusal got there first, while this slot's submit was on its way).
+    pub fn take_out(&self, key: &PoolKey, reason: &str) -> bool {
+        !key.is_active() || self.retire(key, reason)
+    }
+
     /// Waits until some active key has room for up to `images` (clamped to
     /// its capacity), and leases them from the one with the most free room.
     /// `None` when every key is retired.
@@ -259,6 +266,11 @@ mod tests {
         );
         assert!(pool.retire(&first, "401"));
         assert!(!pool.retire(&second, "401"), "the last active key stays");
+        // A second refusal of a key already retired (two submits were on
+        // their way) still takes its request to another key; the last
+        // active key is never taken out.
+        assert!(pool.take_out(&first, "401 again"));
+        assert!(!pool.take_out(&second, "401"));
         assert_eq!(pool.active(), 1);
         let (third, _c) = pool.lease(2).await.expect("room on the active key");
         assert_eq!(third.fingerprint, second.fingerprint);

@@ -516,7 +516,7 @@ impl Engine {
             Err(error) => {
                 drop(gate);
                 if matches!(error.class(), FailureClass::Auth | FailureClass::Kudos)
-                    && self.keys.retire(&sender, &error.to_string())
+                    && self.keys.take_out(&sender, &error.to_string())
                 {
                     // The key is out, not the request: another key submits it.
                     *lease = None;
