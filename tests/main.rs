@@ -12,6 +12,7 @@ mod key_pool;
 mod manifest;
 mod manifest_v2;
 mod output;
+mod readme;
 mod reliability;
 mod report;
 mod run;

@@ -1,0 +1,82 @@
+//! The README's examples that are not run elsewhere: the Kubernetes Indexed
+//! Job is checked against the Kubernetes API schema (`kubernetes-validate`,
+//! offline, from PyPI; `.ci/run` installs it) and against horde-batch's own
+//! sharding rules.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The README's YAML block that is a Kubernetes Job.
+fn kubernetes_job() -> String {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.contains("kind: Job"))
+        .expect("the README has a Kubernetes Job example")
+        .to_owned()
+}
+
+#[test]
+fn the_kubernetes_job_shards_the_batch_once_per_completion_index() {
+    let job: Value = serde_yaml::from_str(&kubernetes_job()).unwrap();
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let completions = spec["completions"].as_u64().unwrap();
+    let command = spec["template"]["spec"]["containers"][0]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| part.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // JOB_COMPLETION_INDEX is 0 … N−1; shards are 1 … N of N.
+    let shard = format!("--shard $((JOB_COMPLETION_INDEX + 1))/{completions}");
+    assert!(command.contains(&shard), "{command} lacks {shard}");
+    assert!(
+        !command.contains("--api-key"),
+        "keys come from a secret, not the command line: {command}"
+    );
+}
+
+#[test]
+fn the_kubernetes_job_validates_against_the_kubernetes_schema() {
+    let python = std::env::var("HORDE_BATCH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let installed = Command::new(&python)
+        .args(["-c", "import kubernetes_validate"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("HORDE_BATCH_REQUIRE_TOOLS").is_none(),
+            "HORDE_BATCH_REQUIRE_TOOLS is set but kubernetes-validate is not installed"
+        );
+        eprintln!(
+            "skipped: kubernetes-validate is not installed (pip install kubernetes-validate)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let file = dir.path().join("job.yaml");
+        std::fs::write(&file, text).unwrap();
+        Command::new(&python)
+            .args(["-m", "kubernetes_validate", "--strict"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let job = kubernetes_job();
+    let output = check(&job);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The validator does catch a mistake of this kind.
+    let broken = check(&job.replace("backoffLimit:", "backofLimit:"));
+    assert!(!broken.status.success());
+}
