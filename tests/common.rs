@@ -65,22 +65,7 @@ impl Sim {
 
     /// `GET /sim/stats`, over a plain socket.
     pub fn stats(&self) -> Value {
-        let authority = self
-            .url
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .unwrap();
-        let mut stream = std::net::TcpStream::connect(authority).unwrap();
-        write!(
-            stream,
-            "GET /sim/stats HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let body = response.split_once("\r\n\r\n").unwrap().1;
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("stats: {e}: {body}"))
+        self.get_json("/sim/stats")
     }
 }
 
