@@ -523,3 +523,24 @@ pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// A test that needs a tool this machine may lack (Chromium, a Python
+/// package) skips, saying so, unless `HORDE_BATCH_REQUIRE_TOOLS` is set
+/// (`.ci/run` installs the tools and sets it): then a missing tool fails it.
+pub fn skip_without(tool: &str, install: &str) {
+    assert!(
+        std::env::var_os("HORDE_BATCH_REQUIRE_TOOLS").is_none(),
+        "HORDE_BATCH_REQUIRE_TOOLS is set but {tool} is not installed ({install})"
+    );
+    eprintln!("skipped: {tool} is not installed ({install})");
+}
+
+/// The Python that can import `module`: `HORDE_BATCH_PYTHON`, else `python3`.
+pub fn python_with(module: &str) -> Option<String> {
+    let python = std::env::var("HORDE_BATCH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let has = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    has.then_some(python)
+}

@@ -197,28 +197,15 @@ fn label_columns_have_one_type_each_and_every_row_has_them_all() {
     );
 }
 
-/// The Python that has `datasets`: `HORDE_BATCH_PYTHON`, else `python3`.
-fn python_with_datasets() -> Option<String> {
-    let python = std::env::var("HORDE_BATCH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let has = Command::new(&python)
-        .args(["-c", "import datasets"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    has.then_some(python)
-}
-
 /// Loads `dir` with `datasets.load_dataset("imagefolder", …)`: its columns,
 /// rows (without the image) and image sizes. `None` (saying so) when no
 /// Python with `datasets` is installed, which `.ci/run` does not allow: it
 /// installs `datasets` and sets `HORDE_BATCH_REQUIRE_TOOLS=1`.
 pub fn load_imagefolder(dir: &std::path::Path) -> Option<Value> {
-    let Some(python) = python_with_datasets() else {
-        assert!(
-            std::env::var_os("HORDE_BATCH_REQUIRE_TOOLS").is_none(),
-            "HORDE_BATCH_REQUIRE_TOOLS is set but no Python with `datasets` was found (set HORDE_BATCH_PYTHON)"
-        );
-        eprintln!(
-            "skipped: no Python with `datasets` (pip install datasets, or set HORDE_BATCH_PYTHON)"
+    let Some(python) = crate::common::python_with("datasets") else {
+        crate::common::skip_without(
+            "Python's `datasets`",
+            "pip install datasets, or set HORDE_BATCH_PYTHON",
         );
         return None;
     };

@@ -43,21 +43,13 @@ fn the_kubernetes_job_shards_the_batch_once_per_completion_index() {
 
 #[test]
 fn the_kubernetes_job_validates_against_the_kubernetes_schema() {
-    let python = std::env::var("HORDE_BATCH_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let installed = Command::new(&python)
-        .args(["-c", "import kubernetes_validate"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        assert!(
-            std::env::var_os("HORDE_BATCH_REQUIRE_TOOLS").is_none(),
-            "HORDE_BATCH_REQUIRE_TOOLS is set but kubernetes-validate is not installed"
-        );
-        eprintln!(
-            "skipped: kubernetes-validate is not installed (pip install kubernetes-validate)"
+    let Some(python) = crate::common::python_with("kubernetes_validate") else {
+        crate::common::skip_without(
+            "kubernetes-validate",
+            "pip install kubernetes-validate, or set HORDE_BATCH_PYTHON",
         );
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let check = |text: &str| {
         let file = dir.path().join("job.yaml");

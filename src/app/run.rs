@@ -169,10 +169,13 @@ async fn write_run_report(
     progress: &crate::report::Progress,
 ) {
     let this_run = progress.status();
-    let mut status = super::status::ledger_status(batch, store).unwrap_or_else(|error| {
+    let mut status = match super::status::ledger_status(batch, store) {
+        Ok(status) => status,
+        Err(error) => {
             tracing::warn!(%error, "the ledger could not be read for the report; it shows this run only");
             this_run.clone()
-        });
+        }
+    };
     status.rate_limited_429s = this_run.rate_limited_429s;
     status.waiting_seconds = this_run.waiting_seconds;
     status.active = false;

@@ -359,13 +359,7 @@ impl Context<'_> {
     /// A source file, read and checked once per compile however many jobs use it;
     /// a problem is reported at `here` each time it is used.
     pub(super) fn source_file(&mut self, path: &str, here: &YamlPath) -> Option<Arc<SourceRef>> {
-        let base_dir = self.file.base_dir.clone();
-        let loaded = self
-            .source_cache
-            .entry(path.to_owned())
-            .or_insert_with(|| load_source(&base_dir, path).map(Arc::new))
-            .clone();
-        match loaded {
+        match self.cached_source(path) {
             Ok(source) => Some(source),
             Err(message) => {
                 self.problem(here, message, "source images are PNG, JPEG or WebP files of at most 3072×3072 pixels, relative to the manifest's folder");
