@@ -171,12 +171,13 @@ pub fn resume_slot(
     }
     let missing = record.missing_indices().len() as u32;
     Ok(match record.state {
-        RequestState::Done if missing == 0 => SlotPlan::Done {
+        RequestState::Submitted { n, .. } => SlotPlan::Follow { record, n },
+        RequestState::Submitting { .. } => SlotPlan::FindLost { record },
+        // Not only `Done`: a cancel's answer may have brought every image.
+        _ if missing == 0 => SlotPlan::Done {
             files: record.file_names(),
             kudos: record.kudos_charged,
         },
-        RequestState::Submitted { n, .. } => SlotPlan::Follow { record, n },
-        RequestState::Submitting { .. } => SlotPlan::FindLost { record },
         _ => SlotPlan::Submit {
             record: Some(record),
             images: missing,
@@ -241,6 +242,35 @@ mod resume_tests {
             panic!("a done slot is skipped")
         };
         assert_eq!(files, ["f0", "f1", "f2", "f3"]);
+    }
+
+    #[test]
+    fn a_cancelled_slot_whose_cancel_brought_every_image_is_done() {
+        let cancelled = in_state(
+            record(4, 4),
+            RequestState::Cancelled {
+                horde_id: "h".into(),
+                cancelled_ms: 3,
+            },
+        );
+        assert!(
+            matches!(
+                resume_slot(SLOT, Some(cancelled), true),
+                Ok(SlotPlan::Done { .. })
+            ),
+            "nothing is missing: there is nothing to submit"
+        );
+        let short = in_state(
+            record(4, 3),
+            RequestState::Cancelled {
+                horde_id: "h".into(),
+                cancelled_ms: 3,
+            },
+        );
+        assert!(matches!(
+            resume_slot(SLOT, Some(short), true),
+            Ok(SlotPlan::Submit { images: 1, .. })
+        ));
     }
 
     #[test]
