@@ -271,6 +271,10 @@ impl Progress {
                 self.planned = true;
             }
             Event::SavedBefore { images } => self.images_saved_before += u64::from(*images),
+            Event::SettledBefore { jobs_done, images } => {
+                self.jobs_done += jobs_done;
+                self.images_saved_before += images;
+            }
             Event::SubmitSent => self.submits += 1,
             Event::Following {
                 key,

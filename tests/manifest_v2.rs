@@ -462,3 +462,59 @@ proptest! {
         prop_assert_ne!(&before["other"], &after["other"]);
     }
 }
+
+/// A resumed run may start after the jobs an earlier run settled: the stream
+/// from any ordinal, seeded with the earlier keys, is the full stream's tail,
+/// keys included, in every expansion mode and with repeated content.
+#[test]
+fn the_stream_from_any_ordinal_is_the_full_streams_tail() {
+    let text = "version: 1\nname: tail\ndefaults: {models: [m]}\njobs:\n\
+                \x20 - name: grid\n    prompt: 'a {x|y|x} ${c}'\n    matrix: {c: [1, 2], steps: [10, 20]}\n\
+                \x20 - name: sampled\n    prompt: '{p|q|r|s} {t|u|v}'\n    sample: 5\n\
+                \x20 - name: drawn\n    prompt: '{1::a|3::b}'\n    random: 6\n\
+                \x20 - name: again\n    prompt: 'a {x|y|x} ${c}'\n    matrix: {c: [1]}\n";
+    let compiled = compile_in(text, Path::new(".")).unwrap();
+    let all: Vec<Job> = compiled.jobs().collect();
+    let keys: Vec<u64> = all.iter().map(|job| job.key.0).collect();
+    assert!(
+        keys.iter().collect::<HashSet<_>>().len() == keys.len() && all.len() > 20,
+        "repeated content got distinct keys"
+    );
+    for start in 0..=all.len() {
+        let tail: Vec<(u64, String, u128)> = compiled
+            .jobs_from(start as u64, keys[..start].iter().copied())
+            .map(|job| (job.key.0, job.prompt, job.combination))
+            .collect();
+        let expected: Vec<(u64, String, u128)> = all[start..]
+            .iter()
+            .map(|job| (job.key.0, job.prompt.clone(), job.combination))
+            .collect();
+        assert_eq!(tail, expected, "from ordinal {start}");
+    }
+    assert_eq!(compiled.jobs_from(all.len() as u64 + 3, keys).count(), 0);
+}
+
+#[test]
+fn the_expansion_fingerprint_follows_what_expands_not_how_it_is_written() {
+    let fingerprint = |text: &str| {
+        compile_in(text, Path::new("."))
+            .unwrap()
+            .expansion_fingerprint()
+    };
+    let base = fingerprint(&one_job("{a|b}", "    images: 2\n"));
+    assert_eq!(base, fingerprint(&one_job("{a|b}", "    images: 2\n")));
+    assert_eq!(
+        base,
+        fingerprint(&format!(
+            "# a comment\n{}",
+            one_job("{a|b}", "    images: 2\n")
+        )),
+        "comments change nothing"
+    );
+    assert_ne!(base, fingerprint(&one_job("{a|c}", "    images: 2\n")));
+    assert_ne!(base, fingerprint(&one_job("{a|b}", "    images: 3\n")));
+    assert_ne!(
+        base,
+        fingerprint(&one_job("{a|b}", "    images: 2\n    params: {steps: 9}\n"))
+    );
+}

@@ -834,3 +834,89 @@ fn reroll_sets_three_images_aside_and_the_next_run_makes_exactly_those_again() {
         .iter()
         .all(|r| r["images"].as_array().unwrap().len() == 3));
 }
+
+/// A resumed run starts with the jobs after the prefix that earlier runs
+/// settled, and looks at that prefix last: a job of it whose image was
+/// deleted is made again, after every other job was submitted.
+#[test]
+fn a_resumed_run_starts_after_the_settled_prefix_and_checks_it_last() {
+    // A key with room for one image at a time: jobs start one after the
+    // other, so the order of submits is the order in which jobs are looked at.
+    const KEY: &str = "settled-prefix-test-key";
+    let sim = Sim::unlimited(&[
+        "--api-key",
+        &format!("{KEY},concurrency=1"),
+        "--workers",
+        "2",
+        "--latency",
+        "100ms",
+        "--seed",
+        "31",
+    ]);
+    let batch = Batch::new(
+        "version: 1\nname: prefix\ndefaults:\n  models: [stable_diffusion]\n  params: {width: 64, height: 64, steps: 5}\n\
+         jobs:\n  - name: item\n    prompt: 'item ${i}'\n    matrix: {i: '1-12'}\n",
+    );
+    let mut child = batch
+        .command(&sim, "run")
+        .env("AI_HORDE_API_KEY", KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    batch.wait_for_images(4, Duration::from_secs(60));
+    kill(&mut child, "INT");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
+    assert!(
+        batch.out().join(".horde-batch/settled-prefix").is_file(),
+        "the interrupted run wrote its settled prefix"
+    );
+    let first = batch
+        .index_lines()
+        .into_iter()
+        .find(|row| row["text"] == "item 1")
+        .expect("the first job was done before the interrupt");
+    let first_key = first["job_key"].as_str().unwrap().to_owned();
+    std::fs::remove_file(batch.out().join(first["file_name"].as_str().unwrap())).unwrap();
+
+    let output = batch
+        .command(&sim, "run")
+        .env("AI_HORDE_API_KEY", KEY)
+        .env("RUST_LOG", "horde_batch=debug")
+        .args(["--log-format", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let message = |line: &Value| line["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let skipped = lines
+        .iter()
+        .find(|line| message(line).starts_with("starting after the jobs earlier runs settled"))
+        .and_then(|line| line["fields"]["jobs"].as_u64())
+        .expect("the run started after the settled prefix");
+    assert!((1..12).contains(&skipped), "{skipped} jobs settled");
+    let submitted: Vec<String> = lines
+        .iter()
+        .filter(|line| message(line) == "submitted")
+        .map(|line| {
+            let key = line["fields"]["key"].as_str().unwrap();
+            key.split('/').next().unwrap().to_owned()
+        })
+        .collect();
+    assert!(submitted.len() >= 2, "{submitted:?}");
+    assert_eq!(
+        submitted.last(),
+        Some(&first_key),
+        "the deleted image of the prefix's first job is made again last ({skipped} settled): {stderr}"
+    );
+    assert_eq!(
+        submitted.iter().filter(|key| **key == first_key).count(),
+        1,
+        "and once"
+    );
+    batch.assert_complete(12);
+}

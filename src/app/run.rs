@@ -130,6 +130,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         if let Some(shard) = batch.shard {
             engine.set_shard(shard);
         }
+        engine.set_prefix_file(crate::scheduler::prefix::PrefixFile::new(
+            state_dir,
+            &compiled.expansion_fingerprint(),
+            batch.shard,
+        ));
         if args.retry_failed {
             let failed = super::failures::failed_jobs(&batch)?;
             crate::say!("horde-batch: retrying {} failed job(s) only", failed.len());

@@ -115,6 +115,54 @@ impl CompiledManifest {
     }
 }
 
+impl CompiledManifest {
+    /// The jobs from ordinal `start` on: what `jobs().skip(start)` gives,
+    /// without resolving the jobs skipped. `earlier_keys` must be the keys of
+    /// the first `start` jobs, because a later job whose content repeats an
+    /// earlier one's takes its key from them (its occurrence number).
+    pub fn jobs_from(
+        &self,
+        start: u64,
+        earlier_keys: impl IntoIterator<Item = u64>,
+    ) -> JobStream<'_> {
+        let mut stream = JobStream {
+            jobs: &self.jobs,
+            current: None,
+            next_job: 0,
+            seen: earlier_keys.into_iter().collect(),
+        };
+        let mut rest = start;
+        while let Some(job) = self.jobs.get(stream.next_job) {
+            stream.next_job += 1;
+            if rest < job.combinations {
+                let mut combinations = Combinations::new(job);
+                combinations.skip_ahead(rest);
+                stream.current = Some((job, combinations, Constants::new(job)));
+                break;
+            }
+            rest -= job.combinations;
+        }
+        stream
+    }
+
+    /// A digest of everything the job stream depends on: two compiled
+    /// manifests with the same fingerprint give the same jobs, in the same
+    /// order, with the same keys. It follows the compiled form (the files a
+    /// manifest reads included), not the YAML text, and the running version,
+    /// so it only ever compares within one version of horde-batch.
+    pub fn expansion_fingerprint(&self) -> String {
+        use fmt::Write as _;
+        let mut text = String::new();
+        let _ = writeln!(text, "horde-batch {}", env!("CARGO_PKG_VERSION"));
+        for job in &self.jobs {
+            // Debug of the compiled job: every field that feeds expansion, in
+            // a fixed order (it holds no hash maps).
+            let _ = writeln!(text, "{job:?}");
+        }
+        uuid::Uuid::new_v5(&KEY_NAMESPACE, text.as_bytes()).to_string()
+    }
+}
+
 /// The stream of a manifest's jobs; see `CompiledManifest::jobs`.
 pub struct JobStream<'a> {
     jobs: &'a [CompiledJob],
@@ -294,6 +342,20 @@ fn draw(job: &CompiledJob, cumulative: &[Vec<f64>], rng: &mut fastrand::Rng) -> 
         ordinal = ordinal * axis.values.len() as u128 + index as u128;
     }
     ordinal
+}
+
+impl Combinations {
+    /// Skips `count` ordinals without producing them.
+    fn skip_ahead(&mut self, count: u64) {
+        match self {
+            Combinations::All { next, end } => *next = (*next + u128::from(count)).min(*end),
+            Combinations::Sampled(ordinals) => {
+                if let Some(last) = count.checked_sub(1) {
+                    ordinals.nth(usize::try_from(last).unwrap_or(usize::MAX));
+                }
+            }
+        }
+    }
 }
 
 impl Iterator for Combinations {

@@ -18,6 +18,9 @@ pub enum Event {
     Started { jobs: u64, images_wanted: u64 },
     /// Images of a job that earlier runs saved.
     SavedBefore { images: u32 },
+    /// Jobs that earlier runs finished and their images, counted from the
+    /// settled prefix (`prefix`) before those jobs are looked at again.
+    SettledBefore { jobs_done: u64, images: u64 },
     /// A submit (`POST`) was sent.
     SubmitSent,
     /// A request is on the Horde and followed from now on.

@@ -32,6 +32,7 @@ pub mod keys;
 mod pacing;
 pub mod policy;
 pub mod poll;
+pub mod prefix;
 mod slot;
 #[cfg(test)]
 mod tests;
@@ -200,6 +201,9 @@ pub struct Engine {
     shard: Mutex<Option<crate::plan::Shard>>,
     /// With `--retry-failed`: only these jobs (by key) are run.
     only: Mutex<Option<Arc<HashSet<String>>>>,
+    /// Where the settled prefix is kept (`prefix`); none in tests with a
+    /// ledger in memory.
+    prefix_file: Mutex<Option<prefix::PrefixFile>>,
     /// Kudos the run may spend (`--max-kudos`), and the per-image estimate used before submitting.
     max_kudos: Option<f64>,
     kudos_per_image: Mutex<Option<f64>>,
@@ -279,11 +283,15 @@ struct RunState {
     /// Lost submits of an earlier run whose slots were started (each looks
     /// for its request), by key fingerprint.
     doubts_taken: HashMap<String, u32>,
+    /// How far the settled prefix reaches, when the run keeps one.
+    prefix: Option<prefix::PrefixTracker>,
 }
 
 /// Per-job bookkeeping while its slots run.
 struct JobProgress {
     job: Arc<Job>,
+    /// The job's place in the expansion.
+    place: u64,
     slots_left: u32,
     files: Vec<String>,
     kudos: f64,
@@ -325,6 +333,7 @@ impl Engine {
             served_models: Mutex::new(None),
             shard: Mutex::new(None),
             only: Mutex::new(None),
+            prefix_file: Mutex::new(None),
             max_kudos,
             kudos_per_image: Mutex::new(None),
             abort: Mutex::new(None),
@@ -449,6 +458,15 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(shard);
     }
 
+    /// Keeps the settled prefix in this file, and starts after the one an
+    /// earlier run of the same expansion left there.
+    pub fn set_prefix_file(&self, file: prefix::PrefixFile) {
+        *self
+            .prefix_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(file);
+    }
+
     /// Runs only the jobs with these keys (`--retry-failed`).
     pub fn set_only(&self, job_keys: HashSet<String>) {
         *self
@@ -460,6 +478,12 @@ impl Engine {
     /// The manifest's jobs this run is for (all of them, a shard's, or the
     /// ones `--retry-failed` names).
     fn own_jobs(&self) -> impl Iterator<Item = Job> + '_ {
+        let own = self.own_job_filter();
+        self.manifest.jobs().filter(move |job| own(job))
+    }
+
+    /// Whether a job is this run's (see `own_jobs`).
+    fn own_job_filter(&self) -> impl Fn(&Job) -> bool + 'static {
         let shard = *self
             .shard
             .lock()
@@ -469,12 +493,60 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        self.manifest.jobs().filter(move |job| {
+        move |job| {
             shard.is_none_or(|shard| shard.includes(job.key))
                 && only
                     .as_ref()
                     .is_none_or(|keys| keys.contains(&job.key.to_string()))
-        })
+        }
+    }
+
+    /// The prefix an earlier run settled, and the file to keep this run's in
+    /// (none with `--retry-failed`, which looks at a few jobs only).
+    fn settled_before(&self) -> (Option<prefix::PrefixFile>, prefix::SettledPrefix) {
+        let retrying = self
+            .only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        let file = self
+            .prefix_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .filter(|_| !retrying);
+        let loaded = file.as_ref().and_then(prefix::PrefixFile::load);
+        (file, loaded.unwrap_or_default())
+    }
+
+    /// A job needs nothing more of this run: the settled prefix may grow.
+    fn settle(
+        &self,
+        tracker: &mut Option<prefix::PrefixTracker>,
+        place: u64,
+        done_images: Option<u64>,
+    ) {
+        let Some(tracker) = tracker.as_mut() else {
+            return;
+        };
+        tracker.settled(place, done_images);
+        if let Some(settled) = tracker.due(prefix::WRITE_EVERY, false) {
+            // Not awaited: the file is a hint, and the next write replaces it.
+            drop(self.write_prefix(settled));
+        }
+    }
+
+    fn write_prefix(&self, settled: prefix::SettledPrefix) -> Option<tokio::task::JoinHandle<()>> {
+        let file = self
+            .prefix_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()?;
+        Some(tokio::task::spawn_blocking(move || {
+            if let Err(error) = file.store(&settled) {
+                tracing::warn!(%error, "cannot write the settled prefix; the next run starts from the first job");
+            }
+        }))
     }
 
     /// The models some worker serves (from `/v2/status/models`).
@@ -654,17 +726,46 @@ impl Engine {
             }
         }
         let in_flight: HashSet<String> = records.into_iter().map(|(key, _)| key.job_key).collect();
+        // Jobs go in expansion order, starting after the prefix that earlier
+        // runs settled; that prefix is looked at last (see `prefix`).
+        let (prefix_file, settled) = self.settled_before();
+        let start = settled.jobs();
+        if start > 0 {
+            tracing::info!(
+                jobs = start,
+                "starting after the jobs earlier runs settled; they are checked last"
+            );
+            self.emit(Event::SettledBefore {
+                jobs_done: settled.jobs_done,
+                images: settled.images_saved,
+            });
+        }
+        let settled_keys = settled.keys.clone();
+        let after_prefix = || {
+            self.manifest
+                .jobs_from(start, settled_keys.iter().copied())
+                .zip(start..)
+        };
+        let in_prefix = || {
+            let take = usize::try_from(start).unwrap_or(usize::MAX);
+            self.manifest.jobs().take(take).zip(0..)
+        };
+        run.prefix = prefix_file.map(|_| prefix::PrefixTracker::after(settled));
+        let own = self.own_job_filter();
+        let mut going = true;
         if !in_flight.is_empty() {
             tracing::info!(
                 requests = in_flight.len(),
                 "re-attaching to requests still on the Horde"
             );
-            for job in self
-                .own_jobs()
-                .filter(|job| in_flight.contains(&job.key.to_string()))
-            {
-                if !self.start_job(job, &mut run).await {
+            let mut unfound = in_flight.clone();
+            // Requests in flight are rarely in the settled prefix: it is read only if one is missing.
+            for (job, place) in after_prefix().chain(in_prefix()) {
+                if !going || unfound.is_empty() {
                     break;
+                }
+                if own(&job) && unfound.remove(&job.key.to_string()) {
+                    going = self.start_job(job, place, false, &mut run).await;
                 }
             }
         }
@@ -678,18 +779,44 @@ impl Engine {
                 .unwrap_or(0);
             pool_key.gate.release(held.saturating_sub(taken));
         }
-        if !self.stop.is_cancelled() {
-            for job in self
-                .own_jobs()
-                .filter(|job| !in_flight.contains(&job.key.to_string()))
-            {
-                if !self.start_job(job, &mut run).await {
-                    break;
-                }
+        going = going && !self.stop.is_cancelled();
+        for (job, place) in after_prefix() {
+            if !going {
+                break;
+            }
+            if let Some(tracker) = run.prefix.as_mut() {
+                tracker.seen(place, job.key.0);
+            }
+            if !own(&job) {
+                // Another shard's: nothing for this run to do.
+                self.settle(&mut run.prefix, place, None);
+                continue;
+            }
+            if !in_flight.contains(&job.key.to_string()) {
+                going = self.start_job(job, place, false, &mut run).await;
+            }
+        }
+        // The prefix last: each job is still checked against the ledger and
+        // the folder, so an image deleted since is made again.
+        for (job, place) in in_prefix() {
+            if !going {
+                break;
+            }
+            if own(&job) && !in_flight.contains(&job.key.to_string()) {
+                going = self.start_job(job, place, true, &mut run).await;
             }
         }
         while let Some(joined) = run.tasks.join_next().await {
-            self.finish_slot(joined, &mut run.progress, &mut run.summary);
+            self.finish_slot(joined, &mut run.progress, &mut run.summary, &mut run.prefix);
+        }
+        if let Some(settled) = run
+            .prefix
+            .as_mut()
+            .and_then(|t| t.due(Duration::ZERO, true))
+        {
+            if let Some(written) = self.write_prefix(settled) {
+                let _ = written.await;
+            }
         }
         let mut summary = run.summary;
         summary.jobs_unfinished += run.progress.len() as u64;
@@ -718,7 +845,17 @@ impl Engine {
 
     /// Plans one job's slots against the ledger and spawns a task for each
     /// unfinished one. Returns false when no further job should be started.
-    async fn start_job(self: &Arc<Self>, job: Job, run: &mut RunState) -> bool {
+    ///
+    /// `place` is the job's place in the expansion; `counted_before` says
+    /// that progress already counted the job as done (it is in the settled
+    /// prefix), so finding it done again tells progress nothing new.
+    async fn start_job(
+        self: &Arc<Self>,
+        job: Job,
+        place: u64,
+        counted_before: bool,
+        run: &mut RunState,
+    ) -> bool {
         let summary = &mut run.summary;
         summary.jobs += 1;
         summary.images_wanted += u64::from(job.images);
@@ -734,6 +871,7 @@ impl Engine {
             {
                 tracing::error!(error = %e, "cannot record a job error");
             }
+            self.settle(&mut run.prefix, place, None);
             return !self.stop.is_cancelled();
         }
         let max_n = self.manifest.run.max_n;
@@ -813,7 +951,7 @@ impl Engine {
                         tokio::select! {
                             lease = self.keys.lease(wanted) => break lease,
                             Some(joined) = run.tasks.join_next() => {
-                                self.finish_slot(joined, &mut run.progress, &mut run.summary)
+                                self.finish_slot(joined, &mut run.progress, &mut run.summary, &mut run.prefix)
                             }
                             () = self.submits.cancelled() => break None,
                         }
@@ -835,7 +973,10 @@ impl Engine {
         }
         let summary = &mut run.summary;
         summary.images_saved_before += u64::from(saved_before);
-        if saved_before > 0 {
+        let done_before = slots_left == 0 && !cut_short;
+        // A job of the settled prefix that is only partly there now is counted
+        // twice in progress (not in the summary): rare, and only until the end.
+        if saved_before > 0 && !(counted_before && done_before) {
             self.emit(Event::SavedBefore {
                 images: saved_before,
             });
@@ -845,17 +986,21 @@ impl Engine {
                 summary.jobs_unfinished += 1;
             } else {
                 summary.jobs_done += 1;
-                self.emit(Event::JobEnded { done: true });
+                if !counted_before {
+                    self.emit(Event::JobEnded { done: true });
+                }
                 // Finished before this run: its line is only written if it is missing.
                 if !self.sink.has_result(&job.key.to_string()) {
                     self.record_result(&job, files_before, kudos_before, 0);
                 }
+                self.settle(&mut run.prefix, place, Some(u64::from(saved_before)));
             }
             return !self.stop.is_cancelled();
         }
         run.progress.insert(
             job_key,
             JobProgress {
+                place,
                 job,
                 slots_left,
                 files: files_before,
@@ -874,6 +1019,7 @@ impl Engine {
         joined: Result<(JobKey, SlotOutcome), tokio::task::JoinError>,
         progress: &mut HashMap<JobKey, JobProgress>,
         summary: &mut RunSummary,
+        prefix: &mut Option<prefix::PrefixTracker>,
     ) {
         let (job_key, outcome) = match joined {
             Ok(done) => done,
@@ -923,12 +1069,14 @@ impl Engine {
             {
                 tracing::error!(error = %e, "cannot record a job error");
             }
+            self.settle(prefix, entry.place, None);
         } else if entry.stopped {
             summary.jobs_unfinished += 1;
         } else {
             summary.jobs_done += 1;
             self.emit(Event::JobEnded { done: true });
             self.record_result(&entry.job, entry.files, entry.kudos, entry.attempts);
+            self.settle(prefix, entry.place, Some(u64::from(entry.images_saved)));
         }
     }
 
