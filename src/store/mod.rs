@@ -100,7 +100,9 @@ impl Store {
     /// in `<state_dir>/run.pid`.
     ///
     /// Blocks while sled recovers its log (and, for a handle of this process
-    /// still closing, up to half a second); call it before the async work starts
+    /// still closing, up to half a second; and, once for a ledger last written
+    /// without the in-flight index, while one read of every record rebuilds
+    /// it); call it before the async work starts
     /// or through `spawn_blocking`. Fails with [`StoreError::Locked`] if another
     /// handle (in any process) has the ledger open, and with
     /// [`StoreError::Damaged`] if the ledger cannot be read or lost its contents.
@@ -119,8 +121,9 @@ impl Store {
         };
         let requests = open_tree(REQUESTS_TREE)?;
         let meta = open_tree(META_TREE)?;
-        let in_flight = open_tree(index::IN_FLIGHT_TREE)?;
         check_ledger_identity(&dir, &db, &meta)?;
+        // Only after the identity check, so a damaged ledger gets no new tree.
+        let in_flight = open_tree(index::IN_FLIGHT_TREE)?;
 
         let pidfile = PidFile::claim(&dir).map_err(|source| StoreError::Io {
             dir: dir.clone(),
