@@ -475,6 +475,118 @@ async fn durable_writes_survive_abort() {
     assert_eq!(store.in_flight().unwrap().len(), CRASH_RECORDS as usize);
 }
 
+/// Set (to a state directory) only in the child of
+/// [`the_in_flight_index_survives_abort_mid_transitions`].
+const TRANSITIONS_CHILD_DIR: &str = "HORDE_BATCH_TEST_TRANSITIONS_CHILD_DIR";
+const TRANSITION_SLOTS: u32 = 60;
+
+fn submitted(slot: u32) -> RequestState {
+    RequestState::Submitted {
+        horde_id: format!("horde-{slot}"),
+        n: 4,
+        submitted_ms: 1,
+    }
+}
+
+fn submitting() -> RequestState {
+    RequestState::Submitting {
+        attempt: 1,
+        n: 4,
+        since_ms: 1,
+    }
+}
+
+/// Runs only as the child of [`the_in_flight_index_survives_abort_mid_transitions`]:
+/// takes slots through every transition, the last ones without a flush, and
+/// dies in the middle without running any destructor.
+#[tokio::test]
+async fn transitions_child() {
+    let Some(dir) = std::env::var_os(TRANSITIONS_CHILD_DIR) else {
+        return;
+    };
+    let store = Store::open(Path::new(&dir)).unwrap();
+    store.record_run_start("0.1.0", "m.yaml", "m").unwrap();
+    let job = "9999999999999999";
+    for slot in 0..TRANSITION_SLOTS {
+        let key = RequestKey::new(job, slot);
+        store
+            .put_durable(&key, &record(&key, slot * 4, 4, submitting()))
+            .await
+            .unwrap();
+        store
+            .update(&key, |_| Some(record(&key, slot * 4, 4, submitted(slot))))
+            .unwrap();
+        // Slots end in every state; deletes too.
+        let last = match slot % 5 {
+            0 => Some(record(&key, slot * 4, 4, RequestState::Done)),
+            1 => Some(record(
+                &key,
+                slot * 4,
+                4,
+                RequestState::Cancelled {
+                    horde_id: format!("horde-{slot}"),
+                    cancelled_ms: 2,
+                },
+            )),
+            2 => None,
+            3 => Some(record(&key, slot * 4, 4, submitting())),
+            _ => Some(record(&key, slot * 4, 4, submitted(slot))),
+        };
+        match last {
+            Some(last) => store.put(&key, &last).unwrap(),
+            None => {
+                store.update(&key, |_| None).unwrap();
+            }
+        }
+        // The first half is durable; the rest may or may not survive.
+        if slot < TRANSITION_SLOTS / 2 {
+            store.flush().await.unwrap();
+        }
+    }
+    std::process::abort();
+}
+
+/// A real crash in the middle of transitions: whatever survives, the reopened
+/// ledger's `in_flight` is exactly what a full scan finds.
+#[tokio::test]
+async fn the_in_flight_index_survives_abort_mid_transitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::transitions_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(TRANSITIONS_CHILD_DIR, dir.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "child did not abort: {status:?}");
+    }
+
+    let store = Store::open(dir.path()).unwrap();
+    let scanned: Vec<_> = store
+        .iter()
+        .map(Result::unwrap)
+        .filter(|(_, record)| record.is_in_flight())
+        .collect();
+    let in_flight = store.in_flight().unwrap();
+    assert_eq!(in_flight, scanned);
+    // The flushed half is known exactly: slots ending Submitting or Submitted.
+    let durable: Vec<u32> = in_flight
+        .iter()
+        .map(|(key, _)| key.slot)
+        .filter(|slot| *slot < TRANSITION_SLOTS / 2)
+        .collect();
+    let expected: Vec<u32> = (0..TRANSITION_SLOTS / 2)
+        .filter(|slot| slot % 5 >= 3)
+        .collect();
+    assert_eq!(durable, expected);
+}
+
 /// The files of the database under `<state dir>/ledger`, largest first.
 fn ledger_files(state_dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -667,5 +779,80 @@ async fn measure_done_ledger(jobs: u32, images_per_record: u32) {
         "{jobs} Done records of {images_per_record} images: write+flush {write:?}, \
          reopen {open:?}, iter {iterate:?}, in_flight {in_flight:?}, counts {counts:?}, \
          len {len:?}, 1000 job_slots {job_slots:?}"
+    );
+}
+
+/// Resume-time cost of finding in-flight records in a big ledger, and the cost
+/// of writes that keep the index. Run with
+/// `cargo test --release --test it -- --ignored --nocapture store::in_flight_of_500k`.
+#[tokio::test]
+#[ignore = "performance measurement; prints timings"]
+async fn in_flight_of_500k_done_records_and_20_in_flight() {
+    const DONE: u32 = 500_000;
+    const IN_FLIGHT: u32 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let in_flight_job = |n: u32| format!("{:016x}", u64::from(n) * 25_000 + 7);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let started = Instant::now();
+        for job in 0..DONE {
+            let key = RequestKey::new(format!("{job:016x}"), 0);
+            store
+                .put(&key, &record(&key, 0, 4, RequestState::Done))
+                .unwrap();
+        }
+        let put_done = started.elapsed();
+        let started = Instant::now();
+        for n in 0..IN_FLIGHT {
+            let key = RequestKey::new(in_flight_job(n), 1);
+            store.put(&key, &record(&key, 4, 4, submitted(n))).unwrap();
+        }
+        let put_in_flight = started.elapsed();
+        store.flush().await.unwrap();
+
+        // A slot's life: Submitting, Submitted, Done, through put and update.
+        let started = Instant::now();
+        for job in 0..10_000u32 {
+            let key = RequestKey::new(format!("{job:016x}"), 2);
+            store.put(&key, &record(&key, 8, 4, submitting())).unwrap();
+            store
+                .update(&key, |_| Some(record(&key, 8, 4, submitted(job))))
+                .unwrap();
+            store
+                .update(&key, |_| Some(record(&key, 8, 4, RequestState::Done)))
+                .unwrap();
+        }
+        let lifecycle = started.elapsed();
+        store.flush().await.unwrap();
+        println!(
+            "put of {DONE} Done records: {put_done:?} ({:?} each); put of {IN_FLIGHT} \
+             Submitted: {put_in_flight:?}; 10000 slot lives (put Submitting, update \
+             Submitted, update Done): {lifecycle:?} ({:?} each)",
+            put_done / DONE,
+            lifecycle / 10_000
+        );
+    }
+
+    let started = Instant::now();
+    let store = Store::open(dir.path()).unwrap();
+    let open = started.elapsed();
+
+    let started = Instant::now();
+    let found = store.in_flight().unwrap();
+    let in_flight = started.elapsed();
+    assert_eq!(found.len(), IN_FLIGHT as usize);
+
+    let started = Instant::now();
+    let scanned: Vec<_> = store
+        .iter()
+        .map(Result::unwrap)
+        .filter(|(_, record)| record.is_in_flight())
+        .collect();
+    let full_scan = started.elapsed();
+    assert_eq!(found, scanned);
+
+    println!(
+        "{DONE} Done + {IN_FLIGHT} in flight: reopen {open:?}, in_flight {in_flight:?}, \
+         full scan (decoding every record) {full_scan:?}"
     );
 }

@@ -15,9 +15,11 @@
 //! image files, as the design's ledger invariants require.
 //!
 //! A slot with no record is pending, so a plan of a million jobs writes nothing
-//! up front.
+//! up front. The keys of in-flight records are also kept in a small index (see
+//! `index.rs`), so finding them never reads the whole ledger.
 
 mod error;
+mod index;
 mod ledger;
 mod pidfile;
 mod record;
@@ -35,6 +37,7 @@ pub use record::{
     StateCounts, SCHEMA_VERSION,
 };
 
+use index::{KeyLocks, TreeName};
 use pidfile::PidFile;
 use record::Versioned;
 
@@ -67,6 +70,10 @@ struct Inner {
     db: sled::Db,
     requests: sled::Tree,
     meta: sled::Tree,
+    /// Keys of records that may be in flight; see `index.rs`.
+    in_flight: sled::Tree,
+    /// Serialize the writes of one key, so the index stays a superset.
+    key_locks: KeyLocks,
     /// Writes made so far, and how many of them a finished flush covers.
     writes: AtomicU64,
     flushed: AtomicU64,
@@ -75,6 +82,9 @@ struct Inner {
     /// waits for a write queued behind the others). Callers that wait here
     /// usually find their writes already covered by the flush before them.
     flushing: tokio::sync::Mutex<()>,
+    /// Every write made through the store, in order (tests only).
+    #[cfg(test)]
+    journal: std::sync::Mutex<Vec<index::JournalEntry>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -90,7 +100,9 @@ impl Store {
     /// in `<state_dir>/run.pid`.
     ///
     /// Blocks while sled recovers its log (and, for a handle of this process
-    /// still closing, up to half a second); call it before the async work starts
+    /// still closing, up to half a second; and, once for a ledger last written
+    /// without the in-flight index, while one read of every record rebuilds
+    /// it); call it before the async work starts
     /// or through `spawn_blocking`. Fails with [`StoreError::Locked`] if another
     /// handle (in any process) has the ledger open, and with
     /// [`StoreError::Damaged`] if the ledger cannot be read or lost its contents.
@@ -110,24 +122,33 @@ impl Store {
         let requests = open_tree(REQUESTS_TREE)?;
         let meta = open_tree(META_TREE)?;
         check_ledger_identity(&dir, &db, &meta)?;
+        // Only after the identity check, so a damaged ledger gets no new tree.
+        let in_flight = open_tree(index::IN_FLIGHT_TREE)?;
 
         let pidfile = PidFile::claim(&dir).map_err(|source| StoreError::Io {
             dir: dir.clone(),
             action: "write the pidfile run.pid",
             source,
         })?;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 _pidfile: pidfile,
                 dir,
                 db,
                 requests,
                 meta,
+                in_flight,
+                key_locks: KeyLocks::new(),
                 writes: AtomicU64::new(0),
                 flushed: AtomicU64::new(0),
                 flushing: tokio::sync::Mutex::new(()),
+                #[cfg(test)]
+                journal: std::sync::Mutex::new(Vec::new()),
             }),
-        })
+        };
+        // Not flushed: a rebuild lost in a crash is redone at the next open.
+        store.ensure_index()?;
+        Ok(store)
     }
 
     /// The state directory this ledger lives in.
@@ -152,10 +173,21 @@ impl Store {
     /// Fails with [`StoreError::BadRecord`] if the record belongs to another key.
     pub fn put(&self, key: &RequestKey, record: &RequestRecord) -> Result<(), StoreError> {
         self.check_belongs(key, record)?;
+        let encoded = key.encode();
+        let value = record.encode();
+        let _key = self.inner.key_locks.lock(encoded.as_bytes());
+        let in_flight = record.is_in_flight();
+        if in_flight {
+            self.index_add(encoded.as_bytes())?;
+        }
         self.inner
             .requests
-            .insert(key.encode(), record.encode())
+            .insert(encoded.as_bytes(), value.as_slice())
             .map_err(|error| self.backend_error(error))?;
+        self.journal(TreeName::Requests, encoded.as_bytes(), Some(&value));
+        if !in_flight {
+            self.index_remove(encoded.as_bytes())?;
+        }
         self.wrote();
         Ok(())
     }
@@ -211,6 +243,9 @@ impl Store {
     {
         let encoded = key.encode();
         let requests = &self.inner.requests;
+        // Writers through the store wait here; the compare-and-swap below
+        // still guards against anything writing the tree without the lock.
+        let _key = self.inner.key_locks.lock(encoded.as_bytes());
         let mut current = requests
             .get(&encoded)
             .map_err(|error| self.backend_error(error))?;
@@ -223,15 +258,20 @@ impl Store {
             if let Some(next) = &next {
                 self.check_belongs(key, next)?;
             }
+            let in_flight = next.as_ref().is_some_and(RequestRecord::is_in_flight);
+            if in_flight {
+                self.index_add(encoded.as_bytes())?;
+            }
+            let value = next.as_ref().map(Versioned::encode);
             let swapped = requests
-                .compare_and_swap(
-                    &encoded,
-                    current.as_deref(),
-                    next.as_ref().map(Versioned::encode),
-                )
+                .compare_and_swap(&encoded, current.as_deref(), value.as_deref())
                 .map_err(|error| self.backend_error(error))?;
             match swapped {
                 Ok(()) => {
+                    self.journal(TreeName::Requests, encoded.as_bytes(), value.as_deref());
+                    if !in_flight {
+                        self.index_remove(encoded.as_bytes())?;
+                    }
                     self.wrote();
                     return Ok(next);
                 }
@@ -272,21 +312,47 @@ impl Store {
             .map(move |entry| store.decode_entry(entry))
     }
 
-    /// Every slot the Horde may be working on (Submitting or Submitted): what a
-    /// resumed run re-attaches to and what `cancel` deletes.
+    /// Every slot the Horde may be working on (Submitting or Submitted), in key
+    /// order: what a resumed run re-attaches to and what `cancel` deletes.
+    ///
+    /// Reads only the records the in-flight index names (see `index.rs`), and
+    /// drops the index entries it finds stale.
     pub fn in_flight(&self) -> Result<Vec<(RequestKey, RequestRecord)>, StoreError> {
+        // Collected first: dropping stale entries while iterating the index
+        // would race the iterator.
+        let indexed: Vec<sled::IVec> = self
+            .inner
+            .in_flight
+            .iter()
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|error| self.backend_error(error))?;
         let mut in_flight = Vec::new();
-        for entry in self.inner.requests.iter() {
-            let (raw_key, raw_value) = entry.map_err(|error| self.backend_error(error))?;
+        let mut stale = Vec::new();
+        for raw_key in indexed {
+            let raw_value = self
+                .inner
+                .requests
+                .get(&raw_key)
+                .map_err(|error| self.backend_error(error))?;
+            let Some(raw_value) = raw_value else {
+                stale.push(raw_key);
+                continue;
+            };
             let key = self.decode_key(&raw_key)?;
-            // Most records of a big ledger are finished; skip them unbuilt.
             if record::probe_in_flight(&raw_value) == Some(false) {
+                stale.push(raw_key);
                 continue;
             }
             let record = self.decode_record(&key.to_string(), &raw_value)?;
             if record.is_in_flight() {
                 in_flight.push((key, record));
+            } else {
+                stale.push(raw_key);
             }
+        }
+        for raw_key in stale {
+            self.drop_stale(&raw_key)?;
         }
         Ok(in_flight)
     }
@@ -323,10 +389,16 @@ impl Store {
 
     /// Stores the run metadata, in memory until the next [`Store::flush`].
     pub fn put_run_meta(&self, meta: &RunMeta) -> Result<(), StoreError> {
+        let value = meta.encode();
         self.inner
             .meta
-            .insert(RUN_META_KEY, meta.encode())
+            .insert(RUN_META_KEY, value.as_slice())
             .map_err(|error| self.backend_error(error))?;
+        self.journal(TreeName::Meta, RUN_META_KEY.as_bytes(), Some(&value));
+        // The index stayed complete while this process had the ledger open
+        // (rebuilt at open if needed): the marker may name the new metadata.
+        // A crash before this write only costs a rebuild at the next open.
+        self.set_marker(&index::marker_for(Some(&value)))?;
         self.wrote();
         Ok(())
     }
