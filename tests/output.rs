@@ -1461,6 +1461,24 @@ fn bench_open_on_a_big_folder() {
         }
         fs::write(root.join("ready"), b"").unwrap();
     }
+    // The same files alone (hard links), to see what each costs.
+    for (part, file) in [
+        ("results-only", "results.jsonl"),
+        ("index-only", INDEX_FILE),
+    ] {
+        let alone = root.join(".parts").join(part);
+        if !alone.join(file).exists() {
+            fs::create_dir_all(&alone).unwrap();
+            fs::hard_link(root.join(file), alone.join(file)).unwrap();
+        }
+        for _ in 0..2 {
+            let start = Instant::now();
+            let out = OutputDir::open(&alone).unwrap();
+            let opened = start.elapsed();
+            out.recovery();
+            println!("{part}: open {opened:?}");
+        }
+    }
     for _ in 0..3 {
         let start = Instant::now();
         let out = OutputDir::open(&root).unwrap();

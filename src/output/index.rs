@@ -556,7 +556,15 @@ fn read_keys(
 ) -> io::Result<Result<HashSet<String>, (usize, String)>> {
     let file = File::open(path)?;
     let mut reader = BufReader::with_capacity(256 * 1024, file.take(len));
-    let mut keys = HashSet::new();
+    // Sized from the lines in the first buffer: growing a set of 500,000
+    // keys step by step takes longer than reading them.
+    let first = reader.fill_buf()?;
+    let lines_in_first = first.iter().filter(|b| **b == b'\n').count().max(1) as u64;
+    let estimate = (len.saturating_mul(lines_in_first) / (first.len().max(1) as u64))
+        // Blank or tiny lines (a hand-edited file) must not reserve gigabytes.
+        .min(len / 64)
+        .min(1 << 21);
+    let mut keys = HashSet::with_capacity(usize::try_from(estimate).unwrap_or(0));
     let mut line = Vec::new();
     let mut line_number = 0;
     loop {
