@@ -12,13 +12,14 @@
 //! Opening must not read the whole folder: a resumed run of a million jobs
 //! has to reach its first submit at once. So opening repairs the tails of
 //! the JSON Lines files and reads the keys of `results.jsonl` (asked for
-//! every job at the start), while the temp files of a killed run are swept
-//! by a thread of their own that every write waiting to create a file waits
-//! for, and the keys of `metadata.jsonl` and `errors.jsonl` are read only
-//! when a question needs them. The index's keys are needed only for an
-//! image some of whose files were already there (a retry after a crash):
-//! a row is made durable after its files, so a row can name a file only if
-//! that file existed; a normal run never reads the index.
+//! every job at the start); the temp files of a killed run are swept by a
+//! thread of its own, which everything that creates a temp file waits for
+//! first; the keys of `metadata.jsonl` and `errors.jsonl` are read only when
+//! something needs them. The index's keys are needed only for an image some
+//! of whose files were already there (a retry after a crash): a row is made
+//! durable after its files, so a row can name a new file only if that file
+//! was deleted by hand, and the engine drops the row of an image it finds
+//! deleted ([`OutputDir::forget_image`]). A normal run never reads the index.
 //!
 //! This module receives plain data. It must not know the scheduler, HTTP or
 //! the ledger. All methods block on file I/O and fsync: call them from
