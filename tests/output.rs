@@ -925,8 +925,10 @@ fn a_kill_at_any_point_of_a_batch_leaves_no_partial_file_and_no_row_without_file
                 "row without sidecar: {stem}"
             );
         }
-        // The next open leaves nothing but complete files.
+        // The next open leaves nothing but complete files (once its sweep,
+        // which `recovery` waits for, is done).
         let out = OutputDir::open(dir.path()).unwrap();
+        out.recovery();
         drop(out);
         assert!(
             files_under(dir.path()).iter().all(|f| !f
@@ -1084,11 +1086,35 @@ fn results_and_errors_are_deduplicated_by_job_key() {
 }
 
 #[test]
-fn a_damaged_index_line_is_reported_not_dropped() {
+fn a_damaged_index_line_is_reported_not_dropped_when_the_index_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = "{\"file_name\":\"a.webp\"}\nnot json\n{\"file_name\":\"b.webp\"}\n";
+    fs::write(dir.path().join("metadata.jsonl"), damaged).unwrap();
+    // Opening reads only the last line; the damage shows when the keys are needed.
+    let out = OutputDir::open(dir.path()).unwrap();
+    let err = out
+        .append_index(&index_row("c.webp", "1", 7.0))
+        .unwrap_err();
+    assert!(
+        matches!(&err, OutputError::CorruptLog { line: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("metadata.jsonl:2"), "{err}");
+    assert!(!out.has_index_row("a.webp"));
+    assert_eq!(
+        fs::read_to_string(dir.path().join("metadata.jsonl")).unwrap(),
+        damaged
+    );
+}
+
+#[test]
+fn a_damaged_results_line_still_stops_the_open() {
+    // `has_result` cannot report an error, and a `false` would redo the
+    // job: these keys are read at open.
     let dir = tempfile::tempdir().unwrap();
     fs::write(
-        dir.path().join("metadata.jsonl"),
-        "{\"file_name\":\"a.webp\"}\nnot json\n{\"file_name\":\"b.webp\"}\n",
+        dir.path().join("results.jsonl"),
+        "{\"job_key\":\"k1\"}\n{\"job_key\":7}\n{\"job_key\":\"k3\"}\n",
     )
     .unwrap();
     let err = OutputDir::open(dir.path()).unwrap_err();
@@ -1096,7 +1122,140 @@ fn a_damaged_index_line_is_reported_not_dropped() {
         matches!(&err, OutputError::CorruptLog { line: 2, .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("metadata.jsonl:2"), "{err}");
+    assert!(err.to_string().contains("results.jsonl:2"), "{err}");
+}
+
+#[test]
+fn a_normal_run_never_reads_the_index() {
+    // An index that cannot be read past its first line: a run that only
+    // writes new images never finds out, because it never reads it.
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join(INDEX_FILE);
+    let mut damaged = serde_json::to_vec(&index_row("old.webp", "1", 7.0)).unwrap();
+    damaged.extend_from_slice(b"\n\x00\xffgarbage, not a row\n");
+    let last = serde_json::to_vec(&index_row("older.webp", "2", 7.0)).unwrap();
+    damaged.extend_from_slice(&last);
+    damaged.push(b'\n');
+    fs::write(&index, &damaged).unwrap();
+    fs::write(dir.path().join("errors.jsonl"), b"garbage\n{}\n").unwrap();
+
+    let out = OutputDir::open(dir.path()).unwrap();
+    let new = batch(&["cats/a", "cats/b"], 1);
+    for result in write_batch(&out, &new) {
+        result.unwrap();
+    }
+    out.put_result(&JobResult {
+        job_key: "k1".into(),
+        job: "cats".into(),
+        images: vec!["cats/a.webp".into(), "cats/b.webp".into()],
+        kudos: 1.0,
+        attempts: 1,
+        completed_at: "2026-05-01T12:00:30.000Z".into(),
+        id: None,
+    })
+    .unwrap();
+    out.record_error(&JobError {
+        job_key: "k2".into(),
+        job: "dogs".into(),
+        class: "permanent".into(),
+        message: "no".into(),
+        images_saved: 0,
+        images_wanted: 1,
+        at: "2026-05-01T12:00:30.000Z".into(),
+    })
+    .unwrap();
+    let content = fs::read(&index).unwrap();
+    assert!(
+        content.starts_with(&damaged),
+        "the old rows are kept as they were"
+    );
+    assert_eq!(
+        content.split(|b| *b == b'\n').count() - 1,
+        5,
+        "two rows added"
+    );
+
+    // The same images again (a retry after a crash): only now is the index
+    // read, to keep the row from being written twice, and its damage shows.
+    let again = write_batch(&out, &new);
+    for result in again {
+        assert!(
+            matches!(&result, Err(OutputError::Io { error, .. }) if error.to_string().contains("metadata.jsonl:2")),
+            "{result:?}"
+        );
+    }
+    assert_eq!(fs::read(&index).unwrap(), content);
+}
+
+#[test]
+fn a_retried_image_gets_no_second_row_and_a_new_one_its_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = OutputDir::open(dir.path()).unwrap();
+    let first = batch(&["a", "b"], 1);
+    write_batch(&out, &first);
+    drop(out);
+    // A crash after the files were placed but before the row of `c`.
+    let out = OutputDir::open(dir.path()).unwrap();
+    let c = batch(&["c"], 9);
+    out.write_image("c", &c[0].1, &c[0].2).unwrap();
+    drop(out);
+
+    let out = OutputDir::open(dir.path()).unwrap();
+    let mut retry = first.clone();
+    retry.extend(c);
+    retry.extend(batch(&["d"], 20));
+    for result in write_batch(&out, &retry) {
+        result.unwrap();
+    }
+    assert_eq!(
+        index_file_names(dir.path()),
+        ["a.webp", "b.webp", "c.webp", "d.webp"]
+    );
+}
+
+#[test]
+fn a_crashed_runs_temp_files_are_gone_before_the_first_write_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Leftovers where this run will write, and in a folder it will not.
+    fs::create_dir_all(dir.path().join("cats")).unwrap();
+    fs::create_dir_all(dir.path().join("dogs/deep")).unwrap();
+    let mut leftovers = Vec::new();
+    for i in 0..300 {
+        let folder = ["cats", "dogs/deep", ""][i % 3];
+        let path = dir.path().join(folder).join(format!("{TEMP_PREFIX}{i}"));
+        fs::write(&path, b"RIFF partial").unwrap();
+        leftovers.push(path);
+    }
+    for i in 0..2_000 {
+        fs::write(dir.path().join(format!("dogs/deep/keep-{i}.webp")), b"x").unwrap();
+    }
+
+    let out = OutputDir::open(dir.path()).unwrap();
+    // Several writers start at once, right after open, into the folders
+    // being swept: none of their temp files may be taken for a leftover.
+    let barrier = Barrier::new(4);
+    std::thread::scope(|scope| {
+        for w in 0..4u8 {
+            let (out, barrier, leftovers) = (&out, &barrier, &leftovers);
+            scope.spawn(move || {
+                barrier.wait();
+                let names: Vec<String> = (0..5).map(|i| format!("cats/w{w}-{i}")).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                for result in write_batch(out, &batch(&names, w * 10)) {
+                    result.unwrap();
+                }
+                // Their first write waited for the sweep.
+                for leftover in leftovers {
+                    assert!(!leftover.exists(), "{} is still there", leftover.display());
+                }
+            });
+        }
+    });
+    assert_eq!(out.recovery().removed_temp_files, 300);
+    assert_eq!(index_file_names(dir.path()).len(), 20);
+    let names = files_under(dir.path());
+    assert_eq!(names.len(), 20 * 2 + 1 + 2_000);
+    assert!(names.iter().all(|n| !n.contains(TEMP_PREFIX)), "{names:?}");
 }
 
 // ---------------------------------------------------------------- broken disks
@@ -1252,4 +1411,89 @@ fn a_result_line_is_replaced_and_errors_keep_their_history() {
             .all(|n| !n.starts_with(horde_batch::output::TEMP_PREFIX)),
         "{names:?}"
     );
+}
+
+// ---------------------------------------------------------------- measurement
+
+/// Not a test: times `OutputDir::open` on a resumed half-done big batch
+/// (500,000 index and result rows, a folder of 100,000 files). Run with
+/// `HB_BENCH_DIR=/some/dir cargo test --release --test it output::bench_open -- --ignored --nocapture`;
+/// the folder is built on the first run and reused.
+#[test]
+#[ignore = "a measurement, not a test: prints timings"]
+fn bench_open_on_a_big_folder() {
+    use std::io::Write as _;
+    use std::time::Instant;
+    let root = std::path::PathBuf::from(
+        std::env::var("HB_BENCH_DIR").unwrap_or_else(|_| "/tmp/hb-bench-open".into()),
+    );
+    let rows = 500_000;
+    if !root.join("ready").exists() {
+        fs::create_dir_all(root.join("cats")).unwrap();
+        let mut index = std::io::BufWriter::new(fs::File::create(root.join(INDEX_FILE)).unwrap());
+        let mut results =
+            std::io::BufWriter::new(fs::File::create(root.join("results.jsonl")).unwrap());
+        for i in 0..rows {
+            let mut row = index_row(&format!("cats/job-{i:07}-0.webp"), &i.to_string(), 7.0);
+            row.text = "a black cat sitting on a red sofa, studio light, 35mm photo".into();
+            row.negative_prompt = "blurry, lowres, watermark, text, bad anatomy".into();
+            row.job_key = format!("{i:016x}{i:016x}");
+            row.horde_request_id = format!("{i:08x}-aaaa-bbbb-cccc-{i:012x}");
+            row.generation_id = format!("{i:08x}-dddd-eeee-ffff-{i:012x}");
+            serde_json::to_writer(&mut index, &row).unwrap();
+            index.write_all(b"\n").unwrap();
+            let result = JobResult {
+                job_key: row.job_key.clone(),
+                job: "cats".into(),
+                images: vec![row.file_name.clone()],
+                kudos: 10.0,
+                attempts: 1,
+                completed_at: "2026-05-01T12:00:30.000Z".into(),
+                id: None,
+            };
+            serde_json::to_writer(&mut results, &result).unwrap();
+            results.write_all(b"\n").unwrap();
+        }
+        index.flush().unwrap();
+        results.flush().unwrap();
+        for i in 0..100_000 {
+            fs::File::create(root.join(format!("cats/job-{i:07}-0.webp"))).unwrap();
+        }
+        fs::write(root.join("ready"), b"").unwrap();
+    }
+    // The same files alone (hard links), to see what each costs.
+    for (part, file) in [
+        ("results-only", "results.jsonl"),
+        ("index-only", INDEX_FILE),
+    ] {
+        let alone = root.join(".parts").join(part);
+        if !alone.join(file).exists() {
+            fs::create_dir_all(&alone).unwrap();
+            fs::hard_link(root.join(file), alone.join(file)).unwrap();
+        }
+        for _ in 0..2 {
+            let start = Instant::now();
+            let out = OutputDir::open(&alone).unwrap();
+            let opened = start.elapsed();
+            out.recovery();
+            println!("{part}: open {opened:?}");
+        }
+    }
+    for _ in 0..3 {
+        let start = Instant::now();
+        let out = OutputDir::open(&root).unwrap();
+        let opened = start.elapsed();
+        let asked = out.has_result(&format!("{:016x}{:016x}", 7, 7));
+        let first_answer = start.elapsed();
+        // One fresh image, as the first write of a resumed run.
+        let written = out
+            .write_image("fresh/new", &webp(8, 6, 1), &sidecar("g-new"))
+            .unwrap();
+        let first_write = start.elapsed();
+        fs::remove_file(&written.image_path).unwrap();
+        fs::remove_file(&written.sidecar_path).unwrap();
+        println!(
+            "open {opened:?}; first has_result {first_answer:?} ({asked}); first write {first_write:?}"
+        );
+    }
 }

@@ -9,6 +9,18 @@
 //! final name only complete; nothing is ever overwritten; writing the same
 //! image or row again after a crash is a no-op rather than a duplicate.
 //!
+//! Opening must not read the whole folder: a resumed run of a million jobs
+//! has to reach its first submit at once. So opening repairs the tails of
+//! the JSON Lines files and reads the keys of `results.jsonl` (asked for
+//! every job at the start); the temp files of a killed run are swept by a
+//! thread of its own, which everything that creates a temp file waits for
+//! first; the keys of `metadata.jsonl` and `errors.jsonl` are read only when
+//! something needs them. The index's keys are needed only for an image some
+//! of whose files were already there (a retry after a crash): a row is made
+//! durable after its files, so a row can name a new file only if that file
+//! was deleted by hand, and the engine drops the row of an image it finds
+//! deleted ([`OutputDir::forget_image`]). A normal run never reads the index.
+//!
 //! This module receives plain data. It must not know the scheduler, HTTP or
 //! the ledger. All methods block on file I/O and fsync: call them from
 //! `tokio::task::spawn_blocking`, not directly on the async runtime.
@@ -26,7 +38,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::JoinHandle;
 
 pub use atomic::{syncs_on_this_thread, TEMP_PREFIX};
 pub use index::{
@@ -140,7 +153,8 @@ impl OutputError {
     }
 }
 
-/// What [`OutputDir::open`] cleaned up after an earlier run.
+/// What [`OutputDir::open`] cleaned up after an earlier run (the temp files
+/// are counted once the sweep that open started has finished).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
     /// `.hb-tmp-*` files (partial writes of a killed run) removed.
@@ -170,7 +184,7 @@ pub struct WrittenImage {
 /// be used from several threads at once.
 ///
 /// Only one process should write a given output directory at a time (the
-/// ledger's lock ensures that for a run): `open` treats any temp file it finds
+/// ledger's lock ensures that for a run): `open`'s sweep treats any temp file it finds
 /// as a leftover.
 #[derive(Debug, Clone)]
 pub struct OutputDir {
@@ -185,18 +199,38 @@ struct Inner {
     index: Mutex<JsonlLog>,
     results: Mutex<JsonlLog>,
     errors: Mutex<JsonlLog>,
-    recovery: Recovery,
+    /// The sweep of a killed run's temp files, started by `open`.
+    sweep: Mutex<Sweep>,
+    torn_lines: Vec<TornLine>,
+    /// Filled when first asked for, after the sweep.
+    recovery: OnceLock<Recovery>,
+}
+
+/// Removing the temp files a killed run left. Walking a folder of a million
+/// files takes a second, so it runs on its own thread from `open` on, and
+/// everything that creates a temp file waits for it first (so a temp file of
+/// this run is never taken for a leftover). Writes come only after a
+/// request's images are back, long after the sweep has usually finished.
+#[derive(Debug)]
+enum Sweep {
+    Running(JoinHandle<io::Result<usize>>),
+    /// How many files were removed, or why the sweep failed (an `io::Error`
+    /// cannot be cloned, so each waiter gets a copy of kind and message).
+    Done(Result<usize, (io::ErrorKind, String)>),
 }
 
 impl OutputDir {
     /// Opens (creating if needed) an output directory: checks it is writable,
-    /// removes partial files left by a killed run, repairs torn JSON Lines
-    /// rows and loads which images and jobs are already recorded.
+    /// starts removing partial files left by a killed run (on a thread of
+    /// its own; see [`OutputDir::recovery`]), repairs torn JSON Lines
+    /// rows and loads which jobs are already recorded (`results.jsonl`; the
+    /// other files' keys are read when first needed, and a damaged line in
+    /// them is reported then).
     ///
     /// # Errors
     ///
     /// [`OutputError::Io`] naming the path that could not be created, read
-    /// or written; [`OutputError::CorruptLog`] for a damaged index file.
+    /// or written; [`OutputError::CorruptLog`] for a damaged `results.jsonl`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, OutputError> {
         Self::open_with_index(dir, INDEX_FILE)
     }
@@ -215,37 +249,32 @@ impl OutputDir {
             }
         }
         atomic::probe_writable(&root).map_err(|e| OutputError::io("create files in", &root, e))?;
-        let removed_temp_files = atomic::remove_temp_leftovers(&root)
-            .map_err(|e| OutputError::io("clean up temp files in", &root, e))?;
-        if removed_temp_files > 0 {
-            tracing::info!(
-                dir = %root.display(),
-                removed_temp_files,
-                "removed partial files left by an interrupted run"
-            );
-        }
+        // Started after the probe, whose temp file is gone by then.
+        let sweep = start_sweep(root.clone());
 
         let mut torn_lines = Vec::new();
-        let mut open_log = |name: &str, key_field| -> Result<Mutex<JsonlLog>, OutputError> {
+        let mut open_log = |name: &str, key_field| -> Result<JsonlLog, OutputError> {
             let (log, torn) = JsonlLog::open(root.join(name), key_field)?;
             torn_lines.extend(torn);
-            Ok(Mutex::new(log))
+            Ok(log)
         };
         let index = open_log(index_name, "file_name")?;
-        let results = open_log(RESULTS_FILE, "job_key")?;
+        let mut results = open_log(RESULTS_FILE, "job_key")?;
         let errors = open_log(ERRORS_FILE, "job_key")?;
+        // `has_result` is asked for every job right away and cannot report an
+        // error (a `false` would make the job run again): read these keys now.
+        results.load()?;
 
         Ok(OutputDir {
             inner: Arc::new(Inner {
                 root,
                 index_name,
-                index,
-                results,
-                errors,
-                recovery: Recovery {
-                    removed_temp_files,
-                    torn_lines,
-                },
+                index: Mutex::new(index),
+                results: Mutex::new(results),
+                errors: Mutex::new(errors),
+                sweep: Mutex::new(sweep),
+                torn_lines,
+                recovery: OnceLock::new(),
             }),
         })
     }
@@ -255,24 +284,80 @@ impl OutputDir {
         &self.inner.root
     }
 
-    /// What opening cleaned up after an earlier run.
+    /// What opening cleaned up after an earlier run. Waits for the sweep
+    /// of temp files that opening started.
     pub fn recovery(&self) -> &Recovery {
-        &self.inner.recovery
+        self.inner.recovery.get_or_init(|| Recovery {
+            // A failed sweep was logged; the next write reports it.
+            removed_temp_files: self.finish_sweep().unwrap_or(0),
+            torn_lines: self.inner.torn_lines.clone(),
+        })
+    }
+
+    /// Waits for the sweep of temp files that opening started: call before
+    /// creating any temp file. Returns how many it removed.
+    fn finish_sweep(&self) -> Result<usize, OutputError> {
+        self.sweep_outcome()
+            .map_err(|(kind, message)| self.sweep_error(kind, &message))
+    }
+
+    fn sweep_error(&self, kind: io::ErrorKind, message: &str) -> OutputError {
+        OutputError::io(
+            "clean up temp files in",
+            self.root(),
+            io::Error::new(kind, message.to_owned()),
+        )
+    }
+
+    /// [`OutputDir::finish_sweep`] with the error as kind and message.
+    fn sweep_outcome(&self) -> Result<usize, (io::ErrorKind, String)> {
+        let mut sweep = lock(&self.inner.sweep);
+        if matches!(*sweep, Sweep::Running(_)) {
+            let Sweep::Running(handle) = std::mem::replace(&mut *sweep, Sweep::Done(Ok(0))) else {
+                unreachable!("matched Running just above");
+            };
+            let outcome = match handle.join() {
+                Ok(Ok(removed)) => {
+                    if removed > 0 {
+                        tracing::info!(
+                            dir = %self.root().display(),
+                            removed_temp_files = removed,
+                            "removed partial files left by an interrupted run"
+                        );
+                    }
+                    Ok(removed)
+                }
+                Ok(Err(e)) => Err((e.kind(), e.to_string())),
+                Err(_) => Err((io::ErrorKind::Other, "the sweep panicked".to_owned())),
+            };
+            if let Err((_, message)) = &outcome {
+                tracing::error!(dir = %self.root().display(), %message, "cannot clean up temp files");
+            }
+            *sweep = Sweep::Done(outcome);
+        }
+        match &*sweep {
+            Sweep::Done(outcome) => outcome.clone(),
+            Sweep::Running(_) => unreachable!("the sweep was joined just above"),
+        }
     }
 
     /// Whether `metadata.jsonl` has a row for this file name (with extension).
+    /// Reads the index's keys on first use; `false` if it cannot be read
+    /// (the error is logged, and reported by the next write that needs them).
     pub fn has_index_row(&self, file_name: &str) -> bool {
-        lock(&self.inner.index).contains(file_name)
+        contains_or_log(&self.inner.index, file_name)
     }
 
     /// Whether `results.jsonl` has a row for this job key.
     pub fn has_result(&self, job_key: &str) -> bool {
-        lock(&self.inner.results).contains(job_key)
+        // Cannot fail: open read these keys.
+        contains_or_log(&self.inner.results, job_key)
     }
 
-    /// Whether `errors.jsonl` has a row for this job key.
+    /// Whether `errors.jsonl` has a row for this job key. Reads its keys on
+    /// first use; `false` if it cannot be read (the error is logged).
     pub fn has_error(&self, job_key: &str) -> bool {
-        lock(&self.inner.errors).contains(job_key)
+        contains_or_log(&self.inner.errors, job_key)
     }
 
     /// Writes `<rel_name>.webp` and its sidecar `<rel_name>.json`: a batch of
@@ -324,6 +409,12 @@ impl OutputDir {
         &self,
         images: Vec<NewImage<'_>>,
     ) -> Vec<Result<WrittenImage, OutputError>> {
+        if let Err((kind, message)) = self.sweep_outcome() {
+            return images
+                .iter()
+                .map(|_| Err(self.sweep_error(kind, &message)))
+                .collect();
+        }
         let mut created_dirs = HashSet::new();
         let mut prepared: Vec<Result<Prepared, OutputError>> = images
             .iter()
@@ -369,9 +460,18 @@ impl OutputDir {
             })
             .collect();
         if !rows.is_empty() {
-            let keyed: Vec<(&str, &IndexRow)> = rows
+            // Only an image some of whose files were there may have its row
+            // already (a row is durable only after its files): only then are
+            // the index's keys read.
+            let keyed: Vec<(&str, &IndexRow, bool)> = rows
                 .iter()
-                .map(|(_, row)| (row.file_name.as_str(), row))
+                .map(|(i, row)| {
+                    let may_exist = match &prepared[*i] {
+                        Ok(p) => p.written.already_present || p.sidecar_existed,
+                        Err(_) => true,
+                    };
+                    (row.file_name.as_str(), row, may_exist)
+                })
                 .collect();
             if let Err(error) = lock(&self.inner.index).append_many(&keyed) {
                 let path = self.root().join(self.inner.index_name);
@@ -467,6 +567,7 @@ impl OutputDir {
             dir,
             image_temp,
             sidecar_temp,
+            sidecar_existed: sidecar_exists,
         })
     }
 
@@ -503,6 +604,7 @@ impl OutputDir {
     /// [`OutputError::Escape`] or [`OutputError::Io`].
     pub fn forget_image(&self, file_name: &str) -> Result<(), OutputError> {
         check_relative_name(file_name)?;
+        self.finish_sweep()?; // dropping the row rewrites the index through a temp file
         let stem = file_name
             .strip_suffix(&format!(".{IMAGE_EXTENSION}"))
             .unwrap_or(file_name);
@@ -522,6 +624,7 @@ impl OutputDir {
     ///
     /// [`OutputError::Io`].
     pub fn put_result(&self, result: &JobResult) -> Result<(), OutputError> {
+        self.finish_sweep()?; // replacing a line rewrites the file through a temp file
         lock(&self.inner.results).replace(&result.job_key, result)
     }
 
@@ -544,11 +647,37 @@ impl OutputDir {
     }
 }
 
-/// Locks a log. A panic while appending leaves at worst a key missing from
-/// the in-memory set (it is inserted only after the write), so a poisoned
-/// lock is safe to keep using.
-fn lock(log: &Mutex<JsonlLog>) -> MutexGuard<'_, JsonlLog> {
-    log.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks a log or the sweep. A panic while appending leaves at worst a key
+/// missing from the in-memory set (it is inserted only after the write), and
+/// the sweep's state is replaced in one assignment, so a poisoned lock is
+/// safe to keep using.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether the log has a row for `key`; `false`, logged, if its keys cannot be read.
+fn contains_or_log(log: &Mutex<JsonlLog>, key: &str) -> bool {
+    lock(log).contains(key).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot read the keys of a JSON Lines file");
+        false
+    })
+}
+
+/// Starts removing the temp files a killed run left under `root`.
+fn start_sweep(root: PathBuf) -> Sweep {
+    let spawned = std::thread::Builder::new()
+        .name("hb-temp-sweep".into())
+        .spawn({
+            let root = root.clone();
+            move || atomic::remove_temp_leftovers(&root)
+        });
+    match spawned {
+        Ok(handle) => Sweep::Running(handle),
+        // No thread to be had: sweep now, as before.
+        Err(_) => {
+            Sweep::Done(atomic::remove_temp_leftovers(&root).map_err(|e| (e.kind(), e.to_string())))
+        }
+    }
 }
 
 /// Whether `path` exists with exactly `bytes`; `false` if it does not exist,
@@ -606,6 +735,8 @@ struct Prepared {
     image_temp: Option<atomic::SyncedTemp>,
     /// `None` when a sidecar is already there.
     sidecar_temp: Option<atomic::SyncedTemp>,
+    /// Whether a sidecar was there before (with or without its image).
+    sidecar_existed: bool,
 }
 
 /// Renames an image's temp files to their final names: the image first, so
@@ -646,4 +777,69 @@ fn copy_io(action: &'static str, path: &Path, error: &io::Error) -> OutputError 
         path,
         io::Error::new(error.kind(), error.to_string()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_image() -> Vec<u8> {
+        let mut out = Vec::new();
+        image_webp::WebPEncoder::new(&mut out)
+            .encode(&[9; 2 * 2 * 3], 2, 2, image_webp::ColorType::Rgb8)
+            .expect("encoding a 2x2 image into memory cannot fail");
+        out
+    }
+
+    fn sweep_done(out: &OutputDir) -> bool {
+        matches!(*lock(&out.inner.sweep), Sweep::Done(_))
+    }
+
+    #[test]
+    fn the_first_write_waits_for_the_sweep_and_open_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".hb-tmp-left"), b"partial").unwrap();
+        let out = OutputDir::open(dir.path()).unwrap();
+        // Nobody has waited for the sweep yet (it may or may not have run).
+        assert!(!sweep_done(&out));
+        // Questions and appends create no temp file and do not wait.
+        assert!(!out.has_result("k"));
+        assert!(!out.has_index_row("a.webp"));
+        assert!(!sweep_done(&out));
+
+        let sidecar: Sidecar = serde_json::from_value(serde_json::json!({
+            "schema": Sidecar::SCHEMA, "file_name": "", "manifest": "m", "manifest_name": "m",
+            "job": "j", "job_key": "k", "image_index": 0, "prompt_template": "p", "prompt": "p",
+            "negative_prompt": null, "model": "m", "params": {}, "request": {}, "seed": "1",
+            "batch_index": 0, "horde_request_id": "r", "generation_id": "g", "worker_id": "w",
+            "worker_name": "w", "censored": false, "gen_metadata": [], "kudos": 1.0,
+            "submitted_at": "t", "completed_at": "t", "horde_batch_version": "v"
+        }))
+        .unwrap();
+        out.write_image("a", &one_image(), &sidecar).unwrap();
+        // The write joined the sweep before creating its temp files.
+        assert!(matches!(*lock(&out.inner.sweep), Sweep::Done(Ok(1))));
+        assert_eq!(out.recovery().removed_temp_files, 1);
+    }
+
+    #[test]
+    fn rewriting_a_result_waits_for_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::open(dir.path()).unwrap();
+        assert!(!sweep_done(&out));
+        let result = JobResult {
+            job_key: "k".into(),
+            job: "j".into(),
+            images: vec![],
+            kudos: 0.0,
+            attempts: 1,
+            completed_at: "t".into(),
+            id: None,
+        };
+        out.put_result(&result).unwrap();
+        assert!(sweep_done(&out));
+        let out = OutputDir::open(dir.path()).unwrap();
+        out.forget_image("gone.webp").unwrap();
+        assert!(sweep_done(&out));
+    }
 }
