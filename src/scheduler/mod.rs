@@ -285,6 +285,8 @@ struct RunState {
     doubts_taken: HashMap<String, u32>,
     /// How far the settled prefix reaches, when the run keeps one.
     prefix: Option<prefix::PrefixTracker>,
+    /// Jobs of the settled prefix found done again, and their images.
+    prefix_done_seen: (u64, u64),
 }
 
 /// Per-job bookkeeping while its slots run.
@@ -741,6 +743,7 @@ impl Engine {
             });
         }
         let settled_keys = settled.keys.clone();
+        let (settled_done, settled_images) = (settled.jobs_done, settled.images_saved);
         let after_prefix = || {
             self.manifest
                 .jobs_from(start, settled_keys.iter().copied())
@@ -798,13 +801,25 @@ impl Engine {
         }
         // The prefix last: each job is still checked against the ledger and
         // the folder, so an image deleted since is made again.
+        let mut looked_at = 0;
         for (job, place) in in_prefix() {
             if !going {
                 break;
             }
+            looked_at += 1;
             if own(&job) && !in_flight.contains(&job.key.to_string()) {
                 going = self.start_job(job, place, true, &mut run).await;
             }
+        }
+        if looked_at < start {
+            // Stopped before the prefix was looked at again: the done jobs of
+            // it not seen again count as done in the summary, as it says.
+            let (done_seen, images_seen) = run.prefix_done_seen;
+            let summary = &mut run.summary;
+            let done_unseen = settled_done.saturating_sub(done_seen);
+            summary.jobs += done_unseen;
+            summary.jobs_done += done_unseen;
+            summary.images_saved_before += settled_images.saturating_sub(images_seen);
         }
         while let Some(joined) = run.tasks.join_next().await {
             self.finish_slot(joined, &mut run.progress, &mut run.summary, &mut run.prefix);
@@ -986,7 +1001,10 @@ impl Engine {
                 summary.jobs_unfinished += 1;
             } else {
                 summary.jobs_done += 1;
-                if !counted_before {
+                if counted_before {
+                    run.prefix_done_seen.0 += 1;
+                    run.prefix_done_seen.1 += u64::from(saved_before);
+                } else {
                     self.emit(Event::JobEnded { done: true });
                 }
                 // Finished before this run: its line is only written if it is missing.

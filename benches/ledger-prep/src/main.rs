@@ -6,7 +6,8 @@
 //! first DONE_JOBS jobs of MANIFEST by cloning what that run wrote for one of
 //! its images — the ledger record, the image, the sidecar, the
 //! `metadata.jsonl` row and the `results.jsonl` row — with each job's own key,
-//! prompt, file name and ids. The outcome is what a run that had finished the
+//! prompt, file name and ids — and writes the settled prefix a run that had
+//! done them would have written. The outcome is what a run that had finished the
 //! first DONE_JOBS jobs would leave behind, without the 700 ms per submit that
 //! a real run of 50,000 one-image requests would take (about 10 hours).
 //!
@@ -23,6 +24,7 @@ use std::process::ExitCode;
 
 use horde_batch::manifest::{self, CompileOptions, ManifestFile};
 use horde_batch::output::{FilenameTemplate, NameFields, INDEX_FILE, RESULTS_FILE};
+use horde_batch::scheduler::prefix::{PrefixFile, SettledPrefix};
 use horde_batch::store::{RequestKey, RequestRecord, RequestState, SavedImage, Store};
 use serde_json::Value;
 
@@ -81,7 +83,11 @@ fn prepare(manifest_path: &Path, out: &Path, done: usize) -> Result<(), Error> {
     );
     let mut made_dirs: Vec<PathBuf> = Vec::new();
     let (mut cloned, mut kept) = (0usize, 0usize);
+    let mut settled = SettledPrefix::default();
     for (ordinal, job) in compiled.jobs().enumerate().take(done) {
+        settled.keys.push(job.key.0);
+        settled.jobs_done += 1;
+        settled.images_saved += 1;
         if job.images != 1 {
             return Err(format!(
                 "job {} asks for {} images; only one-image jobs are supported",
@@ -168,6 +174,9 @@ fn prepare(manifest_path: &Path, out: &Path, done: usize) -> Result<(), Error> {
     tokio::runtime::Builder::new_current_thread()
         .build()?
         .block_on(store.flush())?;
+    // What a run that settled these jobs leaves beside its ledger (it writes
+    // it every 30 s and when it ends).
+    PrefixFile::new(store.dir(), &compiled.expansion_fingerprint(), None).store(&settled)?;
     println!(
         "ledger-prep: {} jobs done ({kept} from the real run, {cloned} cloned); {} records in the ledger",
         kept + cloned,
