@@ -197,7 +197,7 @@ sync
 log "resume: time to first submit (3 runs)"
 for attempt in 1 2 3; do
     "$python" benches/first_submit.py -- "$bin" run "$work/resume-jobs.yaml" --max-jobs "$resume_jobs" \
-        --horde-url "$sim_url" --out "$work/resume" --log-format json >"$work/resume-$attempt.json"
+        --horde-url "$sim_url" --out "$work/resume" --log-format json --no-report >"$work/resume-$attempt.json"
     cat "$work/resume-$attempt.json" >&2
 done
 stop_sim resume
