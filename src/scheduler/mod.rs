@@ -8,6 +8,10 @@
 //! planner expects it done, read `/status` once, and hand each image to the
 //! sink before recording it saved.
 //!
+//! Jobs are started in expansion order, after the prefix of jobs that earlier
+//! runs settled ([`prefix`]); that prefix is planned last, so a resumed run
+//! of a big batch submits at once.
+//!
 //! What to do after a failed call is decided in one place, [`policy`]; when
 //! to check a request, in [`poll`]; what became of a submit whose answer was
 //! lost, in `adopt`. Every wait selects on the run's stop token, so a stop is

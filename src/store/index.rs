@@ -118,6 +118,17 @@ impl Store {
     #[inline(always)]
     pub(super) fn journal(&self, _tree: TreeName, _key: &[u8], _value: Option<&[u8]>) {}
 
+    /// Every key the index holds, collected first: removing entries while
+    /// iterating the tree would race the iterator.
+    pub(super) fn indexed_keys(&self) -> Result<Vec<sled::IVec>, StoreError> {
+        self.inner
+            .in_flight
+            .iter()
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|error| self.backend_error(error))
+    }
+
     /// Indexes `encoded_key`; call (under the key's lock) before its record may
     /// become in flight.
     pub(super) fn index_add(&self, encoded_key: &[u8]) -> Result<(), StoreError> {
@@ -207,14 +218,7 @@ impl Store {
 
         // The stored marker does not match, so a crash anywhere below leaves
         // it unmatched and the next open rebuilds again.
-        let old_keys: Vec<sled::IVec> = self
-            .inner
-            .in_flight
-            .iter()
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|error| self.backend_error(error))?;
-        for key in old_keys {
+        for key in self.indexed_keys()? {
             self.index_remove(&key)?;
         }
         for entry in self.inner.requests.iter() {

@@ -318,18 +318,9 @@ impl Store {
     /// Reads only the records the in-flight index names (see `index.rs`), and
     /// drops the index entries it finds stale.
     pub fn in_flight(&self) -> Result<Vec<(RequestKey, RequestRecord)>, StoreError> {
-        // Collected first: dropping stale entries while iterating the index
-        // would race the iterator.
-        let indexed: Vec<sled::IVec> = self
-            .inner
-            .in_flight
-            .iter()
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|error| self.backend_error(error))?;
         let mut in_flight = Vec::new();
         let mut stale = Vec::new();
-        for raw_key in indexed {
+        for raw_key in self.indexed_keys()? {
             let raw_value = self
                 .inner
                 .requests
