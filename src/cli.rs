@@ -184,6 +184,12 @@ pub struct RunArgs {
     /// report` writes it on demand. It costs about 4 CPU s per 1,000 new images.
     #[arg(long)]
     pub no_report: bool,
+    /// Write no report.html at the end of a run whose batch holds more
+    /// images than this: one page (and its memory) grows with every image,
+    /// and a run stopped with Ctrl-C should exit promptly. `horde-batch
+    /// report` still writes it on demand.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub report_max_images: u64,
     /// Stop (exit 6) when the Horde has given no successful answer for this long (a wrong URL, an outage).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub unreachable_after: Duration,

@@ -467,3 +467,40 @@ fn run_no_report_leaves_the_page_to_the_report_command() {
     assert_eq!(made.code, 0, "{}", made.stderr);
     assert_eq!(select(&page(&batch), ".card[data-file]").len(), 4);
 }
+
+/// A batch with more images than `--report-max-images` gets no page at the
+/// end of its run (the page grows with every image; a Ctrl-C must exit
+/// promptly), and one line says how to make it.
+#[test]
+fn a_batch_bigger_than_report_max_images_gets_a_line_instead_of_a_page() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "32"]);
+    let batch = Batch::new(
+        "version: 1\nname: big\ndefaults: {models: [stable_diffusion], params: {width: 64, height: 64}}\njobs:\n  - {name: a, prompt: 'a {red|blue} cube', images: 2}\n",
+    );
+    let finished = run_bounded(
+        batch
+            .command(&sim, "run")
+            .args(["--report-max-images", "3"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    batch.assert_complete(4);
+    assert!(
+        finished
+            .stderr
+            .contains("no report page for a batch of 4 images (more than --report-max-images 3)"),
+        "{}",
+        finished.stderr
+    );
+    assert!(!batch.out().join("report.html").exists());
+    // At the limit, the page is written.
+    let again = run_bounded(
+        batch
+            .command(&sim, "run")
+            .args(["--report-max-images", "4"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stderr.contains("report at"), "{}", again.stderr);
+    assert_eq!(select(&page(&batch), ".card[data-file]").len(), 4);
+}

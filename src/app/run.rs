@@ -147,23 +147,53 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             }
         }
         watch_signals(Arc::clone(&engine));
-        watch_stop_deadline(Arc::clone(&engine));
+        let stop_deadline = watch_stop_deadline(Arc::clone(&engine));
         if let Some(limit) = args.max_runtime {
             watch_deadline(Arc::clone(&engine), limit, args.at_max_runtime);
         }
         let reporter = Reporter::start(events, args.progress, args.progress_interval, state_dir.clone());
         tracing::info!(manifest = %compiled.file.path.display(), out = %out_dir.display(), budget = capacity, "run started");
         let summary = engine.run().await;
+        // Done with the Horde: what is left (summary, report) is local work,
+        // which a second Ctrl-C still cuts short.
+        stop_deadline.abort();
         let progress = reporter.finish().await;
         let ending = engine.ending(&summary);
         crate::report::print_summary(&progress, &summary, &ending, out_dir);
         report_strays(out_dir).await;
         if !args.no_report {
-            write_run_report(&batch, &store, &progress).await;
+            write_run_report_unless_too_big(&batch, &store, &progress, args.report_max_images).await;
         }
         horde.close().await;
         Ok(ExitCode::from(exit::code(&ending)))
     })
+}
+
+/// The report at the end of a run, unless the batch holds more than
+/// `max_images` (the page and its memory grow with every image, and a run
+/// stopped with Ctrl-C should exit promptly); then one line says so.
+async fn write_run_report_unless_too_big(
+    batch: &Batch,
+    store: &crate::store::Store,
+    progress: &crate::report::Progress,
+    max_images: u64,
+) {
+    let images = progress.status().images_saved;
+    if images <= max_images {
+        return write_run_report(batch, store, progress).await;
+    }
+    match crate::logging::messages() {
+        crate::logging::Messages::Text => crate::say!(
+            "horde-batch: no report page for a batch of {images} images (more than \
+             --report-max-images {max_images}); `horde-batch report` writes it"
+        ),
+        crate::logging::Messages::Json => tracing::info!(
+            images,
+            max = max_images,
+            "no report page for a batch this big; `horde-batch report` writes it"
+        ),
+        crate::logging::Messages::Quiet => {}
+    }
 }
 
 /// The report of the batch at the end of a run: the whole batch (earlier runs
@@ -332,7 +362,8 @@ const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 /// However the run is stopped, the process exits within `STOP_DEADLINE`, even
 /// when the Horde does not answer the cancels: every ledger step is durable,
 /// and what is left on the Horde is picked up by the next run or `cancel`.
-fn watch_stop_deadline(engine: Arc<Engine>) {
+/// Aborted once the engine is done with the Horde.
+fn watch_stop_deadline(engine: Arc<Engine>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         engine.stop.cancelled().await;
         tokio::time::sleep(STOP_DEADLINE).await;
@@ -346,7 +377,7 @@ fn watch_stop_deadline(engine: Arc<Engine>) {
             ..RunSummary::default()
         };
         std::process::exit(i32::from(exit::code(&engine.ending(&summary))));
-    });
+    })
 }
 
 /// At `limit`: no more submits, then detach from or cancel what is on the Horde.
