@@ -351,13 +351,21 @@ fn a_second_run_on_the_same_state_is_refused() {
     let batch = Batch::smoke();
     let mut first = batch.spawn_run(&sim);
     batch.wait_for_images(1, Duration::from_secs(60));
+    // Stands for a file the running run is writing right now.
+    let writing = batch.out().join(".hb-tmp-being-written");
+    std::fs::write(&writing, b"half an image").unwrap();
     let (code, stderr) = batch.run(&sim);
+    let left_alone = writing.exists();
     kill(&mut first, "KILL");
     wait_exit(&mut first, Duration::from_secs(10));
     assert_eq!(code, 4, "{stderr}");
     assert!(
         stderr.contains(&first.id().to_string()),
         "the error names the running process: {stderr}"
+    );
+    assert!(
+        left_alone,
+        "the refused run took the running one's temp file for a leftover"
     );
 }
 

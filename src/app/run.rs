@@ -42,6 +42,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             None
         };
         let store = batch.open_store().await?;
+        // Ours now (the ledger's lock is held): temp files left in it are a killed run's.
+        output.start_sweep();
         // The output folder is the record of what exists: a state folder that was
         // deleted (or never copied along) is rebuilt from the sidecars, unasked.
         let rebuild_from = match rebuild_from {

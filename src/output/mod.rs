@@ -13,8 +13,8 @@
 //! has to reach its first submit at once. So opening repairs the tails of
 //! the JSON Lines files and reads the keys of `results.jsonl` (asked for
 //! every job at the start); the temp files of a killed run are swept by a
-//! thread of its own, which everything that creates a temp file waits for
-//! first; the keys of `metadata.jsonl` and `errors.jsonl` are read only when
+//! thread of its own once the caller owns the folder, which everything that
+//! creates a temp file waits for first; the keys of `metadata.jsonl` and `errors.jsonl` are read only when
 //! something needs them. The index's keys are needed only for an image some
 //! of whose files were already there (a retry after a crash): a row is made
 //! durable after its files, so a row can name a new file only if that file
@@ -154,7 +154,7 @@ impl OutputError {
 }
 
 /// What [`OutputDir::open`] cleaned up after an earlier run (the temp files
-/// are counted once the sweep that open started has finished).
+/// are counted once the sweep has finished).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
     /// `.hb-tmp-*` files (partial writes of a killed run) removed.
@@ -184,8 +184,9 @@ pub struct WrittenImage {
 /// be used from several threads at once.
 ///
 /// Only one process should write a given output directory at a time (the
-/// ledger's lock ensures that for a run): `open`'s sweep treats any temp file it finds
-/// as a leftover.
+/// ledger's lock ensures that for a run): the sweep treats any temp file it
+/// finds as a leftover, so it starts only once the caller holds that lock
+/// ([`OutputDir::start_sweep`]) or at the first write.
 #[derive(Debug, Clone)]
 pub struct OutputDir {
     inner: Arc<Inner>,
@@ -199,7 +200,7 @@ struct Inner {
     index: Mutex<JsonlLog>,
     results: Mutex<JsonlLog>,
     errors: Mutex<JsonlLog>,
-    /// The sweep of a killed run's temp files, started by `open`.
+    /// The sweep of a killed run's temp files (see [`OutputDir::start_sweep`]).
     sweep: Mutex<Sweep>,
     torn_lines: Vec<TornLine>,
     /// Filled when first asked for, after the sweep.
@@ -207,12 +208,16 @@ struct Inner {
 }
 
 /// Removing the temp files a killed run left. Walking a folder of a million
-/// files takes a second, so it runs on its own thread from `open` on, and
-/// everything that creates a temp file waits for it first (so a temp file of
-/// this run is never taken for a leftover). Writes come only after a
-/// request's images are back, long after the sweep has usually finished.
+/// files takes a second, so it runs on its own thread once the caller owns
+/// the folder ([`OutputDir::start_sweep`], after the ledger's lock: a process
+/// refused the lock must not take a running run's temp files for leftovers),
+/// and everything that creates a temp file waits for it first (so a temp
+/// file of this run is never taken for a leftover), sweeping then if nobody
+/// started it. Writes come only after a request's images are back, long
+/// after the sweep has usually finished.
 #[derive(Debug)]
 enum Sweep {
+    NotStarted,
     Running(JoinHandle<io::Result<usize>>),
     /// How many files were removed, or why the sweep failed (an `io::Error`
     /// cannot be cloned, so each waiter gets a copy of kind and message).
@@ -221,11 +226,10 @@ enum Sweep {
 
 impl OutputDir {
     /// Opens (creating if needed) an output directory: checks it is writable,
-    /// starts removing partial files left by a killed run (on a thread of
-    /// its own; see [`OutputDir::recovery`]), repairs torn JSON Lines
-    /// rows and loads which jobs are already recorded (`results.jsonl`; the
-    /// other files' keys are read when first needed, and a damaged line in
-    /// them is reported then).
+    /// repairs torn JSON Lines rows and loads which jobs are already recorded
+    /// (`results.jsonl`; the other files' keys are read when first needed,
+    /// and a damaged line in them is reported then). Temp files a killed run
+    /// left are removed later: see [`OutputDir::start_sweep`].
     ///
     /// # Errors
     ///
@@ -249,8 +253,6 @@ impl OutputDir {
             }
         }
         atomic::probe_writable(&root).map_err(|e| OutputError::io("create files in", &root, e))?;
-        // Started after the probe, whose temp file is gone by then.
-        let sweep = start_sweep(root.clone());
 
         let mut torn_lines = Vec::new();
         let mut open_log = |name: &str, key_field| -> Result<JsonlLog, OutputError> {
@@ -272,7 +274,7 @@ impl OutputDir {
                 index: Mutex::new(index),
                 results: Mutex::new(results),
                 errors: Mutex::new(errors),
-                sweep: Mutex::new(sweep),
+                sweep: Mutex::new(Sweep::NotStarted),
                 torn_lines,
                 recovery: OnceLock::new(),
             }),
@@ -284,8 +286,18 @@ impl OutputDir {
         &self.inner.root
     }
 
+    /// Starts removing the temp files a killed run left, on a thread of its
+    /// own. Call it once this process owns the folder (holds the ledger's
+    /// lock); without it, the first write sweeps before it writes.
+    pub fn start_sweep(&self) {
+        let mut sweep = lock(&self.inner.sweep);
+        if matches!(*sweep, Sweep::NotStarted) {
+            *sweep = spawn_sweep(self.root().to_path_buf());
+        }
+    }
+
     /// What opening cleaned up after an earlier run. Waits for the sweep
-    /// of temp files that opening started.
+    /// of temp files (sweeping now if it was not started).
     pub fn recovery(&self) -> &Recovery {
         self.inner.recovery.get_or_init(|| Recovery {
             // A failed sweep was logged; the next write reports it.
@@ -312,6 +324,10 @@ impl OutputDir {
     /// [`OutputDir::finish_sweep`] with the error as kind and message.
     fn sweep_outcome(&self) -> Result<usize, (io::ErrorKind, String)> {
         let mut sweep = lock(&self.inner.sweep);
+        if matches!(*sweep, Sweep::NotStarted) {
+            // Nobody started it: sweep now (joined just below).
+            *sweep = spawn_sweep(self.root().to_path_buf());
+        }
         if matches!(*sweep, Sweep::Running(_)) {
             let Sweep::Running(handle) = std::mem::replace(&mut *sweep, Sweep::Done(Ok(0))) else {
                 unreachable!("matched Running just above");
@@ -337,7 +353,9 @@ impl OutputDir {
         }
         match &*sweep {
             Sweep::Done(outcome) => outcome.clone(),
-            Sweep::Running(_) => unreachable!("the sweep was joined just above"),
+            Sweep::NotStarted | Sweep::Running(_) => {
+                unreachable!("the sweep was run or joined just above")
+            }
         }
     }
 
@@ -664,7 +682,7 @@ fn contains_or_log(log: &Mutex<JsonlLog>, key: &str) -> bool {
 }
 
 /// Starts removing the temp files a killed run left under `root`.
-fn start_sweep(root: PathBuf) -> Sweep {
+fn spawn_sweep(root: PathBuf) -> Sweep {
     let spawned = std::thread::Builder::new()
         .name("hb-temp-sweep".into())
         .spawn({
@@ -820,6 +838,19 @@ mod tests {
         // The write joined the sweep before creating its temp files.
         assert!(matches!(*lock(&out.inner.sweep), Sweep::Done(Ok(1))));
         assert_eq!(out.recovery().removed_temp_files, 1);
+    }
+
+    #[test]
+    fn open_leaves_temp_files_alone_until_the_caller_owns_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let leftover = dir.path().join(".hb-tmp-left");
+        fs::write(&leftover, b"partial").unwrap();
+        let out = OutputDir::open(dir.path()).unwrap();
+        assert!(matches!(*lock(&out.inner.sweep), Sweep::NotStarted));
+        assert!(leftover.exists(), "open alone sweeps nothing");
+        out.start_sweep();
+        assert_eq!(out.recovery().removed_temp_files, 1);
+        assert!(!leftover.exists());
     }
 
     #[test]
