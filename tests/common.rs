@@ -406,17 +406,12 @@ impl Batch {
     /// `horde-batch status --json` for this batch (the state folder as the
     /// manifest places it), which must succeed.
     pub fn status_json(&self) -> Value {
-        let output = Command::new(BIN)
-            .args(["status", "--json"])
-            .arg(&self.manifest)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let stdout = stdout_of_success(
+            Command::new(BIN)
+                .args(["status", "--json"])
+                .arg(&self.manifest),
         );
-        serde_json::from_slice(&output.stdout).unwrap()
+        serde_json::from_slice(&stdout).unwrap()
     }
 
     /// `run` against `sim`, to its end (bounded by [`RUN_LIMIT`]).
@@ -543,4 +538,16 @@ pub fn python_with(module: &str) -> Option<String> {
         .output()
         .is_ok_and(|o| o.status.success());
     has.then_some(python)
+}
+
+/// Runs `command` to its end, asserts it succeeded (showing its stderr if
+/// not) and returns its stdout.
+pub fn stdout_of_success(command: &mut Command) -> Vec<u8> {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
 }

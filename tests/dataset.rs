@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{run_bounded, Batch, Sim};
+use crate::common::{run_bounded, stdout_of_success, Batch, Sim};
 
 #[test]
 fn a_thousand_row_csv_with_ids_names_every_file_and_result_by_id() {
@@ -219,19 +219,14 @@ print(json.dumps({"columns": ds.column_names, "rows": rows, "sizes": sizes,
                   "features": {k: str(v) for k, v in ds.features.items()}}))
 "#;
     let home = tempfile::tempdir().unwrap();
-    let output = Command::new(python)
-        .args(["-c", script])
-        .arg(dir)
-        .env("HF_DATASETS_OFFLINE", "1")
-        .env("HF_HOME", home.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = stdout_of_success(
+        Command::new(python)
+            .args(["-c", script])
+            .arg(dir)
+            .env("HF_DATASETS_OFFLINE", "1")
+            .env("HF_HOME", home.path()),
     );
-    Some(serde_json::from_slice(&output.stdout).unwrap())
+    Some(serde_json::from_slice(&stdout).unwrap())
 }
 
 /// The real loader reads a finished run's folder with one column per label

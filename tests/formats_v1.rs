@@ -20,7 +20,7 @@ use horde_batch::store::{
 };
 use serde_json::{json, Value};
 
-use crate::common::{walk, Sim, BIN, TEST_FIND_USER_CACHE};
+use crate::common::{stdout_of_success, walk, Sim, BIN, TEST_FIND_USER_CACHE};
 
 /// Set to `1` to let [`write_v1_fixtures`] write `tests/fixtures/v1/`.
 const WRITE_ENV: &str = "HORDE_BATCH_WRITE_FIXTURES";
@@ -688,19 +688,14 @@ fn batch_sidecars(out: &Path) -> Vec<Sidecar> {
 }
 
 fn status_json(batch: &Path) -> Value {
-    let output = Command::new(BIN)
-        .args(["status", "manifest.yaml", "--json"])
-        .current_dir(batch)
-        .env_remove("AI_HORDE_API_KEY")
-        .env_remove("AI_HORDE_URL")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = stdout_of_success(
+        Command::new(BIN)
+            .args(["status", "manifest.yaml", "--json"])
+            .current_dir(batch)
+            .env_remove("AI_HORDE_API_KEY")
+            .env_remove("AI_HORDE_URL"),
     );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_slice(&stdout).unwrap()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{kill, stat, wait_exit, Batch, Sim, BIN};
+use crate::common::{kill, stat, stdout_of_success, wait_exit, Batch, Sim, BIN};
 use serde_json::Value;
 
 #[test]
@@ -268,16 +268,8 @@ fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
         script.display(),
         words.len() - 1
     );
-    let output = Command::new("bash")
-        .args(["-c", &program])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
+    let stdout = stdout_of_success(Command::new("bash").args(["-c", &program]));
+    String::from_utf8_lossy(&stdout)
         .lines()
         .map(str::to_owned)
         .collect()
