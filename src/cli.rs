@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+pub use crate::ui::{LogFormat, LoggingArgs, ProgressMode};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -35,27 +37,6 @@ pub struct Cli {
     pub logging: LoggingArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Logging flags shared by every command.
-#[derive(Debug, Args)]
-pub struct LoggingArgs {
-    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
-    /// Only errors: no progress lines, no summary (overrides RUST_LOG).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
-    pub quiet: bool,
-    /// Log line format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,8 +141,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub rebuild_state: bool,
     /// How progress is shown: bars on a terminal and JSON lines otherwise (auto), or forced.
-    #[arg(long, value_enum, default_value_t = crate::report::ProgressMode::Auto)]
-    pub progress: crate::report::ProgressMode,
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
     /// Seconds between progress reports (JSON lines and the status file).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,

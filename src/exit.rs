@@ -1,5 +1,12 @@
-//! The process exit codes, documented in the README and `--help`. Scripts and
-//! cron jobs depend on them: never renumber one.
+//! How a run ends, and the process exit codes made from it.
+//!
+//! [`Ending`] is the one fact an exit code is made from; the engine's event
+//! fold (`scheduler::events::RunStats`) derives it, and [`code`] maps it. The
+//! codes are documented in `docs/errors.md` and `--help`. Scripts and cron
+//! jobs depend on them: never renumber one. This module sits below the
+//! engine and knows nothing of it.
+
+use serde::Serialize;
 
 /// Everything asked for was done.
 pub const SUCCESS: u8 = 0;
@@ -20,10 +27,102 @@ pub const UNREACHABLE: u8 = 6;
 /// Stopped by Ctrl-C, SIGTERM or SIGHUP (128 + SIGINT).
 pub const INTERRUPTED: u8 = 130;
 
+/// Why a run ended early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Abort {
+    /// The Horde refused the API key.
+    #[error("the Horde refused the API key: {0}")]
+    Auth(String),
+    /// A file could not be written (disk full, read-only, ...).
+    #[error("an output file could not be written: {0}")]
+    Output(String),
+    /// The ledger could not be read or written, or disagrees with the files on disk.
+    #[error("ledger: {0}")]
+    Ledger(String),
+    /// The server answered with a redirect, which is never followed (it could carry the key elsewhere).
+    #[error("{0}")]
+    Redirected(String),
+    /// The Horde gave no successful answer for too long.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Why submitting stopped while the run went on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Closed {
+    /// `--max-runtime` was reached.
+    MaxRuntime,
+    /// The next request would pass `--max-kudos`.
+    MaxKudos,
+}
+
+/// Why a run ended: the one fact its exit code is made from ([`code`]).
+/// Serialized as its snake_case name (`"complete"`, `"aborted"`, …); an
+/// abort's reason is told apart, as the summary's `message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Every job asked for is done.
+    Complete,
+    /// The run went through, but some jobs failed or could not finish.
+    JobsFailed,
+    /// Stopped by a signal.
+    Interrupted,
+    /// `--max-runtime` was reached.
+    MaxRuntime,
+    /// `--max-kudos` would have been passed.
+    MaxKudos,
+    /// Something made going on pointless.
+    Aborted(Abort),
+}
+
+impl Ending {
+    /// How a run with these facts ended: an abort wins, then a closed submit
+    /// window, then a stop; otherwise whether every job is done.
+    pub fn of(
+        abort: Option<Abort>,
+        closed: Option<Closed>,
+        stopped: bool,
+        jobs_left_undone: bool,
+    ) -> Self {
+        match (abort, closed) {
+            (Some(abort), _) => Ending::Aborted(abort),
+            (None, Some(Closed::MaxRuntime)) => Ending::MaxRuntime,
+            (None, Some(Closed::MaxKudos)) => Ending::MaxKudos,
+            (None, None) if stopped => Ending::Interrupted,
+            (None, None) if jobs_left_undone => Ending::JobsFailed,
+            (None, None) => Ending::Complete,
+        }
+    }
+
+    /// The stable snake_case name scripts read.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Ending::Complete => "complete",
+            Ending::JobsFailed => "jobs_failed",
+            Ending::Interrupted => "interrupted",
+            Ending::MaxRuntime => "max_runtime",
+            Ending::MaxKudos => "max_kudos",
+            Ending::Aborted(_) => "aborted",
+        }
+    }
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Ending {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// The exit code of a run (or `cancel`) that ended this way. Errors before a
 /// run starts map through `AppError::exit_code`, with the same meanings.
-pub fn code(ending: &crate::scheduler::Ending) -> u8 {
-    use crate::scheduler::{Abort, Ending};
+pub fn code(ending: &Ending) -> u8 {
     match ending {
         Ending::Complete => SUCCESS,
         Ending::JobsFailed => JOBS_FAILED,
@@ -39,7 +138,6 @@ pub fn code(ending: &crate::scheduler::Ending) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::{Abort, Ending};
 
     #[test]
     fn an_unusable_output_folder_is_a_setup_problem_wherever_it_is_found() {

@@ -9,14 +9,16 @@
 //! | --- | --- | --- |
 //! | [`cli`] | clap types, help text, the hidden tuning flags | do I/O |
 //! | [`app`] | one function per command: wiring, signals, the final summary | hold engine logic |
-//! | [`exit`] | the exit codes scripts rely on | renumber one |
+//! | [`exit`] | how a run ends (`Ending`, `Abort`) and the exit codes scripts rely on | renumber one |
+//! | [`layout`] | names in the output folder: the filename template, the index's built-in columns | do I/O, know the manifest or the writer |
 //! | [`manifest`] | the YAML language: parse with positions, validate, expand, job keys | talk HTTP or touch the ledger |
 //! | [`plan`] | splitting jobs into request slots of `n` | do I/O |
 //! | [`scheduler`] | the engine: pacing, budget, the failure policy, polling, lost submits, cancels | print, or choose a delay outside `scheduler::policy` |
 //! | [`horde`] | the typed API client: requests, answers, error classes, key redaction | retry, sleep, persist, follow a redirect |
 //! | [`store`] | the sled ledger: versioned request records, flushes, the lock | talk HTTP or write images |
 //! | [`output`] | every file in the output folder: WebP checks, atomic writes, sidecars, names, the dataset index, results and errors | know the scheduler |
-//! | [`report`] | progress bars, JSON progress, `status.json`, `status` | decide anything |
+//! | [`progress`] | progress bars, JSON progress, `status.json`, the status view, the final summary (all from the event fold) | decide anything |
+//! | [`ui`] | the user's output choices: verbosity, log format, progress mode | do I/O |
 //! | [`gallery`] | `report.html`, its thumbnails (`.report/`) and the X/Y/Z grids (`grids/`) | write images, sidecars or JSON Lines files |
 //! | [`rebuild`] | a new ledger from the sidecars (`run --rebuild-state`) | touch the Horde |
 //! | [`logging`] | tracing set-up (text or JSON, levels) | see the key |
@@ -37,12 +39,14 @@ pub mod cli;
 pub mod exit;
 pub mod gallery;
 pub mod horde;
+pub mod layout;
 pub mod logging;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod rebuild;
-pub mod report;
 pub mod scheduler;
 pub mod sim;
 pub mod store;
+pub mod ui;

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{LogFormat, LoggingArgs};
+use crate::ui::{LogFormat, LoggingArgs};
 
 /// How a command's own messages on stderr (the final summary) are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::process::Command;
 use horde_batch::output::{
     IndexRow, JobError, JobResult, OutputDir, Sidecar, ERRORS_FILE, INDEX_FILE, RESULTS_FILE,
 };
-use horde_batch::report::{read_status_file, InFlight, StatusReport, STATUS_FILE};
+use horde_batch::progress::{read_status_file, InFlight, StatusReport, STATUS_FILE};
 use horde_batch::store::{
     RecordedError, RequestKey, RequestRecord, RequestState, RunMeta, SavedImage, Store,
 };
@@ -650,7 +650,7 @@ fn write_output_files(dir: &Path) {
         jobs_failed: 1,
         finished: false,
     };
-    horde_batch::report::write_status_file(dir, &status).unwrap();
+    horde_batch::progress::write_status_file(dir, &status).unwrap();
     assert!(dir.join(STATUS_FILE).is_file());
 }
 

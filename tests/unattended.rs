@@ -333,7 +333,7 @@ fn logs_in_a_file_have_no_colour_quiet_is_quiet_and_json_is_json_to_the_end() {
         .find_map(|l| l.get("summary"))
         .expect("the summary is one JSON object");
     assert_eq!(summary["images_saved_now"], 2);
-    assert_eq!(summary["ending"], "Complete");
+    assert_eq!(summary["ending"], "complete");
 }
 
 #[test]

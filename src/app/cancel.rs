@@ -10,7 +10,7 @@ use super::AppError;
 use crate::cli::CancelArgs;
 use crate::exit;
 use crate::output::Dataset;
-use crate::scheduler::{Ending, Engine, KeyPool, OnStop};
+use crate::scheduler::{Ending, Engine, KeyPool, OnStop, Parts, RunConfig};
 
 /// `horde-batch cancel`: cancels every request a run left on the Horde.
 pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
@@ -26,19 +26,21 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
         stop.cancel();
         let compiled = Arc::clone(&batch.compiled);
         let sink = Dataset::new(output, batch.template.clone(), Arc::clone(&compiled));
-        let engine = Engine::new(
+        let parts = Parts {
             client,
             keys,
-            Arc::new(store),
-            Arc::new(sink),
-            compiled,
-            args.tuning.resolve(),
-            stop,
-            OnStop::Cancel,
-            None,
+            ledger: Arc::new(store),
+            sink: Arc::new(sink),
+            manifest: compiled,
             // `cancel` reports what it did itself; nothing listens to the events.
-            tokio::sync::mpsc::unbounded_channel().0,
-        );
+            events: tokio::sync::mpsc::unbounded_channel().0,
+        };
+        let config = RunConfig {
+            tuning: args.tuning.resolve(),
+            on_stop: OnStop::Cancel,
+            ..RunConfig::default()
+        };
+        let engine = Engine::new(parts, config, stop);
         let report = engine.cancel_in_flight().await;
         for (fingerprint, requests) in &report.missing_keys {
             crate::say!(

@@ -11,7 +11,7 @@ use super::AppError;
 use crate::cli::FailuresArgs;
 use crate::output::{JobError, JobResult, ERRORS_FILE, RESULTS_FILE};
 
-pub use crate::report::FailedJob;
+pub use crate::progress::FailedJob;
 
 /// The jobs of `batch` whose latest outcome is a failure, in the order they last failed.
 pub(super) fn failed_jobs(batch: &Batch) -> Result<Vec<FailedJob>, AppError> {

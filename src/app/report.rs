@@ -9,7 +9,7 @@ use super::config::Batch;
 use super::AppError;
 use crate::cli::ReportArgs;
 use crate::gallery::{self, PlanJob, ReportInput, Written};
-use crate::report::StatusReport;
+use crate::progress::StatusReport;
 
 /// `horde-batch report`.
 pub fn report(args: &ReportArgs) -> Result<ExitCode, AppError> {

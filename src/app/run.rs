@@ -14,8 +14,9 @@ use crate::exit;
 use crate::horde::{FailureClass, HordeClient};
 use crate::manifest::CompiledManifest;
 use crate::output::Dataset;
-use crate::report::Reporter;
-use crate::scheduler::{Closed, Engine, KeyPool, OnStop, RunSummary};
+use crate::progress::Reporter;
+use crate::progress::StatusReport;
+use crate::scheduler::{Closed, Ending, Engine, KeyPool, OnStop, Parts, RunConfig, RunStats};
 
 /// Budget when the Horde cannot tell us the key's concurrency (its default for registered users).
 const FALLBACK_CONCURRENCY: u32 = 30;
@@ -108,46 +109,46 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             .map(|k| k.budget.capacity())
             .sum();
         let served_models = preflight(&horde.clients, &compiled, args.wait_for_workers).await?;
-        let stop = CancellationToken::new();
-        let on_stop = if args.detach { OnStop::Detach } else { OnStop::Cancel };
-        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
-        let engine = Engine::new(
-            client.clone(),
-            keys,
-            Arc::new(store.clone()),
-            Arc::new(Dataset::new(output, template.clone(), Arc::clone(&compiled))),
-            Arc::clone(&compiled),
-            crate::scheduler::Tuning {
+        let only = if args.retry_failed {
+            let failed = super::failures::failed_jobs(&batch)?;
+            crate::say!("horde-batch: retrying {} failed job(s) only", failed.len());
+            Some(Arc::new(failed.into_iter().map(|job| job.job_key).collect()))
+        } else {
+            None
+        };
+        let kudos_per_image_estimate = match args.max_kudos {
+            Some(_) => first_request_estimate(&client, &compiled).await,
+            None => None,
+        };
+        // Every setting is resolved before the engine is built: it never learns one later.
+        let config = RunConfig {
+            tuning: crate::scheduler::Tuning {
                 unreachable_after: args.unreachable_after,
                 ..args.tuning.resolve()
             },
-            stop.clone(),
-            on_stop,
-            args.max_kudos,
-            sender,
-        );
-        if let Some(served) = served_models {
-            engine.set_served_models(served);
-        }
-        if let Some(shard) = batch.shard {
-            engine.set_shard(shard);
-        }
-        engine.set_prefix_file(crate::scheduler::prefix::PrefixFile::new(
-            state_dir,
-            &compiled.expansion_fingerprint(),
-            batch.shard,
-        ));
-        if args.retry_failed {
-            let failed = super::failures::failed_jobs(&batch)?;
-            crate::say!("horde-batch: retrying {} failed job(s) only", failed.len());
-            engine.set_only(failed.into_iter().map(|job| job.job_key).collect());
-        }
-        if args.max_kudos.is_some() {
-            engine.set_kudos_spent_before(spent_before);
-            if let Some(per_image) = first_request_estimate(&client, &compiled).await {
-                engine.set_kudos_estimate(per_image);
-            }
-        }
+            on_stop: if args.detach { OnStop::Detach } else { OnStop::Cancel },
+            max_kudos: args.max_kudos,
+            kudos_spent_before: spent_before,
+            kudos_per_image_estimate,
+            served_models,
+            shard: batch.shard,
+            only,
+            prefix_file: Some(crate::scheduler::prefix::file_for(
+                state_dir,
+                &compiled.expansion_fingerprint(),
+                batch.shard,
+            )),
+        };
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        let parts = Parts {
+            client: client.clone(),
+            keys,
+            ledger: Arc::new(store.clone()),
+            sink: Arc::new(Dataset::new(output, template.clone(), Arc::clone(&compiled))),
+            manifest: Arc::clone(&compiled),
+            events: sender,
+        };
+        let engine = Engine::new(parts, config, CancellationToken::new());
         watch_signals(Arc::clone(&engine));
         let stop_deadline = watch_stop_deadline(Arc::clone(&engine));
         if let Some(limit) = args.max_runtime {
@@ -155,19 +156,19 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         }
         let reporter = Reporter::start(events, args.progress, args.progress_interval, state_dir.clone());
         tracing::info!(manifest = %compiled.file.path.display(), out = %out_dir.display(), budget = capacity, "run started");
-        let summary = engine.run().await;
+        engine.run().await;
         // Done with the Horde: what is left (summary, report) is local work,
         // which a second Ctrl-C still cuts short.
         stop_deadline.abort();
-        let progress = reporter.finish().await;
-        let ending = engine.ending(&summary);
-        crate::report::print_summary(&progress, &summary, &ending, out_dir);
+        // Every figure of the summary, the report and the exit code comes from this one fold.
+        let stats = reporter.finish().await;
+        crate::progress::print_summary(&stats, out_dir);
         report_strays(out_dir).await;
         if !args.no_report {
-            write_run_report_unless_too_big(&batch, &store, &progress, args.report_max_images).await;
+            write_run_report_unless_too_big(&batch, &store, &stats, args.report_max_images).await;
         }
         horde.close().await;
-        Ok(ExitCode::from(exit::code(&ending)))
+        Ok(ExitCode::from(exit::code(&stats.ending())))
     })
 }
 
@@ -177,12 +178,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
 async fn write_run_report_unless_too_big(
     batch: &Batch,
     store: &crate::store::Store,
-    progress: &crate::report::Progress,
+    stats: &RunStats,
     max_images: u64,
 ) {
-    let images = progress.status().images_saved;
+    let images = StatusReport::live(stats).images_saved;
     if images <= max_images {
-        return write_run_report(batch, store, progress).await;
+        return write_run_report(batch, store, stats).await;
     }
     match crate::logging::messages() {
         crate::logging::Messages::Text => crate::say!(
@@ -200,12 +201,8 @@ async fn write_run_report_unless_too_big(
 
 /// The report of the batch at the end of a run: the whole batch (earlier runs
 /// too) from the ledger, with this run's own figures (429s, waits) from its events.
-async fn write_run_report(
-    batch: &Batch,
-    store: &crate::store::Store,
-    progress: &crate::report::Progress,
-) {
-    let this_run = progress.status();
+async fn write_run_report(batch: &Batch, store: &crate::store::Store, stats: &RunStats) {
+    let this_run = StatusReport::live(stats);
     let mut status = match super::status::ledger_status(batch, store) {
         Ok(status) => status,
         Err(error) => {
@@ -222,7 +219,7 @@ async fn write_run_report(
 
 /// Writes `report.html` for the run that just ended (stopped or failed too).
 /// The run's outcome stands whatever happens here: a failure is a warning.
-async fn write_report(batch: &Batch, status: crate::report::StatusReport) {
+async fn write_report(batch: &Batch, status: crate::progress::StatusReport) {
     let written = tokio::task::block_in_place(|| super::report::write(batch, Some(status)));
     match written {
         // Like the summary: a line of text, a JSON log line, or nothing with -q.
@@ -374,11 +371,9 @@ fn watch_stop_deadline(engine: Arc<Engine>) -> tokio::task::JoinHandle<()> {
              picked up by the next run or cancelled by `horde-batch cancel`",
             humantime::format_duration(STOP_DEADLINE)
         );
-        let summary = RunSummary {
-            interrupted: engine.aborted().is_none() && engine.closed().is_none(),
-            ..RunSummary::default()
-        };
-        std::process::exit(i32::from(exit::code(&engine.ending(&summary))));
+        // The reporter's fold is not done: the ending is made of what the engine knows.
+        let ending = Ending::of(engine.aborted(), engine.closed(), true, true);
+        std::process::exit(i32::from(exit::code(&ending)));
     })
 }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use super::config::Batch;
 use super::AppError;
 use crate::cli::StatusArgs;
-use crate::report::{PlannedJob, StatusReport};
+use crate::progress::{PlannedJob, StatusReport};
 use crate::store::Store;
 
 /// `horde-batch status`.
@@ -65,7 +65,7 @@ pub(super) fn batch_status(batch: &Batch) -> Result<StatusReport, AppError> {
         match Store::open(state_dir) {
             Ok(store) => StatusReport::from_ledger(&store, &jobs)?,
             Err(crate::store::StoreError::Locked { pid, .. }) => {
-                let mut report = crate::report::read_status_file(state_dir).unwrap_or_default();
+                let mut report = crate::progress::read_status_file(state_dir).unwrap_or_default();
                 report.active = true;
                 report.pid = pid.or(report.pid);
                 report

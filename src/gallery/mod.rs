@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::output::{
     IndexRow, JobResult, Labels, Sidecar, INDEX_FILE, RESULTS_FILE, SHARD_INDEX_FILE,
 };
-use crate::report::StatusReport;
+use crate::progress::StatusReport;
 
 pub use grid::{
     grid_size, GRID_CELL_MAX, GRID_HEADER_HEIGHT, GRID_ROW_LABEL_WIDTH, GRID_TITLE_HEIGHT,
@@ -61,7 +61,7 @@ pub struct PlanJob {
     pub labels: Labels,
 }
 
-pub use crate::report::FailedJob;
+pub use crate::progress::FailedJob;
 
 /// What the caller knows that the output folder does not tell.
 #[derive(Debug, Clone, Default)]

@@ -91,26 +91,7 @@ pub struct IndexRow {
 impl IndexRow {
     /// The built-in columns, which labels and extra columns may not be named
     /// after (`text` is the caption column's default name).
-    pub const BUILT_IN_COLUMNS: &'static [&'static str] = &[
-        "file_name",
-        "text",
-        "negative_prompt",
-        "job",
-        "job_key",
-        "image_index",
-        "model",
-        "seed",
-        "width",
-        "height",
-        "steps",
-        "cfg_scale",
-        "sampler_name",
-        "censored",
-        "horde_request_id",
-        "generation_id",
-        "loras",
-        "post_processing",
-    ];
+    pub const BUILT_IN_COLUMNS: &'static [&'static str] = crate::layout::BUILT_IN_COLUMNS;
 }
 
 /// One line of `results.jsonl`: a job that got all the images it asked for.

@@ -28,7 +28,6 @@
 pub mod a1111;
 mod atomic;
 mod index;
-mod naming;
 mod sidecar;
 mod sink;
 mod strays;
@@ -41,14 +40,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
+pub use crate::layout::naming::{
+    check_relative_name, sanitize_value, FilenameTemplate, NameFields, PathEscape, Placeholder,
+    TemplateError, MAX_COMPONENT_BYTES, MAX_VALUE_BYTES,
+};
 pub use atomic::{syncs_on_this_thread, TEMP_PREFIX};
 pub use index::{
     IndexRow, JobError, JobResult, TornLine, ERRORS_FILE, INDEX_FILE, RESULTS_FILE,
     SHARD_INDEX_FILE,
-};
-pub use naming::{
-    check_relative_name, sanitize_value, FilenameTemplate, NameFields, PathEscape, Placeholder,
-    TemplateError, MAX_COMPONENT_BYTES, MAX_VALUE_BYTES,
 };
 pub use sidecar::{
     format_timestamp, Labels, Sidecar, SidecarSourceFile, SidecarSources, HORDE_BATCH_VERSION,

@@ -16,7 +16,8 @@
 //! one POST at a time, and none while a lost answer is being resolved. Each
 //! key of a pool has its own gate and is looked up with its own `find_user`:
 //! another key's submits cannot show up in (or hide from) that key's list.
-//! This module decides nothing about retries; the slot acts on [`Lost`].
+//! This module decides nothing about retries: a failed look-up is retried as
+//! the failure table says (`policy`, call `Lookup`), and the slot acts on [`Lost`].
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tokio::sync::{watch, Mutex, MutexGuard};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::policy::{Action, Call};
 use super::Engine;
 
 /// Extra time on top of the `find_user` cache before its list is trusted
@@ -31,9 +33,6 @@ use super::Engine;
 fn cache_margin(cache: Duration) -> Duration {
     cache / 15 + Duration::from_millis(100)
 }
-
-/// Tries of a look-up (`find_user`, `/check`) that fails transiently.
-const LOOKUP_ATTEMPTS: u32 = 5;
 
 /// One POST at a time, and none while a lost answer is unresolved.
 #[derive(Debug)]
@@ -140,7 +139,7 @@ impl Engine {
             );
             return Some(Lost::Unresolved);
         }
-        let cache = self.tuning.find_user_cache;
+        let cache = self.tuning().find_user_cache;
         let ready = lost_at + cache + cache_margin(cache);
         tracing::info!(
             request = what,
@@ -208,8 +207,8 @@ impl Engine {
         }
     }
 
-    /// Calls `call` until it answers, at most [`LOOKUP_ATTEMPTS`] times, backing
-    /// off between tries. `None` when `interrupt` fired.
+    /// Calls `call` until it answers or the failure table gives up on it
+    /// (call `Lookup`). `None` when `interrupt` fired.
     async fn retried<T, F, Fut>(
         &self,
         interrupt: &CancellationToken,
@@ -229,18 +228,16 @@ impl Engine {
             if answer.is_ok() {
                 self.heard_from_horde();
             }
-            match answer {
-                Err(error)
-                    if attempt < LOOKUP_ATTEMPTS
-                        && error.class() == crate::horde::FailureClass::Transient =>
-                {
-                    let wait = self.tuning.policy.backoff(attempt);
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = interrupt.cancelled() => return None,
-                    }
-                }
-                answer => return Some(answer),
+            let wait = match &answer {
+                Err(error) => match self.tuning().policy.decide(Call::Lookup, error, attempt) {
+                    Action::Retry { after, .. } => after,
+                    _ => return Some(answer),
+                },
+                Ok(_) => return Some(answer),
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = interrupt.cancelled() => return None,
             }
         }
     }

@@ -1,5 +1,5 @@
-//! The run's key pool: each API key with its own budget, submit gate and
-//! kudos figures, and the choice of which key submits next.
+//! The run's key pool: each API key with its own budget and submit gate,
+//! and the choice of which key submits next.
 //!
 //! The Horde counts concurrency, lost-answer look-ups (`find_user`) and kudos
 //! per key, so each [`PoolKey`] carries its own [`Budget`] and [`SubmitGate`];
@@ -13,7 +13,6 @@
 //! Keys are known here only through their clients and fingerprints: this
 //! module must never log, print or store a key, only its [`fingerprint`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -48,9 +47,6 @@ pub struct PoolKey {
     /// One POST at a time per key, none while one of its lost answers is open.
     pub(super) gate: SubmitGate,
     retired: Mutex<Option<String>>,
-    kudos_millis: AtomicU64,
-    images: AtomicU64,
-    submits: AtomicU64,
 }
 
 impl PoolKey {
@@ -65,33 +61,10 @@ impl PoolKey {
     fn is_active(&self) -> bool {
         self.retired().is_none()
     }
-
-    pub(super) fn charged(&self, kudos: f64) {
-        self.kudos_millis
-            .fetch_add((kudos.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
-    }
-
-    pub(super) fn saved(&self, images: u64) {
-        self.images.fetch_add(images, Ordering::Relaxed);
-    }
-
-    pub(super) fn submitted(&self) {
-        self.submits.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// What this key did in the run.
-    pub fn usage(&self) -> KeyUsage {
-        KeyUsage {
-            fingerprint: self.fingerprint.clone(),
-            submits: self.submits.load(Ordering::Relaxed),
-            images_saved: self.images.load(Ordering::Relaxed),
-            kudos: self.kudos_millis.load(Ordering::Relaxed) as f64 / 1000.0,
-            retired: self.retired(),
-        }
-    }
 }
 
-/// What one key of the pool did in a run (in the summary when the pool has several).
+/// What one key of the pool did in a run (in the summary when the pool has
+/// several), folded from the run's events (`events::RunStats`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KeyUsage {
     pub fingerprint: String,
@@ -128,9 +101,6 @@ impl KeyPool {
                 budget: Budget::with_notify(capacity, Arc::clone(&changed)),
                 gate: SubmitGate::new(0),
                 retired: Mutex::new(None),
-                kudos_millis: AtomicU64::new(0),
-                images: AtomicU64::new(0),
-                submits: AtomicU64::new(0),
             }));
         }
         Self {

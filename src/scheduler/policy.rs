@@ -1,13 +1,20 @@
 //! The failure policy: one table that says what the engine does after a call
 //! to the Horde failed.
 //!
-//! Every call site (submit, `/check`, `/status`, cancel) asks [`Policy::decide`]
-//! with the call, the error and how many times in a row that call has failed,
-//! and does what the returned [`Action`] says. Nothing else in the engine
-//! chooses a delay or a retry limit, so the rules below are the whole story:
+//! Every call site (submit, `/check`, `/status`, cancel, an image download,
+//! the look-ups for a lost submit) asks [`Policy::decide`] with the call, the
+//! error and how many times in a row that call has failed, and does what the
+//! returned [`Action`] says; a slot asks [`Policy::after_short`] before it
+//! resubmits. Nothing else in the engine chooses a delay, a retry limit or a
+//! give-up, so the rules below are the whole story (first matching row wins):
 //!
 //! | call | failure class | action |
 //! | --- | --- | --- |
+//! | lookup (`find_user`, `/check` of a lost submit's candidate) | transient | back off; after [`LOOKUP_ATTEMPTS`] in a row, give up: the lost submit stays unresolved (reported) |
+//! | lookup | anything else | give up: the lost submit stays unresolved (reported) |
+//! | download | expired (the signed URL lapsed), from a status older than this save | [`Action::Refetch`]: read a fresh status for new URLs, download again |
+//! | download | anything else, or expired again | [`Action::Remake`]: drop the image; the slot asks the Horde for it again |
+//! | submit by a key of a pool with another active key | auth, kudos | [`Action::RetireKey`]: retire that key; another key submits the request |
 //! | any | rate limited (429) | wait `Retry-After` (capped) for every task of that endpoint; give up after [`Policy::rate_limit_attempts`] in a row |
 //! | submit | concurrency full | wait `Retry-After`, at least 2 s (capped), for this slot; the caller lowers the budget |
 //! | any | auth (401/403) | stop the run |
@@ -17,7 +24,9 @@
 //! | check, status | expired | resubmit the missing images |
 //! | submit, cancel | expired | give up (a submit cannot expire; a cancelled request that is gone is gone) |
 //! | any | transient, maintenance, IP timeout | wait (server's `Retry-After` capped, else exponential back-off with jitter); give up after [`Policy::transient_attempts`] in a row |
+//! | cancel | timed out | retry at once, at most [`CANCEL_ATTEMPTS`] times |
 //! | cancel | anything else | retry after 0.3 s (the user is waiting to exit), at most [`CANCEL_ATTEMPTS`] times |
+//! | resubmit (a request came back short or expired) | — | at most `run.retries` resubmits per slot, then fail the job as incomplete |
 //!
 //! Every wait it returns is bounded by [`Policy::max_wait`]: a `Retry-After` of
 //! 2^64−1 seconds or an HTTP date in 2100 becomes that cap, with a warning.
@@ -28,24 +37,31 @@ use std::time::Duration;
 
 use crate::horde::{FailureClass, HordeError};
 
-use super::EndpointClass;
+use super::{EndpointClass, FailureKind};
 
 /// The calls whose failures the policy decides about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
     Submit,
+    /// A submit by one key of a pool that has another active key.
+    SubmitFromPool,
     Check,
     Status,
     Cancel,
+    /// Downloading one image from its URL.
+    Download,
+    /// Looking for the request of a submit whose answer was lost
+    /// (`find_user`, then `/check` of the candidate).
+    Lookup,
 }
 
 impl Call {
     /// The endpoint class whose shared back-off a rate limit on this call pushes.
     pub fn endpoint_class(self) -> EndpointClass {
         match self {
-            Call::Submit => EndpointClass::Submit,
-            Call::Check => EndpointClass::Check,
-            Call::Status | Call::Cancel => EndpointClass::Status,
+            Call::Submit | Call::SubmitFromPool => EndpointClass::Submit,
+            Call::Check | Call::Lookup => EndpointClass::Check,
+            Call::Status | Call::Cancel | Call::Download => EndpointClass::Status,
         }
     }
 }
@@ -77,12 +93,22 @@ pub enum Action {
     Resubmit,
     /// Give up on this request: cancel it if it is on the Horde, fail its job as `class`.
     GiveUp { class: FailureClass },
+    /// Fail the job as `kind` (its request has nothing left on the Horde).
+    Fail(FailureKind),
+    /// The image's URL lapsed: read the request's status again for fresh URLs.
+    Refetch,
+    /// Drop this image: the slot asks the Horde for it again.
+    Remake,
+    /// Take this key out of the pool; another key submits the request.
+    RetireKey,
     /// Stop the whole run.
     StopRun(StopCause),
 }
 
 /// Cancels are sent while the user waits for the process to exit: a few quick tries only.
 pub const CANCEL_ATTEMPTS: u32 = 3;
+/// Tries of a look-up for a lost submit that fails transiently.
+pub const LOOKUP_ATTEMPTS: u32 = 5;
 /// The pause between cancel tries.
 const CANCEL_RETRY: Duration = Duration::from_millis(300);
 /// The shortest wait after `TooManyPrompts`: the queue must drain a little first
@@ -127,10 +153,23 @@ impl Policy {
     pub fn decide(&self, call: Call, error: &HordeError, attempt: u32) -> Action {
         let class = error.class();
         match (call, class) {
+            (Call::Lookup, FailureClass::Transient) if attempt < LOOKUP_ATTEMPTS => Action::Retry {
+                after: self.backoff(attempt),
+                scope: WaitScope::Task,
+            },
+            (Call::Lookup, _) => Action::GiveUp { class },
+            (Call::Download, FailureClass::Expired) if attempt <= 1 => Action::Refetch,
+            (Call::Download, _) => Action::Remake,
+            (Call::SubmitFromPool, FailureClass::Auth | FailureClass::Kudos) => Action::RetireKey,
+            (Call::SubmitFromPool, _) => self.decide(Call::Submit, error, attempt),
             (_, FailureClass::Auth) => Action::StopRun(StopCause::Auth),
             (_, FailureClass::Redirected) => Action::StopRun(StopCause::Redirected),
             (Call::Cancel, FailureClass::Expired) => Action::GiveUp { class },
             (Call::Cancel, _) if attempt >= CANCEL_ATTEMPTS => Action::GiveUp { class },
+            (Call::Cancel, _) if error.is_timeout() => Action::Retry {
+                after: Duration::ZERO,
+                scope: WaitScope::Task,
+            },
             (Call::Cancel, _) => Action::Retry {
                 after: CANCEL_RETRY.min(self.max_wait),
                 scope: WaitScope::Task,
@@ -175,6 +214,17 @@ impl Policy {
                     }
                 }
             }
+        }
+    }
+
+    /// After a request came back short or expired, with `retries_used`
+    /// resubmits of the slot so far (this one included) and `allowed` by the
+    /// manifest (`run.retries`): resubmit, or fail the job as incomplete.
+    pub fn after_short(&self, retries_used: u32, allowed: u32) -> Action {
+        if retries_used > allowed {
+            Action::Fail(FailureKind::Incomplete)
+        } else {
+            Action::Resubmit
         }
     }
 
@@ -235,6 +285,113 @@ mod tests {
     }
 
     const ALL: [Call; 4] = [Call::Submit, Call::Check, Call::Status, Call::Cancel];
+
+    fn timed_out() -> HordeError {
+        HordeError::new(
+            Endpoint::new(Operation::Cancel),
+            HordeErrorKind::Transport {
+                stage: TransportStage::AwaitingResponse,
+                timed_out: true,
+                detail: "no answer".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_lookup_retries_only_transient_errors_and_never_stops_the_run() {
+        let policy = Policy::default();
+        let first = wait_of(policy.decide(Call::Lookup, &transport(), 1));
+        assert!(first <= policy.backoff_cap.mul_f64(1.25));
+        assert_eq!(
+            policy.decide(Call::Lookup, &transport(), LOOKUP_ATTEMPTS),
+            Action::GiveUp {
+                class: FailureClass::Transient
+            }
+        );
+        // A refused key while looking leaves the lost submit unresolved; the
+        // next submit with that key is what stops the run.
+        assert!(matches!(
+            policy.decide(Call::Lookup, &api(401, Some("InvalidAPIKey"), None), 1),
+            Action::GiveUp { .. }
+        ));
+        assert!(matches!(
+            policy.decide(Call::Lookup, &api(429, None, None), 1),
+            Action::GiveUp { .. }
+        ));
+    }
+
+    #[test]
+    fn an_expired_download_refetches_once_then_remakes_the_image() {
+        let policy = Policy::default();
+        let lapsed = HordeError::new(
+            Endpoint::new(Operation::DownloadImage),
+            HordeErrorKind::Api {
+                status: 403,
+                rc: None,
+                message: "expired".into(),
+                errors: Default::default(),
+                retry_after: None,
+            },
+        );
+        assert_eq!(lapsed.class(), FailureClass::Expired);
+        assert_eq!(policy.decide(Call::Download, &lapsed, 1), Action::Refetch);
+        assert_eq!(policy.decide(Call::Download, &lapsed, 2), Action::Remake);
+        assert_eq!(
+            policy.decide(Call::Download, &transport(), 1),
+            Action::Remake
+        );
+    }
+
+    #[test]
+    fn a_refused_key_of_a_pool_is_retired_not_the_run_stopped() {
+        let policy = Policy::default();
+        for error in [
+            api(401, Some("InvalidAPIKey"), None),
+            api(403, Some("KudosUpfront"), None),
+        ] {
+            assert_eq!(
+                policy.decide(Call::SubmitFromPool, &error, 1),
+                Action::RetireKey
+            );
+        }
+        // Anything else is decided as for any submit.
+        assert_eq!(
+            policy.decide(Call::SubmitFromPool, &api(400, None, None), 1),
+            policy.decide(Call::Submit, &api(400, None, None), 1)
+        );
+        assert_eq!(
+            policy.decide(Call::Submit, &api(401, Some("InvalidAPIKey"), None), 1),
+            Action::StopRun(StopCause::Auth)
+        );
+    }
+
+    #[test]
+    fn a_cancel_that_times_out_is_tried_again_at_once_then_given_up() {
+        let policy = Policy::default();
+        assert_eq!(
+            wait_of(policy.decide(Call::Cancel, &timed_out(), 1)),
+            Duration::ZERO
+        );
+        assert!(matches!(
+            policy.decide(Call::Cancel, &timed_out(), CANCEL_ATTEMPTS),
+            Action::GiveUp { .. }
+        ));
+    }
+
+    #[test]
+    fn a_slot_resubmits_up_to_the_manifests_retries_then_fails_incomplete() {
+        let policy = Policy::default();
+        assert_eq!(policy.after_short(1, 2), Action::Resubmit);
+        assert_eq!(policy.after_short(2, 2), Action::Resubmit);
+        assert_eq!(
+            policy.after_short(3, 2),
+            Action::Fail(FailureKind::Incomplete)
+        );
+        assert_eq!(
+            policy.after_short(1, 0),
+            Action::Fail(FailureKind::Incomplete)
+        );
+    }
 
     fn wait_of(action: Action) -> Duration {
         match action {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Abort, Engine, Event, KeyPool, OnStop, Tuning};
+use super::{Abort, Engine, KeyPool, Parts, RunConfig, RunStats, Stamped, Tuning};
 use crate::horde::{ApiKey, ClientConfig, HordeClient};
 use crate::manifest::{compile, CompileOptions, CompiledManifest, ManifestFile};
 use crate::output::{ImageSink, MemorySink, Outcome};
@@ -49,41 +49,64 @@ fn tuning() -> Tuning {
     }
 }
 
+/// An engine and the receiving end of its events.
+struct Tested {
+    engine: Arc<Engine>,
+    events: tokio::sync::mpsc::UnboundedReceiver<Stamped>,
+}
+
+impl Tested {
+    /// Runs the engine to its end and folds what its events told: the run's
+    /// figures come from nowhere else.
+    async fn run(mut self) -> (Arc<Engine>, RunStats) {
+        self.engine.run().await;
+        let mut stats = RunStats::default();
+        while let Ok(event) = self.events.try_recv() {
+            stats.apply(&event);
+        }
+        (self.engine, stats)
+    }
+}
+
 fn engine(
     sim: &SimHandle,
     ledger: Arc<dyn Ledger>,
     sink: Arc<MemorySink>,
     manifest: Arc<CompiledManifest>,
     stop: CancellationToken,
-) -> Arc<Engine> {
-    engine_with_events(sim, ledger, sink, manifest, stop).0
-}
-
-/// An engine and the receiving end of its events.
-fn engine_with_events(
-    sim: &SimHandle,
-    ledger: Arc<dyn Ledger>,
-    sink: Arc<MemorySink>,
-    manifest: Arc<CompiledManifest>,
-    stop: CancellationToken,
-) -> (Arc<Engine>, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+) -> Tested {
     let (sender, events) = tokio::sync::mpsc::unbounded_channel();
     let url = reqwest::Url::parse(&sim.base_url()).expect("the sim's URL parses");
     let client = HordeClient::new(ClientConfig::new(url, ApiKey::anonymous()))
         .expect("a client for the sim");
-    let engine = Engine::new(
-        client.clone(),
-        KeyPool::single(client, 30),
+    let parts = Parts {
+        client: client.clone(),
+        keys: KeyPool::single(client, 30),
         ledger,
         sink,
         manifest,
-        tuning(),
-        stop,
-        OnStop::Cancel,
-        None,
-        sender,
-    );
-    (engine, events)
+        events: sender,
+    };
+    let config = RunConfig {
+        tuning: tuning(),
+        ..RunConfig::default()
+    };
+    Tested {
+        engine: Engine::new(parts, config, stop),
+        events,
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after `deadline`.
+async fn wait_until(what: &str, deadline: Duration, condition: impl Fn() -> bool) {
+    let polled = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(deadline, polled).await.is_err() {
+        panic!("waited {deadline:?} for {what}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,26 +114,25 @@ async fn a_run_stores_every_image_and_records_every_request_done() {
     let sim = sim(Duration::from_millis(10)).await;
     let ledger = Arc::new(MemoryLedger::new());
     let sink = Arc::new(MemorySink::new());
-    let (engine, mut events) = engine_with_events(
+    let (_, stats) = engine(
         &sim,
         ledger.clone(),
         sink.clone(),
         manifest(THREE_JOBS),
         CancellationToken::new(),
-    );
-    let summary = engine.run().await;
+    )
+    .run()
+    .await;
+    let summary = stats.summary();
     assert_eq!((summary.jobs, summary.jobs_done), (3, 3), "{summary:?}");
-    // The events tell the same story, and every request followed is released.
-    let mut progress = crate::report::Progress::default();
-    while let Ok(event) = events.try_recv() {
-        progress.apply(&event);
-    }
+    assert_eq!(summary.images_saved_now, 6, "{summary:?}");
+    assert_eq!(stats.ending(), super::Ending::Complete);
+    // Every request followed is released.
+    assert_eq!(stats.submits, 3);
     assert_eq!(
-        (progress.jobs, progress.jobs_done, progress.images_saved),
-        (3, 3, 6)
+        crate::progress::StatusReport::live(&stats).requests_in_flight,
+        0
     );
-    assert_eq!(progress.submits, 3);
-    assert_eq!(progress.status().requests_in_flight, 0);
     assert_eq!(sink.images().len(), 6);
     let done = sink
         .outcomes()
@@ -124,22 +146,33 @@ async fn a_run_stores_every_image_and_records_every_request_done() {
     assert_eq!(sim.stats().requests_never_retrieved, 0);
 
     // A second run over the same ledger has nothing to do and asks for nothing.
-    let again = engine_again(&sim, ledger.clone(), sink.clone());
-    let summary = again.run().await;
-    assert_eq!(summary.slots_skipped_done, 3, "{summary:?}");
+    let (_, stats) = engine_again(&sim, ledger.clone(), sink.clone()).run().await;
+    let summary = stats.summary();
+    assert_eq!(
+        (summary.jobs_done, summary.images_saved_before),
+        (3, 6),
+        "{summary:?}"
+    );
+    assert_eq!(
+        (summary.images_saved_now, stats.submits),
+        (0, 0),
+        "{summary:?}"
+    );
     assert_eq!(sim.stats().requests_created, 3);
 
     // An image gone from the sink since is asked for again, and only that one.
     let (first, _) = sink.images().remove(0);
     sink.forget(&first).expect("a memory sink forgets");
-    let summary = engine_again(&sim, ledger.clone(), sink.clone()).run().await;
+    let (_, stats) = engine_again(&sim, ledger.clone(), sink.clone()).run().await;
+    let summary = stats.summary();
     assert_eq!(summary.images_saved_now, 1, "{summary:?}");
+    assert_eq!(summary.images_saved_before, 5, "{summary:?}");
     assert_eq!(sim.stats().requests_created, 4);
     assert_eq!(sink.images().len(), 6);
     sim.shutdown().await;
 }
 
-fn engine_again(sim: &SimHandle, ledger: Arc<MemoryLedger>, sink: Arc<MemorySink>) -> Arc<Engine> {
+fn engine_again(sim: &SimHandle, ledger: Arc<MemoryLedger>, sink: Arc<MemorySink>) -> Tested {
     engine(
         sim,
         ledger,
@@ -155,27 +188,27 @@ async fn a_stop_mid_run_cancels_everything_on_the_horde() {
     let sim = sim(Duration::from_secs(30)).await;
     let ledger = Arc::new(MemoryLedger::new());
     let stop = CancellationToken::new();
-    let engine = engine(
+    let tested = engine(
         &sim,
         ledger.clone(),
         Arc::new(MemorySink::new()),
         manifest(THREE_JOBS),
         stop.clone(),
     );
-    let run = tokio::spawn({
-        let engine = Arc::clone(&engine);
-        async move { engine.run().await }
-    });
-    while sim.stats().requests_created < 3 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let run = tokio::spawn(tested.run());
+    wait_until("three requests on the sim", Duration::from_secs(10), || {
+        sim.stats().requests_created >= 3
+    })
+    .await;
     stop.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(10), run)
+    let (_, stats) = tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .expect("a stop is prompt")
         .expect("the run task ends normally");
+    let summary = stats.summary();
     assert!(summary.interrupted, "{summary:?}");
     assert_eq!(summary.jobs_unfinished, 3, "{summary:?}");
+    assert_eq!(stats.ending(), super::Ending::Interrupted);
     let stats = sim.stats();
     assert_eq!(stats.requests_cancelled, 3, "{stats:?}");
     assert_eq!(stats.requests_never_retrieved, 0, "{stats:?}");
@@ -192,22 +225,27 @@ async fn a_failing_ledger_stops_the_run_without_a_panic_or_a_lost_request() {
     // The intent of the first submit is written, then the disk is full.
     let ledger = Arc::new(MemoryLedger::failing_after(1));
     let sink = Arc::new(MemorySink::new());
-    let engine = engine(
+    let tested = engine(
         &sim,
         ledger.clone(),
         sink.clone(),
         manifest(THREE_JOBS),
         CancellationToken::new(),
     );
-    let summary = tokio::time::timeout(Duration::from_secs(20), engine.run())
+    let (engine, stats) = tokio::time::timeout(Duration::from_secs(20), tested.run())
         .await
         .expect("a ledger failure ends the run");
+    let summary = stats.summary();
     assert!(
         matches!(engine.aborted(), Some(Abort::Ledger(_))),
         "{:?}",
         engine.aborted()
     );
     assert!(summary.abort.is_some(), "{summary:?}");
+    assert!(matches!(
+        stats.ending(),
+        super::Ending::Aborted(Abort::Ledger(_))
+    ));
     assert_eq!(summary.jobs_done, 0, "{summary:?}");
     assert!(sink.images().is_empty());
     // The one request whose id could not be recorded was cancelled, not orphaned.

@@ -22,6 +22,7 @@ mod error;
 mod index;
 mod ledger;
 mod pidfile;
+pub mod prefix;
 mod record;
 
 use std::io::Write;

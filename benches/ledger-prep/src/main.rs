@@ -24,7 +24,7 @@ use std::process::ExitCode;
 
 use horde_batch::manifest::{self, CompileOptions, ManifestFile};
 use horde_batch::output::{FilenameTemplate, NameFields, INDEX_FILE, RESULTS_FILE};
-use horde_batch::scheduler::prefix::{PrefixFile, SettledPrefix};
+use horde_batch::scheduler::prefix::{file_for, SettledPrefix};
 use horde_batch::store::{RequestKey, RequestRecord, RequestState, SavedImage, Store};
 use serde_json::Value;
 
@@ -176,7 +176,7 @@ fn prepare(manifest_path: &Path, out: &Path, done: usize) -> Result<(), Error> {
         .block_on(store.flush())?;
     // What a run that settled these jobs leaves beside its ledger (it writes
     // it every 30 s and when it ends).
-    PrefixFile::new(store.dir(), &compiled.expansion_fingerprint(), None).store(&settled)?;
+    file_for(store.dir(), &compiled.expansion_fingerprint(), None).store(&settled)?;
     println!(
         "ledger-prep: {} jobs done ({kept} from the real run, {cloned} cloned); {} records in the ledger",
         kept + cloned,

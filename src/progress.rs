@@ -1,36 +1,27 @@
 //! Progress and status: what a run is doing, for people and for scripts.
 //!
-//! A reporter task folds the engine's events into [`Progress`] and, every few
-//! seconds, shows it as live bars on a terminal, or as one JSON line on stderr
-//! otherwise; each sample is also written to `<state>/status.json`, which
-//! `horde-batch status` reads while the run holds the ledger's lock. The same
-//! fold gives the final summary. `status` without an active run computes the
-//! same report from the ledger. Decides nothing.
+//! A reporter task folds the engine's events into one
+//! [`RunStats`](crate::scheduler::RunStats) and, every few seconds, shows it
+//! as live bars on a terminal, or as one JSON line on stderr otherwise; each
+//! sample is also written to `<state>/status.json`, which `horde-batch status`
+//! reads while the run holds the ledger's lock. The same fold gives the final
+//! summary and the run's `Ending`. `status` without an active run computes
+//! the same report from the ledger. Decides nothing, counts nothing itself.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::horde::FailureClass;
-use crate::scheduler::{Ending, Event, FailureKind, RunSummary};
+use crate::scheduler::{Ending, RunStats, Stamped};
 use crate::store::{now_ms, RequestState, Store, StoreError};
+use crate::ui::ProgressMode;
 
 /// The file an active run keeps its latest progress in.
 pub const STATUS_FILE: &str = "status.json";
-
-/// How progress is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
-    /// Bars on a terminal, JSON lines otherwise.
-    Auto,
-    Bars,
-    Json,
-    None,
-}
 
 /// What the plan asks of one job, for a report from the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,170 +176,33 @@ fn estimate(charged: f64, images_priced: u64, images_left: u64) -> f64 {
     }
 }
 
-/// A request being followed, as the events told it.
-#[derive(Debug, Clone)]
-struct Flight {
-    horde_id: String,
-    images: u32,
-    since_ms: u64,
-}
-
-/// Everything a run's events told, folded: what the progress reports, the
-/// status file and the final summary show.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    pub jobs: u64,
-    pub jobs_done: u64,
-    pub jobs_failed: u64,
-    pub images_wanted: u64,
-    pub images_saved_before: u64,
-    pub images_saved: u64,
-    pub images_already_present: u64,
-    /// Images saved earlier whose files were gone: made again.
-    pub images_gone: u64,
-    pub submits: u64,
-    pub checks: u64,
-    pub status_calls: u64,
-    pub cancels: u64,
-    pub downloads: u64,
-    pub rate_limited: u64,
-    pub concurrency_full: u64,
-    pub transient_errors: u64,
-    pub resubmits: u64,
-    pub kudos: f64,
-    pub failures: BTreeMap<FailureKind, u64>,
-    pub queue_position: u64,
-    /// The longest wait the engine is in because of a failed call (seconds), if any.
-    pub waiting_seconds: u64,
-    in_flight: BTreeMap<String, Flight>,
-    started: Instant,
-    /// The plan's totals have arrived (`Event::Started`).
-    planned: bool,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Progress {
-            jobs: 0,
-            jobs_done: 0,
-            jobs_failed: 0,
-            images_wanted: 0,
-            images_saved_before: 0,
-            images_saved: 0,
-            images_already_present: 0,
-            images_gone: 0,
-            submits: 0,
-            checks: 0,
-            status_calls: 0,
-            cancels: 0,
-            downloads: 0,
-            rate_limited: 0,
-            concurrency_full: 0,
-            transient_errors: 0,
-            resubmits: 0,
-            kudos: 0.0,
-            failures: BTreeMap::new(),
-            queue_position: 0,
-            waiting_seconds: 0,
-            in_flight: BTreeMap::new(),
-            started: Instant::now(),
-            planned: false,
-        }
-    }
-}
-
-impl Progress {
-    /// Folds one event in.
-    pub fn apply(&mut self, event: &Event) {
-        match event {
-            Event::Started {
-                jobs,
-                images_wanted,
-            } => {
-                self.jobs = *jobs;
-                self.images_wanted = *images_wanted;
-                self.started = Instant::now();
-                self.planned = true;
-            }
-            Event::SavedBefore { images } => self.images_saved_before += u64::from(*images),
-            Event::SettledBefore { jobs_done, images } => {
-                self.jobs_done += jobs_done;
-                self.images_saved_before += images;
-            }
-            Event::SubmitSent => self.submits += 1,
-            Event::Following {
-                key,
-                horde_id,
-                images,
-            } => {
-                let flight = Flight {
-                    horde_id: horde_id.clone(),
-                    images: *images,
-                    since_ms: now_ms(),
-                };
-                self.in_flight.insert(key.clone(), flight);
-            }
-            Event::Checked { queue_position, .. } => {
-                self.checks += 1;
-                self.queue_position = u64::from(*queue_position);
-                self.waiting_seconds = 0;
-            }
-            Event::StatusRead => self.status_calls += 1,
-            Event::Downloaded => self.downloads += 1,
-            Event::ImageSaved { already_present } => {
-                if *already_present {
-                    self.images_already_present += 1;
-                } else {
-                    self.images_saved += 1;
-                }
-            }
-            Event::Failure(kind) => *self.failures.entry(*kind).or_default() += 1,
-            Event::ImageGone => self.images_gone += 1,
-            Event::CallFailed { class, seconds } => {
-                match class {
-                    FailureClass::RateLimited => self.rate_limited += 1,
-                    FailureClass::ConcurrencyFull => self.concurrency_full += 1,
-                    _ => self.transient_errors += 1,
-                }
-                self.waiting_seconds = *seconds;
-            }
-            Event::Resubmitting => self.resubmits += 1,
-            Event::CancelSent => self.cancels += 1,
-            Event::Released { key } => {
-                self.in_flight.remove(key);
-            }
-            Event::Charged { kudos } => self.kudos += kudos,
-            Event::JobEnded { done: true } => self.jobs_done += 1,
-            Event::JobEnded { done: false } => self.jobs_failed += 1,
-        }
-    }
-
-    /// A sample of the live run.
-    pub fn status(&self) -> StatusReport {
-        let saved = self.images_saved_before + self.images_saved;
-        let left = self.images_wanted.saturating_sub(saved);
-        let elapsed = self.started.elapsed().as_secs_f64();
+impl StatusReport {
+    /// A sample of a live run, from its events.
+    pub fn live(stats: &RunStats) -> StatusReport {
+        let saved = stats.images_saved_before + stats.images_saved;
+        let left = stats.images_wanted.saturating_sub(saved);
+        let now = now_ms();
+        let elapsed = now.saturating_sub(stats.started_ms) as f64 / 1000.0;
         // Observed throughput: images saved by this run per second so far.
-        let eta_seconds = if self.images_saved > 0 && elapsed > 0.0 {
-            (left as f64 / (self.images_saved as f64 / elapsed)).round() as u64
+        let eta_seconds = if stats.images_saved > 0 && elapsed > 0.0 {
+            (left as f64 / (stats.images_saved as f64 / elapsed)).round() as u64
         } else {
             0
         };
-        let now = now_ms();
         let mut requests_by_state = BTreeMap::new();
-        if !self.in_flight.is_empty() {
-            requests_by_state.insert("submitted".to_owned(), self.in_flight.len() as u64);
+        if !stats.in_flight.is_empty() {
+            requests_by_state.insert("submitted".to_owned(), stats.in_flight.len() as u64);
         }
         StatusReport {
             active: true,
             pid: Some(std::process::id()),
             updated_ms: now,
-            images_wanted: self.images_wanted,
+            images_wanted: stats.images_wanted,
             images_saved: saved,
-            requests_in_flight: self.in_flight.len() as u64,
-            images_in_flight: self.in_flight.values().map(|f| u64::from(f.images)).sum(),
+            requests_in_flight: stats.in_flight.len() as u64,
+            images_in_flight: stats.in_flight.values().map(|f| u64::from(f.images)).sum(),
             requests_by_state,
-            in_flight: self
+            in_flight: stats
                 .in_flight
                 .iter()
                 .map(|(key, flight)| InFlight {
@@ -358,20 +212,20 @@ impl Progress {
                     age_seconds: now.saturating_sub(flight.since_ms) / 1000,
                 })
                 .collect(),
-            failures: self
+            failures: stats
                 .failures
                 .iter()
                 .map(|(kind, count)| (kind.as_str().to_owned(), *count))
                 .collect(),
-            kudos_charged: self.kudos,
-            kudos_estimated_remaining: estimate(self.kudos, self.images_saved, left),
-            queue_position: self.queue_position,
+            kudos_charged: stats.kudos,
+            kudos_estimated_remaining: estimate(stats.kudos, stats.images_saved, left),
+            queue_position: stats.queue_position,
             eta_seconds,
-            rate_limited_429s: self.rate_limited + self.concurrency_full,
-            waiting_seconds: self.waiting_seconds,
-            jobs: self.jobs,
-            jobs_done: self.jobs_done,
-            jobs_failed: self.jobs_failed,
+            rate_limited_429s: stats.rate_limited + stats.concurrency_full,
+            waiting_seconds: stats.waiting_seconds,
+            jobs: stats.jobs,
+            jobs_done: stats.jobs_done,
+            jobs_failed: stats.jobs_failed,
             finished: false,
         }
     }
@@ -394,14 +248,14 @@ pub fn read_status_file(state_dir: &Path) -> Option<StatusReport> {
 /// The running reporter; `finish` prints the last sample, stops it and
 /// hands back everything it folded.
 pub struct Reporter {
-    task: tokio::task::JoinHandle<Progress>,
+    task: tokio::task::JoinHandle<RunStats>,
     stop: tokio_util::sync::CancellationToken,
 }
 
 impl Reporter {
     /// Starts folding `events` and showing a sample every `interval`.
     pub fn start(
-        mut events: mpsc::UnboundedReceiver<Event>,
+        mut events: mpsc::UnboundedReceiver<Stamped>,
         mode: ProgressMode,
         interval: Duration,
         state_dir: PathBuf,
@@ -414,14 +268,14 @@ impl Reporter {
         let stop = tokio_util::sync::CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
-            let mut progress = Progress::default();
+            let mut stats = RunStats::default();
             let bar = (mode == ProgressMode::Bars).then(new_bar);
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let finished = tokio::select! {
                     Some(event) = events.recv() => {
-                        progress.apply(&event);
+                        stats.apply(&event);
                         continue;
                     }
                     _ = ticker.tick() => false,
@@ -430,13 +284,13 @@ impl Reporter {
                 if finished {
                     // What the engine sent before it ended is part of the last sample.
                     while let Ok(event) = events.try_recv() {
-                        progress.apply(&event);
+                        stats.apply(&event);
                     }
-                } else if !progress.planned {
+                } else if !stats.planned {
                     // No sample before the plan's totals are known: it would say 0 of 0.
                     continue;
                 }
-                let mut report = progress.status();
+                let mut report = StatusReport::live(&stats);
                 report.finished = finished;
                 report.active = !finished;
                 if let Err(error) = write_status_file(&state_dir, &report) {
@@ -459,7 +313,7 @@ impl Reporter {
                     _ => {}
                 }
                 if finished {
-                    return progress;
+                    return stats;
                 }
             }
         });
@@ -467,21 +321,28 @@ impl Reporter {
     }
 
     /// Emits the final sample, waits for the reporter to end, and returns what it folded.
-    pub async fn finish(self) -> Progress {
+    pub async fn finish(self) -> RunStats {
         self.stop.cancel();
         self.task.await.unwrap_or_default()
     }
 }
 
-/// The final summary on stderr: jobs, images, calls, failures by class, and
-/// why the run ended early if it did.
-pub fn print_summary(progress: &Progress, summary: &RunSummary, ending: &Ending, out: &Path) {
-    let p = progress;
+/// The final summary on stderr: jobs, images, calls, failures by class,
+/// each key's share when the run had several, and why the run ended early
+/// if it did. Every figure and the ending come from the one fold, `stats`.
+pub fn print_summary(stats: &RunStats, out: &Path) {
+    let p = stats;
+    let summary = stats.summary();
+    let ending = &stats.ending();
     let mut classes: Vec<_> = p.failures.iter().collect();
     classes.sort_by_key(|(kind, _)| kind.as_str());
     let early = match ending {
         Ending::MaxRuntime | Ending::MaxKudos => Some(format!(
-            "submitting stopped ({ending:?}); rerun the same command to resume"
+            "submitting stopped ({}); rerun the same command to resume",
+            match ending {
+                Ending::MaxRuntime => "--max-runtime reached",
+                _ => "--max-kudos would be passed",
+            }
         )),
         Ending::Aborted(abort) => Some(format!(
             "stopped early: {abort}; fix that, then rerun the same command to resume"
@@ -523,7 +384,8 @@ pub fn print_summary(progress: &Progress, summary: &RunSummary, ending: &Ending,
                     "images_gone": p.images_gone,
                     "kudos": p.kudos,
                     "failures": failures,
-                    "ending": format!("{ending:?}"),
+                    "keys": summary.keys,
+                    "ending": ending,
                     "message": early,
                 }
             });
@@ -560,6 +422,19 @@ pub fn print_summary(progress: &Progress, summary: &RunSummary, ending: &Ending,
                     .collect();
                 crate::say!("horde-batch: failures by class: {}", text.join(", "));
             }
+            for key in &summary.keys {
+                crate::say!(
+                    "horde-batch: key {}: {} submits, {} images, {:.1} kudos{}",
+                    key.fingerprint,
+                    key.submits,
+                    key.images_saved,
+                    key.kudos,
+                    key.retired
+                        .as_deref()
+                        .map(|why| format!("; retired: {why}"))
+                        .unwrap_or_default()
+                );
+            }
             if p.images_gone > 0 {
                 crate::say!(
                     "horde-batch: {} image(s) saved earlier were gone from the output folder and were made again",
@@ -588,29 +463,29 @@ fn new_bar() -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::horde::FailureClass;
+    use crate::scheduler::{Event, FailureKind};
 
-    fn folded(events: &[Event]) -> Progress {
-        let mut progress = Progress::default();
-        for event in events {
-            progress.apply(event);
-        }
-        progress
+    fn folded(events: Vec<Event>) -> RunStats {
+        let stamped: Vec<Stamped> = events.into_iter().map(Stamped::now).collect();
+        RunStats::folded(&stamped)
     }
 
     #[test]
     fn requests_in_flight_are_listed_with_their_ids_while_followed() {
-        let progress = folded(&[
+        let stats = folded(vec![
             Event::Started {
                 jobs: 2,
                 images_wanted: 8,
+                keys: vec![],
             },
-            Event::SubmitSent,
+            Event::SubmitSent { key: "k".into() },
             Event::Following {
                 key: "k/000000".into(),
                 horde_id: "id-1".into(),
                 images: 4,
             },
-            Event::SubmitSent,
+            Event::SubmitSent { key: "k".into() },
             Event::Following {
                 key: "j/000000".into(),
                 horde_id: "id-2".into(),
@@ -620,16 +495,16 @@ mod tests {
                 key: "j/000000".into(),
             },
         ]);
-        let status = progress.status();
+        let status = StatusReport::live(&stats);
         assert_eq!((status.requests_in_flight, status.images_in_flight), (1, 4));
         assert_eq!(status.in_flight[0].horde_id.as_deref(), Some("id-1"));
         assert_eq!(status.requests_by_state.get("submitted"), Some(&1));
-        assert_eq!(progress.submits, 2);
+        assert_eq!(stats.submits, 2);
     }
 
     #[test]
     fn the_summary_counts_and_the_status_agree_on_429s_and_failures() {
-        let progress = folded(&[
+        let stats = folded(vec![
             Event::CallFailed {
                 class: FailureClass::RateLimited,
                 seconds: 1,
@@ -646,44 +521,51 @@ mod tests {
             Event::Failure(FailureKind::Censored),
             Event::JobEnded { done: false },
         ]);
-        let status = progress.status();
+        let status = StatusReport::live(&stats);
         assert_eq!(
             status.rate_limited_429s,
-            progress.rate_limited + progress.concurrency_full
+            stats.rate_limited + stats.concurrency_full
         );
         assert_eq!(status.rate_limited_429s, 2);
-        assert_eq!(progress.transient_errors, 1);
+        assert_eq!(stats.transient_errors, 1);
         assert_eq!(
             status.waiting_seconds, 4,
             "the back-off in progress is visible"
         );
         assert_eq!(status.failures.get("censored"), Some(&2));
+        assert_eq!(status.jobs_failed, stats.summary().jobs_failed);
         assert_eq!(status.jobs_failed, 1);
     }
 
     #[test]
     fn images_saved_count_this_run_and_earlier_ones() {
-        let mut progress = folded(&[
+        let mut stats = folded(vec![
             Event::Started {
                 jobs: 1,
                 images_wanted: 10,
+                keys: vec![],
             },
             Event::SavedBefore { images: 4 },
             Event::ImageSaved {
                 already_present: false,
+                key: None,
             },
             Event::ImageSaved {
                 already_present: true,
+                key: None,
             },
-            Event::Charged { kudos: 12.5 },
+            Event::Charged {
+                kudos: 12.5,
+                key: None,
+            },
         ]);
-        let status = progress.status();
+        let status = StatusReport::live(&stats);
         assert_eq!(status.images_saved, 5);
-        assert_eq!(progress.images_already_present, 1);
+        assert_eq!(stats.images_already_present, 1);
         assert!((status.kudos_charged - 12.5).abs() < 1e-9);
         // One image in 10 s with 5 left: the ETA is from this run's observed throughput.
-        progress.started = Instant::now() - Duration::from_secs(10);
-        let eta = progress.status().eta_seconds;
+        stats.started_ms = now_ms() - 10_000;
+        let eta = StatusReport::live(&stats).eta_seconds;
         assert!((49..=51).contains(&eta), "{eta}");
     }
 }

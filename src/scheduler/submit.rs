@@ -1,0 +1,278 @@
+//! One submit: lease images from a key, wait for the pacer, write the
+//! intent to the ledger, POST, and make the Horde id durable before anything
+//! depends on it; a lost answer is resolved (`adopt`) before the key submits
+//! again. Also the request body a job's images are asked with.
+//!
+//! Must not follow or save: the slot goes on to `follow` with the id.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::adopt::Lost;
+use super::policy::{Action, Call};
+use super::slot::Halt;
+use super::{fresh_record, Abort, EndpointClass, Engine, Event, FailureKind, Lease, PoolKey};
+use crate::horde::{
+    Base64Image, ExtraSourceImage, GenerationParams, GenerationRequest, HordeError,
+};
+use crate::manifest::Job;
+use crate::plan::Slot;
+use crate::store::{now_ms, RequestKey, RequestRecord, RequestState};
+
+impl Engine {
+    /// Sends one submit for the slot's missing images: `Ok(true)` when the record is
+    /// now `Submitted`, `Ok(false)` after a failure worth another try (already waited out).
+    pub(super) async fn submit(
+        &self,
+        job: &Job,
+        slot: Slot,
+        key: &RequestKey,
+        record: &mut Option<RequestRecord>,
+        (pool_key, lease): (&mut Option<Arc<PoolKey>>, &mut Option<Lease>),
+        failures: &mut u32,
+    ) -> Result<bool, Halt> {
+        if self.submits.is_cancelled() {
+            return Err(Halt::Stopped);
+        }
+        let missing = record.as_ref().map_or_else(
+            || (slot.first_index..slot.first_index + slot.n).collect(),
+            RequestRecord::missing_indices,
+        );
+        let wanted = (missing.len() as u32).clamp(1, 20);
+        if pool_key.as_ref().is_some_and(|k| k.retired().is_some()) {
+            // Its key was retired meanwhile: another key takes the slot.
+            *lease = None;
+            *pool_key = None;
+        }
+        let (sender, n) = match (pool_key.as_ref(), lease.as_mut()) {
+            (Some(sender), Some(l)) => {
+                let n = wanted.min(sender.budget.capacity());
+                tokio::select! {
+                    () = l.grow_to(n) => {}
+                    () = self.submits.cancelled() => return Err(Halt::Stopped),
+                }
+                (Arc::clone(sender), n)
+            }
+            _ => {
+                let leased = tokio::select! {
+                    leased = self.keys.lease(wanted) => leased,
+                    () = self.submits.cancelled() => return Err(Halt::Stopped),
+                };
+                let Some((sender, l)) = leased else {
+                    self.abort(Abort::Auth("no API key of the run is left".into()));
+                    return Err(Halt::Stopped);
+                };
+                let n = l.held();
+                *lease = Some(l);
+                *pool_key = Some(Arc::clone(&sender));
+                (sender, n)
+            }
+        };
+        self.paced(EndpointClass::Submit, &self.submits).await?;
+        if !self.kudos_allow(n) {
+            self.close_submits(super::Closed::MaxKudos);
+            return Err(Halt::Stopped);
+        }
+        // Before the intent is written: a source that cannot be sent fails the job, never a request.
+        let request = build_request(job, n, missing[0])
+            .map_err(|e| Halt::Failed(FailureKind::Permanent, e.to_string()))?;
+        let gate = tokio::select! {
+            gate = sender.gate.enter() => gate,
+            () = self.submits.cancelled() => return Err(Halt::Stopped),
+        };
+        // Write the intent before the POST: a crash now leaves a `Submitting` record.
+        let r = match record {
+            Some(r) => {
+                r.begin_attempt(n, now_ms());
+                r
+            }
+            None => record.insert(fresh_record(job, slot)),
+        };
+        // Which key sends it, so a later run looks for it (or cancels it) with that key.
+        r.key_fingerprint = Some(sender.fingerprint.clone());
+        self.ledger
+            .put_durable(key, r)
+            .await
+            .map_err(|e| self.ledger_halt(e))?;
+
+        self.emit(Event::SubmitSent {
+            key: sender.fingerprint.clone(),
+        });
+        let answer = tokio::select! {
+            answer = sender.client.submit(&request) => answer,
+            // The POST may have reached the Horde: the record stays `Submitting`,
+            // and the next run looks for its request before submitting again.
+            () = self.submits.cancelled() => return Err(Halt::Stopped),
+        };
+        match answer {
+            Ok(accepted) => {
+                self.heard_from_horde();
+                drop(gate);
+                if accepted.has_no_available_worker() {
+                    tracing::warn!(job = %job.name, models = ?job.models, "the Horde has no worker for this request right now");
+                }
+                r.transition(
+                    RequestState::Submitted {
+                        horde_id: accepted.id.clone(),
+                        n,
+                        submitted_ms: now_ms(),
+                    },
+                    now_ms(),
+                );
+                // The id is durable before the first poll. If it cannot be made
+                // durable, no later run could find the request: cancel it now.
+                if let Err(error) = self.ledger.put_durable(key, r).await {
+                    let halt = self.ledger_halt(error);
+                    self.cancel_untracked(&accepted.id).await;
+                    return Err(halt);
+                }
+                tracing::debug!(job = %job.name, key = %key, id = %accepted.id, n, "submitted");
+                Ok(true)
+            }
+            Err(error) if error.outcome_unknown() => {
+                // No other submit until this one's request is found or known lost.
+                let doubt = sender.gate.open();
+                drop(gate);
+                tracing::warn!(job = %job.name, key = %key, %error, "the answer to a submit was lost");
+                let adopted = self.resolve_lost_submit(&sender, key, r).await?;
+                drop(doubt);
+                if adopted {
+                    return Ok(true);
+                }
+                if let Some(wait) =
+                    self.after_failure(Call::Submit, &error, failures, Some(&sender))?
+                {
+                    self.pause(wait, &self.submits).await?;
+                }
+                Ok(false)
+            }
+            Err(error) => {
+                drop(gate);
+                if self.retire_refused_key(&sender, &error, *failures + 1) {
+                    // The key is out, not the request: another key submits it.
+                    *lease = None;
+                    *pool_key = None;
+                    return Ok(false);
+                }
+                if let Some(wait) =
+                    self.after_failure(Call::Submit, &error, failures, Some(&sender))?
+                {
+                    self.pause(wait, &self.submits).await?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Looks for the request of a `Submitting` record; `Ok(true)` when it was
+    /// found and the record is now `Submitted` (durably).
+    pub(super) async fn resolve_lost_submit(
+        &self,
+        sender: &PoolKey,
+        key: &RequestKey,
+        record: &mut RequestRecord,
+    ) -> Result<bool, Halt> {
+        let RequestState::Submitting { n, .. } = record.state else {
+            return Ok(false);
+        };
+        let found = self
+            .find_lost_submit(sender, &key.to_string(), n, Instant::now(), &self.stop)
+            .await;
+        match found {
+            None => Err(Halt::Stopped),
+            Some(Lost::Adopted(horde_id)) => {
+                record.transition(
+                    RequestState::Submitted {
+                        horde_id,
+                        n,
+                        submitted_ms: record.updated_ms,
+                    },
+                    now_ms(),
+                );
+                self.ledger
+                    .put_durable(key, record)
+                    .await
+                    .map_err(|e| self.ledger_halt(e))?;
+                Ok(true)
+            }
+            Some(Lost::NotOnHorde | Lost::Unresolved) => Ok(false),
+        }
+    }
+
+    /// Retires a key of a pool that the Horde refused, when the failure table
+    /// says so and another key is still active (the last one never is).
+    fn retire_refused_key(&self, key: &PoolKey, error: &HordeError, attempt: u32) -> bool {
+        let pooled = self.keys.keys().len() > 1;
+        if !pooled
+            || self
+                .tuning()
+                .policy
+                .decide(Call::SubmitFromPool, error, attempt)
+                != Action::RetireKey
+            || !self.keys.take_out(key, &error.to_string())
+        {
+            return false;
+        }
+        self.emit(Event::KeyRetired {
+            key: key.fingerprint.clone(),
+            reason: key.retired().unwrap_or_else(|| error.to_string()),
+        });
+        true
+    }
+
+    pub(super) fn ledger_halt(&self, error: crate::store::StoreError) -> Halt {
+        self.abort(Abort::Ledger(error.to_string()));
+        Halt::Stopped
+    }
+}
+
+/// The Horde request for `n` images of `job`, the first being image `first_index`.
+/// Source images are read now and sent as base64 lossless WebP; a source file
+/// that is gone or whose bytes changed since the manifest was checked fails
+/// (the job must not be generated from other bytes than its key names).
+pub fn build_request(
+    job: &Job,
+    n: u32,
+    first_index: u32,
+) -> Result<GenerationRequest, crate::manifest::source::SourceError> {
+    let mut params = GenerationParams::new(n);
+    for (name, value) in job.params.iter() {
+        params.extra.insert(name.clone(), value.clone());
+    }
+    if let Some(seed) = job.seed_for(first_index) {
+        params.extra.insert("seed".into(), Value::from(seed));
+    }
+    let flags = &job.request;
+    let mut request = GenerationRequest::new(job.wire_prompt(), job.models.to_vec(), params);
+    request.nsfw = flags.nsfw;
+    request.censor_nsfw = flags.censor_nsfw;
+    request.trusted_workers = flags.trusted_workers;
+    request.validated_backends = flags.validated_backends;
+    request.slow_workers = flags.slow_workers;
+    request.extra_slow_workers = flags.extra_slow_workers;
+    request.r2 = flags.r2;
+    request.replacement_filter = flags.replacement_filter;
+    request.allow_downgrade = flags.allow_downgrade;
+    request.disable_batching = flags.disable_batching;
+    request.workers = flags.workers.clone();
+    request.worker_blacklist = flags.worker_blacklist;
+    request.webhook = flags.webhook.clone();
+    request.style = flags.style.clone();
+    if let Some(sources) = &job.sources {
+        let wire = crate::manifest::source::wire_sources(sources)?;
+        request.source_image = Some(Base64Image(wire.image));
+        request.source_processing = Some(wire.processing.as_str().to_owned());
+        request.source_mask = wire.mask.map(Base64Image);
+        request.extra_source_images = wire
+            .extra
+            .into_iter()
+            .map(|(image, strength)| ExtraSourceImage {
+                image: Base64Image(image),
+                strength: Some(strength),
+            })
+            .collect();
+    }
+    Ok(request)
+}
