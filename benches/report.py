@@ -10,6 +10,12 @@ the polling case's folder WORK_DIR/polling (benches/polling.sh).
 `report.py --polling DIR` prints only the polling case's table for DIR (what
 benches/polling.sh leaves: meta.json, seed-N.time, seed-N.stats.json) and
 writes DIR/results.json.
+
+`report.py --update-readme WORK_DIR README` rewrites the current-results
+table of README (benches/README.md), between the CURRENT_START and
+CURRENT_END marker comments, from WORK_DIR/results.json: each figure this run
+measured replaces its row, stamped with the run's date and commit; rows this
+run did not measure (a skipped step) keep their earlier figure and stamp.
 """
 
 import json
@@ -32,6 +38,12 @@ ENDPOINTS = [
     ("GET /api/v2/generate/status/{id}", "status"),
     ("DELETE /api/v2/generate/status/{id}", "cancel"),
 ]
+
+
+# The current-results table of benches/README.md sits between these lines.
+CURRENT_START = "<!-- bench:current:start -->"
+CURRENT_END = "<!-- bench:current:end -->"
+CURRENT_HEADER = ["| figure | value | target | measured (date, commit) |", "|---|---|---|---|"]
 
 
 def seconds(text: str) -> float:
@@ -222,7 +234,111 @@ def ratio(a, b, digits=2):
     return f"{a / b:.{digits}f}"
 
 
+def target(text: str, met: bool | None) -> str:
+    """A target with its verdict: `< 1 s: met`, `< 0.5 s: **not met**`."""
+    if met is None:
+        return text
+    return f"{text}: " + ("met" if met else "**not met**")
+
+
+def current_rows(results: dict) -> list[tuple[str, str, str]]:
+    """(figure, value, target) for every figure results.json holds."""
+    rows = []
+    clients = results.get("clients", {})
+    hb = clients.get("hb")
+    if hb:
+        rows += [
+            ("1,000 images: throughput ÷ ideal", f"{hb['throughput_ratio']:.3f}", target("≥ 0.95", hb["throughput_ratio"] >= 0.95)),
+            ("1,000 images: Horde API calls per image", f"{hb['api_calls_per_image']:.3f}", "–"),
+            ("1,000 images: 429s received", str(hb["http_429"]), target("0", hb["http_429"] == 0)),
+            (
+                "1,000 images: client CPU s (user + sys)",
+                f"{hb['cpu_s_per_1000']:.2f} ({hb['user_s']:.2f} + {hb['sys_s']:.2f})",
+                target("< 0.5 s", hb["cpu_s_per_1000"] < 0.5),
+            ),
+            ("1,000 images: client peak RSS", f"{hb['peak_rss_mb']:.1f} MB", target("< 100 MB", hb["peak_rss_mb"] < 100)),
+        ]
+    page = results.get("report_page")
+    if page:
+        rows.append(("`report` of those 1,000 images (thumbnails, grids)", f"{page['cpu_s']:.2f} CPU s, {page['wall_s']:.1f} s, {page['peak_rss_mb']:.0f} MB", "–"))
+    for name, label in (("sdk", "horde_sdk as its example"), ("sdk-spaced", "horde_sdk spaced 0.7 s")):
+        sdk = clients.get(name)
+        if sdk:
+            rows.append((f"{label}: Horde API calls per image (for comparison)", f"{sdk['api_calls_per_image']:.3f}", "–"))
+            rows.append((f"{label}: throughput ÷ ideal (for comparison)", f"{sdk['throughput_ratio']:.3f}", "–"))
+    machine = results["machine"]
+    firsts = [r["first_submit_s"] for r in results.get("resume", []) if r.get("first_submit_s") is not None]
+    if firsts:
+        jobs, done = machine.get("resume_jobs", 100000), machine["resume_done"]
+        median = statistics.median(firsts)
+        rows.append(
+            (
+                f"resume to first submit, {jobs:,} jobs, {done:,} done (median)",
+                f"{median:.3f} s (of {len(firsts)} runs)",
+                target("< 1 s", median < 1),
+            )
+        )
+    plan = results.get("plan_1m")
+    if plan:
+        rows.append(("plan of 1,000,000 jobs", f"{plan['wall_s']:.2f} s, {plan['peak_rss_mb']:.1f} MB", "–"))
+    polling = results.get("polling")
+    if polling:
+        median = polling["median"]
+        rows.append(
+            (
+                "polling case: Horde API calls per image (median of seeds)",
+                f"{median['api_calls_per_image']:.3f}",
+                target("≤ 0.45", median["api_calls_per_image"] <= 0.45),
+            )
+        )
+        rows.append(("polling case: throughput ÷ ideal (median of seeds)", f"{median['throughput_ratio']:.3f}", "–"))
+    pool = {run["keys"]: run for run in results.get("key_pool", [])}
+    if 1 in pool and pool[1]["images_per_s"]:
+        one = pool[1]["images_per_s"]
+        for keys in sorted(k for k in pool if k > 1):
+            ratio_n = pool[keys]["images_per_s"] / (keys * one)
+            rows.append(
+                (
+                    f"key pool of {keys} keys: throughput ÷ ({keys} × one key)",
+                    f"{ratio_n:.2f}",
+                    target("≥ 0.9", ratio_n >= 0.9),
+                )
+            )
+    return rows
+
+
+def table_label(line: str) -> str:
+    """The figure column of a Markdown table row."""
+    return line.strip().strip("|").split("|")[0].strip()
+
+
+def update_readme(work: Path, readme: Path) -> None:
+    results = read_json(work / "results.json")
+    if results is None:
+        raise SystemExit(f"no {work / 'results.json'}: run report.py {work} first")
+    text = readme.read_text()
+    if CURRENT_START not in text or CURRENT_END not in text:
+        raise SystemExit(f"{readme} lacks the {CURRENT_START} … {CURRENT_END} markers")
+    before, rest = text.split(CURRENT_START, 1)
+    table, after = rest.split(CURRENT_END, 1)
+    machine = results["machine"]
+    stamp = f"{machine['date'][:10]}, {machine['commit']}"
+    # Rows of earlier runs stay, in their order, unless this run measured them.
+    old = [line for line in table.strip().splitlines() if line.startswith("|") and line not in CURRENT_HEADER]
+    rows = {table_label(line): line for line in old}
+    order = [table_label(line) for line in old]
+    for figure, value, goal in current_rows(results):
+        if figure not in rows:
+            order.append(figure)
+        rows[figure] = f"| {figure} | {value} | {goal} | {stamp} |"
+    lines = CURRENT_HEADER + [rows[figure] for figure in order]
+    readme.write_text(before + CURRENT_START + "\n" + "\n".join(lines) + "\n" + CURRENT_END + after)
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--update-readme":
+        update_readme(Path(sys.argv[2]), Path(sys.argv[3]))
+        return 0
     if len(sys.argv) == 3 and sys.argv[1] == "--polling":
         folder = Path(sys.argv[2])
         polling = polling_numbers(folder)
@@ -250,6 +366,10 @@ def main() -> int:
     polling = polling_numbers(work / "polling")
     if polling:
         results["polling"] = polling
+    results["report_page"] = read_time(work / "hb-report.time")
+    key_pool_path = work / "key-pool.jsonl"
+    if key_pool_path.exists():
+        results["key_pool"] = [json.loads(line) for line in key_pool_path.read_text().splitlines() if line.strip()]
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     clients = [(name, label) for name, label in CLIENTS if name in results["clients"]]

@@ -22,7 +22,9 @@
 #      1, 2 and 4 keys; throughput ratios and TooManyPrompts.
 # Client CPU and peak RSS come from /usr/bin/time -v, HTTP calls from the
 # sim's /sim/stats. Results: target/bench/results.md (the table) and
-# target/bench/results.json; logs and outputs stay under target/bench/.
+# target/bench/results.json; logs and outputs stay under target/bench/. The
+# figures this run measured replace their rows, with its date and commit, in
+# the current-figures table at the top of benches/README.md.
 #
 # Knobs (environment): BENCH_WORKERS (20), BENCH_LATENCY (1s), BENCH_SEED (7),
 # BENCH_RESUME_JOBS (100000; at most 100000, or 1000000 for benches/resume-1m.yaml), BENCH_RESUME_DONE (half of them), BENCH_SKIP_POLLING=1 (skips step 6),
@@ -216,4 +218,5 @@ fi
 cut -d' ' -f1-3 /proc/loadavg >"$work/loadavg-end.txt"
 "$python" benches/report.py "$work" >"$work/results.md"
 cat "$work/results.md"
-log "done: $work/results.md, $work/results.json"
+"$python" benches/report.py --update-readme "$work" benches/README.md
+log "done: $work/results.md, $work/results.json; current figures updated in benches/README.md"

@@ -6,6 +6,7 @@ mod cli;
 mod client_sim;
 mod common;
 mod dataset;
+mod docs;
 mod formats_v1;
 mod horde_client;
 mod key_pool;

@@ -1,21 +1,21 @@
-//! The README's examples that are not run elsewhere: the Kubernetes Indexed
-//! Job is checked against the Kubernetes API schema (`kubernetes-validate`,
-//! offline, from PyPI; `.ci/run` installs it) and against horde-batch's own
-//! sharding rules.
+//! The documentation's examples that are not run elsewhere: the Kubernetes
+//! Indexed Job of `docs/guide.md` is checked against the Kubernetes API
+//! schema (`kubernetes-validate`, offline, from PyPI; `.ci/run` installs it)
+//! and against horde-batch's own sharding rules.
 
 use std::process::Command;
 
 use serde_json::Value;
 
-/// The README's YAML block that is a Kubernetes Job.
+/// The guide's YAML block that is a Kubernetes Job.
 fn kubernetes_job() -> String {
-    let readme = std::fs::read_to_string("README.md").unwrap();
-    readme
+    let guide = std::fs::read_to_string("docs/guide.md").unwrap();
+    guide
         .split("```yaml\n")
         .skip(1)
         .filter_map(|rest| rest.split("```").next())
         .find(|block| block.contains("kind: Job"))
-        .expect("the README has a Kubernetes Job example")
+        .expect("docs/guide.md has a Kubernetes Job example")
         .to_owned()
 }
 

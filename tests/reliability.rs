@@ -240,7 +240,7 @@ fn every_chaos_knob_at_once_still_completes_and_is_reported_by_class() {
         .lines()
         .find(|l| l.contains("failures by class:"))
         .unwrap_or_else(|| panic!("no `failures by class` line in the summary:\n{summary}"));
-    // Each class of DESIGN.md that the run met is named: expired requests
+    // Each failure class (ARCHITECTURE.md) that the run met is named: expired requests
     // (the sim answered a poll with 404), censored images (rerolled; with
     // this many some are among those retrieved), and whatever else made it
     // resubmit (requests that came back short of faulted images).

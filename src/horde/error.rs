@@ -4,7 +4,7 @@
 //! ([`HordeErrorKind`]): an API answer (status, `rc`, message, validation errors,
 //! `Retry-After`), a refused redirect, a transport failure (with how far the
 //! request got), an undecodable body, an oversized body, or a refused URL. [`HordeError::class`]
-//! maps every error onto a [`FailureClass`] following the table in `DESIGN.md`
+//! maps every error onto a [`FailureClass`] following `ARCHITECTURE.md` ("Failure classes")
 //! and the `rc` lists in facts §3.4; the scheduler decides what to do with it.
 //!
 //! Errors never carry the API key, a shared-key id, or a presigned image URL.
@@ -264,7 +264,7 @@ pub struct HordeError {
 }
 
 /// What the scheduler should make of a failure. See the failure-class table in
-/// `DESIGN.md`.
+/// `ARCHITECTURE.md` ("Failure classes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {

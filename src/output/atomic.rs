@@ -1,7 +1,7 @@
 //! Crash-safe file creation: a file appears under its final name complete or not at all.
 //!
 //! Owns the temp-file → `sync_all` → no-clobber rename → directory fsync sequence
-//! (invariant 1 of DESIGN.md), durable directory creation, and the removal of
+//! (invariant 1 of ARCHITECTURE.md), durable directory creation, and the removal of
 //! temp files a killed run left behind. The steps are also offered apart
 //! ([`write_synced_temp`], [`SyncedTemp::persist_noclobber`], [`sync_dir`]) so
 //! a caller can place many files and flush their directory once. Every flush

@@ -5,7 +5,7 @@
 //! per image), and `results.jsonl` / `errors.jsonl` (one [`JobResult`] or
 //! [`JobError`] per job). Names come from a [`FilenameTemplate`].
 //!
-//! The guarantees (DESIGN.md invariants 1 and 3): a file appears under its
+//! The guarantees (ARCHITECTURE.md, invariants 1 and 3): a file appears under its
 //! final name only complete; nothing is ever overwritten; writing the same
 //! image or row again after a crash is a no-op rather than a duplicate.
 //!
