@@ -2,8 +2,10 @@
 //!
 //! A test waits for something observable, never for a fixed time: a sleep is
 //! either too short on a loaded machine or wasted on an idle one, and a loop
-//! without a deadline hangs the suite. This file owns the one polling loop;
-//! it knows nothing of processes or the sim.
+//! without a deadline hangs the suite. This file owns the polling loop of
+//! the blocking tests (the async tests of the in-process sim, `sim.rs` and
+//! `client_sim.rs`, poll with deadlines of their own); it knows nothing of
+//! processes or the sim.
 
 use std::time::{Duration, Instant};
 
