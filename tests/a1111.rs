@@ -63,7 +63,7 @@ fn user_comment(image: &std::path::Path) -> Option<String> {
 
 #[test]
 fn every_image_of_a_run_carries_its_sidecars_parameters() {
-    use crate::common::{Batch, Sim};
+    use crate::common::{Batch, Finished, Sim};
     let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "28"]);
     let manifest = |extra: &str| {
         format!(
@@ -73,7 +73,7 @@ fn every_image_of_a_run_carries_its_sidecars_parameters() {
         )
     };
     let batch = Batch::new(&manifest(""));
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     // The pixels are still the sim's render of each sidecar's prompt and seed.
     batch.assert_complete(2);
@@ -93,7 +93,7 @@ fn every_image_of_a_run_carries_its_sidecars_parameters() {
     }
     // Turned off in the manifest: no EXIF.
     let plain = Batch::new(&manifest("output: {a1111_parameters: false}\n"));
-    let (code, stderr) = plain.run(&sim);
+    let Finished { code, stderr, .. } = plain.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     let image = plain
         .out()

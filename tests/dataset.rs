@@ -106,7 +106,7 @@ fn labelled_run() -> Batch {
         "{\"uid\": 1, \"subject\": \"a red kite\", \"steps\": 5}\n{\"uid\": 2, \"subject\": \"a blue boat\"}\n",
     )
     .unwrap();
-    let finished = batch.run_on(&sim);
+    let finished = batch.run(&sim);
     assert_eq!(finished.code, 0, "{}", finished.stderr);
     batch
 }

@@ -9,7 +9,6 @@
 //! to overwrite an existing folder.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use horde_batch::output::{
     IndexRow, JobError, JobResult, OutputDir, Sidecar, ERRORS_FILE, INDEX_FILE, RESULTS_FILE,
@@ -20,7 +19,7 @@ use horde_batch::store::{
 };
 use serde_json::{json, Value};
 
-use crate::common::{stdout_of_success, walk, Sim, BIN, TEST_FIND_USER_CACHE};
+use crate::common::{walk, HordeBatch, Sim, TEST_FIND_USER_CACHE};
 
 /// Set to `1` to let [`write_v1_fixtures`] write `tests/fixtures/v1/`.
 const WRITE_ENV: &str = "HORDE_BATCH_WRITE_FIXTURES";
@@ -688,14 +687,11 @@ fn batch_sidecars(out: &Path) -> Vec<Sidecar> {
 }
 
 fn status_json(batch: &Path) -> Value {
-    let stdout = stdout_of_success(
-        Command::new(BIN)
-            .args(["status", "manifest.yaml", "--json"])
-            .current_dir(batch)
-            .env_remove("AI_HORDE_API_KEY")
-            .env_remove("AI_HORDE_URL"),
-    );
-    serde_json::from_slice(&stdout).unwrap()
+    let status = HordeBatch::new()
+        .args(["status", "manifest.yaml", "--json"])
+        .current_dir(batch)
+        .run();
+    serde_json::from_str(&status.stdout).unwrap()
 }
 
 #[test]
@@ -737,14 +733,12 @@ fn v1_output_folder_reports_every_image_saved() {
 
     // Job keys are derived from the manifest: today's derivation must give
     // the keys the v1 run wrote, or a rerun would redo every job.
-    let plan = Command::new(BIN)
+    let plan = HordeBatch::new()
         .args(["plan", "manifest.yaml", "--list", "--json"])
         .current_dir(&batch)
-        .output()
-        .unwrap();
-    assert!(plan.status.success());
-    let mut planned: Vec<String> = String::from_utf8(plan.stdout)
-        .unwrap()
+        .run();
+    let mut planned: Vec<String> = plan
+        .stdout
         .lines()
         .map(|line| {
             serde_json::from_str::<Value>(line).unwrap()["key"]
@@ -788,15 +782,9 @@ fn v1_status_file_is_shown_while_a_run_holds_the_ledger() {
 fn v1_output_folder_rerun_submits_nothing() {
     let (_temp, batch) = copy_fixture("batch");
     let sim = Sim::start(&["--workers", "2", "--latency", "10ms..20ms", "--seed", "11"]);
-    let output = rerun(&batch, &sim.url);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("0 images saved now, 4 before"), "{stderr}");
+    rerun(&batch, &sim.url)
+        .stderr_contains("0 images saved now, 4 before")
+        .run();
     let stats = sim.stats();
     assert_eq!(
         crate::common::stat(&stats, "requests_created"),
@@ -806,8 +794,9 @@ fn v1_output_folder_rerun_submits_nothing() {
     assert_eq!(batch_sidecars(&batch.join("out")).len(), 4);
 }
 
-fn rerun(batch: &Path, url: &str) -> std::process::Output {
-    Command::new(BIN)
+/// `run` of the v1 batch in `batch`, against `url`.
+fn rerun(batch: &Path, url: &str) -> HordeBatch {
+    HordeBatch::new()
         .args([
             "run",
             "manifest.yaml",
@@ -817,25 +806,15 @@ fn rerun(batch: &Path, url: &str) -> std::process::Output {
             "none",
         ])
         .current_dir(batch)
-        .env_remove("AI_HORDE_API_KEY")
-        .env_remove("AI_HORDE_URL")
         .env("RUST_LOG", "horde_batch=info")
         .env("HORDE_BATCH_FIND_USER_CACHE", TEST_FIND_USER_CACHE)
-        .output()
-        .unwrap()
 }
 
 fn write_batch(batch: &Path) {
     std::fs::create_dir_all(batch).unwrap();
     std::fs::write(batch.join("manifest.yaml"), BATCH_MANIFEST).unwrap();
     let sim = Sim::start(&["--workers", "2", "--latency", "10ms..20ms", "--seed", "7"]);
-    let output = rerun(batch, &sim.url);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    rerun(batch, &sim.url).run();
 }
 
 // ------------------------------------------------------------- generator ---

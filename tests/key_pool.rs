@@ -12,7 +12,7 @@ use horde_batch::scheduler::fingerprint;
 use serde_json::{json, Value};
 
 use crate::common::{
-    files_containing, kill, run_bounded, stat, wait_exit, Batch, Sim, TEST_FIND_USER_CACHE,
+    files_containing, run_bounded, signal, stat, wait_exit, Batch, Sim, TEST_FIND_USER_CACHE,
 };
 
 const KEY_A: &str = "pool-key-alpha-0123456789";
@@ -198,7 +198,7 @@ fn killed_run(sim: &Sim, batch: &Batch, files: &[PathBuf]) {
     with_keys(&mut command, files);
     let mut child = command.stderr(Stdio::null()).spawn().unwrap();
     batch.wait_for_images(4, Duration::from_secs(60));
-    kill(&mut child, "KILL");
+    signal(&child, "KILL");
     wait_exit(&mut child, Duration::from_secs(10));
 }
 

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Component, Path};
 use std::sync::Barrier;
 
+use crate::common::{child_env, test_child};
 use horde_batch::output::{
     syncs_on_this_thread, verify_webp, FilenameTemplate, IndexRow, JobError, JobResult, NameFields,
     NewImage, OutputDir, OutputError, Placeholder, Sidecar, TemplateError, WebpError,
@@ -813,16 +814,14 @@ fn crash_image(batch: usize, i: usize) -> Vec<u8> {
     webp(16, 16, (batch * CRASH_BATCH + i) as u8)
 }
 
-/// Runs only as the child of [`a_kill_at_any_point_of_a_batch_leaves_no_partial_file_and_no_row_without_files`]:
+/// The child process of [`a_kill_at_any_point_of_a_batch_leaves_no_partial_file_and_no_row_without_files`]:
 /// writes batches until it is killed.
 #[test]
+#[ignore = "the child process of output::a_kill_at_any_point_of_a_batch_leaves_no_partial_file_and_no_row_without_files, which runs it"]
 fn crash_child_writes_batches() {
-    let (Some(dir), Some(round)) = (
-        std::env::var_os(CRASH_CHILD_DIR),
-        std::env::var(CRASH_CHILD_ROUND).ok(),
-    ) else {
-        return;
-    };
+    let dir = child_env(CRASH_CHILD_DIR);
+    let round = child_env(CRASH_CHILD_ROUND);
+    let round = round.to_string_lossy();
     let out = OutputDir::open(Path::new(&dir)).unwrap();
     for b in 0..100_000 {
         let images: Batch = (0..CRASH_BATCH)
@@ -844,7 +843,7 @@ fn crash_child_writes_batches() {
 #[test]
 fn a_kill_at_any_point_of_a_batch_leaves_no_partial_file_and_no_row_without_files() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
     let jitter = std::time::SystemTime::now()
@@ -857,13 +856,7 @@ fn a_kill_at_any_point_of_a_batch_leaves_no_partial_file_and_no_row_without_file
         .into_iter()
         .enumerate()
     {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "output::crash_child_writes_batches",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = test_child("output::crash_child_writes_batches")
             .env(CRASH_CHILD_DIR, dir.path())
             .env(CRASH_CHILD_ROUND, round.to_string())
             .stdout(Stdio::piped())

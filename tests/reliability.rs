@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    assert_no_panic, run_bounded, signal, stat, wait_or_kill, walk_all, Batch, Finished, Sim, BIN,
-    RUN_LIMIT,
+    assert_no_panic, run_bounded, signal, stat, wait_exit, wait_until, walk_all, Batch, Finished,
+    HordeBatch, Sim, BIN, RUN_LIMIT,
 };
 use serde_json::Value;
 
@@ -91,10 +91,7 @@ fn crash_loop(kills: usize, seed: u64, submit_latency: &str) -> CrashLoopReport 
             panic!("run {kill} ended by itself ({status}) before its kill at {moment:?}: the manifest is too small");
         }
         signal(&child, "KILL");
-        assert_eq!(
-            wait_or_kill(&mut child, Duration::from_secs(10)),
-            Some(128 + 9)
-        );
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), 128 + 9);
     }
     // Submits go one at a time, at least 700 ms apart and each as long as the
     // sim takes to answer it: allow for every request left.
@@ -903,13 +900,11 @@ fn a_request_whose_submit_answer_a_kill_cut_off_is_found_again() {
         command
     };
     let mut child = run().spawn().unwrap();
-    let start = Instant::now();
-    while Stub::count(&stub.counters.submits) == 0 {
-        assert!(start.elapsed() < RUN_LIMIT, "the run never submitted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the run's first submit", RUN_LIMIT, || {
+        Stub::count(&stub.counters.submits) > 0
+    });
     signal(&child, "KILL");
-    assert_eq!(wait_or_kill(&mut child, RUN_LIMIT), Some(128 + 9));
+    assert_eq!(wait_exit(&mut child, RUN_LIMIT), 128 + 9);
     let done = run_bounded(&mut run(), Duration::from_secs(30));
     assert_eq!(done.code, 0, "{}", done.stderr);
     assert_eq!(batch.webp_files().len(), 1);
@@ -996,7 +991,7 @@ fn an_image_folder_that_cannot_be_created_stops_the_run_and_a_rerun_completes() 
         "what was in flight was retrieved or cancelled"
     );
     std::fs::remove_file(&blocker).unwrap();
-    let run = batch.run_on(&sim);
+    let run = batch.run(&sim);
     assert_eq!(run.code, 0, "{}", run.stderr);
     batch.assert_complete(6);
 }
@@ -1025,7 +1020,7 @@ fn partial_run(sim: &Sim) -> Batch {
     let mut child = batch.command(sim, "run").spawn().unwrap();
     batch.wait_for_images(2, RUN_LIMIT);
     signal(&child, "INT");
-    assert_eq!(wait_or_kill(&mut child, RUN_LIMIT), Some(130));
+    assert_eq!(wait_exit(&mut child, RUN_LIMIT), 130);
     let saved = batch.index_lines().len();
     assert!((2..12).contains(&saved), "a partial run: {saved} images");
     batch
@@ -1100,7 +1095,7 @@ fn a_ledger_that_lost_its_tail_is_not_taken_for_the_current_one() {
     // images the ledger does not know) instead of paying for them again.
     let sim = fast_sim("63");
     let batch = Batch::new(PARTIAL);
-    let run = batch.run_on(&sim);
+    let run = batch.run(&sim);
     assert_eq!(run.code, 0, "{}", run.stderr);
     batch.assert_complete(12);
     let db = std::fs::OpenOptions::new()
@@ -1110,7 +1105,7 @@ fn a_ledger_that_lost_its_tail_is_not_taken_for_the_current_one() {
     db.set_len(db.metadata().unwrap().len() / 3).unwrap();
     drop(db);
     let submits_before = calls_to(&sim.stats(), SUBMIT);
-    let run = batch.run_on(&sim);
+    let run = batch.run(&sim);
     assert_no_panic(&run.stderr);
     let summary: Vec<&str> = run
         .stderr
@@ -1153,11 +1148,9 @@ fn rebuild_state_recovers_a_damaged_ledger_from_the_sidecars() {
         std::fs::write(file, b"garbage, not a ledger").unwrap();
     }
     // Images in progress when the partial run cancelled still arrive.
-    let start = Instant::now();
-    while stat(&sim.stats(), "processing_images") > 0 {
-        assert!(start.elapsed() < RUN_LIMIT, "the sim never went idle");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the sim to go idle", RUN_LIMIT, || {
+        stat(&sim.stats(), "processing_images") == 0
+    });
     let generated_before = stat(&sim.stats(), "images_generated");
     let run = run_bounded(batch.command(&sim, "run").arg("--rebuild-state"), RUN_LIMIT);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -1218,13 +1211,12 @@ fn the_api_key_appears_in_no_file_log_or_help() {
         batches.push(batch);
     }
     for args in [&["run", "--help"][..], &["--help"], &["run", "-h"]] {
-        let help = Command::new(BIN)
+        let help = HordeBatch::new()
             .args(args)
             .env("AI_HORDE_API_KEY", &key)
-            .output()
-            .unwrap();
-        captured.push_str(&String::from_utf8_lossy(&help.stdout));
-        captured.push_str(&String::from_utf8_lossy(&help.stderr));
+            .run();
+        captured.push_str(&help.stdout);
+        captured.push_str(&help.stderr);
     }
     assert!(!captured.contains(&key), "the key was printed");
     for batch in &batches {
@@ -1389,25 +1381,22 @@ fn absurd_retry_after_values_are_capped_and_never_panic() {
 
 /// Starts `run`, waits until `ready` holds for the stub, sends `sig`, and
 /// returns the exit code and how long the exit took after the signal.
+#[track_caller]
 fn stop_when(
     stub: &Stub,
     batch: &Batch,
     ready: impl Fn(&Stub) -> bool,
     sig: &str,
-) -> (Option<i32>, Duration) {
+) -> (i32, Duration) {
     let mut command = batch.command_at(&stub.url, "run");
     command
         .env("AI_HORDE_API_KEY", USER_KEY)
         .stderr(Stdio::null());
     let mut child = command.spawn().unwrap();
-    let start = Instant::now();
-    while !ready(stub) {
-        assert!(start.elapsed() < RUN_LIMIT, "the run never got there");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the moment to stop the run", RUN_LIMIT, || ready(stub));
     let signalled = Instant::now();
     signal(&child, sig);
-    let code = wait_or_kill(&mut child, RUN_LIMIT);
+    let code = wait_exit(&mut child, RUN_LIMIT);
     (code, signalled.elapsed())
 }
 
@@ -1422,7 +1411,7 @@ fn a_stop_is_prompt_and_cancels_while_status_keeps_failing() {
             |stub| Stub::count(&stub.counters.statuses) >= 2,
             sig,
         );
-        assert_eq!(code, Some(130), "{sig}");
+        assert_eq!(code, 130, "{sig}");
         assert!(
             took < Duration::from_secs(10),
             "{sig}: stopping took {took:?}"
@@ -1442,22 +1431,14 @@ fn a_stop_ends_within_ten_seconds_when_the_horde_freezes() {
         |stub| Stub::count(&stub.counters.checks) >= 1,
         "TERM",
     );
-    assert_eq!(code, Some(130));
+    assert_eq!(code, 130);
     assert!(took < Duration::from_secs(11), "stopping took {took:?}");
     assert!(
         Stub::count(&stub.counters.deletes) >= 1,
         "a cancel was tried"
     );
     // The ledger still holds the request, so `cancel` can reach it later.
-    let status = run_bounded(
-        Command::new(BIN)
-            .arg("status")
-            .arg(&batch.manifest)
-            .arg("--json"),
-        RUN_LIMIT,
-    );
-    assert_eq!(status.code, 0, "{}", status.stderr);
-    let report: Value = serde_json::from_str(&status.stdout).unwrap();
+    let report = batch.status_json();
     assert_eq!(report["in_flight"].as_array().unwrap().len(), 1, "{report}");
 }
 
@@ -1610,7 +1591,7 @@ fn cancel_says_what_it_could_not_cancel_and_fails() {
         |stub| Stub::count(&stub.counters.checks) >= 1,
         "KILL",
     );
-    assert_eq!(code, Some(128 + 9));
+    assert_eq!(code, 128 + 9);
     let cancel = run_bounded(&mut batch.command_at(&refused_url(), "cancel"), RUN_LIMIT);
     assert_no_panic(&cancel.stderr);
     assert_eq!(cancel.code, 6, "{}", cancel.stderr);
@@ -1625,11 +1606,9 @@ fn cancel_says_what_it_could_not_cancel_and_fails() {
 #[test]
 fn a_kudos_estimate_without_a_horde_is_not_a_usage_error() {
     let batch = Batch::new(ONE_IMAGE);
-    let mut command = Command::new(BIN);
-    command
+    HordeBatch::new()
         .args(["plan", "--kudos", "--horde-url", &refused_url()])
         .arg(&batch.manifest)
-        .env_remove("AI_HORDE_API_KEY");
-    let plan = run_bounded(&mut command, RUN_LIMIT);
-    assert_eq!(plan.code, 6, "{}", plan.stderr);
+        .status(6)
+        .run();
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use scraper::{Html, Selector};
 use serde_json::Value;
 
-use crate::common::{kill, run_bounded, wait_exit, walk, Batch, Sim};
+use crate::common::{run_bounded, signal, wait_exit, walk, Batch, Finished, HordeBatch, Sim};
 
 /// A prompt that must stay text on the page.
 const HOSTILE: &str = "<script>document.title='pwned'</script> & \"quotes\"";
@@ -52,7 +52,7 @@ fn finished_run() -> (Sim, Batch) {
 }
 
 /// `horde-batch report <manifest>` (it talks to no Horde).
-fn report(batch: &Batch) -> crate::common::Finished {
+fn report(batch: &Batch) -> Finished {
     let mut command = Command::new(crate::common::BIN);
     command
         .arg("report")
@@ -151,22 +151,17 @@ fn report_of_a_finished_run_links_existing_files_and_shows_every_job_failure_and
         .iter()
         .map(|s| s.value().attr("data-job-key").unwrap().to_owned())
         .collect();
-    let plan = Command::new(crate::common::BIN)
+    let plan = HordeBatch::new()
         .args(["plan", "--json", "--list"])
         .arg(&batch.manifest)
-        .output()
-        .unwrap();
-    let planned: BTreeSet<String> = String::from_utf8_lossy(&plan.stdout)
+        .run();
+    let planned: BTreeSet<String> = plan
+        .stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter_map(|job| job["key"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(
-        planned.len(),
-        4,
-        "{}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
+    assert_eq!(planned.len(), 4, "{}", plan.stdout);
     assert_eq!(keys, planned, "one section per job of the plan");
 
     // The failed job: in the failures list with its class, and as failed placeholders.
@@ -246,7 +241,7 @@ fn chromium() -> Option<PathBuf> {
     None
 }
 
-fn headless(chromium: &Path, profile: &Path, extra: &[&str], url: &str) -> crate::common::Finished {
+fn headless(chromium: &Path, profile: &Path, extra: &[&str], url: &str) -> Finished {
     let mut command = Command::new(chromium);
     command
         .args([
@@ -415,7 +410,7 @@ fn report_works_on_a_running_and_then_killed_run() {
         text.contains("a run is active"),
         "the live run's status is shown"
     );
-    kill(&mut child, "KILL");
+    signal(&child, "KILL");
     wait_exit(&mut child, Duration::from_secs(10));
 
     let after = report(&batch);
@@ -435,7 +430,7 @@ fn report_works_on_a_running_and_then_killed_run() {
 
     // The resumed run's own report covers the whole batch, not only the
     // images this run made.
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     let html = page(&batch);
     let state: String = select(&html, "#summary")[0].text().collect();

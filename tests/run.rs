@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use crate::common::{kill, stat, wait_exit, walk, Batch, Sim};
+use crate::common::{signal, stat, wait_exit, walk, Batch, Finished, HordeBatch, Sim};
 use serde_json::Value;
 
 #[test]
 fn smoke_200_completes_with_the_right_image_in_every_file() {
     let sim = Sim::unlimited(&["--workers", "8", "--latency", "10ms..40ms", "--seed", "1"]);
     let batch = Batch::smoke();
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(200);
     let stats = sim.stats();
@@ -42,7 +42,7 @@ fn smoke_200_completes_with_the_right_image_in_every_file() {
     );
 
     // A finished manifest is a no-op.
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("0 images saved now, 200 before"),
@@ -82,7 +82,7 @@ fn sigkill_mid_run_then_resume_loses_and_duplicates_nothing() {
         status["requests_in_flight"].as_u64().unwrap()
     );
     let before = sim.stats();
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(200);
     let after = sim.stats();
@@ -103,7 +103,7 @@ fn ctrl_c_cancels_everything_in_flight_and_exits_130() {
     let batch = Batch::smoke();
     let mut child = batch.spawn_run(&sim);
     batch.wait_for_images(6, Duration::from_secs(60));
-    kill(&mut child, "INT");
+    signal(&child, "INT");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
     let stats = sim.stats();
     assert!(stat(&stats, "requests_cancelled") > 0, "{stats}");
@@ -115,7 +115,7 @@ fn ctrl_c_cancels_everything_in_flight_and_exits_130() {
     let saved = batch.index_lines().len();
     assert!(saved >= 6);
     // The cancelled run resumes to completion.
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(200);
 }
@@ -129,13 +129,7 @@ fn cancel_after_a_sigkill_cancels_what_the_run_left() {
         stat(&sim.stats(), "requests_never_retrieved") > 0,
         "the killed run left requests behind"
     );
-    let output = batch.command(&sim, "cancel").output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    batch.horde_batch(&sim, "cancel").run();
     let stats = sim.stats();
     assert_eq!(stat(&stats, "requests_never_retrieved"), 0, "{stats}");
 }
@@ -160,7 +154,7 @@ fn faulted_and_censored_images_are_replaced() {
             .replace("images: 8", "images: 4")
             .replace("jobs:", "run: {retries: 20}\njobs:"),
     );
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(100);
     let stats = sim.stats();
@@ -197,23 +191,17 @@ fn expired_requests_are_resubmitted() {
     );
     // Requests expire 1 s after their last activity here (20 minutes on the real
     // Horde, where checks are at most 30 s apart): checks scale down with it.
-    let output = batch
-        .command(&sim, "run")
+    batch
+        .horde_batch(&sim, "run")
         .env("HORDE_BATCH_POLL_CAP", "600ms")
-        .output()
-        .unwrap();
-    let (code, stderr) = (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    );
-    assert_eq!(code, 0, "{stderr}");
+        .stderr_contains("expired")
+        .run();
     batch.assert_complete(20);
     assert!(
         stat(&sim.stats(), "requests_expired") > 0,
         "{}",
         sim.stats()
     );
-    assert!(stderr.contains("expired"), "{stderr}");
 }
 
 #[test]
@@ -233,20 +221,17 @@ fn too_many_prompts_lowers_the_budget_and_completes() {
     let batch = Batch::new(
         "version: 1\nname: tmp\ndefaults: {models: [stable_diffusion]}\nrun: {max_in_flight: 40, max_n: 8}\njobs:\n  - {name: a, prompt: 'a {red|blue|green|white} box', images: 8}\n",
     );
-    let output = batch
-        .command(&sim, "run")
+    batch
+        .horde_batch(&sim, "run")
         .env("AI_HORDE_API_KEY", "k-test-concurrency")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+        .stderr_contains("lowering it")
+        .run();
     batch.assert_complete(32);
     let stats = sim.stats();
     assert!(
         stat(&stats, "too_many_prompts") > 0,
         "the sim refused at least once: {stats}"
     );
-    assert!(stderr.contains("lowering it"), "{stderr}");
 }
 
 #[test]
@@ -270,7 +255,7 @@ fn transient_chaos_is_survived() {
             .unwrap()
             .replace("images: 8", "images: 2"),
     );
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(50);
     assert!(stderr.contains("transient errors"), "{stderr}");
@@ -283,7 +268,7 @@ fn a_job_for_a_model_no_worker_serves_fails_at_once_and_the_rest_run() {
         "version: 1\nname: noworker\nrun: {timeouts: {no_worker: 2s}}\njobs:\n  - {name: good, prompt: ok, models: [stable_diffusion], images: 2}\n  - {name: bad, prompt: never, models: [stable_difusion], images: 2}\n",
     );
     // Pre-flight: the bad job fails before anything is spent on it; the good one runs.
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 1, "{stderr}");
     batch.assert_complete(2);
     assert_eq!(stat(&sim.stats(), "requests_created"), 1);
@@ -299,16 +284,11 @@ fn a_job_for_a_model_no_worker_serves_fails_at_once_and_the_rest_run() {
     );
 
     // Told to wait: the job waits up to its no-worker timeout, then fails alone.
-    let output = batch
-        .command(&sim, "run")
+    batch
+        .horde_batch(&sim, "run")
         .arg("--wait-for-workers")
-        .output()
-        .unwrap();
-    let (code, stderr) = (
-        output.status.code().unwrap(),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert_eq!(code, 1, "{stderr}");
+        .status(1)
+        .run();
     batch.assert_complete(2);
     let errors = std::fs::read_to_string(batch.out().join("errors.jsonl")).unwrap();
     let error: Value = serde_json::from_str(errors.lines().last().unwrap()).unwrap();
@@ -332,15 +312,13 @@ fn a_job_for_a_model_no_worker_serves_fails_at_once_and_the_rest_run() {
 fn a_refused_key_exits_3() {
     let sim = Sim::start(&["--seed", "10"]);
     let batch = Batch::new("version: 1\nname: auth\ndefaults: {models: [stable_diffusion]}\njobs:\n  - {name: a, prompt: x}\n");
-    let output = batch
-        .command(&sim, "run")
+    let refused = batch
+        .horde_batch(&sim, "run")
         .env("AI_HORDE_API_KEY", "not-a-known-key")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
+        .status(3)
+        .run();
     assert!(
-        !stderr.contains("not-a-known-key"),
+        !refused.stderr.contains("not-a-known-key"),
         "the key is never printed"
     );
 }
@@ -354,9 +332,9 @@ fn a_second_run_on_the_same_state_is_refused() {
     // Stands for a file the running run is writing right now.
     let writing = batch.out().join(".hb-tmp-being-written");
     std::fs::write(&writing, b"half an image").unwrap();
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     let left_alone = writing.exists();
-    kill(&mut first, "KILL");
+    signal(&first, "KILL");
     wait_exit(&mut first, Duration::from_secs(10));
     assert_eq!(code, 4, "{stderr}");
     assert!(
@@ -405,7 +383,7 @@ fn a_damaged_ledger_is_refused_then_rebuilt_from_the_sidecars() {
             .unwrap()
             .replace("images: 8", "images: 2"),
     );
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     // Lose some images and damage the ledger.
     let out = batch.out();
@@ -422,22 +400,16 @@ fn a_damaged_ledger_is_refused_then_rebuilt_from_the_sidecars() {
             std::fs::write(&path, b"garbage, not a ledger").unwrap();
         }
     }
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("--rebuild-state"), "{stderr}");
 
     let before = sim.stats();
-    let output = batch
-        .command(&sim, "run")
+    batch
+        .horde_batch(&sim, "run")
         .arg("--rebuild-state")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("rebuilt the ledger from 45 images on disk"),
-        "{stderr}"
-    );
+        .stderr_contains("rebuilt the ledger from 45 images on disk")
+        .run();
     // Only the 5 lost images (of 3 request slots) were asked for again.
     let webps = walk(&out)
         .into_iter()
@@ -464,11 +436,11 @@ fn raising_images_asks_only_for_the_new_ones() {
     let sim = Sim::unlimited(&["--workers", "8", "--latency", "10ms..30ms", "--seed", "14"]);
     let text = "version: 1\nname: grow\ndefaults: {models: [stable_diffusion]}\nrun: {max_n: 4}\njobs:\n  - {name: a, prompt: 'a {red|blue} cone', images: 3}\n";
     let batch = Batch::new(text);
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(6);
     std::fs::write(&batch.manifest, text.replace("images: 3", "images: 6")).unwrap();
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(12);
     assert_eq!(
@@ -484,7 +456,7 @@ fn raising_images_asks_only_for_the_new_ones() {
     }
     // A rerun of the finished manifest leaves it as it is.
     let before = std::fs::read(batch.out().join("results.jsonl")).unwrap();
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         std::fs::read(batch.out().join("results.jsonl")).unwrap(),
@@ -499,17 +471,16 @@ fn a_simulated_run_accepts_the_key_a_user_has_exported() {
         "version: 1\nname: rehearsal\ndefaults: {models: [stable_diffusion], \
          params: {width: 64, height: 64}}\njobs:\n  - {name: a, prompt: a kite, images: 2}\n",
     );
-    let output = std::process::Command::new(crate::common::BIN)
+    let run = HordeBatch::new()
         .args(["run", "--simulate"])
         .arg(&batch.manifest)
         .env("AI_HORDE_API_KEY", "a-real-users-key-0123")
-        .env_remove("AI_HORDE_URL")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("a-real-users-key-0123"), "{stderr}");
+        .run();
+    assert!(
+        !run.stderr.contains("a-real-users-key-0123"),
+        "{}",
+        run.stderr
+    );
     batch.assert_complete(2);
 }
 
@@ -555,12 +526,12 @@ fn a_deleted_state_folder_is_rebuilt_from_the_output_and_nothing_is_paid_again()
         "version: 1\nname: rebuilt\ndefaults: {models: [stable_diffusion], \
          params: {width: 64, height: 64}}\njobs:\n  - {name: a, prompt: 'a {red|blue} kite', images: 3}\n",
     );
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(6);
     std::fs::remove_dir_all(batch.state()).unwrap();
     let before = stat(&sim.stats(), "requests_created");
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("rebuilt it from the 6 images"), "{stderr}");
     assert_eq!(
@@ -579,7 +550,7 @@ fn a_deleted_image_comes_back_and_nothing_else_is_made_again() {
          params: {width: 64, height: 64}}\nrun: {max_n: 4}\n\
          jobs:\n  - {name: a, prompt: 'a {red|blue} kite', images: 4}\n",
     );
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(8);
     // The user deletes one image and keeps its sidecar.
@@ -589,7 +560,7 @@ fn a_deleted_image_comes_back_and_nothing_else_is_made_again() {
     let old_sidecar = std::fs::read_to_string(image.with_extension("json")).unwrap();
     std::fs::remove_file(&image).unwrap();
     let before = sim.stats();
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("1 image(s) saved earlier were gone"),
@@ -620,7 +591,7 @@ fn stray_files_in_the_output_folder_are_reported_and_left_alone() {
         "version: 1\nname: strays\ndefaults: {models: [stable_diffusion], \
          params: {width: 64, height: 64}}\njobs:\n  - {name: a, prompt: a kite, images: 2}\n",
     );
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     // A sidecar whose image the user moved away, and an image copied in by hand.
     let first = batch
@@ -632,7 +603,7 @@ fn stray_files_in_the_output_folder_are_reported_and_left_alone() {
     )
     .unwrap();
     std::fs::copy(&first, batch.out().join("copied-in.webp")).unwrap();
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("without their other half")
@@ -671,17 +642,7 @@ fn three_shards_at_once_make_exactly_the_plan_and_merge_into_one_index() {
     }
     // Each shard did only its own jobs: the plan, once, across the three.
     assert_eq!(stat(&sim.stats(), "images_generated"), 24);
-    let merged = std::process::Command::new(crate::common::BIN)
-        .arg("merge")
-        .arg(&batch.manifest)
-        .output()
-        .unwrap();
-    assert_eq!(
-        merged.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&merged.stderr)
-    );
+    HordeBatch::new().arg("merge").arg(&batch.manifest).run();
     let index = batch.index_lines();
     assert_eq!(index.len(), 24);
     let mut names = std::collections::BTreeSet::new();
@@ -711,12 +672,10 @@ fn three_shards_at_once_make_exactly_the_plan_and_merge_into_one_index() {
     }
     // A shard run again has nothing left to do.
     let before = stat(&sim.stats(), "requests_created");
-    let output = batch
-        .command(&sim, "run")
+    batch
+        .horde_batch(&sim, "run")
         .args(["--shard", "2/3"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
+        .run();
     assert_eq!(stat(&sim.stats(), "requests_created"), before);
 }
 
@@ -727,16 +686,14 @@ fn failures_lists_what_failed_and_retry_failed_runs_only_that() {
                 - {name: good, prompt: ok, models: [stable_diffusion], images: 2}\n  \
                 - {name: bad, prompt: never, models: [no-such-model], images: 2}\n";
     let batch = Batch::new(text);
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 1, "{stderr}");
     let failures = |batch: &Batch| -> Vec<Value> {
-        let output = std::process::Command::new(crate::common::BIN)
+        HordeBatch::new()
             .args(["failures", "--json"])
             .arg(&batch.manifest)
-            .output()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(0));
-        String::from_utf8_lossy(&output.stdout)
+            .run()
+            .stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
@@ -754,14 +711,12 @@ fn failures_lists_what_failed_and_retry_failed_runs_only_that() {
     )
     .unwrap();
     let before = stat(&sim.stats(), "requests_created");
-    let output = batch
-        .command(&sim, "run")
+    batch
+        .horde_batch(&sim, "run")
         .arg("--retry-failed")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("retrying 1 failed job(s) only"), "{stderr}");
+        .status(1)
+        .stderr_contains("retrying 1 failed job(s) only")
+        .run();
     assert_eq!(
         stat(&sim.stats(), "requests_created"),
         before,
@@ -779,7 +734,7 @@ fn reroll_sets_three_images_aside_and_the_next_run_makes_exactly_those_again() {
          params: {width: 64, height: 64}}\nrun: {max_n: 3}\n\
          jobs:\n  - {name: a, prompt: 'a {red|blue} kite', images: 3}\n",
     );
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     let names: Vec<String> = batch
         .index_lines()
@@ -793,19 +748,12 @@ fn reroll_sets_three_images_aside_and_the_next_run_makes_exactly_those_again() {
         .collect();
     let list = batch.dir.path().join("rejected.txt");
     std::fs::write(&list, rejected.join("\n")).unwrap();
-    let output = std::process::Command::new(crate::common::BIN)
+    HordeBatch::new()
         .arg("reroll")
         .arg(&batch.manifest)
         .arg("--from")
         .arg(&list)
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .run();
     for name in rejected {
         assert!(!batch.out().join(name).exists());
         assert!(
@@ -816,7 +764,7 @@ fn reroll_sets_three_images_aside_and_the_next_run_makes_exactly_those_again() {
     assert_eq!(batch.index_lines().len(), 3, "their index rows are gone");
 
     let before = stat(&sim.stats(), "images_generated");
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
         stat(&sim.stats(), "images_generated") - before,
@@ -873,7 +821,7 @@ fn a_resumed_run_starts_after_the_settled_prefix_and_checks_it_last() {
         .spawn()
         .unwrap();
     batch.wait_for_images(4, Duration::from_secs(60));
-    kill(&mut child, "INT");
+    signal(&child, "INT");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
     assert!(
         batch.out().join(".horde-batch/settled-prefix").is_file(),

@@ -9,7 +9,7 @@ use std::path::Path;
 use horde_batch::manifest::{compile, CompileOptions, CompiledManifest, ManifestFile};
 use serde_json::Value;
 
-use crate::common::{stat, walk, Batch, Sim};
+use crate::common::{stat, walk, Batch, Finished, Sim};
 
 /// Writes a `width`×`height` PNG (RGBA when `alpha`) whose pixels depend on `shade`.
 fn write_png(path: &Path, width: u32, height: u32, alpha: bool, shade: u8) {
@@ -47,7 +47,7 @@ fn run_one(job: &str, files: &[(&str, bool)]) -> (Value, Value) {
     for (i, (name, alpha)) in files.iter().enumerate() {
         write_png(&batch.dir.path().join(name), 48, 32, *alpha, i as u8 * 40);
     }
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(1);
     let sidecar = walk(&batch.out())
@@ -319,7 +319,7 @@ fn a_rows_column_gives_each_row_its_source() {
         keys(&compile_at(dir, &text).unwrap())
     };
     let before = keys_now();
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(2);
     let stats = sim.stats();

@@ -3,9 +3,10 @@
 //! damaged ledgers.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
+use crate::common::{child_env, test_child};
 use horde_batch::store::{
     RecordedError, RequestKey, RequestRecord, RequestState, RunMeta, SavedImage, StateCounts,
     Store, StoreError,
@@ -416,13 +417,12 @@ async fn dropping_leaves_a_pidfile_that_names_another_process_alone() {
     assert_eq!(read_pidfile(dir.path()), Some(4242));
 }
 
-/// Runs only as the child of [`durable_writes_survive_abort`]: writes durably,
+/// The child process of [`durable_writes_survive_abort`]: writes durably,
 /// then dies without running any destructor.
 #[tokio::test]
+#[ignore = "the child process of store::durable_writes_survive_abort, which runs it"]
 async fn crash_child() {
-    let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) else {
-        return;
-    };
+    let dir = child_env(CRASH_CHILD_DIR);
     let store = Store::open(Path::new(&dir)).unwrap();
     for slot in 0..CRASH_RECORDS {
         let key = RequestKey::new("6666666666666666", slot);
@@ -442,13 +442,7 @@ async fn crash_child() {
 #[tokio::test]
 async fn durable_writes_survive_abort() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "store::crash_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = test_child("store::crash_child")
         .env(CRASH_CHILD_DIR, dir.path())
         .stdout(Stdio::null())
         .spawn()
@@ -496,14 +490,13 @@ fn submitting() -> RequestState {
     }
 }
 
-/// Runs only as the child of [`the_in_flight_index_survives_abort_mid_transitions`]:
+/// The child process of [`the_in_flight_index_survives_abort_mid_transitions`]:
 /// takes slots through every transition, the last ones without a flush, and
 /// dies in the middle without running any destructor.
 #[tokio::test]
+#[ignore = "the child process of store::the_in_flight_index_survives_abort_mid_transitions, which runs it"]
 async fn transitions_child() {
-    let Some(dir) = std::env::var_os(TRANSITIONS_CHILD_DIR) else {
-        return;
-    };
+    let dir = child_env(TRANSITIONS_CHILD_DIR);
     let store = Store::open(Path::new(&dir)).unwrap();
     store.record_run_start("0.1.0", "m.yaml", "m").unwrap();
     let job = "9999999999999999";
@@ -551,13 +544,7 @@ async fn transitions_child() {
 #[tokio::test]
 async fn the_in_flight_index_survives_abort_mid_transitions() {
     let dir = tempfile::tempdir().unwrap();
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "store::transitions_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let status = test_child("store::transitions_child")
         .env(TRANSITIONS_CHILD_DIR, dir.path())
         .stdout(Stdio::null())
         .status()

@@ -4,7 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{kill, stat, stdout_of_success, wait_exit, Batch, Sim, BIN};
+use crate::common::{
+    signal, stat, stdout_of_success, wait_exit, wait_until, Batch, Finished, HordeBatch, Sim, BIN,
+};
 use serde_json::Value;
 
 #[test]
@@ -29,18 +31,18 @@ fn json_progress_lines_and_status_during_an_active_run() {
 
     // The run holds the ledger's lock; status reads what the run publishes
     // (every progress tick, so wait for a sample that has seen an image).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let status = batch.status_json();
-        if status["images_saved"].as_u64().unwrap_or(0) >= 1 || Instant::now() > deadline {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut status = Value::Null;
+    wait_until(
+        "a status that has seen an image",
+        Duration::from_secs(20),
+        || {
+            status = batch.status_json();
+            status["images_saved"].as_u64().unwrap_or(0) >= 1
+        },
+    );
     assert_eq!(status["active"], true);
     assert_eq!(status["pid"], child.id());
     assert_eq!(status["images_wanted"], 200);
-    assert!(status["images_saved"].as_u64().unwrap() >= 1, "{status}");
     // During the run, status names the requests in flight and their ids.
     let in_flight = status["in_flight"].as_array().unwrap();
     assert_eq!(
@@ -53,7 +55,7 @@ fn json_progress_lines_and_status_during_an_active_run() {
     );
     assert_eq!(status["jobs"], 25);
 
-    kill(&mut child, "INT");
+    signal(&child, "INT");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
     let lines: Vec<Value> = std::fs::read_to_string(&log)
         .unwrap()
@@ -87,7 +89,7 @@ fn json_progress_lines_and_status_during_an_active_run() {
     );
 
     // After the rest is done, the ledger says so too.
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     let status = batch.status_json();
     assert_eq!(status["finished"], true, "{status}");
@@ -115,22 +117,20 @@ fn max_runtime_stops_with_exit_5_and_the_next_run_collects_the_rest() {
             .replace("images: 8", "images: 2"),
     );
     let start = Instant::now();
-    let output = batch
-        .command(&sim, "run")
+    batch
+        .horde_batch(&sim, "run")
         .args(["--max-runtime", "2s"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(5), "{stderr}");
+        .status(5)
+        .stderr_contains("--max-runtime of 2s reached")
+        .run();
     assert!(
         start.elapsed() < Duration::from_secs(20),
         "it stopped in time"
     );
-    assert!(stderr.contains("--max-runtime of 2s reached"), "{stderr}");
     assert!(batch.index_lines().len() < 50);
     // Detached, not cancelled: the next run re-attaches and collects everything.
     assert_eq!(stat(&sim.stats(), "requests_cancelled"), 0);
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     batch.assert_complete(50);
     assert_eq!(stat(&sim.stats(), "requests_never_retrieved"), 0);
@@ -140,14 +140,12 @@ fn max_runtime_stops_with_exit_5_and_the_next_run_collects_the_rest() {
 fn max_kudos_stops_submitting_before_the_budget_is_passed() {
     let sim = Sim::start(&["--workers", "4", "--latency", "20ms..50ms", "--seed", "23"]);
     let batch = Batch::smoke();
-    let output = batch
-        .command(&sim, "run")
+    batch
+        .horde_batch(&sim, "run")
         .args(["--max-kudos", "100"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("MaxKudos"), "{stderr}");
+        .status(3)
+        .stderr_contains("MaxKudos")
+        .run();
     let stats = sim.stats();
     let charged = stats["kudos_charged"].as_f64().unwrap();
     assert!(
@@ -158,13 +156,11 @@ fn max_kudos_stops_submitting_before_the_budget_is_passed() {
 
     // The budget is the batch's, across runs: a second run with the same
     // budget has (next to) nothing left to spend.
-    let output = batch
-        .command(&sim, "run")
+    batch
+        .horde_batch(&sim, "run")
         .args(["--max-kudos", "100"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
+        .status(3)
+        .run();
     let total = sim.stats()["kudos_charged"].as_f64().unwrap();
     assert!(
         total <= 100.0,
@@ -191,19 +187,14 @@ fn a_shared_keys_limits_are_checked_before_submitting() {
         client.create_shared_key(&input).await.unwrap().id
     });
     let batch = Batch::new("version: 1\nname: shared\ndefaults: {models: [stable_diffusion], params: {steps: 20}}\njobs:\n  - {name: a, prompt: x}\n");
-    let output = batch
-        .command(&sim, "run")
+    let refused = batch
+        .horde_batch(&sim, "run")
         .env("AI_HORDE_API_KEY", shared.expose_secret())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
+        .status(3)
+        .stderr_contains("job `a` asks for 20 steps; the shared key allows 10")
+        .run();
     assert!(
-        stderr.contains("job `a` asks for 20 steps; the shared key allows 10"),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains(shared.expose_secret()),
+        !refused.stderr.contains(shared.expose_secret()),
         "the key is never printed"
     );
     assert_eq!(stat(&sim.stats(), "requests_created"), 0);
@@ -244,12 +235,10 @@ fn progress_bars_are_drawn_on_a_terminal() {
 #[test]
 fn completions_are_printed_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
-        let output = Command::new(BIN)
+        HordeBatch::new()
             .args(["completions", shell])
-            .output()
-            .unwrap();
-        assert!(output.status.success());
-        assert!(String::from_utf8_lossy(&output.stdout).contains("max-runtime"));
+            .stdout_contains("max-runtime")
+            .run();
     }
 }
 
@@ -279,11 +268,8 @@ fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
 fn bash_completes_every_subcommands_options() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("horde-batch.bash");
-    let output = Command::new(BIN)
-        .args(["completions", "bash"])
-        .output()
-        .unwrap();
-    std::fs::write(&script, output.stdout).unwrap();
+    let completions = HordeBatch::new().args(["completions", "bash"]).run();
+    std::fs::write(&script, completions.stdout).unwrap();
     let offered = bash_completes(&script, &["horde-batch", "run", "--pro"]);
     assert_eq!(offered, ["--progress", "--progress-interval"]);
     assert_eq!(
@@ -345,20 +331,13 @@ fn the_kudos_estimate_is_close_to_what_the_run_is_charged() {
          jobs:\n  - {name: a, prompt: 'a {red|blue} kite', images: 4}\n  \
          - {name: b, prompt: a boat, images: 3, params: {steps: 40}}\n",
     );
-    let plan = Command::new(BIN)
+    let plan = HordeBatch::new()
         .args(["plan", "--kudos", "--json", "--horde-url", &sim.url])
         .arg(&batch.manifest)
-        .env_remove("AI_HORDE_API_KEY")
-        .output()
-        .unwrap();
-    assert!(
-        plan.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
-    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+        .run();
+    let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
     let estimate = plan["kudos"]["estimate"].as_f64().unwrap();
-    let (code, stderr) = batch.run(&sim);
+    let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
     let charged = sim.stats()["kudos_charged"].as_f64().unwrap();
     let ratio = estimate / charged;

@@ -697,14 +697,30 @@ mod tests {
 
     #[test]
     fn retry_after_is_safe_at_the_ends_of_time() {
-        // A clock at the start or far end of SystemTime's range.
-        for now in [
-            SystemTime::UNIX_EPOCH,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40),
-        ] {
-            retry_after("Fri, 01 Jan 2100 00:00:00 GMT", now);
-            retry_after("Mon, 01 Jan 0001 00:00:00 GMT", now);
-            retry_after("18446744073709551615", now);
+        // A clock at the start or far end of SystemTime's range, and dates at
+        // either end of what an HTTP date can say: no panic, no wrap-around.
+        // A date in the past is "now" (zero), one ahead is the time until it,
+        // and delay-seconds do not depend on the clock at all.
+        let far_future = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40);
+        let year_2100 = Duration::from_secs(4_102_444_800);
+        let longest = Duration::from_secs(u64::MAX);
+        let cases = [
+            (
+                SystemTime::UNIX_EPOCH,
+                [Some(year_2100), Some(Duration::ZERO), Some(longest)],
+            ),
+            (
+                far_future,
+                [Some(Duration::ZERO), Some(Duration::ZERO), Some(longest)],
+            ),
+        ];
+        for (now, expected) in cases {
+            let got = [
+                retry_after("Fri, 01 Jan 2100 00:00:00 GMT", now),
+                retry_after("Mon, 01 Jan 0001 00:00:00 GMT", now),
+                retry_after("18446744073709551615", now),
+            ];
+            assert_eq!(got, expected, "now = {now:?}");
         }
     }
 
