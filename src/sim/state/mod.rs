@@ -24,6 +24,11 @@ use super::stats::SimStats;
 use super::validate::{GenParams, GenerateInput, KNOWN_UPSCALERS};
 use super::wire::{CheckBody, GenerationBody, MetadataEntry, RequestAsync, StatusBody, Warning};
 
+mod error;
+
+use error::invalid_api_key;
+pub(crate) use error::ApiError;
+
 /// The anonymous API key (ten zeros), always known.
 pub(crate) const ANON_API_KEY: &str = "0000000000";
 
@@ -57,46 +62,6 @@ const DOUBLE_STEP_SAMPLERS: &[&str] = &[
 const NO_AVAILABLE_WORKER: &str = "Warning: No available workers can fulfill this request. \
 It will expire in 20 minutes unless a worker appears. \
 Please confider reducing its size of the request or choosing a different model.";
-
-/// An error answer: `{"message", "rc"}` (or a validation `errors` map).
-#[derive(Debug, Clone)]
-pub(crate) struct ApiError {
-    pub status: u16,
-    pub message: String,
-    pub rc: Option<&'static str>,
-    pub errors: Option<BTreeMap<String, String>>,
-    pub retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub(crate) fn rc(status: u16, rc: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            rc: Some(rc),
-            errors: None,
-            retry_after: None,
-        }
-    }
-
-    pub(crate) fn validation(errors: BTreeMap<String, String>) -> Self {
-        Self {
-            status: 400,
-            message: "Input payload validation failed".to_owned(),
-            rc: None,
-            errors: Some(errors),
-            retry_after: None,
-        }
-    }
-
-    fn not_found(kind: &str, id: &str) -> Self {
-        Self::rc(
-            404,
-            "RequestNotFound",
-            format!("Image Waiting Prompt ({kind}) with ID '{id}' not found."),
-        )
-    }
-}
 
 /// Settings fixed at start.
 pub(crate) struct Settings {
@@ -1611,14 +1576,6 @@ impl Horde {
         stats.live_requests = self.requests.len() as u64;
         stats
     }
-}
-
-fn invalid_api_key() -> ApiError {
-    ApiError::rc(
-        401,
-        "InvalidAPIKey",
-        "No user matching sent API Key. Have you remembered to register at https://aihorde.net/register ?",
-    )
 }
 
 fn apply_shared_key_fields(key: &mut SharedKey, body: &Value) -> Result<(), ApiError> {
