@@ -26,8 +26,10 @@ use super::wire::{CheckBody, GenerationBody, MetadataEntry, RequestAsync, Status
 
 mod error;
 mod kudos;
+mod r2;
 
 use error::invalid_api_key;
+use r2::R2Object;
 use kudos::{
     base_kudos, downgrade, dry_run_kudos, max_free_resolution, needs_upfront_kudos, per_image_kudos,
     HORDE_TAX,
@@ -45,9 +47,6 @@ const MAX_REQUEST_FAULTS: u32 = 2;
 
 /// Worker ids a request may name; the server silently keeps the first 5.
 const MAX_WORKER_IDS: usize = 5;
-
-/// R2 objects are pruned this long after upload (AH `prune_stale_images.py`).
-const R2_RETENTION: Duration = Duration::from_secs(120 * 60);
 
 const NO_AVAILABLE_WORKER: &str = "Warning: No available workers can fulfill this request. \
 It will expire in 20 minutes unless a worker appears. \
@@ -174,12 +173,6 @@ impl Request {
     fn is_orphaned(&self) -> bool {
         !self.cancelled && self.generations.iter().any(|g| !g.handed_out)
     }
-}
-
-struct R2Object {
-    webp: Arc<Vec<u8>>,
-    uploaded: Instant,
-    retrieved: bool,
 }
 
 /// Identity of a simulated worker.
@@ -933,14 +926,7 @@ impl Horde {
         request.expiry = Instant::now() + settings.expiry;
         let amount = request.per_image_kudos;
         let owner = request.owner;
-        self.r2.insert(
-            generation_id,
-            R2Object {
-                webp: Arc::new(webp),
-                uploaded: Instant::now(),
-                retrieved: false,
-            },
-        );
+        self.store_in_r2(generation_id, webp);
         self.stats.images_generated += 1;
         if job.censored {
             self.stats.images_censored += 1;
@@ -1071,12 +1057,7 @@ impl Horde {
                     self.r2_url(generation.id, expires)
                 } else {
                     sent_base64.push(generation.id);
-                    self.r2
-                        .get(&generation.id)
-                        .map(|object| {
-                            base64::engine::general_purpose::STANDARD.encode(object.webp.as_slice())
-                        })
-                        .unwrap_or_else(|| "N/A".to_owned())
+                    self.r2_base64(generation.id)
                 };
                 let worker = &self.workers[generation.worker];
                 let mut gen_metadata = vec![MetadataEntry {
@@ -1123,64 +1104,6 @@ impl Horde {
         body
     }
 
-    fn mark_image_retrieved(&mut self, generation_id: Uuid) {
-        if let Some(object) = self.r2.get_mut(&generation_id) {
-            if !object.retrieved {
-                object.retrieved = true;
-                self.stats.images_retrieved += 1;
-            }
-        }
-    }
-
-    fn r2_url(&self, generation_id: Uuid, expires: u64) -> String {
-        format!(
-            "{}sim/r2/{generation_id}.webp?expires={expires}&signature={:016x}",
-            self.settings.origin,
-            self.r2_signature(generation_id, expires)
-        )
-    }
-
-    fn r2_signature(&self, generation_id: Uuid, expires: u64) -> u64 {
-        self.settings.det.hash(
-            "r2-signature",
-            &[Part::Id(generation_id), Part::Num(expires)],
-        )
-    }
-
-    /// Serves an R2 download: the bytes, or the S3 error status and code.
-    pub(crate) fn r2_download(
-        &mut self,
-        generation_id: &str,
-        expires: u64,
-        signature: &str,
-    ) -> Result<Arc<Vec<u8>>, (u16, &'static str, &'static str)> {
-        let refused = |status, code, message| Err((status, code, message));
-        let Ok(uuid) = Uuid::parse_str(generation_id) else {
-            self.stats.r2_refused += 1;
-            return refused(404, "NoSuchKey", "The specified key does not exist.");
-        };
-        if format!("{:016x}", self.r2_signature(uuid, expires)) != signature {
-            self.stats.r2_refused += 1;
-            return refused(
-                403,
-                "SignatureDoesNotMatch",
-                "The request signature we calculated does not match the signature you provided.",
-            );
-        }
-        if (expires as f64) < clock::epoch_now() {
-            self.stats.r2_refused += 1;
-            return refused(403, "AccessDenied", "Request has expired");
-        }
-        let Some(object) = self.r2.get(&uuid) else {
-            self.stats.r2_refused += 1;
-            return refused(404, "NoSuchKey", "The specified key does not exist.");
-        };
-        let webp = Arc::clone(&object.webp);
-        self.stats.r2_downloads += 1;
-        self.mark_image_retrieved(uuid);
-        Ok(webp)
-    }
-
     // ----- cleaner -----
 
     /// The periodic pass: flag requests with too many faulted jobs, delete
@@ -1215,8 +1138,7 @@ impl Horde {
                 }
             }
         }
-        self.r2
-            .retain(|_, object| now.duration_since(object.uploaded) < R2_RETENTION);
+        self.prune_r2(now);
     }
 
     // ----- other endpoints -----
