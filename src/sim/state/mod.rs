@@ -24,12 +24,14 @@ use super::stats::SimStats;
 use super::validate::{GenParams, GenerateInput, KNOWN_UPSCALERS};
 use super::wire::{CheckBody, GenerationBody, MetadataEntry, RequestAsync, StatusBody, Warning};
 
+mod catalog;
 mod error;
 mod kudos;
 mod r2;
 mod shared_keys;
 mod users;
 
+use catalog::{simulated_workers, WorkerInfo};
 use error::invalid_api_key;
 use r2::R2Object;
 use shared_keys::SharedKey;
@@ -153,12 +155,6 @@ impl Request {
     }
 }
 
-/// Identity of a simulated worker.
-struct WorkerInfo {
-    id: Uuid,
-    name: String,
-}
-
 /// One image handed to a worker, with its outcome already drawn from the
 /// seed (so the worker can draw the image outside the lock).
 #[derive(Debug, Clone)]
@@ -258,12 +254,7 @@ impl Horde {
             origin,
         });
         let (users, keys) = registered_users(config);
-        let workers = (0..config.workers)
-            .map(|index| WorkerInfo {
-                id: det.uuid("worker", &[Part::Num(index as u64)]),
-                name: format!("sim-worker-{index}"),
-            })
-            .collect();
+        let workers = simulated_workers(det, config.workers);
         // Other users' images are already queued when ours arrive.
         let background: BTreeSet<u64> = (0..u64::from(config.background_load)).collect();
         Self {
@@ -561,11 +552,6 @@ impl Horde {
         })
     }
 
-    /// Whether some worker could serve `request` (its model, its worker list).
-    fn is_possible(&self, request: &Request) -> bool {
-        request.served_model.is_some()
-            && (0..self.workers.len()).any(|worker| request.workers.allows(worker))
-    }
 
     fn activate(
         &mut self,
@@ -857,11 +843,6 @@ impl Horde {
         self.requests.get(&uuid)
     }
 
-    /// Megapixel-steps per second the workers advertise together.
-    fn total_speed(&self) -> f64 {
-        self.workers.len() as f64 * self.settings.worker_speed_mps
-    }
-
     /// The check fields. `queue_position` counts the queued requests ahead of
     /// this one (0 when first, or when nothing of it waits); `wait_time` is
     /// the megapixel-steps ahead plus its own waiting ones over the workers'
@@ -1010,61 +991,6 @@ impl Horde {
             }
         }
         self.prune_r2(now);
-    }
-
-    /// `GET /v2/workers`: the simulated workers (a small part of the real shape).
-    pub(crate) fn worker_list(&self) -> Vec<Value> {
-        let max_pixels = 4096u64 * 4096;
-        self.workers
-            .iter()
-            .map(|worker| {
-                json!({
-                    "type": "image",
-                    "name": worker.name,
-                    "id": worker.id.to_string(),
-                    "online": true,
-                    "threads": 1,
-                    "max_pixels": max_pixels,
-                    "models": self.settings.served_models,
-                    "performance": format!("{} megapixelsteps per second", self.settings.worker_speed_mps),
-                    "trusted": false,
-                    "maintenance_mode": false,
-                    "nsfw": true,
-                })
-            })
-            .collect()
-    }
-
-    /// `GET /v2/status/models`: the served models with their queues, in
-    /// megapixel-steps and the workers' advertised speed.
-    pub(crate) fn models(&self, model_type: &str) -> Vec<Value> {
-        if model_type != "image" {
-            return Vec::new();
-        }
-        let speed = self.total_speed();
-        self.settings
-            .served_models
-            .iter()
-            .map(|name| {
-                let (jobs, queued) = self
-                    .requests
-                    .values()
-                    .filter(|request| request.served_model.as_deref() == Some(name.as_str()))
-                    .fold((0.0f64, 0.0f64), |(jobs, mps), request| {
-                        let waiting = request.waiting.len() as f64;
-                        (jobs + waiting, mps + waiting * request.mps_per_image)
-                    });
-                json!({
-                    "name": name,
-                    "count": self.settings.workers,
-                    "performance": speed,
-                    "queued": queued,
-                    "jobs": jobs,
-                    "eta": if speed > 0.0 { (queued / speed).floor() as u64 } else { 0 },
-                    "type": "image",
-                })
-            })
-            .collect()
     }
 
     // ----- stats -----
