@@ -29,6 +29,7 @@ mod error;
 mod jobs;
 mod kudos;
 mod r2;
+mod request;
 mod shared_keys;
 mod users;
 
@@ -36,6 +37,7 @@ use catalog::{simulated_workers, WorkerInfo};
 use error::invalid_api_key;
 pub(crate) use jobs::Job;
 use r2::R2Object;
+use request::{Generation, Request, WorkerFilter};
 use shared_keys::SharedKey;
 use users::{registered_users, Caller, User};
 use kudos::{
@@ -73,85 +75,6 @@ pub(crate) struct Settings {
     pub find_user_cache: Duration,
     /// `http://127.0.0.1:P/`, for R2 URLs.
     pub origin: String,
-}
-
-struct Generation {
-    id: Uuid,
-    batch_index: u32,
-    worker: usize,
-    model: String,
-    censored: bool,
-    /// Listed in a status or DELETE answer (as a URL or as base64).
-    handed_out: bool,
-}
-
-/// Which workers may serve a request (`workers` / `worker_blacklist`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum WorkerFilter {
-    Any,
-    Only(Vec<usize>),
-    Except(Vec<usize>),
-}
-
-impl WorkerFilter {
-    fn allows(&self, worker: usize) -> bool {
-        match self {
-            WorkerFilter::Any => true,
-            WorkerFilter::Only(workers) => workers.contains(&worker),
-            WorkerFilter::Except(workers) => !workers.contains(&worker),
-        }
-    }
-}
-
-struct Request {
-    id: Uuid,
-    seq: u64,
-    owner: usize,
-    shared_key: Option<Uuid>,
-    prompt: String,
-    models: Vec<String>,
-    /// The model workers generate with (none when no worker serves the request).
-    served_model: Option<String>,
-    nsfw: bool,
-    r2: bool,
-    shared: bool,
-    seed: String,
-    width: u32,
-    height: u32,
-    /// Megapixel-steps of one image (`width·height·steps / 10⁶`).
-    mps_per_image: f64,
-    workers: WorkerFilter,
-    waiting: VecDeque<u32>,
-    faults_per_image: HashMap<u32, u32>,
-    processing: u32,
-    generations: Vec<Generation>,
-    restarted: u32,
-    faulted_jobs: u32,
-    faulted: bool,
-    cancelled: bool,
-    kudos: f64,
-    per_image_kudos: f64,
-    upfront_hold: f64,
-    expiry: Instant,
-    /// A status (or DELETE) call was answered while the request was done.
-    status_seen_done: bool,
-}
-
-impl Request {
-    fn is_done(&self) -> bool {
-        self.faulted || (self.waiting.is_empty() && self.processing == 0)
-    }
-
-    /// A status call answered while done, and every image generated so far
-    /// was handed out (an image landing after that call undoes it).
-    fn is_retrieved(&self) -> bool {
-        self.status_seen_done && self.generations.iter().all(|g| g.handed_out)
-    }
-
-    /// Not cancelled, with an image a client was never handed.
-    fn is_orphaned(&self) -> bool {
-        !self.cancelled && self.generations.iter().any(|g| !g.handed_out)
-    }
 }
 
 /// What a valid submit turns into.
@@ -633,11 +556,6 @@ impl Horde {
         }
         self.release_hold_if_done(uuid);
         Ok(body)
-    }
-
-    fn find(&self, id: &str) -> Option<&Request> {
-        let uuid = Uuid::parse_str(id).ok()?;
-        self.requests.get(&uuid)
     }
 
     /// The check fields. `queue_position` counts the queued requests ahead of
