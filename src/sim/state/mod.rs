@@ -25,6 +25,7 @@ use super::validate::{GenParams, GenerateInput, KNOWN_UPSCALERS};
 use super::wire::{CheckBody, GenerationBody, MetadataEntry, RequestAsync, StatusBody, Warning};
 
 mod catalog;
+mod cleaner;
 mod error;
 mod jobs;
 mod kudos;
@@ -49,9 +50,6 @@ pub(crate) use error::ApiError;
 
 /// The anonymous API key (ten zeros), always known.
 pub(crate) const ANON_API_KEY: &str = "0000000000";
-
-/// Faulted jobs above which the cleaner marks a request faulted.
-const MAX_REQUEST_FAULTS: u32 = 2;
 
 /// Worker ids a request may name; the server silently keeps the first 5.
 const MAX_WORKER_IDS: usize = 5;
@@ -522,42 +520,6 @@ impl Horde {
         }
     }
 
-    // ----- cleaner -----
-
-    /// The periodic pass: flag requests with too many faulted jobs, delete
-    /// expired requests, prune old R2 objects.
-    pub(crate) fn cleanup(&mut self) {
-        let now = Instant::now();
-        for request in self.requests.values_mut() {
-            if !request.faulted && request.faulted_jobs > MAX_REQUEST_FAULTS {
-                request.faulted = true;
-                request.upfront_hold = 0.0;
-                self.queue.remove(&request.seq);
-                self.stats.requests_faulted += 1;
-            }
-        }
-        let expired: Vec<Uuid> = self
-            .requests
-            .values()
-            .filter(|request| request.expiry <= now)
-            .map(|request| request.id)
-            .collect();
-        for id in expired {
-            if let Some(request) = self.requests.remove(&id) {
-                self.queue.remove(&request.seq);
-                self.stats.requests_expired += 1;
-                if request.is_retrieved() {
-                    self.expired_retrieved += 1;
-                } else if !request.cancelled {
-                    self.expired_never_retrieved += 1;
-                }
-                if request.is_orphaned() {
-                    self.expired_orphaned += 1;
-                }
-            }
-        }
-        self.prune_r2(now);
-    }
 
     // ----- stats -----
 
