@@ -26,6 +26,7 @@ use super::wire::{CheckBody, GenerationBody, MetadataEntry, RequestAsync, Status
 
 mod catalog;
 mod cleaner;
+mod counters;
 mod error;
 mod jobs;
 mod kudos;
@@ -520,50 +521,4 @@ impl Horde {
         }
     }
 
-
-    // ----- stats -----
-
-    /// Records one answered API call.
-    pub(crate) fn record_call(&mut self, endpoint: String, status: u16) {
-        *self
-            .stats
-            .calls
-            .entry(endpoint)
-            .or_default()
-            .entry(status)
-            .or_insert(0) += 1;
-    }
-
-    pub(crate) fn stats_mut(&mut self) -> &mut SimStats {
-        &mut self.stats
-    }
-
-    /// A snapshot with the derived fields filled in.
-    pub(crate) fn snapshot(&self) -> SimStats {
-        let mut stats = self.stats.clone();
-        let count = |keep: fn(&Request) -> bool| {
-            self.requests
-                .values()
-                .filter(|request| keep(request))
-                .count() as u64
-        };
-        stats.requests_retrieved = count(Request::is_retrieved) + self.expired_retrieved;
-        stats.requests_never_retrieved =
-            count(|request| !request.is_retrieved() && !request.cancelled)
-                + self.expired_never_retrieved;
-        stats.requests_orphaned = count(Request::is_orphaned) + self.expired_orphaned;
-        stats.images_never_retrieved = stats.images_generated - stats.images_retrieved;
-        stats.waiting_images = self
-            .requests
-            .values()
-            .map(|request| request.waiting.len() as u64)
-            .sum();
-        stats.processing_images = self
-            .requests
-            .values()
-            .map(|request| u64::from(request.processing))
-            .sum();
-        stats.live_requests = self.requests.len() as u64;
-        stats
-    }
 }
