@@ -1,15 +1,16 @@
-//! Kudos: what an image request costs, whether it must be paid upfront, and
-//! the debit when the tax or an image lands (from the owner, and from the
-//! shared key it was made with).
+//! Kudos: what an image request costs, whether it must be paid upfront
+//! (refused with `KudosUpfront`, or shrunk under `allow_downgrade`), and the
+//! debit when the tax or an image lands, from the owner and from the shared
+//! key the request was made with.
 //!
-//! The cost model is fitted to requests seen on the real server; where it
-//! has to guess, it guesses dearer, never cheaper. Pure arithmetic plus one
-//! debit: it must not queue, refuse or hand out anything itself.
+//! The cost model is fitted to requests observed on the real server (see
+//! `base_kudos`); model families are guessed from their names. It must not
+//! queue or hand out anything: `submit` decides what a price leads to.
 
 use uuid::Uuid;
 
 use super::super::validate::{GenParams, GenerateInput};
-use super::Horde;
+use super::{ApiError, Caller, Horde};
 
 /// Horde tax at activation: 1, plus the +2 "style" adjustment every image request gets.
 pub(super) const HORDE_TAX: f64 = 3.0;
@@ -26,7 +27,63 @@ const DOUBLE_STEP_SAMPLERS: &[&str] = &[
     "k_dpmpp_sde",
 ];
 
+/// What a submit costs: the dry-run total, and what is held from the
+/// owner's balance until its images are charged (0 when nothing is due upfront).
+pub(super) struct Price {
+    pub(super) required: f64,
+    pub(super) upfront_hold: f64,
+}
+
 impl Horde {
+    /// Prices a submit as AH `stable.py` `initiate_waiting_prompt` does: a
+    /// request beyond the free envelope needs its kudos upfront, or is shrunk
+    /// to the envelope when `allow_downgrade` is set (which changes `input`).
+    pub(super) fn price(
+        &self,
+        caller: &Caller,
+        input: &mut GenerateInput,
+    ) -> Result<Price, ApiError> {
+        let queued_requests = self
+            .requests
+            .values()
+            .filter(|request| !request.waiting.is_empty())
+            .count();
+        let max_res = max_free_resolution(self.settings.workers, queued_requests, &input.models);
+        let needs_upfront = needs_upfront_kudos(input, max_res);
+        let mut required = dry_run_kudos(input);
+        if let Some(key_id) = caller.shared_key {
+            self.check_shared_key_budget(key_id, required, input.allow_downgrade)?;
+        }
+        let mut upfront_hold = 0.0;
+        if needs_upfront {
+            if required > self.kudos_available_upfront(caller.user) {
+                if !input.allow_downgrade {
+                    return Err(kudos_upfront(max_res, required));
+                }
+                downgrade(&mut input.params, max_res);
+                required = dry_run_kudos(input);
+            } else {
+                upfront_hold = required;
+            }
+        }
+        Ok(Price {
+            required,
+            upfront_hold,
+        })
+    }
+
+    /// The user's balance above its floor, less what its live requests hold upfront.
+    fn kudos_available_upfront(&self, user: usize) -> f64 {
+        let holds: f64 = self
+            .requests
+            .values()
+            .filter(|request| request.owner == user)
+            .map(|request| request.upfront_hold)
+            .sum();
+        let user = &self.users[user];
+        user.kudos - user.floor - holds
+    }
+
     /// Debits `amount` for request `id` from its owner (and shared key).
     pub(super) fn charge(&mut self, id: Uuid, amount: f64) {
         let Some(request) = self.requests.get_mut(&id) else {
@@ -39,14 +96,24 @@ impl Horde {
             .shared_key
             .and_then(|key| self.shared_keys.get_mut(&key))
         {
-            if key.kudos != -1.0 {
-                key.kudos = (key.kudos - amount).max(0.0);
-            }
-            key.utilized += amount;
+            key.debit(amount);
         }
         self.stats.kudos_charged += amount;
     }
+}
 
+/// 403 `KudosUpfront`, in the server's words.
+fn kudos_upfront(max_res: u32, required: f64) -> ApiError {
+    ApiError::rc(
+        403,
+        "KudosUpfront",
+        format!(
+            "Due to heavy demand, for requests over {max_res}x{max_res} or over 50 steps \
+             (10 steps for LCM work, 30 steps for Stable Cascade, and half those steps for \
+             k_heun, dpmpp_sde, and dpm_2*) the client needs to already have the required \
+             kudos. This request requires {required} kudos to fulfil."
+        ),
+    )
 }
 
 fn accurate_steps(params: &GenParams) -> f64 {
@@ -111,14 +178,14 @@ pub(super) fn per_image_kudos(input: &GenerateInput) -> f64 {
 
 /// The dry-run total, `n × (cost + 1) + 1` rounded to cents (21 and 14 for
 /// the two requests above); also what upfront kudos require.
-pub(super) fn dry_run_kudos(input: &GenerateInput) -> f64 {
+fn dry_run_kudos(input: &GenerateInput) -> f64 {
     let total = f64::from(input.params.n) * (weighted_kudos(input) + 1.0) + 1.0;
     (total * 100.0).round() / 100.0
 }
 
 /// Largest free side: `1024 + 10·threads − round(0.9·queued)`, clamped to
 /// 576..1024, at least 1024 for SDXL-class models.
-pub(super) fn max_free_resolution(threads: usize, queued_requests: usize, models: &[String]) -> u32 {
+fn max_free_resolution(threads: usize, queued_requests: usize, models: &[String]) -> u32 {
     let raw = 1024 + 10 * threads as i64 - (0.9 * queued_requests as f64).round() as i64;
     let clamped = raw.clamp(576, 1024) as u32;
     if is_xl_family(models) {
@@ -128,7 +195,7 @@ pub(super) fn max_free_resolution(threads: usize, queued_requests: usize, models
     }
 }
 
-pub(super) fn needs_upfront_kudos(input: &GenerateInput, max_res: u32) -> bool {
+fn needs_upfront_kudos(input: &GenerateInput, max_res: u32) -> bool {
     let params = &input.params;
     let pixels = u64::from(params.width) * u64::from(params.height);
     !input.slow_workers
@@ -139,7 +206,7 @@ pub(super) fn needs_upfront_kudos(input: &GenerateInput, max_res: u32) -> bool {
 }
 
 /// `allow_downgrade`: shrink to the free envelope instead of rejecting.
-pub(super) fn downgrade(params: &mut GenParams, max_res: u32) {
+fn downgrade(params: &mut GenParams, max_res: u32) {
     let pixels = f64::from(params.width) * f64::from(params.height);
     let limit = f64::from(max_res) * f64::from(max_res);
     if pixels > limit {
@@ -228,5 +295,4 @@ mod tests {
             (1024, 1024, 30)
         );
     }
-
 }

@@ -10,23 +10,125 @@ use uuid::Uuid;
 
 use super::super::clock;
 use super::super::det::Part;
-use super::{ApiError, Horde};
+use super::super::validate::GenParams;
+use super::{ApiError, Caller, Horde};
 
 /// A key lent out by `owner`.
 pub(super) struct SharedKey {
     pub(super) owner: usize,
     pub(super) name: String,
     /// -1 means unlimited.
-    pub(super) kudos: f64,
+    kudos: f64,
     /// Epoch seconds, or none for "never".
-    pub(super) expiry: Option<i64>,
-    pub(super) utilized: f64,
-    pub(super) max_image_pixels: i64,
-    pub(super) max_image_steps: i64,
-    pub(super) max_text_tokens: i64,
+    expiry: Option<i64>,
+    utilized: f64,
+    max_image_pixels: i64,
+    max_image_steps: i64,
+    max_text_tokens: i64,
+}
+
+impl SharedKey {
+    /// Spends `amount` from the key's budget (an unlimited key only counts it).
+    pub(super) fn debit(&mut self, amount: f64) {
+        if self.kudos != -1.0 {
+            self.kudos = (self.kudos - amount).max(0.0);
+        }
+        self.utilized += amount;
+    }
 }
 
 impl Horde {
+    /// Who a submit made with `caller`'s key acts as: an empty shared key is
+    /// refused, or runs as the anonymous user under `allow_downgrade`; an
+    /// expired one is refused. A plain user key passes through.
+    pub(super) fn shared_key_submitter(
+        &self,
+        caller: Caller,
+        allow_downgrade: bool,
+    ) -> Result<Caller, ApiError> {
+        let Some(key_id) = caller.shared_key else {
+            return Ok(caller);
+        };
+        let now_epoch = clock::epoch_now() as i64;
+        let key = &self.shared_keys[&key_id];
+        if key.kudos == 0.0 {
+            if !allow_downgrade {
+                return Err(ApiError::rc(
+                    403,
+                    "SharedKeyEmpty",
+                    "This shared key is empty.",
+                ));
+            }
+            // An empty shared key with allow_downgrade runs as the anonymous user.
+            return Ok(Caller {
+                user: 0,
+                shared_key: None,
+            });
+        }
+        if key.expiry.is_some_and(|expiry| expiry <= now_epoch) {
+            return Err(ApiError::rc(
+                403,
+                "SharedKeyExpired",
+                "This shared key has expired",
+            ));
+        }
+        Ok(caller)
+    }
+
+    /// The key's remaining kudos must cover the dry-run price (unless
+    /// unlimited, or `allow_downgrade` is set).
+    pub(super) fn check_shared_key_budget(
+        &self,
+        key_id: Uuid,
+        required: f64,
+        allow_downgrade: bool,
+    ) -> Result<(), ApiError> {
+        let key = &self.shared_keys[&key_id];
+        if key.kudos != -1.0 && required > key.kudos && !allow_downgrade {
+            return Err(ApiError::rc(
+                403,
+                "SharedKeyInsufficientKudos",
+                format!(
+                    "This shared key does not have enough remaining kudos ({}) to fulfill this request ({}).",
+                    key.kudos, required
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key's per-job pixel and step limits (-1: none), on the final params.
+    pub(super) fn check_shared_key_limits(
+        &self,
+        key_id: Uuid,
+        params: &GenParams,
+    ) -> Result<(), ApiError> {
+        let key = &self.shared_keys[&key_id];
+        let pixels = i64::from(params.width) * i64::from(params.height);
+        if key.max_image_pixels != -1 && pixels > key.max_image_pixels {
+            return Err(ApiError::rc(
+                400,
+                "BadRequest",
+                format!(
+                    "This shared key is limited to {} pixels per job. You requested {pixels} pixels.",
+                    key.max_image_pixels
+                ),
+            ));
+        }
+        let steps = i64::from(params.steps);
+        if key.max_image_steps != -1 && steps > key.max_image_steps {
+            return Err(ApiError::rc(
+                400,
+                "BadRequest",
+                format!(
+                    "This shared key is limited to {} steps per job. You requested {steps} steps.",
+                    key.max_image_steps
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `PUT /v2/sharedkeys`.
     pub(crate) fn create_shared_key(
         &mut self,
@@ -155,7 +257,6 @@ impl Horde {
         }
         details
     }
-
 }
 
 fn apply_shared_key_fields(key: &mut SharedKey, body: &Value) -> Result<(), ApiError> {
