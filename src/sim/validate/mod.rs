@@ -20,6 +20,10 @@ use serde_json::{Map, Value};
 use super::state::ApiError;
 use super::stats::SourceSeen;
 
+mod python_repr;
+
+use python_repr::{py_repr, py_str_repr};
+
 /// Samplers the schema accepts (AH `KNOWN_SAMPLERS`).
 pub(crate) const KNOWN_SAMPLERS: &[&str] = &[
     "k_lms",
@@ -770,60 +774,6 @@ fn py_float_bound(bound: f64) -> String {
     } else {
         format!("{bound}")
     }
-}
-
-/// Python's `repr()` of a JSON value, as jsonschema puts it in its messages.
-pub(crate) fn py_repr(value: &Value) -> String {
-    match value {
-        Value::Null => "None".to_owned(),
-        Value::Bool(true) => "True".to_owned(),
-        Value::Bool(false) => "False".to_owned(),
-        Value::Number(number) => match (number.as_i64(), number.as_u64(), number.as_f64()) {
-            (Some(int), _, _) => int.to_string(),
-            (None, Some(uint), _) => uint.to_string(),
-            (_, _, Some(float)) if float.fract() == 0.0 && float.abs() < 1e16 => {
-                format!("{float:.1}")
-            }
-            _ => number.to_string(),
-        },
-        Value::String(text) => py_str_repr(text),
-        Value::Array(items) => {
-            let parts: Vec<String> = items.iter().map(py_repr).collect();
-            format!("[{}]", parts.join(", "))
-        }
-        Value::Object(map) => {
-            let parts: Vec<String> = map
-                .iter()
-                .map(|(key, item)| format!("{}: {}", py_str_repr(key), py_repr(item)))
-                .collect();
-            format!("{{{}}}", parts.join(", "))
-        }
-    }
-}
-
-fn py_str_repr(text: &str) -> String {
-    let quote = if text.contains('\'') && !text.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push(quote);
-    for ch in text.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            ch if ch == quote => {
-                out.push('\\');
-                out.push(ch);
-            }
-            ch => out.push(ch),
-        }
-    }
-    out.push(quote);
-    out
 }
 
 #[cfg(test)]
