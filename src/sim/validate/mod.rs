@@ -20,9 +20,11 @@ use serde_json::{Map, Value};
 use super::state::ApiError;
 use super::stats::SourceSeen;
 
+mod jsonschema;
 mod python_repr;
 
-use python_repr::{py_repr, py_str_repr};
+use jsonschema::{check_fields, Kind};
+use python_repr::py_repr;
 
 /// Samplers the schema accepts (AH `KNOWN_SAMPLERS`).
 pub(crate) const KNOWN_SAMPLERS: &[&str] = &[
@@ -73,30 +75,6 @@ const CONTROL_TYPES: &[&str] = &[
     "fakescribbles",
     "hough",
 ];
-
-/// Shape of one schema field.
-enum Kind {
-    Str {
-        min_len: Option<usize>,
-        max_len: Option<usize>,
-        one_of: Option<&'static [&'static str]>,
-    },
-    Int {
-        min: i64,
-        max: i64,
-        multiple_of: Option<i64>,
-    },
-    Num {
-        min: f64,
-        max: f64,
-    },
-    Bool,
-    Array {
-        items: &'static Kind,
-        unique: bool,
-    },
-    Object,
-}
 
 const ANY_STR: Kind = Kind::Str {
     min_len: None,
@@ -658,122 +636,6 @@ pub(crate) fn decode_sources(input: &GenerateInput) -> Result<Option<SourceSeen>
         mask_format: mask.map(|m| m.format.to_owned()),
         extra,
     }))
-}
-
-fn check_fields(
-    object: &Map<String, Value>,
-    schema: &[(&str, Kind)],
-    prefix: &str,
-    errors: &mut BTreeMap<String, String>,
-) {
-    for (name, kind) in schema {
-        if let Some(value) = object.get(*name) {
-            check_value(value, kind, &format!("{prefix}{name}"), errors);
-        }
-    }
-}
-
-fn check_value(value: &Value, kind: &Kind, path: &str, errors: &mut BTreeMap<String, String>) {
-    let mut fail = |message: String| {
-        errors.entry(path.to_owned()).or_insert(message);
-    };
-    let repr = py_repr(value);
-    match kind {
-        Kind::Str {
-            min_len,
-            max_len,
-            one_of,
-        } => {
-            let Some(text) = value.as_str() else {
-                return fail(format!("{repr} is not of type 'string'"));
-            };
-            let chars = text.chars().count();
-            if let Some(allowed) = one_of {
-                if !allowed.contains(&text) {
-                    let list: Vec<String> = allowed.iter().map(|item| py_str_repr(item)).collect();
-                    return fail(format!("{repr} is not one of [{}]", list.join(", ")));
-                }
-            }
-            if min_len.is_some_and(|min| chars < min) {
-                return fail(format!("{repr} is too short"));
-            }
-            if max_len.is_some_and(|max| chars > max) {
-                fail(format!("{repr} is too long"));
-            }
-        }
-        Kind::Int {
-            min,
-            max,
-            multiple_of,
-        } => {
-            // Draft 4 (flask-restx's validator): 3.0 is a number, not an integer.
-            let Some(number) = value.as_i64() else {
-                return fail(format!("{repr} is not of type 'integer'"));
-            };
-            if let Some(step) = multiple_of {
-                if number % step != 0 {
-                    return fail(format!("{repr} is not a multiple of {step}"));
-                }
-            }
-            if number < *min {
-                fail(format!("{repr} is less than the minimum of {min}"));
-            } else if number > *max {
-                fail(format!("{repr} is greater than the maximum of {max}"));
-            }
-        }
-        Kind::Num { min, max } => {
-            let Some(number) = value.as_f64() else {
-                return fail(format!("{repr} is not of type 'number'"));
-            };
-            if number < *min {
-                fail(format!(
-                    "{repr} is less than the minimum of {}",
-                    py_float_bound(*min)
-                ));
-            } else if number > *max {
-                fail(format!(
-                    "{repr} is greater than the maximum of {}",
-                    py_float_bound(*max)
-                ));
-            }
-        }
-        Kind::Bool => {
-            if !value.is_boolean() {
-                fail(format!("{repr} is not of type 'boolean'"));
-            }
-        }
-        Kind::Object => {
-            if !value.is_object() {
-                fail(format!("{repr} is not of type 'object'"));
-            }
-        }
-        Kind::Array { items, unique } => {
-            let Some(array) = value.as_array() else {
-                return fail(format!("{repr} is not of type 'array'"));
-            };
-            if *unique {
-                let has_duplicate = array
-                    .iter()
-                    .enumerate()
-                    .any(|(index, item)| array[..index].contains(item));
-                if has_duplicate {
-                    return fail(format!("{repr} has non-unique elements"));
-                }
-            }
-            for (index, item) in array.iter().enumerate() {
-                check_value(item, items, &format!("{path}.{index}"), errors);
-            }
-        }
-    }
-}
-
-/// The schema bounds are written as Python ints where they are whole (`max=100`).
-fn py_float_bound(bound: f64) -> String {
-    if bound.fract() == 0.0 {
-        format!("{}", bound as i64)
-    } else {
-        format!("{bound}")
-    }
 }
 
 #[cfg(test)]
