@@ -1,230 +1,26 @@
-//! Validation of `POST /v2/generate/async` bodies, in the two layers the real
+//! Validation of `POST /v2/generate/async` bodies, in the layers the real
 //! server has: the flask-restx JSON-schema check (400 with an `errors` map
 //! keyed by field path, jsonschema's Python-flavoured messages, no `rc`),
-//! then the reqparse defaults that turn the body into a request.
+//! the reqparse defaults that turn the body into a request, then the
+//! source-image rules of its `validate()` and of activation, with the real
+//! rc codes and messages.
 //!
-//! Owns the schema table and the typed [`GenerateInput`], and the rules for
-//! source images (img2img, inpainting, remix, ControlNet) in the server's two
-//! later stages: the payload checks of `validate()` ([`check_sources`]) and
-//! the decoding done when the request is activated ([`decode_sources`]), with
-//! the real rc codes and messages (AH `stable.py`, `image.py`, `exceptions.py`).
-//! The other rc-style checks that need a user or the queue (TooManyLoras,
-//! KudosUpfront, ...) live in `state`, because on the real server they run later.
+//! - `input`: the typed [`GenerateInput`] and [`parse_generate`];
+//! - `schema`: the field tables; `jsonschema`: the checker; `python_repr`:
+//!   Python's `repr()` for its messages;
+//! - `sources`: [`check_sources`] and [`decode_sources`].
+//!
+//! Rule: the simulator is never kinder than the real server, so nothing the
+//! server refuses passes here. The rc-style checks that run later on the
+//! real server, or need a user or the queue (TooManyLoras, KudosUpfront,
+//! ...), live in `state`.
 
-use std::collections::BTreeMap;
-
-use serde_json::{Map, Value};
-
+mod input;
 mod jsonschema;
 mod python_repr;
 mod schema;
 mod sources;
 
-use jsonschema::check_fields;
-use python_repr::py_repr;
+pub(crate) use input::{parse_generate, GenParams, GenerateInput};
 pub(crate) use schema::KNOWN_UPSCALERS;
-use schema::{EXTRA_SOURCE_IMAGE, PARAMS, TOP_LEVEL};
 pub(crate) use sources::{check_sources, decode_sources};
-
-/// A generate request after schema validation, with the server's defaults applied.
-#[derive(Clone, Debug)]
-pub(crate) struct GenerateInput {
-    pub prompt: String,
-    pub params: GenParams,
-    pub models: Vec<String>,
-    pub nsfw: bool,
-    pub slow_workers: bool,
-    /// `workers`, silently cut to the first 5 as the server does.
-    pub workers: Vec<String>,
-    pub worker_blacklist: bool,
-    pub r2: bool,
-    pub shared: bool,
-    pub dry_run: bool,
-    pub disable_batching: bool,
-    pub allow_downgrade: bool,
-    pub webhook: Option<String>,
-    pub proxied_account: Option<String>,
-    /// `source_image` as sent (base64); an empty string counts as none, as in Python.
-    pub source_image: Option<String>,
-    /// `source_processing`, default `img2img`.
-    pub source_processing: String,
-    pub source_mask: Option<String>,
-    /// `extra_source_images`: (base64 image, strength).
-    pub extra_source_images: Vec<(String, Option<f64>)>,
-}
-
-/// The `params` object with defaults (AH `ImageWaitingPrompt.extract_params`).
-#[derive(Clone, Debug)]
-pub(crate) struct GenParams {
-    pub n: u32,
-    pub steps: u32,
-    pub width: u32,
-    pub height: u32,
-    pub sampler_name: String,
-    pub cfg_scale: f64,
-    pub seed: Option<String>,
-    pub loras: usize,
-    pub tis: usize,
-    pub post_processing: Vec<String>,
-    pub control_type: Option<String>,
-}
-
-/// Checks `body` against the schema; on failure returns the `errors` map.
-pub(crate) fn parse_generate(body: &Value) -> Result<GenerateInput, BTreeMap<String, String>> {
-    let mut errors = BTreeMap::new();
-    let Some(top) = body.as_object() else {
-        errors.insert(
-            String::new(),
-            format!("{} is not of type 'object'", py_repr(body)),
-        );
-        return Err(errors);
-    };
-    if !top.contains_key("prompt") {
-        errors.insert(String::new(), "'prompt' is a required property".to_owned());
-    }
-    check_fields(top, TOP_LEVEL, "", &mut errors);
-    let params = match top.get("params") {
-        Some(Value::Object(params)) => {
-            check_fields(params, PARAMS, "params.", &mut errors);
-            params.clone()
-        }
-        _ => Map::new(),
-    };
-    // The items' own model (`ExtraSourceImage`): image a string, strength a number.
-    if let Some(Value::Array(items)) = top.get("extra_source_images") {
-        for (index, item) in items.iter().enumerate() {
-            if let Value::Object(item) = item {
-                check_fields(
-                    item,
-                    EXTRA_SOURCE_IMAGE,
-                    &format!("extra_source_images.{index}."),
-                    &mut errors,
-                );
-            }
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-
-    let flag =
-        |name: &str, default: bool| top.get(name).and_then(Value::as_bool).unwrap_or(default);
-    let text = |map: &Map<String, Value>, name: &str| {
-        map.get(name).and_then(Value::as_str).map(str::to_owned)
-    };
-    let int = |name: &str, default: u32| {
-        params
-            .get(name)
-            .and_then(Value::as_u64)
-            .and_then(|value| u32::try_from(value).ok())
-            .unwrap_or(default)
-    };
-    let count = |name: &str| {
-        params
-            .get(name)
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len)
-    };
-    let control_type = text(&params, "control_type");
-    let default_steps = if control_type.is_some() { 20 } else { 30 };
-    Ok(GenerateInput {
-        prompt: text(top, "prompt").unwrap_or_default(),
-        params: GenParams {
-            n: int("n", 1),
-            steps: int("steps", default_steps),
-            width: int("width", 512),
-            height: int("height", 512),
-            sampler_name: text(&params, "sampler_name").unwrap_or_else(|| "k_euler_a".to_owned()),
-            cfg_scale: params
-                .get("cfg_scale")
-                .and_then(Value::as_f64)
-                .unwrap_or(5.0),
-            seed: text(&params, "seed"),
-            loras: count("loras"),
-            tis: count("tis"),
-            post_processing: params
-                .get("post_processing")
-                .and_then(Value::as_array)
-                .map(|items| {
-                    items
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            control_type,
-        },
-        models: top
-            .get("models")
-            .and_then(Value::as_array)
-            .map(|models| {
-                models
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_else(|| vec!["stable_diffusion".to_owned()]),
-        nsfw: flag("nsfw", true),
-        slow_workers: flag("slow_workers", true),
-        workers: top
-            .get("workers")
-            .and_then(Value::as_array)
-            .map(|workers| {
-                workers
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .take(5)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        worker_blacklist: flag("worker_blacklist", false),
-        r2: flag("r2", true),
-        shared: flag("shared", false),
-        dry_run: flag("dry_run", false),
-        disable_batching: flag("disable_batching", false),
-        allow_downgrade: flag("allow_downgrade", false),
-        webhook: text(top, "webhook"),
-        proxied_account: text(top, "proxied_account"),
-        source_image: text(top, "source_image").filter(|s| !s.is_empty()),
-        source_processing: text(top, "source_processing").unwrap_or_else(|| "img2img".to_owned()),
-        source_mask: text(top, "source_mask").filter(|s| !s.is_empty()),
-        extra_source_images: top
-            .get("extra_source_images")
-            .and_then(Value::as_array)
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|item| {
-                        (
-                            text(item.as_object().unwrap_or(&Map::new()), "image")
-                                .unwrap_or_default(),
-                            item.get("strength").and_then(Value::as_f64),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn defaults_are_the_servers() {
-        let input = parse_generate(&json!({"prompt": "x"})).unwrap();
-        assert_eq!(input.models, ["stable_diffusion"]);
-        assert!(input.nsfw && input.r2 && input.slow_workers);
-        assert_eq!(
-            (input.params.n, input.params.steps, input.params.width),
-            (1, 30, 512)
-        );
-        assert_eq!(input.params.cfg_scale, 5.0);
-        assert_eq!(input.params.sampler_name, "k_euler_a");
-    }
-}
