@@ -15,6 +15,11 @@ use super::jsonschema::check_fields;
 use super::python_repr::py_repr;
 use super::schema::{EXTRA_SOURCE_IMAGE, PARAMS, TOP_LEVEL};
 
+/// Schema failures by field path: the `errors` map of the 400.
+type FieldErrors = BTreeMap<String, String>;
+
+type JsonObject = Map<String, Value>;
+
 /// A generate request after schema validation, with the server's defaults applied.
 #[derive(Clone, Debug)]
 pub(crate) struct GenerateInput {
@@ -59,16 +64,14 @@ pub(crate) struct GenParams {
 }
 
 /// Checks `body` against the schema; on failure returns the `errors` map.
-pub(crate) fn parse_generate(body: &Value) -> Result<GenerateInput, BTreeMap<String, String>> {
+pub(crate) fn parse_generate(body: &Value) -> Result<GenerateInput, FieldErrors> {
     let (top, params) = check_schema(body)?;
     Ok(with_defaults(top, &params))
 }
 
 /// The schema check of the whole body: its `errors` map, or the body and
 /// its `params` object (empty when absent).
-fn check_schema(
-    body: &Value,
-) -> Result<(&Map<String, Value>, Map<String, Value>), BTreeMap<String, String>> {
+fn check_schema(body: &Value) -> Result<(&JsonObject, JsonObject), FieldErrors> {
     let mut errors = BTreeMap::new();
     let Some(top) = body.as_object() else {
         errors.insert(
