@@ -13,8 +13,8 @@
 //! - `cleaner`: faults, expiry and pruning; `counters`: `/sim/stats`;
 //! - `error`: the error answers.
 //!
-//! Rule: the simulator is never kinder than the real server; a check the
-//! real one makes is made here too, with the same status, `rc` and message.
+//! Rule: the simulator is never kinder than the real server; a check copied
+//! from it keeps its order, status, `rc` and message.
 //! Everything here is synchronous and runs under one mutex held for
 //! microseconds; it must not await, sleep or do I/O. HTTP shapes belong to
 //! `routes`, timing to `workers`.

@@ -3,10 +3,9 @@
 //! list, concurrency, source images, payload limits, client agent, price,
 //! shared-key limits), then a dry-run answer or a new queued request.
 //!
-//! Each check is a named step; the order is the server's and changes which
+//! Each check is a named step; the order is the server's and decides which
 //! error a request with several faults gets, so keep it. It must not be
-//! kinder than the server: every check the real one makes before queueing
-//! is made here too.
+//! kinder than the server, and must not answer in HTTP terms (`routes` does).
 
 use std::collections::HashMap;
 

@@ -10,10 +10,9 @@
 //!   Python's `repr()` for its messages;
 //! - `sources`: [`check_sources`] and [`decode_sources`].
 //!
-//! Rule: the simulator is never kinder than the real server, so nothing the
-//! server refuses passes here. The rc-style checks that run later on the
-//! real server, or need a user or the queue (TooManyLoras, KudosUpfront,
-//! ...), live in `state`.
+//! Rule: the simulator is never kinder than the real server. The rc-style
+//! checks that run later on the real server, or need a user or the queue
+//! (TooManyLoras, KudosUpfront, ...), live in `state`.
 
 mod input;
 mod jsonschema;
