@@ -15,7 +15,9 @@
 //! `shared/research/horde-api-facts.md`). It shares no code with the client
 //! (`crate::horde`), so a client bug cannot be hidden by shared types.
 //!
-//! Module map: `config` (flags), `state` (all rules), `validate` (schema),
+//! Module map: `config` (flags), `state` (all rules, one module per
+//! responsibility: submit, kudos, users, shared keys, requests, jobs, R2,
+//! cleaner, counters), `validate` (schema, defaults and source images),
 //! `limits` (flask-limiter windows), `routes` (HTTP), `chaos` (accounting and
 //! chaos layer), `workers` (worker and cleaner tasks), `images` (WebP
 //! pixels), `stats` (counters), `wire` (JSON bodies), `det` (seeded
