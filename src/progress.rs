@@ -261,6 +261,10 @@ impl Reporter {
         state_dir: PathBuf,
     ) -> Self {
         let mode = match mode {
+            // `-q` is errors only: no progress on stderr (status.json is still written).
+            _ if crate::logging::messages() == crate::logging::Messages::Quiet => {
+                ProgressMode::None
+            }
             ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bars,
             ProgressMode::Auto => ProgressMode::Json,
             other => other,
@@ -306,7 +310,13 @@ impl Reporter {
                         }
                     }
                     (None, ProgressMode::Json) => {
-                        if let Ok(line) = serde_json::to_string(&report) {
+                        // A line a cron log keeps: the counts, not every request
+                        // in flight (status.json lists those).
+                        let line = StatusReport {
+                            in_flight: Vec::new(),
+                            ..report.clone()
+                        };
+                        if let Ok(line) = serde_json::to_string(&line) {
                             crate::say!("{line}");
                         }
                     }

@@ -1604,6 +1604,32 @@ fn cancel_says_what_it_could_not_cancel_and_fails() {
 }
 
 #[test]
+fn cancel_of_a_lost_submit_without_a_horde_fails_with_exit_6() {
+    // A run killed while its submit's answer is held back leaves a lost
+    // submit; `cancel` cannot look for it when the Horde is gone, so the
+    // request may still run there: that is not a clean finish.
+    let stub = Stub::start(Hostile::LostFirstSubmitAnswer);
+    let batch = Batch::new(ONE_IMAGE);
+    let (code, _) = stop_when(
+        &stub,
+        &batch,
+        |stub| Stub::count(&stub.counters.submits) >= 1,
+        "KILL",
+    );
+    assert_eq!(code, 128 + 9);
+    let mut command = batch.command_at(&refused_url(), "cancel");
+    command.env("AI_HORDE_API_KEY", USER_KEY);
+    let cancel = run_bounded(&mut command, RUN_LIMIT);
+    assert_no_panic(&cancel.stderr);
+    assert!(
+        cancel.stderr.contains("1 lost submit(s) could not be found"),
+        "{}",
+        cancel.stderr
+    );
+    assert_eq!(cancel.code, 6, "{}", cancel.stderr);
+}
+
+#[test]
 fn a_kudos_estimate_without_a_horde_is_not_a_usage_error() {
     let batch = Batch::new(ONE_IMAGE);
     HordeBatch::new()

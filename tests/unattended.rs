@@ -309,6 +309,20 @@ fn logs_in_a_file_have_no_colour_quiet_is_quiet_and_json_is_json_to_the_end() {
     assert!(forced.contains('\x1b'), "CLICOLOR_FORCE asks for colour");
     let quiet = run(&["-q", "--progress", "none"], &[]);
     assert_eq!(quiet, "", "-q prints errors only");
+    // Also with the default progress, which is JSON lines outside a terminal.
+    let quiet = run(&["-q", "--progress-interval", "10ms"], &[]);
+    assert_eq!(quiet, "", "-q writes no progress lines");
+    // Those lines carry counts, not every request in flight (a cron log keeps them all).
+    let lines = run(&["--progress-interval", "10ms"], &[]);
+    let samples: Vec<Value> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l.get("images_wanted").is_some())
+        .collect();
+    assert!(!samples.is_empty(), "{lines}");
+    for sample in &samples {
+        assert_eq!(sample["in_flight"], Value::Array(vec![]), "{sample}");
+    }
     let json = run(&["--log-format", "json", "--progress", "none", "-v"], &[]);
     let lines: Vec<Value> = json
         .lines()

@@ -64,6 +64,13 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
             None if report.failed > 0 => Ending::Aborted(crate::scheduler::Abort::Unreachable(
                 format!("{} request(s) could not be cancelled", report.failed),
             )),
+            // A lost submit not found may still run on the Horde: not everything was cancelled.
+            None if report.not_found > 0 => {
+                Ending::Aborted(crate::scheduler::Abort::Unreachable(format!(
+                    "{} lost submit(s) could not be found",
+                    report.not_found
+                )))
+            }
             // Requests of a missing key are still on the Horde: not a clean finish.
             None if !report.missing_keys.is_empty() => {
                 Ending::Aborted(crate::scheduler::Abort::Auth(format!(
