@@ -9,6 +9,8 @@
 //! are moved into the job's `loras` parameter here, so they are part of the
 //! job keys. Reads wildcard files; nothing else.
 
+mod axes;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +27,9 @@ use super::source::{JobSources, SourceRef};
 use super::template::{self, LoraTag, Pick, Piece};
 use super::{ManifestError, ManifestFile, Problem};
 use crate::output::IndexRow;
+
+use axes::{number_value, value_text, RowColumns};
+pub(crate) use axes::{Axis, AxisKind, AxisValue, ColumnUse};
 
 /// Expansions larger than this are refused unless the user raises the limit.
 pub const DEFAULT_MAX_JOBS: u64 = 100_000;
@@ -128,84 +133,6 @@ impl Seeds {
     }
 }
 
-/// A value an axis takes: its text (for prompts) and JSON (for parameters).
-#[derive(Debug, Clone)]
-pub(crate) struct AxisValue {
-    pub text: String,
-    pub json: Value,
-    /// Relative weight in random mode (`sample:`); 1 unless a variant option
-    /// says `w::`.
-    pub weight: f64,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum AxisKind {
-    Param(&'static str),
-    Model,
-    Text,
-    /// `source_image` files (a matrix axis), in the axis's order.
-    Source(Arc<[Arc<SourceRef>]>),
-    /// A `rows:` table: each value is a row, its `json` an object of the
-    /// row's cells (canonical parameter values, text for the rest).
-    Rows(Arc<RowColumns>),
-}
-
-/// The columns of a `rows:` table and what each sets.
-#[derive(Debug)]
-pub(crate) struct RowColumns {
-    pub columns: Vec<(String, ColumnUse)>,
-    /// The column holding each row's id.
-    pub id: Option<String>,
-    /// Each row's `source_image`, when the table has that column.
-    pub sources: Vec<Option<Arc<SourceRef>>>,
-}
-
-impl RowColumns {
-    /// Whether the table has a `source_image` column.
-    pub(crate) fn has_sources(&self) -> bool {
-        self.columns
-            .iter()
-            .any(|(_, used)| *used == ColumnUse::SourceImage)
-    }
-}
-
-/// What a `rows:` column sets, besides being a prompt variable and a label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ColumnUse {
-    Text,
-    Param(&'static str),
-    Model,
-    /// A source image path, relative to the manifest (img2img per row).
-    SourceImage,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Axis {
-    pub kind: AxisKind,
-    /// The label the axis's value is recorded under: the matrix axis's or
-    /// wildcard's name, `variant_N` for the N-th unnamed variant.
-    pub name: String,
-    pub values: Vec<AxisValue>,
-}
-
-impl Axis {
-    /// An axis of prompt text: each value with its weight in random mode.
-    fn text(name: String, values: impl IntoIterator<Item = (String, f64)>) -> Axis {
-        Axis {
-            kind: AxisKind::Text,
-            name,
-            values: values
-                .into_iter()
-                .map(|(text, weight)| AxisValue {
-                    json: Value::from(text.as_str()),
-                    text,
-                    weight,
-                })
-                .collect(),
-        }
-    }
-}
-
 /// A piece of a compiled template: text, or the value of an axis.
 #[derive(Debug, Clone)]
 pub(crate) enum Segment {
@@ -213,13 +140,6 @@ pub(crate) enum Segment {
     Axis(usize),
     /// `${column}` of the `rows:` axis at this index.
     Field(usize, String),
-}
-
-impl AxisValue {
-    /// The text a `${column}` of a row inserts (`""` when the cell is empty).
-    pub(crate) fn field_text(&self, column: &str) -> String {
-        self.json.get(column).map(value_text).unwrap_or_default()
-    }
 }
 
 /// One job of the manifest, ready to expand.
@@ -1941,27 +1861,6 @@ fn check_filename_template(template: &str) -> Result<(), String> {
         return Err(format!("file name template `{template}` lacks `{{index}}`: without it, images of one combination would write the same file"));
     }
     Ok(())
-}
-
-/// A number from a range, as an integer when it is whole.
-fn number_value(v: f64) -> Value {
-    if v.fract() == 0.0 && v.abs() < 9.0e15 {
-        Value::from(v as i64)
-    } else {
-        serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
-    }
-}
-
-/// The text of a value as it appears in a prompt.
-fn value_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 => format!("{f:.0}"),
-            _ => n.to_string(),
-        },
-        other => other.to_string(),
-    }
 }
 
 /// A manifest name made safe as one folder name.
