@@ -11,24 +11,27 @@
 
 mod axes;
 mod compiled;
+mod request;
+mod seeds;
 mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde_json::Value;
 
 use super::locate::YamlPath;
 use super::params::{self, BuiltIn, ParamSpec, BUILT_IN_DEFAULTS, PARAMS};
 use super::rows::{self, TableError};
-use super::schema::{JobSpec, RequestSpec, RowsSpec, SeedsSpec};
+use super::schema::{JobSpec, RowsSpec};
 use super::source::SourceRef;
 use super::template::{self, LoraTag, Pick, Piece};
 use super::{ManifestError, ManifestFile, Problem};
 
 pub use compiled::{CompiledJob, CompiledManifest};
+pub use request::RequestFlags;
+pub use seeds::Seeds;
 pub use settings::{OutputSettings, RunSettings, DEFAULT_MAX_JOBS};
 
 use axes::{number_value, value_text, RowColumns};
@@ -37,7 +40,7 @@ pub(crate) use axes::{Axis, AxisKind, AxisValue, ColumnUse};
 /// The Horde refuses prompts of more words than this (`InvalidPromptSize`).
 const MAX_PROMPT_WORDS: usize = 7500;
 /// Images one combination may ask for.
-const MAX_IMAGES_PER_JOB: u32 = 100_000;
+pub(super) const MAX_IMAGES_PER_JOB: u32 = 100_000;
 /// Values one variant may take once the wildcards in its options are expanded.
 const MAX_VARIANT_VALUES: usize = 1_000_000;
 const VALUE_SYNTAX_HELP: &str = "wildcard and matrix values are inserted as text: write variants out as separate values, and LoRAs under `params.loras` (a `loras` matrix axis varies them)";
@@ -51,47 +54,6 @@ const WILDCARD_HELP: &str =
 pub struct CompileOptions {
     /// Overrides `run.max_jobs`.
     pub max_jobs: Option<u64>,
-}
-
-/// The Horde's top-level request flags, every one resolved.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct RequestFlags {
-    pub nsfw: bool,
-    pub censor_nsfw: bool,
-    pub trusted_workers: bool,
-    pub validated_backends: bool,
-    pub slow_workers: bool,
-    pub extra_slow_workers: bool,
-    pub r2: bool,
-    pub replacement_filter: bool,
-    pub allow_downgrade: bool,
-    pub disable_batching: bool,
-    pub workers: Vec<String>,
-    pub worker_blacklist: bool,
-    pub webhook: Option<String>,
-    pub style: Option<String>,
-}
-
-/// Where a job's seeds come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seeds {
-    /// The Horde picks; requests batch up to `max_n` images.
-    Random,
-    /// One reproducible seed per image, derived from the job key and image index.
-    Derived,
-    /// One given seed per image.
-    List(Arc<[String]>),
-}
-
-impl Seeds {
-    /// Canonical text for job keys.
-    pub(crate) fn canonical(&self) -> String {
-        match self {
-            Seeds::Random => "random".to_owned(),
-            Seeds::Derived => "derived".to_owned(),
-            Seeds::List(seeds) => format!("list:{}", Value::from(seeds.to_vec())),
-        }
-    }
 }
 
 /// A piece of a compiled template: text, or the value of an axis.
@@ -267,16 +229,6 @@ impl Context<'_> {
             }
         }
         out
-    }
-
-    fn seeds(&mut self, spec: &SeedsSpec, path: &YamlPath) -> Option<Seeds> {
-        match parse_seeds(&spec.0) {
-            Ok(seeds) => Some(seeds),
-            Err(message) => {
-                self.problem(path, message, "seeds are `random`, `derived`, a list like [1, 2, 3], or a range like \"100-199\"");
-                None
-            }
-        }
     }
 
     fn job(
@@ -659,75 +611,6 @@ impl Context<'_> {
                     &needle,
                     message,
                     "rename the wildcard (its file or its `wildcards:` entry)",
-                );
-            }
-        }
-    }
-
-    fn request_flags(
-        &mut self,
-        defaults: &RequestSpec,
-        job: &RequestSpec,
-        path: &YamlPath,
-    ) -> RequestFlags {
-        macro_rules! flag {
-            ($name:ident, $default:expr) => {
-                job.$name.or(defaults.$name).unwrap_or($default)
-            };
-        }
-        let workers = job
-            .workers
-            .clone()
-            .or_else(|| defaults.workers.clone())
-            .unwrap_or_default();
-        let webhook = job.webhook.clone().or_else(|| defaults.webhook.clone());
-        self.check_request_spec(job, path);
-        RequestFlags {
-            nsfw: flag!(nsfw, false),
-            censor_nsfw: flag!(censor_nsfw, true),
-            trusted_workers: flag!(trusted_workers, false),
-            validated_backends: flag!(validated_backends, false),
-            slow_workers: flag!(slow_workers, true),
-            extra_slow_workers: flag!(extra_slow_workers, false),
-            r2: flag!(r2, true),
-            replacement_filter: flag!(replacement_filter, true),
-            allow_downgrade: flag!(allow_downgrade, false),
-            disable_batching: flag!(disable_batching, false),
-            workers,
-            worker_blacklist: flag!(worker_blacklist, false),
-            webhook,
-            style: job.style.clone().or_else(|| defaults.style.clone()),
-        }
-    }
-
-    /// Checks the flags one `request:` mapping sets, where it sets them.
-    fn check_request_spec(&mut self, spec: &RequestSpec, path: &YamlPath) {
-        let workers = spec.workers.as_deref().unwrap_or_default();
-        if workers.len() > 5 {
-            self.problem(
-                &path.key("workers"),
-                format!(
-                    "{} workers given; the Horde silently keeps only the first 5",
-                    workers.len()
-                ),
-                "",
-            );
-        }
-        for worker in workers {
-            if uuid::Uuid::parse_str(worker).is_err() {
-                self.problem(
-                    &path.key("workers"),
-                    format!("`{worker}` is not a worker id (a UUID)"),
-                    "",
-                );
-            }
-        }
-        if let Some(url) = &spec.webhook {
-            if !url.starts_with("https://") || !(10..=1024).contains(&url.len()) {
-                self.problem(
-                    &path.key("webhook"),
-                    "the webhook must be an https:// URL of 10 to 1024 characters",
-                    "",
                 );
             }
         }
@@ -1443,45 +1326,6 @@ fn param_spec(name: &str) -> Result<&'static ParamSpec, (String, String)> {
                 format!("known parameters: {}", PARAMS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")),
             )
         }),
-    }
-}
-
-fn parse_seeds(value: &Value) -> Result<Seeds, String> {
-    match value {
-        Value::String(s) if s == "random" => Ok(Seeds::Random),
-        Value::String(s) if s == "derived" => Ok(Seeds::Derived),
-        Value::String(s) => {
-            let (start, end) = s
-                .split_once('-')
-                .and_then(|(a, b)| {
-                    Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?))
-                })
-                .ok_or_else(|| {
-                    format!("`{s}` is not `random`, `derived` or a seed range like \"100-199\"")
-                })?;
-            if end < start || end - start >= u64::from(MAX_IMAGES_PER_JOB) {
-                return Err(format!(
-                    "seed range `{s}` must go upwards and hold at most {MAX_IMAGES_PER_JOB} seeds"
-                ));
-            }
-            Ok(Seeds::List((start..=end).map(|s| s.to_string()).collect()))
-        }
-        Value::Array(items) if !items.is_empty() => items
-            .iter()
-            .map(|item| match item {
-                Value::Number(n) if n.is_u64() => Ok(n.to_string()),
-                Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
-                other => Err(format!(
-                    "a seed must be a whole number or text, found {}",
-                    params::describe(other)
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|seeds| Seeds::List(Arc::from(seeds))),
-        other => Err(format!(
-            "seeds must be `random`, `derived`, a list or a range, found {}",
-            params::describe(other)
-        )),
     }
 }
 
