@@ -11,6 +11,7 @@
 
 mod axes;
 mod compiled;
+mod parameters;
 mod request;
 mod seeds;
 mod settings;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::locate::YamlPath;
-use super::params::{self, BuiltIn, ParamSpec, BUILT_IN_DEFAULTS, PARAMS};
+use super::params::{self, PARAMS};
 use super::rows::{self, TableError};
 use super::schema::{JobSpec, RowsSpec};
 use super::source::SourceRef;
@@ -36,6 +37,7 @@ pub use settings::{OutputSettings, RunSettings, DEFAULT_MAX_JOBS};
 
 use axes::{number_value, value_text, RowColumns};
 pub(crate) use axes::{Axis, AxisKind, AxisValue, ColumnUse};
+use parameters::param_spec;
 
 /// The Horde refuses prompts of more words than this (`InvalidPromptSize`).
 const MAX_PROMPT_WORDS: usize = 7500;
@@ -201,34 +203,6 @@ impl Context<'_> {
             .problem_in_scalar(path, text, offset, message)
             .with_help(help);
         self.problems.push(problem);
-    }
-
-    /// Checks a parameter map; `over` is the map it overrides.
-    fn params(
-        &mut self,
-        given: &indexmap::IndexMap<String, Value>,
-        path: &YamlPath,
-        over: Option<&BTreeMap<&'static str, Value>>,
-    ) -> BTreeMap<&'static str, Value> {
-        let mut out = over.cloned().unwrap_or_else(|| {
-            BUILT_IN_DEFAULTS
-                .iter()
-                .map(|(name, value): &(&'static str, BuiltIn)| (*name, value.to_value()))
-                .collect()
-        });
-        for (name, value) in given {
-            let here = path.key(name);
-            match param_spec(name) {
-                Ok(spec) => match params::canonicalize(spec, value) {
-                    Ok(canonical) => {
-                        out.insert(spec.name, canonical);
-                    }
-                    Err(problem) => self.problem(&here, format!("`{name}`: {}", problem.0), ""),
-                },
-                Err((message, help)) => self.problem(&here, message, &help),
-            }
-        }
-        out
     }
 
     fn job(
@@ -840,72 +814,6 @@ impl Context<'_> {
         ok.then_some(segments)
     }
 
-    /// Moves the prompt's `<lora:…>` tags into `params.loras`, after the LoRAs
-    /// the parameters already name; each problem is reported at its tag.
-    fn lora_tags(
-        &mut self,
-        spec: &JobSpec,
-        path: &YamlPath,
-        tags: &[LoraTag],
-        params: &mut BTreeMap<&'static str, Value>,
-    ) {
-        let here = path.key("prompt");
-        let at = |cx: &mut Self, tag: &LoraTag, message: String, help: &str| {
-            let problem = cx
-                .file
-                .source
-                .problem_in_scalar(&here, &spec.prompt, tag.offset, message)
-                .with_help(help);
-            cx.problems.push(problem);
-        };
-        if spec.matrix.0.contains_key("loras") {
-            at(self, &tags[0], "the prompt has `<lora:…>` tags and the job has a `loras` matrix axis; each axis value would replace the tags' LoRAs".to_owned(), "name the LoRAs in the axis values");
-            return;
-        }
-        let Some(loras_spec) = params::spec("loras") else {
-            return;
-        };
-        let mut list = match params.get("loras") {
-            Some(Value::Array(items)) => items.clone(),
-            _ => Vec::new(),
-        };
-        for tag in tags {
-            let mut entry = serde_json::Map::new();
-            entry.insert("name".into(), Value::from(tag.name.as_str()));
-            for (field, weight) in [("model", tag.model), ("clip", tag.clip)] {
-                if let Some(weight) = weight {
-                    entry.insert(field.into(), Value::from(weight));
-                }
-            }
-            let entry = Value::Object(entry);
-            let named = |v: &Value| v.get("name") == entry.get("name");
-            if list.iter().any(named) {
-                at(self, tag, format!("LoRA `{}` is requested twice (by this tag and by `params.loras` or an earlier tag)", tag.name), "keep one of them");
-                continue;
-            }
-            if let Err(problem) =
-                params::canonicalize(loras_spec, &Value::from(vec![entry.clone()]))
-            {
-                let message = problem.0.trim_start_matches("entry 0: ");
-                at(self, tag, format!("LoRA tag `{}`: {message}", tag.name), "");
-                continue;
-            }
-            list.push(entry);
-            if let Err(problem) = params::canonicalize(loras_spec, &Value::from(list.clone())) {
-                at(
-                    self,
-                    tag,
-                    format!("`loras` with the prompt's tags: {}", problem.0),
-                    "",
-                );
-                return;
-            }
-        }
-        if let Ok(canonical) = params::canonicalize(loras_spec, &Value::from(list)) {
-            params.insert(loras_spec.name, canonical);
-        }
-    }
-
     /// The values of a combination `{N-M$$sep$$a|b|c}`, as sd-dynamic-prompts'
     /// combinatorial generator makes them: for each count from N to M, each
     /// set of that many distinct options in option order, and for an option
@@ -1313,20 +1221,6 @@ fn plain_values(name: &str, values: impl Iterator<Item = (String, String)>) -> W
         out.push(value);
     }
     Ok(Arc::from(out))
-}
-
-/// The spec of a manifest parameter, or why `name` is not one.
-fn param_spec(name: &str) -> Result<&'static ParamSpec, (String, String)> {
-    match name {
-        "n" => Err(("`n` is set by horde-batch: each job's `images` is split into requests of up to `run.max_n`".to_owned(), "use `images:` on the job".to_owned())),
-        "seed" => Err(("`seed` is not a parameter here: seeds are set per job with `seeds:`".to_owned(), "e.g. `seeds: [42]`, `seeds: \"100-199\"` or `seeds: derived`".to_owned())),
-        _ => params::spec(name).ok_or_else(|| {
-            (
-                format!("unknown parameter `{name}`{}", params::suggest(name, PARAMS.iter().map(|p| p.name))),
-                format!("known parameters: {}", PARAMS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")),
-            )
-        }),
-    }
 }
 
 /// Names of the `${...}` variables a job's templates use (for classifying matrix axes).
