@@ -15,9 +15,9 @@ mod parameters;
 mod request;
 mod seeds;
 mod settings;
+mod wildcards;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -38,6 +38,7 @@ pub use settings::{OutputSettings, RunSettings, DEFAULT_MAX_JOBS};
 use axes::{number_value, value_text, RowColumns};
 pub(crate) use axes::{Axis, AxisKind, AxisValue, ColumnUse};
 use parameters::param_spec;
+use wildcards::Wildcard;
 
 /// The Horde refuses prompts of more words than this (`InvalidPromptSize`).
 const MAX_PROMPT_WORDS: usize = 7500;
@@ -45,11 +46,9 @@ const MAX_PROMPT_WORDS: usize = 7500;
 pub(super) const MAX_IMAGES_PER_JOB: u32 = 100_000;
 /// Values one variant may take once the wildcards in its options are expanded.
 const MAX_VARIANT_VALUES: usize = 1_000_000;
-const VALUE_SYNTAX_HELP: &str = "wildcard and matrix values are inserted as text: write variants out as separate values, and LoRAs under `params.loras` (a `loras` matrix axis varies them)";
+pub(super) const VALUE_SYNTAX_HELP: &str = "wildcard and matrix values are inserted as text: write variants out as separate values, and LoRAs under `params.loras` (a `loras` matrix axis varies them)";
 /// Prefix of the labels of unnamed variants and combinations.
 const VARIANT_LABEL: &str = "variant_";
-const WILDCARD_HELP: &str =
-    "define it under `wildcards:` in the manifest, or as a text file with one value per line";
 
 /// Options from the command line that override the manifest.
 #[derive(Debug, Clone, Default)]
@@ -974,117 +973,6 @@ impl Context<'_> {
         Ok(values)
     }
 
-    /// Every wildcard name a glob matches, sorted, with their values one
-    /// after the other (as sd-dynamic-prompts does: fnmatch over the names of
-    /// the manifest's wildcards and of the files in the wildcards folder and
-    /// its sub-folders, `*` crossing `/`).
-    fn wildcard_glob(&mut self, glob: &str) -> Wildcard {
-        let Ok(pattern) = glob::Pattern::new(glob) else {
-            return Err((format!("`__{glob}__` is not a valid glob"), WILDCARD_HELP));
-        };
-        let dir = self.wildcards_dir();
-        let mut names: std::collections::BTreeSet<String> = self
-            .file
-            .manifest
-            .wildcards
-            .keys()
-            .filter(|name| pattern.matches(name))
-            .cloned()
-            .collect();
-        for file in walk_txt_files(&dir) {
-            let Ok(relative) = file.strip_prefix(&dir) else {
-                continue;
-            };
-            let name = relative
-                .with_extension("")
-                .to_string_lossy()
-                .replace('\\', "/");
-            if template::is_wildcard_name(&name) && pattern.matches(&name) {
-                names.insert(name);
-            }
-        }
-        if names.is_empty() {
-            return Err((
-                format!(
-                    "the wildcard glob `__{glob}__` matches no wildcard: none under `wildcards:` and no file in {}",
-                    dir.display()
-                ),
-                WILDCARD_HELP,
-            ));
-        }
-        let mut values = Vec::new();
-        for name in names {
-            values.extend(self.wildcard(&name)?.iter().cloned());
-        }
-        Ok(Arc::from(values))
-    }
-
-    /// The folder wildcard files are read from.
-    fn wildcards_dir(&self) -> PathBuf {
-        let manifest = &self.file.manifest;
-        self.file
-            .base_dir
-            .join(manifest.wildcards_dir.as_deref().unwrap_or("wildcards"))
-    }
-
-    fn wildcard(&mut self, name: &str) -> Wildcard {
-        if let Some(cached) = self.wildcard_cache.get(name) {
-            return cached.clone();
-        }
-        if template::is_wildcard_glob(name) {
-            let result = self.wildcard_glob(name);
-            self.wildcard_cache.insert(name.to_owned(), result.clone());
-            return result;
-        }
-        let manifest = &self.file.manifest;
-        let result = if let Some(values) = manifest.wildcards.get(name) {
-            if values.is_empty() {
-                Err((
-                    format!("wildcard `__{name}__` has no values"),
-                    WILDCARD_HELP,
-                ))
-            } else {
-                let placed = values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (format!("`wildcards.{name}[{i}]`"), v.clone()));
-                plain_values(name, placed)
-            }
-        } else {
-            let dir = self
-                .file
-                .base_dir
-                .join(manifest.wildcards_dir.as_deref().unwrap_or("wildcards"));
-            let file = dir.join(format!("{name}.txt"));
-            match std::fs::read_to_string(&file) {
-                Ok(text) => {
-                    let values: Vec<(String, String)> = text
-                        .lines()
-                        .enumerate()
-                        .map(|(i, l)| (i, l.trim()))
-                        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-                        .map(|(i, l)| (format!("{}:{}", file.display(), i + 1), l.to_owned()))
-                        .collect();
-                    if values.is_empty() {
-                        Err((
-                            format!("wildcard file {} has no values", file.display()),
-                            WILDCARD_HELP,
-                        ))
-                    } else {
-                        plain_values(name, values.into_iter())
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err((format!(
-                    "wildcard `__{name}__` is not defined: no `wildcards.{name}` in the manifest and no file {}",
-                    file.display()
-                ), WILDCARD_HELP)),
-                Err(e) => Err((format!("cannot read wildcard file {}: {e}", file.display()), "")),
-            }
-        };
-        self.wildcard_cache.insert(name.to_owned(), result.clone());
-        result
-    }
-
     fn check_prompt_size(
         &mut self,
         positive: &[Segment],
@@ -1179,48 +1067,6 @@ fn typed_cell(value: &Value) -> Value {
             .unwrap_or_else(|| value.clone()),
         other => other.clone(),
     }
-}
-
-/// The `.txt` files under `dir` and its sub-folders (none if it cannot be read).
-fn walk_txt_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match entry.file_type() {
-                Ok(kind) if kind.is_dir() => pending.push(path),
-                Ok(kind) if kind.is_file() && path.extension().is_some_and(|e| e == "txt") => {
-                    files.push(path)
-                }
-                _ => {}
-            }
-        }
-    }
-    files
-}
-
-/// A wildcard's values, or why it cannot be used (message and help).
-type Wildcard = Result<Arc<[String]>, (String, &'static str)>;
-
-/// Wildcard values (with where each was written), refused when one holds
-/// template syntax: values are inserted as text, so a `{a|b}` or a
-/// `<lora:…>` there would reach the Horde as words.
-fn plain_values(name: &str, values: impl Iterator<Item = (String, String)>) -> Wildcard {
-    let mut out = Vec::new();
-    for (place, value) in values {
-        if let Some(what) = template::syntax_in_value(&value) {
-            return Err((
-                format!("wildcard `__{name}__`: the value `{value}` ({place}) holds {what}, which is not expanded inside wildcard values"),
-                VALUE_SYNTAX_HELP,
-            ));
-        }
-        out.push(value);
-    }
-    Ok(Arc::from(out))
 }
 
 /// Names of the `${...}` variables a job's templates use (for classifying matrix axes).
