@@ -15,6 +15,7 @@ mod parameters;
 mod request;
 mod seeds;
 mod settings;
+mod variants;
 mod wildcards;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +28,7 @@ use super::params::{self, PARAMS};
 use super::rows::{self, TableError};
 use super::schema::{JobSpec, RowsSpec};
 use super::source::SourceRef;
-use super::template::{self, LoraTag, Pick, Piece};
+use super::template::{self, LoraTag, Piece};
 use super::{ManifestError, ManifestFile, Problem};
 
 pub use compiled::{CompiledJob, CompiledManifest};
@@ -44,8 +45,6 @@ use wildcards::Wildcard;
 const MAX_PROMPT_WORDS: usize = 7500;
 /// Images one combination may ask for.
 pub(super) const MAX_IMAGES_PER_JOB: u32 = 100_000;
-/// Values one variant may take once the wildcards in its options are expanded.
-const MAX_VARIANT_VALUES: usize = 1_000_000;
 pub(super) const VALUE_SYNTAX_HELP: &str = "wildcard and matrix values are inserted as text: write variants out as separate values, and LoRAs under `params.loras` (a `loras` matrix axis varies them)";
 /// Prefix of the labels of unnamed variants and combinations.
 const VARIANT_LABEL: &str = "variant_";
@@ -811,166 +810,6 @@ impl Context<'_> {
             }
         }
         ok.then_some(segments)
-    }
-
-    /// The values of a combination `{N-M$$sep$$a|b|c}`, as sd-dynamic-prompts'
-    /// combinatorial generator makes them: for each count from N to M, each
-    /// set of that many distinct options in option order, and for an option
-    /// with wildcards each of its values (last option fastest); repeated
-    /// texts within one pick are dropped and repeated results are kept once.
-    fn combination_values(
-        &mut self,
-        pick: &Pick,
-        options: &[Vec<Piece>],
-    ) -> Result<Vec<String>, (String, &'static str)> {
-        let n = options.len();
-        let max = pick.max.unwrap_or(n);
-        let bounds = match pick.max {
-            Some(max) if max != pick.min => format!("{}-{max}", pick.min),
-            Some(_) => pick.min.to_string(),
-            None => format!("{}-", pick.min),
-        };
-        if max < pick.min {
-            return Err((
-                format!(
-                    "`{{{bounds}$$…}}` takes at least {} and at most {max} options",
-                    pick.min
-                ),
-                "write the smaller count first",
-            ));
-        }
-        if pick.min > n {
-            return Err((
-                format!(
-                    "`{{{bounds}$$…}}` takes {} distinct options but the variant has {n}",
-                    pick.min
-                ),
-                "add options or lower the count",
-            ));
-        }
-        let per_option = options
-            .iter()
-            .map(|option| {
-                self.variant_values(std::slice::from_ref(option))
-                    .map(|values| values.into_iter().map(|(text, _)| text).collect::<Vec<_>>())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let too_many = || {
-            (
-                format!("`{{{bounds}$$…}}` has more than {MAX_VARIANT_VALUES} combinations"),
-                "lower the count or split the options",
-            )
-        };
-        let mut values = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut steps = 0usize;
-        for k in pick.min..=max.min(n) {
-            // Index sets of size k in lexicographic order (like itertools.combinations).
-            let mut chosen: Vec<usize> = (0..k).collect();
-            loop {
-                // Every pick of one value per chosen option, last option fastest.
-                let mut digits = vec![0usize; k];
-                loop {
-                    steps += 1;
-                    if steps > MAX_VARIANT_VALUES {
-                        return Err(too_many());
-                    }
-                    let mut parts: Vec<&str> = Vec::with_capacity(k);
-                    for (slot, &option) in chosen.iter().enumerate() {
-                        let part = per_option[option][digits[slot]].as_str();
-                        if !parts.contains(&part) {
-                            parts.push(part);
-                        }
-                    }
-                    let value = parts.join(&pick.separator);
-                    if seen.insert(value.clone()) {
-                        values.push(value);
-                    }
-                    let Some(slot) = (0..k)
-                        .rev()
-                        .find(|&s| digits[s] + 1 < per_option[chosen[s]].len())
-                    else {
-                        break;
-                    };
-                    digits[slot] += 1;
-                    digits[slot + 1..].iter_mut().for_each(|d| *d = 0);
-                }
-                let Some(slot) = (0..k).rev().find(|&s| chosen[s] < n - k + s) else {
-                    break;
-                };
-                chosen[slot] += 1;
-                for next in slot + 1..k {
-                    chosen[next] = chosen[next - 1] + 1;
-                }
-            }
-        }
-        Ok(values)
-    }
-
-    /// The values of a variant: each option in turn, an option holding
-    /// wildcards or nested variants giving one value per combination of
-    /// theirs, last fastest (so `{__color__|green}` takes every colour, then
-    /// `green`, and `{a|{b|c}}` takes `a`, `b`, `c`). In random mode an
-    /// option is picked by its weight, then its values evenly, a nested
-    /// variant's by their own weights (as sd-dynamic-prompts does).
-    fn variant_values(
-        &mut self,
-        options: &[Vec<Piece>],
-    ) -> Result<Vec<(String, f64)>, (String, &'static str)> {
-        let mut values = Vec::new();
-        for option in options {
-            // Each text of the option so far, with its share of the option's weight.
-            let mut texts = vec![(String::new(), 1.0)];
-            let mut weight = 1.0;
-            for piece in option {
-                let parts: Vec<(String, f64)> = match piece {
-                    Piece::Literal(text) => vec![(text.clone(), 1.0)],
-                    Piece::Weight(w) => {
-                        weight = *w;
-                        continue;
-                    }
-                    Piece::Wildcard(name) => {
-                        let words = self.wildcard(name)?;
-                        let share = 1.0 / words.len() as f64;
-                        words.iter().map(|w| (w.clone(), share)).collect()
-                    }
-                    Piece::Variant(nested) => {
-                        let nested = self.variant_values(nested)?;
-                        let total: f64 = nested.iter().map(|(_, w)| w).sum();
-                        nested.into_iter().map(|(t, w)| (t, w / total)).collect()
-                    }
-                    Piece::Combination(pick, nested) => {
-                        let nested = self.combination_values(pick, nested)?;
-                        let share = 1.0 / nested.len().max(1) as f64;
-                        nested.into_iter().map(|t| (t, share)).collect()
-                    }
-                    // The parser puts no variables or LoRA tags in options.
-                    Piece::Variable(_) | Piece::Lora(_) => continue,
-                };
-                if texts.len().saturating_mul(parts.len()) + values.len() > MAX_VARIANT_VALUES {
-                    return Err((
-                        format!("a variant has more than {MAX_VARIANT_VALUES} values"),
-                        "split the variant into separate variants or wildcards",
-                    ));
-                }
-                texts = texts
-                    .iter()
-                    .flat_map(|(t, f)| parts.iter().map(move |(p, g)| (format!("{t}{p}"), f * g)))
-                    .collect();
-            }
-            values.extend(
-                texts
-                    .into_iter()
-                    .map(|(t, fraction)| (t, weight * fraction)),
-            );
-        }
-        if values.iter().all(|(_, w)| *w == 0.0) {
-            return Err((
-                "every option of the variant has weight `0::`".to_owned(),
-                "give at least one option a weight above 0",
-            ));
-        }
-        Ok(values)
     }
 
     fn check_prompt_size(
