@@ -15,6 +15,7 @@ mod parameters;
 mod request;
 mod seeds;
 mod settings;
+mod templates;
 mod variants;
 mod wildcards;
 
@@ -28,7 +29,7 @@ use super::params::{self, PARAMS};
 use super::rows::{self, TableError};
 use super::schema::{JobSpec, RowsSpec};
 use super::source::SourceRef;
-use super::template::{self, LoraTag, Piece};
+use super::template::{self, Piece};
 use super::{ManifestError, ManifestFile, Problem};
 
 pub use compiled::{CompiledJob, CompiledManifest};
@@ -39,30 +40,17 @@ pub use settings::{OutputSettings, RunSettings, DEFAULT_MAX_JOBS};
 use axes::{number_value, value_text, RowColumns};
 pub(crate) use axes::{Axis, AxisKind, AxisValue, ColumnUse};
 use parameters::param_spec;
+pub(crate) use templates::Segment;
 use wildcards::Wildcard;
 
-/// The Horde refuses prompts of more words than this (`InvalidPromptSize`).
-const MAX_PROMPT_WORDS: usize = 7500;
 /// Images one combination may ask for.
 pub(super) const MAX_IMAGES_PER_JOB: u32 = 100_000;
 pub(super) const VALUE_SYNTAX_HELP: &str = "wildcard and matrix values are inserted as text: write variants out as separate values, and LoRAs under `params.loras` (a `loras` matrix axis varies them)";
-/// Prefix of the labels of unnamed variants and combinations.
-const VARIANT_LABEL: &str = "variant_";
-
 /// Options from the command line that override the manifest.
 #[derive(Debug, Clone, Default)]
 pub struct CompileOptions {
     /// Overrides `run.max_jobs`.
     pub max_jobs: Option<u64>,
-}
-
-/// A piece of a compiled template: text, or the value of an axis.
-#[derive(Debug, Clone)]
-pub(crate) enum Segment {
-    Text(String),
-    Axis(usize),
-    /// `${column}` of the `rows:` axis at this index.
-    Field(usize, String),
 }
 
 /// Checks `file` and resolves it; every problem found is reported.
@@ -293,36 +281,8 @@ impl Context<'_> {
                 axes.push(axis);
             }
         }
-        let mut lora_tags = Vec::new();
-        let positive = self.template(
-            &spec.prompt,
-            &path.key("prompt"),
-            &mut axes,
-            &variables,
-            &spec.matrix.0,
-            Some(&mut lora_tags),
-        );
-        let negative = spec.negative.as_ref().map(|n| {
-            self.template(
-                n,
-                &path.key("negative"),
-                &mut axes,
-                &variables,
-                &spec.matrix.0,
-                None,
-            )
-        });
-        if !lora_tags.is_empty() {
-            self.lora_tags(spec, path, &lora_tags, &mut base_params);
-        }
-        if let Some(pieces) = &positive {
-            self.check_prompt_size(
-                pieces,
-                negative.as_ref().and_then(Option::as_ref),
-                &axes,
-                path,
-            );
-        }
+        let (positive, negative) =
+            self.job_prompts(spec, path, &mut axes, &variables, &mut base_params);
 
         self.check_labels(spec, path, &axes);
 
@@ -370,7 +330,7 @@ impl Context<'_> {
             seeds: seeds?,
             combinations: u64::try_from(combinations).unwrap_or(u64::MAX),
             positive: positive?,
-            negative: negative.flatten(),
+            negative,
             axes,
             base_params,
             models: Arc::from(models),
@@ -709,190 +669,6 @@ impl Context<'_> {
             name: name.to_owned(),
             values: axis_values,
         })
-    }
-
-    /// Compiles a template, adding an axis per variant and wildcard.
-    fn template(
-        &mut self,
-        text: &str,
-        path: &YamlPath,
-        axes: &mut Vec<Axis>,
-        variables: &HashMap<&str, usize>,
-        matrix: &indexmap::IndexMap<String, Value>,
-        mut lora_tags: Option<&mut Vec<LoraTag>>,
-    ) -> Option<Vec<Segment>> {
-        let pieces = match template::parse(text) {
-            Ok(pieces) => pieces,
-            Err(problem) => {
-                let problem = self
-                    .file
-                    .source
-                    .problem_in_scalar(path, text, problem.offset, problem.message)
-                    .with_help(problem.help);
-                self.problems.push(problem);
-                return None;
-            }
-        };
-        let mut segments = Vec::with_capacity(pieces.len());
-        let mut ok = true;
-        for piece in pieces {
-            match piece {
-                Piece::Literal(text) => segments.push(Segment::Text(text)),
-                // Only inside variant options.
-                Piece::Weight(_) => {}
-                Piece::Lora(tag) => {
-                    match lora_tags.as_deref_mut() {
-                        Some(tags) => tags.push(tag),
-                        None => {
-                            ok = false;
-                            let problem = self
-                            .file
-                            .source
-                            .problem_in_scalar(path, text, tag.offset, "a LoRA tag in the negative prompt: LoRAs apply to the whole image")
-                            .with_help("put the tag in `prompt`, or the LoRA in `params.loras`");
-                            self.problems.push(problem);
-                        }
-                    }
-                }
-                Piece::Combination(pick, options) => match self.combination_values(&pick, &options)
-                {
-                    Ok(values) => {
-                        segments.push(Segment::Axis(axes.len()));
-                        let name = unnamed_label(axes);
-                        axes.push(Axis::text(name, values.into_iter().map(|text| (text, 1.0))));
-                    }
-                    Err((message, help)) => {
-                        ok = false;
-                        let problem = self
-                            .file
-                            .source
-                            .problem_in_scalar(path, text, pick.offset, message)
-                            .with_help(help);
-                        self.problems.push(problem);
-                    }
-                },
-                Piece::Variant(options) => match self.variant_values(&options) {
-                    Ok(values) => {
-                        segments.push(Segment::Axis(axes.len()));
-                        let name = unnamed_label(axes);
-                        axes.push(Axis::text(name, values));
-                    }
-                    Err((message, help)) => {
-                        ok = false;
-                        let needle = message.split('`').nth(1).unwrap_or("{").to_owned();
-                        self.problem_in_template(path, text, &needle, message, help);
-                    }
-                },
-                Piece::Wildcard(name) => match self.wildcard(&name) {
-                    Ok(values) => {
-                        segments.push(Segment::Axis(axes.len()));
-                        let label = distinct_label(axes, &name);
-                        axes.push(Axis::text(label, values.iter().map(|v| (v.clone(), 1.0))));
-                    }
-                    Err((message, help)) => {
-                        ok = false;
-                        self.problem_in_template(path, text, &format!("__{name}__"), message, help);
-                    }
-                },
-                Piece::Variable(name) => match variables.get(name.as_str()) {
-                    Some(&axis) => segments.push(Segment::Axis(axis)),
-                    None if row_column(axes, &name).is_some() => {
-                        segments.push(Segment::Field(0, name));
-                    }
-                    None => {
-                        ok = false;
-                        // A matrix axis of that name that failed its own checks was already reported.
-                        if !matrix.contains_key(&name) && !self.rows_failed {
-                            self.problem_in_template(path, text, &format!("${{{name}}}"), format!("the template uses `${{{name}}}` but the job has no matrix axis or rows column `{name}`"), &format!("add `matrix: {{{name}: [...]}}` to the job, or a `{name}` column to its rows"));
-                        }
-                    }
-                },
-            }
-        }
-        ok.then_some(segments)
-    }
-
-    fn check_prompt_size(
-        &mut self,
-        positive: &[Segment],
-        negative: Option<&Vec<Segment>>,
-        axes: &[Axis],
-        path: &YamlPath,
-    ) {
-        let words = |segments: &[Segment], pick: fn(usize, usize) -> usize| -> usize {
-            segments
-                .iter()
-                .map(|segment| match segment {
-                    Segment::Text(text) => text.split_whitespace().count(),
-                    Segment::Axis(axis) => axes[*axis]
-                        .values
-                        .iter()
-                        .map(|v| v.text.split_whitespace().count())
-                        .reduce(pick)
-                        .unwrap_or(0),
-                    Segment::Field(axis, column) => axes[*axis]
-                        .values
-                        .iter()
-                        .map(|v| v.field_text(column).split_whitespace().count())
-                        .reduce(pick)
-                        .unwrap_or(0),
-                })
-                .sum()
-        };
-        let most = words(positive, usize::max) + negative.map_or(0, |n| words(n, usize::max) + 1);
-        if most > MAX_PROMPT_WORDS {
-            self.problem(&path.key("prompt"), format!("the prompt can reach {most} words; the Horde refuses more than {MAX_PROMPT_WORDS} (InvalidPromptSize)"), "");
-        }
-        if words(positive, usize::min) == 0 {
-            self.problem(
-                &path.key("prompt"),
-                "the prompt can resolve to nothing; the Horde refuses an empty prompt",
-                "",
-            );
-        }
-        let has_separator = positive.iter().any(|segment| match segment {
-            Segment::Text(text) => text.contains("###"),
-            Segment::Axis(axis) => axes[*axis].values.iter().any(|v| v.text.contains("###")),
-            Segment::Field(axis, column) => axes[*axis]
-                .values
-                .iter()
-                .any(|v| v.field_text(column).contains("###")),
-        });
-        if has_separator {
-            self.problem(&path.key("prompt"), "the prompt contains `###`, which the Horde reads as the start of the negative prompt", "put the negative prompt under `negative:`");
-        }
-    }
-}
-
-/// The label of the next variant or combination: `variant_N`, N counting the
-/// job's unnamed axes from 1.
-fn unnamed_label(axes: &[Axis]) -> String {
-    let taken = axes
-        .iter()
-        .filter(|a| a.name.starts_with(VARIANT_LABEL))
-        .count();
-    distinct_label(axes, &format!("{VARIANT_LABEL}{}", taken + 1))
-}
-
-/// `name`, or `name_2`, `name_3`… when an axis already records that label
-/// (a wildcard used twice gives two labels).
-fn distinct_label(axes: &[Axis], name: &str) -> String {
-    let taken = |label: &str| axes.iter().any(|a| a.name == label);
-    if !taken(name) {
-        return name.to_owned();
-    }
-    (2..)
-        .map(|n| format!("{name}_{n}"))
-        .find(|label| !taken(label))
-        .unwrap_or_else(|| name.to_owned())
-}
-
-/// The `rows:` column `name` of the job's table, if it has one (the table is
-/// always the first axis).
-fn row_column<'a>(axes: &'a [Axis], name: &str) -> Option<&'a (String, ColumnUse)> {
-    match &axes.first()?.kind {
-        AxisKind::Rows(table) => table.columns.iter().find(|(column, _)| column == name),
-        _ => None,
     }
 }
 
