@@ -11,6 +11,7 @@
 
 mod axes;
 mod compiled;
+mod matrix;
 mod parameters;
 mod request;
 mod seeds;
@@ -25,11 +26,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::locate::YamlPath;
-use super::params::{self, PARAMS};
+use super::params;
 use super::rows::{self, TableError};
 use super::schema::{JobSpec, RowsSpec};
 use super::source::SourceRef;
-use super::template::{self, Piece};
+use super::template;
 use super::{ManifestError, ManifestFile, Problem};
 
 pub use compiled::{CompiledJob, CompiledManifest};
@@ -37,7 +38,7 @@ pub use request::RequestFlags;
 pub use seeds::Seeds;
 pub use settings::{OutputSettings, RunSettings, DEFAULT_MAX_JOBS};
 
-use axes::{number_value, value_text, RowColumns};
+use axes::{value_text, RowColumns};
 pub(crate) use axes::{Axis, AxisKind, AxisValue, ColumnUse};
 use parameters::param_spec;
 pub(crate) use templates::Segment;
@@ -263,24 +264,7 @@ impl Context<'_> {
                 None => self.rows_failed = true,
             }
         }
-        let mut variables: HashMap<&str, usize> = HashMap::new();
-        let mut used_variables = template_variables(&spec.prompt, spec.negative.as_deref());
-        if [Some(spec.prompt.as_str()), spec.negative.as_deref()]
-            .into_iter()
-            .flatten()
-            .any(|t| template::parse(t).is_err())
-        {
-            // The template's own error is reported; its variables are unknown,
-            // so the matrix's text axes are not second-guessed.
-            used_variables.extend(spec.matrix.0.keys().cloned());
-        }
-        for (name, values) in &spec.matrix.0 {
-            let here = path.key("matrix").key(name);
-            if let Some(axis) = self.matrix_axis(name, values, &here, &used_variables) {
-                variables.insert(name.as_str(), axes.len());
-                axes.push(axis);
-            }
-        }
+        let variables = self.matrix_axes(spec, path, &mut axes);
         let (positive, negative) =
             self.job_prompts(spec, path, &mut axes, &variables, &mut base_params);
 
@@ -547,129 +531,6 @@ impl Context<'_> {
             }
         }
     }
-
-    fn matrix_axis(
-        &mut self,
-        name: &str,
-        values: &Value,
-        path: &YamlPath,
-        used_variables: &[String],
-    ) -> Option<Axis> {
-        if name == "source_image" {
-            return self.source_axis(values, path);
-        }
-        // A parameter axis can be used as `${name}` in the prompt too; it stays a parameter.
-        let kind = if name == "model" {
-            AxisKind::Model
-        } else if let Some(spec) = params::spec(name) {
-            AxisKind::Param(spec.name)
-        } else if used_variables.iter().any(|v| v == name) {
-            AxisKind::Text
-        } else {
-            match param_spec(name) {
-                Ok(spec) => AxisKind::Param(spec.name),
-                Err((message, _)) => {
-                    let candidates = PARAMS
-                        .iter()
-                        .map(|p| p.name)
-                        .chain(used_variables.iter().map(String::as_str))
-                        .chain(["model"]);
-                    let help = params::suggest(name, candidates);
-                    let message = if name == "seed" || name == "n" {
-                        message
-                    } else {
-                        format!("matrix axis `{name}` is neither a parameter, `model`, nor a variable `${{{name}}}` of the prompt{help}")
-                    };
-                    self.problem(path, message, "");
-                    return None;
-                }
-            }
-        };
-        let raw: Vec<Value> = match values {
-            Value::Array(items) if items.is_empty() => {
-                self.problem(path, format!("matrix axis `{name}` has no values"), "");
-                return None;
-            }
-            Value::Array(items) => items.clone(),
-            Value::String(text) if !matches!(kind, AxisKind::Model) => {
-                match super::range::expand(text) {
-                    Ok(numbers) => numbers.into_iter().map(number_value).collect(),
-                    Err(message) => {
-                        self.problem(path, format!("matrix axis `{name}`: {message}"), "a range looks like `20-40 (+10)`, `1-10 [5]` or `1-5`; a single value needs a list: [value]");
-                        return None;
-                    }
-                }
-            }
-            other => {
-                self.problem(
-                    path,
-                    format!(
-                        "matrix axis `{name}` must be a list of values or a range, found {}",
-                        params::describe(other)
-                    ),
-                    "",
-                );
-                return None;
-            }
-        };
-        let mut axis_values = Vec::with_capacity(raw.len());
-        for (i, value) in raw.iter().enumerate() {
-            let here = if matches!(values, Value::Array(_)) {
-                path.index(i)
-            } else {
-                path.clone()
-            };
-            let checked = match &kind {
-                AxisKind::Param(param) => param_spec(param)
-                    .ok()
-                    .map(|spec| params::canonicalize(spec, value).map_err(|p| p.0))
-                    .unwrap_or_else(|| Err("unknown parameter".to_owned())),
-                // Matrix axes are never tables.
-                AxisKind::Rows(_) => Ok(value.clone()),
-                // `source_axis` builds these; never reached.
-                AxisKind::Source(_) => Err("not a source image axis".to_owned()),
-                AxisKind::Model => match value {
-                    Value::String(s) if !s.trim().is_empty() => Ok(value.clone()),
-                    other => Err(format!(
-                        "expected a model name, found {}",
-                        params::describe(other)
-                    )),
-                },
-                AxisKind::Text => match value {
-                    Value::String(text) => match template::syntax_in_value(text) {
-                        None => Ok(value.clone()),
-                        Some(what) => {
-                            let problem = self
-                                .file
-                                .source
-                                .problem_at(&here, format!("matrix axis `{name}`: the value `{text}` holds {what}, which is not expanded inside matrix values"))
-                                .with_help(VALUE_SYNTAX_HELP);
-                            self.problems.push(problem);
-                            continue;
-                        }
-                    },
-                    Value::Number(_) | Value::Bool(_) => Ok(value.clone()),
-                    other => Err(format!(
-                        "expected a text value, found {}",
-                        params::describe(other)
-                    )),
-                },
-            };
-            match checked {
-                Ok(json) => axis_values.push(AxisValue {
-                    text: value_text(&json),
-                    json,
-                    weight: 1.0,
-                }),
-                Err(message) => self.problem(&here, format!("matrix axis `{name}`: {message}"), ""),
-            }
-        }
-        (axis_values.len() == raw.len()).then_some(Axis {
-            kind,
-            name: name.to_owned(),
-            values: axis_values,
-        })
-    }
 }
 
 /// A CSV cell as the JSON value it spells (`30` → 30, `true` → true, `[a, b]`
@@ -682,18 +543,4 @@ fn typed_cell(value: &Value) -> Value {
             .unwrap_or_else(|| value.clone()),
         other => other.clone(),
     }
-}
-
-/// Names of the `${...}` variables a job's templates use (for classifying matrix axes).
-fn template_variables(prompt: &str, negative: Option<&str>) -> Vec<String> {
-    [Some(prompt), negative]
-        .into_iter()
-        .flatten()
-        .filter_map(|text| template::parse(text).ok())
-        .flatten()
-        .filter_map(|piece| match piece {
-            Piece::Variable(name) => Some(name),
-            _ => None,
-        })
-        .collect()
 }
