@@ -14,6 +14,7 @@ mod compiled;
 mod matrix;
 mod parameters;
 mod request;
+mod rows_axis;
 mod seeds;
 mod settings;
 mod templates;
@@ -26,11 +27,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::locate::YamlPath;
-use super::params;
-use super::rows::{self, TableError};
-use super::schema::{JobSpec, RowsSpec};
+use super::schema::JobSpec;
 use super::source::SourceRef;
-use super::template;
 use super::{ManifestError, ManifestFile, Problem};
 
 pub use compiled::{CompiledJob, CompiledManifest};
@@ -38,9 +36,7 @@ pub use request::RequestFlags;
 pub use seeds::Seeds;
 pub use settings::{OutputSettings, RunSettings, DEFAULT_MAX_JOBS};
 
-use axes::{value_text, RowColumns};
 pub(crate) use axes::{Axis, AxisKind, AxisValue, ColumnUse};
-use parameters::param_spec;
 pub(crate) use templates::Segment;
 use wildcards::Wildcard;
 
@@ -326,178 +322,6 @@ impl Context<'_> {
         })
     }
 
-    /// The `rows:` table of a job as an axis, every bad cell reported at its
-    /// place in the table (all of them, not just the first).
-    fn rows_axis(
-        &mut self,
-        spec: &RowsSpec,
-        path: &YamlPath,
-        matrix: &indexmap::IndexMap<String, Value>,
-    ) -> Option<Axis> {
-        let file = self.file.base_dir.join(spec.file());
-        let shown = file.display().to_string();
-        let table = match rows::read(&file, &shown) {
-            Ok(table) => table,
-            Err(TableError::File(message)) => {
-                self.problem(path, message, "rows are a CSV file with a header line, or a JSON Lines file, relative to the manifest");
-                return None;
-            }
-            Err(TableError::Rows(problems)) => {
-                self.problems.extend(problems);
-                return None;
-            }
-        };
-        if table.rows.is_empty() {
-            self.problem(path, format!("rows file {shown} has no rows"), "");
-            return None;
-        }
-        let problems_before = self.problems.len();
-        let mut columns = Vec::with_capacity(table.columns.len());
-        for name in &table.columns {
-            let used = if name == "model" {
-                ColumnUse::Model
-            } else if name == "source_image" {
-                ColumnUse::SourceImage
-            } else if matches!(
-                name.as_str(),
-                "source_mask" | "source_processing" | "extra_source_images"
-            ) {
-                self.problem(
-                    path,
-                    format!("`{name}` cannot be a rows column; only `source_image` can"),
-                    &format!("set `{name}` on the job: it applies to every row"),
-                );
-                ColumnUse::Text
-            } else if let Some(param) = params::spec(name) {
-                ColumnUse::Param(param.name)
-            } else if name == "seed" || name == "n" {
-                let (message, help) = param_spec(name).err().unwrap_or_default();
-                self.problem(path, format!("rows column `{name}`: {message}"), &help);
-                ColumnUse::Text
-            } else {
-                ColumnUse::Text
-            };
-            if matrix.contains_key(name) {
-                self.problem(
-                    &path.key("file"),
-                    format!("`{name}` is both a rows column and a matrix axis"),
-                    "rename one of them",
-                );
-            }
-            columns.push((name.clone(), used));
-        }
-        let id = spec.id().map(str::to_owned);
-        if let Some(id) = &id {
-            if !table.columns.contains(id) {
-                self.problem(
-                    &path.key("id"),
-                    format!(
-                        "rows file {shown} has no column `{id}`; its columns are {}",
-                        table.columns.join(", ")
-                    ),
-                    "",
-                );
-                return None;
-            }
-        }
-        let mut seen_ids: HashMap<String, usize> = HashMap::new();
-        let mut values = Vec::with_capacity(table.rows.len());
-        let mut sources = Vec::new();
-        for row in &table.rows {
-            let mut cells = serde_json::Map::new();
-            let mut row_source = None;
-            for cell in &row.cells {
-                let (name, used) = &columns[cell.column];
-                let at = |message: String| {
-                    table.problem_at(
-                        cell.offset,
-                        format!("row {}, column `{name}`: {message}", row.number),
-                    )
-                };
-                let checked = match used {
-                    ColumnUse::Param(param) => param_spec(param)
-                        .map_err(|(message, _)| message)
-                        .and_then(|spec| {
-                            params::canonicalize(spec, &typed_cell(&cell.value)).map_err(|p| p.0)
-                        }),
-                    ColumnUse::Model => match &cell.value {
-                        Value::String(model) if !model.trim().is_empty() => Ok(Value::from(model.trim())),
-                        other => Err(format!("expected a model name, found {}", params::describe(other))),
-                    },
-                    ColumnUse::SourceImage => match &cell.value {
-                        Value::String(file) => self.cached_source(file).map(|source| {
-                            row_source = Some(source);
-                            cell.value.clone()
-                        }),
-                        other => Err(format!("expected an image path, found {}", params::describe(other))),
-                    },
-                    ColumnUse::Text => match &cell.value {
-                        Value::String(text) => match template::syntax_in_value(text) {
-                            None => Ok(cell.value.clone()),
-                            Some(what) => Err(format!("`{text}` holds {what}, which is not expanded inside row values (write `\\` before it to send it as text)")),
-                        },
-                        Value::Number(_) | Value::Bool(_) => Ok(Value::from(value_text(&cell.value))),
-                        other => Err(format!("expected text, found {}", params::describe(other))),
-                    },
-                };
-                match checked {
-                    Ok(value) => {
-                        cells.insert(name.clone(), value);
-                    }
-                    Err(message) => self.problems.push(at(message)),
-                }
-            }
-            let label = match &id {
-                Some(id) => match cells.get(id).map(value_text) {
-                    Some(value) if !value.trim().is_empty() => {
-                        if let Some(first) = seen_ids.insert(value.clone(), row.number) {
-                            let problem = table.problem_at(
-                                table.cell(row, id).map_or(row.offset, |c| c.offset),
-                                format!(
-                                    "row {}: id `{value}` is already the id of row {first}",
-                                    row.number
-                                ),
-                            );
-                            self.problems.push(problem);
-                        }
-                        value
-                    }
-                    _ => {
-                        let problem = table.problem_at(
-                            row.offset,
-                            format!("row {}: the id column `{id}` is empty", row.number),
-                        );
-                        self.problems.push(problem);
-                        continue;
-                    }
-                },
-                None => row.number.to_string(),
-            };
-            if cells.is_empty() && self.problems.len() == problems_before {
-                let problem = table.problem_at(row.offset, format!("row {} is empty", row.number));
-                self.problems.push(problem);
-            }
-            values.push(AxisValue {
-                text: label,
-                json: Value::Object(cells),
-                weight: 1.0,
-            });
-            sources.push(row_source);
-        }
-        if self.problems.len() > problems_before {
-            return None;
-        }
-        Some(Axis {
-            kind: AxisKind::Rows(Arc::new(RowColumns {
-                columns,
-                id,
-                sources,
-            })),
-            name: "rows".to_owned(),
-            values,
-        })
-    }
-
     /// Labels become `metadata.jsonl` columns: a text axis may not be named
     /// after a built-in, caption or extra column.
     fn check_labels(&mut self, spec: &JobSpec, path: &YamlPath, axes: &[Axis]) {
@@ -530,17 +354,5 @@ impl Context<'_> {
                 );
             }
         }
-    }
-}
-
-/// A CSV cell as the JSON value it spells (`30` → 30, `true` → true, `[a, b]`
-/// → a list); JSON Lines values are typed already.
-fn typed_cell(value: &Value) -> Value {
-    match value {
-        Value::String(text) => serde_yaml::from_str::<Value>(text)
-            .ok()
-            .filter(|v| !v.is_null())
-            .unwrap_or_else(|| value.clone()),
-        other => other.clone(),
     }
 }
