@@ -12,7 +12,10 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::axes::{Axis, AxisKind, ColumnUse};
-use super::{OutputSettings, RequestFlags, RunSettings, Seeds, Segment};
+use super::request::RequestFlags;
+use super::seeds::Seeds;
+use super::settings::{OutputSettings, RunSettings};
+use super::templates::Segment;
 use crate::manifest::source::JobSources;
 use crate::manifest::ManifestFile;
 use crate::output::IndexRow;
