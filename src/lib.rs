@@ -36,6 +36,7 @@ macro_rules! say {
 
 pub mod app;
 pub mod cli;
+pub mod digest;
 pub mod exit;
 pub mod gallery;
 pub mod horde;

@@ -25,6 +25,7 @@ use super::compile::{
 use super::params::canonical_text;
 use super::source::JobSources;
 use super::template::normalize_whitespace;
+use crate::digest::{self, name_digest};
 
 /// A job's stable identity: 16 hex digits of a hash of its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,20 +88,17 @@ impl Job {
         match &self.seeds {
             Seeds::Random => None,
             Seeds::Derived => {
-                let digest = uuid::Uuid::new_v5(
-                    &KEY_NAMESPACE,
-                    format!("seed/{}/{index}", self.key).as_bytes(),
-                );
-                let bytes = digest.as_bytes();
-                Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]).to_string())
+                let name = format!("seed/{}/{index}", self.key);
+                let seed = digest::leading_u32(name_digest(KEY_NAMESPACE, name.as_bytes()));
+                Some(seed.to_string())
             }
             Seeds::List(list) => list.get(index as usize).cloned(),
         }
     }
 }
 
-/// Namespace of job-key hashes; changing it changes every key.
-const KEY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6e1f_3c52_8a0b_4d47_9a55_1d2e_8c7b_0f13);
+/// Namespace of job-key hashes (`crate::digest`); changing it changes every key.
+const KEY_NAMESPACE: u128 = 0x6e1f_3c52_8a0b_4d47_9a55_1d2e_8c7b_0f13;
 
 impl CompiledManifest {
     /// Every job, in order. Keys are unique across the manifest: content that
@@ -159,7 +157,7 @@ impl CompiledManifest {
             // a fixed order (it holds no hash maps).
             let _ = writeln!(text, "{job:?}");
         }
-        uuid::Uuid::new_v5(&KEY_NAMESPACE, text.as_bytes()).to_string()
+        digest::to_hyphenated(name_digest(KEY_NAMESPACE, text.as_bytes()))
     }
 }
 
@@ -546,10 +544,7 @@ fn key_flags(flags: &RequestFlags) -> Value {
     value
 }
 
+/// The key of `content`: the first 8 bytes of its digest under `KEY_NAMESPACE`.
 fn hash(content: &str) -> u64 {
-    let digest = uuid::Uuid::new_v5(&KEY_NAMESPACE, content.as_bytes());
-    let bytes = digest.as_bytes();
-    u64::from_be_bytes([
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-    ])
+    digest::leading_u64(name_digest(KEY_NAMESPACE, content.as_bytes()))
 }

@@ -26,6 +26,7 @@ use serde_json::Value;
 use super::compile::{Axis, AxisKind, AxisValue, Context};
 use super::locate::YamlPath;
 use super::schema::JobSpec;
+use crate::digest;
 
 /// The Horde refuses source images of more pixels than this
 /// (AH `convert_source_image_to_pil`: "Image size cannot exceed 3072*3072 pixels").
@@ -36,8 +37,8 @@ pub const MAX_SOURCE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// The Horde refuses more extra source images than this (`TooManyExtraSourceImages.`).
 pub const MAX_EXTRA_SOURCE_IMAGES: usize = 5;
 
-/// Namespace of source hashes (a UUIDv5, i.e. SHA-1, of the file's bytes).
-const HASH_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3b9e_51c4_7d20_4f8a_a6e1_52c0_9d4f_1e77);
+/// Namespace of source hashes (`crate::digest`: SHA-1 of it and the file's bytes).
+const HASH_NAMESPACE: u128 = 0x3b9e_51c4_7d20_4f8a_a6e1_52c0_9d4f_1e77;
 
 /// How the Horde uses the source image (`source_processing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -176,10 +177,7 @@ pub enum SourceError {
 
 /// Hash of a source file's bytes, as recorded in job keys and sidecars.
 pub fn hash_bytes(bytes: &[u8]) -> String {
-    format!(
-        "{:032x}",
-        uuid::Uuid::new_v5(&HASH_NAMESPACE, bytes).as_u128()
-    )
+    digest::to_hex(digest::name_digest(HASH_NAMESPACE, bytes))
 }
 
 /// Reads `path` (relative to `base_dir`) and checks it as the Horde will:
