@@ -5,7 +5,7 @@
 # For each seed, a fresh `horde-batch sim` with its DEFAULT settings (4
 # workers, 2 s per image, 50 megapixel-steps/s per worker, so `/check` reads
 # wait_time 0 for these small images while they still wait, as the real Horde
-# does; facts §9.1) and one registered API key. horde-batch runs
+# does; docs/horde-api.md §9.1) and one registered API key. horde-batch runs
 # benches/workload-polling.yaml (40 images at 512x512, 20 steps, as 4 requests
 # of n = 10) with that key in AI_HORDE_API_KEY. The sim's /sim/stats gives the
 # API calls by endpoint and status and the 429s; /usr/bin/time the wall time.

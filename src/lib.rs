@@ -9,6 +9,7 @@
 //! | --- | --- | --- |
 //! | [`cli`] | clap types, help text, the hidden tuning flags | do I/O |
 //! | [`app`] | one function per command: wiring, signals, the final summary | hold engine logic |
+//! | [`digest`] | the name digest behind job keys, key fingerprints and source hashes | change one bit of it: values on disk depend on it |
 //! | [`exit`] | how a run ends (`Ending`, `Abort`) and the exit codes scripts rely on | renumber one |
 //! | [`layout`] | names in the output folder: the filename template, the index's built-in columns | do I/O, know the manifest or the writer |
 //! | [`manifest`] | the YAML language: parse with positions, validate, expand, job keys | talk HTTP or touch the ledger |

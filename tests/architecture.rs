@@ -75,8 +75,10 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut files = Vec::new();
     rust_files(Path::new("src"), &mut files);
     let modules: BTreeSet<String> = files.iter().filter_map(|f| module_of(f)).collect();
-    let mut graph: BTreeMap<String, BTreeSet<String>> =
-        modules.iter().map(|m| (m.clone(), BTreeSet::new())).collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = modules
+        .iter()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect();
     for file in &files {
         let Some(module) = module_of(file) else {
             continue;
@@ -184,11 +186,15 @@ fn each_module_uses_only_what_the_layering_table_allows() {
     let mut wrong = Vec::new();
     for (module, used) in &graph {
         match table.get(module) {
-            None => wrong.push(format!("`{module}` is not in ARCHITECTURE.md's layering table")),
+            None => wrong.push(format!(
+                "`{module}` is not in ARCHITECTURE.md's layering table"
+            )),
             Some(None) => {}
             Some(Some(allowed)) => {
                 for dependency in used.difference(allowed) {
-                    wrong.push(format!("`{module}` uses `{dependency}`, which the table does not allow"));
+                    wrong.push(format!(
+                        "`{module}` uses `{dependency}`, which the table does not allow"
+                    ));
                 }
             }
         }

@@ -240,7 +240,7 @@ async fn dry_run_prices_without_creating_a_request_and_submit_never_dry_runs() {
     let client = client(&sim);
     let kudos = client.dry_run(&request(3)).await.unwrap();
     assert!(kudos > 0.0, "{kudos}");
-    // What the live server answered for this request (facts §9); the 202 says 6 per image.
+    // What the live server answered for this request (docs/horde-api.md §9); the 202 says 6 per image.
     assert_eq!(kudos, 21.0);
     let stats = sim.stats();
     assert_eq!(stats.requests_created, 0);
@@ -499,7 +499,7 @@ async fn schema_validation_errors_are_permanent_with_their_field_map() {
         errors.get("params.n").map(String::as_str),
         Some("21 is greater than the maximum of 20")
     );
-    // flask-limiter puts Retry-After on every answer of a limited route (facts
+    // flask-limiter puts Retry-After on every answer of a limited route (docs/horde-api.md
     // §9.1); on a 400 it means nothing, so the client does not read it as a wait.
     assert_eq!(*retry_after, None);
     assert!(!err.outcome_unknown());
@@ -535,7 +535,7 @@ async fn payload_return_codes_are_permanent() {
             (Some(400), Some(rc), FailureClass::Permanent)
         );
         assert_eq!(err.message(), Some(message));
-        // Sent on every answer of the route (facts §9.1), meaningless on a 400:
+        // Sent on every answer of the route (docs/horde-api.md §9.1), meaningless on a 400:
         // only a 429's or 503's Retry-After is a wait.
         assert_eq!(err.retry_after(), None);
         assert!(!err.outcome_unknown());
@@ -666,7 +666,7 @@ async fn too_many_prompts_is_concurrency_full_with_the_limit() {
         err.message().unwrap().contains("exceeded user limit (4)"),
         "{err}"
     );
-    // The real server was seen sending "Retry-After: 0" here (facts §9.1).
+    // The real server was seen sending "Retry-After: 0" here (docs/horde-api.md §9.1).
     assert_eq!(err.retry_after(), Some(Duration::ZERO));
     assert!(!err.outcome_unknown());
     assert_eq!(sim.stats().too_many_prompts, 1);

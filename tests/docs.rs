@@ -152,12 +152,7 @@ fn every_relative_link_in_the_documentation_resolves() {
 /// Markdown files that code comments cite and the repository does not have
 /// yet, as (citing file, cited name). Each entry must still occur (a fixed
 /// citation leaves the list), so the list only shrinks.
-const CITATIONS_TO_FIX: &[(&str, &str)] = &[
-    ("src/horde/mod.rs", "shared/research/horde-api-facts.md"),
-    ("src/horde/types.rs", "research/horde-api-facts.md"),
-    ("src/manifest/params.rs", "horde-api-facts.md"),
-    ("src/sim/mod.rs", "shared/research/horde-api-facts.md"),
-];
+const CITATIONS_TO_FIX: &[(&str, &str)] = &[];
 
 /// Files the benchmark scripts write, named in their comments and docs: not
 /// citations of files in the repository.

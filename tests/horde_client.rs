@@ -2,7 +2,7 @@
 //!
 //! Each test starts a tiny axum server on 127.0.0.1:0 that answers with canned
 //! bodies and headers (the SDK fixtures, and the exact error bodies observed on
-//! the live server, facts §9) and records what the client sent. Nothing here
+//! the live server, docs/horde-api.md §9) and records what the client sent. Nothing here
 //! reaches the internet.
 
 use std::collections::{BTreeMap, HashMap};

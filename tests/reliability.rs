@@ -1283,7 +1283,7 @@ fn a_submit_answer_lost_in_a_run_is_found_and_followed_not_paid_again() {
 
 #[test]
 fn an_image_still_processing_when_its_request_reads_done_is_retrieved() {
-    // Facts §9.1: a faulted request reads `done` while an image is still
+    // docs/horde-api.md §9.1: a faulted request reads `done` while an image is still
     // being made; that image arrives seconds later and is paid for.
     let stub = Stub::start(Hostile::LateImage);
     let batch = Batch::new(TWO_IMAGES);
@@ -1473,7 +1473,7 @@ fn api_calls(stats: &Value) -> u64 {
 #[test]
 fn polling_needs_no_wait_time_and_stays_cheap_when_it_reads_zero() {
     // The sim's defaults are the real server's shape: small jobs read
-    // `wait_time: 0` while they still wait (facts §9.1). Four requests of ten
+    // `wait_time: 0` while they still wait (docs/horde-api.md §9.1). Four requests of ten
     // images: the run must not poll every second because of it.
     let sim = Sim::start(&["--seed", "11"]);
     let batch = Batch::new(
@@ -1622,7 +1622,9 @@ fn cancel_of_a_lost_submit_without_a_horde_fails_with_exit_6() {
     let cancel = run_bounded(&mut command, RUN_LIMIT);
     assert_no_panic(&cancel.stderr);
     assert!(
-        cancel.stderr.contains("1 lost submit(s) could not be found"),
+        cancel
+            .stderr
+            .contains("1 lost submit(s) could not be found"),
         "{}",
         cancel.stderr
     );

@@ -1,5 +1,5 @@
 //! Tests of the simulated Horde over real HTTP on loopback: each rule the
-//! simulator copies from the real server (facts §1, §3, §4, §6, §9) gets a
+//! simulator copies from the real server (docs/horde-api.md §1, §3, §4, §6, §9) gets a
 //! test that would fail if the simulator were kinder than the server.
 
 use std::io::Cursor;
@@ -395,7 +395,7 @@ async fn concurrency_counts_waiting_images() {
         json!({"message": "Parallel requests (32) exceeded user limit (30). Please try again later or request to increase your concurrency.",
                "rc": "TooManyPrompts"})
     );
-    // Seen on the real server (facts §9.1): a concurrency 429 says "0".
+    // Seen on the real server (docs/horde-api.md §9.1): a concurrency 429 says "0".
     assert_eq!(header(&headers, "retry-after"), "0");
     assert_eq!(sim.handle.stats().too_many_prompts, 1);
     // Cancelling sets n to 0, which frees the budget at once.
@@ -1090,7 +1090,7 @@ async fn runs_are_reproducible_under_a_seed() {
     assert_ne!(first, other);
 }
 
-// ----- facts §9.1: where a simulator could be kinder than the server -----
+// ----- docs/horde-api.md §9.1: where a simulator could be kinder than the server -----
 
 async fn find_user_body(sim: &Sim, key: &str) -> (StatusCode, Value) {
     let response = sim

@@ -513,7 +513,7 @@ fn redirect_error(endpoint: Endpoint, response: &Response, redactor: &Redactor) 
 async fn api_error(endpoint: Endpoint, response: Response, redactor: &Redactor) -> HordeError {
     let status = response.status();
     // Only these statuses ask the client to wait; the Horde sends `Retry-After`
-    // on successes and other errors too (facts §9.1).
+    // on successes and other errors too (docs/horde-api.md §9.1).
     let retry_after = if matches!(status.as_u16(), 429 | 503) {
         parse_retry_after(response.headers(), SystemTime::now())
     } else {

@@ -5,7 +5,7 @@
 //! `Retry-After`), a refused redirect, a transport failure (with how far the
 //! request got), an undecodable body, an oversized body, or a refused URL. [`HordeError::class`]
 //! maps every error onto a [`FailureClass`] following `ARCHITECTURE.md` ("Failure classes")
-//! and the `rc` lists in facts §3.4; the scheduler decides what to do with it.
+//! and the `rc` lists in docs/horde-api.md §3.4; the scheduler decides what to do with it.
 //!
 //! Errors never carry the API key, a shared-key id, or a presigned image URL.
 //! The server can echo the key back (find_user's 404 does), so the client passes

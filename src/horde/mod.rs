@@ -7,7 +7,7 @@
 //! or prints the API key (see [`ApiKey`]), never follows a redirect, and takes
 //! the key out of anything a server sends back (see [`REDACTED`]).
 //!
-//! Protocol facts and their sources: `shared/research/horde-api-facts.md`.
+//! Protocol facts and their sources: `docs/horde-api.md`.
 
 mod client;
 mod config;

@@ -1,7 +1,7 @@
 //! Wire types of the AI Horde v2 image API: the bodies the client sends and the
 //! responses it decodes.
 //!
-//! The shapes follow the live server (`research/horde-api-facts.md`), not the
+//! The shapes follow the live server (`docs/horde-api.md`), not the
 //! swagger. Every request flag is sent explicitly because the server's defaults
 //! differ from the documented ones, and the response types accept what the server
 //! really produces (a seed as a number or a string, optional `ref`, RFC 822 dates).
@@ -235,7 +235,7 @@ pub struct Warning {
 pub struct SubmitAccepted {
     /// The request id to poll, fetch and cancel.
     pub id: String,
-    /// The server's per-image estimate, *not* the total charge (see facts §1.1).
+    /// The server's per-image estimate, *not* the total charge (see docs/horde-api.md §1.1).
     pub kudos: f64,
     /// Present when no online worker can serve the request.
     #[serde(default)]

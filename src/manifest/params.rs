@@ -2,7 +2,7 @@
 //!
 //! A manifest may set any txt2img parameter the Horde accepts, in `defaults`,
 //! a job's `params` or a `matrix` axis. Each is checked here against the same
-//! limits as the server's schema (`horde-api-facts.md` §1.1), so a manifest
+//! limits as the server's schema (docs/horde-api.md §1.1), so a manifest
 //! that validates never earns a 400, and is normalised to one canonical JSON
 //! value (`7` and `7.0` for `cfg_scale` are the same parameter, and so the same
 //! job key). This module knows nothing of YAML positions or HTTP.

@@ -37,7 +37,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 
 pub use crate::layout::naming::{
@@ -289,7 +291,7 @@ impl OutputDir {
     /// own. Call it once this process owns the folder (holds the ledger's
     /// lock); without it, the first write sweeps before it writes.
     pub fn start_sweep(&self) {
-        let mut sweep = lock(&self.inner.sweep);
+        let mut sweep = self.inner.sweep.lock();
         if matches!(*sweep, Sweep::NotStarted) {
             *sweep = spawn_sweep(self.root().to_path_buf());
         }
@@ -322,7 +324,7 @@ impl OutputDir {
 
     /// [`OutputDir::finish_sweep`] with the error as kind and message.
     fn sweep_outcome(&self) -> Result<usize, (io::ErrorKind, String)> {
-        let mut sweep = lock(&self.inner.sweep);
+        let mut sweep = self.inner.sweep.lock();
         if matches!(*sweep, Sweep::NotStarted) {
             // Nobody started it: sweep now (joined just below).
             *sweep = spawn_sweep(self.root().to_path_buf());
@@ -490,7 +492,7 @@ impl OutputDir {
                     (row.file_name.as_str(), row, may_exist)
                 })
                 .collect();
-            if let Err(error) = lock(&self.inner.index).append_many(&keyed) {
+            if let Err(error) = self.inner.index.lock().append_many(&keyed) {
                 let path = self.root().join(self.inner.index_name);
                 let cause = match &error {
                     OutputError::Io { error, .. } => {
@@ -595,7 +597,7 @@ impl OutputDir {
     ///
     /// [`OutputError::Io`] (the file is left without a partial line).
     pub fn append_index(&self, row: &IndexRow) -> Result<bool, OutputError> {
-        lock(&self.inner.index).append(&row.file_name, row)
+        self.inner.index.lock().append(&row.file_name, row)
     }
 
     /// Appends a row to `results.jsonl` unless its job key is already there.
@@ -604,7 +606,7 @@ impl OutputDir {
     ///
     /// [`OutputError::Io`].
     pub fn append_result(&self, result: &JobResult) -> Result<bool, OutputError> {
-        lock(&self.inner.results).append(&result.job_key, result)
+        self.inner.results.lock().append(&result.job_key, result)
     }
 
     /// Whether the image `file_name` (relative, as recorded) is gone from disk.
@@ -631,7 +633,7 @@ impl OutputDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(OutputError::io("remove", &sidecar, e)),
         }
-        lock(&self.inner.index).remove(file_name)
+        self.inner.index.lock().remove(file_name)
     }
 
     /// Makes `result` the one line of its job in `results.jsonl`: a job that
@@ -642,7 +644,7 @@ impl OutputDir {
     /// [`OutputError::Io`].
     pub fn put_result(&self, result: &JobResult) -> Result<(), OutputError> {
         self.finish_sweep()?; // replacing a line rewrites the file through a temp file
-        lock(&self.inner.results).replace(&result.job_key, result)
+        self.inner.results.lock().replace(&result.job_key, result)
     }
 
     /// Appends a failure to `errors.jsonl`, which keeps every job's history.
@@ -651,7 +653,7 @@ impl OutputDir {
     ///
     /// [`OutputError::Io`].
     pub fn record_error(&self, error: &JobError) -> Result<(), OutputError> {
-        lock(&self.inner.errors).push(&error.job_key, error)
+        self.inner.errors.lock().push(&error.job_key, error)
     }
 
     /// Appends a row to `errors.jsonl` unless its job key is already there.
@@ -660,21 +662,13 @@ impl OutputDir {
     ///
     /// [`OutputError::Io`].
     pub fn append_error(&self, error: &JobError) -> Result<bool, OutputError> {
-        lock(&self.inner.errors).append(&error.job_key, error)
+        self.inner.errors.lock().append(&error.job_key, error)
     }
-}
-
-/// Locks a log or the sweep. A panic while appending leaves at worst a key
-/// missing from the in-memory set (it is inserted only after the write), and
-/// the sweep's state is replaced in one assignment, so a poisoned lock is
-/// safe to keep using.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether the log has a row for `key`; `false`, logged, if its keys cannot be read.
 fn contains_or_log(log: &Mutex<JsonlLog>, key: &str) -> bool {
-    lock(log).contains(key).unwrap_or_else(|error| {
+    log.lock().contains(key).unwrap_or_else(|error| {
         tracing::error!(%error, "cannot read the keys of a JSON Lines file");
         false
     })
@@ -809,7 +803,7 @@ mod tests {
     }
 
     fn sweep_done(out: &OutputDir) -> bool {
-        matches!(*lock(&out.inner.sweep), Sweep::Done(_))
+        matches!(*out.inner.sweep.lock(), Sweep::Done(_))
     }
 
     #[test]
@@ -835,7 +829,7 @@ mod tests {
         .unwrap();
         out.write_image("a", &one_image(), &sidecar).unwrap();
         // The write joined the sweep before creating its temp files.
-        assert!(matches!(*lock(&out.inner.sweep), Sweep::Done(Ok(1))));
+        assert!(matches!(*out.inner.sweep.lock(), Sweep::Done(Ok(1))));
         assert_eq!(out.recovery().removed_temp_files, 1);
     }
 
@@ -845,7 +839,7 @@ mod tests {
         let leftover = dir.path().join(".hb-tmp-left");
         fs::write(&leftover, b"partial").unwrap();
         let out = OutputDir::open(dir.path()).unwrap();
-        assert!(matches!(*lock(&out.inner.sweep), Sweep::NotStarted));
+        assert!(matches!(*out.inner.sweep.lock(), Sweep::NotStarted));
         assert!(leftover.exists(), "open alone sweeps nothing");
         out.start_sweep();
         assert_eq!(out.recovery().removed_temp_files, 1);

@@ -9,7 +9,9 @@
 //! for tests of the engine.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -468,20 +470,13 @@ impl MemorySink {
 
     /// Every image stored, by name, in the order they came.
     pub fn images(&self) -> Vec<(String, Vec<u8>)> {
-        lock(&self.images).clone()
+        self.images.lock().clone()
     }
 
     /// Every job outcome, in the order they came.
     pub fn outcomes(&self) -> Vec<Outcome> {
-        lock(&self.outcomes).clone()
+        self.outcomes.lock().clone()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain values: still consistent after a panic elsewhere.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ImageSink for MemorySink {
@@ -492,7 +487,7 @@ impl ImageSink for MemorySink {
                 error,
             })?;
             let file_name = format!("{}-{}", image.job.key, image.index);
-            let mut images = lock(&self.images);
+            let mut images = self.images.lock();
             let already_present = images.iter().any(|(name, _)| *name == file_name);
             if !already_present {
                 images.push((file_name.clone(), image.bytes));
@@ -505,7 +500,7 @@ impl ImageSink for MemorySink {
     }
 
     fn job_done(&self, job: &Job, files: Vec<String>, _: f64, _: u32) -> Result<(), OutputError> {
-        lock(&self.outcomes).push(Outcome::Done {
+        self.outcomes.lock().push(Outcome::Done {
             job_key: job.key.to_string(),
             files,
         });
@@ -513,7 +508,7 @@ impl ImageSink for MemorySink {
     }
 
     fn job_failed(&self, job: &Job, class: &str, message: &str, _: u32) -> Result<(), OutputError> {
-        lock(&self.outcomes).push(Outcome::Failed {
+        self.outcomes.lock().push(Outcome::Failed {
             job_key: job.key.to_string(),
             class: class.to_owned(),
             message: message.to_owned(),
@@ -522,16 +517,17 @@ impl ImageSink for MemorySink {
     }
 
     fn is_missing(&self, file_name: &str) -> bool {
-        !lock(&self.images).iter().any(|(name, _)| name == file_name)
+        !self.images.lock().iter().any(|(name, _)| name == file_name)
     }
 
     fn forget(&self, file_name: &str) -> Result<(), OutputError> {
-        lock(&self.images).retain(|(name, _)| name != file_name);
+        self.images.lock().retain(|(name, _)| name != file_name);
         Ok(())
     }
 
     fn has_result(&self, job_key: &str) -> bool {
-        lock(&self.outcomes)
+        self.outcomes
+            .lock()
             .iter()
             .any(|outcome| matches!(outcome, Outcome::Done { job_key: key, .. } if key == job_key))
     }

@@ -6,7 +6,7 @@
 //! ledger then holds a `Submitting` record and the Horde a request nobody will
 //! retrieve, which also holds the key's concurrency. For a registered key,
 //! `find_user` lists every unexpired request of the key, but it is cached 30 s
-//! per key (facts §9.1), so the list is only complete once that long has
+//! per key (docs/horde-api.md §9.1), so the list is only complete once that long has
 //! passed since the POST. Then the ids the ledger does not know are the
 //! candidates; exactly one, whose image count fits, is adopted. Anything less
 //! certain could be another client's request on the same key: it is reported

@@ -8,7 +8,9 @@
 //! picked up. The capacity can be lowered when the server says it is smaller
 //! than we thought (another client is using the same key).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::Notify;
 
@@ -64,12 +66,8 @@ impl Budget {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock would already have aborted the run's task;
-        // the counters themselves are always consistent, so recover the guard.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Images the budget allows at once.

@@ -128,7 +128,7 @@ impl Engine {
                 if check.processing == 0 {
                     return Ok(());
                 }
-                // A faulted request reads done while an image is still being made (facts
+                // A faulted request reads done while an image is still being made (docs/horde-api.md
                 // §9.1); that image is paid for and arrives seconds later.
                 let since = *late_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.tuning().late_image_wait {

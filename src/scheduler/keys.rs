@@ -13,7 +13,9 @@
 //! Keys are known here only through their clients and fingerprints: this
 //! module must never log, print or store a key, only its [`fingerprint`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -25,14 +27,17 @@ use crate::store::RequestRecord;
 /// A fixed namespace, so that a fingerprint means nothing outside horde-batch.
 const FINGERPRINT_DOMAIN: &str = "horde-batch key fingerprint v1";
 
-/// The non-reversible fingerprint of an API key: 12 hex digits of a SHA-1
-/// based name UUID (v5) of the key under a fixed horde-batch namespace. It
-/// tells keys apart in the ledger and in logs; it cannot give the key back.
+/// RFC 4122's URL namespace, under which the fingerprint namespace is named.
+const URL_NAMESPACE: u128 = 0x6ba7_b811_9dad_11d1_80b4_00c0_4fd4_30c8;
+
+/// The non-reversible fingerprint of an API key: 12 hex digits of the name
+/// digest ([`crate::digest`]) of the key under a fixed horde-batch namespace.
+/// It tells keys apart in the ledger and in logs; it cannot give the key back.
 pub fn fingerprint(key: &str) -> String {
-    let namespace = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, FINGERPRINT_DOMAIN.as_bytes());
-    let digest = uuid::Uuid::new_v5(&namespace, key.as_bytes());
+    use crate::digest::{name_digest, to_hex};
+    let namespace = u128::from_be_bytes(name_digest(URL_NAMESPACE, FINGERPRINT_DOMAIN.as_bytes()));
     // The first 6 bytes are hash output only (no version or variant bits).
-    digest.simple().to_string()[..12].to_owned()
+    to_hex(name_digest(namespace, key.as_bytes()))[..12].to_owned()
 }
 
 /// One API key of the run.
@@ -52,10 +57,7 @@ pub struct PoolKey {
 impl PoolKey {
     /// Why the key was retired, if it was.
     pub fn retired(&self) -> Option<String> {
-        self.retired
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.retired.lock().clone()
     }
 
     fn is_active(&self) -> bool {
@@ -149,16 +151,11 @@ impl KeyPool {
     pub fn retire(&self, key: &PoolKey, reason: &str) -> bool {
         // One decision at a time, so two keys failing at once cannot both be
         // retired as "not the last".
-        let _one_at_a_time = self
-            .retiring
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = self.retiring.lock();
         if !key.is_active() || self.active() <= 1 {
             return false;
         }
-        *key.retired
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason.to_owned());
+        *key.retired.lock() = Some(reason.to_owned());
         tracing::warn!(
             key = %key.fingerprint,
             keys_left = self.active(),
@@ -209,6 +206,23 @@ mod tests {
     fn client(key: &str) -> HordeClient {
         let url = reqwest::Url::parse("http://127.0.0.1:9/api/").expect("a loopback URL");
         HordeClient::new(ClientConfig::new(url, ApiKey::new(key))).expect("a client")
+    }
+
+    #[test]
+    fn fingerprints_are_what_earlier_versions_stored() {
+        // Ledgers written before the digest module hold these fingerprints.
+        for key in [
+            "secret-key-1",
+            "0000000000",
+            "a much longer key with spaces",
+        ] {
+            let namespace =
+                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, FINGERPRINT_DOMAIN.as_bytes());
+            let old = uuid::Uuid::new_v5(&namespace, key.as_bytes())
+                .simple()
+                .to_string();
+            assert_eq!(fingerprint(key), old[..12]);
+        }
     }
 
     #[test]

@@ -63,7 +63,9 @@ mod tests;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -249,14 +251,6 @@ pub enum SlotOutcome {
     Stopped,
 }
 
-/// A mutex whose holder may have panicked: the data is still the latest
-/// written (every writer replaces a whole value), so it is used as it is.
-fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Engine {
     /// The engine of one run (or `cancel`), stopped by `stop`.
     pub fn new(parts: Parts, config: RunConfig, stop: CancellationToken) -> Arc<Self> {
@@ -311,7 +305,7 @@ impl Engine {
 
     /// No new submits from now on; requests on the Horde are still followed.
     pub fn close_submits(&self, reason: Closed) {
-        let mut closed = locked(&self.closed);
+        let mut closed = self.closed.lock();
         if closed.is_none() {
             tracing::warn!(?reason, "no more submits");
             *closed = Some(reason);
@@ -323,7 +317,7 @@ impl Engine {
 
     /// Why submitting was closed, if it was.
     pub fn closed(&self) -> Option<Closed> {
-        *locked(&self.closed)
+        *self.closed.lock()
     }
 
     /// True when a request of `images` may still be submitted under `--max-kudos`.
@@ -343,7 +337,7 @@ impl Engine {
 
     /// Ends the run early for `reason` (the first reason wins).
     pub fn abort(&self, reason: Abort) {
-        let mut abort = locked(&self.abort);
+        let mut abort = self.abort.lock();
         if abort.is_none() {
             tracing::error!(?reason, "stopping the run");
             self.emit(Event::Aborted(reason.clone()));
@@ -355,7 +349,7 @@ impl Engine {
 
     /// Why the run was aborted, if it was.
     pub fn aborted(&self) -> Option<Abort> {
-        locked(&self.abort).clone()
+        self.abort.lock().clone()
     }
 
     /// The Horde answered a call successfully: it is reachable.

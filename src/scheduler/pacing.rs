@@ -8,8 +8,8 @@
 //! anyway, its `Retry-After` pushes a "not before" instant that every task of
 //! that endpoint class honours.
 
+use parking_lot::Mutex;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -84,10 +84,7 @@ impl Pacer {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, [Option<Instant>; 3]> {
-        // The array is always valid; a poisoned lock only means another task panicked.
-        self.not_before
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, [Option<Instant>; 3]> {
+        self.not_before.lock()
     }
 }

@@ -2,7 +2,7 @@
 //! server's `wait_time`.
 //!
 //! The Horde derives `wait_time` from its workers' megapixel-steps throughput,
-//! so it reads 0 while images still wait (facts §9.1). Polling "when
+//! so it reads 0 while images still wait (docs/horde-api.md §9.1). Polling "when
 //! `wait_time` says so" then means polling every second. Instead, the planner
 //! learns how many images per second finish for this key (from the `finished`
 //! counts `/check` reports) and expects a request to be done when the images
@@ -23,8 +23,8 @@
 //!
 //! The planner only computes instants; it never sleeps or calls anything.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -88,11 +88,8 @@ impl PollPlanner {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Plain counters: a poisoned lock still holds usable numbers.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// A request of `images` images starts being followed.

@@ -12,7 +12,7 @@
 //!
 //! It is used by tests, benchmarks, `horde-batch sim` and `run --simulate`.
 //! Rule: it is never kinder than the real server (see
-//! `shared/research/horde-api-facts.md`). It shares no code with the client
+//! `docs/horde-api.md`). It shares no code with the client
 //! (`crate::horde`), so a client bug cannot be hidden by shared types.
 //!
 //! Module map: `config` (flags), `state` (all rules, one module per
@@ -38,7 +38,9 @@ mod workers;
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;

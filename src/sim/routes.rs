@@ -10,7 +10,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -37,7 +39,7 @@ const CHECK_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Version the heartbeat reports (the server version the facts were read from).
 const HORDE_VERSION: &str = "5.1.5";
 
-/// What the real server sends as the JSON content type (facts §9.1).
+/// What the real server sends as the JSON content type (docs/horde-api.md §9.1).
 const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 /// `Retry-After` on answers of a route limited per second (async, check).
@@ -75,11 +77,7 @@ impl App {
 
     /// Applies `checks`; on rejection returns what the limiter's 429 needs.
     fn limit(&self, checks: &[LimitCheck]) -> Result<Option<RateHeaders>, Limited> {
-        let verdict = self
-            .limiter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .check(checks);
+        let verdict = self.limiter.lock().check(checks);
         match verdict {
             Verdict::Allowed(headers) => Ok(headers),
             Verdict::Limited { rate, headers } => {
@@ -251,10 +249,7 @@ async fn check(
         Err(rejection) => return rejection.into_response(),
     };
     let cached = {
-        let mut cache = app
-            .check_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut cache = app.check_cache.lock();
         let now = Instant::now();
         if cache.len() > 10_000 {
             cache.retain(|_, (stored, _)| now.duration_since(*stored) < CHECK_CACHE_TTL);
@@ -274,7 +269,6 @@ async fn check(
                         Bytes::from(serde_json::to_vec(&body).expect("CheckBody serializes"));
                     app.check_cache
                         .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
                         .insert(path, (Instant::now(), bytes.clone()));
                     raw_json_response(StatusCode::OK, bytes)
                 }

@@ -6,7 +6,9 @@
 //! `--cleanup-interval` like the real server's background thread. Neither
 //! decides anything itself: the rules live in `state`.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -23,10 +25,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Locks the state. A panic while holding the lock cannot leave it
-    /// half-updated in a way later calls could not cope with, so poisoning is ignored.
+    /// Locks the state.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Horde> {
-        self.horde.lock().unwrap_or_else(PoisonError::into_inner)
+        self.horde.lock()
     }
 }
 

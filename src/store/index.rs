@@ -25,7 +25,8 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use super::{record, Store, StoreError, RUN_META_KEY};
 
@@ -77,7 +78,7 @@ impl KeyLocks {
         // The modulo keeps the index below the length, which is KEY_LOCKS.
         let slot = (hasher.finish() % KEY_LOCKS as u64) as usize;
         // The lock guards no data, so a panic elsewhere leaves nothing broken.
-        self.0[slot].lock().unwrap_or_else(PoisonError::into_inner)
+        self.0[slot].lock()
     }
 }
 
@@ -103,15 +104,11 @@ impl Store {
     /// Records a write in the test journal; nothing outside tests.
     #[cfg(test)]
     pub(super) fn journal(&self, tree: TreeName, key: &[u8], value: Option<&[u8]>) {
-        self.inner
-            .journal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(JournalEntry {
-                tree,
-                key: key.to_vec(),
-                value: value.map(<[u8]>::to_vec),
-            });
+        self.inner.journal.lock().push(JournalEntry {
+            tree,
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        });
     }
 
     #[cfg(not(test))]
@@ -420,7 +417,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         scripted_history(&store);
-        let journal = store.inner.journal.lock().unwrap().clone();
+        let journal = store.inner.journal.lock().clone();
         drop(store);
         assert!(journal.len() > 20, "{journal:?}");
 

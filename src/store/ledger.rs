@@ -5,10 +5,10 @@
 //! and can be driven against memory in tests, including a ledger that starts
 //! failing after a number of writes.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
@@ -106,11 +106,8 @@ impl MemoryLedger {
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<RequestKey, RequestRecord>> {
-        // A map of plain values: still consistent after a panic elsewhere.
-        self.records
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeMap<RequestKey, RequestRecord>> {
+        self.records.lock()
     }
 
     fn write(&self, key: &RequestKey, record: &RequestRecord) -> Result<(), StoreError> {

@@ -85,7 +85,7 @@ struct Inner {
     flushing: tokio::sync::Mutex<()>,
     /// Every write made through the store, in order (tests only).
     #[cfg(test)]
-    journal: std::sync::Mutex<Vec<index::JournalEntry>>,
+    journal: parking_lot::Mutex<Vec<index::JournalEntry>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -144,7 +144,7 @@ impl Store {
                 flushed: AtomicU64::new(0),
                 flushing: tokio::sync::Mutex::new(()),
                 #[cfg(test)]
-                journal: std::sync::Mutex::new(Vec::new()),
+                journal: parking_lot::Mutex::new(Vec::new()),
             }),
         };
         // Not flushed: a rebuild lost in a crash is redone at the next open.

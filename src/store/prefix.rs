@@ -18,10 +18,9 @@ const MAGIC: &[u8] = b"horde-batch settled prefix v1\n";
 /// A fingerprint is a UUID in text form.
 const FINGERPRINT_LEN: usize = 36;
 const HEADER_LEN: usize = MAGIC.len() + FINGERPRINT_LEN + 3 * 8;
-/// The checksum at the end: the first 8 bytes of a UUIDv5 of the rest.
+/// The checksum at the end: the first 8 bytes of the name digest of the rest.
 const CHECKSUM_LEN: usize = 8;
-const CHECKSUM_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x3b7e_51a2_9c40_4f1d_8e26_70d4_a9c3_152b);
+const CHECKSUM_NAMESPACE: u128 = 0x3b7e_51a2_9c40_4f1d_8e26_70d4_a9c3_152b;
 
 /// The first `keys.len()` jobs of the expansion are settled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,9 +80,9 @@ impl SettledPrefix {
 }
 
 fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_LEN] {
-    let digest = uuid::Uuid::new_v5(&CHECKSUM_NAMESPACE, bytes);
+    let digest = crate::digest::name_digest(CHECKSUM_NAMESPACE, bytes);
     let mut sum = [0; CHECKSUM_LEN];
-    sum.copy_from_slice(&digest.as_bytes()[..CHECKSUM_LEN]);
+    sum.copy_from_slice(&digest[..CHECKSUM_LEN]);
     sum
 }
 
@@ -100,7 +99,10 @@ impl PrefixFile {
     pub fn new(state_dir: &Path, run: &str) -> PrefixFile {
         PrefixFile {
             path: state_dir.join(PREFIX_FILE),
-            fingerprint: uuid::Uuid::new_v5(&CHECKSUM_NAMESPACE, run.as_bytes()).to_string(),
+            fingerprint: crate::digest::to_hyphenated(crate::digest::name_digest(
+                CHECKSUM_NAMESPACE,
+                run.as_bytes(),
+            )),
         }
     }
 

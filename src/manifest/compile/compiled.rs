@@ -16,9 +16,9 @@ use super::request::RequestFlags;
 use super::seeds::Seeds;
 use super::settings::{OutputSettings, RunSettings};
 use super::templates::Segment;
+use crate::layout::BUILT_IN_COLUMNS;
 use crate::manifest::source::JobSources;
 use crate::manifest::ManifestFile;
-use crate::output::IndexRow;
 
 /// One job of the manifest, ready to expand.
 #[derive(Debug, Clone)]
@@ -152,13 +152,12 @@ impl CompiledManifest {
                     .columns
                     .iter()
                     .filter(|(name, used)| {
-                        *used == ColumnUse::Text
-                            || !IndexRow::BUILT_IN_COLUMNS.contains(&name.as_str())
+                        *used == ColumnUse::Text || !BUILT_IN_COLUMNS.contains(&name.as_str())
                     })
                     .map(|(name, _)| name.as_str())
                     .collect(),
                 AxisKind::Param(_) | AxisKind::Model | AxisKind::Source(_) => {
-                    if IndexRow::BUILT_IN_COLUMNS.contains(&axis.name.as_str()) {
+                    if BUILT_IN_COLUMNS.contains(&axis.name.as_str()) {
                         vec![]
                     } else {
                         vec![axis.name.as_str()]

@@ -14,10 +14,10 @@ use serde::Serialize;
 use super::axes::AxisKind;
 use super::compiled::CompiledJob;
 use super::{CompileOptions, Context};
+use crate::layout::BUILT_IN_COLUMNS;
 use crate::manifest::locate::YamlPath;
 use crate::manifest::params::{self, PARAMS};
 use crate::manifest::schema::CensoredPolicy;
-use crate::output::IndexRow;
 
 /// Expansions larger than this are refused unless the user raises the limit.
 pub const DEFAULT_MAX_JOBS: u64 = 100_000;
@@ -57,7 +57,7 @@ impl OutputSettings {
     /// ones, the caption and the extra columns. `text` is the caption's
     /// default name, so a renamed caption frees it.
     pub(super) fn reserved_columns(&self) -> Vec<String> {
-        IndexRow::BUILT_IN_COLUMNS
+        BUILT_IN_COLUMNS
             .iter()
             .filter(|c| **c != "text")
             .map(|c| (*c).to_owned())
@@ -176,8 +176,7 @@ impl Context<'_> {
             .caption
             .clone()
             .unwrap_or_else(|| "text".to_owned());
-        if caption_column != "text" && IndexRow::BUILT_IN_COLUMNS.contains(&caption_column.as_str())
-        {
+        if caption_column != "text" && BUILT_IN_COLUMNS.contains(&caption_column.as_str()) {
             self.problem(
                 &metadata.key("caption"),
                 format!("`{caption_column}` is a built-in column of metadata.jsonl"),
@@ -204,7 +203,7 @@ impl Context<'_> {
         for (i, column) in extra_columns.iter().enumerate() {
             let known =
                 params::spec(column).is_some() || SIDECAR_COLUMNS.contains(&column.as_str());
-            if !known || IndexRow::BUILT_IN_COLUMNS.contains(&column.as_str()) {
+            if !known || BUILT_IN_COLUMNS.contains(&column.as_str()) {
                 let candidates = PARAMS
                     .iter()
                     .map(|p| p.name)
@@ -233,7 +232,7 @@ impl Context<'_> {
     /// row: only when every job is one row per combination (a table with an
     /// id column and no other axis), and `{job}` tells jobs apart.
     pub(super) fn check_ids_name_files(&mut self, filename: &str, jobs: &[CompiledJob]) {
-        use crate::output::{FilenameTemplate, Placeholder};
+        use crate::layout::{FilenameTemplate, Placeholder};
         let Ok(parsed) = FilenameTemplate::parse(filename) else {
             return;
         };
@@ -254,7 +253,7 @@ impl Context<'_> {
 }
 
 fn check_filename_template(template: &str) -> Result<(), String> {
-    use crate::output::{FilenameTemplate, Placeholder};
+    use crate::layout::{FilenameTemplate, Placeholder};
     let parsed = FilenameTemplate::parse(template).map_err(|e| e.to_string())?;
     // `{id}` can stand for `{key}`; whether it may is checked with the jobs.
     if !parsed.uses(Placeholder::Key) && !parsed.uses(Placeholder::Id) {

@@ -130,7 +130,7 @@ fn accurate_steps(params: &GenParams) -> f64 {
 
 /// Model cost of one image before multipliers: a fixed part plus a part
 /// growing with steps and, faster than linearly, with pixels. Fitted to two
-/// requests seen on the real server (facts §9, §9.1): 5.67 for 512×512 at 30
+/// requests seen on the real server (docs/horde-api.md §9, §9.1): 5.67 for 512×512 at 30
 /// steps (the 202 said 6) and 3.33 for 64×64 at 5 steps (the 202 said 3).
 pub(super) fn base_kudos(params: &GenParams) -> f64 {
     let pixels = f64::from(params.width) * f64::from(params.height);
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn kudos_match_the_observed_request() {
-        // Observed on the real server (facts §9, §9.1): dry run, the 202's
+        // Observed on the real server (docs/horde-api.md §9, §9.1): dry run, the 202's
         // figure, and what /check said was charged when done.
         let cases = [
             (json!({"n": 3}), 21.0, 6.0, 24.0),

@@ -135,7 +135,7 @@ impl Horde {
                 user.concurrency
             )
         };
-        // The real server was seen sending `Retry-After: 0` here (facts §9.1).
+        // The real server was seen sending `Retry-After: 0` here (docs/horde-api.md §9.1).
         let mut error = ApiError::rc(429, "TooManyPrompts", message);
         error.retry_after = Some(0);
         Err(error)
