@@ -68,26 +68,72 @@ pub struct StatusReport {
     pub waiting_seconds: u64,
     pub jobs: u64,
     pub jobs_done: u64,
+    /// Jobs whose latest outcome is a failure (what `failures` lists) and that
+    /// are not done since.
     pub jobs_failed: u64,
-    /// From a live run: the run has ended. From the ledger: every image the
-    /// manifest asks for is saved.
+    /// Every image the manifest (or the shard) asks for is saved. Never true
+    /// while a run is active.
     pub finished: bool,
+    /// What the latest run did, as its summary said it; kept after it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<LastRun>,
+}
+
+/// What one run did, from its events: the figures of its summary that the
+/// ledger does not hold (429s, errors, resubmits), kept in `status.json`
+/// after the run ends so that `status` shows them too.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LastRun {
+    /// How it ended (`complete`, `jobs_failed`, `interrupted`, `max_runtime`,
+    /// `max_kudos`, `aborted`).
+    pub ending: String,
+    /// Unix milliseconds when it ended.
+    pub ended_ms: u64,
+    pub images_saved: u64,
+    pub jobs_done: u64,
+    pub jobs_failed: u64,
+    pub rate_limited_429s: u64,
+    pub concurrency_429s: u64,
+    pub transient_errors: u64,
+    pub resubmits: u64,
+    pub kudos_charged: f64,
+}
+
+impl LastRun {
+    /// The figures of the run whose events folded into `stats`.
+    pub fn of(stats: &RunStats) -> LastRun {
+        let summary = stats.summary();
+        LastRun {
+            ending: stats.ending().name().to_owned(),
+            ended_ms: now_ms(),
+            images_saved: summary.images_saved_now,
+            jobs_done: summary.jobs_done,
+            jobs_failed: summary.jobs_failed,
+            rate_limited_429s: stats.rate_limited,
+            concurrency_429s: stats.concurrency_full,
+            transient_errors: stats.transient_errors,
+            resubmits: stats.resubmits,
+            kudos_charged: stats.kudos,
+        }
+    }
 }
 
 impl StatusReport {
-    /// The report of a batch no run holds, from its ledger. `jobs` is the
-    /// manifest's plan: each job key with the images and request slots it
-    /// needs. Records of other manifests' jobs (a shared state folder) are not
-    /// counted.
+    /// The report of a batch no run holds: what is saved and on the Horde
+    /// from its ledger, and which jobs failed from `failed` (the jobs whose
+    /// latest outcome in `errors.jsonl`/`results.jsonl` is a failure, with
+    /// their class: what `failures` lists). `jobs` is the manifest's plan:
+    /// each job key with the images and request slots it needs. Records of
+    /// other manifests' jobs (a shared state folder) are not counted.
     pub fn from_ledger(
         store: &Store,
         jobs: &std::collections::HashMap<String, PlannedJob>,
+        failed: &[FailedJob],
     ) -> Result<Self, StoreError> {
         #[derive(Default)]
         struct Seen {
             saved: u64,
             done_slots: u32,
-            failed: bool,
         }
         let mut report = StatusReport {
             updated_ms: now_ms(),
@@ -115,10 +161,6 @@ impl StatusReport {
             report.kudos_charged += record.kudos_charged;
             match &record.state {
                 RequestState::Done if record.missing_indices().is_empty() => job.done_slots += 1,
-                RequestState::Failed { class, .. } => {
-                    job.failed = true;
-                    *report.failures.entry(class.clone()).or_default() += 1
-                }
                 state if state.is_in_flight() => {
                     report.requests_in_flight += 1;
                     report.images_in_flight += u64::from(record.n);
@@ -132,17 +174,23 @@ impl StatusReport {
                 _ => {}
             }
         }
+        let mut done = std::collections::HashSet::new();
         for (job_key, job) in &seen {
             let planned = &jobs[*job_key];
             // A job whose `images` was lowered keeps its extra files; they are not wanted.
             report.images_saved += job.saved.min(u64::from(planned.images));
             if job.done_slots >= planned.slots && job.saved >= u64::from(planned.images) {
-                report.jobs_done += 1;
-            } else if job.failed {
-                report.jobs_failed += 1;
+                done.insert(*job_key);
             }
         }
-        report.finished = report.jobs_done == report.jobs;
+        report.jobs_done = done.len() as u64;
+        for job in failed {
+            if jobs.contains_key(&job.job_key) && !done.contains(job.job_key.as_str()) {
+                report.jobs_failed += 1;
+                *report.failures.entry(job.class.clone()).or_default() += 1;
+            }
+        }
+        report.finished = report.images_saved >= report.images_wanted;
         report.kudos_estimated_remaining = estimate(
             report.kudos_charged,
             report.images_saved,
@@ -227,6 +275,7 @@ impl StatusReport {
             jobs_done: stats.jobs_done,
             jobs_failed: stats.jobs_failed,
             finished: false,
+            last_run: None,
         }
     }
 }
@@ -295,10 +344,13 @@ impl Reporter {
                     continue;
                 }
                 let mut report = StatusReport::live(&stats);
-                report.finished = finished;
                 report.active = !finished;
-                if let Err(error) = write_status_file(&state_dir, &report) {
-                    tracing::debug!(%error, "cannot write the status file");
+                // The final status file is the batch's, from the ledger: the
+                // command writes it when the run is over.
+                if !finished {
+                    if let Err(error) = write_status_file(&state_dir, &report) {
+                        tracing::debug!(%error, "cannot write the status file");
+                    }
                 }
                 match (&bar, mode) {
                     (Some(bar), _) => {

@@ -648,6 +648,7 @@ fn write_output_files(dir: &Path) {
         jobs_done: 0,
         jobs_failed: 1,
         finished: false,
+        last_run: None,
     };
     horde_batch::progress::write_status_file(dir, &status).unwrap();
     assert!(dir.join(STATUS_FILE).is_file());

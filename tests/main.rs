@@ -22,3 +22,4 @@ mod sim;
 mod source_images;
 mod store;
 mod unattended;
+mod views;

@@ -15,7 +15,7 @@ use crate::horde::{FailureClass, HordeClient};
 use crate::manifest::CompiledManifest;
 use crate::output::Dataset;
 use crate::progress::Reporter;
-use crate::progress::StatusReport;
+use crate::progress::{LastRun, StatusReport};
 use crate::scheduler::{Closed, Ending, Engine, KeyPool, OnStop, Parts, RunConfig, RunStats};
 
 /// Budget when the Horde cannot tell us the key's concurrency (its default for registered users).
@@ -163,9 +163,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         // Every figure of the summary, the report and the exit code comes from this one fold.
         let stats = reporter.finish().await;
         crate::progress::print_summary(&stats, out_dir);
+        // The batch as `status` will show it from now on: status.json and the page agree with it.
+        let status = final_status(&batch, &store, &stats);
+        if let Err(error) = crate::progress::write_status_file(state_dir, &status) {
+            tracing::warn!(%error, "cannot write the status file");
+        }
         report_strays(out_dir).await;
         if !args.no_report {
-            write_run_report_unless_too_big(&batch, &store, &stats, args.report_max_images).await;
+            write_run_report_unless_too_big(&batch, status, args.report_max_images).await;
         }
         horde.close().await;
         Ok(ExitCode::from(exit::code(&stats.ending())))
@@ -175,15 +180,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
 /// The report at the end of a run, unless the batch holds more than
 /// `max_images` (the page and its memory grow with every image, and a run
 /// stopped with Ctrl-C should exit promptly); then one line says so.
-async fn write_run_report_unless_too_big(
-    batch: &Batch,
-    store: &crate::store::Store,
-    stats: &RunStats,
-    max_images: u64,
-) {
-    let images = StatusReport::live(stats).images_saved;
+async fn write_run_report_unless_too_big(batch: &Batch, status: StatusReport, max_images: u64) {
+    let images = status.images_saved;
     if images <= max_images {
-        return write_run_report(batch, store, stats).await;
+        return write_report(batch, status).await;
     }
     match crate::logging::messages() {
         crate::logging::Messages::Text => crate::say!(
@@ -199,22 +199,25 @@ async fn write_run_report_unless_too_big(
     }
 }
 
-/// The report of the batch at the end of a run: the whole batch (earlier runs
-/// too) from the ledger, with this run's own figures (429s, waits) from its events.
-async fn write_run_report(batch: &Batch, store: &crate::store::Store, stats: &RunStats) {
-    let this_run = StatusReport::live(stats);
-    let mut status = match super::status::ledger_status(batch, store) {
+/// The batch's status at the end of a run: the whole batch (earlier runs
+/// too) as `status` computes it, with this run's own figures as `last_run`.
+/// If the ledger cannot be read, this run's figures alone, as a warning says.
+fn final_status(batch: &Batch, store: &crate::store::Store, stats: &RunStats) -> StatusReport {
+    let last_run = LastRun::of(stats);
+    let mut status = match super::status::batch_report(batch, store, Some(last_run.clone())) {
         Ok(status) => status,
         Err(error) => {
-            tracing::warn!(%error, "the ledger could not be read for the report; it shows this run only");
-            this_run.clone()
+            tracing::warn!(%error, "the ledger could not be read for the status; it shows this run only");
+            let mut status = StatusReport::live(stats);
+            status.finished = status.images_saved >= status.images_wanted;
+            status.last_run = Some(last_run);
+            status
         }
     };
-    status.rate_limited_429s = this_run.rate_limited_429s;
-    status.waiting_seconds = this_run.waiting_seconds;
     status.active = false;
     status.pid = None;
-    write_report(batch, status).await;
+    status.updated_ms = crate::store::now_ms();
+    status
 }
 
 /// Writes `report.html` for the run that just ended (stopped or failed too).

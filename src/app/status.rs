@@ -1,5 +1,7 @@
 //! `horde-batch status`: the state of a batch, from a live run's status file
-//! or from the ledger.
+//! or, when no run is active, from [`batch_report`]: the one function that
+//! `status`, the final `status.json`, the report page and `failures` agree
+//! through.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -7,7 +9,7 @@ use std::process::ExitCode;
 use super::config::Batch;
 use super::AppError;
 use crate::cli::StatusArgs;
-use crate::progress::{PlannedJob, StatusReport};
+use crate::progress::{LastRun, PlannedJob, StatusReport};
 use crate::store::Store;
 
 /// `horde-batch status`.
@@ -63,7 +65,13 @@ pub(super) fn batch_status(batch: &Batch) -> Result<StatusReport, AppError> {
         }
     } else {
         match Store::open(state_dir) {
-            Ok(store) => StatusReport::from_ledger(&store, &jobs)?,
+            Ok(store) => {
+                // The latest run's own figures (429s, errors) are in the
+                // status file it left; the rest is the ledger's.
+                let last_run =
+                    crate::progress::read_status_file(state_dir).and_then(|r| r.last_run);
+                batch_report(batch, &store, last_run)?
+            }
             Err(crate::store::StoreError::Locked { pid, .. }) => {
                 let mut report = crate::progress::read_status_file(state_dir).unwrap_or_default();
                 report.active = true;
@@ -76,10 +84,22 @@ pub(super) fn batch_status(batch: &Batch) -> Result<StatusReport, AppError> {
     Ok(report)
 }
 
-/// The state of `batch` in `store`, a ledger this process has open (a run
-/// that just ended): the whole batch, not only what this run did.
-pub(super) fn ledger_status(batch: &Batch, store: &Store) -> Result<StatusReport, AppError> {
-    Ok(StatusReport::from_ledger(store, &planned_jobs(batch))?)
+/// The state of `batch` (of its shard), the one source of its figures when no
+/// run is active: what is saved and on the Horde from the ledger in `store`,
+/// the failed jobs as `failures` lists them, and what the latest run did
+/// (`last_run`, whose 429s the report shows).
+pub(super) fn batch_report(
+    batch: &Batch,
+    store: &Store,
+    last_run: Option<LastRun>,
+) -> Result<StatusReport, AppError> {
+    let failed = super::failures::failed_jobs(batch)?;
+    let mut report = StatusReport::from_ledger(store, &planned_jobs(batch), &failed)?;
+    if let Some(run) = &last_run {
+        report.rate_limited_429s = run.rate_limited_429s + run.concurrency_429s;
+    }
+    report.last_run = last_run;
+    Ok(report)
 }
 
 /// Every job of `batch` (of its shard) with the images and slots it wants.

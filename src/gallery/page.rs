@@ -194,7 +194,7 @@ fn summary(
             .map(|(class, count)| format!("{class}: {count}"))
             .collect();
         rows.push((
-            "Failed requests by class".into(),
+            "Failed jobs by class".into(),
             if failed.is_empty() {
                 "none".into()
             } else {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::{poll_until, BIN};
 
 /// Every run a test starts ends within this, or the test fails (and kills it).
-pub const RUN_LIMIT: Duration = Duration::from_secs(60);
+pub const RUN_LIMIT: Duration = Duration::from_secs(300);
 
 // ------------------------------------------------------- signals and exits
 
