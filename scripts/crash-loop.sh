@@ -16,6 +16,10 @@
 # Horde and its answer; the run after must find each such request (registered
 # key, after the find_user cache) and leave none orphaned.
 #
+# With CRASH_BUSY_KEY=N the key also holds N finished requests of another
+# client of the same size (`horde-batch sim --busy-key N`): each lost submit
+# must be told apart from them by its seeds.
+#
 # Usage:
 #   scripts/crash-loop.sh [KILLS] [SEED]
 #   CRASH_KILLS=500 CRASH_SEED=7 scripts/crash-loop.sh
@@ -45,6 +49,7 @@ trap 'rm -f "$log"' EXIT
 
 if HORDE_BATCH_CRASH_KILLS="$kills" HORDE_BATCH_CRASH_SEED="$seed" \
     HORDE_BATCH_CRASH_SUBMIT_LATENCY="${CRASH_SUBMIT_LATENCY:-0s}" \
+    HORDE_BATCH_CRASH_BUSY_KEY="${CRASH_BUSY_KEY:-0}" \
     cargo test --quiet --test it \
     reliability::crash_loop_of_random_sigkills_loses_and_duplicates_nothing -- --exact --nocapture \
     >"$log" 2>&1; then

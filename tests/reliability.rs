@@ -47,7 +47,9 @@ struct CrashLoopReport {
 /// runs it to completion and checks the output and the sim's counters. With a
 /// `submit_latency`, the sim answers each submit that long after queueing it,
 /// so most kills land between a POST reaching the Horde and its answer.
-fn crash_loop(kills: usize, seed: u64, submit_latency: &str) -> CrashLoopReport {
+/// A crash loop of `kills` SIGKILLs; `busy_key` other clients' requests of
+/// the same size are on the key (`horde-batch sim --busy-key`).
+fn crash_loop(kills: usize, seed: u64, submit_latency: &str, busy_key: u32) -> CrashLoopReport {
     let start = Instant::now();
     // A run gets about 2.5 requests done between kills: leave work for them all.
     let takes = (2 * kills / 3).max(4);
@@ -69,6 +71,8 @@ fn crash_loop(kills: usize, seed: u64, submit_latency: &str) -> CrashLoopReport 
         &seed.to_string(),
         "--submit-latency",
         submit_latency,
+        "--busy-key",
+        &busy_key.to_string(),
     ]);
     let batch = Batch::new(&format!(
         "version: 1\nname: crash-loop\ndefaults: {{models: [stable_diffusion]}}\n\
@@ -143,7 +147,12 @@ fn crash_loop_of_random_sigkills_loses_and_duplicates_nothing() {
             v.parse().expect("HORDE_BATCH_CRASH_SEED is a number")
         });
     let latency = std::env::var("HORDE_BATCH_CRASH_SUBMIT_LATENCY").unwrap_or_else(|_| "0s".into());
-    print_crash_loop(&crash_loop(kills, seed, &latency), seed);
+    let busy = std::env::var("HORDE_BATCH_CRASH_BUSY_KEY")
+        .ok()
+        .map_or(0, |v| {
+            v.parse().expect("HORDE_BATCH_CRASH_BUSY_KEY is a number")
+        });
+    print_crash_loop(&crash_loop(kills, seed, &latency, busy), seed);
 }
 
 #[test]
@@ -151,7 +160,16 @@ fn crash_loop_with_kills_between_post_and_answer_orphans_nothing() {
     // Each submit is answered 900 ms after the Horde queued it, and submits go
     // one at a time: most kills cut a POST's answer off. Every such request
     // must be found by the next run (after the find_user cache) and followed.
-    print_crash_loop(&crash_loop(5, 0x9057, "900ms"), 0x9057);
+    print_crash_loop(&crash_loop(5, 0x9057, "900ms", 0), 0x9057);
+}
+
+#[test]
+fn crash_loop_with_a_busy_key_finds_each_lost_submit_by_its_seeds() {
+    // As above, with 20 finished requests of another client of the same size
+    // on the key: every lost submit has several unknown candidates, and only
+    // its seeds tell it apart. Each must be adopted, none left unretrieved,
+    // none paid for twice.
+    print_crash_loop(&crash_loop(5, 0xb05e, "900ms", 20), 0xb05e);
 }
 
 fn print_crash_loop(report: &CrashLoopReport, seed: u64) {
@@ -1639,4 +1657,30 @@ fn a_kudos_estimate_without_a_horde_is_not_a_usage_error() {
         .arg(&batch.manifest)
         .status(6)
         .run();
+}
+
+#[test]
+fn a_request_no_worker_can_serve_is_reported_at_its_first_check() {
+    // Submitted all the same (`--wait-for-workers`): the Horde answers
+    // `is_possible: false`. The run says so, and why, at the first check, long
+    // before `run.timeouts.no_worker` fails the job.
+    let sim = Sim::unlimited(&["--workers", "2", "--latency", "10ms", "--seed", "33"]);
+    let batch = Batch::new(
+        "version: 1\nname: nobody\ndefaults: {models: [no_such_model]}\n\
+         run: {timeouts: {no_worker: 4s}}\njobs:\n  - {name: a, prompt: a kite, images: 1}\n",
+    );
+    let run = batch
+        .horde_batch(&sim, "run")
+        .arg("--wait-for-workers")
+        .status(1)
+        .run();
+    let warned = run
+        .stderr
+        .find("no worker online serves no_such_model")
+        .unwrap_or_else(|| panic!("no early warning:\n{}", run.stderr));
+    let failed = run
+        .stderr
+        .find("no worker could serve the request for 4s")
+        .unwrap_or_else(|| panic!("the job did not fail at the timeout:\n{}", run.stderr));
+    assert!(warned < failed, "{}", run.stderr);
 }

@@ -34,7 +34,7 @@ use super::error::{
 use super::time::HordeTime;
 use super::types::{
     DryRunEstimate, GenerationRequest, Heartbeat, MessageReply, ModelStatus, RequestCheck,
-    RequestStatus, SharedKeyDetails, SharedKeyInput, SubmitAccepted, UserDetails,
+    RequestStatus, SharedKeyDetails, SharedKeyInput, SubmitAccepted, UserDetails, WorkerSummary,
 };
 
 /// The largest API reply the client will read. A status with twenty inline
@@ -226,6 +226,14 @@ impl HordeClient {
         let mut url = self.url("v2/status/models", None);
         url.query_pairs_mut().append_pair("type", "image");
         let endpoint = Endpoint::new(Operation::Models);
+        self.call(endpoint, self.request(Method::GET, url)).await
+    }
+
+    /// The image workers online and what they take (`GET /v2/workers?type=image`).
+    pub async fn workers(&self) -> Result<Vec<WorkerSummary>, HordeError> {
+        let mut url = self.url("v2/workers", None);
+        url.query_pairs_mut().append_pair("type", "image");
+        let endpoint = Endpoint::new(Operation::Workers);
         self.call(endpoint, self.request(Method::GET, url)).await
     }
 

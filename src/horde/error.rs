@@ -34,6 +34,8 @@ pub enum Operation {
     FindUser,
     /// `GET /v2/status/models`.
     Models,
+    /// `GET /v2/workers`.
+    Workers,
     /// `GET /v2/status/heartbeat`.
     Heartbeat,
     /// `PUT /v2/sharedkeys`.
@@ -60,6 +62,7 @@ impl Operation {
             | Operation::Status
             | Operation::FindUser
             | Operation::Models
+            | Operation::Workers
             | Operation::Heartbeat
             | Operation::GetSharedKey
             | Operation::DownloadImage => "GET",
@@ -74,6 +77,7 @@ impl Operation {
             Operation::Status | Operation::Cancel => "/v2/generate/status/{id}",
             Operation::FindUser => "/v2/find_user",
             Operation::Models => "/v2/status/models",
+            Operation::Workers => "/v2/workers",
             Operation::Heartbeat => "/v2/status/heartbeat",
             Operation::CreateSharedKey => "/v2/sharedkeys",
             Operation::GetSharedKey | Operation::UpdateSharedKey | Operation::DeleteSharedKey => {

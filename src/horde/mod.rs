@@ -28,6 +28,6 @@ pub use time::{HordeTime, TimeParseError};
 pub use types::{
     ActiveGenerations, Base64Image, ExtraSourceImage, GenMetadata, Generation, GenerationParams,
     GenerationRequest, Heartbeat, ImageSource, ModelStatus, RequestCheck, RequestStatus,
-    SharedKeyDetails, SharedKeyInput, SubmitAccepted, UserDetails, Warning,
+    SharedKeyDetails, SharedKeyInput, SubmitAccepted, UserDetails, Warning, WorkerSummary,
     NEGATIVE_PROMPT_SEPARATOR, NO_AVAILABLE_WORKER,
 };

@@ -431,6 +431,30 @@ pub struct ActiveGenerations {
     pub text: Vec<String>,
 }
 
+/// What one worker serves (`GET /v2/workers`): the part a client needs to
+/// say why no worker can take a request. Fields a server leaves out read as
+/// "does not say" (`None`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSummary {
+    pub name: String,
+    #[serde(default)]
+    pub online: bool,
+    #[serde(default)]
+    pub maintenance_mode: bool,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub max_pixels: Option<u64>,
+    #[serde(default)]
+    pub img2img: Option<bool>,
+    #[serde(default)]
+    pub painting: Option<bool>,
+    #[serde(default, rename = "post-processing")]
+    pub post_processing: Option<bool>,
+    #[serde(default)]
+    pub lora: Option<bool>,
+}
+
 /// One model's load (`GET /v2/status/models`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelStatus {

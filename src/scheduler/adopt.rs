@@ -6,11 +6,16 @@
 //! ledger then holds a `Submitting` record and the Horde a request nobody will
 //! retrieve, which also holds the key's concurrency. For a registered key,
 //! `find_user` lists every unexpired request of the key, but it is cached 30 s
-//! per key (docs/horde-api.md §9.1), so the list is only complete once that long has
-//! passed since the POST. Then the ids the ledger does not know are the
-//! candidates; exactly one, whose image count fits, is adopted. Anything less
-//! certain could be another client's request on the same key: it is reported
-//! and left alone.
+//! per key (docs/horde-api.md §9.1), so the list is only complete once that
+//! long has passed since the POST. Then the ids the ledger does not know are
+//! the candidates, and a key is rarely idle: a team shares it, yesterday's
+//! batch is still listed. So every submit asks for a seed the client chose
+//! and recorded before the POST (`submit`); the candidate whose image count
+//! fits and whose images carry those seeds is adopted, the others are
+//! another client's and left alone (named in the log). A candidate with no
+//! image yet is looked at again until the request would have expired. For a
+//! record with no seed (written before seeds were recorded), exactly one
+//! candidate whose count fits is adopted, as before.
 //!
 //! To keep "exactly one" meaningful, submits go through the [`SubmitGate`]:
 //! one POST at a time, and none while a lost answer is being resolved. Each
@@ -106,6 +111,23 @@ impl Drop for Doubt<'_> {
     }
 }
 
+/// Images of a request whose seed is more than this past the first one's are
+/// not its own: room for images a worker faulted and made again.
+const SEED_SLACK: u64 = 64;
+
+/// Whether a generation's seed belongs to a request that asked for `seed`
+/// with `n` images (`seed_variation: 1`).
+fn is_ours(generation_seed: u64, seed: u64, n: u32) -> bool {
+    (seed..seed + u64::from(n) + SEED_SLACK).contains(&generation_seed)
+}
+
+/// What a request no ledger knows shows of itself.
+enum Candidate {
+    Seeds(Vec<u64>),
+    OtherSize,
+    NoImageYet,
+}
+
 /// What became of a submit whose answer was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lost {
@@ -120,14 +142,17 @@ pub enum Lost {
 
 impl Engine {
     /// Looks for the request of a submit of `n` images whose answer was lost at
-    /// `lost_at` (or, for an earlier run's, at the latest before `lost_at`).
-    /// `None` when `interrupt` fired while waiting.
+    /// `lost_at` (or, for an earlier run's, at the latest before `lost_at`),
+    /// recognised by `seed` (the seed the submit asked for) when it has one.
+    /// `patience` bounds how long a candidate with no image yet (so no seed to
+    /// read) is waited for. `None` when `interrupt` fired while waiting.
     pub(super) async fn find_lost_submit(
         &self,
         key: &super::PoolKey,
         what: &str,
-        n: u32,
+        (n, seed): (u32, Option<u64>),
         lost_at: Instant,
+        patience: Duration,
         interrupt: &CancellationToken,
     ) -> Option<Lost> {
         if key.client.is_anonymous() {
@@ -169,19 +194,121 @@ impl Engine {
             .into_iter()
             .filter(|id| !known.contains(id))
             .collect();
-        let [candidate] = unknown.as_slice() else {
-            if unknown.is_empty() {
-                tracing::info!(
-                    request = what,
-                    "the lost submit never reached the Horde; submitting again"
-                );
+        if unknown.is_empty() {
+            tracing::info!(
+                request = what,
+                "the lost submit never reached the Horde; submitting again"
+            );
+            return Some(Lost::NotOnHorde);
+        }
+        match seed {
+            Some(seed) => {
+                let deadline = Instant::now() + patience;
+                self.find_by_seed(what, unknown, (n, seed), deadline, interrupt)
+                    .await
+            }
+            None => self.find_the_only_one(what, unknown, n, interrupt).await,
+        }
+    }
+
+    /// Finds, among requests no ledger knows, the one whose images have the
+    /// seeds a submit asked for (`seed` to `seed + n` and a little more, for
+    /// images a worker faulted and made again). A request of another size, or
+    /// whose images have other seeds, is another client's and left alone; one
+    /// with no image yet is looked at again until `deadline`.
+    async fn find_by_seed(
+        &self,
+        what: &str,
+        mut undecided: Vec<String>,
+        (n, seed): (u32, u64),
+        deadline: Instant,
+        interrupt: &CancellationToken,
+    ) -> Option<Lost> {
+        let mut others: Vec<String> = Vec::new();
+        loop {
+            let mut still = Vec::new();
+            for id in undecided {
+                match self.seeds_of(&id, n, interrupt).await? {
+                    Candidate::Seeds(seeds) if seeds.iter().any(|s| is_ours(*s, seed, n)) => {
+                        if !others.is_empty() {
+                            tracing::info!(request = what, other_clients = ?others, "requests of another client on this key were left alone");
+                        }
+                        tracing::info!(request = what, %id, "found the request of a submit whose answer was lost by its seeds; following it");
+                        return Some(Lost::Adopted(id));
+                    }
+                    Candidate::Seeds(_) | Candidate::OtherSize => others.push(id),
+                    Candidate::NoImageYet => still.push(id),
+                }
+            }
+            if still.is_empty() {
+                if !others.is_empty() {
+                    tracing::info!(request = what, other_clients = ?others, "the key holds requests of another client (left alone); the lost submit is not among them, so it never reached the Horde: submitting again");
+                }
                 return Some(Lost::NotOnHorde);
             }
+            if Instant::now() >= deadline {
+                tracing::warn!(request = what, undecided = ?still, images = n, "a lost submit could not be told apart from requests with no image yet before it would expire; they were left alone (if one is this run's, its images are paid for and not retrieved)");
+                return Some(Lost::Unresolved);
+            }
+            let wait = self.tuning().poll_cap.min(deadline - Instant::now());
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = interrupt.cancelled() => return None,
+            }
+            undecided = still;
+        }
+    }
+
+    /// What a request no ledger knows shows of itself: its images' seeds, or
+    /// that it is of another size, or that it has no image yet. `None` when
+    /// `interrupt` fired.
+    async fn seeds_of(&self, id: &str, n: u32, interrupt: &CancellationToken) -> Option<Candidate> {
+        let check = match self.retried(interrupt, || self.client.check(id)).await? {
+            Ok(check) => check,
+            // Unreadable: not a request this run can follow.
+            Err(_) => return Some(Candidate::OtherSize),
+        };
+        let total = check.finished + check.processing + check.waiting;
+        // Images whose attempts all faulted are dropped, so a done request may hold fewer.
+        if !(total == n || (check.done && total <= n)) {
+            return Some(Candidate::OtherSize);
+        }
+        if check.finished == 0 {
+            return Some(Candidate::NoImageYet);
+        }
+        let status = match self.retried(interrupt, || self.client.status(id)).await? {
+            Ok(status) => status,
+            Err(_) => return Some(Candidate::NoImageYet),
+        };
+        let seeds: Vec<u64> = status
+            .generations
+            .iter()
+            .filter_map(|generation| generation.seed.parse().ok())
+            .collect();
+        Some(if seeds.is_empty() {
+            Candidate::NoImageYet
+        } else {
+            Candidate::Seeds(seeds)
+        })
+    }
+
+    /// For a submit with no recorded seed (a ledger from before seeds were
+    /// recorded): adopts the only request no ledger knows, if its image count
+    /// fits; anything less certain is left alone.
+    async fn find_the_only_one(
+        &self,
+        what: &str,
+        unknown: Vec<String>,
+        n: u32,
+        interrupt: &CancellationToken,
+    ) -> Option<Lost> {
+        let [candidate] = unknown.as_slice() else {
             tracing::warn!(
                 request = what,
                 ids = ?unknown,
                 "the Horde holds several requests of this key that no ledger knows (another \
-                 client, or earlier lost submits); they were left alone"
+                 client, or earlier lost submits) and this submit's seed is not recorded; they \
+                 were left alone"
             );
             return Some(Lost::Unresolved);
         };
@@ -191,7 +318,6 @@ impl Engine {
         match check {
             Ok(check) => {
                 let total = check.finished + check.processing + check.waiting;
-                // Images whose attempts all faulted are dropped, so a done request may hold fewer.
                 if total == n || (check.done && total <= n) {
                     tracing::info!(request = what, id = %candidate, "found the request of a submit whose answer was lost; following it");
                     Some(Lost::Adopted(candidate.clone()))
@@ -246,6 +372,16 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_requests_images_are_known_by_their_seeds() {
+        // seed_variation 1: image k gets seed + k; re-made images a little more.
+        assert!(is_ours(1_000, 1_000, 4));
+        assert!(is_ours(1_003, 1_000, 4));
+        assert!(is_ours(1_000 + 4 + SEED_SLACK - 1, 1_000, 4));
+        assert!(!is_ours(999, 1_000, 4));
+        assert!(!is_ours(1_000 + 4 + SEED_SLACK, 1_000, 4));
+    }
 
     #[tokio::test]
     async fn submits_wait_while_a_doubt_is_open() {

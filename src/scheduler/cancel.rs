@@ -87,8 +87,10 @@ impl Engine {
                             .find_lost_submit(
                                 &pool_key,
                                 &key.to_string(),
-                                n,
+                                (n, record.submit_seed),
                                 tokio::time::Instant::now(),
+                                // The user waits: a candidate with no image yet is not waited for.
+                                std::time::Duration::ZERO,
                                 &CancellationToken::new(),
                             )
                             .await;

@@ -13,9 +13,11 @@ use super::poll::Ticket;
 use super::save::submitted_n;
 use super::slot::{Followed, Halt};
 use super::{Abort, EndpointClass, Engine, Event, FailureKind, Lease, OnStop};
+use crate::horde::WorkerSummary;
 use crate::horde::{
     Endpoint, FailureClass, HordeError, HordeErrorKind, Operation, RequestStatus, TransportStage,
 };
+use crate::manifest::source::SourceProcessing;
 use crate::manifest::Job;
 use crate::store::{now_ms, RequestKey, RequestRecord, RequestState};
 use std::sync::atomic::Ordering;
@@ -40,7 +42,7 @@ impl Engine {
             .images_in_flight
             .fetch_add(u64::from(n), Ordering::Relaxed);
         let mut ticket = self.planner.register(n);
-        let followed = match self.poll_until_done(id, lease, &mut ticket).await {
+        let followed = match self.poll_until_done(job, id, lease, &mut ticket).await {
             Ok(()) => {
                 *lease = None;
                 match self.fetch_status(id).await {
@@ -84,6 +86,7 @@ impl Engine {
     /// Checks the request until the Horde has nothing left to make for it.
     pub(super) async fn poll_until_done(
         &self,
+        job: &Job,
         id: &str,
         lease: &mut Option<Lease>,
         ticket: &mut Ticket,
@@ -145,6 +148,18 @@ impl Engine {
             if check.is_possible {
                 no_worker_since = None;
             } else {
+                if no_worker_since.is_none() {
+                    // Said at once, not after the timeout: a night is long to wait for nothing.
+                    let why = self.why_no_worker(job).await;
+                    tracing::warn!(
+                        job = %job.name,
+                        id,
+                        reason = %why,
+                        timeout = %humantime::format_duration(self.manifest.run.no_worker_timeout),
+                        "the Horde says no worker can serve this request now; it waits up to \
+                         run.timeouts.no_worker, then the job fails"
+                    );
+                }
                 let since = *no_worker_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > self.manifest.run.no_worker_timeout {
                     let message = format!(
@@ -301,6 +316,69 @@ impl Engine {
         }
         tracing::info!(key = %key, id, "cancelled");
         true
+    }
+}
+
+impl Engine {
+    /// Why no worker can take `job`, from what the workers online say they
+    /// serve (`/v2/workers`): a model nobody serves, a kind of source image,
+    /// a size, post-processing or LoRAs nobody takes.
+    async fn why_no_worker(&self, job: &Job) -> String {
+        let workers = match self.client.workers().await {
+            Ok(workers) => workers,
+            Err(error) => return format!("the worker list could not be read ({error})"),
+        };
+        let models = job.models.join(" or ");
+        let serving: Vec<&WorkerSummary> = workers
+            .iter()
+            .filter(|w| w.online && !w.maintenance_mode)
+            .filter(|w| job.models.iter().any(|model| w.models.contains(model)))
+            .collect();
+        if serving.is_empty() {
+            return format!("no worker online serves {models}");
+        }
+        let takes = |flag: fn(&WorkerSummary) -> Option<bool>| {
+            serving.iter().any(|w| flag(w) != Some(false))
+        };
+        if let Some(sources) = &job.sources {
+            let (kind, flag): (&str, fn(&WorkerSummary) -> Option<bool>) = match sources.processing
+            {
+                SourceProcessing::Inpainting | SourceProcessing::Outpainting => {
+                    ("inpainting or outpainting", |w| w.painting)
+                }
+                _ => ("source images (img2img)", |w| w.img2img),
+            };
+            if !takes(flag) {
+                return format!("no worker serving {models} takes {kind}");
+            }
+        }
+        let number = |name: &str| job.params.get(name).and_then(serde_json::Value::as_u64);
+        if let (Some(width), Some(height)) = (number("width"), number("height")) {
+            let pixels = width * height;
+            if serving
+                .iter()
+                .all(|w| w.max_pixels.is_some_and(|max| max < pixels))
+            {
+                return format!("no worker serving {models} takes {width}×{height} images");
+            }
+        }
+        let asks = |name: &str| {
+            job.params
+                .get(name)
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|list| !list.is_empty())
+        };
+        if asks("post_processing") && !takes(|w| w.post_processing) {
+            return format!("no worker serving {models} does post-processing");
+        }
+        if asks("loras") && !takes(|w| w.lora) {
+            return format!("no worker serving {models} takes LoRAs");
+        }
+        format!(
+            "{} worker(s) serve {models}, but none can take this request now (trusted or \
+             chosen workers only, NSFW, or another restriction)",
+            serving.len()
+        )
     }
 }
 

@@ -117,6 +117,8 @@ pub struct Tuning {
     pub late_image_wait: Duration,
     /// How long the Horde may give no successful answer before the run stops.
     pub unreachable_after: Duration,
+    /// How long a request with no activity lives on the Horde (20 minutes).
+    pub request_expiry: Duration,
 }
 
 impl Default for Tuning {
@@ -130,6 +132,7 @@ impl Default for Tuning {
             cancel_timeout: Duration::from_secs(3),
             late_image_wait: Duration::from_secs(300),
             unreachable_after: Duration::from_secs(300),
+            request_expiry: Duration::from_secs(20 * 60),
         }
     }
 }

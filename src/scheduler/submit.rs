@@ -76,8 +76,9 @@ impl Engine {
             return Err(Halt::Stopped);
         }
         // Before the intent is written: a source that cannot be sent fails the job, never a request.
-        let request = build_request(job, n, missing[0])
+        let mut request = build_request(job, n, missing[0])
             .map_err(|e| Halt::Failed(FailureKind::Permanent, e.to_string()))?;
+        let seed = recognisable_seed(job, missing[0], &mut request);
         let gate = tokio::select! {
             gate = sender.gate.enter() => gate,
             () = self.submits.cancelled() => return Err(Halt::Stopped),
@@ -90,8 +91,10 @@ impl Engine {
             }
             None => record.insert(fresh_record(job, slot)),
         };
-        // Which key sends it, so a later run looks for it (or cancels it) with that key.
+        // Which key sends it, so a later run looks for it (or cancels it) with that key,
+        // and its seed, by which the request is told from others on the key.
         r.key_fingerprint = Some(sender.fingerprint.clone());
+        r.submit_seed = seed;
         self.ledger
             .put_durable(key, r)
             .await
@@ -178,7 +181,14 @@ impl Engine {
             return Ok(false);
         };
         let found = self
-            .find_lost_submit(sender, &key.to_string(), n, Instant::now(), &self.stop)
+            .find_lost_submit(
+                sender,
+                &key.to_string(),
+                (n, record.submit_seed),
+                Instant::now(),
+                self.until_expiry(record),
+                &self.stop,
+            )
             .await;
         match found {
             None => Err(Halt::Stopped),
@@ -222,10 +232,62 @@ impl Engine {
         true
     }
 
+    /// How long the request of a `Submitting` record may still be on the
+    /// Horde: a request expires when nothing happened to it for that long.
+    fn until_expiry(&self, record: &RequestRecord) -> std::time::Duration {
+        let since = std::time::Duration::from_millis(now_ms().saturating_sub(record.updated_ms));
+        self.tuning().request_expiry.saturating_sub(since)
+    }
+
     pub(super) fn ledger_halt(&self, error: crate::store::StoreError) -> Halt {
         self.abort(Abort::Ledger(error.to_string()));
         Halt::Stopped
     }
+}
+
+/// Seeds are drawn below this, so that a request's `seed + k` never wraps.
+const SEED_SPACE: u64 = (1 << 32) - (1 << 20);
+const _: () = assert!(SEED_SPACE + 20 + 64 < 1 << 32, "seed + k never wraps");
+
+/// The seed a request asks for, so that its images can be told apart from any
+/// other request on the key (docs/horde-api.md §9.1): the job's seed when it
+/// has fixed ones, else a seed the client draws now (with `seed_variation: 1`,
+/// the Horde gives image k of the request seed + k, so the images still
+/// differ). The caller records it before the POST.
+fn recognisable_seed(job: &Job, first_index: u32, request: &mut GenerationRequest) -> Option<u64> {
+    if let Some(fixed) = job.seed_for(first_index) {
+        return Some(horde_seed_number(&fixed));
+    }
+    let seed = fastrand::u64(..SEED_SPACE);
+    request
+        .params
+        .extra
+        .insert("seed".into(), Value::from(seed.to_string()));
+    if request.params.n > 1 {
+        request
+            .params
+            .extra
+            .insert("seed_variation".into(), Value::from(1));
+    }
+    Some(seed)
+}
+
+/// The number the Horde makes of a seed text (its `seed_to_int`): digits as
+/// a number, other text as its little-endian bytes, shifted right by 32 bits
+/// while 2³² or more.
+pub(super) fn horde_seed_number(seed: &str) -> u64 {
+    let mut n: u128 = if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) {
+        seed.parse().unwrap_or(u128::MAX)
+    } else {
+        seed.bytes()
+            .take(16)
+            .rev()
+            .fold(0u128, |n, b| (n << 8) | u128::from(b))
+    };
+    while n >= 1 << 32 {
+        n >>= 32;
+    }
+    n as u64
 }
 
 /// The Horde request for `n` images of `job`, the first being image `first_index`.
@@ -275,4 +337,19 @@ pub fn build_request(
             .collect();
     }
     Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_become_the_number_the_horde_makes_of_them() {
+        assert_eq!(horde_seed_number("42"), 42);
+        assert_eq!(horde_seed_number("4294967295"), 4_294_967_295);
+        // 2³² and more are shifted right by 32 bits, as the server does.
+        assert_eq!(horde_seed_number("4294967296"), 1);
+        // Text: its little-endian bytes.
+        assert_eq!(horde_seed_number("ab"), u64::from(b'a') | u64::from(b'b') << 8);
+    }
 }

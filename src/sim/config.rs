@@ -84,6 +84,13 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 0)]
     pub background_load: u32,
 
+    /// Requests of other clients on every registered user's key: at a user's
+    /// first submit, this many finished, unexpired requests of the same size
+    /// appear in its `find_user` list, as when a team shares a key or an
+    /// earlier batch ran in the last 20 minutes (docs/horde-api.md §9.1).
+    #[arg(long, default_value_t = 0)]
+    pub busy_key: u32,
+
     /// Starting kudos of each registered user.
     #[arg(long, default_value_t = 100_000.0)]
     pub user_kudos: f64,

@@ -202,6 +202,13 @@ pub struct RequestRecord {
     /// itself). Absent in records from before key pools: the run's single key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
+    /// The seed the latest submit asked for (its first image's; the others
+    /// follow with `seed_variation`), chosen by the client and durable before
+    /// the POST, so that a request whose answer was lost is recognised by its
+    /// images' seeds among other clients' requests on the same key. Absent
+    /// in records from before, and when the Horde chose the seeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_seed: Option<u64>,
 }
 
 impl RequestRecord {
@@ -227,6 +234,7 @@ impl RequestRecord {
             last_error: None,
             horde_ids: Vec::new(),
             key_fingerprint: None,
+            submit_seed: None,
         }
     }
 

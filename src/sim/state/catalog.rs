@@ -58,6 +58,10 @@ impl Horde {
                     "trusted": false,
                     "maintenance_mode": false,
                     "nsfw": true,
+                    "img2img": true,
+                    "painting": true,
+                    "post-processing": true,
+                    "lora": true,
                 })
             })
             .collect()

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::super::det::Part;
 use super::super::images;
-use super::{Generation, Horde};
+use super::{Generation, Horde, Request, Settings};
 
 /// Faulted attempts after which an image is dropped instead of re-queued.
 const MAX_IMAGE_FAULTS: u32 = 2;
@@ -34,6 +34,8 @@ pub(crate) struct Job {
     pub fault: bool,
     pub censored: bool,
     pub prompt: String,
+    /// The seed in the job's payload: the image is drawn from it, and the
+    /// generation reports it (so tests can draw the image again from a sidecar).
     pub seed: String,
     pub width: u32,
     pub height: u32,
@@ -61,6 +63,42 @@ impl Job {
         };
         Some(images::encode_webp(&pixels, self.width, self.height))
     }
+}
+
+/// The seed the server puts in the payload of `request`'s next job
+/// (`get_job_payload`): the client's seed, plus `seed_variation` for every
+/// job popped after the first (shifted right by 32 bits while it is 2³² or
+/// more, as the server does); without a client seed, a fresh random one per job.
+fn job_seed(request: &Request, settings: &Settings) -> String {
+    if !request.client_seed {
+        let parts = [Part::Id(request.id), Part::Num(u64::from(request.pops))];
+        return (settings.det.hash("job seed", &parts) % (1 << 32)).to_string();
+    }
+    let mut seed = seed_to_int(&request.seed);
+    if let Some(variation) = request.seed_variation {
+        seed += u64::from(variation) * u64::from(request.pops);
+        while seed >= 1 << 32 {
+            seed >>= 32;
+        }
+    }
+    seed.to_string()
+}
+
+/// The server's `seed_to_int`: digits as a number, any other text as its
+/// little-endian bytes; shifted right by 32 bits while 2³² or more.
+fn seed_to_int(seed: &str) -> u64 {
+    let mut n: u128 = if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) {
+        seed.parse().unwrap_or(u128::MAX)
+    } else {
+        seed.bytes()
+            .take(16)
+            .rev()
+            .fold(0u128, |n, b| (n << 8) | u128::from(b))
+    };
+    while n >= 1 << 32 {
+        n >>= 32;
+    }
+    n as u64
 }
 
 impl Horde {
@@ -96,6 +134,8 @@ impl Horde {
         }
         request.processing += 1;
         request.expiry = Instant::now() + settings.expiry;
+        let seed = job_seed(request, &settings);
+        request.pops += 1;
         let attempt = request
             .faults_per_image
             .get(&batch_index)
@@ -115,7 +155,7 @@ impl Horde {
             fault: settings.det.chance(settings.fault_rate, "fault", &parts),
             censored: settings.det.chance(settings.censor_rate, "censor", &parts),
             prompt: request.prompt.clone(),
-            seed: request.seed.clone(),
+            seed,
             width: request.width,
             height: request.height,
             background: false,
@@ -199,6 +239,7 @@ impl Horde {
             worker: job.worker,
             model: request.served_model.clone().unwrap_or_default(),
             censored: job.censored,
+            seed: job.seed.clone(),
             handed_out: false,
         });
         request.expiry = Instant::now() + settings.expiry;

@@ -31,6 +31,7 @@ use super::config::{LatencySpec, SimConfig};
 use super::det::Det;
 use super::stats::SimStats;
 
+mod busy;
 mod catalog;
 mod cleaner;
 mod counters;
@@ -71,6 +72,8 @@ pub(crate) struct Settings {
     pub worker_speed_mps: f64,
     /// How long a `find_user` answer is served from the cache.
     pub find_user_cache: Duration,
+    /// Other clients' requests put on each user's key at its first submit.
+    pub busy_key: u32,
     /// `http://127.0.0.1:P/`, for R2 URLs.
     pub origin: String,
 }
@@ -125,6 +128,7 @@ impl Horde {
             r2_ttl: config.r2_ttl,
             worker_speed_mps: config.worker_speed_mps,
             find_user_cache: config.find_user_cache,
+            busy_key: config.busy_key,
             origin,
         });
         let (users, keys) = registered_users(config);

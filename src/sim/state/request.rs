@@ -20,6 +20,8 @@ pub(super) struct Generation {
     pub(super) worker: usize,
     pub(super) model: String,
     pub(super) censored: bool,
+    /// The seed the worker was given for it, as the worker reports it.
+    pub(super) seed: String,
     /// Listed in a status or DELETE answer (as a URL or as base64).
     pub(super) handed_out: bool,
 }
@@ -56,6 +58,13 @@ pub(super) struct Request {
     pub(super) r2: bool,
     pub(super) shared: bool,
     pub(super) seed: String,
+    /// The client sent the seed (else each job gets a random one).
+    pub(super) client_seed: bool,
+    /// `params.seed_variation`: each job popped after the first gets the
+    /// previous job's seed plus this (docs/horde-api.md §9.1).
+    pub(super) seed_variation: Option<u32>,
+    /// Jobs handed to workers so far (faulted attempts included).
+    pub(super) pops: u32,
     pub(super) width: u32,
     pub(super) height: u32,
     /// Megapixel-steps of one image (`width·height·steps / 10⁶`).

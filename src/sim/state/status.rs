@@ -136,7 +136,7 @@ impl Horde {
                     model: generation.model.clone(),
                     state: "ok",
                     img,
-                    seed: request.seed.clone(),
+                    seed: generation.seed.clone(),
                     id: generation.id.to_string(),
                     censored: generation.censored,
                     gen_metadata,

@@ -150,9 +150,14 @@ impl Horde {
         upfront_hold: f64,
         workers: WorkerFilter,
     ) -> RequestAsync {
+        let owner = caller.user;
+        if self.settings.busy_key > 0 && !self.users[owner].anon && !self.users[owner].busy {
+            self.users[owner].busy = true;
+            let n = input.params.n;
+            self.add_other_clients_requests(owner, n, input.params.width, input.params.height);
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let owner = caller.user;
         let estimate = base_kudos(&input.params).round();
         let request = self.new_request(seq, caller, input, upfront_hold, workers);
         let id = request.id;
@@ -188,10 +193,12 @@ impl Horde {
                 .find(|model| self.settings.served_models.contains(model))
                 .cloned()
         };
+        let client_seed = input.params.seed.is_some();
         let seed =
             input.params.seed.clone().unwrap_or_else(|| {
                 (det.hash("seed", &[Part::Num(seq)]) % 4_294_967_295).to_string()
             });
+        let seed_variation = input.params.seed_variation;
         let per_image_kudos = per_image_kudos(&input);
         let params = &input.params;
         let mps_per_image =
@@ -209,6 +216,9 @@ impl Horde {
             r2: input.r2,
             shared: input.shared,
             seed,
+            client_seed,
+            seed_variation,
+            pops: 0,
             width,
             height,
             mps_per_image,

@@ -28,6 +28,8 @@ pub(super) struct User {
     pub(super) shared_keys: Vec<Uuid>,
     pub(super) requests_made: u64,
     pub(super) images_received: u64,
+    /// Other clients' requests were put on the key (`--busy-key`).
+    pub(super) busy: bool,
 }
 
 /// Who a call acts as.
@@ -49,6 +51,7 @@ pub(super) fn registered_users(config: &SimConfig) -> (Vec<User>, HashMap<String
         shared_keys: Vec::new(),
         requests_made: 0,
         images_received: 0,
+        busy: false,
     }];
     let mut keys = HashMap::from([(ANON_API_KEY.to_owned(), 0)]);
     for (index, key) in config.api_keys.iter().enumerate() {
@@ -64,6 +67,7 @@ pub(super) fn registered_users(config: &SimConfig) -> (Vec<User>, HashMap<String
             shared_keys: Vec::new(),
             requests_made: 0,
             images_received: 0,
+            busy: false,
         });
     }
     (users, keys)

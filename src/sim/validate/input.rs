@@ -57,6 +57,7 @@ pub(crate) struct GenParams {
     pub sampler_name: String,
     pub cfg_scale: f64,
     pub seed: Option<String>,
+    pub seed_variation: Option<u32>,
     pub loras: usize,
     pub tis: usize,
     pub post_processing: Vec<String>,
@@ -181,6 +182,10 @@ fn gen_params(params: &Map<String, Value>) -> GenParams {
             .and_then(Value::as_f64)
             .unwrap_or(5.0),
         seed: text(params, "seed"),
+        seed_variation: params
+            .get("seed_variation")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok()),
         loras: count("loras"),
         tis: count("tis"),
         post_processing: strings(params.get("post_processing")).unwrap_or_default(),
