@@ -116,8 +116,9 @@ pub struct HordeArgs {
     /// Base URL of the AI Horde API (endpoints are appended as v2/...).
     #[arg(long, env = "AI_HORDE_URL", value_name = "URL")]
     pub horde_url: Option<String>,
-    /// Read the API key from this file (first line) instead of AI_HORDE_API_KEY.
-    /// Repeat it to run with several keys (a key pool).
+    /// Read the API key from this file (one key on one line) instead of AI_HORDE_API_KEY.
+    /// Repeat it to run with several keys (a key pool); a file listing several
+    /// keys is --api-keys-file's.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Vec<PathBuf>,
     /// Read several API keys from this file, one per line (blank lines and `#`

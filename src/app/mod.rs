@@ -46,6 +46,15 @@ pub enum AppError {
     #[error("{0}")]
     #[diagnostic(code(horde_batch::config))]
     Config(String),
+    #[error("{0}")]
+    #[diagnostic(
+        code(horde_batch::api_key_file),
+        help(
+            "--api-key-file takes a file holding one key on one line; for several keys \
+             (one per line, `#` comments allowed) use --api-keys-file"
+        )
+    )]
+    KeyFile(String),
     #[error("the Horde refused the API key: {0}")]
     #[diagnostic(
         code(horde_batch::auth),
@@ -85,7 +94,8 @@ impl AppError {
             AppError::Manifest(_)
             | AppError::Stdout(_)
             | AppError::Template(_)
-            | AppError::Config(_) => exit::USAGE,
+            | AppError::Config(_)
+            | AppError::KeyFile(_) => exit::USAGE,
         }
     }
 }
