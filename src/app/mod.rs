@@ -67,6 +67,15 @@ pub enum AppError {
         help("lower width, height or steps, or ask the key's owner to raise its limits")
     )]
     SharedKeyLimits(String),
+    #[error("the Horde rate limited this client: {0}")]
+    #[diagnostic(
+        code(horde_batch::rate_limited),
+        help(
+            "the Horde allows 2 submits or dry runs a second per IP and per key; another \
+             client on this IP or key may be sending them: wait a minute and try again"
+        )
+    )]
+    RateLimited(String),
     #[error("the Horde could not be reached: {0}")]
     #[diagnostic(
         code(horde_batch::unreachable),
@@ -87,7 +96,9 @@ impl AppError {
         match self {
             AppError::Store(_) => exit::LEDGER,
             AppError::Auth(_) | AppError::SharedKeyLimits(_) => exit::AUTH,
-            AppError::Unreachable(_) => exit::UNREACHABLE,
+            // The Horde answered, but persistently not yet: like an unreachable
+            // Horde, trying again later is the fix.
+            AppError::Unreachable(_) | AppError::RateLimited(_) => exit::UNREACHABLE,
             AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
             // The output directory cannot be used: fix the setup, like a bad flag.
             AppError::Output(_) | AppError::Gallery(_) => exit::USAGE,
