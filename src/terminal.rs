@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn width_and_alignment_apply_to_the_escaped_text() {
-        assert_eq!(format!("[{:<8}]", escaped("a\x1b")), "[a\\u{1b}  ]");
+        assert_eq!(format!("[{:<9}]", escaped("a\x1b")), "[a\\u{1b}  ]");
         assert_eq!(format!("[{:>4}]", escaped("ab")), "[  ab]");
     }
 }
