@@ -50,16 +50,21 @@ pub enum Command {
     /// Generate every image of a manifest; rerunning resumes where the last run stopped.
     Run(RunArgs),
     /// Cancel the Horde requests a killed run left behind (frees the queue, saves finished images).
+    #[command(mut_arg("shard", |arg| arg.help(SHARD_HELP_CANCEL)))]
     Cancel(CancelArgs),
     /// Show a batch's progress: counts by state, requests in flight, failures, kudos (also during a run).
+    #[command(mut_arg("shard", |arg| arg.help(SHARD_HELP_STATUS)))]
     Status(StatusArgs),
     /// Combine the shard folders of a batch run with --shard into one metadata.jsonl and results.
     Merge(MergeArgs),
     /// List the jobs that failed and have not succeeded since: class, message, how often.
+    #[command(mut_arg("shard", |arg| arg.help(SHARD_HELP_FAILURES)))]
     Failures(FailuresArgs),
     /// Set rejected images aside (into `<output>/.rejected/`); the next run makes them again under their names.
+    #[command(mut_arg("shard", |arg| arg.help(SHARD_HELP_REROLL)))]
     Reroll(RerollArgs),
     /// Write `report.html` (thumbnails, X/Y/Z grids, failures, tick-to-reject) in the output folder; works mid-run too.
+    #[command(mut_arg("shard", |arg| arg.help(SHARD_HELP_REPORT)))]
     Report(ReportArgs),
     /// Serve the simulated AI Horde on 127.0.0.1 (for rehearsals, tests and benchmarks).
     Sim(crate::sim::SimConfig),
@@ -69,6 +74,21 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 }
+
+// `--shard` is one flag of `PlacesArgs`, shared by every command that works
+// on a batch's folders; its help (written for `run`) is replaced per command,
+// so each says what the shard selects there.
+const SHARD_HELP_STATUS: &str = "Show the status of only this part of the jobs (e.g. 2/5: the \
+second of five parts, as `run --shard 2/5` made them), from `<output>/shard-2-of-5/`.";
+const SHARD_HELP_REPORT: &str = "Write the report of only this part of the jobs (e.g. 2/5: the \
+second of five parts, as `run --shard 2/5` made them), into `<output>/shard-2-of-5/`.";
+const SHARD_HELP_FAILURES: &str = "List the failed jobs of only this part of the jobs (e.g. 2/5: \
+the second of five parts, as `run --shard 2/5` made them), from `<output>/shard-2-of-5/`.";
+const SHARD_HELP_REROLL: &str = "The images belong to this part of the jobs (e.g. 2/5: the \
+second of five parts, as `run --shard 2/5` made them): set aside from `<output>/shard-2-of-5/`.";
+const SHARD_HELP_CANCEL: &str = "Cancel the requests of only this part of the jobs (e.g. 2/5: \
+the second of five parts, as `run --shard 2/5` made them), from the ledger in \
+`<output>/shard-2-of-5/`.";
 
 /// What `--max-runtime` does with requests still on the Horde.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,8 +116,9 @@ pub struct HordeArgs {
     /// Base URL of the AI Horde API (endpoints are appended as v2/...).
     #[arg(long, env = "AI_HORDE_URL", value_name = "URL")]
     pub horde_url: Option<String>,
-    /// Read the API key from this file (first line) instead of AI_HORDE_API_KEY.
-    /// Repeat it to run with several keys (a key pool).
+    /// Read the API key from this file (one key on one line) instead of AI_HORDE_API_KEY.
+    /// Repeat it to run with several keys (a key pool); a file listing several
+    /// keys is --api-keys-file's.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Vec<PathBuf>,
     /// Read several API keys from this file, one per line (blank lines and `#`

@@ -20,6 +20,7 @@
 //! | [`output`] | every file in the output folder: WebP checks, atomic writes, sidecars, names, the dataset index, results and errors | know the scheduler |
 //! | [`progress`] | progress bars, JSON progress, `status.json`, the status view, the final summary (all from the event fold) | decide anything |
 //! | [`ui`] | the user's output choices: verbosity, log format, progress mode | do I/O |
+//! | [`terminal`] | user and server text made safe to print: control characters and bidi overrides escaped | do I/O, or touch JSON (serde escapes it) |
 //! | [`gallery`] | `report.html`, its thumbnails (`.report/`) and the X/Y/Z grids (`grids/`) | write images, sidecars or JSON Lines files |
 //! | [`rebuild`] | a new ledger from the sidecars (`run --rebuild-state`) | touch the Horde |
 //! | [`logging`] | tracing set-up (text or JSON, levels) | see the key |
@@ -51,4 +52,5 @@ pub mod rebuild;
 pub mod scheduler;
 pub mod sim;
 pub mod store;
+pub mod terminal;
 pub mod ui;

@@ -84,7 +84,7 @@ fn every_image_of_a_run_carries_its_sidecars_parameters() {
                 .unwrap();
         let comment = user_comment(&image).expect("a UserComment");
         let expected = format!(
-            "a red kite\nNegative prompt: blurry\nSteps: 12, Sampler: Euler a, CFG scale: 6, \
+            "a red kite\nNegative prompt: blurry\nSteps: 12, Sampler: Euler a, Schedule type: Karras, CFG scale: 6, \
              Seed: {}, Size: 64x64, Model: {}",
             sidecar["seed"].as_str().unwrap(),
             sidecar["model"].as_str().unwrap()
@@ -99,4 +99,59 @@ fn every_image_of_a_run_carries_its_sidecars_parameters() {
         .out()
         .join(plain.index_lines()[0]["file_name"].as_str().unwrap());
     assert_eq!(user_comment(&image), None);
+}
+
+#[test]
+fn the_parameters_name_the_schedule_face_fixer_clip_skip_hires_fix_and_loras_as_a1111_does() {
+    use crate::common::{Batch, Finished, Sim};
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "10ms", "--seed", "29"]);
+    let batch = Batch::new(
+        "version: 1\nname: infotext\ndefaults: {models: [stable_diffusion]}\njobs:\n  \
+         - name: full\n    prompt: a red kite\n    negative: blurry\n    images: 1\n    \
+         params: {width: 768, height: 576, steps: 12, cfg_scale: 6, sampler_name: k_dpmpp_2m, \
+         karras: true, clip_skip: 2, hires_fix: true, hires_fix_denoising_strength: 0.5, \
+         post_processing: [CodeFormers], tiling: true, loras: [{name: '247778', model: 0.8}]}\n  \
+         - name: plain\n    prompt: a blue boat\n    images: 1\n    \
+         params: {width: 64, height: 64, steps: 8, sampler_name: k_euler, karras: false, \
+         post_processing: [GFPGAN]}\n",
+    );
+    let Finished { code, stderr, .. } = batch.run(&sim);
+    assert_eq!(code, 0, "{stderr}");
+    let rows = batch.index_lines();
+    let comment_of = |job: &str| {
+        let row = rows
+            .iter()
+            .find(|row| row["job"] == job)
+            .unwrap_or_else(|| panic!("no image of {job}"));
+        let image = batch.out().join(row["file_name"].as_str().unwrap());
+        let sidecar: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(image.with_extension("json")).unwrap())
+                .unwrap();
+        let comment = user_comment(&image).expect("a UserComment");
+        (
+            comment,
+            sidecar["seed"].as_str().unwrap().to_owned(),
+            sidecar["model"].as_str().unwrap().to_owned(),
+        )
+    };
+    // The LoRA tag ends the positive prompt, never the negative one; the
+    // Karras schedule is in the sampler's name; the rest in A1111's order.
+    let (full, seed, model) = comment_of("full");
+    assert_eq!(
+        full,
+        format!(
+            "a red kite <lora:247778:0.8>\nNegative prompt: blurry\n\
+             Steps: 12, Sampler: DPM++ 2M Karras, CFG scale: 6, Seed: {seed}, \
+             Face restoration: CodeFormer, Size: 768x576, Model: {model}, \
+             Denoising strength: 0.5, Clip skip: 2, Tiling: True, Hires resize: 768x576"
+        )
+    );
+    let (plain, seed, model) = comment_of("plain");
+    assert_eq!(
+        plain,
+        format!(
+            "a blue boat\nSteps: 8, Sampler: Euler, CFG scale: 7, Seed: {seed}, \
+             Face restoration: GFPGAN, Size: 64x64, Model: {model}"
+        )
+    );
 }

@@ -177,3 +177,175 @@ fn help_lists_exit_codes() {
             "6    the Horde could not be reached",
         ));
 }
+
+/// Raw characters that would restyle or reorder a terminal: ESC, CR and the
+/// bidi embeddings, overrides and isolates.
+fn raw_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| {
+            matches!(c, '\x1b' | '\r' | '\u{9b}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
+}
+
+#[test]
+fn user_text_reaches_the_terminal_with_its_control_characters_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    // A prompt and a job name with an ANSI colour and a right-to-left
+    // override, written as YAML escapes and (the override) raw.
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "version: 1\nname: \"evil\\e[31m\"\ndefaults: {models: [stable_diffusion]}\njobs:\n  \
+         - name: \"red\\e[31mjob\\u202E\"\n    prompt: \"a \\e[31mred\\e[0m cat \u{202e}tac\"\n    images: 1\n",
+    )
+    .unwrap();
+    for args in [&["--list"][..], &[]] {
+        let output = horde_batch()
+            .arg("plan")
+            .arg(&good)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "plan {args:?}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(
+            raw_controls(&stdout),
+            Vec::<char>::new(),
+            "plan {args:?}:\n{stdout}"
+        );
+        assert!(
+            stdout.contains("red\\u{1b}[31mjob\\u{202e}"),
+            "plan {args:?}:\n{stdout}"
+        );
+    }
+    let listed = horde_batch()
+        .args(["plan", "--list"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(listed.stdout)
+        .unwrap()
+        .contains("a \\u{1b}[31mred\\u{1b}[0m cat \\u{202e}tac"));
+    // JSON stays JSON: the same text, escaped by JSON's rules.
+    let json = horde_batch()
+        .args(["plan", "--list", "--json"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let job: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(job["prompt"], "a \x1b[31mred\x1b[0m cat \u{202e}tac");
+
+    // A validation error quotes the name and shows the raw override in its
+    // source lines: both escaped, even with colours forced on.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "version: 1\nname: x\ndefaults: {models: [stable_diffusion]}\njobs:\n  \
+         - {name: \"b\\e[31m\", prompt: x}\n  - name: \"b\\e[31m\"\n    prompt: \"\u{202e} x\"\n",
+    )
+    .unwrap();
+    for colour in [("NO_COLOR", "1"), ("CLICOLOR_FORCE", "1")] {
+        let output = horde_batch()
+            .env(colour.0, colour.1)
+            .arg("validate")
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(
+            raw_controls(&stderr),
+            Vec::<char>::new(),
+            "{colour:?}:\n{stderr}"
+        );
+        assert!(stderr.contains("b\\u{1b}[31m"), "{colour:?}:\n{stderr}");
+        assert!(
+            stderr.contains("is already used by jobs[0]"),
+            "{colour:?}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_api_key_file_of_more_than_one_line_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("two-keys.txt", "first-secret-key\nsecond-secret-key\n"),
+        ("commented.txt", "# my horde key\nthe-secret-key\n"),
+        ("comment-only.txt", "# the-secret-key\n"),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let output = horde_batch()
+            .env_remove("AI_HORDE_API_KEY")
+            .args(["plan", "manifests/quickstart.yaml", "--kudos", "--simulate"])
+            .arg("--api-key-file")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}:\n{stderr}");
+        assert!(
+            stderr.contains(name),
+            "{name}: the file is named:\n{stderr}"
+        );
+        assert!(stderr.contains("--api-keys-file"), "{name}:\n{stderr}");
+        assert!(
+            !stderr.contains("secret") && !stderr.contains("my horde key"),
+            "{name}: the file's content is never printed:\n{stderr}"
+        );
+    }
+    // One key, with surrounding blank lines and spaces, is still one key.
+    let file = dir.path().join("one.txt");
+    std::fs::write(&file, "\n  the-one-key  \n\n").unwrap();
+    horde_batch()
+        .env_remove("AI_HORDE_API_KEY")
+        .args(["plan", "manifests/quickstart.yaml", "--kudos", "--simulate"])
+        .arg("--api-key-file")
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("kudos: about"));
+}
+
+#[test]
+fn each_command_says_what_its_shard_selects() {
+    let shard_help = |command: &str| -> String {
+        let output = horde_batch().args([command, "--help"]).output().unwrap();
+        assert!(output.status.success(), "{command} --help");
+        let text = String::from_utf8(output.stdout).unwrap();
+        let at = text
+            .find("--shard <I/N>")
+            .unwrap_or_else(|| panic!("{command}: no --shard:\n{text}"));
+        // The option's paragraph: up to the next option.
+        let rest = &text[at..];
+        let end = rest[1..].find("\n  -").map_or(rest.len(), |i| i + 1);
+        rest[..end].split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let run = shard_help("run");
+    let mut seen = vec![run.clone()];
+    for (command, says) in [
+        ("status", "status of"),
+        ("report", "report"),
+        ("failures", "failed jobs of"),
+        ("reroll", "set aside"),
+        ("cancel", "Cancel the requests of"),
+    ] {
+        let help = shard_help(command);
+        assert!(
+            !seen.contains(&help),
+            "{command} --shard repeats another command's help: {help}"
+        );
+        assert!(help.contains(says), "{command} --shard: {help}");
+        assert!(
+            help.contains("shard-2-of-5"),
+            "{command} --shard names the folder: {help}"
+        );
+        assert!(
+            !help.contains("written to"),
+            "{command} --shard talks about running: {help}"
+        );
+        seen.push(help);
+    }
+}

@@ -366,3 +366,88 @@ fn the_kudos_estimate_is_close_to_what_the_run_is_charged() {
         "estimated {estimate} kudos, charged {charged} (ratio {ratio:.2})"
     );
 }
+
+#[test]
+fn the_kudos_estimate_paces_its_dry_runs_under_the_submit_limit() {
+    // The sim's own limits (2 submits a second per IP and per key), and 12
+    // distinct requests: 12 dry runs, which unpaced earn a 429.
+    let sim = Sim::start(&["--workers", "2", "--latency", "10ms"]);
+    let batch = Batch::new(
+        "version: 1\nname: priced\ndefaults: {models: [stable_diffusion], \
+         params: {width: 512, height: 512}}\n\
+         jobs:\n  - name: grid\n    prompt: a lighthouse\n    matrix:\n      \
+         steps: [20, 25, 30, 35]\n      cfg_scale: [5, 6, 7]\n",
+    );
+    let plan = batch
+        .horde_batch(&sim, "plan")
+        .arg("--kudos")
+        .stdout_contains("(12 dry run(s))")
+        .run();
+    assert!(
+        !plan.stderr.contains("could not be reached"),
+        "{}",
+        plan.stderr
+    );
+    assert_eq!(
+        stat(&sim.stats(), "rate_limited"),
+        0,
+        "the dry runs stay under the limit"
+    );
+}
+
+/// A Horde that answers every call 429 (flask-limiter's answer, no `rc`),
+/// asking for a 1 s wait; the calls it got are counted. Returns its API root.
+fn always_rate_limited(calls: std::sync::Arc<std::sync::atomic::AtomicU64>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut request = [0u8; 8192];
+            let _ = stream.read(&mut request);
+            let body = r#"{"message": "2 per 1 second"}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 429 TOO MANY REQUESTS\r\nContent-Type: application/json\r\n\
+                 Retry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn a_kudos_estimate_still_rate_limited_after_its_retries_says_so() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let url = always_rate_limited(std::sync::Arc::clone(&calls));
+    let started = Instant::now();
+    let plan = HordeBatch::new()
+        .args([
+            "plan",
+            "manifests/quickstart.yaml",
+            "--kudos",
+            "--horde-url",
+            &url,
+        ])
+        .env("NO_COLOR", "1")
+        .status(6)
+        .stderr_contains("rate limit")
+        .stderr_contains("Retry-After")
+        .run();
+    assert!(
+        !plan.stderr.contains("could not be reached"),
+        "{}",
+        plan.stderr
+    );
+    assert!(!plan.stderr.contains("the network"), "{}", plan.stderr);
+    let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+    // Retried, honouring the 1 s asked for, but not without end.
+    assert!((2..=8).contains(&calls), "{calls} calls");
+    assert!(
+        started.elapsed() >= Duration::from_secs(calls - 1),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -152,21 +152,13 @@ impl Horde {
     }
 }
 
-/// The keys: each `--api-key-file` (its first line), then every line of
+/// The keys: each `--api-key-file` (its only line), then every line of
 /// `--api-keys-file`; without either, `AI_HORDE_API_KEY`, else anonymous. A
 /// key given twice is used once. Errors name the file, never a key.
 fn api_keys(horde: &HordeArgs) -> Result<Vec<ApiKey>, AppError> {
     let mut keys: Vec<String> = Vec::new();
     for path in &horde.api_key_file {
-        let text = read_key_file(path)?;
-        let key = text.lines().next().unwrap_or_default().trim();
-        if key.is_empty() {
-            return Err(AppError::Config(format!(
-                "the API key file {} is empty",
-                path.display()
-            )));
-        }
-        keys.push(key.to_owned());
+        keys.push(single_key(&read_key_file(path)?, path)?.to_owned());
     }
     if let Some(path) = &horde.api_keys_file {
         let text = read_key_file(path)?;
@@ -196,6 +188,27 @@ fn api_keys(horde: &HordeArgs) -> Result<Vec<ApiKey>, AppError> {
         }
     }
     Ok(unique.into_iter().map(ApiKey::new).collect())
+}
+
+/// The one key an `--api-key-file` holds: its only non-blank line. A second
+/// line or a `#` comment means a file written for `--api-keys-file`, and
+/// taking its first line would send a comment or the wrong key as the key.
+/// Errors name the file and never show a line of it: any line may be a key.
+fn single_key<'a>(text: &'a str, path: &Path) -> Result<&'a str, AppError> {
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let shown = crate::terminal::escaped(&path.to_string_lossy()).to_string();
+    match (lines.next(), lines.next()) {
+        (None, _) => Err(AppError::Config(format!(
+            "the API key file {shown} is empty"
+        ))),
+        (Some(key), None) if !key.starts_with('#') => Ok(key),
+        (Some(_), None) => Err(AppError::KeyFile(format!(
+            "the API key file {shown} holds a `#` comment, not a key"
+        ))),
+        (Some(_), Some(_)) => Err(AppError::KeyFile(format!(
+            "the API key file {shown} has more than one line"
+        ))),
+    }
 }
 
 fn read_key_file(path: &Path) -> Result<String, AppError> {

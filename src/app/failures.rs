@@ -10,6 +10,7 @@ use super::config::Batch;
 use super::AppError;
 use crate::cli::FailuresArgs;
 use crate::output::{JobError, JobResult, ERRORS_FILE, RESULTS_FILE};
+use crate::terminal::escaped;
 
 pub use crate::progress::FailedJob;
 
@@ -70,14 +71,14 @@ pub fn failures(args: &FailuresArgs) -> Result<ExitCode, AppError> {
             write(writeln!(
                 out,
                 "{} {} ({} of {} images): {} — {} (failed {} time(s), last at {})",
-                job.job_key,
-                job.job,
+                escaped(&job.job_key),
+                escaped(&job.job),
                 job.images_saved,
                 job.images_wanted,
-                job.class,
-                job.message,
+                escaped(&job.class),
+                escaped(&job.message),
                 job.failures,
-                job.at
+                escaped(&job.at)
             ))?;
         }
     }

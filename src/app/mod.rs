@@ -21,6 +21,7 @@ use crate::cli::{Cli, Command, PlanArgs, ValidateArgs};
 use crate::exit;
 use crate::manifest::{self, CompileOptions, CompiledManifest, ManifestError, ManifestFile};
 use crate::plan;
+use crate::terminal::escaped;
 
 /// An error that ends a command.
 #[derive(Debug, Error, Diagnostic)]
@@ -46,6 +47,15 @@ pub enum AppError {
     #[error("{0}")]
     #[diagnostic(code(horde_batch::config))]
     Config(String),
+    #[error("{0}")]
+    #[diagnostic(
+        code(horde_batch::api_key_file),
+        help(
+            "--api-key-file takes a file holding one key on one line; for several keys \
+             (one per line, `#` comments allowed) use --api-keys-file"
+        )
+    )]
+    KeyFile(String),
     #[error("the Horde refused the API key: {0}")]
     #[diagnostic(
         code(horde_batch::auth),
@@ -58,6 +68,15 @@ pub enum AppError {
         help("lower width, height or steps, or ask the key's owner to raise its limits")
     )]
     SharedKeyLimits(String),
+    #[error("the Horde rate limited this client: {0}")]
+    #[diagnostic(
+        code(horde_batch::rate_limited),
+        help(
+            "the Horde allows 2 submits or dry runs a second per IP and per key; another \
+             client on this IP or key may be sending them: wait a minute and try again"
+        )
+    )]
+    RateLimited(String),
     #[error("the Horde could not be reached: {0}")]
     #[diagnostic(
         code(horde_batch::unreachable),
@@ -78,14 +97,17 @@ impl AppError {
         match self {
             AppError::Store(_) => exit::LEDGER,
             AppError::Auth(_) | AppError::SharedKeyLimits(_) => exit::AUTH,
-            AppError::Unreachable(_) => exit::UNREACHABLE,
+            // The Horde answered, but persistently not yet: like an unreachable
+            // Horde, trying again later is the fix.
+            AppError::Unreachable(_) | AppError::RateLimited(_) => exit::UNREACHABLE,
             AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
             // The output directory cannot be used: fix the setup, like a bad flag.
             AppError::Output(_) | AppError::Gallery(_) => exit::USAGE,
             AppError::Manifest(_)
             | AppError::Stdout(_)
             | AppError::Template(_)
-            | AppError::Config(_) => exit::USAGE,
+            | AppError::Config(_)
+            | AppError::KeyFile(_) => exit::USAGE,
         }
     }
 }
@@ -154,7 +176,7 @@ fn validate(args: &ValidateArgs) -> Result<ExitCode, AppError> {
                 writeln!(
                     stdout,
                     "{}: ok ({} jobs, {} images)",
-                    path.display(),
+                    escaped(&path.to_string_lossy()),
                     compiled.total_jobs(),
                     compiled.total_images()
                 )
@@ -178,10 +200,38 @@ pub fn report_manifest_error(error: ManifestError) {
     match error {
         ManifestError::Invalid { problems } => {
             for problem in problems {
-                crate::say!("{:?}", miette::Report::new(problem));
+                report_diagnostic(problem);
             }
         }
-        other => crate::say!("{:?}", miette::Report::new(other)),
+        other => report_diagnostic(other),
+    }
+}
+
+/// Prints the error that ended a command (a manifest's problems one by one),
+/// with any control character of the text it quotes escaped.
+pub fn report_error(error: AppError) {
+    match error {
+        AppError::Manifest(error) => report_manifest_error(error),
+        other => report_diagnostic(other),
+    }
+}
+
+/// Prints one diagnostic on stderr. A diagnostic quotes what it is about (a
+/// job name, a manifest's lines, a server's message), which may hold control
+/// characters; those could restyle the terminal, so a diagnostic that holds
+/// any is printed plain (no colour) with them escaped. Told apart from a
+/// rendering without colour, where the only control characters are the
+/// text's own.
+fn report_diagnostic(diagnostic: impl Diagnostic + Send + Sync + 'static) {
+    let mut plain = String::new();
+    let rendered =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_links(false)
+            .render_report(&mut plain, &diagnostic);
+    if rendered.is_ok() && crate::terminal::needs_escaping_as_lines(&plain) {
+        crate::say!("{}", crate::terminal::escape_lines(plain.trim_end()));
+    } else {
+        crate::say!("{:?}", miette::Report::new(diagnostic));
     }
 }
 
@@ -217,9 +267,9 @@ fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
                     out,
                     "{}  {:<16} {} image(s)  {}",
                     job.key,
-                    job.name,
+                    escaped(&job.name),
                     job.images,
-                    job.wire_prompt()
+                    escaped(&job.wire_prompt())
                 ))?;
             }
         }
@@ -246,7 +296,12 @@ fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
         write(writeln!(out))?;
     } else {
         let t = summary.totals;
-        write(writeln!(out, "{} ({})", summary.name, summary.manifest))?;
+        write(writeln!(
+            out,
+            "{} ({})",
+            escaped(&summary.name),
+            escaped(&summary.manifest)
+        ))?;
         write(writeln!(
             out,
             "{:<24} {:>12} {:>10} {:>10}  seeds",
@@ -256,7 +311,11 @@ fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
             write(writeln!(
                 out,
                 "{:<24} {:>12} {:>10} {:>10}  {}",
-                job.name, job.combinations, job.requests, job.images, job.seeds
+                escaped(&job.name),
+                job.combinations,
+                job.requests,
+                job.images,
+                job.seeds
             ))?;
         }
         write(writeln!(

@@ -11,6 +11,7 @@ use super::AppError;
 use crate::cli::StatusArgs;
 use crate::progress::{LastRun, PlannedJob, StatusReport};
 use crate::store::Store;
+use crate::terminal::escaped;
 
 /// `horde-batch status`.
 pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
@@ -29,19 +30,21 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
             _ => println!("no run is active"),
         }
         println!("{}", report.line());
+        // Names and ids below come from the ledger, a status file and the
+        // Horde's answers: printed escaped.
         for (state, count) in &report.requests_by_state {
-            println!("  {state}: {count} request(s)");
+            println!("  {}: {count} request(s)", escaped(state));
         }
         for request in &report.in_flight {
             println!(
                 "  in flight: {} {} ({}s)",
-                request.key,
-                request.horde_id.as_deref().unwrap_or("(no id yet)"),
+                escaped(&request.key),
+                escaped(request.horde_id.as_deref().unwrap_or("(no id yet)")),
                 request.age_seconds
             );
         }
         for (class, count) in &report.failures {
-            println!("  failed ({class}): {count}");
+            println!("  failed ({}): {count}", escaped(class));
         }
         println!(
             "  kudos: {:.1} charged, about {:.1} to go",

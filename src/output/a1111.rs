@@ -1,7 +1,11 @@
 //! A1111 "PNG Info" parameters in each image: the text AUTOMATIC1111's web UI
-//! writes (prompt, `Negative prompt:`, `Steps`, `Sampler`, `CFG scale`, `Seed`,
-//! `Size`, `Model`), stored as the EXIF `UserComment` of the WebP, so PNG Info,
-//! civitai and exiftool read what made the image.
+//! writes (`create_infotext`: the prompt with its `<lora:…>` tags, `Negative
+//! prompt:`, then `Steps`, `Sampler`, `Schedule type`, `CFG scale`, `Seed`,
+//! `Face restoration`, `Size`, `Model`, `Denoising strength`, `Clip skip`,
+//! `Tiling`, `Hires resize`, in that order), stored as the EXIF `UserComment`
+//! of the WebP, so PNG Info, civitai and exiftool read what made the image.
+//! A key is written only when the request says what goes in it, as the web
+//! UI leaves out what does not apply.
 //!
 //! The EXIF block is added to the RIFF container (img-parts), never by
 //! re-encoding: the pixels are the bytes the Horde sent.
@@ -15,33 +19,91 @@ use super::Sidecar;
 
 /// The A1111 parameters text of the image a sidecar describes.
 pub fn parameters_text(sidecar: &Sidecar) -> String {
+    let param = |name: &str| sidecar.params.get(name).filter(|v| !v.is_null());
+    let flag = |name: &str| param(name).and_then(Value::as_bool) == Some(true);
+
+    // The web UI keeps a LoRA's tag in the positive prompt it was written in.
     let mut text = sidecar.prompt.clone();
+    for lora in param("loras")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = lora.get("name").and_then(plain_opt) {
+            // `<lora:name:w>` sets both weights; `<lora:name:te:unet>` two that differ.
+            let unet = lora.get("model").map_or_else(|| "1".to_owned(), plain);
+            let te = lora.get("clip").map_or_else(|| unet.clone(), plain);
+            if te == unet {
+                text.push_str(&format!(" <lora:{name}:{unet}>"));
+            } else {
+                text.push_str(&format!(" <lora:{name}:{te}:{unet}>"));
+            }
+        }
+    }
     if let Some(negative) = sidecar.negative_prompt.as_deref().filter(|n| !n.is_empty()) {
         text.push_str("\nNegative prompt: ");
         text.push_str(negative);
     }
-    let param = |name: &str| sidecar.params.get(name).filter(|v| !v.is_null());
+
     let mut fields: Vec<String> = Vec::new();
     if let Some(steps) = param("steps") {
         fields.push(format!("Steps: {}", plain(steps)));
     }
     if let Some(sampler) = param("sampler_name").and_then(Value::as_str) {
-        fields.push(format!("Sampler: {}", sampler_name(sampler)));
+        let sampler = Sampler::from_horde(sampler);
+        if flag("karras") {
+            match sampler.karras_name {
+                Some(name) => fields.push(format!("Sampler: {name}")),
+                // No "… Karras" sampler of that name: the web UI (1.9 and
+                // later) names the schedule apart.
+                None => fields.push(format!("Sampler: {}, Schedule type: Karras", sampler.name)),
+            }
+        } else {
+            fields.push(format!("Sampler: {}", sampler.name));
+        }
     }
     if let Some(cfg) = param("cfg_scale") {
         fields.push(format!("CFG scale: {}", plain(cfg)));
     }
     fields.push(format!("Seed: {}", sidecar.seed));
-    if let (Some(width), Some(height)) = (param("width"), param("height")) {
-        fields.push(format!("Size: {}x{}", plain(width), plain(height)));
+    if let Some(fixer) = face_fixer(param("post_processing")) {
+        fields.push(format!("Face restoration: {fixer}"));
+    }
+    let size = match (param("width"), param("height")) {
+        (Some(width), Some(height)) => Some(format!("{}x{}", plain(width), plain(height))),
+        _ => None,
+    };
+    if let Some(size) = &size {
+        fields.push(format!("Size: {size}"));
     }
     fields.push(format!("Model: {}", sidecar.model));
-    if let Some(loras) = param("loras").and_then(Value::as_array) {
-        for lora in loras {
-            if let Some(name) = lora.get("name").and_then(Value::as_str) {
-                let strength = lora.get("model").map_or_else(|| "1".to_owned(), plain);
-                text.push_str(&format!(" <lora:{name}:{strength}>"));
-            }
+    // One `Denoising strength`, as in the web UI: the source image's for
+    // img2img, else the hires-fix pass's.
+    let denoising = if sidecar.sources.is_some() {
+        param("denoising_strength")
+    } else if flag("hires_fix") {
+        param("hires_fix_denoising_strength")
+    } else {
+        None
+    };
+    if let Some(strength) = denoising {
+        fields.push(format!("Denoising strength: {}", plain(strength)));
+    }
+    if let Some(skip) = param("clip_skip")
+        .and_then(Value::as_u64)
+        .filter(|&n| n > 1)
+    {
+        fields.push(format!("Clip skip: {skip}"));
+    }
+    if flag("tiling") {
+        fields.push("Tiling: True".to_owned());
+    }
+    // The Horde is asked for the final size and picks the first pass's
+    // itself, so the upscale factor is unknown: the web UI's "resize to"
+    // form states what was asked.
+    if flag("hires_fix") {
+        if let Some(size) = &size {
+            fields.push(format!("Hires resize: {size}"));
         }
     }
     text.push('\n');
@@ -61,28 +123,66 @@ fn plain(value: &Value) -> String {
     }
 }
 
-/// The web UI's name for a Horde sampler (`k_euler_a` → `Euler a`).
-fn sampler_name(horde: &str) -> String {
-    let known = [
-        ("k_euler_a", "Euler a"),
-        ("k_euler", "Euler"),
-        ("k_lms", "LMS"),
-        ("k_heun", "Heun"),
-        ("k_dpm_2", "DPM2"),
-        ("k_dpm_2_a", "DPM2 a"),
-        ("k_dpm_fast", "DPM fast"),
-        ("k_dpm_adaptive", "DPM adaptive"),
-        ("k_dpmpp_2s_a", "DPM++ 2S a"),
-        ("k_dpmpp_2m", "DPM++ 2M"),
-        ("k_dpmpp_sde", "DPM++ SDE"),
-        ("dpmsolver", "DPM solver"),
-        ("DDIM", "DDIM"),
-        ("lcm", "LCM"),
-    ];
-    known
+/// [`plain`] for a name: a string or a number (a CivitAI id), nothing else.
+fn plain_opt(value: &Value) -> Option<String> {
+    matches!(value, Value::String(_) | Value::Number(_)).then(|| plain(value))
+}
+
+/// The web UI's name of the first face fixer among a request's post-processors.
+fn face_fixer(post_processing: Option<&Value>) -> Option<&'static str> {
+    post_processing?
+        .as_array()?
         .iter()
-        .find(|(name, _)| *name == horde)
-        .map_or_else(|| horde.to_owned(), |(_, ui)| (*ui).to_owned())
+        .find_map(|name| match name.as_str()? {
+            "GFPGAN" => Some("GFPGAN"),
+            "CodeFormers" => Some("CodeFormer"),
+            _ => None,
+        })
+}
+
+/// A Horde sampler as the web UI names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sampler {
+    /// Its name with no schedule (`k_dpmpp_2m` → `DPM++ 2M`).
+    name: String,
+    /// Its name with the Karras schedule, where the web UI has one
+    /// (`DPM++ 2M Karras`).
+    karras_name: Option<&'static str>,
+}
+
+impl Sampler {
+    /// Every sampler the Horde knows (`manifest::params::KNOWN_SAMPLERS`):
+    /// its name, the web UI's, and the web UI's with the Karras schedule.
+    const KNOWN: &'static [(&'static str, &'static str, Option<&'static str>)] = &[
+        ("k_lms", "LMS", Some("LMS Karras")),
+        ("k_heun", "Heun", None),
+        ("k_euler", "Euler", None),
+        ("k_euler_a", "Euler a", None),
+        ("k_dpm_2", "DPM2", Some("DPM2 Karras")),
+        ("k_dpm_2_a", "DPM2 a", Some("DPM2 a Karras")),
+        ("k_dpm_fast", "DPM fast", None),
+        ("k_dpm_adaptive", "DPM adaptive", None),
+        ("k_dpmpp_2s_a", "DPM++ 2S a", Some("DPM++ 2S a Karras")),
+        ("k_dpmpp_2m", "DPM++ 2M", Some("DPM++ 2M Karras")),
+        ("dpmsolver", "DPM solver", None),
+        ("k_dpmpp_sde", "DPM++ SDE", Some("DPM++ SDE Karras")),
+        ("DDIM", "DDIM", None),
+        ("lcm", "LCM", None),
+    ];
+
+    /// The web UI's names for `horde`; one the table lacks keeps its own name.
+    fn from_horde(horde: &str) -> Sampler {
+        match Self::KNOWN.iter().find(|(name, ..)| *name == horde) {
+            Some((_, name, karras_name)) => Sampler {
+                name: (*name).to_owned(),
+                karras_name: *karras_name,
+            },
+            None => Sampler {
+                name: horde.to_owned(),
+                karras_name: None,
+            },
+        }
+    }
 }
 
 /// A big-endian TIFF/EXIF block holding `text` as the Exif `UserComment`
@@ -159,6 +259,56 @@ mod tests {
             "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, \
              Seed: 1234, Size: 512x768, Model: stable_diffusion"
         );
+    }
+
+    #[test]
+    fn every_horde_sampler_has_the_web_uis_name() {
+        for horde in crate::manifest::params::KNOWN_SAMPLERS {
+            assert!(
+                Sampler::KNOWN.iter().any(|(name, ..)| name == horde),
+                "{horde} is not mapped"
+            );
+        }
+        assert_eq!(
+            Sampler::from_horde("k_dpmpp_2m").karras_name,
+            Some("DPM++ 2M Karras")
+        );
+        assert_eq!(Sampler::from_horde("k_euler_a").name, "Euler a");
+        assert_eq!(Sampler::from_horde("k_new").name, "k_new");
+    }
+
+    #[test]
+    fn a_karras_schedule_without_a_karras_sampler_is_named_apart() {
+        let mut sidecar: Sidecar = serde_json::from_value(serde_json::json!({
+            "schema": 1, "file_name": "a.webp", "manifest": "m.yaml", "manifest_name": "m",
+            "job": "cats", "job_key": "k", "image_index": 0, "prompt_template": "a cat",
+            "prompt": "a cat", "negative_prompt": null, "model": "m",
+            "params": {"sampler_name": "k_euler_a", "karras": true, "clip_skip": 1,
+                       "denoising_strength": 0.4,
+                       "loras": [{"name": "x"}, {"name": "y", "model": 0.5, "clip": 1.0}]},
+            "request": {}, "seed": "1", "batch_index": null, "horde_request_id": "r",
+            "generation_id": "g", "worker_id": "w", "worker_name": "n", "censored": false,
+            "gen_metadata": [], "kudos": 1.0, "submitted_at": "t", "completed_at": "t",
+            "horde_batch_version": "0"
+        }))
+        .expect("a sidecar");
+        // Clip skip 1 is the web UI's default and left out; a denoising
+        // strength without a source image or hires fix does nothing.
+        assert_eq!(
+            parameters_text(&sidecar),
+            "a cat <lora:x:1> <lora:y:1:0.5>\nSampler: Euler a, Schedule type: Karras, Seed: 1, Model: m"
+        );
+        sidecar.sources = Some(super::super::SidecarSources {
+            source_processing: "img2img".into(),
+            source_image: super::super::SidecarSourceFile {
+                path: "in.png".into(),
+                hash: "h".into(),
+                strength: None,
+            },
+            source_mask: None,
+            extra_source_images: Vec::new(),
+        });
+        assert!(parameters_text(&sidecar).ends_with("Model: m, Denoising strength: 0.4"));
     }
 
     #[test]
