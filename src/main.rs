@@ -13,12 +13,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             let code = error.exit_code();
-            match error {
-                horde_batch::app::AppError::Manifest(error) => {
-                    horde_batch::app::report_manifest_error(error)
-                }
-                other => horde_batch::say!("{:?}", miette::Report::new(other)),
-            }
+            // Once, at the top; user and server text in it is escaped.
+            horde_batch::app::report_error(error);
             ExitCode::from(code)
         }
     }
