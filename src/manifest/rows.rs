@@ -80,22 +80,8 @@ pub fn read(path: &Path, shown: &str) -> Result<Table, TableError> {
             "rows file {shown} is neither `.csv` nor `.jsonl`/`.ndjson`"
         )));
     }
-    let size = std::fs::metadata(path)
-        .map_err(|e| TableError::File(format!("cannot read rows file {shown}: {e}")))?
-        .len();
-    if size > MAX_ROWS_BYTES {
-        return Err(TableError::File(format!(
-            "rows file {shown} is {size} bytes; the limit is {MAX_ROWS_BYTES}"
-        )));
-    }
-    let bytes = std::fs::read(path)
+    let text = super::input::read_regular_text(path, MAX_ROWS_BYTES)
         .map_err(|e| TableError::File(format!("cannot read rows file {shown}: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        TableError::File(format!(
-            "rows file {shown} is not UTF-8 text (byte {})",
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
     let source = SourceText {
         name: shown.to_owned(),
         text: Arc::from(text),
