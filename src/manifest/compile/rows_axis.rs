@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::axes::{value_text, Axis, AxisKind, AxisValue, ColumnUse, RowColumns};
 use super::parameters::param_spec;
 use super::Context;
+use crate::manifest::error::excerpt;
 use crate::manifest::locate::YamlPath;
 use crate::manifest::params;
 use crate::manifest::rows::{self, Row, Table, TableError};
@@ -251,7 +252,7 @@ fn cell_value(used: ColumnUse, value: &Value) -> Result<Value, String> {
         ColumnUse::Text => match value {
             Value::String(text) => match template::syntax_in_value(text) {
                 None => Ok(value.clone()),
-                Some(what) => Err(format!("`{text}` holds {what}, which is not expanded inside row values (write `\\` before it to send it as text)")),
+                Some(what) => Err(format!("`{}` holds {what}, which is not expanded inside row values (write `\\` before it to send it as text)", excerpt(text))),
             },
             Value::Number(_) | Value::Bool(_) => Ok(Value::from(value_text(value))),
             other => Err(format!("expected text, found {}", params::describe(other))),

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Context, VALUE_SYNTAX_HELP};
+use crate::manifest::error::excerpt;
 use crate::manifest::input::{self, InputError};
 use crate::manifest::template;
 
@@ -171,7 +172,7 @@ fn plain_values(name: &str, values: impl Iterator<Item = (String, String)>) -> W
     for (place, value) in values {
         if let Some(what) = template::syntax_in_value(&value) {
             return Err((
-                format!("wildcard `__{name}__`: the value `{value}` ({place}) holds {what}, which is not expanded inside wildcard values"),
+                format!("wildcard `__{name}__`: the value `{}` ({place}) holds {what}, which is not expanded inside wildcard values", excerpt(&value)),
                 VALUE_SYNTAX_HELP,
             ));
         }
