@@ -131,12 +131,12 @@ fn read_csv(source: SourceText) -> Result<Table, TableError> {
         let record = match record {
             Ok(record) => record,
             Err(e) => {
-                let offset = e.position().map_or(0, |p| p.byte() as usize);
+                let offset = line_start(&text, e.position().map_or(0, |p| p.byte() as usize));
                 problems.push(table.problem_at(offset, format!("row {number}: {e}")));
                 continue;
             }
         };
-        let offset = record.position().map_or(0, |p| p.byte() as usize);
+        let offset = line_start(&text, record.position().map_or(0, |p| p.byte() as usize));
         let line_end = text[offset.min(text.len())..]
             .find('\n')
             .map_or(text.len(), |end| offset + end);
@@ -170,6 +170,13 @@ fn read_csv(source: SourceText) -> Result<Table, TableError> {
     } else {
         Err(TableError::Rows(problems))
     }
+}
+
+/// Where a record that the csv crate places at `offset` starts: after a
+/// CRLF it places it on the `\n`, which is still the line before.
+fn line_start(text: &str, offset: usize) -> usize {
+    let rest = text.get(offset..).unwrap_or_default();
+    offset + (rest.len() - rest.trim_start_matches(['\r', '\n']).len())
 }
 
 fn read_jsonl(source: SourceText) -> Result<Table, TableError> {

@@ -1,7 +1,8 @@
 //! A job's `rows:` table as an axis: each row one value, its cells set
 //! parameters, the model, the source image or prompt variables by their
-//! column's name, and its label is its id or its number. Every bad cell is
-//! reported at its place in the table file, not just the first.
+//! column's name, and its label is its id (the `id:` column, else a column
+//! named `id`) or its number. Every bad cell is reported at its place in the
+//! table file, not just the first.
 //!
 //! Reading and parsing the CSV or JSON Lines file is `rows` one level up;
 //! this file gives the columns their meaning and checks the cells. It does
@@ -23,6 +24,9 @@ use crate::manifest::schema::RowsSpec;
 use crate::manifest::source::SourceRef;
 use crate::manifest::template;
 
+/// The id column of a table whose `rows:` names none.
+const DEFAULT_ID_COLUMN: &str = "id";
+
 impl Context<'_> {
     /// The `rows:` table of a job as an axis, every bad cell reported at its
     /// place in the table (all of them, not just the first).
@@ -35,7 +39,14 @@ impl Context<'_> {
         let (table, shown) = self.read_rows(spec, path)?;
         let problems_before = self.problems.len();
         let columns = self.row_columns(&table, path, matrix);
-        let id = spec.id().map(str::to_owned);
+        // A column named `id` is the id unless another is named.
+        let id = spec.id().map(str::to_owned).or_else(|| {
+            table
+                .columns
+                .iter()
+                .find(|column| *column == DEFAULT_ID_COLUMN)
+                .cloned()
+        });
         if let Some(id) = &id {
             if !table.columns.contains(id) {
                 self.problem(
