@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use super::axes::value_text;
 use super::compiled::CompiledManifest;
+use super::rows_axis::DEFAULT_ID_COLUMN;
 use crate::layout::{FilenameTemplate, NameFields, Placeholder, MAX_VALUE_BYTES};
 use crate::manifest::error::excerpt;
 use crate::manifest::locate::YamlPath;
@@ -56,13 +57,14 @@ pub(super) fn check(compiled: &CompiledManifest) -> Vec<Problem> {
         return Vec::new();
     }
     let firsts = second_pass(compiled, &namer, &suspects);
+    let mut tables = Tables::default();
     let mut problems = Vec::new();
     for second in &suspects {
         let Some(first) = firsts.get(&second.folded) else {
             continue;
         };
         if first.ordinal < second.ordinal {
-            problems.push(report(compiled, first, second));
+            problems.push(report(compiled, &mut tables, first, second));
             if problems.len() == MAX_REPORTED {
                 break;
             }
@@ -228,7 +230,12 @@ fn second_pass(
 /// The problem for `second` colliding with `first`: at the second job's
 /// name when the jobs differ, at the second row's id cell when the rows do,
 /// else at the job.
-fn report(compiled: &CompiledManifest, first: &Named, second: &Named) -> Problem {
+fn report(
+    compiled: &CompiledManifest,
+    tables: &mut Tables,
+    first: &Named,
+    second: &Named,
+) -> Problem {
     let source = &compiled.file.source;
     let job = YamlPath::root().key("jobs").index(second.spec_index);
     let shown = format!("`{}`", excerpt(&second.name));
@@ -241,8 +248,12 @@ fn report(compiled: &CompiledManifest, first: &Named, second: &Named) -> Problem
     }
     if let (Some(first_id), Some(second_id)) = (&first.id, &second.id) {
         if first_id != second_id {
-            if let Some(problem) =
-                row_problem(compiled, second.spec_index, first_id, second_id, &shown)
+            let table = tables
+                .entry(second.spec_index)
+                .or_insert_with(|| read_table(compiled, second.spec_index));
+            let spec = compiled.file.manifest.jobs.get(second.spec_index);
+            let column = spec.and_then(|s| s.rows.as_ref()).and_then(|r| r.id());
+            if let Some(problem) = row_problem(table.as_ref(), column, first_id, second_id, &shown)
             {
                 return problem;
             }
@@ -261,20 +272,29 @@ fn report(compiled: &CompiledManifest, first: &Named, second: &Named) -> Problem
     source.problem_at(&job.key("name"), message).with_help(HELP)
 }
 
+/// The `rows:` tables read again to point at cells, by job: each at most once.
+type Tables = HashMap<usize, Option<rows::Table>>;
+
+/// The `rows:` table of the job at `spec_index`, read again (as `rows_axis` did).
+fn read_table(compiled: &CompiledManifest, spec_index: usize) -> Option<rows::Table> {
+    let file = &compiled.file;
+    let spec = file.manifest.jobs.get(spec_index)?.rows.as_ref()?;
+    let path = file.base_dir.join(spec.file());
+    rows::read(&path, &path.display().to_string()).ok()
+}
+
 /// The problem at the cell of the row whose id is `second_id`, naming the
-/// row whose id is `first_id`; `None` if the table no longer reads as it did.
+/// row whose id is `first_id`, in `table` whose id column is `column` (`id`
+/// when `rows:` names none); `None` if the table no longer reads as it did.
 fn row_problem(
-    compiled: &CompiledManifest,
-    spec_index: usize,
+    table: Option<&rows::Table>,
+    column: Option<&str>,
     first_id: &str,
     second_id: &str,
     shown: &str,
 ) -> Option<Problem> {
-    let file = &compiled.file;
-    let spec = file.manifest.jobs.get(spec_index)?.rows.as_ref()?;
-    let path = file.base_dir.join(spec.file());
-    let table = rows::read(&path, &path.display().to_string()).ok()?;
-    let column = spec.id().unwrap_or("id");
+    let table = table?;
+    let column = column.unwrap_or(DEFAULT_ID_COLUMN);
     let find = |id: &str| {
         table.rows.iter().find_map(|row| {
             let cell = table.cell(row, column)?;

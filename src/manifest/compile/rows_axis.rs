@@ -25,7 +25,7 @@ use crate::manifest::source::SourceRef;
 use crate::manifest::template;
 
 /// The id column of a table whose `rows:` names none.
-const DEFAULT_ID_COLUMN: &str = "id";
+pub(super) const DEFAULT_ID_COLUMN: &str = "id";
 
 impl Context<'_> {
     /// The `rows:` table of a job as an axis, every bad cell reported at its
