@@ -804,3 +804,127 @@ fn check_no_panic(text: &str) {
         }
     }
 }
+
+// ------------------------------------------- hostile input, end to end
+
+/// `n` variants nested in one another: `{a|{a|…b…}}`.
+fn nested(n: usize) -> String {
+    format!("{}b{}", "{a|".repeat(n), "}".repeat(n))
+}
+
+const DEEP_HEAD: &str = "version: 1\nname: deep\ndefaults: {models: [m]}\njobs:\n  - name: a\n";
+
+/// 20,000 nested variants used to overflow the stack (exit 134); now the
+/// variant past the 64th level is refused where it opens, wherever the
+/// template is written.
+#[test]
+fn deeply_nested_variants_are_refused_at_the_level_past_the_limit() {
+    use crate::common::Batch;
+    // In a prompt: the 65th `{` is at byte 2 + 64 × 3 of the value, which
+    // starts at column 14.
+    let prompt = Batch::new(&format!("{DEEP_HEAD}    prompt: 'x {}'\n", nested(20_000)));
+    for command in ["validate", "plan"] {
+        prompt
+            .offline(command)
+            .status(2)
+            .stderr_contains("batch.yaml:6:208: variants are nested more than 64 deep")
+            .run();
+    }
+    // 64 levels are fine.
+    Batch::new(&format!("{DEEP_HEAD}    prompt: 'x {}'\n", nested(64)))
+        .offline("validate")
+        .run();
+
+    // In a wildcard value, inline or in a file.
+    let inline = Batch::new(&format!(
+        "{DEEP_HEAD}    prompt: 'x __w__'\nwildcards: {{w: [plain, '{}']}}\n",
+        nested(20_000)
+    ));
+    inline
+        .offline("validate")
+        .status(2)
+        .stderr_contains("batch.yaml:6:16: wildcard `__w__`: the value `{a|{a|")
+        .stderr_contains(
+            "(`wildcards.w[1]`) holds template syntax (variants are nested more than 64 deep)",
+        )
+        .run();
+    let file = Batch::new(&format!("{DEEP_HEAD}    prompt: 'x __w__'\n"));
+    file.write("wildcards/w.txt", format!("plain\n{}\n", nested(20_000)));
+    file.offline("validate")
+        .status(2)
+        .stderr_contains("w.txt:2) holds template syntax (variants are nested more than 64 deep)")
+        .run();
+
+    // In a rows cell: at the cell.
+    let rows = Batch::new(&format!(
+        "{DEEP_HEAD}    prompt: 'x ${{subject}}'\n    rows: p.csv\n"
+    ));
+    rows.write("p.csv", format!("pid,subject\nr1,{}\n", nested(20_000)));
+    rows.offline("validate")
+        .status(2)
+        .stderr_contains("p.csv:2:4: row 1, column `subject`: `{a|{a|")
+        .stderr_contains("holds template syntax (variants are nested more than 64 deep)")
+        .run();
+}
+
+const WILDCARD_MANIFEST: &str = "version: 1\nname: w\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: 'a __colour__ cat'\n";
+
+/// A wildcard file that is a FIFO used to hang `validate`; one linked to
+/// `/dev/zero` grew without bound. Only regular files are read (a symlink
+/// to one is fine), up to 16 MiB, and the problem is at the wildcard.
+#[test]
+fn wildcard_files_are_regular_files_of_bounded_size() {
+    use crate::common::Batch;
+    let fifo = Batch::new(WILDCARD_MANIFEST);
+    fifo.fifo("wildcards/colour.txt");
+    fifo.offline("validate")
+        .status(2)
+        .stderr_contains("batch.yaml:6:16: cannot read wildcard file")
+        .stderr_contains("is not a regular file (a FIFO)")
+        .run();
+
+    let zero = Batch::new(WILDCARD_MANIFEST);
+    std::fs::create_dir_all(zero.dir.path().join("wildcards")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", zero.dir.path().join("wildcards/colour.txt")).unwrap();
+    zero.offline("validate")
+        .status(2)
+        .stderr_contains("batch.yaml:6:16: cannot read wildcard file")
+        .stderr_contains("is not a regular file (a character device)")
+        .run();
+
+    let huge = Batch::new(WILDCARD_MANIFEST);
+    huge.write("wildcards/colour.txt", "red\n".repeat(4 * 1024 * 1024 + 1));
+    huge.offline("validate")
+        .status(2)
+        .stderr_contains("batch.yaml:6:16: cannot read wildcard file")
+        .stderr_contains("is larger than 16 MiB")
+        .run();
+
+    let linked = Batch::new(WILDCARD_MANIFEST);
+    linked.write("colours.txt", "red\nblue\n");
+    std::fs::create_dir_all(linked.dir.path().join("wildcards")).unwrap();
+    std::os::unix::fs::symlink(
+        "../colours.txt",
+        linked.dir.path().join("wildcards/colour.txt"),
+    )
+    .unwrap();
+    linked
+        .offline("validate")
+        .stdout_contains("ok (2 jobs")
+        .run();
+}
+
+/// A rows file that is a FIFO used to hang `validate` too.
+#[test]
+fn a_rows_file_must_be_a_regular_file() {
+    let batch = crate::common::Batch::new(
+        "version: 1\nname: r\ndefaults: {models: [m]}\njobs:\n  - name: a\n    prompt: '${subject}'\n    rows: p.csv\n",
+    );
+    batch.fifo("p.csv");
+    batch
+        .offline("validate")
+        .status(2)
+        .stderr_contains("batch.yaml:7:11: cannot read rows file")
+        .stderr_contains("is not a regular file (a FIFO)")
+        .run();
+}

@@ -518,3 +518,163 @@ fn the_expansion_fingerprint_follows_what_expands_not_how_it_is_written() {
         fingerprint(&one_job("{a|b}", "    images: 2\n    params: {steps: 9}\n"))
     );
 }
+
+// ------------------------------------------------ file names after cleaning
+
+/// A one-job rows manifest naming files `FILENAME`, over `p.csv` (ids in `pid`).
+fn rows_named(filename: &str) -> String {
+    format!("version: 1\nname: ids\ndefaults: {{models: [m]}}\noutput: {{filename: \"{filename}\"}}\njobs:\n  - name: t\n    prompt: '${{subject}}'\n    rows: {{file: p.csv, id: pid}}\n")
+}
+
+/// Ids that differ as text but clean up to one file name would make `run`
+/// pay for both images, keep one and stop; `validate` refuses them at the
+/// second id's cell, naming the first.
+#[test]
+fn ids_that_clean_up_to_one_file_name_are_refused_at_the_second() {
+    let long = "x".repeat(300);
+    let batch = crate::common::Batch::new(&rows_named("{id}-{index}"));
+    let csv = format!(
+        "pid,subject\na/b,cat\na_b,cat\n.hidden,owl\n_hidden,owl\ntrail.,hen\ntrail,hen\n{long}1,cow\n{long}2,cow\nCase,bee\ncase,bee\nfine,ant\n"
+    );
+    batch.write("p.csv", csv);
+    let done = batch.offline("validate").status(2).run();
+    let expected = [
+        (
+            3,
+            "row 2: id `a_b` names the same files as row 1 (id `a/b`)",
+        ),
+        (
+            5,
+            "row 4: id `_hidden` names the same files as row 3 (id `.hidden`)",
+        ),
+        (
+            7,
+            "row 6: id `trail` names the same files as row 5 (id `trail.`)",
+        ),
+        (9, "row 8: id `xxxxxxxx"),
+        (
+            11,
+            "row 10: id `case` names the same files as row 9 (id `Case`)",
+        ),
+    ];
+    for (line, message) in expected {
+        let place = format!("p.csv:{line}:1: {message}");
+        assert!(
+            done.stderr.contains(&place),
+            "lacks {place:?}:\n{}",
+            done.stderr
+        );
+    }
+    assert_eq!(
+        done.stderr.matches("names the same files as").count(),
+        5,
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("`case-0`"),
+        "the name is shown: {}",
+        done.stderr
+    );
+    // `plan` and `run` compile the same way: nothing is paid for.
+    batch
+        .offline("plan")
+        .status(2)
+        .stderr_contains("p.csv:3:1: row 2: id `a_b` names the same files")
+        .run();
+}
+
+/// Job names clean up too: `{job}/…` puts two jobs in one folder.
+#[test]
+fn job_names_that_clean_up_to_one_folder_are_refused_at_the_second() {
+    let batch = crate::common::Batch::new(
+        "version: 1\nname: jobs\ndefaults: {models: [m]}\noutput: {filename: \"{job}/{id}-{index}\"}\njobs:\n  - name: a/b\n    prompt: '${subject}'\n    rows: {file: p.csv, id: pid}\n  - name: A_B\n    prompt: '${subject} too'\n    rows: {file: p.csv, id: pid}\n",
+    );
+    batch.write("p.csv", "pid,subject\nx,cat\ny,owl\n");
+    batch
+        .offline("validate")
+        .status(2)
+        .stderr_contains("batch.yaml:9:11: job `A_B` names the same files as job `a/b`")
+        .stderr_contains("`A_B/x-0`")
+        .run();
+    // Distinct names pass.
+    let distinct = std::fs::read_to_string(&batch.manifest)
+        .unwrap()
+        .replace("A_B", "c");
+    std::fs::write(&batch.manifest, distinct).unwrap();
+    batch.offline("validate").run();
+}
+
+/// The check streams over the expansion, remembering a hash per name: a
+/// table of 100,000 ids validates in seconds, and one collision at its end
+/// is still found.
+#[test]
+fn the_name_check_streams_over_a_large_table() {
+    let batch = crate::common::Batch::new(
+        &rows_named("{id}-{index}").replace("defaults:", "run: {max_jobs: 1000000}\ndefaults:"),
+    );
+    let mut csv = String::from("pid,subject\n");
+    for i in 0..100_000 {
+        csv.push_str(&format!("r{i},cat\n"));
+    }
+    csv.push_str("R7,cat\n");
+    batch.write("p.csv", csv);
+    batch
+        .offline("validate")
+        .deadline(std::time::Duration::from_secs(60))
+        .status(2)
+        .stderr_contains(
+            "p.csv:100002:1: row 100001: id `R7` names the same files as row 8 (id `r7`)",
+        )
+        .run();
+}
+
+/// CSV files written on Windows end their lines with CRLF: problems are on
+/// the row's own line, not the one before.
+#[test]
+fn crlf_tables_report_problems_on_the_right_line() {
+    let batch = crate::common::Batch::new(&ROWS_MANIFEST.replace("FILE", "p.csv"));
+    batch.write(
+        "p.csv",
+        "pid,subject,steps\r\nr1,a cat,20\r\nr2,a dog,abc\r\nr3,an owl,9999\r\n",
+    );
+    batch
+        .offline("validate")
+        .status(2)
+        .stderr_contains("p.csv:3:10: row 2, column `steps`: expected a whole number")
+        .stderr_contains("p.csv:4:11: row 3, column `steps`: 9999 is out of range")
+        .run();
+}
+
+/// A column named `id` is the row id without `{file, id: id}`.
+#[test]
+fn a_column_named_id_is_the_row_id_by_default() {
+    let manifest = "version: 1\nname: k\ndefaults: {models: [m]}\noutput: {filename: \"{id}-{index}\"}\njobs:\n  - name: t\n    prompt: '${subject}'\n    rows: p.csv\n";
+    let batch = crate::common::Batch::new(manifest);
+    batch.write("p.csv", "id,subject\nr1,cat\nr2,owl\n");
+    batch
+        .offline("validate")
+        .stdout_contains("ok (2 jobs")
+        .run();
+    let ids: Vec<_> = jobs_in(manifest, batch.dir.path())
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, [Some("r1".to_owned()), Some("r2".to_owned())]);
+    // The same jobs, keys included, as naming the column.
+    let named = manifest.replace("rows: p.csv", "rows: {file: p.csv, id: id}");
+    let keys = |text: &str| -> Vec<String> {
+        jobs_in(text, batch.dir.path())
+            .into_iter()
+            .map(|j| j.key.to_string())
+            .collect()
+    };
+    assert_eq!(keys(manifest), keys(&named));
+    // As an id, it must be set and unique.
+    batch.write("p.csv", "id,subject\nr1,cat\nr1,owl\n");
+    batch
+        .offline("validate")
+        .status(2)
+        .stderr_contains("p.csv:3:1: row 2: id `r1` is already the id of row 1")
+        .run();
+}

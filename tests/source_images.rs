@@ -393,3 +393,137 @@ fn a_rows_column_gives_each_row_its_source() {
         "{problems:?}"
     );
 }
+
+/// A source image that is a FIFO used to hang `validate`; one linked to a
+/// device is refused too. Only regular files are read (a symlink to one is
+/// fine), and the problem is at the path in the manifest.
+#[test]
+fn a_source_image_must_be_a_regular_file() {
+    let text = format!("{HEAD}  - {{name: a, prompt: a cat, source_image: in.png}}\n");
+    let fifo = Batch::new(&text);
+    fifo.fifo("in.png");
+    fifo.offline("validate")
+        .status(2)
+        .stderr_contains("batch.yaml:7:44: cannot read source image `in.png`")
+        .stderr_contains("is not a regular file (a FIFO)")
+        .run();
+
+    let zero = Batch::new(&text);
+    std::os::unix::fs::symlink("/dev/zero", zero.dir.path().join("in.png")).unwrap();
+    zero.offline("validate")
+        .status(2)
+        .stderr_contains("is not a regular file (a character device)")
+        .run();
+
+    let linked = Batch::new(&text);
+    write_png(&linked.dir.path().join("real/a.png"), 8, 8, false, 1);
+    std::os::unix::fs::symlink("real/a.png", linked.dir.path().join("in.png")).unwrap();
+    linked
+        .offline("validate")
+        .stdout_contains("ok (1 jobs")
+        .run();
+}
+
+/// A small PNG whose colour profile (iCCP) inflates to 1 GiB used to be
+/// inflated (to the image crate's 512 MiB default) and accepted: with the
+/// process limited to 400 MB of address space it died. Ancillary chunks are
+/// not inflated now: the image validates within the limit, the profile
+/// ignored (the Horde is sent the pixels only).
+#[test]
+fn a_png_whose_colour_profile_inflates_to_a_gibibyte_validates_in_bounded_memory() {
+    let batch = Batch::new(&format!(
+        "{HEAD}  - {{name: a, prompt: a cat, source_image: bomb.png}}\n"
+    ));
+    let plain = batch.dir.path().join("plain.png");
+    write_png(&plain, 8, 8, false, 1);
+    let png = std::fs::read(&plain).unwrap();
+    // Signature (8 bytes), then IHDR (4 + 4 + 13 + 4): the profile goes after it.
+    let mut bomb = png[..33].to_vec();
+    let mut profile = b"bomb\0\0".to_vec();
+    profile.extend(zlib_of_zeros(1 << 30));
+    bomb.extend(png_chunk(b"iCCP", &profile));
+    bomb.extend(png_chunk(b"zTXt", &profile));
+    bomb.extend(&png[33..]);
+    assert!(bomb.len() < 16 * 1024 * 1024, "{} bytes", bomb.len());
+    batch.write("bomb.png", &bomb);
+
+    let limited = crate::common::run_bounded(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -v 400000 && exec "$0" validate "$1""#)
+            .arg(crate::common::BIN)
+            .arg(&batch.manifest)
+            .env("NO_COLOR", "1"),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(limited.code, 0, "{}", limited.stderr);
+    assert!(limited.stdout.contains("ok (1 jobs"), "{}", limited.stdout);
+}
+
+/// One PNG chunk: length, type, data, CRC-32.
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    chunk.extend(kind);
+    chunk.extend(data);
+    let mut crc = !0u32;
+    for &byte in kind.iter().chain(data) {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    chunk.extend((!crc).to_be_bytes());
+    chunk
+}
+
+/// A zlib stream of `len` zero bytes (`len - 1` a multiple of 258): one
+/// literal 0, then copies of 258 bytes at distance 1, in a fixed-Huffman
+/// block (13 bits a copy, so about 160:1).
+fn zlib_of_zeros(len: usize) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        used: u32,
+    }
+    impl Bits {
+        /// `count` bits of `value`, least significant first.
+        fn put(&mut self, value: u64, count: u32) {
+            self.acc |= value << self.used;
+            self.used += count;
+            while self.used >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.used -= 8;
+            }
+        }
+        /// A Huffman code: its bits most significant first.
+        fn code(&mut self, code: u64, count: u32) {
+            let reversed = (0..count).fold(0, |r, i| r | ((code >> i) & 1) << (count - 1 - i));
+            self.put(reversed, count);
+        }
+    }
+    let copies = (len - 1) / 258;
+    let mut bits = Bits {
+        out: vec![0x78, 0x01],
+        acc: 0,
+        used: 0,
+    };
+    bits.put(1, 1); // the final block
+    bits.put(1, 2); // fixed Huffman codes
+    bits.code(0x30, 8); // literal 0
+    for _ in 0..copies {
+        bits.code(0xC5, 8); // length 258
+        bits.code(0, 5); // distance 1
+    }
+    bits.code(0, 7); // end of block
+    bits.put(0, 7); // to a byte boundary
+    let total = 1 + copies * 258;
+    // Adler-32 of zeros: a stays 1, b adds 1 per byte.
+    let adler = ((total % 65521) as u32) << 16 | 1;
+    bits.out.extend(adler.to_be_bytes());
+    bits.out
+}

@@ -85,6 +85,18 @@ impl SourceText {
     }
 }
 
+/// Characters of a value a message quotes; a longer value is cut there.
+const EXCERPT_CHARS: usize = 60;
+
+/// `text` as a message quotes it: whole when short, else its first
+/// characters and `…` (a 20,000-level template is not worth repeating).
+pub(crate) fn excerpt(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+        None => text.into(),
+    }
+}
+
 impl Problem {
     /// The same problem with a hint on how to fix it.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {

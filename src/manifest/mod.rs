@@ -10,6 +10,7 @@
 mod compile;
 mod error;
 mod expand;
+mod input;
 pub mod locate;
 pub mod params;
 mod range;

@@ -80,22 +80,8 @@ pub fn read(path: &Path, shown: &str) -> Result<Table, TableError> {
             "rows file {shown} is neither `.csv` nor `.jsonl`/`.ndjson`"
         )));
     }
-    let size = std::fs::metadata(path)
-        .map_err(|e| TableError::File(format!("cannot read rows file {shown}: {e}")))?
-        .len();
-    if size > MAX_ROWS_BYTES {
-        return Err(TableError::File(format!(
-            "rows file {shown} is {size} bytes; the limit is {MAX_ROWS_BYTES}"
-        )));
-    }
-    let bytes = std::fs::read(path)
+    let text = super::input::read_regular_text(path, MAX_ROWS_BYTES)
         .map_err(|e| TableError::File(format!("cannot read rows file {shown}: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        TableError::File(format!(
-            "rows file {shown} is not UTF-8 text (byte {})",
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
     let source = SourceText {
         name: shown.to_owned(),
         text: Arc::from(text),
@@ -145,12 +131,12 @@ fn read_csv(source: SourceText) -> Result<Table, TableError> {
         let record = match record {
             Ok(record) => record,
             Err(e) => {
-                let offset = e.position().map_or(0, |p| p.byte() as usize);
+                let offset = line_start(&text, e.position().map_or(0, |p| p.byte() as usize));
                 problems.push(table.problem_at(offset, format!("row {number}: {e}")));
                 continue;
             }
         };
-        let offset = record.position().map_or(0, |p| p.byte() as usize);
+        let offset = line_start(&text, record.position().map_or(0, |p| p.byte() as usize));
         let line_end = text[offset.min(text.len())..]
             .find('\n')
             .map_or(text.len(), |end| offset + end);
@@ -184,6 +170,13 @@ fn read_csv(source: SourceText) -> Result<Table, TableError> {
     } else {
         Err(TableError::Rows(problems))
     }
+}
+
+/// Where a record that the csv crate places at `offset` starts: after a
+/// CRLF it places it on the `\n`, which is still the line before.
+fn line_start(text: &str, offset: usize) -> usize {
+    let rest = text.get(offset..).unwrap_or_default();
+    offset + (rest.len() - rest.trim_start_matches(['\r', '\n']).len())
 }
 
 fn read_jsonl(source: SourceText) -> Result<Table, TableError> {

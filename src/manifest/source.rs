@@ -2,8 +2,10 @@
 //! files a manifest names in `source_image`, `source_mask` and
 //! `extra_source_images`.
 //!
-//! Owns reading a source file, checking it the way the Horde will (a PNG,
-//! JPEG or WebP by its content, at most 3072×3072 pixels, decodable), hashing
+//! Owns reading a source file (a regular file of at most 64 MiB), checking it
+//! the way the Horde will (a PNG, JPEG or WebP by its content, at most
+//! 3072×3072 pixels, decodable within a memory cap, a PNG's colour profile
+//! and text chunks left out so they are never inflated), hashing
 //! its bytes for the job key, and, at submit time, turning it into the
 //! base64 lossless WebP the API takes after making sure the bytes are still
 //! the ones that were checked. Jobs hold a [`SourceRef`] (path, hash, size),
@@ -11,9 +13,10 @@
 //! manifest checks (which fields go together, as the server demands) report
 //! through `compile`'s context at the field's position. Never talks HTTP.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::compile::{Axis, AxisKind, AxisValue, Context};
+use super::input::{self, InputError};
 use super::locate::YamlPath;
 use super::schema::JobSpec;
 use crate::digest;
@@ -32,8 +36,14 @@ use crate::digest;
 /// (AH `convert_source_image_to_pil`: "Image size cannot exceed 3072*3072 pixels").
 pub const MAX_SOURCE_PIXELS: u64 = 3072 * 3072;
 /// Files larger than this are refused before they are read: no PNG, JPEG or
-/// WebP of 3072×3072 pixels needs more.
+/// WebP of 3072×3072 pixels needs more (an 8-bit RGBA PNG of noise at that
+/// size is 38 MB, so the cap is not lower).
 pub const MAX_SOURCE_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// What the decoder may allocate: the largest image the Horde takes, at 16
+/// bits per channel with alpha (3072 × 3072 × 8 bytes = 72 MiB), and room
+/// for the decoder's own buffers. Ancillary PNG chunks are never inflated
+/// (see `decodable`), so nothing else can ask for more.
+const MAX_DECODE_BYTES: u64 = 128 * 1024 * 1024;
 /// The Horde refuses more extra source images than this (`TooManyExtraSourceImages.`).
 pub const MAX_EXTRA_SOURCE_IMAGES: usize = 5;
 
@@ -163,7 +173,7 @@ pub enum SourceError {
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: InputError,
     },
     #[error("source image {path} changed since the manifest was checked (its bytes hash to {now}, not {checked}); run again to re-plan it")]
     Changed {
@@ -188,11 +198,11 @@ pub fn load_source(base_dir: &Path, path: &str) -> Result<SourceRef, String> {
         return Err("the source image path is empty".to_owned());
     }
     let resolved = base_dir.join(path);
-    let bytes = read_limited(&resolved).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
+    let bytes = input::read_regular(&resolved, MAX_SOURCE_FILE_BYTES).map_err(|e| match e {
+        InputError::NotFound => {
             format!("source image `{path}` not found ({})", resolved.display())
         }
-        _ => format!("cannot read source image `{path}`: {e}"),
+        e => format!("cannot read source image `{path}`: {e}"),
     })?;
     let format = SourceFormat::sniff(&bytes).ok_or_else(|| {
         format!("`{path}` is not a PNG, JPEG or WebP image (judged by its content, not its name)")
@@ -210,27 +220,58 @@ pub fn load_source(base_dir: &Path, path: &str) -> Result<SourceRef, String> {
     })
 }
 
-/// Reads a file, refusing one larger than `MAX_SOURCE_FILE_BYTES`.
-fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_SOURCE_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_SOURCE_FILE_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {} MiB", MAX_SOURCE_FILE_BYTES / (1024 * 1024)),
-        ));
+/// A reader of `bytes` as `format` that allocates at most
+/// `MAX_DECODE_BYTES`; a PNG's ancillary chunks are left out first.
+fn decodable(bytes: &[u8], format: SourceFormat) -> ImageReader<Cursor<Cow<'_, [u8]>>> {
+    let bytes = match format {
+        SourceFormat::Png => png_pixels_only(bytes),
+        SourceFormat::Jpeg | SourceFormat::Webp => Cow::Borrowed(bytes),
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    reader
+}
+
+/// A PNG with only the chunks that make its pixels: the critical ones and
+/// `tRNS` (transparency). The rest (colour profiles, compressed text, Exif)
+/// is not sent to the Horde, and `iCCP`, `zTXt` and `iTXt` are compressed:
+/// a 2 MB file can inflate to gigabytes. A PNG whose chunks do not parse is
+/// returned as it is, for the decoder to refuse.
+fn png_pixels_only(bytes: &[u8]) -> Cow<'_, [u8]> {
+    const SIGNATURE: usize = 8;
+    let mut kept = bytes[..SIGNATURE.min(bytes.len())].to_vec();
+    let mut at = SIGNATURE;
+    while at < bytes.len() {
+        let Some(header) = bytes.get(at..at + 8) else {
+            return Cow::Borrowed(bytes);
+        };
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = &header[4..8];
+        // Length, type, data and CRC.
+        let Some(end) = (at + 12)
+            .checked_add(length)
+            .filter(|end| *end <= bytes.len())
+        else {
+            return Cow::Borrowed(bytes);
+        };
+        if kind[0].is_ascii_uppercase() || kind == b"tRNS" {
+            kept.extend_from_slice(&bytes[at..end]);
+        }
+        at = end;
+        if kind == b"IEND" {
+            break;
+        }
     }
-    Ok(bytes)
+    Cow::Owned(kept)
 }
 
 /// Width, height and alpha of an image, decoded in full (a truncated file
 /// fails here, not at submit time); the pixel limit is checked from the
 /// header first, so an oversized image is never decoded.
 fn check_image(bytes: &[u8], format: SourceFormat) -> Result<(u32, u32, bool), String> {
-    let reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
-    let decoder = reader
+    let decoder = decodable(bytes, format)
         .into_decoder()
         .map_err(|e| format!("not a readable image: {e}"))?;
     let (width, height) = decoder.dimensions();
@@ -251,9 +292,11 @@ fn check_image(bytes: &[u8], format: SourceFormat) -> Result<(u32, u32, bool), S
 /// The source as the API takes it: the file read again, checked against the
 /// hash taken at compile time, converted to lossless WebP, base64-encoded.
 pub fn webp_base64(source: &SourceRef) -> Result<String, SourceError> {
-    let bytes = read_limited(&source.resolved).map_err(|e| SourceError::Read {
-        path: source.resolved.clone(),
-        source: e,
+    let bytes = input::read_regular(&source.resolved, MAX_SOURCE_FILE_BYTES).map_err(|e| {
+        SourceError::Read {
+            path: source.resolved.clone(),
+            source: e,
+        }
     })?;
     let now = hash_bytes(&bytes);
     if now != source.hash {
@@ -273,7 +316,7 @@ pub fn webp_base64(source: &SourceRef) -> Result<String, SourceError> {
 /// Lossless WebP of an image: RGBA when it has alpha (the Horde reads an
 /// inpainting mask from it), RGB otherwise.
 fn to_webp(bytes: &[u8], format: SourceFormat) -> Result<Vec<u8>, String> {
-    let image = ImageReader::with_format(Cursor::new(bytes), format.image_format())
+    let image = decodable(bytes, format)
         .decode()
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
@@ -697,6 +740,27 @@ mod tests {
         std::fs::write(dir.path().join("big.png"), png(3073, 3072, false)).unwrap();
         let big = load_source(dir.path(), "big.png").unwrap_err();
         assert!(big.contains("refuses more than 3072×3072"), "{big}");
+    }
+
+    #[test]
+    fn only_the_chunks_that_make_the_pixels_are_decoded() {
+        let original = png(6, 4, true);
+        // A text chunk after IHDR (8-byte signature, 25-byte IHDR).
+        let mut with_text = original[..33].to_vec();
+        with_text.extend(13u32.to_be_bytes());
+        with_text.extend(b"tEXtComment\0hello\0\0\0\0");
+        with_text.extend(&original[33..]);
+        assert_eq!(png_pixels_only(&with_text).as_ref(), original.as_slice());
+        let decoded = |bytes: &[u8]| {
+            decodable(bytes, SourceFormat::Png)
+                .decode()
+                .unwrap()
+                .to_rgba8()
+        };
+        assert_eq!(decoded(&with_text), decoded(&original));
+        // A truncated chunk list is left for the decoder to refuse.
+        let cut = &original[..40];
+        assert_eq!(png_pixels_only(cut).as_ref(), cut);
     }
 
     #[test]

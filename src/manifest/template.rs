@@ -149,7 +149,7 @@ pub fn parse(text: &str) -> Result<Vec<Piece>, TemplateProblem> {
             }
         }
         if rest.starts_with('{') {
-            let (pick, options, consumed) = parse_variant(text, i)?;
+            let (pick, options, consumed) = parse_variant(text, i, 1)?;
             flush(&mut literal, &mut pieces);
             pieces.push(match pick {
                 None => Piece::Variant(options),
@@ -234,7 +234,19 @@ fn flush(literal: &mut String, pieces: &mut Vec<Piece>) {
 
 type ParsedVariant = (Option<Pick>, Vec<Vec<Piece>>, usize);
 
-fn parse_variant(text: &str, start: usize) -> Result<ParsedVariant, TemplateProblem> {
+/// Variants nested deeper than this are refused: no prompt needs them, and
+/// parsing, expanding and dropping a template each recurse once per level.
+pub const MAX_VARIANT_DEPTH: usize = 64;
+
+/// The variant whose `{` is at `start`, `depth` levels deep (1 outside any).
+fn parse_variant(text: &str, start: usize, depth: usize) -> Result<ParsedVariant, TemplateProblem> {
+    if depth > MAX_VARIANT_DEPTH {
+        return Err(TemplateProblem::new(
+            start,
+            format!("variants are nested more than {MAX_VARIANT_DEPTH} deep"),
+            "flatten the variants; write `\\{` for a literal brace",
+        ));
+    }
     let mut options: Vec<Vec<Piece>> = Vec::new();
     let mut option: Vec<Piece> = Vec::new();
     let mut literal = String::new();
@@ -276,7 +288,7 @@ fn parse_variant(text: &str, start: usize) -> Result<ParsedVariant, TemplateProb
             }
             '{' => {
                 // A nested variant or combination: one of its values per value of the option.
-                let (pick, nested, consumed) = parse_variant(text, i)?;
+                let (pick, nested, consumed) = parse_variant(text, i, depth + 1)?;
                 flush(&mut literal, &mut option);
                 option.push(match pick {
                     None => Piece::Variant(nested),
@@ -552,6 +564,21 @@ mod tests {
             &parse("{x {2$$a|b|c}|y}").unwrap()[0],
             Piece::Variant(options) if matches!(options[0][1], Piece::Combination(..))
         ));
+    }
+
+    #[test]
+    fn nesting_is_limited_where_it_passes_the_limit() {
+        let nested = |n: usize| format!("{}b{}", "{a|".repeat(n), "}".repeat(n));
+        assert!(parse(&nested(MAX_VARIANT_DEPTH)).is_ok());
+        let problem = parse(&nested(20_000)).unwrap_err();
+        assert_eq!(problem.offset, 3 * MAX_VARIANT_DEPTH);
+        assert_eq!(problem.message, "variants are nested more than 64 deep");
+        // Combinations count as levels too.
+        let combinations = format!("{}b{}", "{1$$a|".repeat(100), "}".repeat(100));
+        assert_eq!(
+            parse(&combinations).unwrap_err().offset,
+            6 * MAX_VARIANT_DEPTH
+        );
     }
 
     #[test]

@@ -53,6 +53,43 @@ impl Batch {
         self.out().join(".horde-batch")
     }
 
+    /// Writes `bytes` to `name` (folders created) beside the manifest and
+    /// returns its path.
+    pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Makes `name` beside the manifest a named pipe (FIFO) that nothing
+    /// writes to: opening it to read blocks forever.
+    #[track_caller]
+    pub fn fifo(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        let made = Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("`mkfifo` runs");
+        assert!(made.success(), "mkfifo {}: {made}", path.display());
+        path
+    }
+
+    /// `horde-batch <subcommand> <manifest>` with no Horde (`validate`,
+    /// `plan`), colour off so messages can be matched, ended within 20 s.
+    pub fn offline(&self, subcommand: &str) -> HordeBatch {
+        HordeBatch::new()
+            .env("NO_COLOR", "1")
+            .arg(subcommand)
+            .arg(&self.manifest)
+            .deadline(Duration::from_secs(20))
+    }
+
     // ------------------------------------------------------------ commands
 
     /// `horde-batch <subcommand> <manifest> --horde-url <sim>`: see [`Batch::command_at`].

@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::axes::{number_value, value_text, Axis, AxisKind, AxisValue};
 use super::parameters::param_spec;
 use super::{Context, VALUE_SYNTAX_HELP};
+use crate::manifest::error::excerpt;
 use crate::manifest::locate::YamlPath;
 use crate::manifest::params::{self, PARAMS};
 use crate::manifest::range;
@@ -173,7 +174,7 @@ impl Context<'_> {
                 Value::String(text) => match template::syntax_in_value(text) {
                     None => Ok(value.clone()),
                     Some(what) => {
-                        self.problem(here, format!("matrix axis `{name}`: the value `{text}` holds {what}, which is not expanded inside matrix values"), VALUE_SYNTAX_HELP);
+                        self.problem(here, format!("matrix axis `{name}`: the value `{}` holds {what}, which is not expanded inside matrix values", excerpt(text)), VALUE_SYNTAX_HELP);
                         return None;
                     }
                 },

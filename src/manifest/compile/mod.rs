@@ -17,9 +17,11 @@
 //! by step), `rows_axis` and `matrix` (the axes a job declares), `templates`
 //! (prompts, whose variants and wildcards add axes), `variants` and
 //! `wildcards` (their values). `axes` and `compiled` hold the types the
-//! result is made of.
+//! result is made of. Once all of that passes, `collisions` checks that no
+//! two jobs' images would be written to the same files.
 
 mod axes;
+mod collisions;
 mod compiled;
 mod job;
 mod matrix;
@@ -80,12 +82,18 @@ pub fn compile(
     if !cx.problems.is_empty() {
         return Err(ManifestError::from(cx.problems));
     }
-    Ok(CompiledManifest {
+    let compiled = CompiledManifest {
         file: Arc::new(file),
         jobs,
         run,
         output,
-    })
+    };
+    // Last: it expands the jobs, which needs every other check passed.
+    let collisions = collisions::check(&compiled);
+    if !collisions.is_empty() {
+        return Err(ManifestError::from(collisions));
+    }
+    Ok(compiled)
 }
 
 /// What compiling one manifest has found so far: the problems, and what is

@@ -1,7 +1,8 @@
 //! A job's `rows:` table as an axis: each row one value, its cells set
 //! parameters, the model, the source image or prompt variables by their
-//! column's name, and its label is its id or its number. Every bad cell is
-//! reported at its place in the table file, not just the first.
+//! column's name, and its label is its id (the `id:` column, else a column
+//! named `id`) or its number. Every bad cell is reported at its place in the
+//! table file, not just the first.
 //!
 //! Reading and parsing the CSV or JSON Lines file is `rows` one level up;
 //! this file gives the columns their meaning and checks the cells. It does
@@ -15,12 +16,16 @@ use serde_json::{Map, Value};
 use super::axes::{value_text, Axis, AxisKind, AxisValue, ColumnUse, RowColumns};
 use super::parameters::param_spec;
 use super::Context;
+use crate::manifest::error::excerpt;
 use crate::manifest::locate::YamlPath;
 use crate::manifest::params;
 use crate::manifest::rows::{self, Row, Table, TableError};
 use crate::manifest::schema::RowsSpec;
 use crate::manifest::source::SourceRef;
 use crate::manifest::template;
+
+/// The id column of a table whose `rows:` names none.
+pub(super) const DEFAULT_ID_COLUMN: &str = "id";
 
 impl Context<'_> {
     /// The `rows:` table of a job as an axis, every bad cell reported at its
@@ -34,7 +39,14 @@ impl Context<'_> {
         let (table, shown) = self.read_rows(spec, path)?;
         let problems_before = self.problems.len();
         let columns = self.row_columns(&table, path, matrix);
-        let id = spec.id().map(str::to_owned);
+        // A column named `id` is the id unless another is named.
+        let id = spec.id().map(str::to_owned).or_else(|| {
+            table
+                .columns
+                .iter()
+                .find(|column| *column == DEFAULT_ID_COLUMN)
+                .cloned()
+        });
         if let Some(id) = &id {
             if !table.columns.contains(id) {
                 self.problem(
@@ -251,7 +263,7 @@ fn cell_value(used: ColumnUse, value: &Value) -> Result<Value, String> {
         ColumnUse::Text => match value {
             Value::String(text) => match template::syntax_in_value(text) {
                 None => Ok(value.clone()),
-                Some(what) => Err(format!("`{text}` holds {what}, which is not expanded inside row values (write `\\` before it to send it as text)")),
+                Some(what) => Err(format!("`{}` holds {what}, which is not expanded inside row values (write `\\` before it to send it as text)", excerpt(text))),
             },
             Value::Number(_) | Value::Bool(_) => Ok(Value::from(value_text(value))),
             other => Err(format!("expected text, found {}", params::describe(other))),

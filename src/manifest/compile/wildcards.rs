@@ -1,6 +1,7 @@
 //! Wildcards: `__name__` and `__glob*__` resolved to their values, from the
 //! manifest's `wildcards:` or from `.txt` files in the wildcards folder
-//! (one value per line), each read once per compile.
+//! (one value per line, regular files of at most 16 MiB), each read once
+//! per compile.
 //!
 //! This is the only part of compiling that reads wildcard files. It does not
 //! turn values into axes (`templates` does) and does not expand template
@@ -10,7 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Context, VALUE_SYNTAX_HELP};
+use crate::manifest::error::excerpt;
+use crate::manifest::input::{self, InputError};
 use crate::manifest::template;
+
+/// Wildcard files larger than this are refused: a wildcard of a million
+/// values is 16 MiB of short lines, and a file that is not meant as one
+/// (a log, a link to a device) is stopped before it fills memory.
+const MAX_WILDCARD_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 const WILDCARD_HELP: &str =
     "define it under `wildcards:` in the manifest, or as a text file with one value per line";
@@ -108,7 +116,7 @@ fn manifest_wildcard(name: &str, values: &[String]) -> Wildcard {
 /// lines and `#` comments skipped.
 fn file_wildcard(name: &str, dir: &Path) -> Wildcard {
     let file = dir.join(format!("{name}.txt"));
-    match std::fs::read_to_string(&file) {
+    match input::read_regular_text(&file, MAX_WILDCARD_FILE_BYTES) {
         Ok(text) => {
             let values: Vec<(String, String)> = text
                 .lines()
@@ -126,7 +134,7 @@ fn file_wildcard(name: &str, dir: &Path) -> Wildcard {
                 plain_values(name, values.into_iter())
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err((format!(
+        Err(InputError::NotFound) => Err((format!(
             "wildcard `__{name}__` is not defined: no `wildcards.{name}` in the manifest and no file {}",
             file.display()
         ), WILDCARD_HELP)),
@@ -164,7 +172,7 @@ fn plain_values(name: &str, values: impl Iterator<Item = (String, String)>) -> W
     for (place, value) in values {
         if let Some(what) = template::syntax_in_value(&value) {
             return Err((
-                format!("wildcard `__{name}__`: the value `{value}` ({place}) holds {what}, which is not expanded inside wildcard values"),
+                format!("wildcard `__{name}__`: the value `{}` ({place}) holds {what}, which is not expanded inside wildcard values", excerpt(&value)),
                 VALUE_SYNTAX_HELP,
             ));
         }
