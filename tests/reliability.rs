@@ -502,6 +502,9 @@ mod stub {
         /// Where redirects point: a listener that only counts what reaches it.
         elsewhere: String,
         counters: Arc<Counters>,
+        /// The seed each request was asked for, which its images report (as
+        /// the real server's workers do).
+        seeds: Mutex<std::collections::HashMap<String, u64>>,
     }
 
     pub struct Stub {
@@ -541,6 +544,7 @@ mod stub {
                 base: base.clone(),
                 elsewhere,
                 counters: Arc::clone(&counters),
+                seeds: Mutex::new(std::collections::HashMap::new()),
             });
             let app = Router::new()
                 .route("/api/v2/find_user", get(find_user))
@@ -657,9 +661,12 @@ mod stub {
         .into_response()
     }
 
-    async fn submit(State(shared): State<Arc<Shared>>) -> Response {
+    async fn submit(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
         let n = shared.counters.submits.fetch_add(1, Ordering::SeqCst);
         let id = format!("req-{n}");
+        if let Some(seed) = body["params"]["seed"].as_str().and_then(|s| s.parse().ok()) {
+            shared.seeds.lock().unwrap().insert(id.clone(), seed);
+        }
         shared
             .counters
             .never_retrieved
@@ -777,9 +784,17 @@ mod stub {
             _ => base64(&small_webp()),
         };
         let mut body = check_body();
+        let seed = shared
+            .seeds
+            .lock()
+            .unwrap()
+            .get(&id)
+            .copied()
+            .unwrap_or(1234);
         let generation = |suffix: &str| {
+            let seed = seed + u64::from(!suffix.is_empty());
             json!({
-                "img": img, "seed": "1234", "id": format!("gen-{id}{suffix}"), "censored": false,
+                "img": img, "seed": seed.to_string(), "id": format!("gen-{id}{suffix}"), "censored": false,
                 "gen_metadata": [], "worker_id": "w-1", "worker_name": "stub worker",
                 "model": "stable_diffusion", "state": "ok"
             })

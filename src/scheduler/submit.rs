@@ -350,6 +350,9 @@ mod tests {
         // 2³² and more are shifted right by 32 bits, as the server does.
         assert_eq!(horde_seed_number("4294967296"), 1);
         // Text: its little-endian bytes.
-        assert_eq!(horde_seed_number("ab"), u64::from(b'a') | u64::from(b'b') << 8);
+        assert_eq!(
+            horde_seed_number("ab"),
+            u64::from(b'a') | u64::from(b'b') << 8
+        );
     }
 }

@@ -62,7 +62,7 @@ impl Horde {
                 seed: String::new(),
                 client_seed: false,
                 seed_variation: None,
-                pops: n,
+                n,
                 width,
                 height,
                 mps_per_image: 0.0,

@@ -65,18 +65,23 @@ impl Job {
     }
 }
 
-/// The seed the server puts in the payload of `request`'s next job
-/// (`get_job_payload`): the client's seed, plus `seed_variation` for every
-/// job popped after the first (shifted right by 32 bits while it is 2³² or
-/// more, as the server does); without a client seed, a fresh random one per job.
-fn job_seed(request: &Request, settings: &Settings) -> String {
+/// The seed the server puts in the payload of image `batch_index` of
+/// `request`, on its `attempt`-th try (`get_job_payload`): the client's seed
+/// plus `seed_variation` for every job popped before it (shifted right by 32
+/// bits while it is 2³² or more, as the server does); without a client seed,
+/// a fresh random one per job. The server counts pops in the order workers
+/// take them; here a job's place is its index, and a faulted image's retry
+/// comes after the request's other images, so a seeded run repeats exactly.
+fn job_seed(request: &Request, settings: &Settings, batch_index: u32, attempt: u32) -> String {
+    let n = request.n;
+    let place = u64::from(batch_index) + u64::from(attempt) * u64::from(n);
     if !request.client_seed {
-        let parts = [Part::Id(request.id), Part::Num(u64::from(request.pops))];
+        let parts = [Part::Id(request.id), Part::Num(place)];
         return (settings.det.hash("job seed", &parts) % (1 << 32)).to_string();
     }
     let mut seed = seed_to_int(&request.seed);
     if let Some(variation) = request.seed_variation {
-        seed += u64::from(variation) * u64::from(request.pops);
+        seed += u64::from(variation) * place;
         while seed >= 1 << 32 {
             seed >>= 32;
         }
@@ -134,13 +139,12 @@ impl Horde {
         }
         request.processing += 1;
         request.expiry = Instant::now() + settings.expiry;
-        let seed = job_seed(request, &settings);
-        request.pops += 1;
         let attempt = request
             .faults_per_image
             .get(&batch_index)
             .copied()
             .unwrap_or(0);
+        let seed = job_seed(request, &settings, batch_index, attempt);
         let parts = [
             Part::Id(id),
             Part::Num(u64::from(batch_index)),

@@ -63,8 +63,8 @@ pub(super) struct Request {
     /// `params.seed_variation`: each job popped after the first gets the
     /// previous job's seed plus this (docs/horde-api.md §9.1).
     pub(super) seed_variation: Option<u32>,
-    /// Jobs handed to workers so far (faulted attempts included).
-    pub(super) pops: u32,
+    /// Images the request asked for (`n`).
+    pub(super) n: u32,
     pub(super) width: u32,
     pub(super) height: u32,
     /// Megapixel-steps of one image (`width·height·steps / 10⁶`).

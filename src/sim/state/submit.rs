@@ -218,7 +218,7 @@ impl Horde {
             seed,
             client_seed,
             seed_variation,
-            pops: 0,
+            n: input.params.n,
             width,
             height,
             mps_per_image,
