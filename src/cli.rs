@@ -277,6 +277,10 @@ pub struct MergeArgs {
     /// Output directory holding the `shard-I-of-N` folders (default: the manifest's `output.dir`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Merge what is there even when a shard is missing, running or unfinished
+    /// (without it, such a merge writes nothing and exits 1, or 4 while a shard runs).
+    #[arg(long)]
+    pub partial: bool,
 }
 
 #[derive(Debug, Args)]
