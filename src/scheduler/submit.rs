@@ -76,7 +76,7 @@ impl Engine {
             return Err(Halt::Stopped);
         }
         // Before the intent is written: a source that cannot be sent fails the job, never a request.
-        let request = build_request(job, n, missing[0])
+        let request = request_seeded(job, n, request_seed(job, record.as_ref(), missing[0]))
             .map_err(|e| Halt::Failed(FailureKind::Permanent, e.to_string()))?;
         let gate = tokio::select! {
             gate = sender.gate.enter() => gate,
@@ -237,11 +237,32 @@ pub fn build_request(
     n: u32,
     first_index: u32,
 ) -> Result<GenerationRequest, crate::manifest::source::SourceError> {
+    request_seeded(job, n, job.seed_for(first_index))
+}
+
+/// The seed a request whose first image is `first_index` sends: the one
+/// `horde-batch reroll` chose for that image (a fixed seed would make the
+/// rejected image again), else the job's; `None` leaves it to the Horde. A
+/// job with fixed seeds asks for one image per request (`plan::slots`), so
+/// the seed is that image's.
+fn request_seed(job: &Job, record: Option<&RequestRecord>, first_index: u32) -> Option<String> {
+    record
+        .and_then(|record| record.reroll_seed(first_index))
+        .map(str::to_owned)
+        .or_else(|| job.seed_for(first_index))
+}
+
+/// [`build_request`] with the seed given.
+fn request_seeded(
+    job: &Job,
+    n: u32,
+    seed: Option<String>,
+) -> Result<GenerationRequest, crate::manifest::source::SourceError> {
     let mut params = GenerationParams::new(n);
     for (name, value) in job.params.iter() {
         params.extra.insert(name.clone(), value.clone());
     }
-    if let Some(seed) = job.seed_for(first_index) {
+    if let Some(seed) = seed {
         params.extra.insert("seed".into(), Value::from(seed));
     }
     let flags = &job.request;
