@@ -258,6 +258,11 @@ pub struct RerollArgs {
     /// A file listing more of them, one per line (e.g. copied from the report page).
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
+    /// Keep the seed of images whose job fixes their seeds (`seeds: [...]` or
+    /// `derived`): the next run then pays for the same image again. Without it
+    /// such an image gets a new seed, recorded for the next run.
+    #[arg(long)]
+    pub keep_seed: bool,
     #[command(flatten)]
     pub places: PlacesArgs,
 }
