@@ -279,6 +279,11 @@ pub struct RerollArgs {
     /// A file listing more of them, one per line (e.g. copied from the report page).
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
+    /// Keep the seed of images whose job fixes their seeds (`seeds: [...]` or
+    /// `derived`): the next run then pays for the same image again. Without it
+    /// such an image gets a new seed, recorded for the next run.
+    #[arg(long)]
+    pub keep_seed: bool,
     #[command(flatten)]
     pub places: PlacesArgs,
 }
@@ -298,6 +303,10 @@ pub struct MergeArgs {
     /// Output directory holding the `shard-I-of-N` folders (default: the manifest's `output.dir`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Merge what is there even when a shard is missing, running or unfinished
+    /// (without it, such a merge writes nothing and exits 1, or 4 while a shard runs).
+    #[arg(long)]
+    pub partial: bool,
 }
 
 #[derive(Debug, Args)]

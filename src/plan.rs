@@ -357,6 +357,15 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// The most shards a batch is split into. Each shard is a run of its own
+    /// (a host, a pod) with its own folder and ledger, so a real split is a few
+    /// to a few hundred; a count past this is a typo, and `merge` reads one
+    /// folder per shard. The number of jobs, the natural bound, is not known
+    /// when the command line is read.
+    pub const MAX_COUNT: u32 = 10_000;
+}
+
 impl std::str::FromStr for Shard {
     type Err = String;
 
@@ -364,7 +373,14 @@ impl std::str::FromStr for Shard {
         let bad = || format!("`{text}` is not I/N with 1 <= I <= N (e.g. 2/5)");
         let (index, count) = text.split_once('/').ok_or_else(bad)?;
         let index: u32 = index.trim().parse().map_err(|_| bad())?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let count: u64 = count.trim().parse().map_err(|_| bad())?;
+        if count > u64::from(Shard::MAX_COUNT) {
+            return Err(format!(
+                "`{text}`: at most {} shards (N in I/N); each shard is a run of its own",
+                Shard::MAX_COUNT
+            ));
+        }
+        let count = count as u32; // At most MAX_COUNT, checked above.
         if index == 0 || count == 0 || index > count {
             return Err(bad());
         }
@@ -390,8 +406,19 @@ mod shard_tests {
         let shard: Shard = "2/5".parse().unwrap();
         assert_eq!(shard.folder(), "shard-2-of-5");
         assert_eq!(Shard::from_folder("shard-2-of-5"), Some(shard));
-        for bad in ["0/3", "4/3", "1/0", "x/3", "3", "1/3/4"] {
+        for bad in [
+            "0/3",
+            "4/3",
+            "1/0",
+            "x/3",
+            "3",
+            "1/3/4",
+            "1/10001",
+            "1/999999999",
+        ] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
+        assert!("10000/10000".parse::<Shard>().is_ok());
+        assert_eq!(Shard::from_folder("shard-1-of-999999999"), None);
     }
 }

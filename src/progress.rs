@@ -153,14 +153,23 @@ impl StatusReport {
                 .requests_by_state
                 .entry(record.state.name().to_owned())
                 .or_default() += 1;
+            // An image `reroll` set aside is not on disk: it is wanted again.
+            let rerolled = record
+                .images
+                .iter()
+                .filter(|(index, image)| record.is_rerolled(**index, &image.generation_id))
+                .count();
             job.saved += record
                 .images
                 .values()
                 .filter(|i| !i.file_name.is_empty())
-                .count() as u64;
+                .count()
+                .saturating_sub(rerolled) as u64;
             report.kudos_charged += record.kudos_charged;
             match &record.state {
-                RequestState::Done if record.missing_indices().is_empty() => job.done_slots += 1,
+                RequestState::Done if record.missing_indices().is_empty() && rerolled == 0 => {
+                    job.done_slots += 1
+                }
                 state if state.is_in_flight() => {
                     report.requests_in_flight += 1;
                     report.images_in_flight += u64::from(record.n);

@@ -17,6 +17,7 @@ mod output;
 mod readme;
 mod reliability;
 mod report;
+mod reroll_merge;
 mod run;
 mod sim;
 mod source_images;

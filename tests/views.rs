@@ -92,6 +92,31 @@ fn the_summary_status_json_status_failures_and_page_agree() {
     assert_eq!(page_row(&batch, "Images"), "4 saved of 7 wanted");
     assert_eq!(page_row(&batch, "Jobs"), "2 done, 3 failed, of 5");
     assert_eq!(page_row(&batch, "Failed jobs by class"), "no_worker: 3");
+
+    // A reroll sets an image aside: every view counts it as wanted again.
+    let first = batch.index_lines()[0]["file_name"]
+        .as_str()
+        .expect("a file name")
+        .to_owned();
+    HordeBatch::new()
+        .args(["reroll"])
+        .arg(&batch.manifest)
+        .arg(&first)
+        .run();
+    let status = batch.status_json();
+    assert_eq!(status["images_saved"], 3, "{status}");
+    assert_eq!(status["jobs_done"], 1, "{status}");
+    assert_eq!(status["finished"], false, "{status}");
+    let report = HordeBatch::new()
+        .args(["report"])
+        .arg(&batch.manifest)
+        .run();
+    assert!(report.stdout.contains("report.html"), "{}", report.stdout);
+    assert_eq!(page_row(&batch, "Images"), "3 saved of 7 wanted");
+    // The next run makes it again; the views follow.
+    batch.horde_batch(&sim, "run").status(1).run();
+    assert_eq!(batch.status_json()["images_saved"], 4);
+    assert_eq!(status_file(&batch)["images_saved"], 4);
 }
 
 #[test]

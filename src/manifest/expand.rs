@@ -37,6 +37,22 @@ impl fmt::Display for JobKey {
     }
 }
 
+impl JobKey {
+    /// A new seed for image `index` of this job, in place of a rejected one
+    /// (`horde-batch reroll`): derived from the rejected generation's id, so
+    /// it is stable for one reroll and new for the next, and never one of
+    /// `avoid` (the seeds the image had, which would make it again).
+    pub fn reroll_seed(&self, index: u32, rejected_generation: &str, avoid: &[&str]) -> String {
+        (0u32..)
+            .map(|attempt| {
+                let name = format!("reroll/{self}/{index}/{rejected_generation}/{attempt}");
+                digest::leading_u32(name_digest(KEY_NAMESPACE, name.as_bytes())).to_string()
+            })
+            .find(|seed| !avoid.contains(&seed.as_str()))
+            .unwrap_or_default() // Unreachable: `avoid` is finite and the attempts are not.
+    }
+}
+
 impl std::str::FromStr for JobKey {
     type Err = std::num::ParseIntError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -547,4 +563,21 @@ fn key_flags(flags: &RequestFlags) -> Value {
 /// The key of `content`: the first 8 bytes of its digest under `KEY_NAMESPACE`.
 fn hash(content: &str) -> u64 {
     digest::leading_u64(name_digest(KEY_NAMESPACE, content.as_bytes()))
+}
+
+#[cfg(test)]
+mod reroll_seed_tests {
+    use super::JobKey;
+
+    #[test]
+    fn a_reroll_seed_is_stable_for_a_reroll_new_for_the_next_and_avoids_old_seeds() {
+        let key = JobKey(0x0123_4567_89ab_cdef);
+        let first = key.reroll_seed(3, "generation-a", &[]);
+        assert_eq!(key.reroll_seed(3, "generation-a", &[]), first);
+        assert_ne!(key.reroll_seed(3, "generation-b", &[]), first);
+        assert_ne!(key.reroll_seed(4, "generation-a", &[]), first);
+        let other = key.reroll_seed(3, "generation-a", &[&first]);
+        assert_ne!(other, first);
+        assert!(other.parse::<u32>().is_ok(), "digits, as derived seeds are");
+    }
 }

@@ -8,6 +8,7 @@
 //! error lines and their timestamps. [`MemorySink`] keeps everything in memory
 //! for tests of the engine.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -94,6 +95,10 @@ pub trait ImageSink: Send + Sync {
     /// Forgets a stored image that is gone, so one made in its place is
     /// described afresh.
     fn forget(&self, file_name: &str) -> Result<(), OutputError>;
+    /// Image `index` of the job keyed `job_key` is asked for with `seed` in
+    /// place of the job's (`horde-batch reroll` chose it), so what describes
+    /// the image records the seed sent. A sink that describes nothing ignores it.
+    fn reseeded(&self, _job_key: &str, _index: u32, _seed: &str) {}
     /// Where it stores, for messages.
     fn location(&self) -> String;
 }
@@ -106,6 +111,9 @@ pub struct Dataset {
     manifest: Arc<CompiledManifest>,
     /// The labels that are `metadata.jsonl` columns, for every row.
     label_columns: Arc<Vec<String>>,
+    /// (job key, image index) → the seed a reroll chose for it (see
+    /// [`ImageSink::reseeded`]); as many entries as rerolled images.
+    reseeds: Arc<Mutex<HashMap<(String, u32), String>>>,
 }
 
 impl Dataset {
@@ -120,6 +128,7 @@ impl Dataset {
             template,
             manifest,
             label_columns,
+            reseeds: Arc::default(),
         }
     }
 
@@ -172,6 +181,7 @@ impl Dataset {
             height,
             id: job.id.as_deref().unwrap_or(&key),
         })?;
+        let reseed = self.reseeds.lock().get(&(key.clone(), *index)).cloned();
         let now = SystemTime::now();
         let submitted = UNIX_EPOCH + Duration::from_millis(*submitted_ms);
         let sidecar = Sidecar {
@@ -189,7 +199,7 @@ impl Dataset {
             prompt: job.prompt.clone(),
             negative_prompt: job.negative.clone(),
             model: generation.model.clone(),
-            params: request_params(job, *n, *index),
+            params: request_params(job, *n, *index, reseed),
             request: serde_json::to_value(&*job.request).unwrap_or(Value::Null),
             seed: generation.seed.clone(),
             batch_index: generation.batch_index(),
@@ -436,6 +446,12 @@ impl ImageSink for Dataset {
         self.dir.forget_image(file_name)
     }
 
+    fn reseeded(&self, job_key: &str, index: u32, seed: &str) {
+        self.reseeds
+            .lock()
+            .insert((job_key.to_owned(), index), seed.to_owned());
+    }
+
     fn location(&self) -> String {
         self.dir.root().display().to_string()
     }
@@ -554,11 +570,12 @@ fn param_u32(job: &Job, name: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// Every parameter as sent for a request of `n` images starting at `first_index`.
-fn request_params(job: &Job, n: u32, first_index: u32) -> Value {
+/// Every parameter as sent for a request of `n` images starting at
+/// `first_index`, whose seed a reroll may have chosen (`reseed`).
+fn request_params(job: &Job, n: u32, first_index: u32, reseed: Option<String>) -> Value {
     let mut params = (*job.params).clone();
     params.insert("n".into(), Value::from(n));
-    if let Some(seed) = job.seed_for(first_index) {
+    if let Some(seed) = reseed.or_else(|| job.seed_for(first_index)) {
         params.insert("seed".into(), Value::from(seed));
     }
     Value::Object(params)

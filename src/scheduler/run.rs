@@ -474,7 +474,9 @@ impl Engine {
     }
 
     /// Images of the record whose files are gone (deleted since they were
-    /// saved) are forgotten: the slot then asks for exactly those again.
+    /// saved, or set aside by `horde-batch reroll`) are forgotten: the slot
+    /// then asks for exactly those again. The sink learns the seeds a reroll
+    /// chose for the images still to make.
     fn forget_missing_images(&self, key: &RequestKey, record: &mut RequestRecord) {
         let gone: Vec<u32> = record
             .images
@@ -488,11 +490,30 @@ impl Engine {
             let Some(image) = record.images.remove(&index) else {
                 continue;
             };
-            tracing::warn!(key = %key, file = %image.file_name, "the image is gone from the output folder; it will be made again");
-            self.emit(Event::ImageGone);
+            if record.is_rerolled(index, &image.generation_id) {
+                // Set aside by `horde-batch reroll`: asked for, not lost.
+                tracing::info!(
+                    key = %key,
+                    seed = record.reroll_seed(index).unwrap_or("the job's"),
+                    "rerolled image {} is made again",
+                    image.file_name
+                );
+            } else {
+                tracing::warn!(key = %key, file = %image.file_name, "the image is gone from the output folder; it will be made again");
+                self.emit(Event::ImageGone);
+            }
             if let Err(error) = self.sink.forget(&image.file_name) {
                 tracing::error!(%error, "cannot forget a missing image");
             }
+        }
+        // Images still to make with a seed a reroll chose: their sidecars record it.
+        for (index, seed) in record
+            .rerolls
+            .iter()
+            .filter(|(index, _)| !record.images.contains_key(index))
+            .filter_map(|(index, reroll)| Some((*index, reroll.seed.as_deref()?)))
+        {
+            self.sink.reseeded(&record.job_key, index, seed);
         }
     }
 }

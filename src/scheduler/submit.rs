@@ -76,9 +76,10 @@ impl Engine {
             return Err(Halt::Stopped);
         }
         // Before the intent is written: a source that cannot be sent fails the job, never a request.
-        let mut request = build_request(job, n, missing[0])
+        let fixed_seed = request_seed(job, record.as_ref(), missing[0]);
+        let mut request = request_seeded(job, n, fixed_seed.clone())
             .map_err(|e| Halt::Failed(FailureKind::Permanent, e.to_string()))?;
-        let seed = recognisable_seed(job, missing[0], &mut request);
+        let seed = recognisable_seed(fixed_seed.as_deref(), &mut request);
         let gate = tokio::select! {
             gate = sender.gate.enter() => gate,
             () = self.submits.cancelled() => return Err(Halt::Stopped),
@@ -250,13 +251,14 @@ const SEED_SPACE: u64 = (1 << 32) - (1 << 20);
 const _: () = assert!(SEED_SPACE + 20 + 64 < 1 << 32, "seed + k never wraps");
 
 /// The seed a request asks for, so that its images can be told apart from any
-/// other request on the key (docs/horde-api.md §9.1): the job's seed when it
-/// has fixed ones, else a seed the client draws now (with `seed_variation: 1`,
-/// the Horde gives image k of the request seed + k, so the images still
-/// differ). The caller records it before the POST.
-fn recognisable_seed(job: &Job, first_index: u32, request: &mut GenerationRequest) -> Option<u64> {
-    if let Some(fixed) = job.seed_for(first_index) {
-        return Some(horde_seed_number(&fixed));
+/// other request on the key (docs/horde-api.md §9.1): `fixed` (the job's, or
+/// the one a reroll chose) when the request already sends one, else a seed the
+/// client draws now (with `seed_variation: 1`, the Horde gives image k of the
+/// request seed + k, so the images still differ). The caller records it
+/// before the POST.
+fn recognisable_seed(fixed: Option<&str>, request: &mut GenerationRequest) -> Option<u64> {
+    if let Some(fixed) = fixed {
+        return Some(horde_seed_number(fixed));
     }
     let seed = fastrand::u64(..SEED_SPACE);
     request
@@ -299,11 +301,32 @@ pub fn build_request(
     n: u32,
     first_index: u32,
 ) -> Result<GenerationRequest, crate::manifest::source::SourceError> {
+    request_seeded(job, n, job.seed_for(first_index))
+}
+
+/// The seed a request whose first image is `first_index` sends: the one
+/// `horde-batch reroll` chose for that image (a fixed seed would make the
+/// rejected image again), else the job's; `None` leaves it to the Horde. A
+/// job with fixed seeds asks for one image per request (`plan::slots`), so
+/// the seed is that image's.
+fn request_seed(job: &Job, record: Option<&RequestRecord>, first_index: u32) -> Option<String> {
+    record
+        .and_then(|record| record.reroll_seed(first_index))
+        .map(str::to_owned)
+        .or_else(|| job.seed_for(first_index))
+}
+
+/// [`build_request`] with the seed given.
+fn request_seeded(
+    job: &Job,
+    n: u32,
+    seed: Option<String>,
+) -> Result<GenerationRequest, crate::manifest::source::SourceError> {
     let mut params = GenerationParams::new(n);
     for (name, value) in job.params.iter() {
         params.extra.insert(name.clone(), value.clone());
     }
-    if let Some(seed) = job.seed_for(first_index) {
+    if let Some(seed) = seed {
         params.extra.insert("seed".into(), Value::from(seed));
     }
     let flags = &job.request;

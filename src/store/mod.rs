@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 pub use error::StoreError;
 pub use ledger::{Ledger, MemoryLedger};
 pub use record::{
-    now_ms, RecordedError, RequestKey, RequestRecord, RequestState, RunMeta, SavedImage,
+    now_ms, RecordedError, RequestKey, RequestRecord, RequestState, Reroll, RunMeta, SavedImage,
     StateCounts, SCHEMA_VERSION,
 };
 

@@ -209,6 +209,24 @@ pub struct RequestRecord {
     /// in records from before, and when the Horde chose the seeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submit_seed: Option<u64>,
+    /// Image index → what `horde-batch reroll` decided for an image it set
+    /// aside. Absent when no image of the slot was rerolled, and in records
+    /// from before rerolls were kept here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rerolls: BTreeMap<u32, Reroll>,
+}
+
+/// An image `horde-batch reroll` set aside, and how it is made again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reroll {
+    /// The generation that was rejected. While the record still lists it as
+    /// saved, its file is gone because of the reroll, not deleted by hand.
+    pub rejected_generation: String,
+    /// The seed to ask for this image with in place of the job's; it stays
+    /// the image's seed once made (a remade file keeps it). `None` keeps the
+    /// job's seed: random seeds, or `reroll --keep-seed` of a first reroll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
 }
 
 impl RequestRecord {
@@ -235,7 +253,20 @@ impl RequestRecord {
             horde_ids: Vec::new(),
             key_fingerprint: None,
             submit_seed: None,
+            rerolls: BTreeMap::new(),
         }
+    }
+
+    /// The seed `horde-batch reroll` chose for image `index`, if it chose one.
+    pub fn reroll_seed(&self, index: u32) -> Option<&str> {
+        self.rerolls.get(&index)?.seed.as_deref()
+    }
+
+    /// Whether the saved image `index` is the one a reroll set aside.
+    pub fn is_rerolled(&self, index: u32, generation_id: &str) -> bool {
+        self.rerolls
+            .get(&index)
+            .is_some_and(|reroll| reroll.rejected_generation == generation_id)
     }
 
     /// The key this record is stored under.
@@ -513,6 +544,31 @@ mod tests {
         assert_eq!(record.assigned.get(&41).map(String::as_str), Some("g-41"));
         assert!(record.is_in_flight());
         assert_eq!(RequestRecord::decode(&record.encode()).unwrap(), record);
+        assert!(
+            record.rerolls.is_empty(),
+            "a record from before rerolls has none"
+        );
+    }
+
+    #[test]
+    fn a_reroll_round_trips_and_is_left_out_when_there_is_none() {
+        let mut record = RequestRecord::decode(SCHEMA_1_FIXTURE.as_bytes()).unwrap();
+        assert!(!String::from_utf8(record.encode())
+            .unwrap()
+            .contains("rerolls"));
+        record.rerolls.insert(
+            40,
+            Reroll {
+                rejected_generation: "g-40".into(),
+                seed: Some("123".into()),
+            },
+        );
+        let back = RequestRecord::decode(&record.encode()).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.reroll_seed(40), Some("123"));
+        assert_eq!(back.reroll_seed(41), None);
+        assert!(back.is_rerolled(40, "g-40"));
+        assert!(!back.is_rerolled(40, "g-made-again"));
     }
 
     #[test]
