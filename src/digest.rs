@@ -64,6 +64,25 @@ pub fn leading_u32(digest: [u8; 16]) -> u32 {
     u32::from_be_bytes([a, b, c, d])
 }
 
+/// A job's stable identity: the leading 64 bits of the name digest of its
+/// content, written as 16 hex digits. Below the manifest (which makes it),
+/// the ledger and the output (which are keyed by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobKey(pub u64);
+
+impl std::fmt::Display for JobKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for JobKey {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(JobKey)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,7 +76,7 @@ pub async fn rebuild(
                 // knows the job, so the run asks for its images again instead of
                 // taking the ledger for stale.
                 if let Some(slot) = plan::slots(&job, manifest.run.max_n).next() {
-                    let key = RequestKey::new(job.key.to_string(), slot.slot);
+                    let key = RequestKey::of_job(job.key, slot.slot);
                     let mut record =
                         RequestRecord::first_attempt(&key, slot.first_index, slot.n, now_ms());
                     record.transition(
@@ -93,7 +93,7 @@ pub async fn rebuild(
             continue;
         };
         for slot in plan::slots(&job, manifest.run.max_n) {
-            let key = RequestKey::new(job.key.to_string(), slot.slot);
+            let key = RequestKey::of_job(job.key, slot.slot);
             let mut record = RequestRecord::first_attempt(&key, slot.first_index, slot.n, now_ms());
             let end = slot.first_index + slot.n;
             let in_slot: Vec<u32> = images

@@ -112,7 +112,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let only = if args.retry_failed {
             let failed = super::failures::failed_jobs(&batch)?;
             crate::say!("horde-batch: retrying {} failed job(s) only", failed.len());
-            Some(Arc::new(failed.into_iter().map(|job| job.job_key).collect()))
+            // A failed job's key is one horde-batch wrote; any other names no job.
+            Some(Arc::new(failed.iter().filter_map(|job| job.job_key.parse().ok()).collect()))
         } else {
             None
         };

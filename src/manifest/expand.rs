@@ -25,17 +25,8 @@ use super::compile::{
 use super::params::canonical_text;
 use super::source::JobSources;
 use super::template::normalize_whitespace;
+pub use crate::digest::JobKey;
 use crate::digest::{self, name_digest};
-
-/// A job's stable identity: 16 hex digits of a hash of its content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobKey(pub u64);
-
-impl fmt::Display for JobKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
 
 impl JobKey {
     /// A new seed for image `index` of this job, in place of a rejected one
@@ -50,13 +41,6 @@ impl JobKey {
             })
             .find(|seed| !avoid.contains(&seed.as_str()))
             .unwrap_or_default() // Unreachable: `avoid` is finite and the attempts are not.
-    }
-}
-
-impl std::str::FromStr for JobKey {
-    type Err = std::num::ParseIntError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        u64::from_str_radix(s, 16).map(JobKey)
     }
 }
 

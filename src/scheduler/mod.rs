@@ -158,7 +158,7 @@ pub struct RunConfig {
     /// With `--shard`: only this part of the manifest's jobs is run.
     pub shard: Option<crate::plan::Shard>,
     /// With `--retry-failed`: only these jobs (by key) are run.
-    pub only: Option<Arc<HashSet<String>>>,
+    pub only: Option<Arc<HashSet<crate::manifest::JobKey>>>,
     /// Where the settled prefix is kept (`prefix`); none in tests with a
     /// ledger in memory.
     pub prefix_file: Option<prefix::PrefixFile>,
@@ -393,6 +393,6 @@ impl Engine {
 
 /// A slot's record on first submit.
 pub(crate) fn fresh_record(job: &Job, slot: Slot) -> RequestRecord {
-    let key = RequestKey::new(job.key.to_string(), slot.slot);
+    let key = RequestKey::of_job(job.key, slot.slot);
     RequestRecord::first_attempt(&key, slot.first_index, slot.n, crate::store::now_ms())
 }

@@ -125,7 +125,8 @@ impl Engine {
                 );
             }
         }
-        let in_flight: HashSet<String> = records.into_iter().map(|(key, _)| key.job_key).collect();
+        // Records of keys horde-batch does not write belong to no job of the manifest.
+        let in_flight: HashSet<JobKey> = records.iter().filter_map(|(key, _)| key.job()).collect();
         // Jobs go in expansion order, starting after the prefix that earlier
         // runs settled; that prefix is looked at last (see `prefix`).
         let (prefix_file, settled) = self.settled_before();
@@ -164,7 +165,7 @@ impl Engine {
                 if !going || unfound.is_empty() {
                     break;
                 }
-                if own(&job) && unfound.remove(&job.key.to_string()) {
+                if own(&job) && unfound.remove(&job.key) {
                     going = self.start_job(job, place, false, &mut run).await;
                 }
             }
@@ -192,7 +193,7 @@ impl Engine {
                 self.settle(&mut run.prefix, place, None);
                 continue;
             }
-            if !in_flight.contains(&job.key.to_string()) {
+            if !in_flight.contains(&job.key) {
                 going = self.start_job(job, place, false, &mut run).await;
             }
         }
@@ -202,7 +203,7 @@ impl Engine {
             if !going {
                 break;
             }
-            if own(&job) && !in_flight.contains(&job.key.to_string()) {
+            if own(&job) && !in_flight.contains(&job.key) {
                 going = self.start_job(job, place, true, &mut run).await;
             }
         }
@@ -272,7 +273,7 @@ impl Engine {
         let mut files_before = Vec::new();
         let mut kudos_before = 0.0;
         for slot in plan::slots(&job, max_n) {
-            let key = RequestKey::new(job.key.to_string(), slot.slot);
+            let key = RequestKey::of_job(job.key, slot.slot);
             let record = match self.ledger.get(&key) {
                 Ok(record) => record,
                 Err(error) => {

@@ -27,9 +27,7 @@ impl Engine {
         let only = self.config.only.clone();
         move |job| {
             shard.is_none_or(|shard| shard.includes(job.key))
-                && only
-                    .as_ref()
-                    .is_none_or(|keys| keys.contains(&job.key.to_string()))
+                && only.as_ref().is_none_or(|keys| keys.contains(&job.key))
         }
     }
 

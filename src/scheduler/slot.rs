@@ -80,7 +80,7 @@ impl Engine {
         plan: SlotPlan,
         leased: Option<(Arc<PoolKey>, Lease)>,
     ) -> SlotOutcome {
-        let key = RequestKey::new(job.key.to_string(), slot.slot);
+        let key = RequestKey::of_job(job.key, slot.slot);
         // The key the slot's images are leased from (and its next submit goes with).
         let (mut pool_key, mut lease) = match leased {
             Some((pool_key, lease)) => (Some(pool_key), Some(lease)),

@@ -11,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::JobKey;
+
 /// Schema version written into every [`RequestRecord`] and [`RunMeta`].
 /// Bump it (and add a migration) whenever a stored field changes meaning.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -45,6 +47,16 @@ impl RequestKey {
             job_key: job_key.into(),
             slot,
         }
+    }
+
+    /// The key of slot `slot` of the job keyed `job`.
+    pub fn of_job(job: JobKey, slot: u32) -> RequestKey {
+        RequestKey::new(job.to_string(), slot)
+    }
+
+    /// The job's key, when it is one horde-batch writes (16 hex digits).
+    pub fn job(&self) -> Option<JobKey> {
+        self.job_key.parse().ok()
     }
 
     /// The byte string stored in the database.
