@@ -443,7 +443,8 @@ fn render(
 }
 
 /// The WebP image at `path` scaled to `width` × `height`, or `None` if it
-/// cannot be read. The full-size decode is dropped on return.
+/// cannot be read. The WebP decoder has no reduced-size decode, so the image
+/// is decoded whole, once, and dropped on return.
 fn cell_image(path: &Path, width: u32, height: u32) -> Option<RgbImage> {
     let bytes = std::fs::read(path).ok()?;
     let decoded = image::load_from_memory_with_format(&bytes, ImageFormat::WebP).ok()?;
