@@ -11,7 +11,9 @@ use std::time::Duration;
 use scraper::{Html, Selector};
 use serde_json::Value;
 
-use crate::common::{run_bounded, signal, wait_exit, walk, Batch, Finished, HordeBatch, Sim};
+use crate::common::{
+    run_bounded, signal, wait_exit, walk, walk_all, Batch, Finished, HordeBatch, Sim,
+};
 
 /// A prompt that must stay text on the page.
 const HOSTILE: &str = "<script>document.title='pwned'</script> & \"quotes\"";
@@ -498,4 +500,204 @@ fn a_batch_bigger_than_report_max_images_gets_a_line_instead_of_a_page() {
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(again.stderr.contains("report at"), "{}", again.stderr);
     assert_eq!(select(&page(&batch), ".card[data-file]").len(), 4);
+}
+
+/// A manifest of two jobs whose index has a `text` label column and the
+/// caption renamed to `prompt`, as `validate`'s hint suggests: the rows
+/// job's rows carry `text` as a label, the other job's carry `text: null`.
+fn caption_renamed_run() -> (Sim, Batch) {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "41"]);
+    let batch = Batch::new(
+        "version: 1\nname: captions\noutput: {metadata: {caption: prompt}}\n\
+         defaults: {models: [stable_diffusion], params: {width: 64, height: 64}}\njobs:\n\
+         \x20 - name: table\n    prompt: '${subject}, ${text}'\n    rows: {file: rows.csv, id: pid}\n\
+         \x20 - name: other\n    prompt: 'a {red|blue} cube'\n    images: 2\n",
+    );
+    std::fs::write(
+        batch.dir.path().join("rows.csv"),
+        "pid,subject,text\np1,a cat,oil\np2,a dog,ink\np3,an owl,pen\np4,a fox,chalk\n",
+    )
+    .unwrap();
+    let finished = run_bounded(&mut batch.command(&sim, "run"), Duration::from_secs(120));
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    batch.assert_complete(8);
+    (sim, batch)
+}
+
+/// The page reads `metadata.jsonl` as its writer wrote it: with the caption
+/// renamed and a `text` label, every image counts, shows its caption and has
+/// its thumbnail, and the other job gets its grids.
+#[test]
+fn a_renamed_caption_and_a_text_label_column_keep_every_image_on_the_page() {
+    let (_sim, batch) = caption_renamed_run();
+    let out = batch.out();
+    let index = batch.index_lines();
+    assert_eq!(index.len(), 8);
+    assert!(
+        index.iter().any(|row| row["text"].is_null()),
+        "the other job's rows hold `text: null`: {index:?}"
+    );
+    let html = page(&batch);
+    assert_links_exist(&html, &out);
+    let summary: String = select(&html, "#summary")[0].text().collect();
+    assert!(summary.contains("8 (0 censored) of 8"), "{summary}");
+    assert!(select(&html, "section.job.missing").is_empty());
+    assert_eq!(select(&html, "section.job.done").len(), 6);
+    assert_eq!(select(&html, ".card[data-file] img").len(), 8);
+    for row in &index {
+        let file = row["file_name"].as_str().unwrap();
+        let card = select(&html, &format!(".card[data-file=\"{file}\"] .prompt"));
+        let shown: String = card[0].text().collect();
+        assert_eq!(shown, row["prompt"].as_str().unwrap(), "{file}");
+    }
+    let grids = walk(&out.join("grids"));
+    assert!(
+        grids.iter().any(|g| g.starts_with(out.join("grids/other"))),
+        "the other job has its grids: {grids:?}"
+    );
+}
+
+/// The page, thumbnails and grids are as readable as the images (a team
+/// opens them from a shared folder).
+#[cfg(unix)]
+#[test]
+fn the_page_thumbnails_and_grids_have_the_images_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "42"]);
+    let batch = Batch::new(
+        "version: 1\nname: modes\ndefaults: {models: [stable_diffusion], params: {width: 64, height: 64}}\n\
+         jobs:\n  - {name: a, prompt: 'a {red|blue} cube'}\n",
+    );
+    let finished = run_bounded(&mut batch.command(&sim, "run"), Duration::from_secs(60));
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let out = batch.out();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let image = batch.webp_files()[0].clone();
+    let expected = mode(&image);
+    assert_ne!(expected & 0o044, 0, "images are readable by others");
+    let mut files = vec![out.join("report.html")];
+    files.extend(walk_all(&out.join(".report")));
+    files.extend(walk(&out.join("grids")));
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        assert_eq!(mode(&file), expected, "{}", file.display());
+    }
+}
+
+/// A `rows:` job gets no grids (every row is its own combination, so each
+/// would hold one cell); a job chooses its axes with `grid: {x, y}` or
+/// turns them off with `grid: false`; the thumbnails come before the grids.
+#[test]
+fn grids_compare_something_and_a_manifest_chooses_or_turns_them_off() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "43"]);
+    let batch = Batch::new(
+        "version: 1\nname: grids\ndefaults: {models: [stable_diffusion], params: {width: 64, height: 64}}\njobs:\n\
+         \x20 - name: table\n    prompt: '${subject}, ${style}'\n    rows: {file: rows.csv, id: pid}\n\
+         \x20 - name: swapped\n    prompt: 'a ${colour} ${shape}'\n    matrix: {colour: [red, blue, green], shape: [cube, ball]}\n    grid: {x: shape, y: colour}\n\
+         \x20 - name: plain\n    prompt: 'a {red|blue} cube'\n    grid: false\n",
+    );
+    let mut rows = String::from("pid,subject,style\n");
+    for (i, (subject, style)) in ["cat", "dog"]
+        .iter()
+        .flat_map(|s| ["oil", "ink", "pen"].map(|t| (s, t)))
+        .enumerate()
+    {
+        rows.push_str(&format!("p{i},{subject},{style}\n"));
+    }
+    std::fs::write(batch.dir.path().join("rows.csv"), rows).unwrap();
+    let finished = run_bounded(&mut batch.command(&sim, "run"), Duration::from_secs(120));
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let out = batch.out();
+    let grids = walk(&out.join("grids"));
+    assert_eq!(grids.len(), 1, "only the matrix job has a grid: {grids:?}");
+    assert!(grids[0].starts_with(out.join("grids/swapped")), "{grids:?}");
+    let grid = image::open(&grids[0]).unwrap();
+    assert_eq!(
+        (grid.width(), grid.height()),
+        horde_batch::gallery::grid_size(2, 3, 64, 64),
+        "X = shape (2 columns), Y = colour (3 rows)"
+    );
+    let html = page(&batch);
+    let titles: Vec<String> = select(&html, "#grids figcaption")
+        .iter()
+        .map(|c| c.text().collect())
+        .collect();
+    assert_eq!(titles.len(), 1);
+    assert!(titles[0].contains("X: shape · Y: colour"), "{titles:?}");
+    let text = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let jobs = text.find("id=\"jobs\"").expect("the jobs section");
+    let grid_list = text.find("id=\"grids\"").expect("the grids section");
+    assert!(jobs < grid_list, "the thumbnails come before the grids");
+}
+
+/// An axis `grid:` names that the job does not have is refused where it is written.
+#[test]
+fn a_grid_axis_the_job_does_not_have_is_an_error_at_its_line_and_column() {
+    let batch = Batch::new(
+        "version: 1\nname: g\ndefaults: {models: [stable_diffusion]}\njobs:\n\
+         \x20 - name: a\n    prompt: 'a ${colour} cube'\n    matrix: {colour: [red, blue]}\n    grid: {x: color}\n",
+    );
+    let finished = run_bounded(
+        Command::new(crate::common::BIN)
+            .arg("validate")
+            .arg(&batch.manifest),
+        Duration::from_secs(30),
+    );
+    assert_eq!(finished.code, 2, "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains("batch.yaml:8:15: the grid axis `color` is not an axis of job `a`"),
+        "{}",
+        finished.stderr
+    );
+    assert!(finished.stderr.contains("colour"), "{}", finished.stderr);
+}
+
+/// Peak memory of `report` over a 10×10 grid of 1024² images stays bounded
+/// by the grid, not by the images: decoded at full size at once they would
+/// take 300 MB.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_grid_of_large_images_is_drawn_in_bounded_memory() {
+    let time = Path::new("/usr/bin/time");
+    if !time.is_file() {
+        crate::common::skip_without("/usr/bin/time", "Debian's `time` package");
+        return;
+    }
+    let sim = Sim::unlimited(&["--workers", "20", "--latency", "0ms", "--seed", "44"]);
+    let values: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
+    let list = values.join(", ");
+    let batch = Batch::new(&format!(
+        "version: 1\nname: big\ndefaults: {{models: [stable_diffusion], params: {{width: 1024, height: 1024}}}}\n\
+         jobs:\n  - name: big\n    prompt: 'a ${{x}} ${{y}}'\n    matrix: {{x: [{list}], y: [{list}]}}\n"
+    ));
+    let finished = run_bounded(
+        batch.command(&sim, "run").arg("--no-report"),
+        Duration::from_secs(300),
+    );
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let measured = run_bounded(
+        Command::new(time)
+            .args(["-f", "peak-rss-kb=%M"])
+            .arg(crate::common::BIN)
+            .arg("report")
+            .arg(&batch.manifest)
+            .env_remove("AI_HORDE_API_KEY")
+            .env_remove("AI_HORDE_URL"),
+        Duration::from_secs(300),
+    );
+    assert_eq!(measured.code, 0, "{}", measured.stderr);
+    assert_eq!(walk(&batch.out().join("grids")).len(), 1);
+    let kb: u64 = measured
+        .stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("peak-rss-kb="))
+        .and_then(|kb| kb.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {}", measured.stderr));
+    assert!(
+        kb < 120 * 1024,
+        "report peaked at {} MB for a 10×10 grid of 1024² images",
+        kb / 1024
+    );
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use super::config::Batch;
 use super::AppError;
 use crate::cli::ReportArgs;
-use crate::gallery::{self, PlanJob, ReportInput, Written};
+use crate::gallery::{self, GridChoice, PlanJob, ReportInput, Written};
 use crate::progress::StatusReport;
 
 /// `horde-batch report`.
@@ -51,12 +51,30 @@ pub(super) fn write(batch: &Batch, status: Option<StatusReport>) -> Result<Writt
         })
         .collect();
     let failures = super::failures::failed_jobs(batch)?;
+    let grids = batch
+        .compiled
+        .jobs
+        .iter()
+        .map(|job| {
+            let choice = match job.grid_axes() {
+                Some((x, y)) => GridChoice::Axes {
+                    x: x.to_owned(),
+                    y: y.map(str::to_owned),
+                },
+                None if job.grid_off() => GridChoice::Off,
+                None => GridChoice::Auto,
+            };
+            (job.name.to_string(), choice)
+        })
+        .collect();
     let input = ReportInput {
         manifest: batch.compiled.file.path.display().to_string(),
         title: batch.compiled.name().to_owned(),
         status,
         plan,
         failures,
+        caption_column: batch.compiled.output.caption_column.clone(),
+        grids,
     };
     Ok(gallery::write_report(&batch.out_dir, &input)?)
 }

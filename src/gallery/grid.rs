@@ -1,7 +1,8 @@
 //! X/Y/Z grids, like A1111's X/Y/Z plot: for each manifest job whose
-//! combinations vary, one PNG per value of the Z dimensions and per image
-//! index, the cells in axis order, the axis values drawn with ab_glyph in the
-//! embedded DejaVu Sans (`assets/fonts/`, Bitstream Vera licence).
+//! combinations can be compared, one PNG per value of the Z dimensions and
+//! per image index, the cells in axis order, the axis values drawn with
+//! ab_glyph in the embedded DejaVu Sans (`assets/fonts/`, Bitstream Vera
+//! licence).
 //!
 //! The dimensions come from the plan, not from the manifest's syntax: a
 //! job's labels, its models and each of its parameters whose value differs
@@ -10,17 +11,24 @@
 //! split the combinations the same way (a label and the parameter it sets)
 //! count once, labels first. Combinations are enumerated like nested loops,
 //! the first axis slowest, so dimensions are ordered by how seldom their value
-//! changes in plan order: X is the first axis, Y the second, the rest are Z.
-//! A grid is redrawn only when missing or older than one of its images.
+//! changes in plan order. X and Y are the first two dimensions that compare
+//! something (two combinations differ in it alone; a `rows:` table's columns
+//! do not), the rest are Z; a grid with one cell, or mostly empty cells, is
+//! not drawn. A job's `grid:` (handed in as a [`GridChoice`]) names X and Y
+//! or turns grids off. A grid is redrawn only when missing or older than one
+//! of its images, one image decoded at a time.
 //! Must not know the manifest or write anything outside `grids/`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use ab_glyph::{point, Font, FontRef, GlyphId, PxScale, ScaleFont};
-use image::{imageops, ImageFormat, Rgb, RgbImage};
+use image::codecs::png::PngEncoder;
+use image::{
+    imageops, ExtendedColorType, GenericImageView, ImageEncoder, ImageFormat, Rgb, RgbImage,
+};
 
-use super::{value_text, write_atomic, Entry, GalleryError, PlanJob, GRIDS_DIR};
+use super::{value_text, write_atomic_with, Entry, GalleryError, GridChoice, PlanJob, GRIDS_DIR};
 
 /// Longest side of a grid cell: larger images are scaled down to fit, smaller ones are drawn as they are.
 pub const GRID_CELL_MAX: u32 = 256;
@@ -79,8 +87,33 @@ impl Dim {
     }
 }
 
+/// A dimension and how it splits a manifest job's combinations (plan
+/// order): each combination's value, as an id by first appearance.
+struct Split {
+    dim: Dim,
+    ids: Vec<usize>,
+}
+
+impl Split {
+    fn of(dim: Dim, jobs: &[&PlanJob]) -> Split {
+        let mut values: HashMap<String, usize> = HashMap::new();
+        let ids = jobs
+            .iter()
+            .map(|job| {
+                let next = values.len();
+                *values.entry(dim.value(job)).or_insert(next)
+            })
+            .collect();
+        Split { dim, ids }
+    }
+
+    fn values(&self) -> usize {
+        self.ids.iter().max().map_or(0, |most| most + 1)
+    }
+}
+
 /// The dimensions the combinations of one manifest job (in plan order) vary along, axis order.
-fn dimensions(jobs: &[&PlanJob]) -> Vec<Dim> {
+fn dimensions(jobs: &[&PlanJob]) -> Vec<Split> {
     let mut candidates: Vec<Dim> = Vec::new();
     let mut labels: Vec<&String> = jobs.iter().flat_map(|j| j.labels.keys()).collect();
     labels.sort();
@@ -95,26 +128,107 @@ fn dimensions(jobs: &[&PlanJob]) -> Vec<Dim> {
     params.dedup();
     candidates.extend(params.iter().map(|name| Dim::Param((*name).clone())));
 
-    // Each dimension as the partition it makes: value ids by first appearance.
-    let mut kept: Vec<(Dim, Vec<usize>, usize)> = Vec::new();
+    let mut kept: Vec<(Split, usize)> = Vec::new();
     for dim in candidates {
-        let mut ids: HashMap<String, usize> = HashMap::new();
-        let partition: Vec<usize> = jobs
-            .iter()
-            .map(|job| {
-                let next = ids.len();
-                *ids.entry(dim.value(job)).or_insert(next)
-            })
-            .collect();
-        if ids.len() < 2 || kept.iter().any(|(_, other, _)| *other == partition) {
+        let split = Split::of(dim, jobs);
+        if split.values() < 2 || kept.iter().any(|(other, _)| other.ids == split.ids) {
             continue;
         }
-        let changes = partition.windows(2).filter(|w| w[0] != w[1]).count();
-        kept.push((dim, partition, changes));
+        let changes = split.ids.windows(2).filter(|w| w[0] != w[1]).count();
+        kept.push((split, changes));
     }
     // Stable: ties keep the candidates' order.
-    kept.sort_by_key(|(_, _, changes)| *changes);
-    kept.into_iter().map(|(dim, _, _)| dim).collect()
+    kept.sort_by_key(|(_, changes)| *changes);
+    kept.into_iter().map(|(split, _)| split).collect()
+}
+
+/// Whether two combinations differ in `dims[along]` only: then images side
+/// by side along it share every other value, and a grid compares them. Not
+/// so for a `rows:` table's columns, whose every row is its own combination.
+fn compares(dims: &[Split], along: usize) -> bool {
+    let Some(axis) = dims.get(along) else {
+        return false;
+    };
+    let mut first: HashMap<Vec<usize>, usize> = HashMap::new();
+    for (job, &value) in axis.ids.iter().enumerate() {
+        let others: Vec<usize> = dims
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != along)
+            .map(|(_, split)| split.ids[job])
+            .collect();
+        if *first.entry(others).or_insert(value) != value {
+            return true;
+        }
+    }
+    false
+}
+
+/// The axes of one manifest job's grids: X across, Y down, one grid per value of the Z dimensions.
+struct Layout {
+    x: Dim,
+    y: Option<Dim>,
+    z: Vec<Dim>,
+    /// Chosen by the manifest: drawn even when most cells are empty.
+    chosen: bool,
+}
+
+/// The layout `choice` asks for; `None` when there is nothing to compare (or grids are off).
+fn layout(jobs: &[&PlanJob], choice: &GridChoice) -> Option<Layout> {
+    let dims = dimensions(jobs);
+    match choice {
+        GridChoice::Off => None,
+        GridChoice::Auto => {
+            let mut comparing = (0..dims.len()).filter(|&i| compares(&dims, i));
+            let x = comparing.next()?;
+            let y = comparing.next();
+            let mut z = Vec::new();
+            let (mut x_dim, mut y_dim) = (None, None);
+            for (i, split) in dims.into_iter().enumerate() {
+                if i == x {
+                    x_dim = Some(split.dim);
+                } else if Some(i) == y {
+                    y_dim = Some(split.dim);
+                } else {
+                    z.push(split.dim);
+                }
+            }
+            Some(Layout {
+                x: x_dim?,
+                y: y_dim,
+                z,
+                chosen: false,
+            })
+        }
+        GridChoice::Axes { x, y } => {
+            // The chosen axes first, then the other dimensions; of those only
+            // the ones that compare something make grids of their own (a rows
+            // table's id would make one grid per row).
+            let mut all = vec![Split::of(Dim::Label(x.clone()), jobs)];
+            if let Some(y) = y {
+                all.push(Split::of(Dim::Label(y.clone()), jobs));
+            }
+            let chosen = all.len();
+            for split in dims {
+                if !all.iter().any(|other| other.ids == split.ids) {
+                    all.push(split);
+                }
+            }
+            let z: Vec<Dim> = (chosen..all.len())
+                .filter(|&i| compares(&all, i))
+                .map(|i| all[i].dim.clone())
+                .collect();
+            let mut axes = all.into_iter().map(|split| split.dim);
+            let x = axes.next()?;
+            let y = if chosen == 2 { axes.next() } else { None };
+            Some(Layout {
+                x,
+                y,
+                z,
+                chosen: true,
+            })
+        }
+    }
 }
 
 /// Distinct values of `dim` over `jobs`, in order of first appearance.
@@ -129,10 +243,11 @@ fn values(dim: Option<&Dim>, jobs: &[&PlanJob]) -> Vec<String> {
     values
 }
 
-/// Writes the grids of every manifest job of `plan` that varies.
+/// Writes the grids of every manifest job of `plan` whose combinations can be compared.
 pub(super) fn write_grids(
     out: &Path,
     plan: &[PlanJob],
+    choices: &HashMap<String, GridChoice>,
     entries: &[Entry],
 ) -> Result<Vec<GridFile>, GalleryError> {
     let mut images: HashMap<&str, BTreeMap<u32, &Entry>> = HashMap::new();
@@ -154,10 +269,11 @@ pub(super) fn write_grids(
     let mut written = Vec::new();
     for (name, mut jobs) in by_name {
         jobs.sort_by_key(|job| job.combination);
-        let dims = dimensions(&jobs);
-        let Some(x) = dims.first() else { continue };
-        let y = dims.get(1);
-        let z = dims.get(2..).unwrap_or_default();
+        let choice = choices.get(name).unwrap_or(&GridChoice::Auto);
+        let Some(Layout { x, y, z, chosen }) = layout(&jobs, choice) else {
+            continue;
+        };
+        let (x, y) = (&x, y.as_ref());
         let xs = values(Some(x), &jobs);
         let ys = values(y, &jobs);
         if xs.len() > MAX_SIDE || ys.len() > MAX_SIDE {
@@ -174,6 +290,18 @@ pub(super) fn write_grids(
         }
         let most_images = jobs.iter().map(|job| job.images).max().unwrap_or(0);
         for (group_index, (z_values, members)) in groups.iter().enumerate() {
+            let position = |job: &PlanJob| {
+                let column = xs.iter().position(|v| *v == x.value(job))?;
+                let row = ys
+                    .iter()
+                    .position(|v| *v == y.map(|d| d.value(job)).unwrap_or_default())?;
+                Some(row * xs.len() + column)
+            };
+            let planned: HashSet<usize> = members.iter().filter_map(|job| position(job)).collect();
+            // One cell compares nothing; a mostly empty grid is noise unless asked for.
+            if planned.len() < 2 || (!chosen && planned.len() * 2 < xs.len() * ys.len()) {
+                continue;
+            }
             let z_text: Vec<String> = z
                 .iter()
                 .zip(z_values)
@@ -182,15 +310,13 @@ pub(super) fn write_grids(
             for index in 0..most_images {
                 let mut cells: Vec<Option<PathBuf>> = vec![None; xs.len() * ys.len()];
                 for job in members {
-                    let column = xs.iter().position(|v| *v == x.value(job));
-                    let row = ys
-                        .iter()
-                        .position(|v| *v == y.map(|d| d.value(job)).unwrap_or_default());
                     let image = images
                         .get(job.key.as_str())
                         .and_then(|by_index| by_index.get(&index));
-                    if let (Some(column), Some(row), Some(entry)) = (column, row, image) {
-                        cells[row * xs.len() + column] = Some(out.join(&entry.row.file_name));
+                    if let (Some(cell), Some(entry)) = (position(job), image) {
+                        // Several combinations in one cell (dimensions left
+                        // out of a chosen layout): the first in plan order.
+                        cells[cell].get_or_insert_with(|| out.join(&entry.row.file_name));
                     }
                 }
                 if cells.iter().all(Option::is_none) {
@@ -215,19 +341,30 @@ pub(super) fn write_grids(
                 let path = out.join(&file);
                 if !is_fresh(&path, &cells) {
                     let grid = render(&cells, &xs, &ys, &title, font.as_ref());
-                    let mut png = Vec::new();
-                    grid.write_to(&mut std::io::Cursor::new(&mut png), ImageFormat::Png)
-                        .map_err(|e| GalleryError::Encode {
-                            path: path.clone(),
-                            message: e.to_string(),
-                        })?;
-                    write_atomic(&path, &png)?;
+                    write_png(&path, &grid)?;
                 }
                 written.push(GridFile { file, title });
             }
         }
     }
     Ok(written)
+}
+
+/// Encodes `grid` as PNG straight into its file.
+fn write_png(path: &Path, grid: &RgbImage) -> Result<(), GalleryError> {
+    write_atomic_with(path, |file| {
+        PngEncoder::new(file)
+            .write_image(
+                grid.as_raw(),
+                grid.width(),
+                grid.height(),
+                ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| GalleryError::Encode {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+    })
 }
 
 /// The grid exists and is newer than every image in it.
@@ -243,7 +380,9 @@ fn is_fresh(grid: &Path, cells: &[Option<PathBuf>]) -> bool {
 }
 
 /// Draws the grid: cells row by row (Y), column by column (X); a missing or
-/// unreadable image is a grey cell.
+/// unreadable image is a grey cell. The cell size comes from the first
+/// image's header; each image is decoded and scaled to it before the next
+/// is read, so memory is the grid's plus one image's, whatever the images' size.
 fn render(
     cells: &[Option<PathBuf>],
     xs: &[String],
@@ -251,45 +390,31 @@ fn render(
     title: &str,
     font: Option<&FontRef<'_>>,
 ) -> RgbImage {
-    let decoded: Vec<Option<RgbImage>> = cells
-        .iter()
-        .map(|cell| {
-            let bytes = std::fs::read(cell.as_ref()?).ok()?;
-            image::load_from_memory_with_format(&bytes, ImageFormat::WebP)
-                .ok()
-                .map(|image| image.to_rgb8())
-        })
-        .collect();
-    let (cell_width, cell_height) = decoded
+    let (cell_width, cell_height) = cells
         .iter()
         .flatten()
-        .next()
-        .map_or((GRID_CELL_MAX, GRID_CELL_MAX), |first| {
-            fit(first.width(), first.height())
+        .find_map(|path| image::image_dimensions(path).ok())
+        .map_or((GRID_CELL_MAX, GRID_CELL_MAX), |(width, height)| {
+            fit(width, height)
         });
     let (width, height) = grid_size(xs.len() as u32, ys.len() as u32, cell_width, cell_height);
     let mut grid = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    for (i, cell) in decoded.iter().enumerate() {
+    for (i, cell) in cells.iter().enumerate() {
         let column = (i % xs.len()) as u32;
         let row = (i / xs.len()) as u32;
         let left = GRID_ROW_LABEL_WIDTH + column * cell_width;
         let top = GRID_HEADER_HEIGHT + row * cell_height;
-        match cell {
-            Some(image) if image.dimensions() == (cell_width, cell_height) => {
-                imageops::replace(&mut grid, image, i64::from(left), i64::from(top));
-            }
-            Some(image) => {
-                let scaled = imageops::resize(
-                    image,
-                    cell_width,
-                    cell_height,
-                    imageops::FilterType::Triangle,
-                );
-                imageops::replace(&mut grid, &scaled, i64::from(left), i64::from(top));
-            }
+        match cell
+            .as_deref()
+            .and_then(|path| cell_image(path, cell_width, cell_height))
+        {
+            Some(image) => imageops::replace(&mut grid, &image, i64::from(left), i64::from(top)),
             None => {
-                let grey = RgbImage::from_pixel(cell_width, cell_height, Rgb([200, 200, 200]));
-                imageops::replace(&mut grid, &grey, i64::from(left), i64::from(top));
+                for y in top..top + cell_height {
+                    for x in left..left + cell_width {
+                        grid.put_pixel(x, y, Rgb([200, 200, 200]));
+                    }
+                }
             }
         }
     }
@@ -315,6 +440,23 @@ fn render(
         }
     }
     grid
+}
+
+/// The WebP image at `path` scaled to `width` × `height`, or `None` if it
+/// cannot be read. The WebP decoder has no reduced-size decode, so the image
+/// is decoded whole, once, and dropped on return.
+fn cell_image(path: &Path, width: u32, height: u32) -> Option<RgbImage> {
+    let bytes = std::fs::read(path).ok()?;
+    let decoded = image::load_from_memory_with_format(&bytes, ImageFormat::WebP).ok()?;
+    drop(bytes);
+    if decoded.dimensions() == (width, height) {
+        return Some(decoded.into_rgb8());
+    }
+    Some(
+        decoded
+            .resize_exact(width, height, imageops::FilterType::Triangle)
+            .into_rgb8(),
+    )
 }
 
 /// A cell's size for images of `width` × `height`: scaled down to fit [`GRID_CELL_MAX`].
@@ -413,4 +555,66 @@ fn sanitize(text: &str) -> String {
         name.push('_');
     }
     name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(combination: u128, labels: serde_json::Value) -> PlanJob {
+        PlanJob {
+            key: format!("k{combination}"),
+            name: "j".into(),
+            combination,
+            images: 1,
+            prompt: format!("p{combination}"),
+            models: vec!["m".into()],
+            params: serde_json::Map::new(),
+            labels: serde_json::from_value(labels).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_rows_table_compares_nothing_and_a_matrix_does() {
+        let rows: Vec<PlanJob> = ["cat", "dog"]
+            .iter()
+            .flat_map(|s| ["oil", "ink", "pen"].map(|t| (*s, t)))
+            .enumerate()
+            .map(|(i, (subject, style))| {
+                job(
+                    i as u128,
+                    json!({"pid": format!("p{i}"), "subject": subject, "style": style}),
+                )
+            })
+            .collect();
+        let rows: Vec<&PlanJob> = rows.iter().collect();
+        assert!(layout(&rows, &GridChoice::Auto).is_none());
+        let chosen = GridChoice::Axes {
+            x: "style".into(),
+            y: Some("subject".into()),
+        };
+        let Layout { x, y, z, .. } = layout(&rows, &chosen).unwrap();
+        assert_eq!(
+            (x.name(), y.map(|y| y.name())),
+            ("style".into(), Some("subject".into()))
+        );
+        assert!(z.is_empty(), "the row id makes no grid of its own: {z:?}");
+        assert!(layout(&rows, &GridChoice::Off).is_none());
+
+        let matrix: Vec<PlanJob> = (0..6)
+            .map(|i| {
+                let colour = ["red", "blue", "green"][i as usize / 2];
+                let shape = ["cube", "ball"][i as usize % 2];
+                job(i, json!({"colour": colour, "shape": shape}))
+            })
+            .collect();
+        let matrix: Vec<&PlanJob> = matrix.iter().collect();
+        let Layout { x, y, z, .. } = layout(&matrix, &GridChoice::Auto).unwrap();
+        assert_eq!(
+            (x.name(), y.map(|y| y.name())),
+            ("colour".into(), Some("shape".into()))
+        );
+        assert!(z.is_empty());
+    }
 }

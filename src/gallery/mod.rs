@@ -14,10 +14,12 @@
 //! but the output folder.
 
 mod grid;
+mod index;
 mod page;
 mod thumbs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
@@ -76,6 +78,24 @@ pub struct ReportInput {
     pub plan: Vec<PlanJob>,
     /// The jobs that failed and have not succeeded since.
     pub failures: Vec<FailedJob>,
+    /// The name of `metadata.jsonl`'s caption column (`output.metadata.caption`;
+    /// empty means the default, `text`).
+    pub caption_column: String,
+    /// The grid each manifest job asks for, by job name; a job not listed gets
+    /// [`GridChoice::Auto`].
+    pub grids: HashMap<String, GridChoice>,
+}
+
+/// The grids a manifest job asks for (`grid:` on a job).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum GridChoice {
+    /// Axes chosen from the plan; only grids that compare something are drawn.
+    #[default]
+    Auto,
+    /// No grid (`grid: false`).
+    Off,
+    /// These labels as X and Y (`grid: {x: style, y: subject}`).
+    Axes { x: String, y: Option<String> },
 }
 
 /// What [`write_report`] wrote.
@@ -162,7 +182,7 @@ impl Entry {
 /// [`GalleryError::Io`] if the page, a thumbnail or a grid cannot be
 /// written. An unreadable image is not an error: it is shown as such.
 pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryError> {
-    let mut entries = read_entries(out);
+    let mut entries = read_entries(out, &input.caption_column);
     let mut thumbs_made = 0;
     let mut unreadable = 0;
     for entry in &mut entries {
@@ -176,7 +196,7 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
         }
     }
     let results = read_results(out);
-    let grids = grid::write_grids(out, &input.plan, &entries)?;
+    let grids = grid::write_grids(out, &input.plan, &input.grids, &entries)?;
     let html = page::render(input, &entries, &results, &grids);
     let page = out.join(PAGE_FILE);
     write_atomic(&page, html.as_bytes())?;
@@ -191,7 +211,7 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
 
 /// The images of `metadata.jsonl` whose file is there, first row of each
 /// name, with their sidecars. Damaged lines and hostile names are skipped.
-fn read_entries(out: &Path) -> Vec<Entry> {
+fn read_entries(out: &Path, caption_column: &str) -> Vec<Entry> {
     // A shard's folder holds its part of the index under another name.
     let text = std::fs::read_to_string(out.join(INDEX_FILE))
         .or_else(|_| std::fs::read_to_string(out.join(SHARD_INDEX_FILE)))
@@ -200,7 +220,7 @@ fn read_entries(out: &Path) -> Vec<Entry> {
     let mut entries = Vec::new();
     for row in text
         .lines()
-        .filter_map(|line| serde_json::from_str::<IndexRow>(line).ok())
+        .filter_map(|line| index::parse_row(line, caption_column))
     {
         if !is_plain_relative(&row.file_name) || !seen.insert(row.file_name.clone()) {
             continue;
@@ -242,15 +262,38 @@ pub(crate) fn is_plain_relative(name: &str) -> bool {
 /// Writes `bytes` to `path` through a temp file in the same folder, so a
 /// reader (a browser, a second report) never sees half a file.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GalleryError> {
-    use std::io::Write as _;
+    write_atomic_with(path, |file| {
+        file.write_all(bytes)
+            .map_err(|e| GalleryError::io("write", path, e))
+    })
+}
+
+/// Like [`write_atomic`], the content written by `write` straight into the
+/// temp file (buffered), so a large file is never held whole in memory too.
+/// The file gets the images' permissions (0644 less the umask), not
+/// tempfile's private 0600: the page is opened from shared folders.
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> Result<(), GalleryError>,
+) -> Result<(), GalleryError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| GalleryError::io("create directory", dir, e))?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(crate::output::TEMP_PREFIX)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(crate::output::TEMP_PREFIX);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut temp = builder
         .tempfile_in(dir)
         .map_err(|e| GalleryError::io("create a temp file in", dir, e))?;
-    temp.write_all(bytes)
-        .map_err(|e| GalleryError::io("write", temp.path(), e))?;
+    let mut buffered = std::io::BufWriter::new(temp.as_file_mut());
+    write(&mut buffered)?;
+    buffered
+        .flush()
+        .map_err(|e| GalleryError::io("write", path, e))?;
+    drop(buffered);
     temp.persist(path)
         .map_err(|e| GalleryError::io("write", path, e.error))?;
     Ok(())

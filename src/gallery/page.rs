@@ -89,14 +89,16 @@ pub(super) fn render(
     );
     summary(&mut html, input, entries, results);
     failures(&mut html, &input.failures);
-    grid_list(&mut html, grids);
     cull(&mut html, input);
     filters(&mut html, &sections);
+    // The images first: the grids (one per image index and Z value) can be many.
     html.push_str("<main id=\"jobs\">\n");
     for (order, section) in sections.iter().enumerate() {
         job_section(&mut html, order, section, results);
     }
-    html.push_str("</main>\n<script>");
+    html.push_str("</main>\n");
+    grid_list(&mut html, grids);
+    html.push_str("<script>");
     html.push_str(SCRIPT);
     html.push_str("</script>\n</body>\n</html>\n");
     html

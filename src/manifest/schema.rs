@@ -280,6 +280,32 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 5))]
     pub extra_source_images: Option<Vec<ExtraSourceSpec>>,
+    /// The X/Y/Z grids of `report.html`: `{x: axis, y: axis}` names the axes (any other
+    /// axes make one grid per value), `false` draws none. Default: axes chosen from the
+    /// combinations, and only grids that compare something.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<GridSpec>,
+}
+
+/// A job's `grid:`: on or off, or the axes to draw.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum GridSpec {
+    /// `false`: no grid; `true`: the default.
+    Enabled(bool),
+    /// The axes to draw.
+    Axes(GridAxesSpec),
+}
+
+/// `grid: {x, y}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GridAxesSpec {
+    /// The axis across (columns): a matrix axis, wildcard, `variant_N` or rows column of the job.
+    pub x: String,
+    /// The axis down (rows), another of the job's axes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
 }
 
 /// A job's table of prompts: a path, or a path and the id column.

@@ -46,6 +46,35 @@ pub struct CompiledJob {
     pub(crate) space: u128,
     /// Source images (a `source_image` axis replaces `image` per combination).
     pub(crate) sources: Option<Arc<JobSources>>,
+    /// The report's grids of this job (`grid:`).
+    pub grid: JobGrid,
+}
+
+/// The grids a job asks for in `report.html`, its axis names checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum JobGrid {
+    /// No `grid:`, or `grid: true`: the report chooses.
+    #[default]
+    Auto,
+    /// `grid: false`.
+    Off,
+    /// `grid: {x, y}`: labels of the job.
+    Axes { x: String, y: Option<String> },
+}
+
+impl CompiledJob {
+    /// Whether the job turned its report grids off (`grid: false`).
+    pub fn grid_off(&self) -> bool {
+        self.grid == JobGrid::Off
+    }
+
+    /// The grid axes the job chose (`grid: {x, y}`), X then Y: labels of its jobs.
+    pub fn grid_axes(&self) -> Option<(&str, Option<&str>)> {
+        match &self.grid {
+            JobGrid::Axes { x, y } => Some((x, y.as_deref())),
+            JobGrid::Auto | JobGrid::Off => None,
+        }
+    }
 }
 
 /// A checked manifest.

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::axes::{Axis, AxisKind, ColumnUse};
-use super::compiled::CompiledJob;
+use super::compiled::{CompiledJob, JobGrid};
 use super::seeds::Seeds;
 use super::{Context, MAX_IMAGES_PER_JOB};
 use crate::manifest::locate::YamlPath;
-use crate::manifest::schema::JobSpec;
+use crate::manifest::schema::{GridSpec, JobSpec};
 
 /// `sample:` or `random:`: how many combinations, and the seed that picks them.
 type Sampling = Option<(u64, u64)>;
@@ -110,6 +110,7 @@ impl Context<'_> {
         let (positive, negative) =
             self.job_prompts(spec, path, &mut axes, &variables, &mut base_params);
         self.check_labels(spec, path, &axes);
+        let grid = self.job_grid(spec, path, &axes);
 
         let sources = self.job_sources(spec, path, &base_params, &axes, &models);
         let (sample, random) = self.job_sampling(spec, path);
@@ -140,7 +141,58 @@ impl Context<'_> {
             random,
             space,
             sources,
+            grid,
         })
+    }
+
+    /// `grid:`, its axes checked against the labels the job's axes give.
+    fn job_grid(&mut self, spec: &JobSpec, path: &YamlPath, axes: &[Axis]) -> JobGrid {
+        let chosen = match &spec.grid {
+            None | Some(GridSpec::Enabled(true)) => return JobGrid::Auto,
+            Some(GridSpec::Enabled(false)) => return JobGrid::Off,
+            Some(GridSpec::Axes(chosen)) => chosen,
+        };
+        let labels: Vec<&str> = axes
+            .iter()
+            .flat_map(|axis| match &axis.kind {
+                AxisKind::Rows(table) => table
+                    .columns
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect(),
+                _ => vec![axis.name.as_str()],
+            })
+            .collect();
+        let known = if labels.is_empty() {
+            "it has none: give it a matrix axis, variants, wildcards or rows".to_owned()
+        } else {
+            format!("its axes: {}", labels.join(", "))
+        };
+        let grid = path.key("grid");
+        for (key, name) in [("x", Some(&chosen.x)), ("y", chosen.y.as_ref())] {
+            let Some(name) = name else { continue };
+            if !labels.contains(&name.as_str()) {
+                self.problem(
+                    &grid.key(key),
+                    format!(
+                        "the grid axis `{name}` is not an axis of job `{}`",
+                        spec.name
+                    ),
+                    &known,
+                );
+            }
+        }
+        if chosen.y.as_ref() == Some(&chosen.x) {
+            self.problem(
+                &grid.key("y"),
+                format!("the grid's x and y are both `{}`", chosen.x),
+                "choose two different axes, or only `x`",
+            );
+        }
+        JobGrid::Axes {
+            x: chosen.x.clone(),
+            y: chosen.y.clone(),
+        }
     }
 
     /// The job's models, else `defaults.models`; none is a problem unless a
