@@ -12,7 +12,7 @@
 //! about every 500 ms); [`Store::flush`] and [`Store::put_durable`] return only
 //! once every earlier write would survive a crash. Callers flush before any step
 //! with an effect outside the process (a submit, a cancel) and after writing
-//! image files, as the design's ledger invariants require.
+//! image files, as ARCHITECTURE.md's ledger invariants require.
 //!
 //! A slot with no record is pending, so a plan of a million jobs writes nothing
 //! up front. The keys of in-flight records are also kept in a small index (see
