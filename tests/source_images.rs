@@ -527,3 +527,32 @@ fn zlib_of_zeros(len: usize) -> Vec<u8> {
     bits.out.extend(adler.to_be_bytes());
     bits.out
 }
+
+#[test]
+fn img2img_that_no_worker_takes_is_named_at_the_first_check() {
+    // Workers that take no source images, as on a real Horde where an img2img
+    // request read `is_possible: false` for minutes: the run says why at once.
+    let sim = Sim::unlimited(&[
+        "--workers",
+        "2",
+        "--latency",
+        "5ms",
+        "--seed",
+        "4",
+        "--no-img2img-workers",
+    ]);
+    let batch = Batch::new(&format!(
+        "{}run: {{timeouts: {{no_worker: 3s}}}}\njobs:\n  - name: photo\n    prompt: a painting\n    source_image: photo.png\n",
+        HEAD.trim_end_matches("jobs:\n"),
+    ));
+    write_png(&batch.dir.path().join("photo.png"), 48, 32, false, 9);
+    let Finished { code, stderr, .. } = batch.run(&sim);
+    assert_eq!(code, 1, "{stderr}");
+    let warned = stderr
+        .find("no worker serving stable_diffusion takes source images (img2img)")
+        .unwrap_or_else(|| panic!("no reason given:\n{stderr}"));
+    let failed = stderr
+        .find("no worker could serve the request for 3s")
+        .unwrap_or_else(|| panic!("the job did not fail at the timeout:\n{stderr}"));
+    assert!(warned < failed, "{stderr}");
+}

@@ -4,6 +4,7 @@
 //!
 //! Must not submit; saving the images is `save`'s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -320,11 +321,25 @@ impl Engine {
 }
 
 impl Engine {
+    /// The Horde's worker list, read at most once a minute.
+    async fn workers_online(&self) -> Result<Arc<Vec<WorkerSummary>>, HordeError> {
+        const FRESH_FOR: Duration = Duration::from_secs(60);
+        let mut seen = self.workers_seen.lock().await;
+        if let Some((at, workers)) = seen.as_ref() {
+            if at.elapsed() < FRESH_FOR {
+                return Ok(Arc::clone(workers));
+            }
+        }
+        let workers = Arc::new(self.client.workers().await?);
+        *seen = Some((Instant::now(), Arc::clone(&workers)));
+        Ok(workers)
+    }
+
     /// Why no worker can take `job`, from what the workers online say they
     /// serve (`/v2/workers`): a model nobody serves, a kind of source image,
     /// a size, post-processing or LoRAs nobody takes.
     async fn why_no_worker(&self, job: &Job) -> String {
-        let workers = match self.client.workers().await {
+        let workers = match self.workers_online().await {
             Ok(workers) => workers,
             Err(error) => return format!("the worker list could not be read ({error})"),
         };

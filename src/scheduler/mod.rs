@@ -219,6 +219,10 @@ pub struct Engine {
     last_answer_ms: AtomicU64,
     abort: Mutex<Option<Abort>>,
     closed: Mutex<Option<Closed>>,
+    /// The Horde's worker list and when it was read: one read explains every
+    /// request no worker can serve for a while, however many there are.
+    workers_seen:
+        tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<Vec<crate::horde::WorkerSummary>>)>>,
 }
 
 /// What the engine itself needs to know to decide (`--max-kudos`). These
@@ -281,6 +285,7 @@ impl Engine {
             last_answer_ms: AtomicU64::new(crate::store::now_ms()),
             abort: Mutex::new(None),
             closed: Mutex::new(None),
+            workers_seen: tokio::sync::Mutex::new(None),
             config,
         })
     }

@@ -91,6 +91,13 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 0)]
     pub busy_key: u32,
 
+    /// The workers take no source images (they advertise `img2img: false` and
+    /// `painting: false`): a request with one is queued, reads `is_possible:
+    /// false` and waits until it expires, as on a real Horde whose workers do
+    /// not take img2img.
+    #[arg(long)]
+    pub no_img2img_workers: bool,
+
     /// Starting kudos of each registered user.
     #[arg(long, default_value_t = 100_000.0)]
     pub user_kudos: f64,

@@ -63,6 +63,7 @@ impl Horde {
                 client_seed: false,
                 seed_variation: None,
                 n,
+                has_source: false,
                 width,
                 height,
                 mps_per_image: 0.0,

@@ -37,6 +37,7 @@ impl Horde {
     /// Whether some worker could serve `request` (its model, its worker list).
     pub(super) fn is_possible(&self, request: &Request) -> bool {
         request.served_model.is_some()
+            && !(request.has_source && self.settings.no_img2img_workers)
             && (0..self.workers.len()).any(|worker| request.workers.allows(worker))
     }
 
@@ -58,8 +59,8 @@ impl Horde {
                     "trusted": false,
                     "maintenance_mode": false,
                     "nsfw": true,
-                    "img2img": true,
-                    "painting": true,
+                    "img2img": !self.settings.no_img2img_workers,
+                    "painting": !self.settings.no_img2img_workers,
                     "post-processing": true,
                     "lora": true,
                 })

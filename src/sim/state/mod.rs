@@ -74,6 +74,8 @@ pub(crate) struct Settings {
     pub find_user_cache: Duration,
     /// Other clients' requests put on each user's key at its first submit.
     pub busy_key: u32,
+    /// The workers take no source images (`--no-img2img-workers`).
+    pub no_img2img_workers: bool,
     /// `http://127.0.0.1:P/`, for R2 URLs.
     pub origin: String,
 }
@@ -129,6 +131,7 @@ impl Horde {
             worker_speed_mps: config.worker_speed_mps,
             find_user_cache: config.find_user_cache,
             busy_key: config.busy_key,
+            no_img2img_workers: config.no_img2img_workers,
             origin,
         });
         let (users, keys) = registered_users(config);

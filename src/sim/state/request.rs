@@ -65,6 +65,8 @@ pub(super) struct Request {
     pub(super) seed_variation: Option<u32>,
     /// Images the request asked for (`n`).
     pub(super) n: u32,
+    /// It brought a source image (img2img, painting, remix).
+    pub(super) has_source: bool,
     pub(super) width: u32,
     pub(super) height: u32,
     /// Megapixel-steps of one image (`width·height·steps / 10⁶`).

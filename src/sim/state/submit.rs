@@ -194,6 +194,7 @@ impl Horde {
                 .cloned()
         };
         let client_seed = input.params.seed.is_some();
+        let has_source = input.source_image.is_some();
         let seed =
             input.params.seed.clone().unwrap_or_else(|| {
                 (det.hash("seed", &[Part::Num(seq)]) % 4_294_967_295).to_string()
@@ -219,6 +220,7 @@ impl Horde {
             client_seed,
             seed_variation,
             n: input.params.n,
+            has_source,
             width,
             height,
             mps_per_image,
