@@ -11,7 +11,9 @@
 //! source images adds their hashes (not their paths) to its key, so replacing
 //! a source file's bytes re-generates; txt2img keys are unchanged. The image
 //! count is deliberately not part of the key: asking for more images of a
-//! finished combination resumes it instead of starting over. Pure computation.
+//! finished combination resumes it instead of starting over. Nor is a job's
+//! alchemy: it runs on images already saved, so adding `alchemy:` to a
+//! manifest that ran re-generates nothing. Pure computation.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::alchemy::{AlchemyForm, AlchemySpec};
 use super::compile::{
     AxisKind, ColumnUse, CompiledJob, CompiledManifest, RequestFlags, Seeds, Segment,
 };
@@ -72,6 +75,9 @@ pub struct Job {
     pub labels: BTreeMap<String, Value>,
     /// Source images (paths and hashes, never the bytes); `None` for txt2img.
     pub sources: Option<Arc<JobSources>>,
+    /// The alchemy run on every image the job saves (from its manifest job);
+    /// `None` when it runs none. Not part of the key.
+    pub alchemy: Option<Arc<AlchemySpec>>,
 }
 
 impl Job {
@@ -94,6 +100,35 @@ impl Job {
             }
             Seeds::List(list) => list.get(index as usize).cloned(),
         }
+    }
+
+    /// Kudos the job's alchemy should cost per image saved: its forms priced
+    /// on the image as generated (`width × height`, times the scale of the
+    /// job's own upscaler in `post_processing`, if any). 0 without alchemy.
+    pub fn alchemy_kudos(&self) -> u32 {
+        let Some(alchemy) = &self.alchemy else {
+            return 0;
+        };
+        let side = |name: &str| {
+            self.params
+                .get(name)
+                .and_then(Value::as_u64)
+                .map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX))
+        };
+        let upscale = self
+            .params
+            .get("post_processing")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| name.as_str().and_then(AlchemyForm::parse))
+            .map(AlchemyForm::scale)
+            .max()
+            .unwrap_or(1);
+        alchemy.kudos(
+            side("width").saturating_mul(upscale),
+            side("height").saturating_mul(upscale),
+        )
     }
 }
 
@@ -154,7 +189,12 @@ impl CompiledManifest {
         let _ = writeln!(text, "horde-batch {}", env!("CARGO_PKG_VERSION"));
         for job in &self.jobs {
             // Debug of the compiled job: every field that feeds expansion, in
-            // a fixed order (it holds no hash maps).
+            // a fixed order (it holds no hash maps). Alchemy is left out: it
+            // runs on images already saved, so adding it changes no job.
+            let job = CompiledJob {
+                alchemy: None,
+                ..job.clone()
+            };
             let _ = writeln!(text, "{job:?}");
         }
         digest::to_hyphenated(name_digest(KEY_NAMESPACE, text.as_bytes()))
@@ -516,6 +556,7 @@ fn resolve(
         id,
         labels,
         sources,
+        alchemy: job.alchemy.clone(),
     }
 }
 

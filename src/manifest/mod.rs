@@ -7,6 +7,7 @@
 //! in a deterministic order with stable keys. This module never talks HTTP,
 //! never opens the ledger and never writes files.
 
+mod alchemy;
 mod compile;
 mod error;
 mod expand;
@@ -22,6 +23,7 @@ mod template;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use alchemy::{alchemy_columns, AlchemyForm, AlchemySpec, CaptionFrom};
 pub use compile::{
     compile, CompileOptions, CompiledJob, CompiledManifest, OutputSettings, RequestFlags,
     RunSettings, Seeds, DEFAULT_MAX_JOBS,

@@ -14,6 +14,7 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::alchemy::{AlchemyForm, CaptionFrom};
 use super::params::{Rule, CONTROL_TYPES, KNOWN_POST_PROCESSORS, KNOWN_SAMPLERS, PARAMS};
 use super::source::SourceProcessing;
 
@@ -75,6 +76,11 @@ pub struct Defaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 5))]
     pub extra_source_images: Option<Vec<ExtraSourceSpec>>,
+    /// Alchemy run on every image a job saves (caption, nsfw, interrogation, upscalers, …):
+    /// a list of forms, or `{forms: [...], slow_workers: bool}`. A job's own `alchemy`
+    /// replaces this one. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alchemy: Option<AlchemySetting>,
 }
 
 /// One of `extra_source_images`.
@@ -145,6 +151,11 @@ pub struct OutputSpec {
     /// The columns of `metadata.jsonl` beyond the built-in ones.
     #[serde(default)]
     pub metadata: MetadataSpec,
+    /// Write a kohya-style caption file `<name>.txt` beside each image, holding its
+    /// caption (the prompt, or the alchemy caption with `metadata.caption_from: alchemy`).
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption_files: Option<bool>,
 }
 
 /// Columns of `metadata.jsonl`. Every label (matrix axis, wildcard, variant,
@@ -155,6 +166,10 @@ pub struct MetadataSpec {
     /// Name of the caption column, the prompt (default `text`, as Hugging Face's
     /// `imagefolder` text-to-image examples expect).
     pub caption: Option<String>,
+    /// Where captions come from: `prompt` (default) or `alchemy` (the `caption` form's
+    /// result, which every job must then run; the prompt gets a `prompt` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption_from: Option<CaptionFrom>,
     /// Extra columns: any generation parameter (e.g. `clip_skip`, `karras`), or one of
     /// `worker_name`, `worker_id`, `kudos`, `prompt_template`, `submitted_at`,
     /// `completed_at`, `batch_index`.
@@ -285,6 +300,79 @@ pub struct JobSpec {
     /// combinations, and only grids that compare something.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grid: Option<GridSpec>,
+    /// Alchemy run on every image this job saves, replacing `defaults.alchemy` entirely:
+    /// a list of forms, or `{forms: [...], slow_workers: bool}`; `[]` runs none. Alchemy
+    /// is not part of the job key: adding it re-generates nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alchemy: Option<AlchemySetting>,
+}
+
+/// `alchemy:`: the Horde's alchemy forms to run on every saved image, each at
+/// most once (the Horde charges each form, duplicates included).
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum AlchemySetting {
+    /// The forms, e.g. `[caption, nsfw, RealESRGAN_x2plus]`; `[]` runs none.
+    Forms(#[schemars(with = "std::collections::BTreeSet<AlchemyForm>")] Vec<String>),
+    /// The forms and how they are served.
+    Options(AlchemyOptions),
+}
+
+/// `alchemy: {forms, slow_workers}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlchemyOptions {
+    /// The forms, e.g. `[interrogation, RealESRGAN_x2plus]`; `[]` runs none.
+    #[schemars(with = "std::collections::BTreeSet<AlchemyForm>")]
+    pub forms: Vec<String>,
+    /// Let slow alchemists serve the forms (default true, as the Horde's; false costs
+    /// 1 kudo less per form but waits for fast workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_workers: Option<bool>,
+}
+
+impl AlchemySetting {
+    /// The forms as written.
+    pub fn forms(&self) -> &[String] {
+        match self {
+            AlchemySetting::Forms(forms)
+            | AlchemySetting::Options(AlchemyOptions { forms, .. }) => forms,
+        }
+    }
+}
+
+/// A list (the short form) or a mapping (the long form), told apart by what
+/// the YAML holds, so errors inside either keep their position and serde's
+/// "unknown field" message (an untagged enum would lose both).
+impl<'de> Deserialize<'de> for AlchemySetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+
+        struct Setting;
+        impl<'de> serde::de::Visitor<'de> for Setting {
+            type Value = AlchemySetting;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of alchemy forms, or `{forms: [...], slow_workers: bool}`")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(AlchemySetting::Forms)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                AlchemyOptions::deserialize(MapAccessDeserializer::new(map))
+                    .map(AlchemySetting::Options)
+            }
+        }
+        deserializer.deserialize_any(Setting)
+    }
 }
 
 /// A job's `grid:`: on or off, or the axes to draw.

@@ -17,6 +17,7 @@ use super::seeds::Seeds;
 use super::settings::{OutputSettings, RunSettings};
 use super::templates::Segment;
 use crate::layout::BUILT_IN_COLUMNS;
+use crate::manifest::alchemy::{alchemy_columns, AlchemySpec};
 use crate::manifest::source::JobSources;
 use crate::manifest::ManifestFile;
 
@@ -48,6 +49,9 @@ pub struct CompiledJob {
     pub(crate) sources: Option<Arc<JobSources>>,
     /// The report's grids of this job (`grid:`).
     pub grid: JobGrid,
+    /// The alchemy run on every image the job saves; `None` when it runs none.
+    /// Not part of any job key, nor of the expansion fingerprint.
+    pub alchemy: Option<Arc<AlchemySpec>>,
 }
 
 /// The grids a job asks for in `report.html`, its axis names checked.
@@ -195,6 +199,26 @@ impl CompiledManifest {
             })
             .collect();
         names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Whether any job runs alchemy.
+    pub fn uses_alchemy(&self) -> bool {
+        self.jobs.iter().any(|job| job.alchemy.is_some())
+    }
+
+    /// The `metadata.jsonl` columns alchemy results take in this manifest
+    /// (see `manifest::alchemy_columns`); none when no job runs alchemy.
+    pub fn alchemy_columns(&self) -> Vec<&'static str> {
+        let forms: std::collections::BTreeSet<_> = self
+            .jobs
+            .iter()
+            .filter_map(|job| job.alchemy.as_deref())
+            .flat_map(|spec| spec.forms.iter().copied())
+            .collect();
+        if forms.is_empty() {
+            return Vec::new();
+        }
+        alchemy_columns(forms, self.output.caption_from)
     }
 
     /// Images over all jobs.

@@ -142,6 +142,12 @@ impl Context<'_> {
             space,
             sources,
             grid,
+            alchemy: self
+                .job_alchemy
+                .get(index)
+                .cloned()
+                .and_then(Result::ok)
+                .flatten(),
         })
     }
 
@@ -276,24 +282,31 @@ impl Context<'_> {
     }
 
     /// Labels become `metadata.jsonl` columns: a text axis may not be named
-    /// after a built-in, caption or extra column.
+    /// after a built-in, caption, extra or alchemy result column.
     fn check_labels(&mut self, spec: &JobSpec, path: &YamlPath, axes: &[Axis]) {
         for axis in axes {
             let AxisKind::Rows(table) = &axis.kind else {
                 continue;
             };
             for (name, used) in &table.columns {
-                if *used == ColumnUse::Text && self.reserved_columns.contains(name) {
-                    self.problem(&path.key("rows"), format!("the rows column `{name}` would be a metadata.jsonl column, and `{name}` is a column already (built in, the caption or an extra column)"), "rename the column, or the caption column with `output.metadata.caption`");
+                let Some(taken) = self.column_taken(name) else {
+                    continue;
+                };
+                if *used == ColumnUse::Text {
+                    let help = match taken {
+                        Taken::Alchemy => "rename the column",
+                        Taken::Settings => "rename the column, or the caption column with `output.metadata.caption`",
+                    };
+                    self.problem(&path.key("rows"), format!("the rows column `{name}` would be a metadata.jsonl column, and `{name}` is a column already ({taken})"), help);
                 }
             }
         }
         for axis in axes.iter().filter(|a| matches!(a.kind, AxisKind::Text)) {
-            if !self.reserved_columns.contains(&axis.name) {
+            let Some(taken) = self.column_taken(&axis.name) else {
                 continue;
-            }
+            };
             let name = &axis.name;
-            let message = format!("the label `{name}` would be a metadata.jsonl column, and `{name}` is a column already (built in, the caption or an extra column)");
+            let message = format!("the label `{name}` would be a metadata.jsonl column, and `{name}` is a column already ({taken})");
             if spec.matrix.0.contains_key(name) {
                 self.problem(&path.key("matrix").key(name), message, "rename the axis");
             } else {
@@ -307,5 +320,34 @@ impl Context<'_> {
                 );
             }
         }
+    }
+
+    /// Why `name` is already a `metadata.jsonl` column, if it is.
+    fn column_taken(&self, name: &str) -> Option<Taken> {
+        if self.reserved_columns.iter().any(|c| c == name) {
+            Some(Taken::Settings)
+        } else if self.alchemy_columns.contains(&name) {
+            Some(Taken::Alchemy)
+        } else {
+            None
+        }
+    }
+}
+
+/// What holds a `metadata.jsonl` column a label would take.
+#[derive(Debug, Clone, Copy)]
+enum Taken {
+    /// A built-in column, the caption or an extra column.
+    Settings,
+    /// The result of an alchemy form the manifest runs.
+    Alchemy,
+}
+
+impl std::fmt::Display for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Taken::Settings => "built in, the caption or an extra column",
+            Taken::Alchemy => "an alchemy result column: the manifest runs alchemy",
+        })
     }
 }

@@ -12,7 +12,9 @@
 //!
 //! This file holds the entry point, `compile`, and the `Context` every step
 //! reports its problems to; each step extends `Context` in its own file:
-//! `settings` (`run:` and `output:`), `request` (request flags), `seeds`,
+//! `settings` (`run:` and `output:`), `alchemy` (every job's alchemy forms,
+//! and the caption and columns they ask of `output:`), `request` (request
+//! flags), `seeds`,
 //! `parameters` (parameter maps and prompt LoRA tags), `job` (one job, step
 //! by step), `rows_axis` and `matrix` (the axes a job declares), `templates`
 //! (prompts, whose variants and wildcards add axes), `variants` and
@@ -20,6 +22,7 @@
 //! result is made of. Once all of that passes, `collisions` checks that no
 //! two jobs' images would be written to the same files.
 
+mod alchemy;
 mod axes;
 mod collisions;
 mod compiled;
@@ -75,6 +78,9 @@ pub fn compile(
     );
     let output = cx.output_settings();
     cx.reserved_columns = output.reserved_columns();
+    let alchemy = cx.jobs_alchemy();
+    cx.alchemy_columns = cx.check_alchemy_output(&output, &alchemy);
+    cx.job_alchemy = alchemy;
     let jobs = cx.jobs();
     cx.check_ids_name_files(&output.filename, &jobs);
     cx.check_expansion_limit(&jobs, run.max_jobs);
@@ -104,6 +110,10 @@ pub(super) struct Context<'a> {
     wildcard_cache: HashMap<String, Wildcard>,
     /// Column names of `metadata.jsonl` that a label may not take.
     reserved_columns: Vec<String>,
+    /// Columns of alchemy results in `metadata.jsonl`, which a label may not take either.
+    alchemy_columns: Vec<&'static str>,
+    /// Every manifest job's alchemy, by its index in `jobs`.
+    job_alchemy: Vec<alchemy::JobAlchemy>,
     /// The current job's `rows:` table failed its checks.
     rows_failed: bool,
     /// Source files by path as written: checked once per compile.
@@ -117,6 +127,8 @@ impl<'a> Context<'a> {
             problems: Vec::new(),
             wildcard_cache: HashMap::new(),
             reserved_columns: Vec::new(),
+            alchemy_columns: Vec::new(),
+            job_alchemy: Vec::new(),
             rows_failed: false,
             source_cache: HashMap::new(),
         }

@@ -15,6 +15,7 @@ use super::axes::AxisKind;
 use super::compiled::CompiledJob;
 use super::{CompileOptions, Context};
 use crate::layout::BUILT_IN_COLUMNS;
+use crate::manifest::alchemy::CaptionFrom;
 use crate::manifest::locate::YamlPath;
 use crate::manifest::params::{self, PARAMS};
 use crate::manifest::schema::CensoredPolicy;
@@ -50,6 +51,11 @@ pub struct OutputSettings {
     pub caption_column: String,
     /// Extra columns of `metadata.jsonl`, in the order given.
     pub extra_columns: Vec<String>,
+    /// Where captions come from (`metadata.caption_from`): the prompt, or the
+    /// alchemy `caption` form (then every job runs it).
+    pub caption_from: CaptionFrom,
+    /// Write a kohya-style `<name>.txt` caption file beside each image.
+    pub caption_files: bool,
 }
 
 impl OutputSettings {
@@ -146,6 +152,8 @@ impl Context<'_> {
             a1111_parameters: spec.a1111_parameters.unwrap_or(true),
             caption_column,
             extra_columns,
+            caption_from: spec.metadata.caption_from.unwrap_or_default(),
+            caption_files: spec.caption_files.unwrap_or(false),
         }
     }
 
