@@ -928,3 +928,156 @@ fn a_rows_file_must_be_a_regular_file() {
         .stderr_contains("is not a regular file (a FIFO)")
         .run();
 }
+
+// ------------------------------------------------------------------ alchemy
+
+/// A manifest with `defaults.alchemy` and one job `a`, whose own keys are `job`.
+fn alchemy_manifest(defaults: &str, output: &str, job: &str) -> String {
+    format!(
+        "version: 1\nname: al\ndefaults:\n  models: [m]\n  alchemy: {defaults}\n{output}jobs:\n  - name: a\n    prompt: a fox\n{job}"
+    )
+}
+
+#[test]
+fn alchemy_in_both_forms_validates() {
+    let batch = crate::common::Batch::new(&alchemy_manifest(
+        "[caption, nsfw, RealESRGAN_x2plus, GFPGANv1.3, 4xNomos2_hq_dat2]",
+        "",
+        "  - name: b\n    prompt: an owl\n    alchemy:\n      forms: [interrogation, aesthetic]\n      slow_workers: false\n  - name: c\n    prompt: a newt\n    alchemy: []\n",
+    ));
+    batch
+        .offline("validate")
+        .stdout_contains("ok (3 jobs, 3 images)")
+        .run();
+}
+
+#[test]
+fn an_unknown_alchemy_form_is_refused_at_its_place_with_a_suggestion() {
+    let text = alchemy_manifest(
+        "[caption, Nsfw]",
+        "",
+        "    alchemy:\n      forms: [interrogation, realesrgan_x2plus, RealESRGAN_x2]\n  - name: b\n    prompt: x\n    alchemy: [zebra]\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "test.yaml:5:22: unknown alchemy form `Nsfw`\n  help: did you mean `nsfw`?",
+            "test.yaml:10:30: unknown alchemy form `realesrgan_x2plus`\n  help: did you mean `RealESRGAN_x2plus`?",
+            "test.yaml:10:49: unknown alchemy form `RealESRGAN_x2`\n  help: did you mean `RealESRGAN_x2plus`?",
+            "test.yaml:13:15: unknown alchemy form `zebra`\n  help: the Horde's alchemy forms are caption, interrogation, nsfw, vectorize, palette, describe, aesthetic, GFPGAN, RealESRGAN_x4plus, RealESRGAN_x2plus, RealESRGAN_x4plus_anime_6B, NMKD_Siax, 4x_AnimeSharp, CodeFormers, strip_background, 4xNomos8kSC, 4xLSDIRplus, 4xNomosWebPhoto_RealPLKSR, 4xNomos2_realplksr_dysample, 4xNomos2_hq_dat2, 2xModernSpanimationV1, GFPGANv1.3, RestoreFormer",
+        ]
+    );
+    // Through the binary, as a user sees it.
+    crate::common::Batch::new(&text)
+        .offline("validate")
+        .status(2)
+        .stderr_contains("batch.yaml:5:22: unknown alchemy form `Nsfw`")
+        .stderr_contains("help: did you mean `nsfw`?")
+        .run();
+}
+
+#[test]
+fn a_duplicate_alchemy_form_is_refused_at_the_duplicate() {
+    let text = alchemy_manifest(
+        "[caption, nsfw, caption]",
+        "",
+        "    alchemy: {forms: [GFPGAN, GFPGAN]}\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            "test.yaml:5:28: alchemy form `caption` is listed twice\n  help: list each form once: the Horde charges each form, duplicates included",
+            "test.yaml:9:31: alchemy form `GFPGAN` is listed twice\n  help: list each form once: the Horde charges each form, duplicates included",
+        ]
+    );
+}
+
+#[test]
+fn a_malformed_alchemy_value_is_refused_by_serde_with_its_place() {
+    let typo = problems(&alchemy_manifest(
+        "[caption]",
+        "",
+        "    alchemy: {form: [caption]}\n",
+    ));
+    assert_eq!(typo.len(), 1);
+    assert!(
+        typo[0].starts_with("test.yaml:9:15: jobs[0].alchemy: unknown field `form`")
+            && typo[0].contains("Did you mean `forms`?"),
+        "{typo:?}"
+    );
+    let scalar = problems(&alchemy_manifest("caption", "", ""));
+    assert!(
+        scalar[0]
+            .contains("expected a list of alchemy forms, or `{forms: [...], slow_workers: bool}`"),
+        "{scalar:?}"
+    );
+}
+
+#[test]
+fn captions_from_alchemy_need_the_caption_form_in_every_job() {
+    let from_alchemy = "output:\n  metadata: {caption_from: alchemy}\n";
+    // Inherited defaults without `caption`: reported once, at the defaults.
+    assert_eq!(
+        problems(&alchemy_manifest("[nsfw]", from_alchemy, "  - name: b\n    prompt: x\n")),
+        ["test.yaml:5:12: `defaults.alchemy` does not run the `caption` form (jobs `a`, `b` use it), and captions come from alchemy (`output.metadata.caption_from: alchemy`)\n  help: add `caption` to the default alchemy forms"]
+    );
+    // A job's own alchemy without `caption`, or turned off: at the job's `alchemy`.
+    assert_eq!(
+        problems(&alchemy_manifest(
+            "[caption]",
+            from_alchemy,
+            "    alchemy: {forms: [nsfw]}\n  - name: b\n    prompt: x\n    alchemy: []\n"
+        )),
+        [
+            "test.yaml:11:14: job `a` does not run the `caption` form, and captions come from alchemy (`output.metadata.caption_from: alchemy`)\n  help: add `caption` to its alchemy forms",
+            "test.yaml:14:14: job `b` turns alchemy off, and captions come from alchemy (`output.metadata.caption_from: alchemy`)\n  help: give it the `caption` form: `alchemy: [caption]`",
+        ]
+    );
+    // No alchemy anywhere: once, at `caption_from`.
+    let none = "version: 1\nname: al\ndefaults: {models: [m]}\noutput:\n  metadata: {caption_from: alchemy}\njobs:\n  - name: a\n    prompt: x\n";
+    assert_eq!(
+        problems(none),
+        ["test.yaml:5:28: captions come from alchemy (`output.metadata.caption_from: alchemy`), but no job runs alchemy\n  help: add `alchemy: [caption]` under `defaults:`, or use `caption_from: prompt`"]
+    );
+    // With `caption` everywhere it validates.
+    compile_text(&alchemy_manifest("[caption]", from_alchemy, "")).unwrap();
+}
+
+#[test]
+fn alchemy_result_columns_are_reserved_when_alchemy_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.csv"), "nsfw,subject\nyes,a cat\n").unwrap();
+    let labels = "    prompt: 'a ${tags} __aesthetic__ ${subject} ${nsfw}'\n    matrix: {tags: [a, b]}\n    rows: p.csv\nwildcards: {aesthetic: [x]}\n";
+    let text =
+        alchemy_manifest("[caption, aesthetic]", "", labels).replace("    prompt: a fox\n", "");
+    let found: Vec<String> = match compile_in(&text, dir.path()) {
+        Ok(_) => panic!("the labels clash with alchemy columns"),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    };
+    assert_eq!(
+        found,
+        [
+            "test.yaml:10:11: the rows column `nsfw` would be a metadata.jsonl column, and `nsfw` is a column already (an alchemy result column: the manifest runs alchemy)",
+            "test.yaml:9:20: the label `tags` would be a metadata.jsonl column, and `tags` is a column already (an alchemy result column: the manifest runs alchemy)",
+            "test.yaml:8:24: the label `aesthetic` would be a metadata.jsonl column, and `aesthetic` is a column already (an alchemy result column: the manifest runs alchemy)",
+        ]
+    );
+    // Without alchemy the same labels are free.
+    let off = text.replace("alchemy: [caption, aesthetic]", "alchemy: []");
+    compile_in(&off, dir.path()).unwrap();
+    // The caption column, and `prompt` once captions come from alchemy.
+    assert_eq!(
+        problems(&alchemy_manifest("[caption]", "output:\n  metadata: {caption: caption}\n", "")),
+        ["test.yaml:7:23: the caption column `caption` is a column of alchemy results in metadata.jsonl\n  help: choose another name; alchemy takes the columns caption, nsfw, tags, alchemy_of, alchemy_form"]
+    );
+    let prompt_label = alchemy_manifest(
+        "[caption]",
+        "output:\n  metadata: {caption_from: alchemy}\n",
+        "    matrix: {prompt: [a, b]}\n",
+    )
+    .replace("prompt: a fox", "prompt: 'a ${prompt}'");
+    assert_eq!(
+        problems(&prompt_label),
+        ["test.yaml:11:22: the label `prompt` would be a metadata.jsonl column, and `prompt` is a column already (an alchemy result column: the manifest runs alchemy)\n  help: rename the axis"]
+    );
+}

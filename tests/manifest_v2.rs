@@ -1,11 +1,15 @@
 //! Manifest v2 at the compile level: nested variants, wildcard globs,
 //! per-image random mode, labels, and `rows:` tables (CSV and JSON Lines),
-//! with exact expansions, stable keys and every bad row reported at its place.
+//! with exact expansions, stable keys and every bad row reported at its place;
+//! and `alchemy:`, resolved over the defaults and kept out of every key.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use horde_batch::manifest::{compile, CompileOptions, CompiledManifest, Job, ManifestFile};
+use horde_batch::manifest::{
+    compile, AlchemyForm, AlchemySpec, CaptionFrom, CompileOptions, CompiledManifest, Job,
+    ManifestFile,
+};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -677,4 +681,183 @@ fn a_column_named_id_is_the_row_id_by_default() {
         .status(2)
         .stderr_contains("p.csv:3:1: row 2: id `r1` is already the id of row 1")
         .run();
+}
+
+// ------------------------------------------------------------------ alchemy
+
+/// Jobs that inherit `defaults.alchemy` (short form), override it (long
+/// form) or turn it off (`[]`, or an empty long form).
+const ALCHEMY: &str = r#"version: 1
+name: alchemy
+defaults:
+  models: [m]
+  params: {width: 512, height: 512}
+  alchemy: [caption, nsfw, RealESRGAN_x2plus]
+jobs:
+  - name: inherits
+    prompt: "a {red|blue} fox"
+  - name: long
+    prompt: a teapot
+    alchemy:
+      forms: [interrogation, RealESRGAN_x2plus]
+      slow_workers: false
+  - name: off
+    prompt: an owl
+    alchemy: []
+  - name: off_long
+    prompt: a newt
+    alchemy: {forms: [], slow_workers: false}
+  - name: upscaled
+    prompt: a crow
+    params: {post_processing: [RealESRGAN_x2plus]}
+"#;
+
+fn form(name: &str) -> AlchemyForm {
+    AlchemyForm::parse(name).unwrap()
+}
+
+#[test]
+fn alchemy_short_and_long_forms_resolve_over_the_defaults() {
+    let compiled = compile_in(ALCHEMY, Path::new(".")).unwrap();
+    let by_name = |name: &str| {
+        compiled
+            .jobs
+            .iter()
+            .find(|j| &*j.name == name)
+            .unwrap()
+            .alchemy
+            .clone()
+    };
+    let defaults = AlchemySpec {
+        forms: vec![
+            AlchemyForm::CAPTION,
+            AlchemyForm::NSFW,
+            form("RealESRGAN_x2plus"),
+        ],
+        slow_workers: true,
+    };
+    assert_eq!(by_name("inherits").as_deref(), Some(&defaults));
+    assert_eq!(by_name("upscaled").as_deref(), Some(&defaults));
+    assert_eq!(
+        by_name("long").as_deref(),
+        Some(&AlchemySpec {
+            forms: vec![AlchemyForm::INTERROGATION, form("RealESRGAN_x2plus")],
+            slow_workers: false,
+        }),
+        "a job's alchemy replaces the defaults' entirely"
+    );
+    assert_eq!(by_name("off"), None);
+    assert_eq!(by_name("off_long"), None);
+    assert!(compiled.uses_alchemy());
+    assert_eq!(
+        compiled.alchemy_columns(),
+        ["caption", "nsfw", "tags", "alchemy_of", "alchemy_form"]
+    );
+    // The expanded jobs carry it too, and what it should cost per image.
+    let jobs: Vec<Job> = compiled.jobs().collect();
+    let alchemy_of = |name: &str| {
+        jobs.iter()
+            .filter(|j| &*j.name == name)
+            .map(|j| (j.alchemy.as_deref().cloned(), j.alchemy_kudos()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        alchemy_of("inherits"),
+        [
+            (Some(defaults.clone()), 3 + 3 + 5),
+            (Some(defaults.clone()), 11)
+        ]
+    );
+    assert_eq!(
+        alchemy_of("long")[0].1,
+        4 + 4,
+        "slow_workers false: 1 kudo less per form"
+    );
+    assert_eq!(alchemy_of("off"), [(None, 0)]);
+    // Its own x2 upscaler makes a 1024×1024 image: 4 tiles to upscale again.
+    assert_eq!(alchemy_of("upscaled")[0].1, 3 + 3 + (3 * 4 + 2));
+
+    let none = compile_in(&one_job("a", ""), Path::new(".")).unwrap();
+    assert!(!none.uses_alchemy());
+    assert!(none.alchemy_columns().is_empty());
+    assert!(none.jobs().all(|j| j.alchemy.is_none()));
+}
+
+/// Alchemy runs on images already saved: adding it to a manifest that ran
+/// must not regenerate a single image, so no key and no fingerprint moves.
+#[test]
+fn alchemy_changes_no_job_key_and_not_the_expansion_fingerprint() {
+    let without = ALCHEMY
+        .lines()
+        .filter(|l| !l.contains("alchemy:") && !l.contains("forms:") && !l.contains("slow_workers"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!without.contains("alchemy:") && without.contains("name: alchemy"));
+    let compiled_with = compile_in(ALCHEMY, Path::new(".")).unwrap();
+    let compiled_without = compile_in(&without, Path::new(".")).unwrap();
+    assert!(!compiled_without.uses_alchemy());
+    let keys = |compiled: &CompiledManifest| -> Vec<String> {
+        compiled.jobs().map(|j| j.key.to_string()).collect()
+    };
+    assert_eq!(keys(&compiled_with).len(), 6);
+    assert_eq!(keys(&compiled_with), keys(&compiled_without));
+    assert_eq!(
+        compiled_with.expansion_fingerprint(),
+        compiled_without.expansion_fingerprint()
+    );
+}
+
+#[test]
+fn caption_settings_default_to_the_prompt_and_no_caption_files() {
+    let plain = compile_in(&one_job("a", ""), Path::new(".")).unwrap();
+    assert_eq!(plain.output.caption_from, CaptionFrom::Prompt);
+    assert!(!plain.output.caption_files);
+    let from_alchemy = ALCHEMY
+        .replace(
+            "jobs:",
+            "output:\n  caption_files: true\n  metadata: {caption_from: alchemy}\njobs:",
+        )
+        .replace(
+            "[interrogation, RealESRGAN_x2plus]",
+            "[caption, interrogation]",
+        )
+        .replace("alchemy: []", "alchemy: [caption]")
+        .replace(
+            "{forms: [], slow_workers: false}",
+            "{forms: [caption], slow_workers: false}",
+        );
+    let compiled = compile_in(&from_alchemy, Path::new(".")).unwrap();
+    assert_eq!(compiled.output.caption_from, CaptionFrom::Alchemy);
+    assert!(compiled.output.caption_files);
+    assert_eq!(
+        compiled.alchemy_columns(),
+        [
+            "caption",
+            "nsfw",
+            "tags",
+            "alchemy_of",
+            "alchemy_form",
+            "prompt"
+        ]
+    );
+}
+
+/// The example manifest validates and plans through the binary.
+#[test]
+fn the_alchemy_example_plans() {
+    crate::common::HordeBatch::new()
+        .args(["plan", "manifests/alchemy.yaml"])
+        .stdout_contains("teapots")
+        .run();
+    let compiled = compile_in(
+        &std::fs::read_to_string("manifests/alchemy.yaml").unwrap(),
+        Path::new("manifests"),
+    )
+    .unwrap();
+    assert_eq!(compiled.output.caption_from, CaptionFrom::Alchemy);
+    assert!(compiled.output.caption_files);
+    assert!(compiled.jobs.iter().all(|j| j
+        .alchemy
+        .as_ref()
+        .is_some_and(|a| a.contains(AlchemyForm::CAPTION))));
 }
