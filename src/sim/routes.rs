@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -121,7 +121,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/v2/generate/status/{id}", get(status).delete(cancel))
         .route(
             "/api/v2/interrogate/async",
-            post(routes_alchemy::interrogate_async),
+            post(routes_alchemy::interrogate_async)
+                .layer(DefaultBodyLimit::max(routes_alchemy::MAX_BODY)),
         )
         .route(
             "/api/v2/interrogate/status/{id}",

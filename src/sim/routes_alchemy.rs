@@ -27,6 +27,10 @@ use super::validate::{missing_source_image, parse_interrogate};
 
 const ASYNC_PATH: &str = "/api/v2/interrogate/async";
 
+/// Largest POST body read: the server takes base64 sources up to 3072×3072
+/// pixels, which can be tens of megabytes (axum's default is 2 MB).
+pub(crate) const MAX_BODY: usize = 64 * 1024 * 1024;
+
 /// `Retry-After` on answers the limiter let through, per window length.
 const RETRY_AFTER_PER_MINUTE: u64 = 60;
 const RETRY_AFTER_PER_SECOND: u64 = 1;
