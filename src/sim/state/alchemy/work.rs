@@ -30,6 +30,9 @@ const SLOW_WORKER_LIMIT: Duration = Duration::from_secs(10);
 /// The stand-in access key id of the signed URLs.
 const ACCESS_KEY_ID: &str = "simaccesskey";
 
+/// An S3-style refusal of a download: HTTP status, error code, message.
+pub(crate) type S3Refusal = (u16, &'static str, &'static str);
+
 /// One form handed to an alchemist.
 #[derive(Debug, Clone)]
 pub(crate) struct AlchemyJob {
@@ -206,7 +209,7 @@ impl Horde {
         access_key: Option<&str>,
         signature: Option<&str>,
         expires: Option<u64>,
-    ) -> Option<Result<Arc<Vec<u8>>, (u16, &'static str, &'static str)>> {
+    ) -> Option<Result<Arc<Vec<u8>>, S3Refusal>> {
         let form_id = Uuid::parse_str(id).ok()?;
         let object = self.alchemy.objects.get(&form_id)?;
         let webp = Arc::clone(&object.webp);
