@@ -368,6 +368,10 @@ fn a_form_nobody_serves_waits_silently() {
         &sim,
         json!({"source_image": b64(&png(8, 8)), "forms": forms(&["describe"])}),
     );
+    let untrusted_only = interrogate(
+        &sim,
+        json!({"source_image": b64(&png(8, 8)), "trusted_workers": true, "forms": forms(&["caption"])}),
+    );
     let served = interrogate(
         &sim,
         json!({"source_image": b64(&png(8, 8)), "forms": forms(&["caption"])}),
@@ -380,7 +384,9 @@ fn a_form_nobody_serves_waits_silently() {
         body,
         json!({"state": "waiting", "forms": [{"form": "describe", "state": "waiting"}]})
     );
-    assert_eq!(stat(&sim.stats(), "alchemy_forms_open"), 1);
+    // The simulated alchemists are not trusted: they never serve it.
+    assert_eq!(status(&sim, &untrusted_only).json()["state"], "waiting");
+    assert_eq!(stat(&sim.stats(), "alchemy_forms_open"), 2);
 }
 
 #[test]

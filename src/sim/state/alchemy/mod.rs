@@ -108,6 +108,9 @@ pub(super) struct Interrogation {
     seq: u64,
     owner: usize,
     slow_workers: bool,
+    /// Only trusted alchemists may serve it; the simulated ones are not
+    /// trusted, so it waits until it expires, as on the real Horde.
+    trusted_workers: bool,
     /// Lowercase hex SHA-256 of the source bytes as the client sent them.
     client_sha256: String,
     /// The server's re-encoding: what alchemists get.

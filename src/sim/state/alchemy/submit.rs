@@ -81,6 +81,7 @@ impl Horde {
             seq,
             owner,
             slow_workers: input.slow_workers,
+            trusted_workers: input.trusted_workers,
             client_sha256: sha256_hex(&source.client_bytes),
             worker_source: Arc::new(source.worker_bytes),
             width: source.width,

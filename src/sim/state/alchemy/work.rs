@@ -67,7 +67,7 @@ impl Horde {
         let fast = settings.form_time < SLOW_WORKER_LIMIT;
         let (request_id, index) = self.alchemy.order.values().find_map(|id| {
             let request = self.alchemy.requests.get(id)?;
-            if !request.slow_workers && !fast {
+            if (!request.slow_workers && !fast) || request.trusted_workers {
                 return None;
             }
             let index = request.forms.iter().position(|form| {
