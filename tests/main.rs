@@ -20,6 +20,7 @@ mod report;
 mod reroll_merge;
 mod run;
 mod sim;
+mod sim_alchemy;
 mod source_images;
 mod store;
 mod unattended;

@@ -150,6 +150,7 @@ fn route_template(path: &str) -> String {
     const WITH_ID: &[&str] = &[
         "/api/v2/generate/check/",
         "/api/v2/generate/status/",
+        "/api/v2/interrogate/status/",
         "/api/v2/sharedkeys/",
     ];
     for prefix in WITH_ID {
@@ -161,6 +162,7 @@ fn route_template(path: &str) -> String {
     }
     const PLAIN: &[&str] = &[
         "/api/v2/generate/async",
+        "/api/v2/interrogate/async",
         "/api/v2/find_user",
         "/api/v2/status/models",
         "/api/v2/status/heartbeat",

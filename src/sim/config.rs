@@ -140,6 +140,34 @@ pub struct SimConfig {
     /// Turn every rate limit off (like HORDE_TEST_RATELIMIT_DISABLED on a test server).
     #[arg(long)]
     pub no_rate_limits: bool,
+
+    /// Number of simulated alchemists (interrogation workers), each working one form at a time.
+    #[arg(long, default_value_t = 2)]
+    pub alchemists: usize,
+
+    /// Time an alchemist spends on one form; a post-processor takes this per 512×512 tile.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub alchemy_form_time: Duration,
+
+    /// Forms the alchemists serve (comma separated); a form nobody serves
+    /// waits until its request expires. Default: every form but describe,
+    /// vectorize and palette.
+    #[arg(long, value_delimiter = ',', default_values_t = super::alchemy_forms::default_served_forms())]
+    pub alchemy_forms: Vec<String>,
+
+    /// A form the alchemists always fault (repeatable): it goes back to
+    /// waiting, and its 4th fault makes it faulted for good, never charged.
+    #[arg(long, value_name = "FORM")]
+    pub alchemy_fault_form: Vec<String>,
+
+    /// An interrogation request is deleted this long after its creation, its
+    /// last pickup or its last delivered form.
+    #[arg(long, default_value = "20m", value_parser = humantime::parse_duration)]
+    pub alchemy_expiry: Duration,
+
+    /// Validity of a post-processor's result URL, signed once when the form is delivered.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub alchemy_url_ttl: Duration,
 }
 
 /// Parses `SimConfig` alone, to derive `Default` from the CLI defaults.
@@ -169,6 +197,25 @@ impl SimConfig {
         }
         if self.cleanup_interval.is_zero() {
             return Err("--cleanup-interval must be more than 0".to_owned());
+        }
+        if self.alchemists > 1000 {
+            return Err(format!(
+                "--alchemists {} is more than 1000",
+                self.alchemists
+            ));
+        }
+        let unknown = self
+            .alchemy_forms
+            .iter()
+            .chain(&self.alchemy_fault_form)
+            .find(|form| !super::alchemy_forms::is_known_form(form));
+        if let Some(form) = unknown {
+            return Err(format!(
+                "{form:?} is not an alchemy form; known: {}",
+                super::alchemy_forms::known_forms()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         if self
             .api_keys
@@ -362,6 +409,13 @@ mod tests {
         assert_eq!(config.worker_speed_mps, 50.0);
         assert_eq!(config.submit_latency, Duration::ZERO);
         assert_eq!(config.chaos_lost_answer, 0.0);
+        assert_eq!(config.alchemists, 2);
+        assert_eq!(config.alchemy_form_time, Duration::from_secs(2));
+        assert_eq!(config.alchemy_expiry, Duration::from_secs(20 * 60));
+        assert_eq!(config.alchemy_url_ttl, Duration::from_secs(30 * 60));
+        assert!(config.alchemy_forms.contains(&"caption".to_owned()));
+        assert!(!config.alchemy_forms.contains(&"describe".to_owned()));
+        assert!(config.validate().is_ok());
     }
 
     #[test]

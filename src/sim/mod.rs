@@ -17,12 +17,17 @@
 //!
 //! Module map: `config` (flags), `state` (all rules, one module per
 //! responsibility: submit, kudos, users, shared keys, requests, jobs, R2,
-//! cleaner, counters), `validate` (schema, defaults and source images),
-//! `limits` (flask-limiter windows), `routes` (HTTP), `chaos` (accounting and
-//! chaos layer), `workers` (worker and cleaner tasks), `images` (WebP
-//! pixels), `stats` (counters), `wire` (JSON bodies), `det` (seeded
-//! randomness), `clock` (dates).
+//! alchemy, cleaner, counters), `validate` (schema, defaults and source
+//! images), `limits` (flask-limiter windows), `routes` and `routes_alchemy`
+//! (HTTP), `chaos` (accounting and chaos layer), `workers` (worker and
+//! cleaner tasks), `alchemists` (interrogation worker tasks),
+//! `alchemy_forms` (the form catalog and costs), `alchemy_results` (what
+//! alchemists compute), `images` (WebP pixels), `stats` (counters), `wire`
+//! (JSON bodies), `det` (seeded randomness), `clock` (dates), `sha256`.
 
+mod alchemists;
+mod alchemy_forms;
+mod alchemy_results;
 mod chaos;
 mod clock;
 mod config;
@@ -30,6 +35,8 @@ mod det;
 pub mod images;
 mod limits;
 mod routes;
+mod routes_alchemy;
+mod sha256;
 mod state;
 mod stats;
 mod validate;
@@ -153,6 +160,9 @@ pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
     let mut tasks = JoinSet::new();
     for worker in 0..config.workers {
         tasks.spawn(workers::run_worker(Arc::clone(&shared), worker));
+    }
+    for alchemist in 0..config.alchemists {
+        tasks.spawn(alchemists::run_alchemist(Arc::clone(&shared), alchemist));
     }
     tasks.spawn(workers::run_cleaner(
         Arc::clone(&shared),

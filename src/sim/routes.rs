@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use super::chaos::{self, ChaosSettings};
 use super::det::stable_hash;
 use super::limits::{LimitCheck, Limiter, Rate, RateHeaders, Verdict};
+use super::routes_alchemy;
 use super::state::{ApiError, SubmitOutcome, ANON_API_KEY};
 use super::validate::parse_generate;
 use super::wire::{ErrorBody, ValidationBody};
@@ -56,7 +57,7 @@ pub(crate) struct App {
     check_cache: Arc<Mutex<HashMap<String, (Instant, Bytes)>>>,
     pub chaos: Arc<ChaosSettings>,
     /// Delay between queuing a request and answering its submit.
-    submit_latency: Duration,
+    pub submit_latency: Duration,
 }
 
 impl App {
@@ -76,7 +77,7 @@ impl App {
     }
 
     /// Applies `checks`; on rejection returns what the limiter's 429 needs.
-    fn limit(&self, checks: &[LimitCheck]) -> Result<Option<RateHeaders>, Limited> {
+    pub(crate) fn limit(&self, checks: &[LimitCheck]) -> Result<Option<RateHeaders>, Limited> {
         let verdict = self.limiter.lock().check(checks);
         match verdict {
             Verdict::Allowed(headers) => Ok(headers),
@@ -90,7 +91,7 @@ impl App {
 
 /// A flask-limiter rejection: 429 `{"message": "<rate>"}` (no rc) with
 /// `Retry-After` and `X-RateLimit-*`.
-struct Limited {
+pub(crate) struct Limited {
     rate: Rate,
     headers: RateHeaders,
 }
@@ -118,6 +119,15 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/v2/generate/async", post(generate_async))
         .route("/api/v2/generate/check/{id}", get(check))
         .route("/api/v2/generate/status/{id}", get(status).delete(cancel))
+        .route(
+            "/api/v2/interrogate/async",
+            post(routes_alchemy::interrogate_async)
+                .layer(DefaultBodyLimit::max(routes_alchemy::MAX_BODY)),
+        )
+        .route(
+            "/api/v2/interrogate/status/{id}",
+            get(routes_alchemy::interrogation_status).delete(routes_alchemy::interrogation_cancel),
+        )
         .route("/api/v2/find_user", get(find_user))
         .route("/api/v2/status/models", get(models))
         .route("/api/v2/status/heartbeat", get(heartbeat))
@@ -391,13 +401,36 @@ async fn models(
     response
 }
 
-/// `GET /v2/workers`: the simulated workers with their ids and names.
-async fn workers(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+#[derive(Deserialize)]
+struct WorkersQuery {
+    #[serde(rename = "type")]
+    worker_type: Option<String>,
+}
+
+/// `GET /v2/workers`: the simulated workers with their ids and names; every
+/// type without `?type=`, else image workers or alchemists (`interrogation`).
+async fn workers(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<WorkersQuery>,
+) -> Response {
     let rate_headers = match default_limit(&app, peer, "workers") {
         Ok(headers) => headers,
         Err(rejection) => return rejection.into_response(),
     };
-    let workers = app.shared.lock().worker_list();
+    let workers = {
+        let horde = app.shared.lock();
+        match query.worker_type.as_deref() {
+            None | Some("") => {
+                let mut all = horde.worker_list();
+                all.extend(horde.alchemist_list());
+                all
+            }
+            Some("image") => horde.worker_list(),
+            Some("interrogation") => horde.alchemist_list(),
+            Some(_) => Vec::new(),
+        }
+    };
     let mut response = json_response(StatusCode::OK, &workers);
     add_rate_headers(&mut response, rate_headers);
     add_retry_after(&mut response, RETRY_AFTER_PER_MINUTE);
@@ -552,20 +585,39 @@ async fn sim_revoke(State(app): State<App>, body: Bytes) -> Response {
 struct R2Query {
     expires: Option<u64>,
     signature: Option<String>,
+    /// The SigV2-style query of a post-processed image's URL.
+    #[serde(rename = "AWSAccessKeyId")]
+    access_key: Option<String>,
+    #[serde(rename = "Signature")]
+    sig_v2: Option<String>,
+    #[serde(rename = "Expires")]
+    expires_v2: Option<u64>,
 }
 
-/// `GET /sim/r2/<generation id>.webp?expires=..&signature=..`: the presigned-URL stand-in.
+/// `GET /sim/r2/<generation id>.webp?expires=..&signature=..`: the presigned-URL stand-in;
+/// a post-processed image (`<form id>.webp?AWSAccessKeyId=..&Signature=..&Expires=..`) too.
 async fn r2_download(
     State(app): State<App>,
     Path(file): Path<String>,
     Query(query): Query<R2Query>,
 ) -> Response {
     let generation_id = file.strip_suffix(".webp").unwrap_or(&file);
-    let result = app.shared.lock().r2_download(
-        generation_id,
-        query.expires.unwrap_or(0),
-        query.signature.as_deref().unwrap_or(""),
-    );
+    let result = {
+        let mut horde = app.shared.lock();
+        let alchemy = horde.alchemy_download(
+            generation_id,
+            query.access_key.as_deref(),
+            query.sig_v2.as_deref(),
+            query.expires_v2,
+        );
+        alchemy.unwrap_or_else(|| {
+            horde.r2_download(
+                generation_id,
+                query.expires.unwrap_or(0),
+                query.signature.as_deref().unwrap_or(""),
+            )
+        })
+    };
     match result {
         Ok(webp) => {
             let mut response = Response::new(Body::from(webp.as_ref().clone()));
@@ -613,12 +665,17 @@ impl IntoResponse for ApiError {
 }
 
 fn missing_apikey() -> Response {
+    missing_apikey_error().into_response()
+}
+
+/// The reqparse 400 for a missing `apikey` header.
+pub(crate) fn missing_apikey_error() -> ApiError {
     let errors = [(
         "apikey".to_owned(),
         "A User API key Missing required parameter in the HTTP headers".to_owned(),
     )]
     .into();
-    ApiError::validation(errors).into_response()
+    ApiError::validation(errors)
 }
 
 /// The answer of a route under the default (per-minute) limit.
@@ -637,7 +694,7 @@ fn with_rate_headers(
 
 /// flask-limiter's `Retry-After` on an answer the limiter let through. An
 /// answer that set its own (`TooManyPrompts` sends 0) keeps it.
-fn add_retry_after(response: &mut Response, seconds: u64) {
+pub(crate) fn add_retry_after(response: &mut Response, seconds: u64) {
     if !response.headers().contains_key(header::RETRY_AFTER) {
         set_header(response, "retry-after", seconds.to_string());
     }
@@ -647,7 +704,7 @@ fn parse_optional_json(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or_else(|_| json!({}))
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
@@ -667,7 +724,7 @@ fn raw_json_response(status: StatusCode, body: Bytes) -> Response {
     response
 }
 
-fn add_rate_headers(response: &mut Response, rate_headers: Option<RateHeaders>) {
+pub(crate) fn add_rate_headers(response: &mut Response, rate_headers: Option<RateHeaders>) {
     if let Some(headers) = rate_headers {
         set_header(response, "x-ratelimit-limit", headers.limit.to_string());
         set_header(

@@ -86,6 +86,35 @@ pub struct SimStats {
     /// What the last queued request with a source image sent.
     #[serde(default)]
     pub last_source: Option<SourceSeen>,
+    /// Interrogation requests accepted with a 202 (`POST interrogate/async`).
+    #[serde(default)]
+    pub alchemy_requests_created: u64,
+    /// Interrogation requests a DELETE cancelled something of (each counted
+    /// once; a DELETE on a request whose forms are all done counts nothing).
+    #[serde(default)]
+    pub alchemy_requests_cancelled: u64,
+    /// Forms an alchemist delivered (done, with a result).
+    #[serde(default)]
+    pub alchemy_forms_delivered: u64,
+    /// Kudos charged for forms: each delivered form, and each form cancelled
+    /// while processing (docs/horde-api.md §10 (alchemy) cost table).
+    #[serde(default)]
+    pub alchemy_kudos_charged: f64,
+    /// Forms charged, by the lowercase hex SHA-256 of the source image bytes
+    /// as the client sent them (base64-decoded), then by form name: how many
+    /// times each form was paid for that image.
+    #[serde(default)]
+    pub alchemy_charged: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Forms waiting or processing right now.
+    #[serde(default)]
+    pub alchemy_forms_open: u64,
+    /// Delivered forms whose result no status GET or DELETE answer has shown
+    /// yet ("left on the Horde"), those of expired requests included.
+    #[serde(default)]
+    pub alchemy_forms_unretrieved: u64,
+    /// Post-processor result downloads refused because their URL had expired.
+    #[serde(default)]
+    pub alchemy_urls_expired: u64,
 }
 
 /// The source images of one request, as the sim decoded them.

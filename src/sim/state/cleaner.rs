@@ -1,7 +1,8 @@
 //! The cleaner's periodic pass over the simulated Horde: a request whose
 //! jobs faulted too often is flagged faulted, a request past its expiry is
-//! deleted (with what it leaves in the counters), and R2 objects older than
-//! the retention are pruned.
+//! deleted (with what it leaves in the counters), interrogation requests
+//! past their expiry are deleted, and R2 objects older than the retention
+//! are pruned.
 //!
 //! `sim::workers` decides when the pass runs; this only applies it. It must
 //! not keep a request the real server would already have dropped.
@@ -21,6 +22,7 @@ impl Horde {
         let now = Instant::now();
         self.flag_faulted_requests();
         self.delete_expired_requests(now);
+        self.delete_expired_interrogations(now);
         self.prune_r2(now);
     }
 

@@ -51,6 +51,7 @@ impl Horde {
             .map(|request| u64::from(request.processing))
             .sum();
         stats.live_requests = self.requests.len() as u64;
+        self.alchemy_snapshot(&mut stats);
         stats
     }
 }

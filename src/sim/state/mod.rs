@@ -10,6 +10,8 @@
 //! - `request`: the request record; `status`: check, status and cancel;
 //! - `jobs`: worker pickup and completion; `catalog`: what the workers
 //!   advertise; `r2`: the image store and its signed URLs;
+//! - `alchemy`: interrogation requests (their submit, forms, alchemists'
+//!   work, costs and result URLs);
 //! - `cleaner`: faults, expiry and pruning; `counters`: `/sim/stats`;
 //! - `error`: the error answers.
 //!
@@ -31,6 +33,7 @@ use super::config::{LatencySpec, SimConfig};
 use super::det::Det;
 use super::stats::SimStats;
 
+mod alchemy;
 mod busy;
 mod catalog;
 mod cleaner;
@@ -52,6 +55,7 @@ use request::{Generation, Request, WorkerFilter};
 use shared_keys::SharedKey;
 use users::{registered_users, Caller, User};
 
+pub(crate) use alchemy::{AlchemyJob, AlchemyOutcome};
 pub(crate) use error::ApiError;
 pub(crate) use submit::SubmitOutcome;
 
@@ -108,6 +112,8 @@ pub(crate) struct Horde {
     background_served: u64,
     /// Users whose key was revoked (`POST /sim/revoke`).
     revoked: Vec<usize>,
+    /// Interrogation requests, their alchemists and results.
+    alchemy: alchemy::Alchemy,
 }
 
 impl Horde {
@@ -157,6 +163,7 @@ impl Horde {
             background,
             background_served: 0,
             revoked: Vec::new(),
+            alchemy: alchemy::Alchemy::new(config, det),
         }
     }
 }

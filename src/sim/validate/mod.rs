@@ -8,18 +8,21 @@
 //! - `input`: the typed [`GenerateInput`] and [`parse_generate`];
 //! - `schema`: the field tables; `jsonschema`: the checker; `python_repr`:
 //!   Python's `repr()` for its messages;
-//! - `sources`: [`check_sources`] and [`decode_sources`].
+//! - `sources`: [`check_sources`] and [`decode_sources`];
+//! - `interrogate`: the body of `POST /v2/interrogate/async` ([`parse_interrogate`]).
 //!
 //! Rule: the simulator is never kinder than the real server. The rc-style
 //! checks that run later on the real server, or need a user or the queue
 //! (TooManyLoras, KudosUpfront, ...), live in `state`.
 
 mod input;
+mod interrogate;
 mod jsonschema;
 mod python_repr;
 mod schema;
 mod sources;
 
 pub(crate) use input::{parse_generate, GenParams, GenerateInput};
+pub(crate) use interrogate::{missing_source_image, parse_interrogate, InterrogateInput};
 pub(crate) use schema::KNOWN_UPSCALERS;
 pub(crate) use sources::{check_sources, decode_sources};
