@@ -58,6 +58,7 @@ fn sidecar(generation_id: &str) -> Sidecar {
         horde_batch_version: HORDE_BATCH_VERSION.into(),
         labels: Default::default(),
         sources: None,
+        alchemy: None,
     }
 }
 
