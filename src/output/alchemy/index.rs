@@ -448,7 +448,7 @@ impl Rewrite<'_> {
         let held = row.get(column).filter(|cell| !cell.is_null()).cloned();
         let prompt_free = row.get(PROMPT).is_none_or(Cell::is_null);
         if let Some(held) = held {
-            if self.moves_prompt && prompt_free && held.value() != Value::from(caption) {
+            if self.moves_prompt && prompt_free && held.value().as_str() != Some(caption) {
                 set(row, PROMPT, held);
             }
         }
