@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
+use horde_batch::output::{
+    derived_file_name, AlchemyColumns, AlchemyOutcome, IndexRow, NewImage, OutputDir, Sidecar,
+};
 use serde_json::{json, Value};
 
 use crate::common::{run_bounded, stdout_of_success, Batch, Sim};
@@ -280,4 +283,178 @@ fn a_finished_run_loads_with_hugging_face_datasets() {
         }
     }
     assert_eq!(loaded["features"]["clip_skip"], json!("Value('int64')"));
+}
+
+/// A small imagefolder as a run writes it: three 64×64 WebPs in `imgs/`, their
+/// sidecars and `metadata.jsonl` rows with a label column.
+fn small_imagefolder() -> (tempfile::TempDir, OutputDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = OutputDir::open(dir.path()).unwrap();
+    for i in 0..3u8 {
+        let sidecar: Sidecar = serde_json::from_value(json!({
+            "schema": Sidecar::SCHEMA, "file_name": "", "manifest": "m.yaml", "manifest_name": "m",
+            "job": "imgs", "job_key": "k", "image_index": i, "prompt_template": "p", "prompt": format!("prompt {i}"),
+            "negative_prompt": null, "model": "stable_diffusion", "params": {}, "request": {}, "seed": "7",
+            "batch_index": 0, "horde_request_id": "r", "generation_id": format!("g{i}"), "worker_id": "w",
+            "worker_name": "w", "censored": false, "gen_metadata": [], "kudos": 1.0,
+            "submitted_at": "t", "completed_at": "t", "horde_batch_version": "v"
+        }))
+        .unwrap();
+        let row = IndexRow {
+            file_name: String::new(),
+            text: format!("prompt {i}"),
+            negative_prompt: String::new(),
+            job: "imgs".into(),
+            job_key: "k".into(),
+            image_index: u32::from(i),
+            model: "stable_diffusion".into(),
+            seed: "7".into(),
+            width: 64,
+            height: 64,
+            steps: 4,
+            cfg_scale: 7.0,
+            sampler_name: "k_euler".into(),
+            censored: false,
+            horde_request_id: "r".into(),
+            generation_id: format!("g{i}"),
+            loras: String::new(),
+            post_processing: String::new(),
+            columns: serde_json::Map::from_iter([("mood".to_owned(), json!("calm"))]),
+        };
+        let name = format!("imgs/{i}");
+        let image = webp_image(64, 64, i);
+        let written = out.write_images(vec![NewImage {
+            rel_name: &name,
+            webp: &image,
+            sidecar: &sidecar,
+            index_row: Some(row),
+        }]);
+        written.into_iter().next().unwrap().unwrap();
+    }
+    (dir, out)
+}
+
+fn webp_image(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let pixels: Vec<u8> = (0..width * height * 3)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+        .collect();
+    let mut bytes = Vec::new();
+    image_webp::WebPEncoder::new(&mut bytes)
+        .encode(&pixels, width, height, image_webp::ColorType::Rgb8)
+        .unwrap();
+    bytes
+}
+
+/// Alchemy results (a caption, nsfw, interrogation tags and a 2× upscale of
+/// each image) applied to a run's folder: every column has one type, and the
+/// real loader reads the captions, `nsfw` as bools, `tags` as lists and the
+/// upscales as rows of their own.
+#[test]
+fn alchemy_columns_and_derived_rows_load_with_hugging_face_datasets() {
+    let (dir, out) = small_imagefolder();
+    let mut outcomes = BTreeMap::new();
+    for i in 0..3u8 {
+        let source = format!("imgs/{i}.webp");
+        let form = "RealESRGAN_x2plus";
+        assert_eq!(
+            out.write_derived_image(&source, form, &webp_image(128, 128, i))
+                .unwrap(),
+            (128, 128)
+        );
+        let caption = format!("a caption of image {i}");
+        out.write_caption_file(&source, &caption).unwrap();
+        let outcome = AlchemyOutcome {
+            source: source.clone(),
+            results: BTreeMap::from([
+                ("caption".to_owned(), json!(caption)),
+                ("nsfw".to_owned(), json!(i == 1)),
+                (
+                    "interrogation".to_owned(),
+                    json!({"tags": [{"text": "night", "confidence": 45.1},
+                                    {"text": format!("tag{i}"), "confidence": 60.0}],
+                           "artists": [{"text": "Caspar David Friedrich", "confidence": 44.1}]}),
+                ),
+            ]),
+            derived: BTreeMap::from([(form.to_owned(), derived_file_name(&source, form))]),
+            failed: BTreeMap::new(),
+        };
+        out.record_alchemy_in_sidecar(&outcome).unwrap();
+        outcomes.insert(source, outcome);
+    }
+    let columns = AlchemyColumns {
+        caption_column: "text".into(),
+        caption_from_alchemy: true,
+    };
+    let change = out.apply_alchemy(&outcomes, &columns).unwrap();
+    assert_eq!((change.rows_updated, change.rows_added), (3, 3));
+
+    // What the loader needs, checked on the file: one type per column.
+    let raw = std::fs::read_to_string(dir.path().join("metadata.jsonl")).unwrap();
+    let rows: Vec<Value> = raw
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    let mut types: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for row in &rows {
+        assert_eq!(
+            row.as_object().unwrap().len(),
+            rows[0].as_object().unwrap().len()
+        );
+        for (name, value) in row.as_object().unwrap() {
+            let kind = match value {
+                Value::Null => continue,
+                Value::Bool(_) => "bool",
+                Value::Number(n) if n.is_f64() => "float",
+                Value::Number(_) => "int",
+                Value::String(_) => "string",
+                Value::Array(_) => "list",
+                Value::Object(_) => "object",
+            };
+            types.entry(name.clone()).or_default().insert(kind);
+        }
+    }
+    for (name, kinds) in &types {
+        assert_eq!(kinds.len(), 1, "column {name} has types {kinds:?}");
+    }
+    assert_eq!(types["tags"], BTreeSet::from(["list"]));
+
+    let Some(loaded) = load_imagefolder(dir.path()) else {
+        return;
+    };
+    let loaded_rows = loaded["rows"].as_array().unwrap();
+    assert_eq!(loaded_rows.len(), 6);
+    assert_eq!(loaded["sizes"], json!([[64, 64], [128, 128]]));
+    assert_eq!(loaded["features"]["nsfw"], json!("Value('bool')"));
+    assert!(
+        loaded["features"]["tags"]
+            .as_str()
+            .unwrap()
+            .contains("string"),
+        "{}",
+        loaded["features"]
+    );
+    let (sources, derived): (Vec<&Value>, Vec<&Value>) = loaded_rows
+        .iter()
+        .partition(|row| row["alchemy_of"].is_null());
+    assert_eq!(sources.len(), 3);
+    for row in sources.iter().chain(&derived) {
+        let i: u8 = row["generation_id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(row["caption"], json!(format!("a caption of image {i}")));
+        assert_eq!(row["text"], row["caption"], "the caption column took it");
+        assert_eq!(row["prompt"], json!(format!("prompt {i}")));
+        assert_eq!(row["nsfw"], json!(i == 1));
+        assert_eq!(row["tags"], json!([format!("tag{i}"), "night"]));
+        assert_eq!(row["mood"], json!("calm"));
+    }
+    let mut of: Vec<&str> = derived
+        .iter()
+        .map(|row| {
+            assert_eq!(row["alchemy_form"], json!("RealESRGAN_x2plus"));
+            assert_eq!((&row["width"], &row["height"]), (&json!(128), &json!(128)));
+            row["alchemy_of"].as_str().unwrap()
+        })
+        .collect();
+    of.sort_unstable();
+    assert_eq!(of, ["imgs/0.webp", "imgs/1.webp", "imgs/2.webp"]);
 }

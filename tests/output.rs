@@ -8,9 +8,9 @@ use std::sync::Barrier;
 
 use crate::common::{child_env, test_child};
 use horde_batch::output::{
-    syncs_on_this_thread, verify_webp, FilenameTemplate, IndexRow, JobError, JobResult, NameFields,
-    NewImage, OutputDir, OutputError, Placeholder, Sidecar, TemplateError, WebpError,
-    HORDE_BATCH_VERSION, INDEX_FILE, TEMP_PREFIX,
+    derived_file_name, syncs_on_this_thread, verify_webp, AlchemyColumns, AlchemyOutcome,
+    FilenameTemplate, IndexRow, JobError, JobResult, NameFields, NewImage, OutputDir, OutputError,
+    Placeholder, Sidecar, TemplateError, WebpError, HORDE_BATCH_VERSION, INDEX_FILE, TEMP_PREFIX,
 };
 use image_webp::{ColorType, WebPEncoder};
 use serde_json::{json, Value};
@@ -58,6 +58,7 @@ fn sidecar(generation_id: &str) -> Sidecar {
         horde_batch_version: HORDE_BATCH_VERSION.into(),
         labels: Default::default(),
         sources: None,
+        alchemy: None,
     }
 }
 
@@ -1489,4 +1490,86 @@ fn bench_open_on_a_big_folder() {
             "open {opened:?}; first has_result {first_answer:?} ({asked}); first write {first_write:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------- alchemy
+
+/// The folder's own apply holds its index: a row appended afterwards by the
+/// same `OutputDir` lands in the rewritten file (not in the replaced one),
+/// and the keys are read afresh.
+#[test]
+fn rows_appended_after_the_alchemy_columns_land_in_the_rewritten_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = OutputDir::open(dir.path()).unwrap();
+    let image = webp(8, 6, 1);
+    out.write_images(vec![NewImage {
+        rel_name: "cats/a",
+        webp: &image,
+        sidecar: &sidecar("gen-1"),
+        index_row: Some(index_row("", "42", 7.0)),
+    }])
+    .pop()
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        out.write_derived_image("cats/a.webp", "RealESRGAN_x2plus", &webp(16, 12, 2))
+            .unwrap(),
+        (16, 12)
+    );
+    let outcome = AlchemyOutcome {
+        source: "cats/a.webp".into(),
+        results: BTreeMap::from([("caption".to_owned(), json!("a black cat on a mat"))]),
+        derived: BTreeMap::from([(
+            "RealESRGAN_x2plus".to_owned(),
+            derived_file_name("cats/a.webp", "RealESRGAN_x2plus"),
+        )]),
+        failed: BTreeMap::new(),
+    };
+    out.record_alchemy_in_sidecar(&outcome).unwrap();
+    let outcomes = BTreeMap::from([(outcome.source.clone(), outcome)]);
+    let change = out
+        .apply_alchemy(&outcomes, &AlchemyColumns::default())
+        .unwrap();
+    assert_eq!((change.rows_updated, change.rows_added), (1, 1));
+    assert!(out.has_index_row("cats/a.RealESRGAN_x2plus.webp"));
+    assert!(out
+        .append_index(&index_row("cats/b.webp", "43", 7.0))
+        .unwrap());
+    drop(out);
+
+    let text = fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["file_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cats/a.webp",
+            "cats/a.RealESRGAN_x2plus.webp",
+            "cats/b.webp"
+        ]
+    );
+    assert_eq!(rows[0]["caption"], json!("a black cat on a mat"));
+    assert_eq!(rows[1]["alchemy_of"], json!("cats/a.webp"));
+    let sidecar: Sidecar =
+        serde_json::from_slice(&fs::read(dir.path().join("cats/a.json")).unwrap()).unwrap();
+    assert_eq!(
+        sidecar.alchemy,
+        Some(json!({"caption": "a black cat on a mat",
+                    "RealESRGAN_x2plus": "cats/a.RealESRGAN_x2plus.webp"}))
+    );
+    // The next apply gives the late row the columns too.
+    OutputDir::open(dir.path())
+        .unwrap()
+        .apply_alchemy(&BTreeMap::new(), &AlchemyColumns::default())
+        .unwrap();
+    let text = fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["caption"], Value::Null);
+    assert_eq!(last["alchemy_of"], Value::Null);
 }

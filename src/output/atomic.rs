@@ -72,6 +72,47 @@ impl SyncedTemp {
             .map(drop)
             .map_err(|e| e.error)
     }
+
+    /// Renames the file to `path`, replacing a file of that name in one
+    /// step: for files rewritten whole (an index gaining columns, a sidecar
+    /// gaining a field), never for images. Not flushed: call [`sync_dir`].
+    pub fn persist_replacing(self, path: &Path) -> io::Result<()> {
+        self.0.persist(path).map(drop).map_err(|e| e.error)
+    }
+}
+
+/// A temp file in its final directory being written piece by piece (a
+/// rewritten index streamed line by line): [`write_synced_temp`] for content
+/// too big to hold at once. Dropped unfinished, it is deleted.
+#[derive(Debug)]
+pub struct TempWriter(io::BufWriter<tempfile::NamedTempFile>);
+
+impl TempWriter {
+    /// Creates a new temp file in `dir`.
+    pub fn new(dir: &Path) -> io::Result<Self> {
+        let temp = temp_builder().tempfile_in(dir)?;
+        Ok(TempWriter(io::BufWriter::with_capacity(256 * 1024, temp)))
+    }
+
+    /// Writes what is buffered and flushes the file to disk (`fsync`).
+    pub fn finish(self) -> io::Result<SyncedTemp> {
+        let temp = self
+            .0
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        sync_file(temp.as_file())?;
+        Ok(SyncedTemp(temp))
+    }
+}
+
+impl Write for TempWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Creates `path` holding exactly `bytes`, never replacing an existing file.

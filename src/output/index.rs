@@ -415,6 +415,28 @@ impl JsonlLog {
         Ok(())
     }
 
+    /// Forgets what it knew of the file after something else replaced it
+    /// whole (the index gaining alchemy columns): the next append reopens
+    /// it, the next question reads its keys again.
+    ///
+    /// # Errors
+    ///
+    /// [`OutputError::Io`] if its new length cannot be read.
+    pub fn file_replaced(&mut self) -> Result<(), OutputError> {
+        self.file = None;
+        self.keys = None;
+        self.corrupt = None;
+        self.len = match std::fs::metadata(&self.path) {
+            Ok(metadata) => metadata.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.keys = Some(HashSet::new());
+                0
+            }
+            Err(e) => return Err(OutputError::io("read", &self.path, e)),
+        };
+        Ok(())
+    }
+
     /// Adds a key just written to the key set, if it was read already (if
     /// not, the load will find the row in the file).
     fn remember(&mut self, key: &str) {

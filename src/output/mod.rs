@@ -3,7 +3,10 @@
 //! `<dir>/<name>.webp` (verified, written atomically), `<dir>/<name>.json`
 //! (the [`Sidecar`]), `metadata.jsonl` (the dataset index, one [`IndexRow`]
 //! per image), and `results.jsonl` / `errors.jsonl` (one [`JobResult`] or
-//! [`JobError`] per job). Names come from a [`FilenameTemplate`].
+//! [`JobError`] per job). Names come from a [`FilenameTemplate`]. Alchemy
+//! results land here too (`alchemy`): derived images
+//! `<name>.<form>.webp`, the sidecar's `alchemy`, kohya `.txt` captions and
+//! the index's alchemy columns.
 //!
 //! The guarantees (ARCHITECTURE.md, invariants 1 and 3): a file appears under its
 //! final name only complete; nothing is ever overwritten; writing the same
@@ -26,6 +29,7 @@
 //! `tokio::task::spawn_blocking`, not directly on the async runtime.
 
 pub mod a1111;
+mod alchemy;
 mod atomic;
 mod index;
 mod sidecar;
@@ -45,6 +49,10 @@ use std::thread::JoinHandle;
 pub use crate::layout::naming::{
     check_relative_name, sanitize_value, FilenameTemplate, NameFields, PathEscape, Placeholder,
     TemplateError, MAX_COMPONENT_BYTES, MAX_VALUE_BYTES,
+};
+pub use alchemy::{
+    apply_alchemy_to_index, derived_file_name, folder_images, is_derived_image, AlchemyColumns,
+    AlchemyOutcome, IndexChange, MAX_FOLDER_IMAGES, MAX_INDEX_COLUMNS,
 };
 pub use atomic::{syncs_on_this_thread, TEMP_PREFIX};
 pub use index::{
@@ -118,6 +126,19 @@ pub enum OutputError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Escape(#[from] PathEscape),
+
+    /// A folder holds more images than one command takes on.
+    #[error("{} holds more than {limit} images", root.display())]
+    #[diagnostic(
+        code(horde_batch::output::too_many_images),
+        help("run on a smaller folder, or on its subfolders one by one")
+    )]
+    TooManyImages {
+        /// The folder.
+        root: PathBuf,
+        /// The most images taken ([`MAX_FOLDER_IMAGES`]).
+        limit: usize,
+    },
 
     /// A complete line of a JSON Lines file is not a valid row.
     #[error("{}:{line}: {message}", path.display())]

@@ -83,6 +83,15 @@ pub struct Sidecar {
     /// the bytes sent. Absent for txt2img and in sidecars written before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sources: Option<SidecarSources>,
+    /// What alchemy (captions, tags, nsfw, post-processors) gave for the
+    /// image: `{"caption": …, "nsfw": …, "interrogation": {…}, "<post-processor>":
+    /// "<derived file name>", "failed": {form: why}}`, added to the file when
+    /// the image's forms finish
+    /// ([`OutputDir::record_alchemy_in_sidecar`](super::OutputDir::record_alchemy_in_sidecar)).
+    /// Absent before; never part of what makes a generation the same one
+    /// ([`Sidecar::same_generation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alchemy: Option<Value>,
 }
 
 /// A job's source images, as recorded in its sidecars.

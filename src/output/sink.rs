@@ -215,6 +215,7 @@ impl Dataset {
             horde_batch_version: HORDE_BATCH_VERSION.to_owned(),
             labels: job.labels.clone(),
             sources: job.sources.as_deref().map(sidecar_sources),
+            alchemy: None,
         };
         let row = IndexRow {
             file_name: String::new(),
