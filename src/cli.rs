@@ -63,6 +63,8 @@ pub enum Command {
     /// Set rejected images aside (into `<output>/.rejected/`); the next run makes them again under their names.
     #[command(mut_arg("shard", |arg| arg.help(SHARD_HELP_REROLL)))]
     Reroll(RerollArgs),
+    /// Run alchemy forms (captions, NSFW flags, tags, upscales) over images already on disk: a manifest's batch, or any image folder; rerunning resumes.
+    Caption(CaptionArgs),
     /// Write `report.html` (thumbnails, X/Y/Z grids, failures, tick-to-reject) in the output folder; works mid-run too.
     #[command(mut_arg("shard", |arg| arg.help(SHARD_HELP_REPORT)))]
     Report(ReportArgs),
@@ -97,6 +99,36 @@ pub enum AtMaxRuntime {
     Detach,
     /// Cancel them (finished images are saved).
     Cancel,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptionArgs {
+    /// A manifest (its batch's images and its jobs' `alchemy:`), or a folder of
+    /// images (`.webp`, `.png`, `.jpg`), whose `metadata.jsonl` is kept and extended.
+    pub target: PathBuf,
+    /// The forms to run on every image, comma-separated (e.g.
+    /// `caption,nsfw,RealESRGAN_x2plus`). Default: each job's `alchemy:` for a
+    /// manifest, `caption` for a folder.
+    #[arg(long, value_delimiter = ',', value_name = "FORMS")]
+    pub forms: Vec<String>,
+    /// Offer the forms to fast alchemists only (the Horde charges one kudo less per form).
+    #[arg(long)]
+    pub no_slow_workers: bool,
+    /// Write a kohya-style `<name>.txt` with the caption beside each image.
+    #[arg(long)]
+    pub caption_files: bool,
+    /// Run against a simulated Horde started in this process: offline and free.
+    #[arg(long, conflicts_with = "horde_url")]
+    pub simulate: bool,
+    /// On Ctrl-C or SIGTERM, leave requests on the Horde for a later resume instead of cancelling them.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub horde: HordeArgs,
+    #[command(flatten)]
+    pub places: PlacesArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +260,12 @@ pub struct TuningArgs {
     /// How long a request that reads done while an image is still processing is followed.
     #[arg(long, hide = true, env = "HORDE_BATCH_LATE_IMAGE_WAIT", value_parser = humantime::parse_duration)]
     pub late_image_wait: Option<Duration>,
+    /// Spacing of alchemy submits (`POST /v2/interrogate/async`, 90 a minute per IP).
+    #[arg(long, hide = true, env = "HORDE_BATCH_ALCHEMY_SUBMIT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub alchemy_submit_interval: Option<Duration>,
+    /// How long one alchemy form is expected to take (the first status read of a request waits that per form).
+    #[arg(long, hide = true, env = "HORDE_BATCH_ALCHEMY_FORM_TIME", value_parser = humantime::parse_duration)]
+    pub alchemy_form_time: Option<Duration>,
 }
 
 impl TuningArgs {

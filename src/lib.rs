@@ -36,6 +36,7 @@ macro_rules! say {
     }};
 }
 
+pub mod alchemy;
 pub mod app;
 pub mod cli;
 pub mod digest;

@@ -77,6 +77,10 @@ pub struct StatusReport {
     /// What the latest run did, as its summary said it; kept after it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<LastRun>,
+    /// The alchemy forms of the batch's images, from the ledger's alchemy
+    /// tree; absent when no form was ever asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alchemy: Option<crate::store::alchemy::AlchemyCounts>,
 }
 
 /// What one run did, from its events: the figures of its summary that the
@@ -139,6 +143,7 @@ impl StatusReport {
             updated_ms: now_ms(),
             images_wanted: jobs.values().map(|job| u64::from(job.images)).sum(),
             jobs: jobs.len() as u64,
+            alchemy: store.alchemy_counts()?,
             ..StatusReport::default()
         };
         let now = now_ms();
@@ -285,6 +290,8 @@ impl StatusReport {
             jobs_failed: stats.jobs_failed,
             finished: false,
             last_run: None,
+            // The engine's events do not carry alchemy: the ledger does, once the run ends.
+            alchemy: None,
         }
     }
 }

@@ -568,6 +568,7 @@ fn write_output_files(dir: &Path) {
         horde_batch_version: horde_batch::output::HORDE_BATCH_VERSION.into(),
         labels: Default::default(),
         sources: None,
+        alchemy: None,
     };
     let written = output
         .write_image(
@@ -649,6 +650,7 @@ fn write_output_files(dir: &Path) {
         jobs_failed: 1,
         finished: false,
         last_run: None,
+        alchemy: None,
     };
     horde_batch::progress::write_status_file(dir, &status).unwrap();
     assert!(dir.join(STATUS_FILE).is_file());

@@ -2,6 +2,7 @@
 //! so `cargo test` links once and the shared helpers live in `common`.
 
 mod a1111;
+mod alchemy;
 mod architecture;
 mod cli;
 mod client_sim;

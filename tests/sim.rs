@@ -1339,7 +1339,7 @@ async fn a_request_flagged_faulted_mid_image_gets_that_image_later() {
 #[tokio::test]
 async fn worker_lists_choose_who_serves_a_request() {
     let sim = Sim::start(fast_config()).await;
-    let (status, workers) = sim.get("workers").await;
+    let (status, workers) = sim.get("workers?type=image").await;
     assert_eq!(status, StatusCode::OK);
     let workers = workers.as_array().unwrap().clone();
     assert_eq!(workers.len(), 2);
@@ -1350,7 +1350,7 @@ async fn worker_lists_choose_who_serves_a_request() {
     assert!(ids.iter().all(|id| uuid::Uuid::parse_str(id).is_ok()));
     // Stable under the seed.
     let again = Sim::start(fast_config()).await;
-    assert_eq!(again.get("workers").await.1, json!(workers));
+    assert_eq!(again.get("workers?type=image").await.1, json!(workers));
 
     let served_by = |status: &Value| -> Vec<String> {
         status["generations"]

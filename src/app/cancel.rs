@@ -25,11 +25,11 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
         let stop = CancellationToken::new();
         stop.cancel();
         let compiled = Arc::clone(&batch.compiled);
-        let sink = Dataset::new(output, batch.template.clone(), Arc::clone(&compiled));
+        let sink = Dataset::new(output.clone(), batch.template.clone(), Arc::clone(&compiled));
         let parts = Parts {
-            client,
+            client: client.clone(),
             keys,
-            ledger: Arc::new(store),
+            ledger: Arc::new(store.clone()),
             sink: Arc::new(sink),
             manifest: compiled,
             // `cancel` reports what it did itself; nothing listens to the events.
@@ -42,6 +42,14 @@ pub fn cancel(args: &CancelArgs) -> Result<ExitCode, AppError> {
         };
         let engine = Engine::new(parts, config, stop);
         let report = engine.cancel_in_flight().await;
+        let alchemy_config = super::alchemy::config(&args.tuning, false);
+        let forms = crate::alchemy::cancel_left(client, store, output, alchemy_config).await?;
+        if forms.cancelled + forms.failed > 0 {
+            crate::say!(
+                "horde-batch: cancelled {} alchemy request(s) (forms they had finished were kept); {} could not be cancelled",
+                forms.cancelled, forms.failed
+            );
+        }
         for (fingerprint, requests) in &report.missing_keys {
             crate::say!(
                 "horde-batch: {requests} lost submit(s) were sent with the key {fingerprint}, which is \

@@ -1,7 +1,9 @@
 //! The commands: each takes parsed arguments, does its work and returns an
 //! exit code. Errors bubble up as `AppError` and are reported once, by `main`.
 
+mod alchemy;
 mod cancel;
+mod caption;
 mod config;
 mod failures;
 mod kudos;
@@ -44,6 +46,9 @@ pub enum AppError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Gallery(#[from] crate::gallery::GalleryError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Alchemy(#[from] crate::alchemy::AlchemyError),
     #[error("{0}")]
     #[diagnostic(code(horde_batch::config))]
     Config(String),
@@ -100,7 +105,7 @@ impl AppError {
             // The Horde answered, but persistently not yet: like an unreachable
             // Horde, trying again later is the fix.
             AppError::Unreachable(_) | AppError::RateLimited(_) => exit::UNREACHABLE,
-            AppError::Sim(_) | AppError::Runtime(_) => exit::JOBS_FAILED,
+            AppError::Sim(_) | AppError::Runtime(_) | AppError::Alchemy(_) => exit::JOBS_FAILED,
             // The output directory cannot be used: fix the setup, like a bad flag.
             AppError::Output(_) | AppError::Gallery(_) => exit::USAGE,
             AppError::Manifest(_)
@@ -130,6 +135,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Command::Failures(args) => failures::failures(&args),
         Command::Reroll(args) => reroll::reroll(&args),
         Command::Report(args) => report::report(&args),
+        Command::Caption(args) => caption::caption(&args),
         Command::Sim(config) => sim(config),
         Command::Status(args) => status::status(&args),
         Command::Completions { shell } => {
@@ -277,6 +283,15 @@ fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
         return Ok(ExitCode::SUCCESS);
     }
     let summary = plan::summarize(&compiled);
+    // Alchemy has no dry run: its price list is known (docs/horde-api.md §10).
+    let alchemy_kudos: u64 = if args.kudos && compiled.uses_alchemy() {
+        compiled
+            .jobs()
+            .map(|job| u64::from(job.images) * u64::from(job.alchemy_kudos()))
+            .sum()
+    } else {
+        0
+    };
     let kudos = if args.kudos {
         Some(kudos::kudos_estimate(
             &compiled,
@@ -290,7 +305,7 @@ fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
         let mut value =
             serde_json::to_value(&summary).map_err(|e| AppError::Stdout(io::Error::other(e)))?;
         if let Some((estimate, balance, signatures)) = kudos {
-            value["kudos"] = serde_json::json!({"estimate": estimate, "balance": balance, "dry_runs": signatures});
+            value["kudos"] = serde_json::json!({"estimate": estimate + alchemy_kudos as f64, "images": estimate, "alchemy": alchemy_kudos, "balance": balance, "dry_runs": signatures});
         }
         write(serde_json::to_writer_pretty(&mut out, &value).map_err(io::Error::other))?;
         write(writeln!(out))?;
@@ -333,9 +348,15 @@ fn write_plan(args: &PlanArgs) -> Result<ExitCode, AppError> {
                 || "unknown (anonymous key)".to_owned(),
                 |b| format!("{b:.0}"),
             );
+            let alchemy = if alchemy_kudos > 0 {
+                format!(", of which {alchemy_kudos} for alchemy forms")
+            } else {
+                String::new()
+            };
             write(writeln!(
                 out,
-                "kudos: about {estimate:.0} ({signatures} dry run(s)); balance {balance}"
+                "kudos: about {:.0} ({signatures} dry run(s){alchemy}); balance {balance}",
+                estimate + alchemy_kudos as f64
             ))?;
         }
     }

@@ -9,11 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{runtime, Batch, Horde};
 use super::AppError;
+use crate::alchemy::{Alchemy, Feeding};
 use crate::cli::{AtMaxRuntime, RunArgs};
 use crate::exit;
 use crate::horde::{FailureClass, HordeClient};
+use crate::manifest::CaptionFrom;
 use crate::manifest::CompiledManifest;
-use crate::output::Dataset;
+use crate::output::{Dataset, ImageSink};
 use crate::progress::Reporter;
 use crate::progress::{LastRun, StatusReport};
 use crate::scheduler::{Closed, Ending, Engine, KeyPool, OnStop, Parts, RunConfig, RunStats};
@@ -95,8 +97,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         )?;
         store.flush().await?;
         // Read only when it matters: it walks the whole ledger.
+        // Alchemy's forms are the batch's kudos too.
         let spent_before = match args.max_kudos {
-            Some(_) => store.counts()?.kudos_charged,
+            Some(_) => {
+                store.counts()?.kudos_charged
+                    + store.alchemy_counts()?.map_or(0.0, |alchemy| alchemy.kudos)
+            }
             None => 0.0,
         };
         let horde = Horde::connect(&args.horde, args.simulate).await?;
@@ -141,15 +147,27 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             )),
         };
         let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let alchemy = start_alchemy(args, &batch, &client, &store, &output, capacity, &stop).await?;
+        let dataset: Arc<dyn ImageSink> =
+            Arc::new(Dataset::new(output.clone(), template.clone(), Arc::clone(&compiled)));
+        let prompt_captions = (compiled.output.caption_files
+            && compiled.output.caption_from == CaptionFrom::Prompt)
+            .then(|| output.clone());
+        let sink: Arc<dyn ImageSink> = if alchemy.is_some() || prompt_captions.is_some() {
+            Arc::new(Feeding::new(dataset, alchemy.as_ref().map(Alchemy::feed), prompt_captions))
+        } else {
+            dataset
+        };
         let parts = Parts {
             client: client.clone(),
             keys,
             ledger: Arc::new(store.clone()),
-            sink: Arc::new(Dataset::new(output, template.clone(), Arc::clone(&compiled))),
+            sink,
             manifest: Arc::clone(&compiled),
             events: sender,
         };
-        let engine = Engine::new(parts, config, CancellationToken::new());
+        let engine = Engine::new(parts, config, stop);
         watch_signals(Arc::clone(&engine));
         let stop_deadline = watch_stop_deadline(Arc::clone(&engine));
         if let Some(limit) = args.max_runtime {
@@ -158,12 +176,31 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         let reporter = Reporter::start(events, args.progress, args.progress_interval, state_dir.clone());
         tracing::info!(manifest = %compiled.file.path.display(), out = %out_dir.display(), budget = capacity, "run started");
         engine.run().await;
+        // Images keep their forms coming after the last one is saved.
+        let alchemy_end = match alchemy {
+            Some(alchemy) => Some(alchemy.finish().await),
+            None => None,
+        };
         // Done with the Horde: what is left (summary, report) is local work,
         // which a second Ctrl-C still cuts short.
         stop_deadline.abort();
         // Every figure of the summary, the report and the exit code comes from this one fold.
         let stats = reporter.finish().await;
         crate::progress::print_summary(&stats, out_dir);
+        let alchemy_counts = store.alchemy_counts()?;
+        let mut alchemy_stopped = false;
+        let alchemy_failed = match alchemy_end {
+            Some(Ok(end)) => {
+                super::alchemy::print_summary(&alchemy_counts.clone().unwrap_or_default(), &end);
+                alchemy_stopped = end.stopped;
+                false
+            }
+            Some(Err(error)) => {
+                super::report_error(AppError::Alchemy(error));
+                true
+            }
+            None => false,
+        };
         // The batch as `status` will show it from now on: status.json and the page agree with it.
         let status = final_status(&batch, &store, &stats);
         if let Err(error) = crate::progress::write_status_file(state_dir, &status) {
@@ -174,8 +211,64 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             write_run_report_unless_too_big(&batch, status, args.report_max_images).await;
         }
         horde.close().await;
-        Ok(ExitCode::from(exit::code(&stats.ending())))
+        let code = exit::code(&stats.ending());
+        let code = match &alchemy_counts {
+            // A signal after the last image, while forms were still coming, is an interruption.
+            Some(_) if alchemy_stopped && code == exit::SUCCESS => exit::INTERRUPTED,
+            Some(counts) => super::alchemy::exit_code(code, Some(counts), alchemy_failed),
+            None => code,
+        };
+        Ok(ExitCode::from(code))
     })
+}
+
+/// Alchemy beside the run when a job asks for it: started before the engine,
+/// and fed at once the batch's saved images whose forms are not all settled
+/// (a killed run's), so nothing waits for a save that will not come again.
+async fn start_alchemy(
+    args: &RunArgs,
+    batch: &Batch,
+    client: &HordeClient,
+    store: &crate::store::Store,
+    output: &crate::output::OutputDir,
+    capacity: u32,
+    stop: &CancellationToken,
+) -> Result<Option<Alchemy>, AppError> {
+    let compiled = &batch.compiled;
+    if !compiled.uses_alchemy() {
+        return Ok(None);
+    }
+    let index = super::alchemy::index_path(&batch.out_dir, batch.shard);
+    let mut settings = super::alchemy::config(&args.tuning, args.detach);
+    // The Horde refuses more waiting and processing forms than concurrency × 10.
+    settings.max_forms_in_flight = capacity.max(1) * 10;
+    settings.caption_files =
+        compiled.output.caption_files && compiled.output.caption_from == CaptionFrom::Alchemy;
+    settings.caption_from = compiled.output.caption_from;
+    settings.index_caption_column = Some(compiled.output.caption_column.clone());
+    if let Some(max) = args.max_kudos {
+        settings.max_kudos = Some((max, store.counts()?.kudos_charged));
+    }
+    let alchemy = Alchemy::start(
+        client.clone(),
+        store.clone(),
+        output.clone(),
+        settings,
+        stop.clone(),
+    );
+    let compiled = Arc::clone(compiled);
+    let shard = batch.shard;
+    let owed = tokio::task::spawn_blocking(move || {
+        let specs = super::alchemy::specs_by_job(&compiled, shard);
+        super::alchemy::indexed_images(&index, &specs, None)
+    })
+    .await
+    .map_err(|e| AppError::Config(format!("reading the index failed: {e}")))??;
+    let feed = alchemy.feed();
+    for work in owed {
+        let _ = feed.send(work);
+    }
+    Ok(Some(alchemy))
 }
 
 /// The report at the end of a run, unless the batch holds more than
@@ -399,7 +492,7 @@ fn watch_deadline(engine: Arc<Engine>, limit: std::time::Duration, at: AtMaxRunt
 
 /// Waits for SIGINT, SIGTERM or SIGHUP (a closed terminal) and names it;
 /// `None` if signals cannot be watched.
-async fn next_signal() -> Option<&'static str> {
+pub(super) async fn next_signal() -> Option<&'static str> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

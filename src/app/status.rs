@@ -50,6 +50,9 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
             "  kudos: {:.1} charged, about {:.1} to go",
             report.kudos_charged, report.kudos_estimated_remaining
         );
+        if let Some(alchemy) = &report.alchemy {
+            println!("  {}", super::alchemy::summary_line(alchemy));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::alchemy::{
+    AlchemistSummary, InterrogationAccepted, InterrogationRequest, InterrogationStatus,
+};
 use super::config::{ApiKey, ClientConfig};
 use super::error::{
     ClientBuildError, Endpoint, HordeError, HordeErrorKind, Operation, Redactor, TransportStage,
@@ -235,6 +238,54 @@ impl HordeClient {
         url.query_pairs_mut().append_pair("type", "image");
         let endpoint = Endpoint::new(Operation::Workers);
         self.call(endpoint, self.request(Method::GET, url)).await
+    }
+
+    /// The alchemists online and the forms they serve
+    /// (`GET /v2/workers?type=interrogation`).
+    pub async fn alchemists(&self) -> Result<Vec<AlchemistSummary>, HordeError> {
+        let mut url = self.url("v2/workers", None);
+        url.query_pairs_mut().append_pair("type", "interrogation");
+        let endpoint = Endpoint::new(Operation::Workers);
+        self.call(endpoint, self.request(Method::GET, url)).await
+    }
+
+    /// Queues alchemy forms on one image (`POST /v2/interrogate/async`, 202).
+    /// Nothing is charged until a form is delivered. On
+    /// [`HordeError::outcome_unknown`] the request may have been queued, and
+    /// nothing lists a user's interrogations to find it again.
+    pub async fn interrogate(
+        &self,
+        request: &InterrogationRequest,
+    ) -> Result<InterrogationAccepted, HordeError> {
+        let endpoint = Endpoint::new(Operation::Interrogate);
+        let builder = self
+            .request(Method::POST, self.url("v2/interrogate/async", None))
+            .json(request);
+        self.call(endpoint, self.with_key(builder)).await
+    }
+
+    /// An interrogation's forms and their results
+    /// (`GET /v2/interrogate/status/{id}`; there is no lighter check).
+    pub async fn interrogation_status(&self, id: &str) -> Result<InterrogationStatus, HordeError> {
+        let endpoint = Endpoint::for_request(Operation::InterrogationStatus, id);
+        let builder = self.request(Method::GET, self.url("v2/interrogate/status", Some(id)));
+        self.call(endpoint, builder).await
+    }
+
+    /// Cancels an interrogation's forms that are not done
+    /// (`DELETE /v2/interrogate/status/{id}`), bounded to `limit`. The answer
+    /// keeps the results of the done forms; a form cancelled while processing
+    /// is still charged.
+    pub async fn cancel_interrogation(
+        &self,
+        id: &str,
+        limit: Duration,
+    ) -> Result<InterrogationStatus, HordeError> {
+        let endpoint = Endpoint::for_request(Operation::CancelInterrogation, id);
+        let builder = self
+            .request(Method::DELETE, self.url("v2/interrogate/status", Some(id)))
+            .timeout(limit.min(self.inner.request_timeout));
+        self.call(endpoint, builder).await
     }
 
     /// Whether the Horde is up (`GET /v2/status/heartbeat`, not rate limited).

@@ -48,16 +48,24 @@ pub enum Operation {
     DeleteSharedKey,
     /// `GET` of an image URL handed out by `/status` (R2 object storage).
     DownloadImage,
+    /// `POST /v2/interrogate/async` (alchemy).
+    Interrogate,
+    /// `GET /v2/interrogate/status/{id}`.
+    InterrogationStatus,
+    /// `DELETE /v2/interrogate/status/{id}`.
+    CancelInterrogation,
 }
 
 impl Operation {
     /// The HTTP method.
     pub fn method(self) -> &'static str {
         match self {
-            Operation::Submit | Operation::DryRun => "POST",
+            Operation::Submit | Operation::DryRun | Operation::Interrogate => "POST",
             Operation::CreateSharedKey => "PUT",
             Operation::UpdateSharedKey => "PATCH",
-            Operation::Cancel | Operation::DeleteSharedKey => "DELETE",
+            Operation::Cancel | Operation::DeleteSharedKey | Operation::CancelInterrogation => {
+                "DELETE"
+            }
             Operation::Check
             | Operation::Status
             | Operation::FindUser
@@ -65,7 +73,8 @@ impl Operation {
             | Operation::Workers
             | Operation::Heartbeat
             | Operation::GetSharedKey
-            | Operation::DownloadImage => "GET",
+            | Operation::DownloadImage
+            | Operation::InterrogationStatus => "GET",
         }
     }
 
@@ -84,14 +93,21 @@ impl Operation {
                 "/v2/sharedkeys/{id}"
             }
             Operation::DownloadImage => "<image url>",
+            Operation::Interrogate => "/v2/interrogate/async",
+            Operation::InterrogationStatus | Operation::CancelInterrogation => {
+                "/v2/interrogate/status/{id}"
+            }
         }
     }
 
     /// Whether repeating the call after an unknown outcome is harmless.
-    /// A submit queues (and bills) a new request each time; creating a shared key
-    /// makes a new key each time.
+    /// A submit (of images or of alchemy forms) queues and bills a new request
+    /// each time; creating a shared key makes a new key each time.
     pub fn is_idempotent(self) -> bool {
-        !matches!(self, Operation::Submit | Operation::CreateSharedKey)
+        !matches!(
+            self,
+            Operation::Submit | Operation::CreateSharedKey | Operation::Interrogate
+        )
     }
 }
 

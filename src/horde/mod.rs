@@ -9,12 +9,17 @@
 //!
 //! Protocol facts and their sources: `docs/horde-api.md`.
 
+mod alchemy;
 mod client;
 mod config;
 mod error;
 mod time;
 mod types;
 
+pub use alchemy::{
+    AlchemistSummary, FormState, FormStatus, InterrogationAccepted, InterrogationForm,
+    InterrogationRequest, InterrogationStatus,
+};
 pub use client::{HordeClient, MAX_API_BODY_BYTES};
 pub use config::{
     ApiKey, ClientConfig, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONTACT,

@@ -158,14 +158,14 @@ impl OutputDir {
     /// Verifies `bytes` as a WebP (the same checks as any image) and writes it
     /// atomically at [`derived_file_name`]`(source, form)`; returns its
     /// (width, height). Idempotent: the same bytes already there are success.
+    /// Different bytes replace the file in one step: the ledger asks for a
+    /// form again only when its source changed (a reroll) or its earlier
+    /// result was lost, so the newest delivery is the one that belongs.
     ///
     /// # Errors
     ///
     /// [`OutputError::Escape`] for a name that would leave the folder,
-    /// [`OutputError::Webp`], [`OutputError::Collision`] when a different
-    /// file already has the name (images are never overwritten: a caller
-    /// resuming asks [`OutputDir::existing_derived_image`] before it asks the
-    /// Horde again), or [`OutputError::Io`].
+    /// [`OutputError::Webp`], or [`OutputError::Io`].
     pub fn write_derived_image(
         &self,
         source: &str,
@@ -190,18 +190,9 @@ impl OutputDir {
         let dir = self.root().join(relative_dir);
         atomic::create_dirs_durably(self.root(), relative_dir)
             .map_err(|e| OutputError::io("create directory", &dir, e))?;
-        let temp = atomic::write_synced_temp(&dir, bytes)
+        atomic::write_synced_temp(&dir, bytes)
+            .and_then(|temp| temp.persist_replacing(&path))
             .map_err(|e| OutputError::io("write", &path, e))?;
-        match temp.persist_noclobber(&path) {
-            Ok(()) => {}
-            // Another writer won the race: fine if it wrote the same image.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                if !same_file_content(&path, bytes)? {
-                    return Err(OutputError::Collision { path });
-                }
-            }
-            Err(e) => return Err(OutputError::io("write", &path, e)),
-        }
         atomic::sync_dir(&dir).map_err(|e| OutputError::io("sync", &dir, e))?;
         Ok(size)
     }

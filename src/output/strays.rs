@@ -63,6 +63,9 @@ pub fn find_strays(root: &Path) -> Strays {
         .collect();
     let images_without_sidecar = images
         .difference(&sidecars)
+        // `<name>.<form>.webp` beside `<name>.webp` is an alchemy post-processor's
+        // image of it, described by its source's sidecar.
+        .filter(|stem| stem.extension().is_none() || !images.contains(&stem.with_extension("")))
         .map(|stem| stem.with_extension(IMAGE_EXTENSION))
         .collect();
     Strays {

@@ -18,6 +18,7 @@
 //! up front. The keys of in-flight records are also kept in a small index (see
 //! `index.rs`), so finding them never reads the whole ledger.
 
+pub mod alchemy;
 mod error;
 mod index;
 mod ledger;
@@ -73,6 +74,8 @@ struct Inner {
     meta: sled::Tree,
     /// Keys of records that may be in flight; see `index.rs`.
     in_flight: sled::Tree,
+    /// One record per image that alchemy forms were asked for; see `alchemy.rs`.
+    alchemy: sled::Tree,
     /// Serialize the writes of one key, so the index stays a superset.
     key_locks: KeyLocks,
     /// Writes made so far, and how many of them a finished flush covers.
@@ -125,6 +128,7 @@ impl Store {
         check_ledger_identity(&dir, &db, &meta)?;
         // Only after the identity check, so a damaged ledger gets no new tree.
         let in_flight = open_tree(index::IN_FLIGHT_TREE)?;
+        let alchemy = open_tree(alchemy::ALCHEMY_TREE)?;
 
         let pidfile = PidFile::claim(&dir).map_err(|source| StoreError::Io {
             dir: dir.clone(),
@@ -139,6 +143,7 @@ impl Store {
                 requests,
                 meta,
                 in_flight,
+                alchemy,
                 key_locks: KeyLocks::new(),
                 writes: AtomicU64::new(0),
                 flushed: AtomicU64::new(0),

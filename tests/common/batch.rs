@@ -98,7 +98,9 @@ impl Batch {
         if sim.unlimited {
             command
                 .env("HORDE_BATCH_SUBMIT_INTERVAL", "50ms")
-                .env("HORDE_BATCH_POLL_FLOOR", "200ms");
+                .env("HORDE_BATCH_POLL_FLOOR", "200ms")
+                .env("HORDE_BATCH_ALCHEMY_SUBMIT_INTERVAL", "20ms")
+                .env("HORDE_BATCH_ALCHEMY_FORM_TIME", "100ms");
         }
         command
     }

@@ -1,0 +1,348 @@
+//! Alchemy end to end against the simulated Horde: forms on every saved image
+//! (captions, NSFW flags, upscales) in the sidecars, `metadata.jsonl` and
+//! kohya `.txt` files; kills and a resume pay each form once (or say which
+//! may have been paid twice); `caption` over a folder horde-batch did not
+//! make; a form nobody serves reported at once; an expired upscale URL redone.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{signal, stat, wait_exit, wait_until, Batch, HordeBatch, Sim, RUN_LIMIT};
+
+/// A manifest of `images` 64² images in `jobs` jobs, every image with `forms`.
+fn manifest(jobs: u32, images: u32, forms: &str, extra_output: &str) -> String {
+    let mut text = format!(
+        "version: 1\nname: alchemy\ndefaults:\n  models: [stable_diffusion]\n  params: {{width: 64, height: 64, steps: 4}}\n  alchemy: [{forms}]\n{extra_output}jobs:\n"
+    );
+    for job in 0..jobs {
+        text.push_str(&format!(
+            "  - name: j{job}\n    prompt: \"a lighthouse number {job}\"\n    images: {images}\n"
+        ));
+    }
+    text
+}
+
+/// Sim arguments for fast alchemists (the real 2 s per form scaled down).
+const FAST_ALCHEMISTS: &[&str] = &[
+    "--workers",
+    "16",
+    "--latency",
+    "1ms",
+    "--alchemists",
+    "16",
+    "--alchemy-form-time",
+    "20ms",
+];
+
+/// The lowercase hex SHA-256 of a file, as the sim keys what it charged.
+fn digest_of(path: &Path) -> String {
+    crate::sim_alchemy::sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// Forms the sim charged for each image file of `rows` (by file name).
+fn charged(sim: &Sim, out: &Path, rows: &[Value]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let stats = sim.stats();
+    let by_source = &stats["alchemy_charged"];
+    rows.iter()
+        .map(|row| {
+            let file = row["file_name"].as_str().unwrap().to_owned();
+            let key = digest_of(&out.join(&file));
+            let forms = by_source[&key]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (file, forms)
+        })
+        .collect()
+}
+
+fn originals(rows: &[Value]) -> Vec<Value> {
+    rows.iter()
+        .filter(|row| row["alchemy_of"].is_null())
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_run_gives_every_image_its_caption_nsfw_flag_and_upscale_once() {
+    let sim = Sim::unlimited(FAST_ALCHEMISTS);
+    let batch = Batch::new(&manifest(
+        20,
+        10,
+        "caption, nsfw, RealESRGAN_x2plus",
+        "output:\n  caption_files: true\n  metadata:\n    caption_from: alchemy\n",
+    ));
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("alchemy: 200/200 images done"),
+        "{}",
+        finished.stderr
+    );
+    // Upscales and caption files beside their image are not strays.
+    assert!(
+        !finished.stderr.contains("without their other half"),
+        "{}",
+        finished.stderr
+    );
+
+    let rows = batch.index_lines();
+    let originals = originals(&rows);
+    assert_eq!(originals.len(), 200);
+    assert_eq!(rows.len(), 400, "one row per upscaled image too");
+    let out = batch.out();
+    for row in &originals {
+        let file = row["file_name"].as_str().unwrap();
+        let caption = row["text"]
+            .as_str()
+            .expect("the caption column holds the alchemy caption");
+        assert!(!caption.is_empty());
+        assert!(
+            row["prompt"].as_str().unwrap().starts_with("a lighthouse"),
+            "{row}"
+        );
+        assert!(row["nsfw"].is_boolean(), "{row}");
+        // The kohya caption file says the same.
+        let stem = file.trim_end_matches(".webp");
+        let txt = std::fs::read_to_string(out.join(format!("{stem}.txt"))).unwrap();
+        assert_eq!(txt.trim_end(), caption);
+        // The sidecar has the forms too.
+        let sidecar: Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("{stem}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(sidecar["alchemy"]["caption"], row["text"]);
+        // The upscale is a verified WebP of twice the size, with its own row.
+        let upscale = format!("{stem}.RealESRGAN_x2plus.webp");
+        let derived = rows
+            .iter()
+            .find(|r| r["file_name"] == upscale.as_str())
+            .unwrap_or_else(|| panic!("no row for {upscale}"));
+        assert_eq!(derived["alchemy_of"], file);
+        assert_eq!(
+            (derived["width"].as_u64(), derived["height"].as_u64()),
+            (Some(128), Some(128))
+        );
+        assert!(out.join(&upscale).is_file());
+    }
+    // Each form of each image was paid for exactly once, and nothing is left on the Horde.
+    for (file, forms) in charged(&sim, &out, &originals) {
+        let expected: BTreeMap<String, u64> = ["caption", "nsfw", "RealESRGAN_x2plus"]
+            .iter()
+            .map(|f| ((*f).to_owned(), 1))
+            .collect();
+        assert_eq!(forms, expected, "{file}");
+    }
+    let stats = sim.stats();
+    assert_eq!(stat(&stats, "alchemy_forms_open"), 0);
+    assert_eq!(stat(&stats, "alchemy_forms_unretrieved"), 0);
+
+    // `status` reads the same figures from the ledger.
+    let status = batch.status_json();
+    assert_eq!(status["alchemy"]["images_done"], 200);
+    assert_eq!(status["alchemy"]["forms_done"], 600);
+    assert_eq!(status["alchemy"]["forms_failed"], 0);
+
+    // A rerun asks for nothing more.
+    let created = stat(&stats, "alchemy_requests_created");
+    assert_eq!(batch.run(&sim).code, 0);
+    assert_eq!(stat(&sim.stats(), "alchemy_requests_created"), created);
+
+    // Hugging Face's loader reads the caption column.
+    if let Some(loaded) = crate::dataset::load_imagefolder(&out) {
+        let rows = loaded["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 400);
+        assert!(rows
+            .iter()
+            .all(|r| r["text"].is_string() && r["nsfw"].is_boolean()));
+    }
+}
+
+#[test]
+fn kills_at_random_moments_then_a_resume_pay_each_form_once_or_say_so() {
+    // A slow submit answer, so that kills land between a POST and its id being recorded.
+    let mut args = FAST_ALCHEMISTS.to_vec();
+    args.extend(["--submit-latency", "150ms"]);
+    let sim = Sim::unlimited(&args);
+    let batch = Batch::new(&manifest(6, 5, "caption, nsfw", ""));
+    for round in 0..4u64 {
+        let mut child = batch.spawn_run(&sim);
+        let before = stat(&sim.stats(), "alchemy_requests_created");
+        wait_until("alchemy requests", Duration::from_secs(60), || {
+            stat(&sim.stats(), "alchemy_requests_created") > before + round % 3
+                || child.try_wait().unwrap().is_some()
+        });
+        signal(&child, "KILL");
+        wait_exit(&mut child, Duration::from_secs(10));
+    }
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let rows = batch.index_lines();
+    assert_eq!(rows.len(), 30);
+    assert!(rows
+        .iter()
+        .all(|r| r["caption"].is_string() && r["nsfw"].is_boolean()));
+    let status = batch.status_json();
+    let lost = status["alchemy"]["lost_answers"].as_u64().unwrap();
+    // Every form was paid for at least once; a second payment only where the
+    // ledger counted a submit whose answer was lost.
+    let mut paid_twice = 0;
+    for (file, forms) in charged(&sim, &batch.out(), &rows) {
+        for form in ["caption", "nsfw"] {
+            let times = forms.get(form).copied().unwrap_or(0);
+            assert!(times >= 1, "{file} {form} never paid for: {forms:?}");
+            paid_twice += times - 1;
+        }
+    }
+    assert!(
+        paid_twice <= 2 * lost,
+        "{paid_twice} extra form payments, {lost} lost answers"
+    );
+    // What the Horde holds that nobody will read is at most what was lost.
+    wait_until(
+        "the sim's alchemists are idle",
+        Duration::from_secs(30),
+        || stat(&sim.stats(), "alchemy_forms_open") == 0,
+    );
+    assert!(stat(&sim.stats(), "alchemy_forms_unretrieved") <= 2 * lost);
+}
+
+#[test]
+fn caption_extends_a_folder_horde_batch_did_not_make_and_a_rerun_does_nothing() {
+    let sim = Sim::unlimited(FAST_ALCHEMISTS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = String::new();
+    for i in 0..100u32 {
+        let name = format!("img{i:03}.png");
+        let image = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 4) as u8, i as u8])
+        });
+        image.save(dir.path().join(&name)).unwrap();
+        index.push_str(&format!(
+            "{{\"file_name\": \"{name}\", \"text\": \"photo {i}\", \"source\": \"camera\"}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("metadata.jsonl"), &index).unwrap();
+    let caption = |sim: &Sim| {
+        HordeBatch::new()
+            .arg("caption")
+            .arg(dir.path())
+            .args(["--forms", "caption,nsfw", "--horde-url", &sim.url])
+            .env("HORDE_BATCH_ALCHEMY_SUBMIT_INTERVAL", "20ms")
+            .env("HORDE_BATCH_ALCHEMY_FORM_TIME", "100ms")
+            .env("HORDE_BATCH_POLL_FLOOR", "200ms")
+            .status(0)
+            .deadline(RUN_LIMIT)
+            .run()
+    };
+    caption(&sim);
+    let rows: Vec<Value> = std::fs::read_to_string(dir.path().join("metadata.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 100);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["file_name"], format!("img{i:03}.png"));
+        assert_eq!(
+            row["text"],
+            format!("photo {i}"),
+            "the folder's own columns are kept"
+        );
+        assert_eq!(row["source"], "camera");
+        assert!(
+            row["caption"].is_string() && row["nsfw"].is_boolean(),
+            "{row}"
+        );
+    }
+    let created = stat(&sim.stats(), "alchemy_requests_created");
+    assert_eq!(created, 100);
+    let before = std::fs::read(dir.path().join("metadata.jsonl")).unwrap();
+    caption(&sim);
+    assert_eq!(
+        stat(&sim.stats(), "alchemy_requests_created"),
+        created,
+        "a rerun asks nothing"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("metadata.jsonl")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn a_form_nobody_serves_is_reported_at_once_not_after_twenty_minutes() {
+    let mut args = FAST_ALCHEMISTS.to_vec();
+    args.extend(["--alchemy-forms", "caption"]);
+    let sim = Sim::unlimited(&args);
+    let batch = Batch::new(&manifest(2, 2, "caption, describe", ""));
+    let finished = batch
+        .horde_batch(&sim, "run")
+        .status(1)
+        .stderr_contains("no alchemist on the Horde serves `describe`")
+        .deadline(Duration::from_secs(60))
+        .run();
+    assert!(
+        finished.stderr.contains("alchemy: 0/4 images done"),
+        "{}",
+        finished.stderr
+    );
+    let rows = batch.index_lines();
+    assert_eq!(rows.len(), 4);
+    assert!(
+        rows.iter().all(|r| r["caption"].is_string()),
+        "the served form still arrives"
+    );
+    let status = batch.status_json();
+    assert_eq!(status["alchemy"]["forms_failed"], 4);
+    // Nothing was sent for it: the Horde holds no form nobody will serve.
+    assert_eq!(stat(&sim.stats(), "alchemy_forms_open"), 0);
+}
+
+#[test]
+fn an_upscale_whose_url_expired_is_redone_and_never_silently_dropped() {
+    let mut args = FAST_ALCHEMISTS.to_vec();
+    args.extend(["--alchemy-url-ttl", "0s"]);
+    let sim = Sim::unlimited(&args);
+    let batch = Batch::new(&manifest(1, 1, "RealESRGAN_x2plus", ""));
+    let finished = batch.horde_batch(&sim, "run").status(1).run();
+    let stats = sim.stats();
+    assert!(stat(&stats, "alchemy_urls_expired") >= 2, "{stats}");
+    assert!(
+        stat(&stats, "alchemy_requests_created") >= 2,
+        "the form was asked again: {stats}"
+    );
+    let status = batch.status_json();
+    assert_eq!(status["alchemy"]["forms_failed"], 1, "{}", finished.stderr);
+}
+
+#[test]
+fn ctrl_c_cancels_the_forms_on_the_horde_and_a_rerun_finishes_them() {
+    // Slow alchemists: forms are still waiting when the run is stopped.
+    let sim = Sim::unlimited(&["--alchemists", "1", "--alchemy-form-time", "2s"]);
+    let batch = Batch::new(&manifest(2, 4, "caption", ""));
+    let mut child = batch.spawn_run(&sim);
+    wait_until(
+        "alchemy requests on the sim",
+        Duration::from_secs(60),
+        || stat(&sim.stats(), "alchemy_forms_open") >= 3,
+    );
+    signal(&child, "INT");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);
+    assert_eq!(
+        stat(&sim.stats(), "alchemy_forms_open"),
+        0,
+        "every waiting form was cancelled"
+    );
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let rows = batch.index_lines();
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|r| r["caption"].is_string()));
+}
