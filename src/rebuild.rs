@@ -12,9 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::manifest::CompiledManifest;
+use crate::manifest::{AlchemyForm, CompiledManifest};
 use crate::output::{verify_webp, OutputDir, Sidecar};
 use crate::plan;
+use crate::store::alchemy::{AlchemyRecord, FormRecord, ALCHEMY_SCHEMA_VERSION};
 use crate::store::{
     now_ms, RequestKey, RequestRecord, RequestState, SavedImage, Store, StoreError,
 };
@@ -30,6 +31,8 @@ pub struct RebuildReport {
     pub skipped: usize,
     /// Ledger records written.
     pub records: usize,
+    /// Alchemy records restored from the sidecars' `alchemy`.
+    pub alchemy: usize,
 }
 
 /// Moves `state_dir` aside to `<state_dir>.damaged-<unix seconds>`; `None` if it did not exist.
@@ -57,6 +60,10 @@ pub async fn rebuild(
     for path in sidecar_paths(output_root) {
         match read_sidecar(&path, output_root) {
             Some(sidecar) => {
+                if let Some(record) = alchemy_record(output_root, &sidecar) {
+                    store.put_alchemy(&sidecar.file_name, &record)?;
+                    report.alchemy += 1;
+                }
                 saved.entry(sidecar.job_key.clone()).or_default().insert(
                     sidecar.image_index,
                     SavedImage {
@@ -127,6 +134,48 @@ pub async fn rebuild(
     report.skipped += saved.values().map(BTreeMap::len).sum::<usize>();
     store.flush().await?;
     Ok(report)
+}
+
+/// The alchemy record a sidecar's `alchemy` tells of, so forms delivered
+/// before the ledger was lost are not asked (and paid for) again. Forms it
+/// names as failed are wanted again, as a rerun would ask for them anyway.
+fn alchemy_record(root: &Path, sidecar: &Sidecar) -> Option<AlchemyRecord> {
+    let forms = sidecar.alchemy.as_ref()?.as_object()?;
+    let source = root.join(&sidecar.file_name);
+    let source_len = std::fs::metadata(&source).ok()?.len();
+    let (width, height) = image::image_dimensions(&source).ok()?;
+    let mut record = AlchemyRecord {
+        v: ALCHEMY_SCHEMA_VERSION,
+        source_len,
+        width,
+        height,
+        slow_workers: true,
+        ..AlchemyRecord::default()
+    };
+    for (name, value) in forms {
+        let Some(form) = AlchemyForm::parse(name) else {
+            continue;
+        };
+        let state = match (form.is_post_processor(), value) {
+            (true, serde_json::Value::String(file)) => {
+                let Ok((width, height)) = image::image_dimensions(root.join(file)) else {
+                    continue;
+                };
+                FormRecord::Derived {
+                    file: file.clone(),
+                    width,
+                    height,
+                }
+            }
+            (true, _) => continue,
+            (false, value) => FormRecord::Done {
+                value: value.clone(),
+            },
+        };
+        record.kudos += f64::from(form.kudos(width, height, true));
+        record.forms.insert(name.clone(), state);
+    }
+    (!record.forms.is_empty()).then_some(record)
 }
 
 /// Every `*.json` below `root` outside hidden folders (sidecars; the index files are `.jsonl`).

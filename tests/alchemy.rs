@@ -346,3 +346,133 @@ fn ctrl_c_cancels_the_forms_on_the_horde_and_a_rerun_finishes_them() {
     assert_eq!(rows.len(), 8);
     assert!(rows.iter().all(|r| r["caption"].is_string()));
 }
+
+#[test]
+fn a_kill_between_the_post_and_its_id_is_counted_and_the_forms_still_arrive() {
+    // Every submit's answer comes 3 s after the request is queued: a kill
+    // in that window loses the id for sure.
+    let mut args = FAST_ALCHEMISTS.to_vec();
+    args.extend(["--submit-latency", "3s"]);
+    let sim = Sim::unlimited(&args);
+    let batch = Batch::new(&manifest(1, 1, "caption", ""));
+    let mut child = batch.spawn_run(&sim);
+    wait_until("an alchemy request queued", Duration::from_secs(60), || {
+        stat(&sim.stats(), "alchemy_requests_created") >= 1
+    });
+    signal(&child, "KILL");
+    wait_exit(&mut child, Duration::from_secs(10));
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("lost their answer"),
+        "{}",
+        finished.stderr
+    );
+    let status = batch.status_json();
+    assert_eq!(status["alchemy"]["lost_answers"], 1);
+    let rows = batch.index_lines();
+    assert!(rows[0]["caption"].is_string());
+    // The lost request was served and charged too: the one extra payment the
+    // ledger owned up to, and the only form nobody read.
+    let charged = charged(&sim, &batch.out(), &rows);
+    assert_eq!(charged.values().next().unwrap()["caption"], 2);
+    wait_until(
+        "the sim's alchemists are idle",
+        Duration::from_secs(30),
+        || stat(&sim.stats(), "alchemy_forms_open") == 0,
+    );
+    assert_eq!(stat(&sim.stats(), "alchemy_forms_unretrieved"), 1);
+}
+
+#[test]
+fn a_rerolled_image_takes_its_upscale_and_caption_aside_and_gets_new_ones() {
+    let sim = Sim::unlimited(FAST_ALCHEMISTS);
+    let batch = Batch::new(&manifest(
+        1,
+        2,
+        "caption, RealESRGAN_x2plus",
+        "output:\n  caption_files: true\n  metadata:\n    caption_from: alchemy\n",
+    ));
+    assert_eq!(batch.run(&sim).code, 0);
+    let out = batch.out();
+    let first = originals(&batch.index_lines())[0]["file_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stem = first.trim_end_matches(".webp").to_owned();
+    let upscale = format!("{stem}.RealESRGAN_x2plus.webp");
+    let old_upscale = std::fs::read(out.join(&upscale)).unwrap();
+    HordeBatch::new()
+        .current_dir(batch.dir.path())
+        .arg("reroll")
+        .arg(&batch.manifest)
+        .arg(out.join(&first))
+        .status(0)
+        .run();
+    assert!(
+        !out.join(&upscale).exists(),
+        "the upscale went aside with its image"
+    );
+    assert!(!out.join(format!("{stem}.txt")).exists());
+    assert!(out.join(".rejected").join(&upscale).is_file());
+    let rows = batch.index_lines();
+    assert!(rows
+        .iter()
+        .all(|r| r["file_name"] != upscale.as_str() && r["file_name"] != first.as_str()));
+
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let rows = batch.index_lines();
+    assert_eq!(rows.len(), 4);
+    let new_upscale = std::fs::read(out.join(&upscale)).unwrap();
+    assert_ne!(
+        new_upscale, old_upscale,
+        "the new image got its own upscale"
+    );
+    let caption = std::fs::read_to_string(out.join(format!("{stem}.txt"))).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["file_name"] == first.as_str())
+        .unwrap();
+    assert_eq!(caption.trim_end(), row["text"].as_str().unwrap());
+}
+
+#[test]
+fn a_lost_state_folder_is_rebuilt_with_the_forms_already_paid_for() {
+    let sim = Sim::unlimited(FAST_ALCHEMISTS);
+    let batch = Batch::new(&manifest(2, 3, "caption, nsfw, RealESRGAN_x2plus", ""));
+    assert_eq!(batch.run(&sim).code, 0);
+    let created = stat(&sim.stats(), "alchemy_requests_created");
+    assert_eq!(created, 6);
+    std::fs::remove_dir_all(batch.state()).unwrap();
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    assert_eq!(
+        stat(&sim.stats(), "alchemy_requests_created"),
+        created,
+        "no form is asked (and paid for) again"
+    );
+    let status = batch.status_json();
+    assert_eq!(status["alchemy"]["forms_done"], 18);
+}
+
+#[test]
+fn caption_files_without_alchemy_hold_the_prompt() {
+    let sim = Sim::unlimited(FAST_ALCHEMISTS);
+    let batch = Batch::new(
+        "version: 1\nname: kohya\ndefaults:\n  models: [stable_diffusion]\n  params: {width: 64, height: 64, steps: 4}\noutput:\n  caption_files: true\njobs:\n  - name: j\n    prompt: \"a {red|blue} kite\"\n    images: 2\n",
+    );
+    assert_eq!(batch.run(&sim).code, 0);
+    let rows = batch.index_lines();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        let stem = row["file_name"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches(".webp")
+            .to_owned();
+        let txt = std::fs::read_to_string(batch.out().join(format!("{stem}.txt"))).unwrap();
+        assert_eq!(txt.trim_end(), row["text"].as_str().unwrap());
+    }
+    assert_eq!(stat(&sim.stats(), "alchemy_requests_created"), 0);
+}

@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use super::config::{runtime, Batch};
 use super::AppError;
 use crate::cli::RerollArgs;
+use crate::manifest::AlchemyForm;
 use crate::manifest::JobKey;
 use crate::output::{format_timestamp, Sidecar, IMAGE_EXTENSION, SIDECAR_EXTENSION};
 use crate::store::{RequestKey, RequestRecord, Reroll, Store};
@@ -96,6 +97,12 @@ pub fn reroll(args: &RerollArgs) -> Result<ExitCode, AppError> {
         for plan in &plans {
             let kept_as = set_aside(&out, &rejected, &plan.name)?;
             output.forget_image(&plan.name)?;
+            for form in AlchemyForm::ALL.iter().filter(|form| form.is_post_processor()) {
+                let derived = crate::output::derived_file_name(&plan.name, form.name());
+                if output.has_index_row(&derived) {
+                    output.forget_image(&derived)?;
+                }
+            }
             let mut line = serde_json::json!({
                 "file_name": plan.name,
                 "rejected_as": kept_as,
@@ -417,6 +424,26 @@ fn set_aside(out: &Path, rejected: &Path, name: &str) -> Result<String, AppError
     let sidecar = image.with_extension(SIDECAR_EXTENSION);
     if sidecar.is_file() {
         move_file(&sidecar, &target.with_extension(SIDECAR_EXTENSION))?;
+    }
+    // What alchemy made of it (upscales, the caption file) belongs to it too.
+    let kept_stem = kept_as
+        .strip_suffix(&format!(".{IMAGE_EXTENSION}"))
+        .unwrap_or(&kept_as);
+    for form in AlchemyForm::ALL
+        .iter()
+        .filter(|form| form.is_post_processor())
+    {
+        let derived = out.join(crate::output::derived_file_name(name, form.name()));
+        if derived.is_file() {
+            move_file(
+                &derived,
+                &rejected.join(crate::output::derived_file_name(&kept_as, form.name())),
+            )?;
+        }
+    }
+    let caption = out.join(format!("{stem}.txt"));
+    if caption.is_file() {
+        move_file(&caption, &rejected.join(format!("{kept_stem}.txt")))?;
     }
     move_file(&image, &target)?;
     Ok(kept_as)

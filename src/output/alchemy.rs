@@ -24,8 +24,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{
-    atomic, check_relative_name, same_file_content, verify_webp, OutputDir, OutputError,
-    PathEscape, Sidecar, IMAGE_EXTENSION, SIDECAR_EXTENSION,
+    atomic, check_relative_name, verify_webp, OutputDir, OutputError, PathEscape, Sidecar,
+    IMAGE_EXTENSION, SIDECAR_EXTENSION,
 };
 
 pub use folder::{folder_images, MAX_FOLDER_IMAGES};
@@ -183,8 +183,11 @@ impl OutputDir {
         })?;
         let size = (info.width, info.height);
         self.finish_sweep()?;
-        if same_file_content(&path, bytes)? {
-            return Ok(size);
+        match std::fs::read(&path) {
+            Ok(existing) if existing == bytes => return Ok(size),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(OutputError::io("read", &path, e)),
         }
         let relative_dir = Path::new(&name).parent().unwrap_or(Path::new(""));
         let dir = self.root().join(relative_dir);

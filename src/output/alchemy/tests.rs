@@ -101,7 +101,7 @@ fn derived_names_replace_the_extension_of_the_last_component() {
 // ---------------------------------------------------------------- derived images
 
 #[test]
-fn a_derived_image_is_verified_written_once_and_never_replaced() {
+fn a_derived_image_is_verified_written_once_and_replaced_by_a_new_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let out = OutputDir::open(dir.path()).unwrap();
     let image = webp(16, 12, 1);
