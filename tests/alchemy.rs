@@ -476,3 +476,75 @@ fn caption_files_without_alchemy_hold_the_prompt() {
     }
     assert_eq!(stat(&sim.stats(), "alchemy_requests_created"), 0);
 }
+
+#[test]
+fn a_request_deleted_at_expiry_is_asked_again_and_never_lost() {
+    // One slow alchemist and a short expiry: requests at the back of its queue
+    // are deleted (404) before it reaches them.
+    let sim = Sim::unlimited(&[
+        "--workers",
+        "16",
+        "--latency",
+        "1ms",
+        "--alchemists",
+        "1",
+        "--alchemy-form-time",
+        "400ms",
+        "--alchemy-expiry",
+        "2s",
+        "--cleanup-interval",
+        "200ms",
+    ]);
+    let batch = Batch::new(&manifest(1, 8, "caption", ""));
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let rows = batch.index_lines();
+    assert_eq!(rows.len(), 8);
+    assert!(rows.iter().all(|r| r["caption"].is_string()), "{rows:?}");
+    let stats = sim.stats();
+    assert!(
+        stat(&stats, "alchemy_requests_created") > 8,
+        "some expired and were asked again: {stats}"
+    );
+    // Each image's caption was delivered (and paid for) once.
+    for (file, forms) in charged(&sim, &batch.out(), &rows) {
+        assert_eq!(forms.get("caption"), Some(&1), "{file}");
+    }
+}
+
+#[test]
+fn a_form_faulted_for_good_fails_the_images_alchemy_not_the_image() {
+    let mut args = FAST_ALCHEMISTS.to_vec();
+    args.extend(["--alchemy-fault-form", "nsfw"]);
+    let sim = Sim::unlimited(&args);
+    let batch = Batch::new(&manifest(1, 3, "caption, nsfw", ""));
+    let finished = batch.horde_batch(&sim, "run").status(1).run();
+    assert!(
+        finished.stderr.contains("3 of 3") || finished.stderr.contains("1 of 1 jobs done"),
+        "{}",
+        finished.stderr
+    );
+    let rows = batch.index_lines();
+    assert_eq!(rows.len(), 3, "every image is there");
+    assert!(rows
+        .iter()
+        .all(|r| r["caption"].is_string() && r["nsfw"].is_null()));
+    let status = batch.status_json();
+    assert_eq!(status["images_saved"], 3);
+    assert_eq!(status["jobs_failed"], 0);
+    assert_eq!(status["alchemy"]["forms_failed"], 3);
+    assert_eq!(status["alchemy"]["forms_done"], 3);
+    // The sidecar says why.
+    let stem = rows[0]["file_name"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(".webp")
+        .to_owned();
+    let sidecar: Value =
+        serde_json::from_slice(&std::fs::read(batch.out().join(format!("{stem}.json"))).unwrap())
+            .unwrap();
+    assert!(sidecar["alchemy"]["failed"]["nsfw"]
+        .as_str()
+        .unwrap()
+        .contains("faulted"));
+}
