@@ -71,8 +71,8 @@ pub struct StatusReport {
     /// Jobs whose latest outcome is a failure (what `failures` lists) and that
     /// are not done since.
     pub jobs_failed: u64,
-    /// Every image the manifest (or the shard) asks for is saved. Never true
-    /// while a run is active.
+    /// Every image the manifest (or the shard) asks for is saved, and no
+    /// alchemy form is still owed to one. Never true while a run is active.
     pub finished: bool,
     /// What the latest run did, as its summary said it; kept after it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,7 +204,12 @@ impl StatusReport {
                 *report.failures.entry(job.class.clone()).or_default() += 1;
             }
         }
-        report.finished = report.images_saved >= report.images_wanted;
+        // Forms still owed to an image keep the batch unfinished.
+        let forms_owed = report
+            .alchemy
+            .as_ref()
+            .is_some_and(|alchemy| alchemy.forms_wanted > 0 || alchemy.requests_on_horde > 0);
+        report.finished = report.images_saved >= report.images_wanted && !forms_owed;
         report.kudos_estimated_remaining = estimate(
             report.kudos_charged,
             report.images_saved,

@@ -146,6 +146,7 @@ fn a_run_gives_every_image_its_caption_nsfw_flag_and_upscale_once() {
     // `status` reads the same figures from the ledger.
     let status = batch.status_json();
     assert_eq!(status["alchemy"]["images_done"], 200);
+    assert_eq!(status["finished"], true);
     assert_eq!(status["alchemy"]["forms_done"], 600);
     assert_eq!(status["alchemy"]["forms_failed"], 0);
 
@@ -301,6 +302,10 @@ fn a_form_nobody_serves_is_reported_at_once_not_after_twenty_minutes() {
     );
     let status = batch.status_json();
     assert_eq!(status["alchemy"]["forms_failed"], 4);
+    assert_eq!(
+        status["finished"], true,
+        "failed forms are settled, not owed"
+    );
     // Nothing was sent for it: the Horde holds no form nobody will serve.
     assert_eq!(stat(&sim.stats(), "alchemy_forms_open"), 0);
 }
@@ -339,6 +344,11 @@ fn ctrl_c_cancels_the_forms_on_the_horde_and_a_rerun_finishes_them() {
         stat(&sim.stats(), "alchemy_forms_open"),
         0,
         "every waiting form was cancelled"
+    );
+    assert_eq!(
+        batch.status_json()["finished"],
+        false,
+        "forms are still owed"
     );
     let finished = batch.run(&sim);
     assert_eq!(finished.code, 0, "{}", finished.stderr);
