@@ -203,19 +203,14 @@ impl Alchemy {
     ) -> Alchemy {
         let (feed, work) = mpsc::unbounded_channel();
         let no_more_work = CancellationToken::new();
-        let shared = Arc::new(Shared {
-            pacer: pace::SubmitPacer::new(config.submit_interval),
-            forms_in_flight: Arc::new(Semaphore::new(config.max_forms_in_flight.max(1) as usize)),
-            served: pace::ServedForms::default(),
-            calls: Arc::new(Calls::default()),
-            committed_kudos: parking_lot::Mutex::new(0.0),
+        // A child: alchemy failing for good stops alchemy, not the run.
+        let shared = Arc::new(Shared::new(
             client,
             store,
             output,
             config,
-            // A child: alchemy failing for good stops alchemy, not the run.
-            stop: stop.child_token(),
-        });
+            stop.child_token(),
+        ));
         let task = tokio::spawn(run(shared, work, no_more_work.clone()));
         Alchemy {
             feed,
@@ -357,18 +352,7 @@ pub async fn cancel_left(
     output: OutputDir,
     config: AlchemyConfig,
 ) -> Result<Cancelled, AlchemyError> {
-    let shared = Shared {
-        pacer: pace::SubmitPacer::new(config.submit_interval),
-        forms_in_flight: Arc::new(Semaphore::new(1)),
-        served: pace::ServedForms::default(),
-        calls: Arc::new(Calls::default()),
-        committed_kudos: parking_lot::Mutex::new(0.0),
-        client,
-        store,
-        output,
-        config,
-        stop: CancellationToken::new(),
-    };
+    let shared = Shared::new(client, store, output, config, CancellationToken::new());
     let mut report = Cancelled::default();
     let left: Vec<_> = shared
         .store
@@ -390,6 +374,27 @@ pub async fn cancel_left(
 }
 
 impl Shared {
+    fn new(
+        client: HordeClient,
+        store: Store,
+        output: OutputDir,
+        config: AlchemyConfig,
+        stop: CancellationToken,
+    ) -> Shared {
+        Shared {
+            pacer: pace::SubmitPacer::new(config.submit_interval),
+            forms_in_flight: Arc::new(Semaphore::new(config.max_forms_in_flight.max(1) as usize)),
+            served: pace::ServedForms::default(),
+            calls: Arc::new(Calls::default()),
+            committed_kudos: parking_lot::Mutex::new(0.0),
+            client,
+            store,
+            output,
+            config,
+            stop,
+        }
+    }
+
     /// Reserves `price` kudos for a request under `max_kudos`; `false` when
     /// sending it could take the batch past the limit.
     fn reserve_kudos(&self, price: f64) -> bool {
