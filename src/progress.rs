@@ -220,8 +220,14 @@ impl StatusReport {
 
     /// One line for logs and the terminal.
     pub fn line(&self) -> String {
+        let alchemy = self.alchemy.as_ref().map_or_else(String::new, |alchemy| {
+            format!(
+                "; alchemy {}/{} images, {} forms to go",
+                alchemy.images_done, alchemy.images, alchemy.forms_wanted
+            )
+        });
         format!(
-            "{}/{} images, {} requests in flight ({} images), queue #{}, eta {}s, {:.0} kudos, {} 429s, {} failures",
+            "{}/{} images, {} requests in flight ({} images), queue #{}, eta {}s, {:.0} kudos, {} 429s, {} failures{alchemy}",
             self.images_saved,
             self.images_wanted,
             self.requests_in_flight,
@@ -295,7 +301,7 @@ impl StatusReport {
             jobs_failed: stats.jobs_failed,
             finished: false,
             last_run: None,
-            // The engine's events do not carry alchemy: the ledger does, once the run ends.
+            // The engine's events do not carry alchemy: the Reporter adds the pass's counts.
             alchemy: None,
         }
     }
@@ -317,6 +323,9 @@ pub fn read_status_file(state_dir: &Path) -> Option<StatusReport> {
 
 /// The running reporter; `finish` prints the last sample, stops it and
 /// hands back everything it folded.
+/// The alchemy pass's counts as it changes them (see `alchemy::Alchemy::live_counts`).
+pub type LiveAlchemy = std::sync::Arc<parking_lot::Mutex<crate::store::alchemy::AlchemyCounts>>;
+
 pub struct Reporter {
     task: tokio::task::JoinHandle<RunStats>,
     stop: tokio_util::sync::CancellationToken,
@@ -329,6 +338,7 @@ impl Reporter {
         mode: ProgressMode,
         interval: Duration,
         state_dir: PathBuf,
+        alchemy: Option<LiveAlchemy>,
     ) -> Self {
         let mode = match mode {
             // `-q` is errors only: no progress on stderr (status.json is still written).
@@ -366,6 +376,7 @@ impl Reporter {
                 }
                 let mut report = StatusReport::live(&stats);
                 report.active = !finished;
+                report.alchemy = alchemy.as_ref().map(|live| live.lock().clone());
                 // The final status file is the batch's, from the ledger: the
                 // command writes it when the run is over.
                 if !finished {

@@ -143,8 +143,17 @@ fn a_run_gives_every_image_its_caption_nsfw_flag_and_upscale_once() {
     assert_eq!(stat(&stats, "alchemy_forms_open"), 0);
     assert_eq!(stat(&stats, "alchemy_forms_unretrieved"), 0);
 
-    // `status` reads the same figures from the ledger.
+    // `status` reads the same figures from the ledger, and the run's last
+    // progress line (its live counts) agrees with them.
     let status = batch.status_json();
+    let last_progress: Value = finished
+        .stderr
+        .lines()
+        .rev()
+        .filter(|line| line.starts_with('{'))
+        .find_map(|line| serde_json::from_str(line).ok())
+        .expect("progress lines");
+    assert_eq!(last_progress["alchemy"], status["alchemy"]);
     assert_eq!(status["alchemy"]["images_done"], 200);
     assert_eq!(status["finished"], true);
     assert_eq!(status["alchemy"]["forms_done"], 600);
@@ -337,6 +346,19 @@ fn ctrl_c_cancels_the_forms_on_the_horde_and_a_rerun_finishes_them() {
         "alchemy requests on the sim",
         Duration::from_secs(60),
         || stat(&sim.stats(), "alchemy_forms_open") >= 3,
+    );
+    // While it runs, the live status counts the forms too.
+    wait_until(
+        "alchemy in the live status",
+        Duration::from_secs(30),
+        || {
+            std::fs::read(batch.state().join("status.json"))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+                .is_some_and(|status| {
+                    status["active"] == true && status["alchemy"]["images"].as_u64() >= Some(1)
+                })
+        },
     );
     signal(&child, "INT");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 130);

@@ -27,7 +27,9 @@ use crate::horde::{
     InterrogationStatus,
 };
 use crate::manifest::AlchemyForm;
-use crate::store::alchemy::{AlchemyRecord, FormRecord, PendingRequest, ALCHEMY_SCHEMA_VERSION};
+use crate::store::alchemy::{
+    AlchemyCounts, AlchemyRecord, FormRecord, PendingRequest, ALCHEMY_SCHEMA_VERSION,
+};
 use crate::store::now_ms;
 
 /// Tries of one call in a row before its forms are given up for this run.
@@ -76,6 +78,8 @@ pub(super) async fn process(shared: &Shared, work: Work) -> Result<(), AlchemyEr
 struct Image {
     source: String,
     record: AlchemyRecord,
+    /// What the record last written counted for in the live counts.
+    counted: AlchemyCounts,
     /// Forms of the request in flight; released when it settles.
     permit: Option<OwnedSemaphorePermit>,
 }
@@ -90,6 +94,8 @@ impl Image {
             return Ok(None);
         };
         let stored = shared.store.alchemy(&work.source)?;
+        // What the tree holds is in the live counts already (the pass seeded them).
+        let counted = stored.as_ref().map(AlchemyCounts::of).unwrap_or_default();
         let mut record = match stored {
             // A request on the Horde is followed to its end whatever became of the file.
             Some(record) if record.request.is_some() => record,
@@ -126,27 +132,40 @@ impl Image {
         if record.is_settled() && record == before {
             return Ok(None);
         }
-        if record != before {
-            shared.store.put_alchemy(&work.source, &record)?;
-        }
-        Ok(Some(Image {
+        let mut image = Image {
             source: work.source.clone(),
             record,
+            counted,
             permit: None,
-        }))
+        };
+        if image.record != before {
+            image.save(shared)?;
+        }
+        Ok(Some(image))
     }
 
     /// Records the image's state (in memory until the next flush).
-    fn save(&self, shared: &Shared) -> Result<(), AlchemyError> {
-        Ok(shared.store.put_alchemy(&self.source, &self.record)?)
+    fn save(&mut self, shared: &Shared) -> Result<(), AlchemyError> {
+        shared.store.put_alchemy(&self.source, &self.record)?;
+        self.recount(shared);
+        Ok(())
     }
 
     /// Records the image's state durably.
-    async fn save_durable(&self, shared: &Shared) -> Result<(), AlchemyError> {
-        Ok(shared
+    async fn save_durable(&mut self, shared: &Shared) -> Result<(), AlchemyError> {
+        shared
             .store
             .put_alchemy_durable(&self.source, &self.record)
-            .await?)
+            .await?;
+        self.recount(shared);
+        Ok(())
+    }
+
+    /// The live counts follow the record just written.
+    fn recount(&mut self, shared: &Shared) {
+        let now = AlchemyCounts::of(&self.record);
+        shared.live.lock().replace(&self.counted, &now);
+        self.counted = now;
     }
 
     /// Forms no alchemist serves fail now instead of waiting 20 minutes on
@@ -624,6 +643,7 @@ pub(super) async fn cancel(
     record: AlchemyRecord,
 ) -> Result<bool, AlchemyError> {
     let mut image = Image {
+        counted: AlchemyCounts::of(&record),
         source,
         record,
         permit: None,

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::horde::HordeClient;
 use crate::manifest::{AlchemySpec, CaptionFrom};
 use crate::output::OutputDir;
+use crate::store::alchemy::AlchemyCounts;
 use crate::store::{Store, StoreError};
 
 pub use feed::Feeding;
@@ -177,6 +178,9 @@ struct Shared {
     forms_in_flight: Arc<Semaphore>,
     served: pace::ServedForms,
     calls: Arc<Calls>,
+    /// The alchemy tree's counts, kept up to date with every write of this
+    /// pass (seeded from the tree when the pass starts), for live progress.
+    live: Arc<parking_lot::Mutex<AlchemyCounts>>,
     /// Kudos of the alchemy forms delivered before this pass plus the price of
     /// every request this pass sent (a reservation, never given back), for `max_kudos`.
     committed_kudos: parking_lot::Mutex<f64>,
@@ -186,6 +190,7 @@ struct Shared {
 /// as they are saved; [`Alchemy::finish`] waits for the last one.
 pub struct Alchemy {
     feed: mpsc::UnboundedSender<Work>,
+    live: Arc<parking_lot::Mutex<AlchemyCounts>>,
     no_more_work: CancellationToken,
     task: tokio::task::JoinHandle<Result<AlchemyEnd, AlchemyError>>,
 }
@@ -211,12 +216,20 @@ impl Alchemy {
             config,
             stop.child_token(),
         ));
+        let live = Arc::clone(&shared.live);
         let task = tokio::spawn(run(shared, work, no_more_work.clone()));
         Alchemy {
             feed,
+            live,
             no_more_work,
             task,
         }
+    }
+
+    /// The batch's alchemy counts as this pass changes them, for progress
+    /// and the live `status.json`.
+    pub fn live_counts(&self) -> Arc<parking_lot::Mutex<AlchemyCounts>> {
+        Arc::clone(&self.live)
     }
 
     /// Where images whose forms are wanted go.
@@ -241,10 +254,10 @@ async fn run(
     mut work: mpsc::UnboundedReceiver<Work>,
     no_more_work: CancellationToken,
 ) -> Result<AlchemyEnd, AlchemyError> {
-    if shared.config.max_kudos.is_some() {
-        let before = shared.store.alchemy_counts()?.map_or(0.0, |c| c.kudos);
-        *shared.committed_kudos.lock() = before;
-    }
+    // Live progress starts from what the tree holds; each write then updates it.
+    let before = shared.store.alchemy_counts()?.unwrap_or_default();
+    *shared.committed_kudos.lock() = before.kudos;
+    *shared.live.lock() = before;
     let mut images = Images {
         permits: Arc::new(Semaphore::new(shared.config.max_images_in_flight.max(1))),
         tasks: JoinSet::new(),
@@ -387,6 +400,7 @@ impl Shared {
             served: pace::ServedForms::default(),
             calls: Arc::new(Calls::default()),
             committed_kudos: parking_lot::Mutex::new(0.0),
+            live: Arc::new(parking_lot::Mutex::new(AlchemyCounts::default())),
             client,
             store,
             output,

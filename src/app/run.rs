@@ -173,7 +173,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         if let Some(limit) = args.max_runtime {
             watch_deadline(Arc::clone(&engine), limit, args.at_max_runtime);
         }
-        let reporter = Reporter::start(events, args.progress, args.progress_interval, state_dir.clone());
+        let live_alchemy = alchemy.as_ref().map(Alchemy::live_counts);
+        let reporter = Reporter::start(
+            events,
+            args.progress,
+            args.progress_interval,
+            state_dir.clone(),
+            live_alchemy,
+        );
         tracing::info!(manifest = %compiled.file.path.display(), out = %out_dir.display(), budget = capacity, "run started");
         engine.run().await;
         // Images keep their forms coming after the last one is saved.

@@ -133,6 +133,44 @@ pub struct AlchemyCounts {
 }
 
 impl AlchemyCounts {
+    /// What one record counts for.
+    pub fn of(record: &AlchemyRecord) -> AlchemyCounts {
+        let mut counts = AlchemyCounts::default();
+        counts.add(record);
+        counts
+    }
+
+    /// Replaces what one record counted for (`before`) with what it counts
+    /// for now (`after`): how a live total follows each write.
+    pub fn replace(&mut self, before: &AlchemyCounts, after: &AlchemyCounts) {
+        let update =
+            |total: &mut u64, old: u64, new: u64| *total = (*total + new).saturating_sub(old);
+        update(&mut self.images, before.images, after.images);
+        update(&mut self.images_done, before.images_done, after.images_done);
+        update(&mut self.forms_done, before.forms_done, after.forms_done);
+        update(
+            &mut self.forms_failed,
+            before.forms_failed,
+            after.forms_failed,
+        );
+        update(
+            &mut self.forms_wanted,
+            before.forms_wanted,
+            after.forms_wanted,
+        );
+        update(
+            &mut self.requests_on_horde,
+            before.requests_on_horde,
+            after.requests_on_horde,
+        );
+        update(
+            &mut self.lost_answers,
+            before.lost_answers,
+            after.lost_answers,
+        );
+        self.kudos += after.kudos - before.kudos;
+    }
+
     fn add(&mut self, record: &AlchemyRecord) {
         self.images += 1;
         let mut all_done = true;
@@ -259,5 +297,18 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(counts.images_done, 0);
+        // A live total follows a record's change as a fresh count would.
+        let mut after = record.clone();
+        after.forms.insert(
+            "nsfw".into(),
+            FormRecord::Done {
+                value: Value::from(false),
+            },
+        );
+        after.kudos = 6.0;
+        let mut live = counts.clone();
+        live.replace(&AlchemyCounts::of(&record), &AlchemyCounts::of(&after));
+        store.put_alchemy("a/b.webp", &after).unwrap();
+        assert_eq!(Some(live), store.alchemy_counts().unwrap());
     }
 }
