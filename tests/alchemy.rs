@@ -580,3 +580,29 @@ fn a_form_faulted_for_good_fails_the_images_alchemy_not_the_image() {
         .unwrap()
         .contains("faulted"));
 }
+
+#[test]
+fn caption_over_a_finished_batch_adds_the_forms_its_manifest_did_not_ask_for() {
+    let sim = Sim::unlimited(FAST_ALCHEMISTS);
+    let batch = Batch::new(
+        "version: 1\nname: later\ndefaults:\n  models: [stable_diffusion]\n  params: {width: 64, height: 64, steps: 4}\njobs:\n  - name: j\n    prompt: \"a {red|blue} kite\"\n    images: 3\n",
+    );
+    assert_eq!(batch.run(&sim).code, 0);
+    batch
+        .horde_batch(&sim, "caption")
+        .args(["--forms", "caption,interrogation"])
+        .status(0)
+        .stderr_contains("alchemy: 6/6 images done")
+        .run();
+    let rows = batch.index_lines();
+    assert_eq!(rows.len(), 6);
+    for row in &rows {
+        assert!(row["caption"].is_string(), "{row}");
+        assert!(row["tags"].is_array(), "{row}");
+        assert!(
+            row["text"].as_str().unwrap().contains("kite"),
+            "the prompt stays the caption column"
+        );
+    }
+    assert_eq!(batch.status_json()["alchemy"]["forms_done"], 12);
+}
