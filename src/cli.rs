@@ -266,6 +266,9 @@ pub struct TuningArgs {
     /// How long one alchemy form is expected to take (the first status read of a request waits that per form).
     #[arg(long, hide = true, env = "HORDE_BATCH_ALCHEMY_FORM_TIME", value_parser = humantime::parse_duration)]
     pub alchemy_form_time: Option<Duration>,
+    /// How long an alchemy request may deliver nothing before it is cancelled (30 min: past the Horde's expiry).
+    #[arg(long, hide = true, env = "HORDE_BATCH_ALCHEMY_STALE_AFTER", value_parser = humantime::parse_duration)]
+    pub alchemy_stale_after: Option<Duration>,
 }
 
 impl TuningArgs {

@@ -606,3 +606,39 @@ fn caption_over_a_finished_batch_adds_the_forms_its_manifest_did_not_ask_for() {
     }
     assert_eq!(batch.status_json()["alchemy"]["forms_done"], 12);
 }
+
+#[test]
+fn a_request_that_delivers_nothing_for_too_long_is_cancelled_and_its_forms_fail() {
+    // One alchemist at 30 s a form: nothing is delivered within the client's
+    // (shortened) patience, and the Horde does not expire the requests meanwhile.
+    let sim = Sim::unlimited(&[
+        "--workers",
+        "16",
+        "--latency",
+        "1ms",
+        "--alchemists",
+        "1",
+        "--alchemy-form-time",
+        "30s",
+    ]);
+    let batch = Batch::new(&manifest(1, 2, "caption", ""));
+    let finished = batch
+        .horde_batch(&sim, "run")
+        .env("HORDE_BATCH_ALCHEMY_STALE_AFTER", "2s")
+        .status(1)
+        .deadline(Duration::from_secs(60))
+        .run();
+    assert!(
+        finished.stderr.contains("alchemy: 0/2 images done"),
+        "{}",
+        finished.stderr
+    );
+    let status = batch.status_json();
+    assert_eq!(status["alchemy"]["forms_failed"], 2);
+    assert_eq!(status["alchemy"]["requests_on_horde"], 0);
+    assert_eq!(
+        stat(&sim.stats(), "alchemy_forms_open"),
+        0,
+        "nothing left waiting on the Horde"
+    );
+}

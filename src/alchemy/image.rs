@@ -378,10 +378,16 @@ impl Image {
         let mut delay = first.clamp(shared.config.poll_floor, shared.config.poll_cap);
         let mut failures = 0;
         let mut downloads = BTreeMap::new();
+        let mut last_delivery = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shared.stop.cancelled() => return self.stop(shared, id).await,
+            }
+            // The Horde deletes a request 20 minutes after its last activity;
+            // one that neither delivers nor goes away is a server that will not.
+            if last_delivery.elapsed() > shared.config.stale_after {
+                return self.abandon(shared, id).await;
             }
             shared.pacer.ready(EndpointClass::Status).await;
             Calls::count(&shared.calls.status_reads);
@@ -391,6 +397,9 @@ impl Image {
                     let progress = self.absorb(shared, &status, &mut downloads).await?;
                     if progress.settled {
                         return self.settle(shared).await;
+                    }
+                    if progress.changed {
+                        last_delivery = tokio::time::Instant::now();
                     }
                     delay = if progress.changed {
                         shared.config.poll_floor.max(shared.config.form_time)
@@ -599,6 +608,43 @@ impl Image {
                 Ok(())
             }
         }
+    }
+
+    /// A request that delivered nothing for `stale_after`: cancelled (what
+    /// it delivered meanwhile is kept), its other forms failed for this run.
+    async fn abandon(&mut self, shared: &Shared, id: &str) -> Result<(), AlchemyError> {
+        let waited = humantime::format_duration(shared.config.stale_after);
+        tracing::warn!(image = %self.source, id, %waited, "an alchemy request delivered nothing for too long; cancelled");
+        let asked = self
+            .record
+            .request
+            .as_ref()
+            .map(|pending| pending.forms.clone())
+            .unwrap_or_default();
+        Calls::count(&shared.calls.cancels);
+        if let Ok(status) = shared
+            .client
+            .cancel_interrogation(id, shared.config.cancel_timeout)
+            .await
+        {
+            self.absorb(shared, &status, &mut BTreeMap::new()).await?;
+        }
+        let unsettled: Vec<String> = asked
+            .into_iter()
+            .filter(|form| {
+                !self
+                    .record
+                    .forms
+                    .get(form)
+                    .is_some_and(FormRecord::is_settled)
+            })
+            .collect();
+        self.give_up(
+            shared,
+            &unsettled,
+            &format!("the Horde delivered nothing for {waited} (the request was cancelled)"),
+        )?;
+        self.settle(shared).await
     }
 
     /// Every form is settled: the sidecar and the caption file say so.

@@ -66,6 +66,10 @@ pub struct AlchemyConfig {
     pub max_wait: Duration,
     /// How long one cancel may take while stopping.
     pub cancel_timeout: Duration,
+    /// How long a request may deliver nothing before it is cancelled and its
+    /// forms fail: past the Horde's 20-minute expiry, so only a server that
+    /// neither delivers nor deletes gets there.
+    pub stale_after: Duration,
     /// How long one post-processed image's download may take.
     pub download_timeout: Duration,
     /// Leave requests on the Horde when stopped (`run --detach`) instead of cancelling them.
@@ -98,6 +102,7 @@ impl Default for AlchemyConfig {
             retry_base: Duration::from_secs(1),
             max_wait: Duration::from_secs(120),
             cancel_timeout: Duration::from_secs(3),
+            stale_after: Duration::from_secs(30 * 60),
             download_timeout: Duration::from_secs(120),
             detach_on_stop: false,
             retry_failed: false,

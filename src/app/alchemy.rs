@@ -37,6 +37,9 @@ pub(super) fn config(tuning: &TuningArgs, detach_on_stop: bool) -> AlchemyConfig
     if let Some(form_time) = tuning.alchemy_form_time {
         config.form_time = form_time;
     }
+    if let Some(stale_after) = tuning.alchemy_stale_after {
+        config.stale_after = stale_after;
+    }
     config
 }
 
