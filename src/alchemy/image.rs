@@ -39,6 +39,10 @@ const MAX_DOWNLOAD_TRIES: u32 = 3;
 /// The largest post-processed image fetched (a 4× upscale of a 3072² source,
 /// losslessly compressed, stays well below).
 const MAX_DERIVED_BYTES: usize = 64 * 1024 * 1024;
+/// Submits in a row answered 429 (the limiter, or `TooManyPrompts`) before the
+/// forms are given up for this run: far more than a busy Horde needs, few
+/// enough that a server answering nothing else cannot hold a run forever.
+const MAX_LIMITED_TRIES: u32 = 60;
 /// Times an image's delivered-but-unfetchable forms are asked again before they fail.
 const MAX_REDOS: u32 = 3;
 /// How long to wait when the key has as many forms queued as it may (`TooManyPrompts`).
@@ -296,6 +300,14 @@ impl Image {
         error: &HordeError,
         tries: u32,
     ) -> Result<bool, AlchemyError> {
+        let limited = matches!(
+            error.class(),
+            FailureClass::RateLimited | FailureClass::ConcurrencyFull
+        );
+        if limited && tries >= MAX_LIMITED_TRIES {
+            self.give_up(shared, forms, &error.to_string())?;
+            return Ok(true);
+        }
         match error.class() {
             FailureClass::RateLimited => {
                 Calls::count(&shared.calls.rate_limited);
