@@ -642,3 +642,53 @@ fn a_request_that_delivers_nothing_for_too_long_is_cancelled_and_its_forms_fail(
         "nothing left waiting on the Horde"
     );
 }
+
+#[test]
+fn a_hostile_horde_that_drops_answers_and_fails_calls_loses_nothing_and_owns_up() {
+    let mut args = FAST_ALCHEMISTS.to_vec();
+    args.extend([
+        "--chaos-lost-answer",
+        "0.15",
+        "--chaos-5xx",
+        "0.15",
+        "--seed",
+        "5",
+    ]);
+    let sim = Sim::unlimited(&args);
+    let batch = Batch::new(&manifest(2, 4, "caption, nsfw", "run:\n  retries: 30\n"));
+    // Back-offs scaled down: the chaos is the point, not the waiting.
+    let run = || {
+        let mut command = batch.command(&sim, "run");
+        command
+            .env("HORDE_BATCH_RETRY_BASE", "20ms")
+            .env("HORDE_BATCH_MAX_WAIT", "200ms");
+        crate::common::run_bounded(&mut command, RUN_LIMIT)
+    };
+    // Rerun until the batch is whole (a run may give forms up; the next asks again).
+    for _ in 0..4 {
+        let finished = run();
+        crate::common::assert_no_panic(&finished.stderr);
+        assert!(matches!(finished.code, 0 | 1), "{}", finished.stderr);
+        if batch.status_json()["finished"] == true {
+            break;
+        }
+    }
+    let status = batch.status_json();
+    assert_eq!(status["finished"], true, "{status}");
+    let rows = originals(&batch.index_lines());
+    assert_eq!(rows.len(), 8);
+    assert!(rows
+        .iter()
+        .all(|r| r["caption"].is_string() && r["nsfw"].is_boolean()));
+    // Paid twice only where the ledger owned up to a lost answer.
+    let lost = status["alchemy"]["lost_answers"].as_u64().unwrap();
+    let extra: u64 = charged(&sim, &batch.out(), &rows)
+        .values()
+        .flat_map(|forms| forms.values())
+        .map(|times| times - 1)
+        .sum();
+    assert!(
+        extra <= 2 * lost,
+        "{extra} extra payments, {lost} lost answers"
+    );
+}

@@ -281,7 +281,16 @@ impl Image {
                 Ok(true)
             }
             // The request may be on the Horde: the next turn counts it as lost.
-            Err(error) if error.outcome_unknown() => Ok(false),
+            Err(error) if error.outcome_unknown() => {
+                if tries >= MAX_TRIES {
+                    // Each lost answer may be a paid request: stop sending more.
+                    self.give_up(shared, &forms, &error.to_string())?;
+                    return Ok(true);
+                }
+                let wait = backoff(shared, tries);
+                self.wait(shared, wait).await;
+                Ok(false)
+            }
             Err(error) => {
                 // Nothing was queued: nothing will be charged.
                 shared.release_kudos(f64::from(price));
