@@ -81,7 +81,8 @@ pub enum Command {
 // on a batch's folders; its help (written for `run`) is replaced per command,
 // so each says what the shard selects there.
 const SHARD_HELP_STATUS: &str = "Show the status of only this part of the jobs (e.g. 2/5: the \
-second of five parts, as `run --shard 2/5` made them), from `<output>/shard-2-of-5/`.";
+second of five parts, as `run --shard 2/5` made them), from `<output>/shard-2-of-5/`; `auto` \
+as for `run`. Without it, a batch run in shards shows every shard and the total.";
 const SHARD_HELP_REPORT: &str = "Write the report of only this part of the jobs (e.g. 2/5: the \
 second of five parts, as `run --shard 2/5` made them), into `<output>/shard-2-of-5/`.";
 const SHARD_HELP_FAILURES: &str = "List the failed jobs of only this part of the jobs (e.g. 2/5: \
