@@ -2,7 +2,8 @@
 //! (ripgrep's low-level → high-level arguments): a manifest with the folders
 //! its run keeps things in, and the Horde to talk to with its key. `run`,
 //! `cancel`, `status` and `plan --kudos` all start here, so they agree on
-//! every default.
+//! every default. `--shard auto` is resolved here too, from the variables
+//! of the orchestrator running the process: the one place they are read.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +39,8 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    /// Loads and checks `manifest`; `--out` and `--state` override its folders.
+    /// Loads and checks `manifest`; `--out` and `--state` override its
+    /// folders, and `--shard` (`auto` resolved) picks a shard's folder.
     pub fn load(
         manifest: &Path,
         max_jobs: Option<u64>,
