@@ -81,7 +81,8 @@ pub enum Command {
 // on a batch's folders; its help (written for `run`) is replaced per command,
 // so each says what the shard selects there.
 const SHARD_HELP_STATUS: &str = "Show the status of only this part of the jobs (e.g. 2/5: the \
-second of five parts, as `run --shard 2/5` made them), from `<output>/shard-2-of-5/`.";
+second of five parts, as `run --shard 2/5` made them), from `<output>/shard-2-of-5/`; `auto` \
+as for `run`. Without it, a batch run in shards shows every shard and the total.";
 const SHARD_HELP_REPORT: &str = "Write the report of only this part of the jobs (e.g. 2/5: the \
 second of five parts, as `run --shard 2/5` made them), into `<output>/shard-2-of-5/`.";
 const SHARD_HELP_FAILURES: &str = "List the failed jobs of only this part of the jobs (e.g. 2/5: \
@@ -172,9 +173,50 @@ pub struct PlacesArgs {
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// Only this part of the jobs (e.g. 2/5: the second of five disjoint parts, by job key), written
-    /// to `<output>/shard-2-of-5/` with its own state; `merge` combines the parts' indexes.
-    #[arg(long, value_name = "I/N", value_parser = clap::value_parser!(crate::plan::Shard))]
-    pub shard: Option<crate::plan::Shard>,
+    /// to `<output>/shard-2-of-5/` with its own state; `merge` combines the parts' indexes. `auto`:
+    /// the part a Kubernetes Indexed Job, a Slurm array or an AWS Batch array job gives this process.
+    #[arg(long, value_name = "I/N", value_parser = clap::value_parser!(ShardArg))]
+    pub shard: Option<ShardArg>,
+    /// How many shards `--shard auto` splits into where the orchestrator does not say (a
+    /// Kubernetes Indexed Job: its `completions`; also HORDE_BATCH_SHARDS). Elsewhere it must
+    /// agree with the orchestrator's count, or with N of `--shard I/N`.
+    #[arg(long, value_name = "N", requires = "shard", value_parser = shard_count)]
+    pub shards: Option<u32>,
+}
+
+/// What `--shard` names: one part of the jobs, or `auto` (the part the
+/// orchestrator running this process gives it, read from its environment
+/// once, where the places are resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardArg {
+    /// `--shard auto`.
+    Auto,
+    /// `--shard I/N`.
+    Fixed(crate::plan::Shard),
+}
+
+impl std::str::FromStr for ShardArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.trim().eq_ignore_ascii_case("auto") {
+            return Ok(ShardArg::Auto);
+        }
+        text.parse()
+            .map(ShardArg::Fixed)
+            .map_err(|e| format!("{e}, or `auto`"))
+    }
+}
+
+/// `--shards N`: a shard count, 1 to [`crate::plan::Shard::MAX_COUNT`].
+fn shard_count(text: &str) -> Result<u32, String> {
+    let max = crate::plan::Shard::MAX_COUNT;
+    match text.trim().parse::<u32>() {
+        Ok(count) if (1..=max).contains(&count) => Ok(count),
+        _ => Err(format!(
+            "`{text}` is not a number of shards from 1 to {max}"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

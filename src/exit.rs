@@ -2,27 +2,32 @@
 //!
 //! [`Ending`] is the one fact an exit code is made from; the engine's event
 //! fold (`scheduler::events::RunStats`) derives it, and [`code`] maps it. The
-//! codes are documented in `docs/errors.md` and `--help`. Scripts and cron
-//! jobs depend on them: never renumber one. This module sits below the
-//! engine and knows nothing of it.
+//! codes are documented in `docs/errors.md` and `--help`, with whether a
+//! retry can help (orchestrators' retry policies are written from that).
+//! Scripts and cron jobs depend on them: never renumber one. This module
+//! sits below the engine and knows nothing of it.
 
 use serde::Serialize;
 
 /// Everything asked for was done.
 pub const SUCCESS: u8 = 0;
 /// The run finished, but some jobs failed (their errors are in `errors.jsonl`).
+/// A retry helps: a rerun asks for them again.
 pub const JOBS_FAILED: u8 = 1;
 /// Bad command line, manifest or setup: the output folder cannot be written,
-/// the Horde URL redirects (clap uses 2 for usage errors too).
+/// the Horde URL redirects (clap uses 2 for usage errors too). Retrying
+/// cannot help: orchestrators fail the job for good on it (docs/guide.md).
 pub const USAGE: u8 = 2;
-/// The Horde refused the key, or kudos ran out.
+/// The Horde refused the key, or kudos ran out. Retrying cannot help until
+/// the key or its kudos change.
 pub const AUTH: u8 = 3;
-/// The ledger is locked by another run, or damaged.
+/// The ledger is locked by another run, or damaged. A retry helps once the
+/// other run has ended; not a damaged ledger (`--rebuild-state`).
 pub const LEDGER: u8 = 4;
 /// `--max-runtime` was reached: submitting stopped, the rest resumes next run.
 pub const MAX_RUNTIME: u8 = 5;
 /// The Horde gave no successful answer for too long (a wrong URL, an outage);
-/// or `cancel` could not reach it for every request.
+/// or `cancel` could not reach it for every request. A retry helps, later.
 pub const UNREACHABLE: u8 = 6;
 /// Stopped by Ctrl-C, SIGTERM or SIGHUP (128 + SIGINT).
 pub const INTERRUPTED: u8 = 130;

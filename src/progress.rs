@@ -307,6 +307,112 @@ impl StatusReport {
     }
 }
 
+/// Where one shard of a batch run in shards (`run --shard I/N`) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardState {
+    /// A run holds its ledger now.
+    Running,
+    /// Every image it asks for is saved.
+    Finished,
+    /// It has a folder, no run holds it, and images are still wanted.
+    Unfinished,
+    /// It holds jobs but has no folder yet: no run of it ever started.
+    Missing,
+}
+
+impl ShardState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ShardState::Running => "running",
+            ShardState::Finished => "finished",
+            ShardState::Unfinished => "unfinished",
+            ShardState::Missing => "missing",
+        }
+    }
+}
+
+/// One shard in `status` over shards: its state and its own report (for a
+/// missing shard, only what it wants).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    /// `I/N`, as `--shard` takes it.
+    pub shard: String,
+    pub index: u32,
+    pub count: u32,
+    pub state: ShardState,
+    #[serde(flatten)]
+    pub report: StatusReport,
+}
+
+/// `status` of a batch run in shards: the total in the top-level fields
+/// (the same fields, with the same meaning, as one run's report, so scripts
+/// reading `images_saved` read the batch's) and every shard under `shards`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardedStatus {
+    #[serde(flatten)]
+    pub total: StatusReport,
+    pub shards: Vec<ShardStatus>,
+}
+
+impl ShardedStatus {
+    /// The total of `shards`, each counted once: sums of what adds up, the
+    /// longest of the waits, and the estimate made again from the sums. The
+    /// batch is finished when every shard is (no shard missing, none running).
+    pub fn of(shards: Vec<ShardStatus>) -> ShardedStatus {
+        let mut total = StatusReport {
+            updated_ms: now_ms(),
+            ..StatusReport::default()
+        };
+        for part in &shards {
+            let report = &part.report;
+            total.active |= report.active;
+            total.images_wanted += report.images_wanted;
+            total.images_saved += report.images_saved;
+            total.requests_in_flight += report.requests_in_flight;
+            total.images_in_flight += report.images_in_flight;
+            for (state, count) in &report.requests_by_state {
+                *total.requests_by_state.entry(state.clone()).or_default() += count;
+            }
+            total.in_flight.extend(report.in_flight.iter().cloned());
+            for (class, count) in &report.failures {
+                *total.failures.entry(class.clone()).or_default() += count;
+            }
+            total.kudos_charged += report.kudos_charged;
+            total.queue_position = total.queue_position.max(report.queue_position);
+            total.eta_seconds = total.eta_seconds.max(report.eta_seconds);
+            total.rate_limited_429s += report.rate_limited_429s;
+            total.waiting_seconds = total.waiting_seconds.max(report.waiting_seconds);
+            total.jobs += report.jobs;
+            total.jobs_done += report.jobs_done;
+            total.jobs_failed += report.jobs_failed;
+            if let Some(alchemy) = &report.alchemy {
+                let sum = total.alchemy.get_or_insert_with(Default::default);
+                sum.images += alchemy.images;
+                sum.images_done += alchemy.images_done;
+                sum.forms_done += alchemy.forms_done;
+                sum.forms_failed += alchemy.forms_failed;
+                sum.forms_wanted += alchemy.forms_wanted;
+                sum.requests_on_horde += alchemy.requests_on_horde;
+                sum.lost_answers += alchemy.lost_answers;
+                sum.kudos += alchemy.kudos;
+            }
+        }
+        total.finished = shards.iter().all(|s| s.state == ShardState::Finished);
+        total.kudos_estimated_remaining = estimate(
+            total.kudos_charged,
+            total.images_saved,
+            total.images_wanted.saturating_sub(total.images_saved),
+        );
+        ShardedStatus { total, shards }
+    }
+
+    /// How many shards are in `state`.
+    pub fn count(&self, state: ShardState) -> usize {
+        self.shards.iter().filter(|s| s.state == state).count()
+    }
+}
+
 /// Writes `report` to `<state>/status.json` atomically (a reader never sees half a file).
 pub fn write_status_file(state_dir: &Path, report: &StatusReport) -> std::io::Result<()> {
     let path = state_dir.join(STATUS_FILE);

@@ -20,6 +20,7 @@ mod reliability;
 mod report;
 mod reroll_merge;
 mod run;
+mod shards;
 mod sim;
 mod sim_alchemy;
 mod source_images;
