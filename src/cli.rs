@@ -19,15 +19,15 @@ Examples:
 The API key is read from AI_HORDE_API_KEY or --api-key-file (anonymous when
 neither is set); it is never written to disk or logs.
 
-Exit codes:
+Exit codes (retry: whether running the same command again can help):
   0    everything asked for was done
-  1    some jobs failed (see errors.jsonl)
-  2    usage, manifest or setup error (output folder, redirecting URL)
-  3    auth, kudos or key error (also: --max-kudos reached)
-  4    ledger locked by another run, or damaged
-  5    --max-runtime reached (the next run resumes)
-  6    the Horde could not be reached (--unreachable-after), or cancel failed
-  130  stopped (Ctrl-C / SIGTERM / SIGHUP)";
+  1    some jobs or alchemy forms failed (errors.jsonl, status)     retry
+  2    usage, manifest or setup error (output folder, redirecting URL)  no
+  3    auth, kudos or key error (also: --max-kudos reached)            no
+  4    ledger locked by another run (retry), or damaged (no)
+  5    --max-runtime reached (the next run resumes)                    retry
+  6    the Horde could not be reached (--unreachable-after), or cancel failed  retry
+  130  stopped (Ctrl-C / SIGTERM / SIGHUP)                             retry";
 
 /// Resumable, rate-limited batch image generation for the AI Horde.
 #[derive(Debug, Parser)]

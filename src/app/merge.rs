@@ -190,10 +190,19 @@ pub fn merge(args: &MergeArgs) -> Result<ExitCode, AppError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `shard-I-of-N` folders directly under `out`.
-fn shard_folders(out: &Path) -> Result<Vec<(Shard, PathBuf)>, AppError> {
-    let entries = std::fs::read_dir(out)
-        .map_err(|e| AppError::Config(format!("cannot read {}: {e}", out.display())))?;
+/// The `shard-I-of-N` folders directly under `out`: none when `out` does
+/// not exist yet (`merge` then finds every shard missing; `status` shows the batch as one).
+pub(super) fn shard_folders(out: &Path) -> Result<Vec<(Shard, PathBuf)>, AppError> {
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(AppError::Config(format!(
+                "cannot read {}: {e}",
+                out.display()
+            )))
+        }
+    };
     Ok(entries
         .flatten()
         .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))

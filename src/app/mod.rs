@@ -8,6 +8,7 @@ mod config;
 mod failures;
 mod kudos;
 mod merge;
+mod orchestrator;
 mod report;
 mod reroll;
 mod run;

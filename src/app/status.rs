@@ -5,7 +5,6 @@
 //! own) is shown shard by shard, each by the same function, with the total.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::process::ExitCode;
 
 use super::config::Batch;
@@ -27,7 +26,10 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, AppError> {
     let found = if unsharded {
         Vec::new()
     } else {
-        shard_folders(&batch.out_dir)?
+        super::merge::shard_folders(&batch.out_dir)?
+            .into_iter()
+            .map(|(shard, _)| shard)
+            .collect::<Vec<_>>()
     };
     if !found.is_empty() {
         let sharded = shards_status(&batch, &found)?;
@@ -122,26 +124,6 @@ fn print_shards(sharded: &ShardedStatus) {
     }
     print!("total: ");
     print_report(&sharded.total);
-}
-
-/// Shard folders (`shard-I-of-N`) directly under `out`: none when `out` does
-/// not exist yet.
-fn shard_folders(out: &Path) -> Result<Vec<Shard>, AppError> {
-    let entries = match std::fs::read_dir(out) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(AppError::Config(format!(
-                "cannot read {}: {e}",
-                out.display()
-            )))
-        }
-    };
-    Ok(entries
-        .flatten()
-        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
-        .filter_map(|entry| Shard::from_folder(&entry.file_name().to_string_lossy()))
-        .collect())
 }
 
 /// Every shard of a batch whose output folder holds the shard folders
