@@ -92,6 +92,9 @@ fn a_run_gives_every_image_its_caption_nsfw_flag_and_upscale_once() {
         "{}",
         finished.stderr
     );
+    // Nor images to review on the report page.
+    let page = std::fs::read_to_string(batch.out().join("report.html")).unwrap();
+    assert!(page.contains(".webp") && !page.contains("RealESRGAN_x2plus.webp"));
 
     let rows = batch.index_lines();
     let originals = originals(&rows);
@@ -691,4 +694,40 @@ fn a_hostile_horde_that_drops_answers_and_fails_calls_loses_nothing_and_owns_up(
         extra <= 2 * lost,
         "{extra} extra payments, {lost} lost answers"
     );
+}
+
+#[test]
+fn merged_shards_keep_each_upscale_pointing_at_its_source() {
+    let sim = Sim::unlimited(FAST_ALCHEMISTS);
+    let batch = Batch::new(&manifest(4, 2, "caption, RealESRGAN_x2plus", ""));
+    for shard in ["1/2", "2/2"] {
+        let mut command = batch.command(&sim, "run");
+        command.args(["--shard", shard]);
+        let finished = crate::common::run_bounded(&mut command, RUN_LIMIT);
+        assert_eq!(finished.code, 0, "{}", finished.stderr);
+    }
+    let merged = HordeBatch::new()
+        .arg("merge")
+        .arg(&batch.manifest)
+        .status(0)
+        .stderr_contains(": 8 images")
+        .run();
+    crate::common::assert_no_panic(&merged.stderr);
+    let rows = batch.index_lines();
+    assert_eq!(rows.len(), 16);
+    let names: std::collections::HashSet<&str> = rows
+        .iter()
+        .map(|r| r["file_name"].as_str().unwrap())
+        .collect();
+    for row in rows.iter().filter(|r| !r["alchemy_of"].is_null()) {
+        let source = row["alchemy_of"].as_str().unwrap();
+        assert!(
+            names.contains(source),
+            "{source} is a row of the merged index"
+        );
+        assert!(batch
+            .out()
+            .join(row["file_name"].as_str().unwrap())
+            .is_file());
+    }
 }

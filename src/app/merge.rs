@@ -147,8 +147,11 @@ pub fn merge(args: &MergeArgs) -> Result<ExitCode, AppError> {
     for folder in shards {
         let prefix = folder.shard.folder();
         for mut row in folder.index {
-            if let Some(name) = row.get("file_name").and_then(Value::as_str) {
-                row["file_name"] = Value::from(format!("{prefix}/{name}"));
+            // An alchemy upscale's row names its source: both move into the prefix.
+            for column in ["file_name", "alchemy_of"] {
+                if let Some(name) = row.get(column).and_then(Value::as_str) {
+                    row[column] = Value::from(format!("{prefix}/{name}"));
+                }
             }
             index.push(row);
         }
@@ -173,7 +176,11 @@ pub fn merge(args: &MergeArgs) -> Result<ExitCode, AppError> {
         "horde-batch: merged {} of {count} shard(s) into {}: {} images, {} finished jobs, {} failures{}",
         found.len(),
         out.display(),
-        index.len(),
+        // Alchemy's upscales have rows of their own; they are not images of the batch.
+        index
+            .iter()
+            .filter(|row| row.get("alchemy_of").is_none_or(Value::is_null))
+            .count(),
         results.len(),
         errors.len(),
         match holding_jobs.len() as u64 {

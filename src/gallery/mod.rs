@@ -210,7 +210,8 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
 }
 
 /// The images of `metadata.jsonl` whose file is there, first row of each
-/// name, with their sidecars. Damaged lines and hostile names are skipped.
+/// name, with their sidecars. Damaged lines, hostile names and alchemy's
+/// post-processed copies are skipped.
 fn read_entries(out: &Path, caption_column: &str) -> Vec<Entry> {
     // A shard's folder holds its part of the index under another name.
     let text = std::fs::read_to_string(out.join(INDEX_FILE))
@@ -223,6 +224,14 @@ fn read_entries(out: &Path, caption_column: &str) -> Vec<Entry> {
         .filter_map(|line| index::parse_row(line, caption_column))
     {
         if !is_plain_relative(&row.file_name) || !seen.insert(row.file_name.clone()) {
+            continue;
+        }
+        // An alchemy upscale is its source's, not an image to review or reroll.
+        if row
+            .columns
+            .get("alchemy_of")
+            .is_some_and(|of| !of.is_null())
+        {
             continue;
         }
         let image = out.join(&row.file_name);
