@@ -10,8 +10,7 @@
 //!   every process submitting to the same Horde URL shares, so shards on one
 //!   host together keep one interval (see `shared_pacer`).
 //! - **Across hosts** (one NAT address, nothing to share): a rate-limit 429
-//!   on a submit doubles this process's interval (at most once per interval
-//!   or second, up to [`MAX_SLOWDOWN`] times the configured one); each
+//!   on a submit doubles this process's interval (at most once a second, up to [`MAX_SLOWDOWN`] times the configured one); each
 //!   accepted submit takes [`RECOVERY_STEP`] off again, never going below the
 //!   configured interval; each slot adds a little random jitter. N processes
 //!   that share an address thus settle near their share of it, and their
@@ -53,9 +52,10 @@ impl EndpointClass {
 /// with room for network jitter to bunch arrivals a little.
 pub const DEFAULT_SUBMIT_INTERVAL: Duration = Duration::from_millis(700);
 
-/// How far a run of rate-limit 429s may stretch the submit interval: 16×
-/// the default is one submit per 11 s, a sixteenth of an address's minute.
-pub const MAX_SLOWDOWN: u32 = 16;
+/// How far a run of rate-limit 429s may stretch the submit interval: 8×
+/// the default is one submit per 5.6 s, room for eight processes behind one
+/// address.
+pub const MAX_SLOWDOWN: u32 = 8;
 
 /// What each accepted submit takes off a stretched interval.
 pub const RECOVERY_STEP: Duration = Duration::from_millis(50);
@@ -97,7 +97,8 @@ impl Adaptive {
     /// A rate-limit 429: double, unless this burst of 429s already did (the
     /// answers to submits sent before the last slowdown say nothing new).
     fn slow_down(&mut self, now: Instant) {
-        let settle = self.current.max(Duration::from_secs(1));
+        // The limiter's windows are a second long: a 429 in a later window is news.
+        let settle = Duration::from_secs(1);
         if self
             .last_slowdown
             .is_some_and(|last| now.duration_since(last) < settle)
@@ -150,7 +151,11 @@ impl Pacer {
     pub async fn ready(&self, class: EndpointClass) {
         self.wait_not_before(class).await;
         if class == EndpointClass::Submit {
-            let slot = self.take_submit_slot().await;
+            // Held until the slot comes: a process keeps at most one slot
+            // reserved ahead, so one that is killed leaves at most one gap.
+            let mut pace = self.submit.lock().await;
+            self.wait_not_before(class).await;
+            let slot = self.take_submit_slot(&mut pace).await;
             tokio::time::sleep_until(slot).await;
         }
     }
@@ -166,9 +171,8 @@ impl Pacer {
     }
 
     /// The next submit slot of this process, from the host's shared slots
-    /// when there are some. Slots are taken one at a time, in order.
-    async fn take_submit_slot(&self) -> Instant {
-        let mut pace = self.submit.lock().await;
+    /// when there are some.
+    async fn take_submit_slot(&self, pace: &mut SubmitPace) -> Instant {
         let spacing = self.interval.lock().spacing();
         let now = Instant::now();
         let mut slot = pace.next.max(now);
@@ -190,12 +194,18 @@ impl Pacer {
     }
 
     /// The server said 429: nobody sends `class` for `delay` (plus up to a
-    /// quarter second of jitter, so clients sharing an address do not retry
-    /// in step). For submits, the interval also stretches, and the other
+    /// quarter second of jitter, a submit interval for submits, so clients
+    /// sharing an address do not retry in step). For submits, the interval also stretches, and the other
     /// processes of the host hold off too.
     pub fn back_off(&self, class: EndpointClass, delay: Duration) {
-        let jitter = Duration::from_millis(fastrand::u64(0..250));
         let now = Instant::now();
+        // Submits retry spread over one interval: the processes that hit the
+        // same full window must not all come back at its first instant.
+        let spread = match class {
+            EndpointClass::Submit => self.submit_interval().max(Duration::from_millis(250)),
+            EndpointClass::Check | EndpointClass::Status => Duration::from_millis(250),
+        };
+        let jitter = spread.mul_f64(fastrand::f64());
         let until = now + delay + jitter;
         {
             let mut slots = self.lock();
@@ -239,7 +249,7 @@ mod tests {
         assert_eq!(adaptive.current, BASE * 2);
         let mut at = start;
         for _ in 0..10 {
-            at += Duration::from_secs(20);
+            at += Duration::from_secs(1);
             adaptive.slow_down(at);
         }
         assert_eq!(adaptive.current, BASE * MAX_SLOWDOWN);
