@@ -25,7 +25,7 @@ mkdir -p "$work"
 
 # Counts of POST generate/async answers: "accepted limited".
 submits() {
-    curl -s "$1/sim/stats" | python3 -c '
+    curl -s "${1%/api*}/sim/stats" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 calls = s["calls"].get("POST /api/v2/generate/async", {})

@@ -114,21 +114,20 @@ fn shards_that_share_nothing_converge_through_the_adaptive_rule() {
         started.elapsed()
     );
     assert_eq!(accepted, IMAGES);
-    assert!(
-        limited * 4 < accepted,
-        "{limited} 429s for {accepted} submits"
-    );
-    // 429s of the first and the second half of the accepted submits.
+    // 429s of the first and the second half of the accepted submits: the
+    // start, when three processes at full pace meet, takes most of them.
     let half = accepted / 2;
     let at_half = samples
         .iter()
         .find(|(ok, _)| *ok >= half)
         .map_or(limited, |(_, l)| *l);
     let (first, second) = (at_half, limited - at_half);
-    assert!(
-        second < first.max(1),
-        "429s: {first} in the first half, {second} in the second"
-    );
+    let message = format!("429s: {first} in the first half, {second} in the second; {samples:?}");
+    // Bounded: under a third of all submits, and converging: the second half
+    // has fewer than the first, and under a sixth of its submits.
+    assert!(limited * 3 < accepted, "{message}");
+    assert!(second < first.max(1), "{message}");
+    assert!(second * 6 < accepted - half, "{message}");
     assert_generated_once(&sim);
 }
 
