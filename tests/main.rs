@@ -15,6 +15,7 @@ mod key_pool;
 mod manifest;
 mod manifest_v2;
 mod output;
+mod pacing;
 mod readme;
 mod reliability;
 mod report;

@@ -56,6 +56,7 @@ pub mod prefix;
 mod run;
 mod save;
 mod scope;
+mod shared_pacer;
 mod slot;
 mod submit;
 #[cfg(test)]
@@ -77,7 +78,7 @@ pub use cancel::CancelReport;
 pub use events::{Event, EventSender, RunStats, RunSummary, Stamped};
 pub use failure::FailureKind;
 pub use keys::{fingerprint, KeyPool, KeyUsage, PoolKey};
-pub use pacing::{EndpointClass, Pacer, DEFAULT_SUBMIT_INTERVAL};
+pub use pacing::{EndpointClass, Pacer, SharedSlots, DEFAULT_SUBMIT_INTERVAL};
 pub use policy::Policy;
 pub use poll::PollPlanner;
 /// The Horde request for `n` images of a job, the first being image `first_index`.
@@ -204,7 +205,7 @@ pub struct Engine {
     /// Where images and job outcomes go.
     sink: Arc<dyn ImageSink>,
     pub manifest: Arc<CompiledManifest>,
-    /// Per-IP pacing, shared by every key.
+    /// Per-IP pacing, shared by every key (and by the host's other runs).
     pub pacer: Pacer,
     config: RunConfig,
     planner: PollPlanner,
@@ -269,13 +270,16 @@ impl Engine {
             manifest,
             events,
         } = parts;
+        // Shards and other runs on this host that submit to the same Horde share its limits.
+        let pacer = Pacer::new(config.tuning.submit_interval)
+            .sharing(SharedSlots::from_env(client.base_url().as_str()));
         Arc::new(Self {
             client,
             keys,
             ledger,
             sink,
             manifest,
-            pacer: Pacer::new(config.tuning.submit_interval),
+            pacer,
             planner: PollPlanner::new(config.tuning.poll_floor, config.tuning.poll_cap),
             submits: stop.child_token(),
             stop,

@@ -113,6 +113,7 @@ impl Engine {
         match answer {
             Ok(accepted) => {
                 self.heard_from_horde();
+                self.pacer.submit_accepted();
                 drop(gate);
                 if accepted.has_no_available_worker() {
                     tracing::warn!(job = %job.name, models = ?job.models, "the Horde has no worker for this request right now");
