@@ -271,6 +271,8 @@ impl Image {
         Calls::count(&shared.calls.submits);
         match shared.client.interrogate(&request).await {
             Ok(accepted) => {
+                // A 429 widened the spacing; each accepted submit narrows it again.
+                shared.pacer.submit_accepted();
                 if let Some(pending) = &mut self.record.request {
                     pending.id = Some(accepted.id.clone());
                 }
