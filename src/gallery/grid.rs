@@ -24,7 +24,7 @@ use std::path::Path;
 
 use ab_glyph::{point, Font, FontRef, GlyphId, PxScale, ScaleFont};
 use image::codecs::png::PngEncoder;
-use image::{imageops, ExtendedColorType, ImageEncoder, Rgb, RgbImage};
+use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage};
 
 use super::pixels::{self, Filter};
 use super::{value_text, write_atomic_with, Entry, GalleryError, GridChoice, PlanJob, GRIDS_DIR};
@@ -418,7 +418,7 @@ fn render(
             None => None,
         };
         match image {
-            Some(image) => imageops::replace(&mut grid, &image, i64::from(left), i64::from(top)),
+            Some(image) => paste(&mut grid, &image, left, top),
             None => {
                 for y in top..top + cell_height {
                     for x in left..left + cell_width {
@@ -450,6 +450,24 @@ fn render(
         }
     }
     Ok(grid)
+}
+
+/// Copies `cell` into `grid` with its top-left at (`left`, `top`), row by
+/// row (`imageops::replace` goes pixel by pixel: a tenth of a report's time).
+/// The part that would fall outside the grid is left out.
+fn paste(grid: &mut RgbImage, cell: &RgbImage, left: u32, top: u32) {
+    let (grid_width, grid_height) = grid.dimensions();
+    let width = cell.width().min(grid_width.saturating_sub(left)) as usize * 3;
+    let rows = cell.height().min(grid_height.saturating_sub(top)) as usize;
+    let grid_stride = grid_width as usize * 3;
+    let cell_stride = cell.width() as usize * 3;
+    let start = top as usize * grid_stride + left as usize * 3;
+    let target: &mut [u8] = grid;
+    for row in 0..rows {
+        let to = start + row * grid_stride;
+        let from = row * cell_stride;
+        target[to..to + width].copy_from_slice(&cell.as_raw()[from..from + width]);
+    }
 }
 
 /// The WebP image `name` of `out` scaled to `width` × `height`, or `None`
