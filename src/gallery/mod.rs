@@ -16,6 +16,7 @@
 mod grid;
 mod index;
 mod page;
+mod pixels;
 mod thumbs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -183,9 +184,47 @@ impl Entry {
 /// written. An unreadable image is not an error: it is shown as such.
 pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryError> {
     let mut entries = read_entries(out, &input.caption_column);
-    let mut thumbs_made = 0;
+    // Entries whose thumbnail is missing or stale, by file name. A grid that
+    // decodes one of their images makes its thumbnail from the same pixels;
+    // the rest are decoded afterwards, so each image is decoded once.
+    let mut wanted: HashMap<String, usize> = HashMap::new();
+    for (i, entry) in entries.iter_mut().enumerate() {
+        match thumbs::fresh(out, &entry.row.file_name) {
+            Some(thumb) => entry.thumb = Some(thumb),
+            None => {
+                wanted.insert(entry.row.file_name.clone(), i);
+            }
+        }
+    }
+    let mut made: Vec<(usize, Thumb)> = Vec::new();
+    let grids = grid::write_grids(
+        out,
+        &input.plan,
+        &input.grids,
+        &entries,
+        &mut |file_name, decoded| {
+            if let Some(i) = wanted.remove(file_name) {
+                match thumbs::make(out, file_name, decoded)? {
+                    thumbs::Outcome::Made(thumb) | thumbs::Outcome::Fresh(thumb) => {
+                        made.push((i, thumb));
+                    }
+                    thumbs::Outcome::Unreadable => {
+                        wanted.insert(file_name.to_owned(), i);
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let mut thumbs_made = made.len();
+    for (i, thumb) in made {
+        entries[i].thumb = Some(thumb);
+    }
     let mut unreadable = 0;
-    for entry in &mut entries {
+    let mut rest: Vec<usize> = wanted.into_values().collect();
+    rest.sort_unstable();
+    for i in rest {
+        let entry = &mut entries[i];
         match thumbs::ensure(out, &entry.row.file_name)? {
             thumbs::Outcome::Fresh(thumb) => entry.thumb = Some(thumb),
             thumbs::Outcome::Made(thumb) => {
@@ -196,7 +235,6 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
         }
     }
     let results = read_results(out);
-    let grids = grid::write_grids(out, &input.plan, &input.grids, &entries)?;
     let html = page::render(input, &entries, &results, &grids);
     let page = out.join(PAGE_FILE);
     write_atomic(&page, html.as_bytes())?;

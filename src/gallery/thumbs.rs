@@ -1,12 +1,14 @@
 //! Thumbnails: a small JPEG per image under `.report/thumbs/`, made only
 //! when missing or older than its image, so a report over 10,000 images
-//! costs only the new ones. Must not touch the images themselves.
+//! costs only the new ones. An image is decoded once per report: a grid
+//! that draws it hands its pixels here ([`make`]), the others are read by
+//! [`ensure`]. Must not touch the images themselves.
 
 use std::path::Path;
 
-use image::codecs::jpeg::JpegEncoder;
-use image::ImageFormat;
+use image::RgbImage;
 
+use super::pixels::{self, Filter};
 use super::{write_atomic, GalleryError, Thumb, ThumbSize, THUMBS_DIR};
 
 /// Longest side of a thumbnail, in pixels.
@@ -25,42 +27,71 @@ pub(super) enum Outcome {
 }
 
 /// The thumbnail of `file_name` (relative to `out`, already checked to stay
-/// inside it), made if missing or stale.
-pub(super) fn ensure(out: &Path, file_name: &str) -> Result<Outcome, GalleryError> {
-    let image_path = out.join(file_name);
-    let relative = format!("{THUMBS_DIR}/{file_name}.jpg");
+/// inside it) if it is there and newer than its image.
+pub(super) fn fresh(out: &Path, file_name: &str) -> Option<Thumb> {
+    let relative = relative_path(file_name);
     let thumb_path = out.join(&relative);
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    if let (Some(thumb_time), Some(image_time)) = (modified(&thumb_path), modified(&image_path)) {
-        if thumb_time >= image_time {
-            if let Ok((width, height)) = image::image_dimensions(&thumb_path) {
-                return Ok(Outcome::Fresh(Thumb {
-                    path: relative,
-                    size: ThumbSize { width, height },
-                }));
-            }
-        }
+    let thumb_time = modified(&thumb_path)?;
+    if thumb_time < modified(&out.join(file_name))? {
+        return None;
     }
-    let Ok(bytes) = std::fs::read(&image_path) else {
+    let (width, height) = image::image_dimensions(&thumb_path).ok()?;
+    Some(Thumb {
+        path: relative,
+        size: ThumbSize { width, height },
+    })
+}
+
+/// The thumbnail of `file_name`, made if missing or stale.
+pub(super) fn ensure(out: &Path, file_name: &str) -> Result<Outcome, GalleryError> {
+    if let Some(thumb) = fresh(out, file_name) {
+        return Ok(Outcome::Fresh(thumb));
+    }
+    let Ok(bytes) = std::fs::read(out.join(file_name)) else {
         return Ok(Outcome::Unreadable);
     };
-    let Ok(decoded) = image::load_from_memory_with_format(&bytes, ImageFormat::WebP) else {
+    let Some(decoded) = pixels::decode_webp(&bytes) else {
         return Ok(Outcome::Unreadable);
     };
-    let small = decoded.thumbnail(THUMB_SIZE, THUMB_SIZE).to_rgb8();
+    drop(bytes);
+    make(out, file_name, &decoded)
+}
+
+/// Writes the thumbnail of `file_name` from its decoded pixels.
+pub(super) fn make(
+    out: &Path,
+    file_name: &str,
+    decoded: &RgbImage,
+) -> Result<Outcome, GalleryError> {
+    let relative = relative_path(file_name);
+    let thumb_path = out.join(&relative);
+    let (width, height) = pixels::fit_within(decoded.width(), decoded.height(), THUMB_SIZE);
+    let Some(small) = pixels::resize(decoded, width, height, Filter::Area) else {
+        return Ok(Outcome::Unreadable);
+    };
+    let encode_error = |message: String| GalleryError::Encode {
+        path: thumb_path.clone(),
+        message,
+    };
+    // Both sides are at most THUMB_SIZE, far below u16::MAX.
+    let side = |length: u32| u16::try_from(length).map_err(|e| encode_error(e.to_string()));
     let mut jpeg = Vec::new();
-    JpegEncoder::new_with_quality(&mut jpeg, QUALITY)
-        .encode_image(&small)
-        .map_err(|e| GalleryError::Encode {
-            path: thumb_path.clone(),
-            message: e.to_string(),
-        })?;
+    jpeg_encoder::Encoder::new(&mut jpeg, QUALITY)
+        .encode(
+            small.as_raw(),
+            side(width)?,
+            side(height)?,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .map_err(|e| encode_error(e.to_string()))?;
     write_atomic(&thumb_path, &jpeg)?;
     Ok(Outcome::Made(Thumb {
         path: relative,
-        size: ThumbSize {
-            width: small.width(),
-            height: small.height(),
-        },
+        size: ThumbSize { width, height },
     }))
+}
+
+fn relative_path(file_name: &str) -> String {
+    format!("{THUMBS_DIR}/{file_name}.jpg")
 }

@@ -1,0 +1,127 @@
+//! Pixels for the page: a WebP image decoded straight to RGB with
+//! `image-webp`, and scaled with `fast_image_resize` (SIMD convolution), for
+//! thumbnails and grid cells. `image`'s own `thumbnail` and `resize_exact`
+//! took over two thirds of a report's CPU time (benches/README.md).
+//! Must not read or write files.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+use image_webp::WebPDecoder;
+
+use crate::output::MAX_PIXELS;
+
+/// How a scaled image averages its source pixels.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Filter {
+    /// Each output pixel the plain mean of the source pixels it covers
+    /// (what `image`'s `thumbnail` did).
+    Area,
+    /// Linear weights over twice that span: smoother (a grid cell, as
+    /// `image`'s `FilterType::Triangle` did).
+    Triangle,
+}
+
+/// The WebP image in `bytes` as RGB (an alpha channel dropped, as
+/// `DynamicImage::to_rgb8` does), or `None` if it does not decode or claims
+/// more than [`MAX_PIXELS`].
+pub(super) fn decode_webp(bytes: &[u8]) -> Option<RgbImage> {
+    let mut decoder = WebPDecoder::new(Cursor::new(bytes)).ok()?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return None;
+    }
+    let mut pixels = vec![0; decoder.output_buffer_size()?];
+    decoder.read_image(&mut pixels).ok()?;
+    if decoder.has_alpha() {
+        pixels = pixels
+            .chunks_exact(4)
+            .flat_map(|rgba| [rgba[0], rgba[1], rgba[2]])
+            .collect();
+    }
+    RgbImage::from_raw(width, height, pixels)
+}
+
+/// `image` scaled to exactly `width` × `height` (both at least 1), or
+/// `None` if the resizer refuses the sizes.
+pub(super) fn resize(
+    image: &RgbImage,
+    width: u32,
+    height: u32,
+    filter: Filter,
+) -> Option<RgbImage> {
+    if image.dimensions() == (width, height) {
+        return Some(image.clone());
+    }
+    let source = ImageRef::new(
+        image.width(),
+        image.height(),
+        image.as_raw(),
+        PixelType::U8x3,
+    )
+    .ok()?;
+    let mut scaled = Image::new(width, height, PixelType::U8x3);
+    let filter = match filter {
+        Filter::Area => FilterType::Box,
+        Filter::Triangle => FilterType::Bilinear,
+    };
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
+    Resizer::new().resize(&source, &mut scaled, &options).ok()?;
+    RgbImage::from_raw(width, height, scaled.into_vec())
+}
+
+/// The size `image`'s `DynamicImage::thumbnail` gives an image of `width` ×
+/// `height` fitted into a `side` × `side` square: the aspect ratio kept,
+/// rounded, at least 1 (smaller images are scaled up, as there).
+pub(super) fn fit_within(width: u32, height: u32, side: u32) -> (u32, u32) {
+    let ratio = f64::min(
+        f64::from(side) / f64::from(width.max(1)),
+        f64::from(side) / f64::from(height.max(1)),
+    );
+    let scale = |length: u32| ((f64::from(length) * ratio).round() as u32).clamp(1, side);
+    (scale(width), scale(height))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webp(width: u32, height: u32, pixels: &[u8], colour: image_webp::ColorType) -> Vec<u8> {
+        let mut out = Vec::new();
+        image_webp::WebPEncoder::new(&mut out)
+            .encode(pixels, width, height, colour)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn decodes_to_rgb_with_alpha_dropped() {
+        let rgba = [10, 20, 30, 0, 40, 50, 60, 255];
+        let image = decode_webp(&webp(2, 1, &rgba, image_webp::ColorType::Rgba8)).unwrap();
+        assert_eq!(image.as_raw(), &[10, 20, 30, 40, 50, 60]);
+        assert!(decode_webp(b"RIFF....WEBPjunk").is_none());
+    }
+
+    #[test]
+    fn fits_like_image_thumbnail() {
+        assert_eq!(fit_within(512, 512, 192), (192, 192));
+        assert_eq!(fit_within(512, 768, 192), (128, 192));
+        assert_eq!(fit_within(1024, 576, 192), (192, 108));
+        assert_eq!(fit_within(64, 64, 192), (192, 192));
+        assert_eq!(fit_within(3000, 1, 192), (192, 1));
+    }
+
+    #[test]
+    fn an_area_mean_of_two_by_two_blocks() {
+        // 4×2 → 2×1: each output pixel the mean of a 2×2 block.
+        let pixels: Vec<u8> = [0, 100, 200, 200, 100, 100, 200, 200]
+            .iter()
+            .flat_map(|&v| [v, v, v])
+            .collect();
+        let image = RgbImage::from_raw(4, 2, pixels).unwrap();
+        let small = resize(&image, 2, 1, Filter::Area).unwrap();
+        assert_eq!(small.as_raw(), &[75, 75, 75, 200, 200, 200]);
+    }
+}
