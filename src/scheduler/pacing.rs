@@ -11,8 +11,10 @@
 //!   host together keep one interval (see `shared_pacer`).
 //! - **Across hosts** (one NAT address, nothing to share): a rate-limit 429
 //!   on a submit doubles this process's interval (at most once a second, up to [`MAX_SLOWDOWN`] times the configured one); each
-//!   accepted submit takes [`RECOVERY_STEP`] off again, never going below the
-//!   configured interval; each slot adds a little random jitter. N processes
+//!   accepted submit raises the submit rate by [`RECOVERY_SHARE`] of the
+//!   configured rate again (additive in rate, so an interval stretched 8×
+//!   comes back within a few dozen submits, not hundreds), never going below
+//!   the configured interval; each slot adds a little random jitter. N processes
 //!   that share an address thus settle near their share of it, and their
 //!   retries do not fall in step.
 //!
@@ -57,8 +59,9 @@ pub const DEFAULT_SUBMIT_INTERVAL: Duration = Duration::from_millis(700);
 /// address.
 pub const MAX_SLOWDOWN: u32 = 8;
 
-/// What each accepted submit takes off a stretched interval.
-pub const RECOVERY_STEP: Duration = Duration::from_millis(50);
+/// What each accepted submit adds to a slowed-down submit rate, as a share
+/// of the configured rate.
+pub const RECOVERY_SHARE: f64 = 0.05;
 
 /// Shared pacing state for one run.
 #[derive(Debug)]
@@ -110,10 +113,9 @@ impl Adaptive {
     }
 
     fn recover(&mut self) {
-        self.current = self
-            .current
-            .saturating_sub(RECOVERY_STEP)
-            .max(self.configured);
+        let rate =
+            1.0 / self.current.as_secs_f64() + RECOVERY_SHARE / self.configured.as_secs_f64();
+        self.current = Duration::from_secs_f64(1.0 / rate).max(self.configured);
     }
 
     /// The spacing after one slot: the interval plus up to 5 % of jitter.
@@ -260,11 +262,22 @@ mod tests {
         let mut adaptive = Adaptive::new(BASE);
         adaptive.slow_down(Instant::now());
         adaptive.recover();
-        assert_eq!(adaptive.current, BASE * 2 - RECOVERY_STEP);
-        for _ in 0..100 {
-            adaptive.recover();
+        let once = adaptive.current;
+        assert!(once < BASE * 2 && once > BASE, "{once:?}");
+        // From the slowest, back to the configured pace within a few dozen submits.
+        let mut slowest = Adaptive::new(BASE);
+        let mut at = Instant::now();
+        for _ in 0..4 {
+            slowest.slow_down(at);
+            at += Duration::from_secs(1);
         }
-        assert_eq!(adaptive.current, BASE);
+        assert_eq!(slowest.current, BASE * MAX_SLOWDOWN);
+        let mut submits = 0;
+        while slowest.current > BASE {
+            slowest.recover();
+            submits += 1;
+        }
+        assert!((10..=30).contains(&submits), "{submits} submits to recover");
     }
 
     #[test]
@@ -307,7 +320,8 @@ mod tests {
         pacer.ready(EndpointClass::Submit).await;
         assert!(second.elapsed() >= BASE * 2);
         pacer.submit_accepted();
-        assert_eq!(pacer.submit_interval(), BASE * 2 - RECOVERY_STEP);
+        let interval = pacer.submit_interval();
+        assert!(interval < BASE * 2 && interval > BASE, "{interval:?}");
     }
 
     #[tokio::test]
