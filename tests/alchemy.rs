@@ -731,3 +731,37 @@ fn merged_shards_keep_each_upscale_pointing_at_its_source() {
             .is_file());
     }
 }
+
+#[test]
+fn a_batch_without_an_index_gets_its_forms_and_no_index() {
+    let sim = Sim::unlimited(FAST_ALCHEMISTS);
+    // Made without alchemy first; then the manifest asks for captions: the
+    // rerun finds the saved images in the ledger (there is no index to read).
+    let with_alchemy = manifest(1, 3, "caption", "output:\n  index: false\n");
+    let batch = Batch::new(&with_alchemy.replace("  alchemy: [caption]\n", ""));
+    assert_eq!(batch.run(&sim).code, 0);
+    assert_eq!(stat(&sim.stats(), "alchemy_requests_created"), 0);
+    std::fs::write(&batch.manifest, &with_alchemy).unwrap();
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("alchemy: 3/3 images done"),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        !batch.out().join("metadata.jsonl").exists(),
+        "no index was asked for"
+    );
+    for sidecar in crate::common::walk(&batch.out())
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    {
+        let value: Value = serde_json::from_slice(&std::fs::read(sidecar).unwrap()).unwrap();
+        assert!(
+            value["alchemy"]["caption"].is_string(),
+            "{}",
+            sidecar.display()
+        );
+    }
+}

@@ -1,14 +1,10 @@
 //! Alchemy in the commands: the settings `run` and `caption` give the pass,
-//! the images a batch still owes forms (read from its index, so a resumed
+//! the images a batch still owes forms (read from its ledger, so a resumed
 //! run catches up on images saved before it was killed), and the lines that
 //! report it — from the ledger's alchemy tree, as `status` reads it.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use serde::Deserialize;
 
 use super::AppError;
 use crate::alchemy::{AlchemyConfig, AlchemyEnd, Work};
@@ -16,6 +12,7 @@ use crate::cli::TuningArgs;
 use crate::manifest::{AlchemySpec, CompiledManifest};
 use crate::plan::Shard;
 use crate::store::alchemy::AlchemyCounts;
+use crate::store::Store;
 
 /// The pass's settings: the defaults, with the hidden tuning flags applied.
 pub(super) fn config(tuning: &TuningArgs, detach_on_stop: bool) -> AlchemyConfig {
@@ -55,66 +52,38 @@ pub(super) fn specs_by_job(
         .collect()
 }
 
-/// One row of an index, as far as alchemy reads it.
-#[derive(Deserialize)]
-struct IndexRow {
-    file_name: String,
-    #[serde(default)]
-    job_key: Option<String>,
-    #[serde(default)]
-    alchemy_of: Option<String>,
-}
-
-/// The images of the index at `index` whose job asks for alchemy (`specs`),
-/// or every image with `every` when it is given; post-processed images never.
-/// A missing index has none; a line that is not a row is skipped.
-pub(super) fn indexed_images(
-    index: &Path,
+/// The images the ledger in `store` says are saved for jobs with alchemy
+/// (`specs`), or every saved image with `every`: what a run or `caption` owes
+/// forms to. Read from the ledger, the one record of what is saved, so it
+/// holds with `output.index: false` too; an image `reroll` set aside is not
+/// there until it is made again.
+pub(super) fn saved_images(
+    store: &Store,
     specs: &HashMap<String, Arc<AlchemySpec>>,
     every: Option<&Arc<AlchemySpec>>,
 ) -> Result<Vec<Work>, AppError> {
-    let file = match std::fs::File::open(index) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => {
-            return Err(AppError::Config(format!(
-                "cannot read {}: {error}",
-                index.display()
-            )))
-        }
-    };
     let mut work = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(|error| {
-            AppError::Config(format!("cannot read {}: {error}", index.display()))
-        })?;
-        let Ok(row) = serde_json::from_str::<IndexRow>(&line) else {
-            continue;
-        };
-        if row.alchemy_of.is_some() {
-            continue;
-        }
+    for entry in store.iter() {
+        let (key, record) = entry?;
         let spec = match every {
-            Some(spec) => Some(Arc::clone(spec)),
-            None => row.job_key.as_ref().and_then(|key| specs.get(key).cloned()),
+            Some(spec) => Arc::clone(spec),
+            None => match specs.get(&key.job_key) {
+                Some(spec) => Arc::clone(spec),
+                None => continue,
+            },
         };
-        if let Some(spec) = spec {
+        for (index, image) in &record.images {
+            if image.file_name.is_empty() || record.is_rerolled(*index, &image.generation_id) {
+                continue;
+            }
             work.push(Work {
-                source: row.file_name,
-                spec,
+                source: image.file_name.clone(),
+                spec: Arc::clone(&spec),
                 fresh: false,
             });
         }
     }
     Ok(work)
-}
-
-/// The index a batch's alchemy columns go to.
-pub(super) fn index_path(out_dir: &Path, shard: Option<Shard>) -> PathBuf {
-    out_dir.join(match shard {
-        Some(_) => crate::output::SHARD_INDEX_FILE,
-        None => crate::output::INDEX_FILE,
-    })
 }
 
 /// The summary's alchemy line (text) or fields (JSON messages).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::alchemy::{config, index_path, indexed_images, print_summary, specs_by_job};
+use super::alchemy::{config, print_summary, saved_images, specs_by_job};
 use super::config::{runtime, Batch, Horde};
 use super::AppError;
 use crate::alchemy::{Alchemy, Work};
@@ -26,7 +26,6 @@ const STATE_DIR: &str = ".horde-batch";
 struct Target {
     dir: PathBuf,
     state_dir: PathBuf,
-    index: PathBuf,
     /// The index's file name in `dir` (a shard's has its own).
     index_name: &'static str,
     caption_column: String,
@@ -49,7 +48,6 @@ pub fn caption(args: &CaptionArgs) -> Result<ExitCode, AppError> {
                 .state
                 .clone()
                 .unwrap_or_else(|| dir.join(STATE_DIR)),
-            index: dir.join(crate::output::INDEX_FILE),
             index_name: crate::output::INDEX_FILE,
             caption_column: "text".into(),
             caption_from: CaptionFrom::Prompt,
@@ -62,7 +60,6 @@ pub fn caption(args: &CaptionArgs) -> Result<ExitCode, AppError> {
         let batch = Batch::load(&args.target, None, &args.places)?;
         let output = &batch.compiled.output;
         Target {
-            index: index_path(&batch.out_dir, batch.shard),
             index_name: match batch.shard {
                 Some(_) => crate::output::SHARD_INDEX_FILE,
                 None => crate::output::INDEX_FILE,
@@ -97,7 +94,7 @@ pub fn caption(args: &CaptionArgs) -> Result<ExitCode, AppError> {
         let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
             .await
             .map_err(|e| AppError::Config(format!("opening the ledger failed: {e}")))??;
-        let work = images(&target, every.as_ref())?;
+        let work = images(&target, &store, every.as_ref())?;
         let horde = Horde::connect(&args.horde, args.simulate).await?;
         let stop = CancellationToken::new();
         watch_signals(stop.clone());
@@ -168,10 +165,14 @@ fn forms_given(args: &CaptionArgs) -> Result<Option<Arc<AlchemySpec>>, AppError>
     })))
 }
 
-/// The images to work on: a folder's images on disk, or a batch's indexed images.
-fn images(target: &Target, every: Option<&Arc<AlchemySpec>>) -> Result<Vec<Work>, AppError> {
+/// The images to work on: a folder's images on disk, or a batch's saved images.
+fn images(
+    target: &Target,
+    store: &Store,
+    every: Option<&Arc<AlchemySpec>>,
+) -> Result<Vec<Work>, AppError> {
     if !target.folder {
-        return indexed_images(&target.index, &target.specs, every);
+        return saved_images(store, &target.specs, every);
     }
     let Some(spec) = every else {
         return Ok(Vec::new());

@@ -245,14 +245,17 @@ async fn start_alchemy(
     if !compiled.uses_alchemy() {
         return Ok(None);
     }
-    let index = super::alchemy::index_path(&batch.out_dir, batch.shard);
     let mut settings = super::alchemy::config(&args.tuning, args.detach);
     // The Horde refuses more waiting and processing forms than concurrency × 10.
     settings.max_forms_in_flight = capacity.max(1) * 10;
     settings.caption_files =
         compiled.output.caption_files && compiled.output.caption_from == CaptionFrom::Alchemy;
     settings.caption_from = compiled.output.caption_from;
-    settings.index_caption_column = Some(compiled.output.caption_column.clone());
+    // `output.index: false` keeps no metadata.jsonl: alchemy does not start one.
+    settings.index_caption_column = compiled
+        .output
+        .index
+        .then(|| compiled.output.caption_column.clone());
     if let Some(max) = args.max_kudos {
         settings.max_kudos = Some((max, store.counts()?.kudos_charged));
     }
@@ -265,9 +268,10 @@ async fn start_alchemy(
     );
     let compiled = Arc::clone(compiled);
     let shard = batch.shard;
+    let ledger = store.clone();
     let owed = tokio::task::spawn_blocking(move || {
         let specs = super::alchemy::specs_by_job(&compiled, shard);
-        super::alchemy::indexed_images(&index, &specs, None)
+        super::alchemy::saved_images(&ledger, &specs, None)
     })
     .await
     .map_err(|e| AppError::Config(format!("reading the index failed: {e}")))??;
