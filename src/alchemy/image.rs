@@ -213,16 +213,6 @@ impl Image {
         forms: Vec<String>,
         tries: u32,
     ) -> Result<bool, AlchemyError> {
-        let path = shared.output.root().join(&self.source);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::warn!(image = %self.source, %error, "the image cannot be read; its forms wait for the next run");
-                return self
-                    .give_up(shared, &forms, "the image could not be read")
-                    .map(|()| true);
-            }
-        };
         let price: u32 = forms
             .iter()
             .filter_map(|name| AlchemyForm::parse(name))
@@ -246,6 +236,18 @@ impl Image {
                 permit.expect("the forms semaphore is never closed")
             }
             () = shared.stop.cancelled() => return Ok(true),
+        };
+        // Read once a permit is held: images waiting for one hold no bytes.
+        let path = shared.output.root().join(&self.source);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(image = %self.source, %error, "the image cannot be read; its forms wait for the next run");
+                shared.release_kudos(f64::from(price));
+                return self
+                    .give_up(shared, &forms, "the image could not be read")
+                    .map(|()| true);
+            }
         };
         tokio::select! {
             () = shared.pacer.ready(EndpointClass::Submit) => {}

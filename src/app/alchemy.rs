@@ -4,6 +4,7 @@
 //! report it — from the ledger's alchemy tree, as `status` reads it.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::AppError;
@@ -100,6 +101,10 @@ pub(super) fn print_summary(counts: &AlchemyCounts, end: &AlchemyEnd) {
             kudos = counts.kudos,
             lost_answers = counts.lost_answers,
             api_calls = calls,
+            downloads = end.calls.downloads.load(Ordering::Relaxed),
+            rate_limited_429s = end.calls.rate_limited.load(Ordering::Relaxed),
+            too_many_prompts = end.calls.too_many_prompts.load(Ordering::Relaxed),
+            urls_expired = end.calls.urls_expired.load(Ordering::Relaxed),
             "alchemy summary"
         ),
         crate::logging::Messages::Text => {

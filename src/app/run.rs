@@ -98,11 +98,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         store.flush().await?;
         // Read only when it matters: it walks the whole ledger.
         // Alchemy's forms are the batch's kudos too.
+        let images_spent = match args.max_kudos {
+            Some(_) => store.counts()?.kudos_charged,
+            None => 0.0,
+        };
         let spent_before = match args.max_kudos {
-            Some(_) => {
-                store.counts()?.kudos_charged
-                    + store.alchemy_counts()?.map_or(0.0, |alchemy| alchemy.kudos)
-            }
+            Some(_) => images_spent + store.alchemy_counts()?.map_or(0.0, |alchemy| alchemy.kudos),
             None => 0.0,
         };
         let horde = Horde::connect(&args.horde, args.simulate).await?;
@@ -148,7 +149,18 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         };
         let (sender, events) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        let alchemy = start_alchemy(args, &batch, &client, &store, &output, capacity, &stop).await?;
+        let (alchemy, backlog) = match start_alchemy(
+            args,
+            &batch,
+            &client,
+            &store,
+            &output,
+            (capacity, images_spent),
+            &stop,
+        ) {
+            Some((alchemy, backlog)) => (Some(alchemy), Some(backlog)),
+            None => (None, None),
+        };
         let dataset: Arc<dyn ImageSink> =
             Arc::new(Dataset::new(output.clone(), template.clone(), Arc::clone(&compiled)));
         let prompt_captions = (compiled.output.caption_files
@@ -184,6 +196,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         tracing::info!(manifest = %compiled.file.path.display(), out = %out_dir.display(), budget = capacity, "run started");
         engine.run().await;
         // Images keep their forms coming after the last one is saved.
+        if let Some(backlog) = backlog {
+            backlog
+                .await
+                .map_err(|e| AppError::Config(format!("reading the ledger failed: {e}")))??;
+        }
         let alchemy_end = match alchemy {
             Some(alchemy) => Some(alchemy.finish().await),
             None => None,
@@ -229,21 +246,24 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
     })
 }
 
-/// Alchemy beside the run when a job asks for it: started before the engine,
-/// and fed at once the batch's saved images whose forms are not all settled
-/// (a killed run's), so nothing waits for a save that will not come again.
-async fn start_alchemy(
+/// Alchemy beside the run when a job asks for it, started before the engine.
+/// Also returns the backlog task: it feeds the pass the batch's saved images
+/// (a killed run's, or a manifest's that gained `alchemy:`) from the ledger
+/// while the engine already submits, and must end before the pass is told
+/// that no more images come. `(capacity, images_spent)`: the keys' concurrency
+/// and, under `--max-kudos`, what the batch's images were charged before.
+fn start_alchemy(
     args: &RunArgs,
     batch: &Batch,
     client: &HordeClient,
     store: &crate::store::Store,
     output: &crate::output::OutputDir,
-    capacity: u32,
+    (capacity, images_spent): (u32, f64),
     stop: &CancellationToken,
-) -> Result<Option<Alchemy>, AppError> {
+) -> Option<(Alchemy, tokio::task::JoinHandle<Result<(), AppError>>)> {
     let compiled = &batch.compiled;
     if !compiled.uses_alchemy() {
-        return Ok(None);
+        return None;
     }
     let mut settings = super::alchemy::config(&args.tuning, args.detach);
     // The Horde refuses more waiting and processing forms than concurrency × 10.
@@ -256,9 +276,7 @@ async fn start_alchemy(
         .output
         .index
         .then(|| compiled.output.caption_column.clone());
-    if let Some(max) = args.max_kudos {
-        settings.max_kudos = Some((max, store.counts()?.kudos_charged));
-    }
+    settings.max_kudos = args.max_kudos.map(|max| (max, images_spent));
     let alchemy = Alchemy::start(
         client.clone(),
         store.clone(),
@@ -266,20 +284,21 @@ async fn start_alchemy(
         settings,
         stop.clone(),
     );
-    let compiled = Arc::clone(compiled);
-    let shard = batch.shard;
-    let ledger = store.clone();
-    let owed = tokio::task::spawn_blocking(move || {
+    let (compiled, shard, ledger, feed) = (
+        Arc::clone(compiled),
+        batch.shard,
+        store.clone(),
+        alchemy.feed(),
+    );
+    let backlog = tokio::task::spawn_blocking(move || {
         let specs = super::alchemy::specs_by_job(&compiled, shard);
-        super::alchemy::saved_images(&ledger, &specs, None)
-    })
-    .await
-    .map_err(|e| AppError::Config(format!("reading the index failed: {e}")))??;
-    let feed = alchemy.feed();
-    for work in owed {
-        let _ = feed.send(work);
-    }
-    Ok(Some(alchemy))
+        for work in super::alchemy::saved_images(&ledger, &specs, None)? {
+            // A closed feed means alchemy stopped; the next run picks the rest up.
+            let _ = feed.send(work);
+        }
+        Ok(())
+    });
+    Some((alchemy, backlog))
 }
 
 /// The report at the end of a run, unless the batch holds more than
