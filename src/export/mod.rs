@@ -1,0 +1,526 @@
+//! `horde-batch export`'s writer: a finished batch's images and index rows
+//! turned into the layouts trainers and the Hugging Face Hub read
+//! (img2dataset's): WebDataset tar shards with a Parquet file of the rows and
+//! a `_stats.json` per shard, Parquet files with the images embedded in the
+//! `datasets` Image feature's layout, or a Hub-ready imagefolder whose
+//! folders hold at most one shard of images each.
+//!
+//! Two streaming passes over the rows ([`rows`]): the first finds the
+//! columns' types and each shard's digest (rows, image and sidecar sizes);
+//! the second writes every shard whose stats file does not already match
+//! ([`stats`]), each through temp files renamed into place ([`files`]), so a
+//! kill leaves complete shards and temp files the next run sweeps, and a
+//! rerun writes the same bytes. Memory holds one row group (Parquet) or one
+//! image (tar), never the batch.
+//!
+//! Receives the index files to read from `app` (which finds the batch's
+//! folders, shards included, and decides whether it is finished). Must not
+//! know the manifest, the ledger or the Horde.
+
+mod files;
+mod parquet;
+mod rows;
+mod stats;
+mod tar;
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+pub use self::parquet::{Embedded, ParquetError, ParquetFile};
+pub use self::rows::{key_of, Columns, Kind, Row, Rows, Source};
+pub use self::stats::{ShardStats, FORMAT_VERSION};
+pub use self::tar::TarShard;
+use files::{place_bytes, sync_dir, TempDir, TempFile};
+use stats::ShardDigest;
+
+/// Rows per shard unless told: img2dataset's figure, and the Hub's limit of
+/// files per folder.
+pub const DEFAULT_SHARD_SIZE: u64 = 10_000;
+/// The most images one folder of the Hub layout may hold.
+pub const MAX_HUB_FOLDER_FILES: u64 = 10_000;
+
+/// What an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `00000.tar` (`{key}.webp`, `{key}.txt`, `{key}.json`), `00000.parquet`
+    /// (the rows) and `00000_stats.json` per shard.
+    Webdataset,
+    /// `00000.parquet` with an `image` column (`datasets`' Image feature)
+    /// and the rows' columns, and `00000_stats.json`, per shard.
+    Parquet,
+    /// An imagefolder: `data/00000/{key}.webp` per shard, one
+    /// `metadata.jsonl` at the top, `data/00000_stats.json` per shard.
+    Hub,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Webdataset => "webdataset",
+            Format::Parquet => "parquet",
+            Format::Hub => "hub",
+        }
+    }
+}
+
+/// A fault to inject, for tests of what a kill or a full disk leaves
+/// (`HORDE_BATCH_EXPORT_FAULT`, read by `app`; never documented to users).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Abort the process in the middle of the shard after this many were written.
+    KillAfterShards(u64),
+    /// Writes fail as on a full disk once this many bytes were written.
+    FullAfterBytes(u64),
+}
+
+/// How to export.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub format: Format,
+    /// Rows per shard.
+    pub shard_size: u64,
+    /// The index column a `.txt` member holds (the manifest's caption column).
+    pub caption_column: String,
+    pub fault: Option<Fault>,
+}
+
+/// What an export did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub shards: u64,
+    /// Shards written by this run (the others were complete already).
+    pub written: u64,
+    pub images: u64,
+    /// Rows whose image file was missing.
+    pub failed: u64,
+    /// Bytes of the shards this run wrote.
+    pub bytes: u64,
+    /// Temp files of a killed export removed.
+    pub swept: usize,
+}
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}, line {line}: {problem}", path.display())]
+    Index {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    #[error("the index has more than {0} columns")]
+    TooManyColumns(usize),
+    #[error("cannot write Parquet to {}: {source}", path.display())]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: ParquetError,
+    },
+    #[error("--shard-size must be between 1 and {max} for --format {format}")]
+    ShardSize { max: u64, format: &'static str },
+}
+
+impl ExportError {
+    fn io(action: &'static str, path: &Path, source: io::Error) -> ExportError {
+        ExportError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The I/O error behind this one, if any (a full disk, a refused folder).
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            ExportError::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+/// What the first pass expects of one shard.
+struct Planned {
+    stats: ShardStats,
+    digest: ShardDigest,
+}
+
+/// Exports the rows of `sources` into `target` (created if missing).
+pub fn export(sources: &[Source], target: &Path, options: &Options) -> Result<Summary, ExportError> {
+    let max = match options.format {
+        Format::Hub => MAX_HUB_FOLDER_FILES,
+        _ => u64::MAX,
+    };
+    if options.shard_size == 0 || options.shard_size > max {
+        return Err(ExportError::ShardSize {
+            max,
+            format: options.format.name(),
+        });
+    }
+    files::set_fault(options.fault);
+    std::fs::create_dir_all(target).map_err(|e| ExportError::io("create", target, e))?;
+    let stats_dir = match options.format {
+        Format::Hub => target.join("data"),
+        _ => target.to_owned(),
+    };
+    std::fs::create_dir_all(&stats_dir).map_err(|e| ExportError::io("create", &stats_dir, e))?;
+    let swept = files::sweep(target).map_err(|e| ExportError::io("clean", target, e))?
+        + match options.format {
+            Format::Hub => files::sweep(&stats_dir).map_err(|e| ExportError::io("clean", &stats_dir, e))?,
+            _ => 0,
+        };
+
+    let (columns, planned) = first_pass(sources, options)?;
+    let out = OutColumns::of(&columns, options.format);
+    let common = serde_json::to_vec(&(
+        options.format.name(),
+        FORMAT_VERSION,
+        options.shard_size,
+        &options.caption_column,
+        &columns,
+    ))
+    .unwrap_or_default();
+    let expected: Vec<ShardStats> = planned
+        .into_iter()
+        .map(|p| ShardStats {
+            digest: p.digest.finish(&common),
+            ..p.stats
+        })
+        .collect();
+
+    let mut summary = Summary {
+        shards: expected.len() as u64,
+        swept,
+        ..Summary::default()
+    };
+    let complete: Vec<bool> = expected
+        .iter()
+        .enumerate()
+        .map(|(at, want)| {
+            std::fs::read(stats_dir.join(stats_name(at)))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<ShardStats>(&bytes).ok())
+                .is_some_and(|found| found.completes(want, target))
+        })
+        .collect();
+
+    let total: u64 = expected.iter().map(|s| s.count).sum();
+    let mut hub_index = match options.format {
+        Format::Hub => Some(TempFile::new(target).map_err(|e| ExportError::io("write in", target, e))?),
+        _ => None,
+    };
+    let mut rows = Rows::open(sources);
+    let mut writer: Option<ShardWriter> = None;
+    for number in 0..total {
+        let Some(row) = rows.next_row()? else { break };
+        let shard = (number / options.shard_size) as usize;
+        if let Some(index) = &mut hub_index {
+            let line = hub_line(&row, shard, &out);
+            index
+                .write_all(line.as_bytes())
+                .map_err(|e| ExportError::io("write", &target.join("metadata.jsonl"), e))?;
+        }
+        if complete[shard] {
+            continue;
+        }
+        let open = writer.get_or_insert(ShardWriter::new(target, shard, options, &out)?);
+        if let Some(Fault::KillAfterShards(after)) = options.fault {
+            if summary.written == after && open.rows > 0 {
+                // Test-only: a kill in the middle of a shard, temp files left behind.
+                std::process::abort();
+            }
+        }
+        open.push(&row, options, &out)?;
+        let last_of_shard = (number + 1) % options.shard_size == 0 || number + 1 == total;
+        if last_of_shard {
+            if let Some(done) = writer.take() {
+                let stats = done.finish(&expected[shard], target, &stats_dir)?;
+                summary.written += 1;
+                summary.bytes += stats.bytes;
+            }
+        }
+    }
+    if let Some(index) = hub_index {
+        let path = target.join("metadata.jsonl");
+        index.place(&path).map_err(|e| ExportError::io("write", &path, e))?;
+        sync_dir(target).map_err(|e| ExportError::io("flush", target, e))?;
+    }
+    summary.images = expected.iter().map(|s| s.successes).sum();
+    summary.failed = expected.iter().map(|s| s.failed_to_export).sum();
+    Ok(summary)
+}
+
+/// The stats file of shard `at`.
+fn stats_name(at: usize) -> String {
+    format!("{at:05}_stats.json")
+}
+
+/// Pass one: the columns, and per shard its rows' count, keys, successes and digest.
+fn first_pass(sources: &[Source], options: &Options) -> Result<(Columns, Vec<Planned>), ExportError> {
+    let mut columns = Columns::default();
+    let mut planned: Vec<Planned> = Vec::new();
+    let mut rows = Rows::open(sources);
+    let mut number = 0u64;
+    while let Some(row) = rows.next_row()? {
+        columns.add(&row.columns)?;
+        if number % options.shard_size == 0 {
+            planned.push(Planned {
+                stats: ShardStats {
+                    count: 0,
+                    successes: 0,
+                    failed_to_export: 0,
+                    bytes: 0,
+                    start_key: row.key.clone(),
+                    end_key: String::new(),
+                    format: options.format.name().to_owned(),
+                    format_version: FORMAT_VERSION,
+                    digest: String::new(),
+                    files: BTreeMap::new(),
+                },
+                digest: ShardDigest::default(),
+            });
+        }
+        number += 1;
+        let image = file_size(&row.image);
+        let sidecar = file_size(&row.sidecar);
+        // A shard was pushed when this row's number began one.
+        let Some(shard) = planned.last_mut() else { continue };
+        shard.stats.count += 1;
+        if image.is_some() {
+            shard.stats.successes += 1;
+        } else {
+            shard.stats.failed_to_export += 1;
+        }
+        shard.stats.end_key.clone_from(&row.key);
+        shard.digest.row(&row.line, image, sidecar);
+    }
+    Ok((columns, planned))
+}
+
+fn file_size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+}
+
+/// The columns each format writes besides the image: `key` first, then the
+/// index's (without `file_name` in the Parquet and Hub layouts, where the
+/// image column takes its place).
+struct OutColumns {
+    columns: Columns,
+}
+
+impl OutColumns {
+    fn of(index: &Columns, format: Format) -> OutColumns {
+        let mut columns = Columns {
+            names: vec!["key".to_owned()],
+            kinds: vec![Kind::Text],
+        };
+        for (name, kind) in index.names.iter().zip(&index.kinds) {
+            let dropped = name == "key" || (format != Format::Webdataset && name == "file_name");
+            if !dropped {
+                columns.names.push(name.clone());
+                columns.kinds.push(*kind);
+            }
+        }
+        OutColumns { columns }
+    }
+
+    /// A row's values for these columns (`key` set to the row's key).
+    fn values(&self, row: &Row) -> Map<String, Value> {
+        let mut values = Map::new();
+        for name in &self.columns.names {
+            let value = match name.as_str() {
+                "key" => Value::from(row.key.clone()),
+                other => row.columns.get(other).cloned().unwrap_or(Value::Null),
+            };
+            values.insert(name.clone(), value);
+        }
+        values
+    }
+}
+
+/// A row of the Hub layout's `metadata.jsonl`: `file_name` first (pointing
+/// into its shard's folder), then the columns in a fixed order.
+fn hub_line(row: &Row, shard: usize, out: &OutColumns) -> String {
+    let mut line = String::from("{\"file_name\":");
+    line.push_str(&Value::from(format!("data/{shard:05}/{}.webp", row.key)).to_string());
+    for name in &out.columns.names {
+        let value = match name.as_str() {
+            "key" => Value::from(row.key.clone()),
+            other => row.columns.get(other).cloned().unwrap_or(Value::Null),
+        };
+        line.push(',');
+        line.push_str(&Value::from(name.clone()).to_string());
+        line.push(':');
+        line.push_str(&value.to_string());
+    }
+    line.push_str("}\n");
+    line
+}
+
+/// The shard being written.
+struct ShardWriter {
+    at: usize,
+    rows: u64,
+    successes: u64,
+    failed: u64,
+    image_bytes: u64,
+    kind: WriterKind,
+}
+
+enum WriterKind {
+    Webdataset {
+        tar: TarShard<TempFile>,
+        rows: ParquetFile<TempFile>,
+    },
+    Parquet(ParquetFile<TempFile>),
+    Hub(TempDir),
+}
+
+impl ShardWriter {
+    fn new(target: &Path, at: usize, options: &Options, out: &OutColumns) -> Result<ShardWriter, ExportError> {
+        let temp = || TempFile::new(target).map_err(|e| ExportError::io("write in", target, e));
+        let parquet_error = |source| ExportError::Parquet {
+            path: target.join(format!("{at:05}.parquet")),
+            source,
+        };
+        let kind = match options.format {
+            Format::Webdataset => WriterKind::Webdataset {
+                tar: TarShard::new(temp()?),
+                rows: ParquetFile::new(temp()?, &out.columns).map_err(parquet_error)?,
+            },
+            Format::Parquet => {
+                WriterKind::Parquet(ParquetFile::with_images(temp()?, &out.columns).map_err(parquet_error)?)
+            }
+            Format::Hub => {
+                let data = target.join("data");
+                WriterKind::Hub(TempDir::new(&data).map_err(|e| ExportError::io("write in", &data, e))?)
+            }
+        };
+        Ok(ShardWriter {
+            at,
+            rows: 0,
+            successes: 0,
+            failed: 0,
+            image_bytes: 0,
+            kind,
+        })
+    }
+
+    fn push(&mut self, row: &Row, options: &Options, out: &OutColumns) -> Result<(), ExportError> {
+        self.rows += 1;
+        let image = match std::fs::read(&row.image) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.failed += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(ExportError::io("read", &row.image, e)),
+        };
+        self.successes += 1;
+        self.image_bytes += image.len() as u64;
+        let at = self.at;
+        match &mut self.kind {
+            WriterKind::Webdataset { tar, rows } => {
+                let sidecar = match std::fs::read(&row.sidecar) {
+                    Ok(bytes) => bytes,
+                    // No sidecars (`output.sidecars: false`): the row stands in.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => row.line.clone().into_bytes(),
+                    Err(e) => return Err(ExportError::io("read", &row.sidecar, e)),
+                };
+                let caption = match row.columns.get(&options.caption_column) {
+                    Some(Value::String(text)) => text.clone(),
+                    None | Some(Value::Null) => String::new(),
+                    Some(other) => other.to_string(),
+                };
+                let tar_path = || PathBuf::from(format!("{at:05}.tar"));
+                let key = &row.key;
+                tar.append(&format!("{key}.webp"), &image)
+                    .and_then(|()| tar.append(&format!("{key}.txt"), caption.as_bytes()))
+                    .and_then(|()| tar.append(&format!("{key}.json"), &sidecar))
+                    .map_err(|e| ExportError::io("write", &tar_path(), e))?;
+                rows.push(out.values(row), None).map_err(|source| ExportError::Parquet {
+                    path: PathBuf::from(format!("{at:05}.parquet")),
+                    source,
+                })?;
+            }
+            WriterKind::Parquet(file) => {
+                let path = row.columns.get("file_name").and_then(Value::as_str).unwrap_or_default().to_owned();
+                file.push(out.values(row), Some(Embedded { bytes: image, path }))
+                    .map_err(|source| ExportError::Parquet {
+                        path: PathBuf::from(format!("{at:05}.parquet")),
+                        source,
+                    })?;
+            }
+            WriterKind::Hub(dir) => {
+                dir.write(&format!("{}.webp", row.key), &image)
+                    .map_err(|e| ExportError::io("write in", dir.path(), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Places the shard's files, then its stats file (last: it says the shard is complete).
+    fn finish(self, expected: &ShardStats, target: &Path, stats_dir: &Path) -> Result<ShardStats, ExportError> {
+        let at = self.at;
+        let mut placed = BTreeMap::new();
+        let mut place = |temp: TempFile, name: String| -> Result<(), ExportError> {
+            let path = target.join(&name);
+            let len = temp.place(&path).map_err(|e| ExportError::io("write", &path, e))?;
+            placed.insert(name, len);
+            Ok(())
+        };
+        let parquet_error = |source| ExportError::Parquet {
+            path: target.join(format!("{at:05}.parquet")),
+            source,
+        };
+        match self.kind {
+            WriterKind::Webdataset { tar, rows } => {
+                let tar = tar
+                    .finish()
+                    .map_err(|e| ExportError::io("write", &target.join(format!("{at:05}.tar")), e))?;
+                place(tar, format!("{at:05}.tar"))?;
+                place(rows.finish().map_err(parquet_error)?, format!("{at:05}.parquet"))?;
+            }
+            WriterKind::Parquet(file) => {
+                place(file.finish().map_err(parquet_error)?, format!("{at:05}.parquet"))?;
+            }
+            WriterKind::Hub(dir) => {
+                let folder = format!("data/{at:05}");
+                let path = target.join(&folder);
+                dir.place(&path).map_err(|e| ExportError::io("write", &path, e))?;
+                placed.insert(format!("{folder}/"), self.successes);
+                sync_dir(stats_dir).map_err(|e| ExportError::io("flush", stats_dir, e))?;
+            }
+        }
+        sync_dir(target).map_err(|e| ExportError::io("flush", target, e))?;
+        // A Hub folder's bytes are its images'.
+        let bytes = placed
+            .iter()
+            .map(|(name, len)| if name.ends_with('/') { self.image_bytes } else { *len })
+            .sum();
+        let stats = ShardStats {
+            count: self.rows,
+            successes: self.successes,
+            failed_to_export: self.failed,
+            bytes,
+            files: placed,
+            ..expected.clone()
+        };
+        let path = stats_dir.join(stats_name(at));
+        place_bytes(&path, &stats.to_bytes()).map_err(|e| ExportError::io("write", &path, e))?;
+        sync_dir(stats_dir).map_err(|e| ExportError::io("flush", stats_dir, e))?;
+        Ok(stats)
+    }
+}
