@@ -65,7 +65,10 @@ pub fn export(args: &ExportArgs) -> Result<ExitCode, AppError> {
     };
     let summary = crate::export::export(&sources, &target, &options)?;
     let missing_files = if summary.failed > 0 {
-        format!(" ({} row(s) whose image file is gone were left out)", summary.failed)
+        format!(
+            " ({} row(s) whose image file is gone were left out)",
+            summary.failed
+        )
     } else {
         String::new()
     };
@@ -205,7 +208,11 @@ fn fault_from_env() -> Result<Option<Fault>, AppError> {
     let Ok(text) = std::env::var(FAULT_VAR) else {
         return Ok(None);
     };
-    let bad = || AppError::Config(format!("{FAULT_VAR}: `{text}` is not kill-after-shards:K or full-after-bytes:N"));
+    let bad = || {
+        AppError::Config(format!(
+            "{FAULT_VAR}: `{text}` is not kill-after-shards:K or full-after-bytes:N"
+        ))
+    };
     let (name, value) = text.split_once(':').ok_or_else(bad)?;
     let value: u64 = value.parse().map_err(|_| bad())?;
     match name {

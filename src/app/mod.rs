@@ -54,7 +54,9 @@ pub enum AppError {
     #[error(transparent)]
     #[diagnostic(
         code(horde_batch::export),
-        help("check that the folder given with --to can be written and has room; rerunning resumes")
+        help(
+            "check that the folder given with --to can be written and has room; rerunning resumes"
+        )
     )]
     Export(#[from] crate::export::ExportError),
     #[error("{0}")]

@@ -155,7 +155,11 @@ struct Planned {
 }
 
 /// Exports the rows of `sources` into `target` (created if missing).
-pub fn export(sources: &[Source], target: &Path, options: &Options) -> Result<Summary, ExportError> {
+pub fn export(
+    sources: &[Source],
+    target: &Path,
+    options: &Options,
+) -> Result<Summary, ExportError> {
     let max = match options.format {
         Format::Hub => MAX_HUB_FOLDER_FILES,
         _ => u64::MAX,
@@ -175,7 +179,9 @@ pub fn export(sources: &[Source], target: &Path, options: &Options) -> Result<Su
     std::fs::create_dir_all(&stats_dir).map_err(|e| ExportError::io("create", &stats_dir, e))?;
     let swept = files::sweep(target).map_err(|e| ExportError::io("clean", target, e))?
         + match options.format {
-            Format::Hub => files::sweep(&stats_dir).map_err(|e| ExportError::io("clean", &stats_dir, e))?,
+            Format::Hub => {
+                files::sweep(&stats_dir).map_err(|e| ExportError::io("clean", &stats_dir, e))?
+            }
             _ => 0,
         };
 
@@ -215,7 +221,9 @@ pub fn export(sources: &[Source], target: &Path, options: &Options) -> Result<Su
 
     let total: u64 = expected.iter().map(|s| s.count).sum();
     let mut hub_index = match options.format {
-        Format::Hub => Some(TempFile::new(target).map_err(|e| ExportError::io("write in", target, e))?),
+        Format::Hub => {
+            Some(TempFile::new(target).map_err(|e| ExportError::io("write in", target, e))?)
+        }
         _ => None,
     };
     let mut rows = Rows::open(sources);
@@ -251,7 +259,9 @@ pub fn export(sources: &[Source], target: &Path, options: &Options) -> Result<Su
     }
     if let Some(index) = hub_index {
         let path = target.join("metadata.jsonl");
-        index.place(&path).map_err(|e| ExportError::io("write", &path, e))?;
+        index
+            .place(&path)
+            .map_err(|e| ExportError::io("write", &path, e))?;
         sync_dir(target).map_err(|e| ExportError::io("flush", target, e))?;
     }
     summary.images = expected.iter().map(|s| s.successes).sum();
@@ -265,7 +275,10 @@ fn stats_name(at: usize) -> String {
 }
 
 /// Pass one: the columns, and per shard its rows' count, keys, successes and digest.
-fn first_pass(sources: &[Source], options: &Options) -> Result<(Columns, Vec<Planned>), ExportError> {
+fn first_pass(
+    sources: &[Source],
+    options: &Options,
+) -> Result<(Columns, Vec<Planned>), ExportError> {
     let mut columns = Columns::default();
     let mut planned: Vec<Planned> = Vec::new();
     let mut rows = Rows::open(sources);
@@ -293,7 +306,9 @@ fn first_pass(sources: &[Source], options: &Options) -> Result<(Columns, Vec<Pla
         let image = file_size(&row.image);
         let sidecar = file_size(&row.sidecar);
         // A shard was pushed when this row's number began one.
-        let Some(shard) = planned.last_mut() else { continue };
+        let Some(shard) = planned.last_mut() else {
+            continue;
+        };
         shard.stats.count += 1;
         if image.is_some() {
             shard.stats.successes += 1;
@@ -371,6 +386,7 @@ fn hub_line(row: &Row, shard: usize, out: &OutColumns) -> String {
 
 /// The shard being written.
 struct ShardWriter {
+    target: PathBuf,
     at: usize,
     rows: u64,
     successes: u64,
@@ -389,7 +405,12 @@ enum WriterKind {
 }
 
 impl ShardWriter {
-    fn new(target: &Path, at: usize, options: &Options, out: &OutColumns) -> Result<ShardWriter, ExportError> {
+    fn new(
+        target: &Path,
+        at: usize,
+        options: &Options,
+        out: &OutColumns,
+    ) -> Result<ShardWriter, ExportError> {
         let temp = || TempFile::new(target).map_err(|e| ExportError::io("write in", target, e));
         let parquet_error = |source| ExportError::Parquet {
             path: target.join(format!("{at:05}.parquet")),
@@ -400,15 +421,18 @@ impl ShardWriter {
                 tar: TarShard::new(temp()?),
                 rows: ParquetFile::new(temp()?, &out.columns).map_err(parquet_error)?,
             },
-            Format::Parquet => {
-                WriterKind::Parquet(ParquetFile::with_images(temp()?, &out.columns).map_err(parquet_error)?)
-            }
+            Format::Parquet => WriterKind::Parquet(
+                ParquetFile::with_images(temp()?, &out.columns).map_err(parquet_error)?,
+            ),
             Format::Hub => {
                 let data = target.join("data");
-                WriterKind::Hub(TempDir::new(&data).map_err(|e| ExportError::io("write in", &data, e))?)
+                WriterKind::Hub(
+                    TempDir::new(&data).map_err(|e| ExportError::io("write in", &data, e))?,
+                )
             }
         };
         Ok(ShardWriter {
+            target: target.to_owned(),
             at,
             rows: 0,
             successes: 0,
@@ -444,22 +468,28 @@ impl ShardWriter {
                     None | Some(Value::Null) => String::new(),
                     Some(other) => other.to_string(),
                 };
-                let tar_path = || PathBuf::from(format!("{at:05}.tar"));
+                let tar_path = || self.target.join(format!("{at:05}.tar"));
                 let key = &row.key;
                 tar.append(&format!("{key}.webp"), &image)
                     .and_then(|()| tar.append(&format!("{key}.txt"), caption.as_bytes()))
                     .and_then(|()| tar.append(&format!("{key}.json"), &sidecar))
                     .map_err(|e| ExportError::io("write", &tar_path(), e))?;
-                rows.push(out.values(row), None).map_err(|source| ExportError::Parquet {
-                    path: PathBuf::from(format!("{at:05}.parquet")),
-                    source,
-                })?;
+                rows.push(out.values(row), None)
+                    .map_err(|source| ExportError::Parquet {
+                        path: self.target.join(format!("{at:05}.parquet")),
+                        source,
+                    })?;
             }
             WriterKind::Parquet(file) => {
-                let path = row.columns.get("file_name").and_then(Value::as_str).unwrap_or_default().to_owned();
+                let path = row
+                    .columns
+                    .get("file_name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 file.push(out.values(row), Some(Embedded { bytes: image, path }))
                     .map_err(|source| ExportError::Parquet {
-                        path: PathBuf::from(format!("{at:05}.parquet")),
+                        path: self.target.join(format!("{at:05}.parquet")),
                         source,
                     })?;
             }
@@ -472,12 +502,19 @@ impl ShardWriter {
     }
 
     /// Places the shard's files, then its stats file (last: it says the shard is complete).
-    fn finish(self, expected: &ShardStats, target: &Path, stats_dir: &Path) -> Result<ShardStats, ExportError> {
+    fn finish(
+        self,
+        expected: &ShardStats,
+        target: &Path,
+        stats_dir: &Path,
+    ) -> Result<ShardStats, ExportError> {
         let at = self.at;
         let mut placed = BTreeMap::new();
         let mut place = |temp: TempFile, name: String| -> Result<(), ExportError> {
             let path = target.join(&name);
-            let len = temp.place(&path).map_err(|e| ExportError::io("write", &path, e))?;
+            let len = temp
+                .place(&path)
+                .map_err(|e| ExportError::io("write", &path, e))?;
             placed.insert(name, len);
             Ok(())
         };
@@ -487,19 +524,26 @@ impl ShardWriter {
         };
         match self.kind {
             WriterKind::Webdataset { tar, rows } => {
-                let tar = tar
-                    .finish()
-                    .map_err(|e| ExportError::io("write", &target.join(format!("{at:05}.tar")), e))?;
+                let tar = tar.finish().map_err(|e| {
+                    ExportError::io("write", &target.join(format!("{at:05}.tar")), e)
+                })?;
                 place(tar, format!("{at:05}.tar"))?;
-                place(rows.finish().map_err(parquet_error)?, format!("{at:05}.parquet"))?;
+                place(
+                    rows.finish().map_err(parquet_error)?,
+                    format!("{at:05}.parquet"),
+                )?;
             }
             WriterKind::Parquet(file) => {
-                place(file.finish().map_err(parquet_error)?, format!("{at:05}.parquet"))?;
+                place(
+                    file.finish().map_err(parquet_error)?,
+                    format!("{at:05}.parquet"),
+                )?;
             }
             WriterKind::Hub(dir) => {
                 let folder = format!("data/{at:05}");
                 let path = target.join(&folder);
-                dir.place(&path).map_err(|e| ExportError::io("write", &path, e))?;
+                dir.place(&path)
+                    .map_err(|e| ExportError::io("write", &path, e))?;
                 placed.insert(format!("{folder}/"), self.successes);
                 sync_dir(stats_dir).map_err(|e| ExportError::io("flush", stats_dir, e))?;
             }
@@ -508,7 +552,13 @@ impl ShardWriter {
         // A Hub folder's bytes are its images'.
         let bytes = placed
             .iter()
-            .map(|(name, len)| if name.ends_with('/') { self.image_bytes } else { *len })
+            .map(|(name, len)| {
+                if name.ends_with('/') {
+                    self.image_bytes
+                } else {
+                    *len
+                }
+            })
             .sum();
         let stats = ShardStats {
             count: self.rows,

@@ -152,26 +152,34 @@ impl<W: Write + Send> ParquetFile<W> {
             } else {
                 let at = leaf - usize::from(self.with_images) * 2;
                 let name = &self.columns.names[at];
-                let values = rows.iter().map(|row| row.get(name).filter(|v| !v.is_null()));
+                let values = rows
+                    .iter()
+                    .map(|row| row.get(name).filter(|v| !v.is_null()));
                 let levels: Vec<i16> = values.clone().map(|v| i16::from(v.is_some())).collect();
                 match self.columns.kinds[at] {
                     Kind::Bool => {
-                        let present: Vec<bool> =
-                            values.flatten().map(|v| v.as_bool().unwrap_or_default()).collect();
+                        let present: Vec<bool> = values
+                            .flatten()
+                            .map(|v| v.as_bool().unwrap_or_default())
+                            .collect();
                         column
                             .typed::<BoolType>()
                             .write_batch(&present, Some(&levels), None)?;
                     }
                     Kind::Int => {
-                        let present: Vec<i64> =
-                            values.flatten().map(|v| v.as_i64().unwrap_or_default()).collect();
+                        let present: Vec<i64> = values
+                            .flatten()
+                            .map(|v| v.as_i64().unwrap_or_default())
+                            .collect();
                         column
                             .typed::<Int64Type>()
                             .write_batch(&present, Some(&levels), None)?;
                     }
                     Kind::Float => {
-                        let present: Vec<f64> =
-                            values.flatten().map(|v| v.as_f64().unwrap_or_default()).collect();
+                        let present: Vec<f64> = values
+                            .flatten()
+                            .map(|v| v.as_f64().unwrap_or_default())
+                            .collect();
                         column
                             .typed::<DoubleType>()
                             .write_batch(&present, Some(&levels), None)?;
@@ -184,9 +192,11 @@ impl<W: Write + Send> ParquetFile<W> {
                                 other => ByteArray::from(other.to_string().into_bytes()),
                             })
                             .collect();
-                        column
-                            .typed::<ByteArrayType>()
-                            .write_batch(&present, Some(&levels), None)?;
+                        column.typed::<ByteArrayType>().write_batch(
+                            &present,
+                            Some(&levels),
+                            None,
+                        )?;
                     }
                 }
             }
@@ -311,7 +321,15 @@ mod tests {
         assert_eq!(
             leaves,
             // A row's columns come in name order (serde_json's map).
-            ["image.bytes", "image.path", "f", "file_name", "label", "n", "ok"]
+            [
+                "image.bytes",
+                "image.path",
+                "f",
+                "file_name",
+                "label",
+                "n",
+                "ok"
+            ]
         );
         let row = reader.get_row_iter(None).unwrap().nth(3).unwrap().unwrap();
         let text = row.to_string();
@@ -324,6 +342,13 @@ mod tests {
         let bytes = write(false);
         let reader = parquet::file::reader::SerializedFileReader::new(file_of(&bytes)).unwrap();
         use parquet::file::reader::FileReader;
-        assert_eq!(reader.metadata().file_metadata().schema_descr().num_columns(), 5);
+        assert_eq!(
+            reader
+                .metadata()
+                .file_metadata()
+                .schema_descr()
+                .num_columns(),
+            5
+        );
     }
 }

@@ -247,7 +247,8 @@ mod tests {
     fn keys_come_from_the_job_key_and_index_and_hold_no_dot() {
         let row = map(json!({"job_key": "ab-12", "image_index": 3}));
         assert_eq!(key_of(&row, "x/y"), "ab-12-3");
-        let derived = map(json!({"job_key": "ab-12", "image_index": 3, "alchemy_form": "RealESRGAN_x4plus"}));
+        let derived =
+            map(json!({"job_key": "ab-12", "image_index": 3, "alchemy_form": "RealESRGAN_x4plus"}));
         assert_eq!(key_of(&derived, "x/y"), "ab-12-3-RealESRGAN_x4plus");
         assert_eq!(key_of(&map(json!({})), "dir/a.b c"), "dir_a_b_c");
     }
@@ -255,8 +256,12 @@ mod tests {
     #[test]
     fn kinds_join_to_what_holds_every_value() {
         let mut columns = Columns::default();
-        columns.add(&map(json!({"a": 1, "b": null, "c": true, "d": "x"}))).unwrap();
-        columns.add(&map(json!({"a": 1.5, "b": 2, "c": "no", "e": [1]}))).unwrap();
+        columns
+            .add(&map(json!({"a": 1, "b": null, "c": true, "d": "x"})))
+            .unwrap();
+        columns
+            .add(&map(json!({"a": 1.5, "b": 2, "c": "no", "e": [1]})))
+            .unwrap();
         assert_eq!(columns.names, ["a", "b", "c", "d", "e"]);
         assert_eq!(
             columns.kinds,
@@ -273,7 +278,11 @@ mod tests {
             index: index.clone(),
             prefix: "shard-1-of-2/".to_owned(),
         };
-        std::fs::write(&index, "{\"file_name\":\"a/b.webp\",\"job_key\":\"k\",\"image_index\":0}\n{\"file_na").unwrap();
+        std::fs::write(
+            &index,
+            "{\"file_name\":\"a/b.webp\",\"job_key\":\"k\",\"image_index\":0}\n{\"file_na",
+        )
+        .unwrap();
         let mut rows = Rows::open(std::slice::from_ref(&source));
         let row = rows.next_row().unwrap().unwrap();
         assert_eq!(row.key, "k-0");
@@ -284,6 +293,9 @@ mod tests {
 
         std::fs::write(&index, "{\"file_na\n{\"file_name\":\"a.webp\"}\n").unwrap();
         let mut rows = Rows::open(&[source]);
-        assert!(matches!(rows.next_row(), Err(ExportError::Index { line: 1, .. })));
+        assert!(matches!(
+            rows.next_row(),
+            Err(ExportError::Index { line: 1, .. })
+        ));
     }
 }

@@ -51,11 +51,14 @@ impl ShardStats {
             && self.format_version == expected.format_version
             && self.digest == expected.digest;
         same && !self.files.is_empty()
-            && self.files.iter().all(|(name, size)| match name.strip_suffix('/') {
-                Some(folder) => std::fs::read_dir(root.join(folder))
-                    .is_ok_and(|entries| entries.count() as u64 == *size),
-                None => std::fs::metadata(root.join(name)).is_ok_and(|m| m.len() == *size),
-            })
+            && self
+                .files
+                .iter()
+                .all(|(name, size)| match name.strip_suffix('/') {
+                    Some(folder) => std::fs::read_dir(root.join(folder))
+                        .is_ok_and(|entries| entries.count() as u64 == *size),
+                    None => std::fs::metadata(root.join(name)).is_ok_and(|m| m.len() == *size),
+                })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -91,10 +94,7 @@ impl ShardDigest {
         let mut all = Sha256::new();
         all.update(common);
         all.update(rows);
-        all.finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        all.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

@@ -45,7 +45,8 @@ mod tests {
         let mut tar = TarShard::new(Vec::new());
         tar.append("k-0.webp", b"RIFF....WEBP").unwrap();
         tar.append("k-0.txt", "a caption".as_bytes()).unwrap();
-        tar.append(&format!("{}.json", "x".repeat(150)), b"{}").unwrap();
+        tar.append(&format!("{}.json", "x".repeat(150)), b"{}")
+            .unwrap();
         tar.finish().unwrap()
     }
 
