@@ -5,8 +5,9 @@
 # Prints one JSON line per format: images per second, wall and CPU seconds,
 # peak RSS, bytes written; and the rerun's wall time.
 #
-# Knobs: EXPORT_JOBS (200) x EXPORT_IMAGES (50 per job), EXPORT_SHARD_SIZE
-# (10000), HORDE_BATCH_BIN (release binary), EXPORT_WORK (folder).
+# Knobs: EXPORT_JOBS (200) x EXPORT_IMAGES (50 per job), EXPORT_SIZE (64:
+# 64x64 images; 512 for images of a real size), EXPORT_SHARD_SIZE (10000),
+# HORDE_BATCH_BIN (release binary), EXPORT_WORK (folder).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +16,7 @@ work="${EXPORT_WORK:-$repo/target/bench/export}"
 jobs="${EXPORT_JOBS:-200}"
 per_job="${EXPORT_IMAGES:-50}"
 shard_size="${EXPORT_SHARD_SIZE:-10000}"
+size="${EXPORT_SIZE:-64}"
 rm -rf "$work" && mkdir -p "$work"
 cd "$work"
 
@@ -23,7 +25,7 @@ version: 1
 name: export
 defaults:
   models: [stable_diffusion]
-  params: {width: 64, height: 64, steps: 4}
+  params: {width: $size, height: $size, steps: 4}
 jobs:
   - name: grid
     prompt: "a small red cube, take \${take}"
@@ -50,11 +52,11 @@ for format in webdataset parquet hub; do
     bytes="$(du -sb "out/export-$format" | cut -f1)"
     /usr/bin/time -f "%e" -o rerun.txt \
         "$bin" export batch.yaml --format "$format" --shard-size "$shard_size" -q 2>> export.err
-    python3 - "$format" "$images" "$wall" "$user" "$sys" "$rss" "$bytes" "$(cat rerun.txt)" <<'PY'
-import json, sys
+    EXPORT_SIZE_SHOWN="$size" python3 - "$format" "$images" "$wall" "$user" "$sys" "$rss" "$bytes" "$(cat rerun.txt)" <<'PY'
+import json, os, sys
 fmt, images, wall, user, sys_, rss, size, rerun = sys.argv[1:]
 images, wall, cpu = int(images), float(wall), float(user) + float(sys_)
-print(json.dumps({"format": fmt, "images": images, "wall_s": wall,
+print(json.dumps({"format": fmt, "images": images, "size": int(os.environ["EXPORT_SIZE_SHOWN"]), "wall_s": wall,
                   "images_per_s": round(images / wall), "cpu_s": round(cpu, 2),
                   "user_s": float(user), "sys_s": float(sys_),
                   "peak_rss_mb": round(int(rss) / 1024, 1), "bytes": int(size),

@@ -240,7 +240,10 @@ pub fn export(
         if complete[shard] {
             continue;
         }
-        let open = writer.get_or_insert(ShardWriter::new(target, shard, options, &out)?);
+        let open = match &mut writer {
+            Some(open) => open,
+            None => writer.insert(ShardWriter::new(target, shard, options, &out)?),
+        };
         if let Some(Fault::KillAfterShards(after)) = options.fault {
             if summary.written == after && open.rows > 0 {
                 // Test-only: a kill in the middle of a shard, temp files left behind.
@@ -572,5 +575,103 @@ impl ShardWriter {
         place_bytes(&path, &stats.to_bytes()).map_err(|e| ExportError::io("write", &path, e))?;
         sync_dir(stats_dir).map_err(|e| ExportError::io("flush", stats_dir, e))?;
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder of five "images" (export copies bytes, it does not decode)
+    /// and their index, one image missing.
+    fn batch() -> (tempfile::TempDir, Vec<Source>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = String::new();
+        for i in 0..5 {
+            let name = format!("job/k-{i}.webp");
+            if i != 3 {
+                std::fs::create_dir_all(dir.path().join("job")).unwrap();
+                std::fs::write(dir.path().join(&name), vec![i as u8; 100]).unwrap();
+                std::fs::write(dir.path().join(format!("job/k-{i}.json")), b"{}").unwrap();
+            }
+            index.push_str(&format!(
+                "{{\"file_name\":\"{name}\",\"text\":\"prompt {i}\",\"job_key\":\"k\",\"image_index\":{i},\"cfg\":{}}}\n",
+                if i == 0 { "7".to_owned() } else { "7.5".to_owned() }
+            ));
+        }
+        std::fs::write(dir.path().join("metadata.jsonl"), index).unwrap();
+        let source = Source {
+            folder: dir.path().to_owned(),
+            index: dir.path().join("metadata.jsonl"),
+            prefix: String::new(),
+        };
+        (dir, vec![source])
+    }
+
+    fn options(format: Format) -> Options {
+        Options {
+            format,
+            shard_size: 2,
+            caption_column: "text".to_owned(),
+            fault: None,
+        }
+    }
+
+    #[test]
+    fn shards_hold_shard_size_rows_and_a_rerun_writes_nothing() {
+        let (dir, sources) = batch();
+        for format in [Format::Webdataset, Format::Parquet, Format::Hub] {
+            let target = dir.path().join(format.name());
+            let first = export(&sources, &target, &options(format)).unwrap();
+            assert_eq!((first.shards, first.written), (3, 3), "{format:?}");
+            assert_eq!((first.images, first.failed), (4, 1), "{format:?}");
+            let again = export(&sources, &target, &options(format)).unwrap();
+            assert_eq!(again.written, 0, "{format:?}: complete shards are kept");
+        }
+        let stats: ShardStats = serde_json::from_slice(
+            &std::fs::read(dir.path().join("webdataset/00001_stats.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (stats.start_key.as_str(), stats.end_key.as_str()),
+            ("k-2", "k-3")
+        );
+        assert_eq!((stats.successes, stats.failed_to_export), (1, 1));
+        let hub = std::fs::read_to_string(dir.path().join("hub/metadata.jsonl")).unwrap();
+        assert!(
+            hub.starts_with("{\"file_name\":\"data/00000/k-0.webp\",\"key\":\"k-0\""),
+            "{hub}"
+        );
+        assert!(dir.path().join("hub/data/00002/k-4.webp").is_file());
+    }
+
+    #[test]
+    fn a_changed_row_rewrites_its_shard_and_keeps_the_others() {
+        let (dir, sources) = batch();
+        let target = dir.path().join("out");
+        export(&sources, &target, &options(Format::Webdataset)).unwrap();
+        let index = sources[0].index.clone();
+        let text = std::fs::read_to_string(&index)
+            .unwrap()
+            .replace("prompt 4", "prompt four");
+        std::fs::write(&index, text).unwrap();
+        let again = export(&sources, &target, &options(Format::Webdataset)).unwrap();
+        assert_eq!(again.written, 1);
+        let tar = std::fs::read(target.join("00002.tar")).unwrap();
+        assert!(tar.windows(11).any(|w| w == b"prompt four"));
+    }
+
+    #[test]
+    fn a_hub_folder_over_ten_thousand_files_is_refused() {
+        let (dir, sources) = batch();
+        let options = Options {
+            shard_size: 10_001,
+            ..options(Format::Hub)
+        };
+        let refused = export(&sources, &dir.path().join("hub"), &options);
+        assert!(matches!(
+            refused,
+            Err(ExportError::ShardSize { max: 10_000, .. })
+        ));
     }
 }

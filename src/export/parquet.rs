@@ -132,16 +132,17 @@ impl<W: Write + Send> ParquetFile<W> {
         }
         let mut group = self.writer.next_row_group()?;
         let rows = std::mem::take(&mut self.rows);
-        let images = std::mem::take(&mut self.images);
+        let mut images = std::mem::take(&mut self.images);
         self.image_bytes = 0;
         let mut leaf = 0usize;
         while let Some(mut column) = group.next_column()? {
             if self.with_images && leaf < 2 {
                 // image.bytes, then image.path: both present in every row (levels 2).
+                // The bytes move into the column (no copy): a row group holds each image once.
                 let values: Vec<ByteArray> = images
-                    .iter()
+                    .iter_mut()
                     .map(|image| match leaf {
-                        0 => ByteArray::from(image.bytes.clone()),
+                        0 => ByteArray::from(std::mem::take(&mut image.bytes)),
                         _ => ByteArray::from(image.path.as_bytes().to_vec()),
                     })
                     .collect();

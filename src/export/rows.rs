@@ -47,7 +47,7 @@ pub struct Row {
 
 /// Streams the rows of every source in turn.
 pub struct Rows {
-    sources: std::vec::IntoIter<Source>,
+    sources: std::collections::VecDeque<Source>,
     current: Option<(Source, BufReader<File>, usize)>,
     line: String,
 }
@@ -56,7 +56,7 @@ impl Rows {
     /// Reads `sources` in order. A source whose index does not exist has no rows.
     pub fn open(sources: &[Source]) -> Rows {
         Rows {
-            sources: sources.to_vec().into_iter(),
+            sources: sources.iter().cloned().collect(),
             current: None,
             line: String::new(),
         }
@@ -68,7 +68,7 @@ impl Rows {
     pub fn next_row(&mut self) -> Result<Option<Row>, ExportError> {
         loop {
             let Some((source, reader, number)) = &mut self.current else {
-                let Some(source) = self.sources.next() else {
+                let Some(source) = self.sources.pop_front() else {
                     return Ok(None);
                 };
                 match File::open(&source.index) {
