@@ -118,6 +118,8 @@ pub enum ExportError {
         line: usize,
         problem: String,
     },
+    #[error("two rows of the index have the key `{0}` (the same job key and image index)")]
+    DuplicateKey(String),
     #[error("the index has more than {0} columns")]
     TooManyColumns(usize),
     #[error("cannot write Parquet to {}: {source}", path.display())]
@@ -286,9 +288,13 @@ fn first_pass(
     let mut planned: Vec<Planned> = Vec::new();
     let mut rows = Rows::open(sources);
     let mut number = 0u64;
+    // The keys of the current shard: two members of one name would merge
+    // two images into one sample (memory: one shard's keys).
+    let mut keys = std::collections::HashSet::new();
     while let Some(row) = rows.next_row()? {
         columns.add(&row.columns)?;
         if number % options.shard_size == 0 {
+            keys.clear();
             planned.push(Planned {
                 stats: ShardStats {
                     count: 0,
@@ -306,6 +312,9 @@ fn first_pass(
             });
         }
         number += 1;
+        if !keys.insert(row.key.clone()) {
+            return Err(ExportError::DuplicateKey(row.key));
+        }
         let image = file_size(&row.image);
         let sidecar = file_size(&row.sidecar);
         // A shard was pushed when this row's number began one.
@@ -412,6 +421,25 @@ mod tests {
         assert_eq!(again.written, 1);
         let tar = std::fs::read(target.join("00002.tar")).unwrap();
         assert!(tar.windows(11).any(|w| w == b"prompt four"));
+    }
+
+    #[test]
+    fn two_rows_of_one_key_are_refused() {
+        let (dir, sources) = batch();
+        let mut index = std::fs::read_to_string(&sources[0].index).unwrap();
+        let first = index
+            .lines()
+            .next()
+            .unwrap()
+            .replace("k-0.webp", "k-0b.webp");
+        index.push_str(&format!("{first}\n"));
+        std::fs::write(&sources[0].index, index).unwrap();
+        let options = Options {
+            shard_size: 10,
+            ..options(Format::Webdataset)
+        };
+        let refused = export(&sources, &dir.path().join("out"), &options);
+        assert!(matches!(refused, Err(ExportError::DuplicateKey(key)) if key == "k-0"));
     }
 
     #[test]
