@@ -81,7 +81,7 @@ fn stats(path: &Path) -> serde_json::Value {
 }
 
 /// Loads the batch's imagefolder and the three exports with `datasets` and
-/// compares them row by row (tests/fixtures/export_check.py); `None` when
+/// compares them row by row ([`DATASETS_CHECK`]); `None` when
 /// `datasets` is not installed (not allowed under `.ci/run`).
 fn check_with_datasets(out: &Path, exports: &Path) -> Option<serde_json::Value> {
     let Some(python) = python_with("datasets") else {
@@ -94,7 +94,7 @@ fn check_with_datasets(out: &Path, exports: &Path) -> Option<serde_json::Value> 
     let home = tempfile::tempdir().unwrap();
     let stdout = stdout_of_success(
         Command::new(python)
-            .arg("tests/fixtures/export_check.py")
+            .args(["-c", DATASETS_CHECK])
             .arg(out)
             .args(FORMATS.map(|format| exports.join(format)))
             .env("HF_DATASETS_OFFLINE", "1")
@@ -103,6 +103,83 @@ fn check_with_datasets(out: &Path, exports: &Path) -> Option<serde_json::Value> 
     );
     Some(serde_json::from_slice(&stdout).unwrap())
 }
+
+/// The comparison, in Python: arguments OUT_DIR WEBDATASET_DIR PARQUET_DIR HUB_DIR.
+const DATASETS_CHECK: &str = r#"
+"""Loads a batch's imagefolder and its exports with Hugging Face `datasets`
+and compares them row by row: the same rows, columns and image bytes.
+
+Arguments: OUT_DIR WEBDATASET_DIR PARQUET_DIR HUB_DIR
+Prints a JSON summary; exits non-zero (with the difference) on a mismatch.
+"""
+import glob, json, os, sys
+
+import datasets
+from datasets import Image
+
+out, wds_dir, pq_dir, hub_dir = sys.argv[1:5]
+
+
+def key_of(row):
+    key = f"{row['job_key']}-{row['image_index']}"
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
+
+
+def raw(ds):
+    return ds.cast_column("image", Image(decode=False))
+
+
+def image_bytes(value):
+    if value.get("bytes") is not None:
+        return value["bytes"]
+    with open(value["path"], "rb") as f:
+        return f.read()
+
+
+ref = raw(datasets.load_dataset("imagefolder", data_dir=out, split="train"))
+pq = datasets.load_dataset("parquet", data_files=sorted(glob.glob(os.path.join(pq_dir, "*.parquet"))), split="train")
+assert str(pq.features["image"]) .startswith("Image("), pq.features
+pq = raw(pq)
+wds = datasets.load_dataset("webdataset", data_files=sorted(glob.glob(os.path.join(wds_dir, "*.tar"))), split="train")
+wds = wds.cast_column("webp", Image(decode=False))
+hub = raw(datasets.load_dataset("imagefolder", data_dir=hub_dir, split="train"))
+
+columns = [c for c in ref.column_names if c != "image"]
+assert sorted(pq.column_names) == sorted(ref.column_names + ["key"]), (pq.column_names, ref.column_names)
+assert sorted(hub.column_names) == sorted(ref.column_names + ["key"]), (hub.column_names, ref.column_names)
+for name in columns:
+    assert pq.features[name] == ref.features[name], (name, pq.features[name], ref.features[name])
+    assert hub.features[name] == ref.features[name], (name, hub.features[name], ref.features[name])
+n = len(ref)
+assert len(pq) == len(wds) == len(hub) == n, (n, len(pq), len(wds), len(hub))
+
+by_key = {}
+for row in ref.to_list():
+    by_key[key_of(row)] = row
+assert len(by_key) == n, "keys are unique"
+caption = "text" if "text" in columns else None
+
+for name, ds in (("parquet", pq), ("hub", hub)):
+    seen = set()
+    for row in ds.to_list():
+        want = by_key[row["key"]]
+        seen.add(row["key"])
+        for c in columns:
+            assert row[c] == want[c], (name, row["key"], c, row[c], want[c])
+        assert image_bytes(row["image"]) == image_bytes(want["image"]), (name, row["key"])
+    assert len(seen) == n, name
+
+for row in wds.to_list():
+    want = by_key[row["__key__"]]
+    assert image_bytes(row["webp"]) == image_bytes(want["image"]), ("webdataset", row["__key__"])
+    if caption:
+        assert row["txt"] == want[caption], (row["__key__"], row["txt"], want[caption])
+    stem = os.path.splitext(want["image"]["path"])[0]
+    with open(stem + ".json") as f:
+        assert row["json"] == json.load(f), row["__key__"]
+
+print(json.dumps({"rows": n, "columns": columns, "pq_features": str(pq.features["image"])}))
+"#;
 
 /// Issue #23: 10,000 images to every format, loaded back with `datasets`
 /// and compared row by row with the imagefolder.
