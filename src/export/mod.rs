@@ -120,6 +120,10 @@ pub enum ExportError {
     },
     #[error("two rows of the index have the key `{0}` (the same job key and image index)")]
     DuplicateKey(String),
+    #[error(
+        "the index changed while it was exported (rows were removed or rewritten): export again"
+    )]
+    IndexChanged,
     #[error("the index has more than {0} columns")]
     TooManyColumns(usize),
     #[error("cannot write Parquet to {}: {source}", path.display())]
@@ -231,7 +235,9 @@ pub fn export(
     let mut rows = Rows::open(sources);
     let mut writer: Option<ShardWriter> = None;
     for number in 0..total {
-        let Some(row) = rows.next_row()? else { break };
+        // Rows are only ever appended while a run goes on; fewer rows than
+        // the first pass counted means the index was rewritten in between.
+        let row = rows.next_row()?.ok_or(ExportError::IndexChanged)?;
         let shard = (number / options.shard_size) as usize;
         if let Some(index) = &mut hub_index {
             let line = hub_line(&row, shard, &out);
@@ -269,9 +275,47 @@ pub fn export(
             .map_err(|e| ExportError::io("write", &path, e))?;
         sync_dir(target).map_err(|e| ExportError::io("flush", target, e))?;
     }
+    prune(&stats_dir, options.format, expected.len())?;
     summary.images = expected.iter().map(|s| s.successes).sum();
     summary.failed = expected.iter().map(|s| s.failed_to_export).sum();
     Ok(summary)
+}
+
+/// Removes the shards numbered `shards` and up that an earlier export (of
+/// more rows, or a smaller `--shard-size`) left: a reader globbing
+/// `*.tar` would take them for part of this one. Only names this module
+/// writes are touched.
+fn prune(stats_dir: &Path, format: Format, shards: usize) -> Result<(), ExportError> {
+    let stale = |name: &str| -> bool {
+        let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+        let rest = &name[digits..];
+        let ours = match format {
+            Format::Webdataset => matches!(rest, ".tar" | ".parquet" | "_stats.json"),
+            Format::Parquet => matches!(rest, ".parquet" | "_stats.json"),
+            Format::Hub => matches!(rest, "" | "_stats.json"),
+        };
+        digits >= 5 && ours && name[..digits].parse::<usize>().is_ok_and(|n| n >= shards)
+    };
+    let mut pruned = false;
+    for entry in std::fs::read_dir(stats_dir).map_err(|e| ExportError::io("read", stats_dir, e))? {
+        let entry = entry.map_err(|e| ExportError::io("read", stats_dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !stale(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| ExportError::io("remove", &path, e))?;
+        pruned = true;
+    }
+    if pruned {
+        sync_dir(stats_dir).map_err(|e| ExportError::io("flush", stats_dir, e))?;
+    }
+    Ok(())
 }
 
 /// The stats file of shard `at`.
@@ -421,6 +465,35 @@ mod tests {
         assert_eq!(again.written, 1);
         let tar = std::fs::read(target.join("00002.tar")).unwrap();
         assert!(tar.windows(11).any(|w| w == b"prompt four"));
+    }
+
+    #[test]
+    fn shards_past_the_last_one_of_an_earlier_export_are_removed() {
+        let (dir, sources) = batch();
+        for format in [Format::Webdataset, Format::Hub] {
+            let target = dir.path().join(format.name());
+            export(&sources, &target, &options(format)).unwrap();
+            let bigger = Options {
+                shard_size: 10,
+                ..options(format)
+            };
+            let again = export(&sources, &target, &bigger).unwrap();
+            assert_eq!((again.shards, again.written), (1, 1));
+            let stats_dir = match format {
+                Format::Hub => target.join("data"),
+                _ => target.clone(),
+            };
+            let mut left: Vec<String> = std::fs::read_dir(&stats_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            let want: &[&str] = match format {
+                Format::Hub => &["00000", "00000_stats.json"],
+                _ => &["00000.parquet", "00000.tar", "00000_stats.json"],
+            };
+            assert_eq!(left, want, "{format:?}");
+        }
     }
 
     #[test]
