@@ -57,6 +57,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Combine the shard folders of a batch run with --shard into one metadata.jsonl and results.
     Merge(MergeArgs),
+    /// Write a batch (sharded or not) as WebDataset tar shards, Parquet files with the images
+    /// embedded, or a Hub-ready imagefolder; rerunning resumes and writes the same files.
+    Export(ExportArgs),
     /// List the jobs that failed and have not succeeded since: class, message, how often.
     #[command(mut_arg("shard", |arg| arg.help(SHARD_HELP_FAILURES)))]
     Failures(FailuresArgs),
@@ -388,6 +391,42 @@ pub struct MergeArgs {
     pub out: Option<PathBuf>,
     /// Merge what is there even when a shard is missing, running or unfinished
     /// (without it, such a merge writes nothing and exits 1, or 4 while a shard runs).
+    #[arg(long)]
+    pub partial: bool,
+}
+
+/// What `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// `00000.tar` (`{key}.webp`, `{key}.txt`, `{key}.json`), `00000.parquet` (the rows) and
+    /// `00000_stats.json` per shard: img2dataset's layout, read by webdataset and `datasets`.
+    Webdataset,
+    /// `00000.parquet` per shard: an `image` column in `datasets`' Image layout plus the rows'
+    /// columns, and `00000_stats.json`.
+    Parquet,
+    /// An imagefolder for `huggingface-cli upload`: `data/00000/{key}.webp` (at most 10,000
+    /// files a folder) and one `metadata.jsonl` at the top.
+    Hub,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The manifest whose batch to export.
+    pub manifest: PathBuf,
+    /// The layout to write.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Folder to write into (default: `<output>-<format>` beside the output folder).
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Images per shard (at most 10,000 for `hub`, the Hub's files per folder).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub shard_size: u64,
+    /// Output directory holding the batch (default: the manifest's `output.dir`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Export what is there even when images are still missing or a shard is running
+    /// (without it, such an export writes nothing and exits 1, or 4 while a run is active).
     #[arg(long)]
     pub partial: bool,
 }

@@ -9,6 +9,7 @@ mod client_sim;
 mod common;
 mod dataset;
 mod docs;
+mod export;
 mod formats_v1;
 mod horde_client;
 mod key_pool;

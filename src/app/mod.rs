@@ -5,6 +5,7 @@ mod alchemy;
 mod cancel;
 mod caption;
 mod config;
+mod export;
 mod failures;
 mod kudos;
 mod merge;
@@ -50,6 +51,14 @@ pub enum AppError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Alchemy(#[from] crate::alchemy::AlchemyError),
+    #[error(transparent)]
+    #[diagnostic(
+        code(horde_batch::export),
+        help(
+            "check that the folder given with --to can be written and has room; rerunning resumes"
+        )
+    )]
+    Export(#[from] crate::export::ExportError),
     #[error("{0}")]
     #[diagnostic(code(horde_batch::config))]
     Config(String),
@@ -108,7 +117,7 @@ impl AppError {
             AppError::Unreachable(_) | AppError::RateLimited(_) => exit::UNREACHABLE,
             AppError::Sim(_) | AppError::Runtime(_) | AppError::Alchemy(_) => exit::JOBS_FAILED,
             // The output directory cannot be used: fix the setup, like a bad flag.
-            AppError::Output(_) | AppError::Gallery(_) => exit::USAGE,
+            AppError::Output(_) | AppError::Gallery(_) | AppError::Export(_) => exit::USAGE,
             AppError::Manifest(_)
             | AppError::Stdout(_)
             | AppError::Template(_)
@@ -133,6 +142,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, AppError> {
         Command::Run(args) => run::run(&args),
         Command::Cancel(args) => cancel::cancel(&args),
         Command::Merge(args) => merge::merge(&args),
+        Command::Export(args) => export::export(&args),
         Command::Failures(args) => failures::failures(&args),
         Command::Reroll(args) => reroll::reroll(&args),
         Command::Report(args) => report::report(&args),
