@@ -702,3 +702,75 @@ fn a_grid_of_large_images_is_drawn_in_bounded_memory() {
         kb / 1024
     );
 }
+
+/// A run that writes the page makes each image's thumbnail and grid cell as
+/// it saves the image, from the pixels it decoded to verify it: its report,
+/// and a `report` after it, decode no image again; a rerun makes none of
+/// them again; a deleted thumbnail is remade (one image decoded).
+#[test]
+fn previews_are_made_as_images_are_saved_and_the_report_decodes_nothing() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "44"]);
+    let batch = Batch::new(
+        "version: 1\nname: previews\ndefaults: {models: [stable_diffusion], params: {width: 320, height: 256}}\n\
+         jobs:\n  - {name: sweep, prompt: 'a ${colour} ${shape}', matrix: {colour: [red, blue], shape: [cube, ball]}, images: 2}\n",
+    );
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let out = batch.out();
+    let files: Vec<String> = batch
+        .index_lines()
+        .iter()
+        .map(|row| row["file_name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(files.len(), 8);
+    let thumb = |file: &str| out.join(format!(".report/thumbs/{file}.jpg"));
+    let cell = |file: &str| out.join(format!(".report/cells/{file}.png"));
+    let modified = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    let mut made_at = Vec::new();
+    for file in &files {
+        assert!(thumb(file).is_file(), "{file} has its thumbnail");
+        // The image scaled into a 256 px cell, as the grid draws it.
+        let cached = image::open(cell(file)).unwrap();
+        assert_eq!((cached.width(), cached.height()), (256, 204), "{file}");
+        made_at.push((modified(&thumb(file)), modified(&cell(file))));
+    }
+    let grids = walk(&out.join("grids"));
+    assert_eq!(grids.len(), 2, "one grid per image index: {grids:?}");
+
+    // The page and grids again from what the run made: nothing decoded.
+    let drawn = modified(&grids[0]);
+    for grid in &grids {
+        std::fs::remove_file(grid).unwrap();
+    }
+    let again = report(&batch);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("(0 new thumbnail(s), 2 grid(s), 0 image(s) decoded)"),
+        "{}",
+        again.stderr
+    );
+    assert!(modified(&walk(&out.join("grids"))[0]) >= drawn);
+
+    // A rerun has nothing to save and makes no preview again.
+    let rerun = batch.run(&sim);
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    for (file, (thumb_at, cell_at)) in files.iter().zip(&made_at) {
+        assert_eq!(modified(&thumb(file)), *thumb_at, "{file}");
+        assert_eq!(modified(&cell(file)), *cell_at, "{file}");
+    }
+
+    // A deleted thumbnail is remade by `report`, from its image.
+    std::fs::remove_file(thumb(&files[0])).unwrap();
+    let remade = report(&batch);
+    assert_eq!(remade.code, 0, "{}", remade.stderr);
+    assert!(
+        remade
+            .stderr
+            .contains("(1 new thumbnail(s), 2 grid(s), 1 image(s) decoded)"),
+        "{}",
+        remade.stderr
+    );
+    assert!(thumb(&files[0]).is_file());
+}

@@ -18,10 +18,11 @@ pub fn report(args: &ReportArgs) -> Result<ExitCode, AppError> {
     let written = write(&batch, Some(status))?;
     println!("{}", written.page.display());
     crate::say!(
-        "horde-batch: report of {} image(s) ({} new thumbnail(s), {} grid(s)) at {}",
+        "horde-batch: report of {} image(s) ({} new thumbnail(s), {} grid(s), {} image(s) decoded) at {}",
         written.images,
         written.thumbs_made,
         written.grids.len(),
+        written.decoded,
         written.page.display()
     );
     if written.unreadable > 0 {

@@ -161,8 +161,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             Some((alchemy, backlog)) => (Some(alchemy), Some(backlog)),
             None => (None, None),
         };
-        let dataset: Arc<dyn ImageSink> =
-            Arc::new(Dataset::new(output.clone(), template.clone(), Arc::clone(&compiled)));
+        let mut dataset = Dataset::new(output.clone(), template.clone(), Arc::clone(&compiled));
+        // A run that writes the page makes its thumbnails as it saves each image.
+        if !args.no_report && compiled.total_images() <= args.report_max_images {
+            dataset = dataset.with_previews(Arc::new(crate::gallery::Previews));
+        }
+        let dataset: Arc<dyn ImageSink> = Arc::new(dataset);
         let prompt_captions = (compiled.output.caption_files
             && compiled.output.caption_from == CaptionFrom::Prompt)
             .then(|| output.clone());

@@ -471,8 +471,10 @@ fn paste(grid: &mut RgbImage, cell: &RgbImage, left: u32, top: u32) {
 }
 
 /// The WebP image `name` of `out` scaled to `width` × `height`, or `None`
-/// if it cannot be read. The WebP decoder has no reduced-size decode, so the
-/// image is decoded whole, once, handed to `on_decoded` and dropped on return.
+/// if it cannot be read: its cell as the run cached it when it saved the
+/// image (`super::cells`), else the image itself. The WebP decoder has no
+/// reduced-size decode, so the image is decoded whole, once, handed to
+/// `on_decoded` and dropped on return.
 fn cell_image(
     out: &Path,
     name: &str,
@@ -480,6 +482,9 @@ fn cell_image(
     height: u32,
     on_decoded: &mut OnDecoded<'_>,
 ) -> Result<Option<RgbImage>, GalleryError> {
+    if let Some(cell) = super::cells::read(out, name, width, height) {
+        return Ok(Some(cell));
+    }
     let Ok(bytes) = std::fs::read(out.join(name)) else {
         return Ok(None);
     };
@@ -495,7 +500,7 @@ fn cell_image(
 }
 
 /// A cell's size for images of `width` × `height`: scaled down to fit [`GRID_CELL_MAX`].
-fn fit(width: u32, height: u32) -> (u32, u32) {
+pub(super) fn fit(width: u32, height: u32) -> (u32, u32) {
     let longest = width.max(height).max(1);
     if longest <= GRID_CELL_MAX {
         return (width.max(1), height.max(1));

@@ -1,8 +1,10 @@
 //! The morning review: `report.html`, its thumbnails and the X/Y/Z grids of
 //! an output folder.
 //!
-//! Owns everything under `<out>/.report/` (thumbnails, hidden so dataset
-//! loaders and the stray check never see them), `<out>/grids/` (PNG grid
+//! Owns everything under `<out>/.report/` (thumbnails and cached grid
+//! cells, hidden so dataset loaders and the stray check never see them;
+//! a run that writes the page makes both as it saves each image, through
+//! [`Previews`]), `<out>/grids/` (PNG grid
 //! images) and `<out>/report.html`. It reads what a run wrote —
 //! `metadata.jsonl`, the sidecars, `results.jsonl` — and what the caller
 //! hands it (the plan, the failed jobs, the status report), so it works on a
@@ -13,10 +15,12 @@
 //! never reach the network: the page it writes loads nothing from anywhere
 //! but the output folder.
 
+mod cells;
 mod grid;
 mod index;
 mod page;
 mod pixels;
+mod previews;
 mod thumbs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,9 +34,11 @@ use crate::output::{
 };
 use crate::progress::StatusReport;
 
+pub use cells::CELLS_DIR;
 pub use grid::{
     grid_size, GRID_CELL_MAX, GRID_HEADER_HEIGHT, GRID_ROW_LABEL_WIDTH, GRID_TITLE_HEIGHT,
 };
+pub use previews::Previews;
 pub use thumbs::THUMB_SIZE;
 
 /// The page, in the output folder.
@@ -108,6 +114,9 @@ pub struct Written {
     pub images: usize,
     /// Thumbnails made now (the others were fresh).
     pub thumbs_made: usize,
+    /// Images decoded now (for a thumbnail or a grid cell the run did not
+    /// make as it saved them).
+    pub decoded: usize,
     /// Images whose thumbnail could not be made (unreadable files).
     pub unreadable: usize,
     /// Grid images, relative to the output folder.
@@ -197,12 +206,14 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
         }
     }
     let mut made: Vec<(usize, Thumb)> = Vec::new();
+    let mut decoded_count = 0;
     let grids = grid::write_grids(
         out,
         &input.plan,
         &input.grids,
         &entries,
         &mut |file_name, decoded| {
+            decoded_count += 1;
             if let Some(i) = wanted.remove(file_name) {
                 match thumbs::make(out, file_name, decoded)? {
                     thumbs::Outcome::Made(thumb) | thumbs::Outcome::Fresh(thumb) => {
@@ -229,6 +240,7 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
             thumbs::Outcome::Fresh(thumb) => entry.thumb = Some(thumb),
             thumbs::Outcome::Made(thumb) => {
                 thumbs_made += 1;
+                decoded_count += 1;
                 entry.thumb = Some(thumb);
             }
             thumbs::Outcome::Unreadable => unreadable += 1,
@@ -242,6 +254,7 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
         page,
         images: entries.len(),
         thumbs_made,
+        decoded: decoded_count,
         unreadable,
         grids: grids.into_iter().map(|g| g.file).collect(),
     })
@@ -487,6 +500,68 @@ mod tests {
 
         // Nothing new: no thumbnail made again.
         assert_eq!(write_report(out, &input).unwrap().thumbs_made, 0);
+    }
+
+    #[test]
+    fn grids_drawn_from_the_cells_made_at_save_are_the_grids_drawn_from_the_images() {
+        use crate::output::ImagePreviews as _;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let mut plan = Vec::new();
+        for (i, animal) in ["owl", "cat", "fox"].iter().enumerate() {
+            let key = format!("k{i}");
+            let labels = json!({ "animal": animal });
+            save(out, &format!("{key}.webp"), "zoo", &key, 0, labels.clone());
+            // A 300×200 gradient instead, so scaling it shows.
+            let pixels: Vec<u8> = (0..300 * 200)
+                .flat_map(|p: u32| [(p % 300) as u8, (p / 300) as u8, (i * 80) as u8])
+                .collect();
+            let mut webp = Vec::new();
+            image_webp::WebPEncoder::new(&mut webp)
+                .encode(&pixels, 300, 200, image_webp::ColorType::Rgb8)
+                .unwrap();
+            std::fs::write(out.join(format!("{key}.webp")), webp).unwrap();
+            plan.push(plan_job(&key, i as u128, labels));
+        }
+        let input = ReportInput {
+            plan,
+            ..ReportInput::default()
+        };
+        let from_images = write_report(out, &input).unwrap();
+        assert_eq!((from_images.thumbs_made, from_images.decoded), (3, 3));
+        let grid_path = out.join(&from_images.grids[0]);
+        let grid = image::open(&grid_path).unwrap().to_rgb8();
+        let thumb = image::open(out.join(THUMBS_DIR).join("k0.webp.jpg")).unwrap();
+
+        std::fs::remove_dir_all(out.join(".report")).unwrap();
+        std::fs::remove_dir_all(out.join(GRIDS_DIR)).unwrap();
+        for i in 0..3 {
+            let name = format!("k{i}.webp");
+            let bytes = std::fs::read(out.join(&name)).unwrap();
+            let decoded = crate::output::verify_webp_decoded(&bytes).unwrap();
+            Previews.make(out, &name, decoded);
+        }
+        let from_cells = write_report(out, &input).unwrap();
+        assert_eq!((from_cells.thumbs_made, from_cells.decoded), (0, 0));
+        assert_eq!(image::open(&grid_path).unwrap().to_rgb8(), grid);
+        let cell = image::open(out.join(CELLS_DIR).join("k0.webp.png")).unwrap();
+        assert_eq!((cell.width(), cell.height()), (256, 170));
+        // The thumbnail, made from the cell, has the image's thumbnail size.
+        let remade = image::open(out.join(THUMBS_DIR).join("k0.webp.jpg")).unwrap();
+        assert_eq!(
+            (remade.width(), remade.height()),
+            (thumb.width(), thumb.height())
+        );
+        assert_eq!((remade.width(), remade.height()), (192, 128));
+
+        // A cell older than its image is not used.
+        let image = out.join("k1.webp");
+        let bytes = std::fs::read(&image).unwrap();
+        std::fs::remove_dir_all(out.join(GRIDS_DIR)).unwrap();
+        std::fs::remove_file(&image).unwrap();
+        std::fs::write(&image, bytes).unwrap();
+        let stale = write_report(out, &input).unwrap();
+        assert_eq!((stale.thumbs_made, stale.decoded), (1, 1));
     }
 
     #[test]
