@@ -703,12 +703,12 @@ fn a_grid_of_large_images_is_drawn_in_bounded_memory() {
     );
 }
 
-/// A run that writes the page makes each image's thumbnail and grid cell as
-/// it saves the image, from the pixels it decoded to verify it: its report,
-/// and a `report` after it, decode no image again; a rerun makes none of
-/// them again; a deleted thumbnail is remade (one image decoded).
+/// A run that writes the page makes each image's thumbnail (and grid cell,
+/// kept in memory for its grids) as it saves the image, from the pixels it
+/// decoded to verify it: a `report` after it decodes no image; a rerun makes
+/// no thumbnail again; a deleted thumbnail is remade (one image decoded).
 #[test]
-fn previews_are_made_as_images_are_saved_and_the_report_decodes_nothing() {
+fn thumbnails_are_made_as_images_are_saved_and_the_report_decodes_nothing() {
     let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "44"]);
     let batch = Batch::new(
         "version: 1\nname: previews\ndefaults: {models: [stable_diffusion], params: {width: 320, height: 256}}\n\
@@ -724,24 +724,31 @@ fn previews_are_made_as_images_are_saved_and_the_report_decodes_nothing() {
         .collect();
     assert_eq!(files.len(), 8);
     let thumb = |file: &str| out.join(format!(".report/thumbs/{file}.jpg"));
-    let cell = |file: &str| out.join(format!(".report/cells/{file}.png"));
     let modified = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
     let mut made_at = Vec::new();
     for file in &files {
-        assert!(thumb(file).is_file(), "{file} has its thumbnail");
-        // The image scaled into a 256 px cell, as the grid draws it.
-        let cached = image::open(cell(file)).unwrap();
-        assert_eq!((cached.width(), cached.height()), (256, 204), "{file}");
-        made_at.push((modified(&thumb(file)), modified(&cell(file))));
+        // The image's thumbnail size (320×256 into 192²), made from its grid cell.
+        let small = image::open(thumb(file)).unwrap();
+        assert_eq!((small.width(), small.height()), (192, 154), "{file}");
+        assert!(
+            modified(&thumb(file)) >= modified(&out.join(file)),
+            "{file}"
+        );
+        made_at.push(modified(&thumb(file)));
     }
+    assert_eq!(
+        walk_all(&out.join(".report")).len(),
+        8,
+        "no file but the thumbnails"
+    );
     let grids = walk(&out.join("grids"));
     assert_eq!(grids.len(), 2, "one grid per image index: {grids:?}");
+    let grid = image::open(&grids[0]).unwrap();
+    assert_eq!(
+        (grid.width(), grid.height()),
+        horde_batch::gallery::grid_size(2, 2, 256, 204)
+    );
 
-    // The page and grids again from what the run made: nothing decoded.
-    let drawn = modified(&grids[0]);
-    for grid in &grids {
-        std::fs::remove_file(grid).unwrap();
-    }
     let again = report(&batch);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(
@@ -751,14 +758,12 @@ fn previews_are_made_as_images_are_saved_and_the_report_decodes_nothing() {
         "{}",
         again.stderr
     );
-    assert!(modified(&walk(&out.join("grids"))[0]) >= drawn);
 
-    // A rerun has nothing to save and makes no preview again.
+    // A rerun has nothing to save and makes no thumbnail again.
     let rerun = batch.run(&sim);
     assert_eq!(rerun.code, 0, "{}", rerun.stderr);
-    for (file, (thumb_at, cell_at)) in files.iter().zip(&made_at) {
-        assert_eq!(modified(&thumb(file)), *thumb_at, "{file}");
-        assert_eq!(modified(&cell(file)), *cell_at, "{file}");
+    for (file, made) in files.iter().zip(&made_at) {
+        assert_eq!(modified(&thumb(file)), *made, "{file}");
     }
 
     // A deleted thumbnail is remade by `report`, from its image.

@@ -1,9 +1,9 @@
 //! The morning review: `report.html`, its thumbnails and the X/Y/Z grids of
 //! an output folder.
 //!
-//! Owns everything under `<out>/.report/` (thumbnails and cached grid
-//! cells, hidden so dataset loaders and the stray check never see them;
-//! a run that writes the page makes both as it saves each image, through
+//! Owns everything under `<out>/.report/` (thumbnails, hidden so dataset
+//! loaders and the stray check never see them; a run that writes the page
+//! makes them, and keeps the grid cells, as it saves each image, through
 //! [`Previews`]), `<out>/grids/` (PNG grid
 //! images) and `<out>/report.html`. It reads what a run wrote —
 //! `metadata.jsonl`, the sidecars, `results.jsonl` — and what the caller
@@ -34,7 +34,7 @@ use crate::output::{
 };
 use crate::progress::StatusReport;
 
-pub use cells::CELLS_DIR;
+pub use cells::CELLS_BUDGET;
 pub use grid::{
     grid_size, GRID_CELL_MAX, GRID_HEADER_HEIGHT, GRID_ROW_LABEL_WIDTH, GRID_TITLE_HEIGHT,
 };
@@ -91,6 +91,9 @@ pub struct ReportInput {
     /// The grid each manifest job asks for, by job name; a job not listed gets
     /// [`GridChoice::Auto`].
     pub grids: HashMap<String, GridChoice>,
+    /// The previews the run made as it saved its images (their grid cells
+    /// are drawn from them instead of decoding the images), if any.
+    pub previews: Option<std::sync::Arc<Previews>>,
 }
 
 /// The grids a manifest job asks for (`grid:` on a job).
@@ -212,6 +215,7 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
         &input.plan,
         &input.grids,
         &entries,
+        input.previews.as_deref(),
         &mut |file_name, decoded| {
             decoded_count += 1;
             if let Some(i) = wanted.remove(file_name) {
@@ -535,17 +539,22 @@ mod tests {
 
         std::fs::remove_dir_all(out.join(".report")).unwrap();
         std::fs::remove_dir_all(out.join(GRIDS_DIR)).unwrap();
+        let previews = std::sync::Arc::new(Previews::default());
         for i in 0..3 {
             let name = format!("k{i}.webp");
             let bytes = std::fs::read(out.join(&name)).unwrap();
             let decoded = crate::output::verify_webp_decoded(&bytes).unwrap();
-            Previews.make(out, &name, decoded);
+            previews.make(out, &name, decoded);
         }
+        let input = ReportInput {
+            previews: Some(std::sync::Arc::clone(&previews)),
+            ..input
+        };
         let from_cells = write_report(out, &input).unwrap();
         assert_eq!((from_cells.thumbs_made, from_cells.decoded), (0, 0));
         assert_eq!(image::open(&grid_path).unwrap().to_rgb8(), grid);
-        let cell = image::open(out.join(CELLS_DIR).join("k0.webp.png")).unwrap();
-        assert_eq!((cell.width(), cell.height()), (256, 170));
+        let cell = previews.cell("k0.webp", 256, 170).unwrap();
+        assert_eq!(cell.dimensions(), (256, 170));
         // The thumbnail, made from the cell, has the image's thumbnail size.
         let remade = image::open(out.join(THUMBS_DIR).join("k0.webp.jpg")).unwrap();
         assert_eq!(
@@ -554,14 +563,19 @@ mod tests {
         );
         assert_eq!((remade.width(), remade.height()), (192, 128));
 
-        // A cell older than its image is not used.
-        let image = out.join("k1.webp");
-        let bytes = std::fs::read(&image).unwrap();
+        // Without the run's cells (`report` on its own), the grid decodes
+        // the images, and draws the same grid.
         std::fs::remove_dir_all(out.join(GRIDS_DIR)).unwrap();
-        std::fs::remove_file(&image).unwrap();
-        std::fs::write(&image, bytes).unwrap();
-        let stale = write_report(out, &input).unwrap();
-        assert_eq!((stale.thumbs_made, stale.decoded), (1, 1));
+        let alone = write_report(
+            out,
+            &ReportInput {
+                previews: None,
+                ..input
+            },
+        )
+        .unwrap();
+        assert_eq!((alone.thumbs_made, alone.decoded), (0, 3));
+        assert_eq!(image::open(&grid_path).unwrap().to_rgb8(), grid);
     }
 
     #[test]
