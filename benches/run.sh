@@ -6,7 +6,9 @@
 # `horde-batch sim` on loopback:
 #   1. horde-batch runs benches/workload-1k.yaml (1,000 images: 50 requests of
 #      n = 20, default settings) on 20 workers at 1 s per image, with
-#      --no-report, then `report` makes its page (timed apart);
+#      --no-report, then `report` makes its page (timed apart), then the
+#      default path as a user runs it, page on (thumbnails made as each image
+#      is saved; the headline CPU figure);
 #   2. horde_sdk runs the same 50 requests as its async example does
 #      (asyncio.gather, no spacing; 429s retried after 1 s);
 #   3. horde_sdk again, spaced 0.7 s apart with its own `delay=` argument;

@@ -702,3 +702,80 @@ fn a_grid_of_large_images_is_drawn_in_bounded_memory() {
         kb / 1024
     );
 }
+
+/// A run that writes the page makes each image's thumbnail (and grid cell,
+/// kept in memory for its grids) as it saves the image, from the pixels it
+/// decoded to verify it: a `report` after it decodes no image; a rerun makes
+/// no thumbnail again; a deleted thumbnail is remade (one image decoded).
+#[test]
+fn thumbnails_are_made_as_images_are_saved_and_the_report_decodes_nothing() {
+    let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "44"]);
+    let batch = Batch::new(
+        "version: 1\nname: previews\ndefaults: {models: [stable_diffusion], params: {width: 320, height: 256}}\n\
+         jobs:\n  - {name: sweep, prompt: 'a ${colour} ${shape}', matrix: {colour: [red, blue], shape: [cube, ball]}, images: 2}\n",
+    );
+    let finished = batch.run(&sim);
+    assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let out = batch.out();
+    let files: Vec<String> = batch
+        .index_lines()
+        .iter()
+        .map(|row| row["file_name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(files.len(), 8);
+    let thumb = |file: &str| out.join(format!(".report/thumbs/{file}.jpg"));
+    let modified = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    let mut made_at = Vec::new();
+    for file in &files {
+        // The image's thumbnail size (320×256 into 192²), made from its grid cell.
+        let small = image::open(thumb(file)).unwrap();
+        assert_eq!((small.width(), small.height()), (192, 154), "{file}");
+        assert!(
+            modified(&thumb(file)) >= modified(&out.join(file)),
+            "{file}"
+        );
+        made_at.push(modified(&thumb(file)));
+    }
+    assert_eq!(
+        walk_all(&out.join(".report")).len(),
+        8,
+        "no file but the thumbnails"
+    );
+    let grids = walk(&out.join("grids"));
+    assert_eq!(grids.len(), 2, "one grid per image index: {grids:?}");
+    let grid = image::open(&grids[0]).unwrap();
+    assert_eq!(
+        (grid.width(), grid.height()),
+        horde_batch::gallery::grid_size(2, 2, 256, 204)
+    );
+
+    let again = report(&batch);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("(0 new thumbnail(s), 2 grid(s), 0 image(s) decoded)"),
+        "{}",
+        again.stderr
+    );
+
+    // A rerun has nothing to save and makes no thumbnail again.
+    let rerun = batch.run(&sim);
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    for (file, made) in files.iter().zip(&made_at) {
+        assert_eq!(modified(&thumb(file)), *made, "{file}");
+    }
+
+    // A deleted thumbnail is remade by `report`, from its image.
+    std::fs::remove_file(thumb(&files[0])).unwrap();
+    let remade = report(&batch);
+    assert_eq!(remade.code, 0, "{}", remade.stderr);
+    assert!(
+        remade
+            .stderr
+            .contains("(1 new thumbnail(s), 2 grid(s), 1 image(s) decoded)"),
+        "{}",
+        remade.stderr
+    );
+    assert!(thumb(&files[0]).is_file());
+}

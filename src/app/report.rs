@@ -4,24 +4,26 @@
 //! an output folder in any state, also while a run writes it.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use super::config::Batch;
 use super::AppError;
 use crate::cli::ReportArgs;
-use crate::gallery::{self, GridChoice, PlanJob, ReportInput, Written};
+use crate::gallery::{self, GridChoice, PlanJob, Previews, ReportInput, Written};
 use crate::progress::StatusReport;
 
 /// `horde-batch report`.
 pub fn report(args: &ReportArgs) -> Result<ExitCode, AppError> {
     let batch = Batch::load(&args.manifest, None, &args.places)?;
     let status = super::status::batch_status(&batch)?;
-    let written = write(&batch, Some(status))?;
+    let written = write(&batch, Some(status), None)?;
     println!("{}", written.page.display());
     crate::say!(
-        "horde-batch: report of {} image(s) ({} new thumbnail(s), {} grid(s)) at {}",
+        "horde-batch: report of {} image(s) ({} new thumbnail(s), {} grid(s), {} image(s) decoded) at {}",
         written.images,
         written.thumbs_made,
         written.grids.len(),
+        written.decoded,
         written.page.display()
     );
     if written.unreadable > 0 {
@@ -33,8 +35,13 @@ pub fn report(args: &ReportArgs) -> Result<ExitCode, AppError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the report of `batch`'s output folder. Blocking (file I/O, image coding).
-pub(super) fn write(batch: &Batch, status: Option<StatusReport>) -> Result<Written, AppError> {
+/// Writes the report of `batch`'s output folder, with the `previews` a run
+/// made as it saved its images. Blocking (file I/O, image coding).
+pub(super) fn write(
+    batch: &Batch,
+    status: Option<StatusReport>,
+    previews: Option<Arc<Previews>>,
+) -> Result<Written, AppError> {
     let plan = batch
         .compiled
         .jobs()
@@ -75,6 +82,15 @@ pub(super) fn write(batch: &Batch, status: Option<StatusReport>) -> Result<Writt
         failures,
         caption_column: batch.compiled.output.caption_column.clone(),
         grids,
+        previews,
     };
-    Ok(gallery::write_report(&batch.out_dir, &input)?)
+    let written = gallery::write_report(&batch.out_dir, &input)?;
+    tracing::debug!(
+        images = written.images,
+        thumbs_made = written.thumbs_made,
+        decoded = written.decoded,
+        grids = written.grids.len(),
+        "report written"
+    );
+    Ok(written)
 }

@@ -161,8 +161,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             Some((alchemy, backlog)) => (Some(alchemy), Some(backlog)),
             None => (None, None),
         };
-        let dataset: Arc<dyn ImageSink> =
-            Arc::new(Dataset::new(output.clone(), template.clone(), Arc::clone(&compiled)));
+        // A run that writes the page makes its thumbnails and grid cells as it saves each image.
+        let previews = (!args.no_report && compiled.total_images() <= args.report_max_images)
+            .then(|| Arc::new(crate::gallery::Previews::default()));
+        let mut dataset = Dataset::new(output.clone(), template.clone(), Arc::clone(&compiled));
+        if let Some(previews) = &previews {
+            dataset = dataset.with_previews(Arc::clone(previews) as _);
+        }
+        let dataset: Arc<dyn ImageSink> = Arc::new(dataset);
         let prompt_captions = (compiled.output.caption_files
             && compiled.output.caption_from == CaptionFrom::Prompt)
             .then(|| output.clone());
@@ -232,7 +238,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
         }
         report_strays(out_dir).await;
         if !args.no_report {
-            write_run_report_unless_too_big(&batch, status, args.report_max_images).await;
+            write_run_report_unless_too_big(&batch, status, args.report_max_images, previews).await;
         }
         horde.close().await;
         let code = exit::code(&stats.ending());
@@ -304,10 +310,15 @@ fn start_alchemy(
 /// The report at the end of a run, unless the batch holds more than
 /// `max_images` (the page and its memory grow with every image, and a run
 /// stopped with Ctrl-C should exit promptly); then one line says so.
-async fn write_run_report_unless_too_big(batch: &Batch, status: StatusReport, max_images: u64) {
+async fn write_run_report_unless_too_big(
+    batch: &Batch,
+    status: StatusReport,
+    max_images: u64,
+    previews: Option<Arc<crate::gallery::Previews>>,
+) {
     let images = status.images_saved;
     if images <= max_images {
-        return write_report(batch, status).await;
+        return write_report(batch, status, previews).await;
     }
     match crate::logging::messages() {
         crate::logging::Messages::Text => crate::say!(
@@ -346,8 +357,13 @@ fn final_status(batch: &Batch, store: &crate::store::Store, stats: &RunStats) ->
 
 /// Writes `report.html` for the run that just ended (stopped or failed too).
 /// The run's outcome stands whatever happens here: a failure is a warning.
-async fn write_report(batch: &Batch, status: crate::progress::StatusReport) {
-    let written = tokio::task::block_in_place(|| super::report::write(batch, Some(status)));
+async fn write_report(
+    batch: &Batch,
+    status: crate::progress::StatusReport,
+    previews: Option<Arc<crate::gallery::Previews>>,
+) {
+    let written =
+        tokio::task::block_in_place(|| super::report::write(batch, Some(status), previews));
     match written {
         // Like the summary: a line of text, a JSON log line, or nothing with -q.
         Ok(written) => match crate::logging::messages() {

@@ -27,7 +27,9 @@ use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage};
 
 use super::pixels::{self, Filter};
-use super::{value_text, write_atomic_with, Entry, GalleryError, GridChoice, PlanJob, GRIDS_DIR};
+use super::{
+    value_text, write_atomic_with, Entry, GalleryError, GridChoice, PlanJob, Previews, GRIDS_DIR,
+};
 
 /// Longest side of a grid cell: larger images are scaled down to fit, smaller ones are drawn as they are.
 pub const GRID_CELL_MAX: u32 = 256;
@@ -252,6 +254,7 @@ pub(super) fn write_grids(
     plan: &[PlanJob],
     choices: &HashMap<String, GridChoice>,
     entries: &[Entry],
+    previews: Option<&Previews>,
     on_decoded: &mut OnDecoded<'_>,
 ) -> Result<Vec<GridFile>, GalleryError> {
     let mut images: HashMap<&str, BTreeMap<u32, &Entry>> = HashMap::new();
@@ -344,7 +347,12 @@ pub(super) fn write_grids(
                 title.push_str(&format!(" · image {index}"));
                 let path = out.join(&file);
                 if !is_fresh(out, &path, &cells) {
-                    let grid = render(out, &cells, &xs, &ys, &title, font.as_ref(), on_decoded)?;
+                    let sources = Sources {
+                        out,
+                        previews,
+                        on_decoded: &mut *on_decoded,
+                    };
+                    let grid = render(sources, &cells, &xs, &ys, &title, font.as_ref())?;
                     write_png(&path, &grid)?;
                 }
                 written.push(GridFile { file, title });
@@ -389,14 +397,14 @@ fn is_fresh(out: &Path, grid: &Path, cells: &[Option<&str>]) -> bool {
 /// is read, so memory is the grid's plus one image's, whatever the images' size.
 /// Each decoded image is handed to `on_decoded` before it is dropped.
 fn render(
-    out: &Path,
+    mut sources: Sources<'_, '_>,
     cells: &[Option<&str>],
     xs: &[String],
     ys: &[String],
     title: &str,
     font: Option<&FontRef<'_>>,
-    on_decoded: &mut OnDecoded<'_>,
 ) -> Result<RgbImage, GalleryError> {
+    let out = sources.out;
     let (cell_width, cell_height) = cells
         .iter()
         .flatten()
@@ -414,7 +422,7 @@ fn render(
         let left = GRID_ROW_LABEL_WIDTH + column * cell_width;
         let top = GRID_HEADER_HEIGHT + row * cell_height;
         let image = match cell {
-            Some(name) => cell_image(out, name, cell_width, cell_height, on_decoded)?,
+            Some(name) => sources.cell(name, cell_width, cell_height)?,
             None => None,
         };
         match image {
@@ -470,32 +478,45 @@ fn paste(grid: &mut RgbImage, cell: &RgbImage, left: u32, top: u32) {
     }
 }
 
-/// The WebP image `name` of `out` scaled to `width` × `height`, or `None`
-/// if it cannot be read. The WebP decoder has no reduced-size decode, so the
-/// image is decoded whole, once, handed to `on_decoded` and dropped on return.
-fn cell_image(
-    out: &Path,
-    name: &str,
-    width: u32,
-    height: u32,
-    on_decoded: &mut OnDecoded<'_>,
-) -> Result<Option<RgbImage>, GalleryError> {
-    let Ok(bytes) = std::fs::read(out.join(name)) else {
-        return Ok(None);
-    };
-    let Some(decoded) = pixels::decode_webp(&bytes) else {
-        return Ok(None);
-    };
-    drop(bytes);
-    on_decoded(name, &decoded)?;
-    if decoded.dimensions() == (width, height) {
-        return Ok(Some(decoded));
+/// Where a grid's cells come from: the cells the run made as it saved the
+/// images, else the images of `out`, each decoded image handed to `on_decoded`.
+struct Sources<'a, 'b> {
+    out: &'a Path,
+    previews: Option<&'a Previews>,
+    on_decoded: &'a mut OnDecoded<'b>,
+}
+
+impl Sources<'_, '_> {
+    /// The image `name` scaled to `width` × `height`, or `None` if it cannot
+    /// be read: its cell as the run made it when it saved the image, else the
+    /// image itself. The WebP decoder has no reduced-size decode, so the
+    /// image is decoded whole, once, handed to `on_decoded` and dropped on return.
+    fn cell(
+        &mut self,
+        name: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<Option<RgbImage>, GalleryError> {
+        if let Some(cell) = self.previews.and_then(|p| p.cell(name, width, height)) {
+            return Ok(Some(cell));
+        }
+        let Ok(bytes) = std::fs::read(self.out.join(name)) else {
+            return Ok(None);
+        };
+        let Some(decoded) = pixels::decode_webp(&bytes) else {
+            return Ok(None);
+        };
+        drop(bytes);
+        (self.on_decoded)(name, &decoded)?;
+        if decoded.dimensions() == (width, height) {
+            return Ok(Some(decoded));
+        }
+        Ok(pixels::resize(&decoded, width, height, Filter::Triangle))
     }
-    Ok(pixels::resize(&decoded, width, height, Filter::Triangle))
 }
 
 /// A cell's size for images of `width` × `height`: scaled down to fit [`GRID_CELL_MAX`].
-fn fit(width: u32, height: u32) -> (u32, u32) {
+pub(super) fn fit(width: u32, height: u32) -> (u32, u32) {
     let longest = width.max(height).max(1);
     if longest <= GRID_CELL_MAX {
         return (width.max(1), height.max(1));

@@ -2,7 +2,9 @@
 //! an output folder.
 //!
 //! Owns everything under `<out>/.report/` (thumbnails, hidden so dataset
-//! loaders and the stray check never see them), `<out>/grids/` (PNG grid
+//! loaders and the stray check never see them; a run that writes the page
+//! makes them, and keeps the grid cells, as it saves each image, through
+//! [`Previews`]), `<out>/grids/` (PNG grid
 //! images) and `<out>/report.html`. It reads what a run wrote —
 //! `metadata.jsonl`, the sidecars, `results.jsonl` — and what the caller
 //! hands it (the plan, the failed jobs, the status report), so it works on a
@@ -13,10 +15,12 @@
 //! never reach the network: the page it writes loads nothing from anywhere
 //! but the output folder.
 
+mod cells;
 mod grid;
 mod index;
 mod page;
 mod pixels;
+mod previews;
 mod thumbs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,9 +34,11 @@ use crate::output::{
 };
 use crate::progress::StatusReport;
 
+pub use cells::CELLS_BUDGET;
 pub use grid::{
     grid_size, GRID_CELL_MAX, GRID_HEADER_HEIGHT, GRID_ROW_LABEL_WIDTH, GRID_TITLE_HEIGHT,
 };
+pub use previews::Previews;
 pub use thumbs::THUMB_SIZE;
 
 /// The page, in the output folder.
@@ -85,6 +91,9 @@ pub struct ReportInput {
     /// The grid each manifest job asks for, by job name; a job not listed gets
     /// [`GridChoice::Auto`].
     pub grids: HashMap<String, GridChoice>,
+    /// The previews the run made as it saved its images (their grid cells
+    /// are drawn from them instead of decoding the images), if any.
+    pub previews: Option<std::sync::Arc<Previews>>,
 }
 
 /// The grids a manifest job asks for (`grid:` on a job).
@@ -108,6 +117,9 @@ pub struct Written {
     pub images: usize,
     /// Thumbnails made now (the others were fresh).
     pub thumbs_made: usize,
+    /// Images decoded now (for a thumbnail or a grid cell the run did not
+    /// make as it saved them).
+    pub decoded: usize,
     /// Images whose thumbnail could not be made (unreadable files).
     pub unreadable: usize,
     /// Grid images, relative to the output folder.
@@ -197,12 +209,15 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
         }
     }
     let mut made: Vec<(usize, Thumb)> = Vec::new();
+    let mut decoded_count = 0;
     let grids = grid::write_grids(
         out,
         &input.plan,
         &input.grids,
         &entries,
+        input.previews.as_deref(),
         &mut |file_name, decoded| {
+            decoded_count += 1;
             if let Some(i) = wanted.remove(file_name) {
                 match thumbs::make(out, file_name, decoded)? {
                     thumbs::Outcome::Made(thumb) | thumbs::Outcome::Fresh(thumb) => {
@@ -229,6 +244,7 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
             thumbs::Outcome::Fresh(thumb) => entry.thumb = Some(thumb),
             thumbs::Outcome::Made(thumb) => {
                 thumbs_made += 1;
+                decoded_count += 1;
                 entry.thumb = Some(thumb);
             }
             thumbs::Outcome::Unreadable => unreadable += 1,
@@ -242,6 +258,7 @@ pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryE
         page,
         images: entries.len(),
         thumbs_made,
+        decoded: decoded_count,
         unreadable,
         grids: grids.into_iter().map(|g| g.file).collect(),
     })
@@ -487,6 +504,78 @@ mod tests {
 
         // Nothing new: no thumbnail made again.
         assert_eq!(write_report(out, &input).unwrap().thumbs_made, 0);
+    }
+
+    #[test]
+    fn grids_drawn_from_the_cells_made_at_save_are_the_grids_drawn_from_the_images() {
+        use crate::output::ImagePreviews as _;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let mut plan = Vec::new();
+        for (i, animal) in ["owl", "cat", "fox"].iter().enumerate() {
+            let key = format!("k{i}");
+            let labels = json!({ "animal": animal });
+            save(out, &format!("{key}.webp"), "zoo", &key, 0, labels.clone());
+            // A 300×200 gradient instead, so scaling it shows.
+            let pixels: Vec<u8> = (0..300 * 200)
+                .flat_map(|p: u32| [(p % 300) as u8, (p / 300) as u8, (i * 80) as u8])
+                .collect();
+            let mut webp = Vec::new();
+            image_webp::WebPEncoder::new(&mut webp)
+                .encode(&pixels, 300, 200, image_webp::ColorType::Rgb8)
+                .unwrap();
+            std::fs::write(out.join(format!("{key}.webp")), webp).unwrap();
+            plan.push(plan_job(&key, i as u128, labels));
+        }
+        let input = ReportInput {
+            plan,
+            ..ReportInput::default()
+        };
+        let from_images = write_report(out, &input).unwrap();
+        assert_eq!((from_images.thumbs_made, from_images.decoded), (3, 3));
+        let grid_path = out.join(&from_images.grids[0]);
+        let grid = image::open(&grid_path).unwrap().to_rgb8();
+        let thumb = image::open(out.join(THUMBS_DIR).join("k0.webp.jpg")).unwrap();
+
+        std::fs::remove_dir_all(out.join(".report")).unwrap();
+        std::fs::remove_dir_all(out.join(GRIDS_DIR)).unwrap();
+        let previews = std::sync::Arc::new(Previews::default());
+        for i in 0..3 {
+            let name = format!("k{i}.webp");
+            let bytes = std::fs::read(out.join(&name)).unwrap();
+            let decoded = crate::output::verify_webp_decoded(&bytes).unwrap();
+            previews.make(out, &name, decoded);
+        }
+        let input = ReportInput {
+            previews: Some(std::sync::Arc::clone(&previews)),
+            ..input
+        };
+        let from_cells = write_report(out, &input).unwrap();
+        assert_eq!((from_cells.thumbs_made, from_cells.decoded), (0, 0));
+        assert_eq!(image::open(&grid_path).unwrap().to_rgb8(), grid);
+        let cell = previews.cell("k0.webp", 256, 170).unwrap();
+        assert_eq!(cell.dimensions(), (256, 170));
+        // The thumbnail, made from the cell, has the image's thumbnail size.
+        let remade = image::open(out.join(THUMBS_DIR).join("k0.webp.jpg")).unwrap();
+        assert_eq!(
+            (remade.width(), remade.height()),
+            (thumb.width(), thumb.height())
+        );
+        assert_eq!((remade.width(), remade.height()), (192, 128));
+
+        // Without the run's cells (`report` on its own), the grid decodes
+        // the images, and draws the same grid.
+        std::fs::remove_dir_all(out.join(GRIDS_DIR)).unwrap();
+        let alone = write_report(
+            out,
+            &ReportInput {
+                previews: None,
+                ..input
+            },
+        )
+        .unwrap();
+        assert_eq!((alone.thumbs_made, alone.decoded), (0, 3));
+        assert_eq!(image::open(&grid_path).unwrap().to_rgb8(), grid);
     }
 
     #[test]

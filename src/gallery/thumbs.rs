@@ -1,8 +1,10 @@
 //! Thumbnails: a small JPEG per image under `.report/thumbs/`, made only
 //! when missing or older than its image, so a report over 10,000 images
-//! costs only the new ones. An image is decoded once per report: a grid
-//! that draws it hands its pixels here ([`make`]), the others are read by
-//! [`ensure`]. Must not touch the images themselves.
+//! costs only the new ones. A run that writes the page makes them as it
+//! saves each image, from its grid cell (`super::previews`); otherwise an
+//! image is decoded once per report: a grid that draws it hands its pixels
+//! here ([`make`]), the others are read by [`ensure`]. Must not touch the
+//! images themselves.
 
 use std::path::Path;
 
@@ -64,10 +66,22 @@ pub(super) fn make(
     file_name: &str,
     decoded: &RgbImage,
 ) -> Result<Outcome, GalleryError> {
+    make_scaled(out, file_name, decoded, decoded.dimensions())
+}
+
+/// Writes the thumbnail of `file_name`, an image of `original` size, from
+/// `source`: its pixels or a smaller copy of them (its grid cell), so the
+/// thumbnail has the size the image itself would give it.
+pub(super) fn make_scaled(
+    out: &Path,
+    file_name: &str,
+    source: &RgbImage,
+    original: (u32, u32),
+) -> Result<Outcome, GalleryError> {
     let relative = relative_path(file_name);
     let thumb_path = out.join(&relative);
-    let (width, height) = pixels::fit_within(decoded.width(), decoded.height(), THUMB_SIZE);
-    let Some(small) = pixels::resize(decoded, width, height, Filter::Area) else {
+    let (width, height) = pixels::fit_within(original.0, original.1, THUMB_SIZE);
+    let Some(small) = pixels::resize(source, width, height, Filter::Area) else {
         return Ok(Outcome::Unreadable);
     };
     let encode_error = |message: String| GalleryError::Encode {

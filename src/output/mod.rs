@@ -62,9 +62,9 @@ pub use index::{
 pub use sidecar::{
     format_timestamp, Labels, Sidecar, SidecarSourceFile, SidecarSources, HORDE_BATCH_VERSION,
 };
-pub use sink::{Dataset, GeneratedImage, ImageSink, MemorySink, Outcome, Stored};
+pub use sink::{Dataset, GeneratedImage, ImagePreviews, ImageSink, MemorySink, Outcome, Stored};
 pub use strays::{find_strays, Strays};
-pub use webp::{verify_webp, WebpError, WebpInfo, MAX_PIXELS};
+pub use webp::{verify_webp, verify_webp_decoded, DecodedWebp, WebpError, WebpInfo, MAX_PIXELS};
 
 use index::JsonlLog;
 
@@ -449,6 +449,16 @@ impl OutputDir {
         &self,
         images: Vec<NewImage<'_>>,
     ) -> Vec<Result<WrittenImage, OutputError>> {
+        self.write_images_with(images, None)
+    }
+
+    /// [`OutputDir::write_images`], handing each new image's decoded
+    /// pixels to `previews` once its bytes are written.
+    pub fn write_images_with(
+        &self,
+        images: Vec<NewImage<'_>>,
+        previews: Option<&dyn ImagePreviews>,
+    ) -> Vec<Result<WrittenImage, OutputError>> {
         if let Err((kind, message)) = self.sweep_outcome() {
             return images
                 .iter()
@@ -458,7 +468,7 @@ impl OutputDir {
         let mut created_dirs = HashSet::new();
         let mut prepared: Vec<Result<Prepared, OutputError>> = images
             .iter()
-            .map(|image| self.prepare(image, &mut created_dirs))
+            .map(|image| self.prepare(image, &mut created_dirs, previews))
             .collect();
 
         // Renames, then one flush per directory for every image placed or found.
@@ -538,6 +548,7 @@ impl OutputDir {
         &self,
         image: &NewImage<'_>,
         created_dirs: &mut HashSet<PathBuf>,
+        previews: Option<&dyn ImagePreviews>,
     ) -> Result<Prepared, OutputError> {
         let rel_name = image.rel_name;
         check_relative_name(rel_name)?;
@@ -546,10 +557,11 @@ impl OutputDir {
         let image_path = root.join(&file_name);
         let sidecar_path = root.join(format!("{rel_name}.{SIDECAR_EXTENSION}"));
 
-        let info = verify_webp(image.webp).map_err(|error| OutputError::Webp {
+        let decoded = verify_webp_decoded(image.webp).map_err(|error| OutputError::Webp {
             path: image_path.clone(),
             error,
         })?;
+        let info = decoded.info;
         let sidecar = Sidecar {
             file_name: file_name.clone(),
             ..image.sidecar.clone()
@@ -583,10 +595,13 @@ impl OutputDir {
         let image_temp = if already_present {
             None
         } else {
-            Some(
-                atomic::write_synced_temp(&dir, image.webp)
-                    .map_err(|e| OutputError::io("write", &image_path, e))?,
-            )
+            let temp = atomic::write_synced_temp(&dir, image.webp)
+                .map_err(|e| OutputError::io("write", &image_path, e))?;
+            // After the image's bytes, so a preview is never older than its image.
+            if let Some(previews) = previews {
+                previews.make(root, &file_name, decoded);
+            }
+            Some(temp)
         };
         let sidecar_temp = if sidecar_exists {
             None

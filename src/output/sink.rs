@@ -103,6 +103,18 @@ pub trait ImageSink: Send + Sync {
     fn location(&self) -> String;
 }
 
+/// Previews made from each new image's pixels while its check has them
+/// decoded (the report's thumbnails and grid cells, `gallery::Previews`),
+/// so the report need not decode the image again. Handed to a [`Dataset`]
+/// by the app, which knows whether a report page will be written.
+pub trait ImagePreviews: Send + Sync + std::fmt::Debug {
+    /// Called in the writer's blocking task once the new image `file_name`
+    /// (relative to `root`, with its extension) is written to its temp file,
+    /// before it is renamed into place. Must not fail the image: a preview
+    /// that cannot be made is left for the report to make.
+    fn make(&self, root: &std::path::Path, file_name: &str, image: super::DecodedWebp);
+}
+
 /// The user's output folder: images, sidecars, `metadata.jsonl`, results and errors.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -114,6 +126,8 @@ pub struct Dataset {
     /// (job key, image index) → the seed a reroll chose for it (see
     /// [`ImageSink::reseeded`]); as many entries as rerolled images.
     reseeds: Arc<Mutex<HashMap<(String, u32), String>>>,
+    /// Made from each new image as it is saved, if set.
+    previews: Option<Arc<dyn ImagePreviews>>,
 }
 
 impl Dataset {
@@ -129,7 +143,15 @@ impl Dataset {
             manifest,
             label_columns,
             reseeds: Arc::default(),
+            previews: None,
         }
+    }
+
+    /// The same dataset, making `previews` of every new image it saves.
+    #[must_use]
+    pub fn with_previews(mut self, previews: Arc<dyn ImagePreviews>) -> Self {
+        self.previews = Some(previews);
+        self
     }
 
     /// The bytes to store: the Horde's WebP with the A1111 parameters in its
@@ -357,6 +379,7 @@ impl ImageSink for Dataset {
                 return answers.into_iter().flatten().collect();
             }
             let dir = self.dir.clone();
+            let previews = self.previews.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let images = batch
                     .iter()
@@ -367,7 +390,7 @@ impl ImageSink for Dataset {
                         index_row: index_enabled.then(|| row.clone()),
                     })
                     .collect();
-                let results = dir.write_images(images);
+                let results = dir.write_images_with(images, previews.as_deref());
                 batch
                     .into_iter()
                     .map(|(position, ..)| position)

@@ -1,7 +1,8 @@
 //! WebP verification: is this byte buffer a complete, decodable WebP image?
 //!
 //! Owns the container checks (RIFF magic, `WEBP` fourcc, RIFF size against the
-//! real length) and a full decode with `image-webp`. The size check comes first
+//! real length) and a full decode with `image-webp`, whose pixels the caller
+//! may keep ([`verify_webp_decoded`]). The size check comes first
 //! on purpose: a file missing its last bytes can still decode, so decoding alone
 //! would accept a truncated download. Must not touch the filesystem.
 
@@ -83,12 +84,33 @@ pub enum WebpError {
     Decode(String),
 }
 
+/// A verified image and the pixels its check decoded, so whoever wants
+/// them (the report's thumbnails) need not decode the image again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedWebp {
+    /// What the image is.
+    pub info: WebpInfo,
+    /// `true` if [`DecodedWebp::pixels`] are RGBA, `false` if RGB.
+    pub has_alpha: bool,
+    /// Row-major pixels, `width` × `height` × 3 or 4 bytes.
+    pub pixels: Vec<u8>,
+}
+
 /// Checks that `bytes` is one complete WebP image and decodes it fully.
 ///
 /// # Errors
 ///
 /// A [`WebpError`] naming the first thing that is wrong.
 pub fn verify_webp(bytes: &[u8]) -> Result<WebpInfo, WebpError> {
+    verify_webp_decoded(bytes).map(|decoded| decoded.info)
+}
+
+/// [`verify_webp`], keeping the pixels it decoded.
+///
+/// # Errors
+///
+/// A [`WebpError`] naming the first thing that is wrong.
+pub fn verify_webp_decoded(bytes: &[u8]) -> Result<DecodedWebp, WebpError> {
     let header = bytes
         .get(..HEADER_LEN)
         .ok_or(WebpError::TooShort { len: bytes.len() })?;
@@ -120,10 +142,14 @@ pub fn verify_webp(bytes: &[u8]) -> Result<WebpInfo, WebpError> {
         .ok_or(WebpError::TooLarge { width, height })?;
     let mut pixels = vec![0; buffer_len];
     decoder.read_image(&mut pixels).map_err(decode_error)?;
-    Ok(WebpInfo {
-        width,
-        height,
-        lossless: !decoder.is_lossy(),
+    Ok(DecodedWebp {
+        info: WebpInfo {
+            width,
+            height,
+            lossless: !decoder.is_lossy(),
+        },
+        has_alpha: decoder.has_alpha(),
+        pixels,
     })
 }
 
@@ -162,6 +188,15 @@ mod tests {
                 lossless: true
             }
         );
+    }
+
+    #[test]
+    fn the_decoded_pixels_are_the_encoded_ones() {
+        let pixels: Vec<u8> = (0..7 * 5 * 3).map(|i| (i % 251) as u8).collect();
+        let decoded = verify_webp_decoded(&encode(7, 5)).unwrap();
+        assert!(!decoded.has_alpha);
+        assert_eq!(decoded.pixels, pixels);
+        assert_eq!((decoded.info.width, decoded.info.height), (7, 5));
     }
 
     #[test]
