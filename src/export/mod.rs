@@ -29,7 +29,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 pub use self::parquet::{Embedded, ParquetError, ParquetFile};
-pub use self::rows::{key_of, Columns, Kind, Row, Rows, Source};
+pub use self::rows::{key_of, Columns, Kind, Row, Rows, Scalar, Source};
 pub use self::stats::{ShardStats, FORMAT_VERSION};
 pub use self::tar::TarShard;
 use files::{sync_dir, TempFile};

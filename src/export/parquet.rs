@@ -14,14 +14,14 @@ use std::io::Write;
 use std::sync::Arc;
 
 use parquet::basic::{Compression, LogicalType, Repetition, Type as Physical};
-use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
+use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DataType, DoubleType, Int64Type};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::writer::SerializedFileWriter;
+use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
 use parquet::schema::types::{Type, TypePtr};
 use serde_json::{json, Map, Value};
 
-use super::rows::{Columns, Kind};
+use super::rows::{Columns, Kind, Scalar};
 
 /// Rows per row group, at most.
 pub const ROW_GROUP_ROWS: usize = 1_000;
@@ -156,50 +156,7 @@ impl<W: Write + Send> ParquetFile<W> {
                 let values = rows
                     .iter()
                     .map(|row| row.get(name).filter(|v| !v.is_null()));
-                let levels: Vec<i16> = values.clone().map(|v| i16::from(v.is_some())).collect();
-                match self.columns.kinds[at] {
-                    Kind::Bool => {
-                        let present: Vec<bool> = values
-                            .flatten()
-                            .map(|v| v.as_bool().unwrap_or_default())
-                            .collect();
-                        column
-                            .typed::<BoolType>()
-                            .write_batch(&present, Some(&levels), None)?;
-                    }
-                    Kind::Int => {
-                        let present: Vec<i64> = values
-                            .flatten()
-                            .map(|v| v.as_i64().unwrap_or_default())
-                            .collect();
-                        column
-                            .typed::<Int64Type>()
-                            .write_batch(&present, Some(&levels), None)?;
-                    }
-                    Kind::Float => {
-                        let present: Vec<f64> = values
-                            .flatten()
-                            .map(|v| v.as_f64().unwrap_or_default())
-                            .collect();
-                        column
-                            .typed::<DoubleType>()
-                            .write_batch(&present, Some(&levels), None)?;
-                    }
-                    Kind::Text | Kind::Null => {
-                        let present: Vec<ByteArray> = values
-                            .flatten()
-                            .map(|v| match v {
-                                Value::String(s) => ByteArray::from(s.as_bytes().to_vec()),
-                                other => ByteArray::from(other.to_string().into_bytes()),
-                            })
-                            .collect();
-                        column.typed::<ByteArrayType>().write_batch(
-                            &present,
-                            Some(&levels),
-                            None,
-                        )?;
-                    }
-                }
+                write_column(&mut column, self.columns.kinds[at], values)?;
             }
             column.close()?;
             leaf += 1;
@@ -207,6 +164,105 @@ impl<W: Write + Send> ParquetFile<W> {
         group.close()?;
         Ok(())
     }
+}
+
+/// Writes one index column of a row group: a scalar column's values with
+/// definition levels 0 (null) or 1, a list column's items with their levels.
+fn write_column<'a>(
+    column: &mut SerializedColumnWriter<'_>,
+    kind: Kind,
+    values: impl Iterator<Item = Option<&'a Value>> + Clone,
+) -> Result<(), ParquetError> {
+    let levels: Vec<i16> = values.clone().map(|v| i16::from(v.is_some())).collect();
+    match kind {
+        Kind::Bool => write_leaf::<BoolType>(column, &present(values, as_bool), &levels, None),
+        Kind::Int => write_leaf::<Int64Type>(column, &present(values, as_int), &levels, None),
+        Kind::Float => write_leaf::<DoubleType>(column, &present(values, as_float), &levels, None),
+        Kind::Text | Kind::Null => {
+            write_leaf::<ByteArrayType>(column, &present(values, as_text), &levels, None)
+        }
+        Kind::List(Scalar::Bool) => write_list::<BoolType>(column, values, as_bool),
+        Kind::List(Scalar::Int) => write_list::<Int64Type>(column, values, as_int),
+        Kind::List(Scalar::Float) => write_list::<DoubleType>(column, values, as_float),
+        Kind::List(Scalar::Text | Scalar::Null) => {
+            write_list::<ByteArrayType>(column, values, as_text)
+        }
+    }
+}
+
+fn as_bool(value: &Value) -> bool {
+    value.as_bool().unwrap_or_default()
+}
+
+fn as_int(value: &Value) -> i64 {
+    value.as_i64().unwrap_or_default()
+}
+
+fn as_float(value: &Value) -> f64 {
+    value.as_f64().unwrap_or_default()
+}
+
+/// A string as its text, any other value (mixed or nested) as its JSON text.
+fn as_text(value: &Value) -> ByteArray {
+    match value {
+        Value::String(s) => ByteArray::from(s.as_bytes().to_vec()),
+        other => ByteArray::from(other.to_string().into_bytes()),
+    }
+}
+
+/// The values of the rows that have one.
+fn present<'a, T>(
+    values: impl Iterator<Item = Option<&'a Value>>,
+    convert: fn(&Value) -> T,
+) -> Vec<T> {
+    values.flatten().map(convert).collect()
+}
+
+/// Writes a `LIST` column (see [`list_type`]): per row, definition level 0
+/// for no list, 1 for an empty one, else per item 2 (null) or 3 (a value),
+/// with repetition level 0 on a row's first item and 1 on the others.
+fn write_list<'a, T: DataType>(
+    column: &mut SerializedColumnWriter<'_>,
+    values: impl Iterator<Item = Option<&'a Value>>,
+    convert: fn(&Value) -> T::T,
+) -> Result<(), ParquetError> {
+    let (mut items, mut definitions, mut repetitions) = (Vec::new(), Vec::new(), Vec::new());
+    for value in values {
+        match value.and_then(Value::as_array) {
+            None => {
+                definitions.push(0);
+                repetitions.push(0);
+            }
+            Some(list) if list.is_empty() => {
+                definitions.push(1);
+                repetitions.push(0);
+            }
+            Some(list) => {
+                for (at, item) in list.iter().enumerate() {
+                    repetitions.push(i16::from(at > 0));
+                    if item.is_null() {
+                        definitions.push(2);
+                    } else {
+                        definitions.push(3);
+                        items.push(convert(item));
+                    }
+                }
+            }
+        }
+    }
+    write_leaf::<T>(column, &items, &definitions, Some(&repetitions))
+}
+
+fn write_leaf<T: DataType>(
+    column: &mut SerializedColumnWriter<'_>,
+    values: &[T::T],
+    definitions: &[i16],
+    repetitions: Option<&[i16]>,
+) -> Result<(), ParquetError> {
+    column
+        .typed::<T>()
+        .write_batch(values, Some(definitions), repetitions)?;
+    Ok(())
 }
 
 /// `image`: `optional group { optional binary bytes; optional binary path (STRING) }`.
@@ -225,15 +281,40 @@ fn image_type() -> Result<Type, ParquetError> {
 }
 
 fn column_type(name: &str, kind: Kind) -> Result<Type, ParquetError> {
-    let (physical, logical) = match kind {
-        Kind::Bool => (Physical::BOOLEAN, None),
-        Kind::Int => (Physical::INT64, None),
-        Kind::Float => (Physical::DOUBLE, None),
-        Kind::Text | Kind::Null => (Physical::BYTE_ARRAY, Some(LogicalType::String)),
+    let scalar = match kind {
+        Kind::Bool => Scalar::Bool,
+        Kind::Int => Scalar::Int,
+        Kind::Float => Scalar::Float,
+        Kind::Text | Kind::Null => Scalar::Text,
+        Kind::List(items) => return list_type(name, items),
+    };
+    scalar_type(name, scalar)
+}
+
+fn scalar_type(name: &str, scalar: Scalar) -> Result<Type, ParquetError> {
+    let (physical, logical) = match scalar {
+        Scalar::Bool => (Physical::BOOLEAN, None),
+        Scalar::Int => (Physical::INT64, None),
+        Scalar::Float => (Physical::DOUBLE, None),
+        Scalar::Text | Scalar::Null => (Physical::BYTE_ARRAY, Some(LogicalType::String)),
     };
     Ok(Type::primitive_type_builder(name, physical)
         .with_repetition(Repetition::OPTIONAL)
         .with_logical_type(logical)
+        .build()?)
+}
+
+/// The standard three-level list, as arrow writes it:
+/// `optional group <name> (LIST) { repeated group list { optional <item> element; } }`.
+fn list_type(name: &str, items: Scalar) -> Result<Type, ParquetError> {
+    let list = Type::group_type_builder("list")
+        .with_repetition(Repetition::REPEATED)
+        .with_fields(vec![Arc::new(scalar_type("element", items)?)])
+        .build()?;
+    Ok(Type::group_type_builder(name)
+        .with_repetition(Repetition::OPTIONAL)
+        .with_logical_type(Some(LogicalType::List))
+        .with_fields(vec![Arc::new(list)])
         .build()?)
 }
 
@@ -244,15 +325,26 @@ fn features(columns: &Columns, with_images: bool) -> Value {
         features.insert("image".to_owned(), json!({"_type": "Image"}));
     }
     for (name, kind) in columns.names.iter().zip(&columns.kinds) {
-        let dtype = match kind {
-            Kind::Bool => "bool",
-            Kind::Int => "int64",
-            Kind::Float => "float64",
-            Kind::Text | Kind::Null => "string",
+        let feature = match kind {
+            Kind::Bool => value_feature(Scalar::Bool),
+            Kind::Int => value_feature(Scalar::Int),
+            Kind::Float => value_feature(Scalar::Float),
+            Kind::Text | Kind::Null => value_feature(Scalar::Text),
+            Kind::List(items) => json!({"feature": value_feature(*items), "_type": "List"}),
         };
-        features.insert(name.clone(), json!({"dtype": dtype, "_type": "Value"}));
+        features.insert(name.clone(), feature);
     }
     json!({"info": {"features": features}})
+}
+
+fn value_feature(scalar: Scalar) -> Value {
+    let dtype = match scalar {
+        Scalar::Bool => "bool",
+        Scalar::Int => "int64",
+        Scalar::Float => "float64",
+        Scalar::Text | Scalar::Null => "string",
+    };
+    json!({"dtype": dtype, "_type": "Value"})
 }
 
 #[cfg(test)]
@@ -350,6 +442,97 @@ mod tests {
                 .schema_descr()
                 .num_columns(),
             5
+        );
+    }
+
+    #[test]
+    fn lists_are_list_columns_that_read_back_item_by_item() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        use parquet::record::Field;
+        let rows: Vec<Map<String, Value>> = [
+            json!({"tags": ["a", "b"], "scores": [1, 2.5], "mixed": ["a", 1]}),
+            json!({"tags": [], "scores": [3]}),
+            json!({"tags": null, "scores": [], "mixed": [true]}),
+            json!({"tags": ["c", null, "d"]}),
+        ]
+        .into_iter()
+        .map(|row| row.as_object().cloned().unwrap())
+        .collect();
+        let mut columns = Columns::default();
+        for row in &rows {
+            columns.add(row).unwrap();
+        }
+        let mut file = ParquetFile::new(Vec::new(), &columns).unwrap();
+        for row in rows {
+            file.push(row, None).unwrap();
+        }
+        let bytes = file.finish().unwrap();
+        let reader = SerializedFileReader::new(file_of(&bytes)).unwrap();
+        let meta = reader.metadata().file_metadata();
+        let kv = meta.key_value_metadata().unwrap();
+        let hf: Value = serde_json::from_str(kv[0].value.as_deref().unwrap()).unwrap();
+        let features = &hf["info"]["features"];
+        assert_eq!(
+            features["tags"],
+            json!({"feature": {"dtype": "string", "_type": "Value"}, "_type": "List"})
+        );
+        assert_eq!(features["scores"]["feature"]["dtype"], json!("float64"));
+        assert_eq!(
+            features["mixed"],
+            json!({"dtype": "string", "_type": "Value"})
+        );
+        let leaves: Vec<String> = meta
+            .schema_descr()
+            .columns()
+            .iter()
+            .map(|c| c.path().string())
+            .collect();
+        assert_eq!(
+            leaves,
+            ["mixed", "scores.list.element", "tags.list.element"]
+        );
+        let tags = meta.schema_descr().column(2);
+        assert_eq!((tags.max_def_level(), tags.max_rep_level()), (3, 1));
+
+        let cell = |row: &parquet::record::Row, name: &str| {
+            let (_, field) = row.get_column_iter().find(|(n, _)| *n == name).unwrap();
+            match field {
+                Field::ListInternal(list) => Value::Array(
+                    list.elements()
+                        .iter()
+                        .map(|item| match item {
+                            Field::Null => Value::Null,
+                            Field::Str(s) => json!(s),
+                            Field::Double(f) => json!(f),
+                            other => panic!("{other:?}"),
+                        })
+                        .collect(),
+                ),
+                Field::Null => Value::Null,
+                Field::Str(s) => json!(s),
+                other => panic!("{other:?}"),
+            }
+        };
+        let read: Vec<_> = reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(|row| {
+                let row = row.unwrap();
+                (
+                    cell(&row, "tags"),
+                    cell(&row, "scores"),
+                    cell(&row, "mixed"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            read,
+            [
+                (json!(["a", "b"]), json!([1.0, 2.5]), json!("[\"a\",1]")),
+                (json!([]), json!([3.0]), Value::Null),
+                (Value::Null, json!([]), json!("[true]")),
+                (json!(["c", null, "d"]), Value::Null, Value::Null),
+            ]
         );
     }
 }

@@ -180,6 +180,44 @@ pub enum Kind {
     Float,
     /// Strings, and values of mixed or nested types (written as JSON text).
     Text,
+    /// Lists whose items all have one scalar type (or are null): alchemy's `tags`.
+    List(Scalar),
+}
+
+/// The type of a list's items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scalar {
+    /// Every list is empty or holds only nulls: written as a list of strings.
+    Null,
+    Bool,
+    Int,
+    Float,
+    Text,
+}
+
+impl Scalar {
+    /// The scalar type of a value, `None` for a list or an object.
+    fn of(value: &Value) -> Option<Scalar> {
+        Some(match value {
+            Value::Null => Scalar::Null,
+            Value::Bool(_) => Scalar::Bool,
+            Value::Number(n) if n.is_i64() => Scalar::Int,
+            Value::Number(_) => Scalar::Float,
+            Value::String(_) => Scalar::Text,
+            Value::Array(_) | Value::Object(_) => return None,
+        })
+    }
+
+    /// The scalar type holding values of both, `None` when they are mixed.
+    fn join(self, other: Scalar) -> Option<Scalar> {
+        match (self, other) {
+            (a, b) if a == b => Some(a),
+            (Scalar::Null, other) | (other, Scalar::Null) => Some(other),
+            (Scalar::Int, Scalar::Float) | (Scalar::Float, Scalar::Int) => Some(Scalar::Float),
+            _ => None,
+        }
+    }
 }
 
 impl Kind {
@@ -189,6 +227,10 @@ impl Kind {
             Value::Bool(_) => Kind::Bool,
             Value::Number(n) if n.is_i64() => Kind::Int,
             Value::Number(_) => Kind::Float,
+            Value::Array(items) => items
+                .iter()
+                .try_fold(Scalar::Null, |items, item| items.join(Scalar::of(item)?))
+                .map_or(Kind::Text, Kind::List),
             _ => Kind::Text,
         }
     }
@@ -199,6 +241,7 @@ impl Kind {
             (a, b) if a == b => a,
             (Kind::Null, other) | (other, Kind::Null) => other,
             (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int) => Kind::Float,
+            (Kind::List(a), Kind::List(b)) => a.join(b).map_or(Kind::Text, Kind::List),
             _ => Kind::Text,
         }
     }
@@ -265,8 +308,41 @@ mod tests {
         assert_eq!(columns.names, ["a", "b", "c", "d", "e"]);
         assert_eq!(
             columns.kinds,
-            [Kind::Float, Kind::Int, Kind::Text, Kind::Text, Kind::Text]
+            [
+                Kind::Float,
+                Kind::Int,
+                Kind::Text,
+                Kind::Text,
+                Kind::List(Scalar::Int)
+            ]
         );
+    }
+
+    #[test]
+    fn lists_of_one_scalar_type_are_lists_and_anything_mixed_is_text() {
+        let kinds = |rows: &[Value]| {
+            let mut columns = Columns::default();
+            for row in rows {
+                columns.add(&map(json!({ "c": row }))).unwrap();
+            }
+            columns.kinds[0]
+        };
+        assert_eq!(
+            kinds(&[json!(["a", null]), json!([]), json!(null), json!(["b"])]),
+            Kind::List(Scalar::Text)
+        );
+        assert_eq!(kinds(&[json!([]), json!([])]), Kind::List(Scalar::Null));
+        assert_eq!(
+            kinds(&[json!([1]), json!([2.5])]),
+            Kind::List(Scalar::Float)
+        );
+        assert_eq!(kinds(&[json!([true])]), Kind::List(Scalar::Bool));
+        // Mixed items, nested lists or objects, a list beside a scalar: JSON text.
+        assert_eq!(kinds(&[json!(["a", 1])]), Kind::Text);
+        assert_eq!(kinds(&[json!([["a"]])]), Kind::Text);
+        assert_eq!(kinds(&[json!([{"text": "a"}])]), Kind::Text);
+        assert_eq!(kinds(&[json!(["a"]), json!([1])]), Kind::Text);
+        assert_eq!(kinds(&[json!(["a"]), json!("a")]), Kind::Text);
     }
 
     #[test]
