@@ -173,10 +173,15 @@ impl KeyPool {
         !key.is_active() || self.retire(key, reason)
     }
 
-    /// Waits until some active key has room for up to `images` (clamped to
-    /// its capacity), and leases them from the one with the most free room.
-    /// `None` when every key is retired.
+    /// Waits until some active key has room for `images` (clamped to its
+    /// capacity), or for at least [`smallest_part`] of them, and leases what
+    /// fits, up to `images`, from the key with the most free room. A key whose
+    /// free room is smaller than a request is still filled: the request goes
+    /// as a part now, and the slot asks for the rest later (30 = 20 + 10).
+    /// The lease is [`Lease::pressed`] when it waited or is a part. `None`
+    /// when every key is retired.
     pub async fn lease(&self, images: u32) -> Option<(Arc<PoolKey>, Lease)> {
+        let mut waited = false;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -188,20 +193,38 @@ impl KeyPool {
                     best = Some((key, free));
                 }
             }
-            let (key, _) = best?;
+            let (key, free) = best?;
             let wanted = images.clamp(1, key.budget.capacity());
-            if let Some(lease) = key.budget.try_lease(wanted) {
+            // An empty budget takes the whole request (`Budget::try_lease`).
+            let take = if free >= smallest_part(wanted) {
+                free.min(wanted)
+            } else {
+                wanted
+            };
+            if let Some(mut lease) = key.budget.try_lease(take) {
+                if waited || take < wanted {
+                    lease.mark_pressed();
+                }
                 return Some((Arc::clone(key), lease));
             }
+            waited = true;
             notified.await;
         }
     }
+}
+
+/// The fewest images worth a request of their own when a key has less room
+/// than a request of `wanted` images needs: half of them, rounded up. Smaller
+/// parts would cost a submit, checks and a status read for a handful of images.
+pub fn smallest_part(wanted: u32) -> u32 {
+    wanted.div_ceil(2).max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::horde::{ApiKey, ClientConfig};
+    use std::time::Duration;
 
     fn client(key: &str) -> HordeClient {
         let url = reqwest::Url::parse("http://127.0.0.1:9/api/").expect("a loopback URL");
@@ -262,5 +285,54 @@ mod tests {
             pool.by_fingerprint(None).map(|k| &k.fingerprint),
             Some(&first.fingerprint)
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_with_less_room_than_a_request_is_filled_with_a_part() {
+        let pool = KeyPool::single(client("k1"), 30);
+        let (_, whole) = pool.lease(20).await.expect("room");
+        assert_eq!(whole.held(), 20);
+        assert!(!whole.pressed(), "the key had room for all of it");
+        let (_, part) = pool.lease(20).await.expect("room for a part");
+        assert_eq!(part.held(), 10, "30 = 20 + 10: the free room is used");
+        assert!(
+            part.pressed(),
+            "a part is held back by the key's concurrency"
+        );
+        // 0 free: nothing fits, not even the smallest part.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), pool.lease(20))
+                .await
+                .is_err()
+        );
+        drop(part);
+        let (_, again) = pool.lease(20).await.expect("room for a part again");
+        assert_eq!(again.held(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_part_smaller_than_half_the_request_is_not_sent() {
+        let pool = KeyPool::single(client("k1"), 30);
+        let (_, mut first) = pool.lease(20).await.expect("room");
+        let (_, second) = pool.lease(20).await.expect("a part of 10");
+        first.shrink_to(16);
+        drop(second);
+        // 30 - 16 = 14 free: a part of 14 for a request of 20 (at least 10).
+        let (_, part) = pool.lease(20).await.expect("a part of 14");
+        assert_eq!(part.held(), 14);
+        drop(part);
+        first.grow_to(26).await;
+        // 4 free is less than half of 20: the request waits for room.
+        let waiting = pool.lease(20);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting.as_mut())
+                .await
+                .is_err()
+        );
+        first.shrink_to(0);
+        let (_, whole) = waiting.await.expect("room after the first drained");
+        assert_eq!(whole.held(), 20);
+        assert!(whole.pressed(), "it waited for room");
     }
 }

@@ -340,18 +340,26 @@ impl Engine {
                     }
                     // Hold new submits until some key has room, finishing tasks meanwhile.
                     let wanted = *images;
-                    let lease = loop {
+                    // A wait cut short by a finishing task starts the lease again:
+                    // whether it waited at all is kept here.
+                    let mut waited = false;
+                    let mut lease = loop {
                         tokio::select! {
+                            biased;
                             lease = self.keys.lease(wanted) => break lease,
                             Some(joined) = run.tasks.join_next() => {
+                                waited = true;
                                 self.finish_slot(joined, &mut run.progress, &mut run.prefix)
                             }
                             () = self.submits.cancelled() => break None,
                         }
                     };
-                    if lease.is_none() {
+                    let Some((_, held)) = lease.as_mut() else {
                         cut_short = true;
                         break;
+                    };
+                    if waited {
+                        held.mark_pressed();
                     }
                     lease
                 }
