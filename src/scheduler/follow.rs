@@ -131,12 +131,13 @@ impl Engine {
                 }
             };
             failures = 0;
-            tracing::info!(
+            tracing::debug!(
                 id,
                 waiting = check.waiting,
                 processing = check.processing,
                 finished = check.finished,
                 done = check.done,
+                "checked"
             );
             hint = check.wait_time;
             if let Some(l) = lease.as_mut() {
@@ -146,6 +147,9 @@ impl Engine {
                 queue_position: check.queue_position,
                 wait_time: check.wait_time,
             });
+            if lease.as_ref().is_some_and(Lease::pressed) {
+                self.planner.press(ticket);
+            }
             self.planner
                 .observe(ticket, check.finished, check.waiting, check.processing);
             if check.done || check.faulted {

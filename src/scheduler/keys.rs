@@ -174,13 +174,13 @@ impl KeyPool {
     }
 
     /// Waits until some active key has room for `images` (clamped to its
-    /// capacity), or for at least [`smallest_part`] of them, and leases what
-    /// fits, up to `images`, from the key with the most free room. A key whose
-    /// free room is smaller than a request is still filled: the request goes
-    /// as a part now, and the slot asks for the rest later (30 = 20 + 10).
-    /// The lease is [`Lease::pressed`] when it waited or is a part. `None`
-    /// when every key is retired.
-    pub async fn lease(&self, images: u32) -> Option<(Arc<PoolKey>, Lease)> {
+    /// capacity), or, when `split`, for at least [`smallest_part`] of them,
+    /// and leases what fits, up to `images`, from the key with the most free
+    /// room. A key whose free room is smaller than a request is still filled:
+    /// the request goes as a part now, and the slot asks for the rest later
+    /// (30 = 20 + 10). The lease is [`Lease::pressed`] when it waited or is a
+    /// part. `None` when every key is retired.
+    pub async fn lease(&self, images: u32, split: bool) -> Option<(Arc<PoolKey>, Lease)> {
         let mut waited = false;
         loop {
             let notified = self.changed.notified();
@@ -196,7 +196,7 @@ impl KeyPool {
             let (key, free) = best?;
             let wanted = images.clamp(1, key.budget.capacity());
             // An empty budget takes the whole request (`Budget::try_lease`).
-            let take = if free >= smallest_part(wanted) {
+            let take = if split && free >= smallest_part(wanted) {
                 free.min(wanted)
             } else {
                 wanted
@@ -265,8 +265,8 @@ mod tests {
             (client("k1"), 5),
         ]);
         assert_eq!(pool.keys().len(), 2, "a key given twice is kept once");
-        let (first, _a) = pool.lease(6).await.expect("room");
-        let (second, _b) = pool.lease(6).await.expect("room");
+        let (first, _a) = pool.lease(6, true).await.expect("room");
+        let (second, _b) = pool.lease(6, true).await.expect("room");
         assert_ne!(
             first.fingerprint, second.fingerprint,
             "the emptier key is chosen"
@@ -279,7 +279,7 @@ mod tests {
         assert!(pool.take_out(&first, "401 again"));
         assert!(!pool.take_out(&second, "401"));
         assert_eq!(pool.active(), 1);
-        let (third, _c) = pool.lease(2).await.expect("room on the active key");
+        let (third, _c) = pool.lease(2, true).await.expect("room on the active key");
         assert_eq!(third.fingerprint, second.fingerprint);
         assert_eq!(
             pool.by_fingerprint(None).map(|k| &k.fingerprint),
@@ -290,10 +290,10 @@ mod tests {
     #[tokio::test]
     async fn a_key_with_less_room_than_a_request_is_filled_with_a_part() {
         let pool = KeyPool::single(client("k1"), 30);
-        let (_, whole) = pool.lease(20).await.expect("room");
+        let (_, whole) = pool.lease(20, true).await.expect("room");
         assert_eq!(whole.held(), 20);
         assert!(!whole.pressed(), "the key had room for all of it");
-        let (_, part) = pool.lease(20).await.expect("room for a part");
+        let (_, part) = pool.lease(20, true).await.expect("room for a part");
         assert_eq!(part.held(), 10, "30 = 20 + 10: the free room is used");
         assert!(
             part.pressed(),
@@ -301,29 +301,29 @@ mod tests {
         );
         // 0 free: nothing fits, not even the smallest part.
         assert!(
-            tokio::time::timeout(Duration::from_millis(20), pool.lease(20))
+            tokio::time::timeout(Duration::from_millis(20), pool.lease(20, true))
                 .await
                 .is_err()
         );
         drop(part);
-        let (_, again) = pool.lease(20).await.expect("room for a part again");
+        let (_, again) = pool.lease(20, true).await.expect("room for a part again");
         assert_eq!(again.held(), 10);
     }
 
     #[tokio::test]
     async fn a_part_smaller_than_half_the_request_is_not_sent() {
         let pool = KeyPool::single(client("k1"), 30);
-        let (_, mut first) = pool.lease(20).await.expect("room");
-        let (_, second) = pool.lease(20).await.expect("a part of 10");
+        let (_, mut first) = pool.lease(20, true).await.expect("room");
+        let (_, second) = pool.lease(20, true).await.expect("a part of 10");
         first.shrink_to(16);
         drop(second);
         // 30 - 16 = 14 free: a part of 14 for a request of 20 (at least 10).
-        let (_, part) = pool.lease(20).await.expect("a part of 14");
+        let (_, part) = pool.lease(20, true).await.expect("a part of 14");
         assert_eq!(part.held(), 14);
         drop(part);
         first.grow_to(26).await;
         // 4 free is less than half of 20: the request waits for room.
-        let waiting = pool.lease(20);
+        let waiting = pool.lease(20, true);
         tokio::pin!(waiting);
         assert!(
             tokio::time::timeout(Duration::from_millis(20), waiting.as_mut())

@@ -25,19 +25,23 @@
 //! went as a part: [`super::Lease::pressed`]) is different: that key's images
 //! spend their time waiting in the Horde's queue, and once a worker holds
 //! them they are done in about one generation, while the run's rate (set by
-//! the concurrency, not the workers) says a queue's worth. So once a check
-//! finds every image of such a request with a worker, the request is checked
-//! again on the floor schedule counted from that check, not the estimate:
-//! otherwise the last requests of a concurrency-bound run are noticed done a
-//! queue's wait late. Once the run has seen such a request leave the queue,
-//! this holds for each of its requests (the last ones of a run went with room
-//! to spare, yet wait in the same queue). Before that, while such a request still waits, its
-//! images hold the key's concurrency and the next request cannot go, so it is
-//! checked when requests held back like it were last seen leaving the queue
-//! (the queue's wait, learned from their checks: a check that finds one still
-//! waiting raises it, the first that finds none waiting averages it), a
-//! tenth early, then on the floor schedule until it leaves. A key with room
-//! to spare keeps the estimates, and its few checks per image.
+//! the concurrency, not the workers) says a queue's worth. Two rules follow:
+//!
+//! - While it still waits, its images hold the key's concurrency and the next
+//!   request cannot go, so it is checked when the run's requests are seen
+//!   leaving the queue, a tenth early, then on the floor schedule until it
+//!   leaves. That wait is learned from every check: the shortest time from
+//!   being followed to a check that finds no image waiting, raised by any
+//!   check that finds one still waiting later than that.
+//! - Once a check finds every image with a worker, it is checked again on the
+//!   floor schedule counted from that check, not the estimate: otherwise the
+//!   last requests of a concurrency-bound run are noticed done a queue's wait
+//!   late. Once the run has seen a held-back request leave the queue, this
+//!   holds for each of its requests (the last ones of a run went with room to
+//!   spare, yet wait in the same queue).
+//!
+//! A run whose keys have room to spare keeps the estimates, and its few
+//! checks per image.
 //!
 //! The planner only computes instants; it never sleeps or calls anything.
 
@@ -74,9 +78,11 @@ struct State {
     scale: f64,
     /// Images not yet finished, per followed request, in the order they were submitted.
     left: BTreeMap<u64, u32>,
-    /// How long requests held back by their key's concurrency wait in the
-    /// Horde's queue, from being followed until no image waits (module doc).
+    /// How long this run's requests wait in the Horde's queue, from being
+    /// followed until no image waits (module doc).
     queue_wait: Option<Duration>,
+    /// A request held back by its key's concurrency has been seen leaving the queue.
+    held_back_seen_out: bool,
 }
 
 /// One request's place in the planner's queue.
@@ -113,6 +119,7 @@ impl PollPlanner {
                 scale: 1.0,
                 left: BTreeMap::new(),
                 queue_wait: None,
+                held_back_seen_out: false,
             }),
             version: watch::channel(0).0,
         }
@@ -143,6 +150,12 @@ impl PollPlanner {
         }
     }
 
+    /// The request's key filled up while it was followed: from now on it is
+    /// held back like one that waited for room (see the module doc).
+    pub fn press(&self, ticket: &mut Ticket) {
+        ticket.pressed = true;
+    }
+
     /// The request is no longer followed.
     pub fn unregister(&self, ticket: &Ticket) {
         self.lock().left.remove(&ticket.seq);
@@ -160,20 +173,23 @@ impl PollPlanner {
         let new = finished.saturating_sub(ticket.finished);
         ticket.finished = ticket.finished.max(finished);
         let mut state = self.lock();
-        if ticket.pressed && ticket.with_workers_at.is_none() {
+        if ticket.with_workers_at.is_none() {
             let queued = now - ticket.registered;
             if waiting > 0 {
                 // Still in the queue: the wait is at least this long.
                 if state.queue_wait.is_some_and(|wait| wait < queued) {
                     state.queue_wait = Some(queued);
                 }
-                if Self::expected_out(&state, ticket).is_some_and(|out| now >= out) {
+                if ticket.pressed
+                    && Self::expected_out(&state, ticket).is_some_and(|out| now >= out)
+                {
                     ticket.overdue_checks += 1;
                 }
             } else {
-                // Out of the queue since the last check at the latest.
-                state.queue_wait =
-                    Some(state.queue_wait.map_or(queued, |wait| (wait + queued) / 2));
+                // Out of the queue since the last check at the latest: the
+                // shortest such time is the closest to the wait.
+                state.queue_wait = Some(state.queue_wait.map_or(queued, |wait| wait.min(queued)));
+                state.held_back_seen_out |= ticket.pressed;
             }
         }
         if waiting == 0 && ticket.with_workers_at.is_none() {
@@ -220,7 +236,7 @@ impl PollPlanner {
     /// When to check the request next; `hint` is the server's last `wait_time` (seconds).
     pub fn next_check(&self, ticket: &Ticket, hint: u32) -> Instant {
         if let Some(since) = ticket.with_workers_at {
-            if ticket.pressed || self.lock().queue_wait.is_some() {
+            if ticket.pressed || self.lock().held_back_seen_out {
                 // Workers hold all of it: done in about one generation (see the module doc).
                 return ticket.last_check + self.floor_after(ticket.checks - since);
             }

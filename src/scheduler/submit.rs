@@ -63,7 +63,7 @@ impl Engine {
             }
             _ => {
                 let leased = tokio::select! {
-                    leased = self.keys.lease(wanted) => leased,
+                    leased = self.keys.lease(wanted, true) => leased,
                     () = self.submits.cancelled() => return Err(Halt::Stopped),
                 };
                 let Some((sender, l)) = leased else {
