@@ -46,15 +46,6 @@ impl Budget {
         })
     }
 
-    /// True when even the smallest part of a request of the Horde's largest
-    /// `n` (20), or of the capacity if smaller, does not fit now (see
-    /// `keys::smallest_part`): a next request would wait for room.
-    pub fn is_full(&self) -> bool {
-        let state = self.lock();
-        let largest = state.capacity.min(20);
-        state.capacity.saturating_sub(state.in_use) < largest.div_ceil(2).max(1)
-    }
-
     /// Images that may still be leased now (0 when full or over).
     pub fn free(&self) -> u32 {
         let state = self.lock();
@@ -155,11 +146,11 @@ impl Lease {
     }
 
     /// True when the key's concurrency held this request back: it waited for
-    /// room, got only part of the images it wanted, or its key has since
-    /// filled up (a next request would wait). Such a key's throughput is its
-    /// concurrency, so its requests are worth noticing done sooner (`poll`).
+    /// room, or got only part of the images it wanted. Such a key's
+    /// throughput is its concurrency, so its requests are worth noticing
+    /// done sooner (`poll`).
     pub fn pressed(&self) -> bool {
-        self.pressed || self.budget.is_full()
+        self.pressed
     }
 
     /// Marks the lease as held back by its key's concurrency.

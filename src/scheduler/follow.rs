@@ -147,9 +147,6 @@ impl Engine {
                 queue_position: check.queue_position,
                 wait_time: check.wait_time,
             });
-            if lease.as_ref().is_some_and(Lease::pressed) {
-                self.planner.press(ticket);
-            }
             self.planner
                 .observe(ticket, check.finished, check.waiting, check.processing);
             if check.done || check.faulted {
@@ -204,7 +201,8 @@ impl Engine {
         let jitter = self.tuning().poll_floor.mul_f64(fastrand::f64() * 0.2);
         loop {
             let seen = self.planner.version();
-            let at = self.planner.next_check(ticket, hint) + jitter;
+            let held_back = self.keys.submit_waits();
+            let at = self.planner.next_check(ticket, hint, held_back) + jitter;
             tokio::select! {
                 () = tokio::time::sleep_until(at) => return Ok(()),
                 () = self.planner.changed_since(seen) => {}

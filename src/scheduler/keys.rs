@@ -13,6 +13,7 @@
 //! Keys are known here only through their clients and fingerprints: this
 //! module must never log, print or store a key, only its [`fingerprint`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -84,6 +85,17 @@ pub struct KeyPool {
     /// Shared by every key's budget, and woken when a key is retired.
     changed: Arc<Notify>,
     retiring: Mutex<()>,
+    /// Leases waiting for room now (see [`KeyPool::submit_waits`]).
+    waiting: AtomicUsize,
+}
+
+/// Counts a lease as waiting for room while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl KeyPool {
@@ -109,6 +121,7 @@ impl KeyPool {
             keys: pool,
             changed,
             retiring: Mutex::new(()),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -139,6 +152,12 @@ impl KeyPool {
     /// The key that made the record's latest submit, if it is in the pool.
     pub fn for_record(&self, record: &RequestRecord) -> Option<&Arc<PoolKey>> {
         self.by_fingerprint(record.key_fingerprint.as_deref())
+    }
+
+    /// True while a submit waits for room on the keys: their concurrency,
+    /// not the Horde's workers, is what holds the run back now (`poll`).
+    pub fn submit_waits(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// Keys not retired.
@@ -181,7 +200,7 @@ impl KeyPool {
     /// (30 = 20 + 10). The lease is [`Lease::pressed`] when it waited or is a
     /// part. `None` when every key is retired.
     pub async fn lease(&self, images: u32, split: bool) -> Option<(Arc<PoolKey>, Lease)> {
-        let mut waited = false;
+        let mut waited: Option<Waiting<'_>> = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -202,12 +221,15 @@ impl KeyPool {
                 wanted
             };
             if let Some(mut lease) = key.budget.try_lease(take) {
-                if waited || take < wanted {
+                if waited.is_some() || take < wanted {
                     lease.mark_pressed();
                 }
                 return Some((Arc::clone(key), lease));
             }
-            waited = true;
+            waited.get_or_insert_with(|| {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                Waiting(&self.waiting)
+            });
             notified.await;
         }
     }

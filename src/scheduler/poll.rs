@@ -27,8 +27,9 @@
 //! them they are done in about one generation, while the run's rate (set by
 //! the concurrency, not the workers) says a queue's worth. Two rules follow:
 //!
-//! - While it still waits, its images hold the key's concurrency and the next
-//!   request cannot go, so it is checked when the run's requests are seen
+//! - While a submit waits for room on the run's keys, the images still
+//!   waiting hold the concurrency and the next request cannot go, so every
+//!   request with waiting images is checked when the run's requests are seen
 //!   leaving the queue, a tenth early, then on the floor schedule until it
 //!   leaves. That wait is learned from every check: the shortest time from
 //!   being followed to a check that finds no image waiting, raised by any
@@ -150,12 +151,6 @@ impl PollPlanner {
         }
     }
 
-    /// The request's key filled up while it was followed: from now on it is
-    /// held back like one that waited for room (see the module doc).
-    pub fn press(&self, ticket: &mut Ticket) {
-        ticket.pressed = true;
-    }
-
     /// The request is no longer followed.
     pub fn unregister(&self, ticket: &Ticket) {
         self.lock().left.remove(&ticket.seq);
@@ -180,9 +175,7 @@ impl PollPlanner {
                 if state.queue_wait.is_some_and(|wait| wait < queued) {
                     state.queue_wait = Some(queued);
                 }
-                if ticket.pressed
-                    && Self::expected_out(&state, ticket).is_some_and(|out| now >= out)
-                {
+                if Self::expected_out(&state, ticket).is_some_and(|out| now >= out) {
                     ticket.overdue_checks += 1;
                 }
             } else {
@@ -233,15 +226,17 @@ impl PollPlanner {
             .min(self.cap)
     }
 
-    /// When to check the request next; `hint` is the server's last `wait_time` (seconds).
-    pub fn next_check(&self, ticket: &Ticket, hint: u32) -> Instant {
+    /// When to check the request next; `hint` is the server's last
+    /// `wait_time` (seconds); `held_back` while a submit waits for room on
+    /// the run's keys (`KeyPool::submit_waits`).
+    pub fn next_check(&self, ticket: &Ticket, hint: u32, held_back: bool) -> Instant {
         if let Some(since) = ticket.with_workers_at {
             if ticket.pressed || self.lock().held_back_seen_out {
                 // Workers hold all of it: done in about one generation (see the module doc).
                 return ticket.last_check + self.floor_after(ticket.checks - since);
             }
         }
-        if ticket.pressed {
+        if held_back {
             let expected = Self::expected_out(&self.lock(), ticket);
             if let Some(out) = expected {
                 // Its waiting images hold the key's concurrency: look when it should leave the queue.
@@ -303,9 +298,15 @@ mod tests {
         PollPlanner::new(Duration::from_secs(1), Duration::from_secs(30))
     }
 
+    fn wait_held_back(planner: &PollPlanner, ticket: &Ticket) -> Duration {
+        planner
+            .next_check(ticket, 0, true)
+            .saturating_duration_since(Instant::now())
+    }
+
     fn wait(planner: &PollPlanner, ticket: &Ticket) -> Duration {
         planner
-            .next_check(ticket, 0)
+            .next_check(ticket, 0, false)
             .saturating_duration_since(Instant::now())
     }
 
@@ -326,7 +327,7 @@ mod tests {
         let start = Instant::now();
         // Nothing finishes for a minute: the blind schedule doubles.
         while start.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep_until(planner.next_check(&first, 0)).await;
+            tokio::time::sleep_until(planner.next_check(&first, 0, false)).await;
             planner.observe(&mut first, 0, 10, 0);
             checks += 1;
         }
@@ -449,16 +450,27 @@ mod tests {
         assert_eq!(wait(&planner, &relaxed), Duration::from_secs(30), "the cap");
         assert_eq!(
             wait(&planner, &pressed),
+            Duration::from_secs(30),
+            "no submit waits for room: the cap"
+        );
+        assert_eq!(
+            wait_held_back(&planner, &pressed),
             Duration::from_millis(13_500),
-            "a tenth before the learned 15 s"
+            "a submit waits: a tenth before the learned 15 s"
         );
         tokio::time::advance(Duration::from_millis(13_500)).await;
         // Still waiting: from now on the floor schedule, until it leaves.
         planner.observe(&mut pressed, 0, 10, 0);
-        assert_eq!(wait(&planner, &pressed), Duration::from_millis(1500));
+        assert_eq!(
+            wait_held_back(&planner, &pressed),
+            Duration::from_millis(1500)
+        );
         tokio::time::advance(Duration::from_millis(1500)).await;
         planner.observe(&mut pressed, 0, 10, 0);
-        assert_eq!(wait(&planner, &pressed), Duration::from_millis(2250));
+        assert_eq!(
+            wait_held_back(&planner, &pressed),
+            Duration::from_millis(2250)
+        );
     }
 
     #[tokio::test(start_paused = true)]
