@@ -48,6 +48,10 @@ impl Engine {
         // back instead of losing the room to the next slot.
         let reserve = (record.missing_indices().len() as u32).saturating_sub(n);
         let mut ticket = self.planner.register(n, pressed);
+        if reserve > 0 {
+            // The slot's rest waits for this part: a submit held back by it.
+            self.planner.holds_back_a_submit(&mut ticket);
+        }
         let followed = match self
             .poll_until_done(job, id, (lease, reserve), &mut ticket)
             .await

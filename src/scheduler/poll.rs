@@ -27,11 +27,14 @@
 //! them they are done in about one generation, while the run's rate (set by
 //! the concurrency, not the workers) says a queue's worth. Two rules follow:
 //!
-//! - While a submit waits for room on the run's keys, the images still
-//!   waiting hold the concurrency and the next request cannot go, so every
-//!   request with waiting images is checked when the run's requests are seen
-//!   leaving the queue, a tenth early, then on the floor schedule until it
-//!   leaves. That wait is learned from every check: the shortest time from
+//! - While a submit waits for room on the run's keys (or for the request
+//!   itself: the rest of its slot), the images still waiting hold the
+//!   concurrency and the next request cannot go, so every request with
+//!   waiting images is checked when the run's requests are seen leaving the
+//!   queue, a tenth early, then on the floor schedule until it leaves. Once
+//!   a held-back request has been seen leaving the queue this holds for
+//!   every request (the last ones of a run, sent with room, wait in the
+//!   same queue, and the run ends when they are noticed done). That wait is learned from every check: the shortest time from
 //!   being followed to a check that finds no image waiting, raised by any
 //!   check that finds one still waiting later than that.
 //! - Once a check finds every image with a worker, it is checked again on the
@@ -98,6 +101,8 @@ pub struct Ticket {
     last_check: Instant,
     /// When it started being followed.
     registered: Instant,
+    /// A submit waits for this request itself (the rest of its slot).
+    holds_back_a_submit: bool,
     /// Checks made after it was expected to leave the queue, while it still waited.
     overdue_checks: u32,
     /// Its key's concurrency held it back (see the module doc).
@@ -146,9 +151,16 @@ impl PollPlanner {
             last_check: now,
             registered: now,
             overdue_checks: 0,
+            holds_back_a_submit: false,
             pressed,
             with_workers_at: None,
         }
+    }
+
+    /// A submit waits for this request to be done (the rest of its slot, when
+    /// it is a part): it is checked as if a submit waited for room.
+    pub fn holds_back_a_submit(&self, ticket: &mut Ticket) {
+        ticket.holds_back_a_submit = true;
     }
 
     /// The request is no longer followed.
@@ -236,7 +248,10 @@ impl PollPlanner {
                 return ticket.last_check + self.floor_after(ticket.checks - since);
             }
         }
-        if held_back {
+        // Once a held-back request was seen leaving the queue, the run is bound
+        // by its keys: the last requests (sent with room) wait in the same queue.
+        let bound = held_back || ticket.holds_back_a_submit || self.lock().held_back_seen_out;
+        if bound {
             let expected = Self::expected_out(&self.lock(), ticket);
             if let Some(out) = expected {
                 // Its waiting images hold the key's concurrency: look when it should leave the queue.
@@ -437,17 +452,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pressed_request_is_checked_when_the_learned_queue_wait_ends() {
+    async fn a_request_is_checked_when_the_learned_queue_wait_ends_while_a_submit_waits() {
         let planner = planner();
-        let mut first = planner.register(10, true);
+        // Sent with room: it teaches the queue's wait, not that the run is bound.
+        let mut first = planner.register(10, false);
         tokio::time::advance(Duration::from_secs(10)).await;
         planner.observe(&mut first, 0, 10, 0);
         tokio::time::advance(Duration::from_secs(5)).await;
         // Out of the queue within 15 s of being followed.
         planner.observe(&mut first, 0, 0, 10);
-        let mut pressed = planner.register(10, true);
-        let relaxed = planner.register(10, false);
-        assert_eq!(wait(&planner, &relaxed), Duration::from_secs(30), "the cap");
+        let mut pressed = planner.register(10, false);
         assert_eq!(
             wait(&planner, &pressed),
             Duration::from_secs(30),
@@ -471,6 +485,17 @@ mod tests {
             wait_held_back(&planner, &pressed),
             Duration::from_millis(2250)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_a_held_back_request_left_the_queue_the_last_requests_follow_its_wait() {
+        let planner = planner();
+        let mut held_back = planner.register(10, true);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        planner.observe(&mut held_back, 0, 0, 10);
+        // The run's last request went with room, and nothing waits to be submitted.
+        let last = planner.register(10, false);
+        assert_eq!(wait(&planner, &last), Duration::from_secs(18));
     }
 
     #[tokio::test(start_paused = true)]
