@@ -63,6 +63,7 @@ impl Budget {
         Some(Lease {
             budget: Arc::clone(self),
             held: images,
+            pressed: false,
         })
     }
 
@@ -99,6 +100,7 @@ impl Budget {
                     return Lease {
                         budget: Arc::clone(self),
                         held: images,
+                        pressed: false,
                     };
                 }
             }
@@ -113,6 +115,7 @@ impl Budget {
         Lease {
             budget: Arc::clone(self),
             held: images,
+            pressed: false,
         }
     }
 
@@ -132,12 +135,27 @@ impl Budget {
 pub struct Lease {
     budget: Arc<Budget>,
     held: u32,
+    /// The key's concurrency held the request back (see [`Lease::pressed`]).
+    pressed: bool,
 }
 
 impl Lease {
     /// Images this lease holds.
     pub fn held(&self) -> u32 {
         self.held
+    }
+
+    /// True when the key's concurrency held this request back: it waited for
+    /// room, or got only part of the images it wanted. Such a key's
+    /// throughput is its concurrency, so its requests are worth noticing
+    /// done sooner (`poll`).
+    pub fn pressed(&self) -> bool {
+        self.pressed
+    }
+
+    /// Marks the lease as held back by its key's concurrency.
+    pub(super) fn mark_pressed(&mut self) {
+        self.pressed = true;
     }
 
     /// Keeps at most `images`, giving the rest back (images a worker picked up

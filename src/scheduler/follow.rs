@@ -42,10 +42,27 @@ impl Engine {
         self.accounting
             .images_in_flight
             .fetch_add(u64::from(n), Ordering::Relaxed);
-        let mut ticket = self.planner.register(n);
-        let followed = match self.poll_until_done(job, id, lease, &mut ticket).await {
+        let pressed = lease.as_ref().is_some_and(Lease::pressed);
+        // A part of the slot (its key had less room) keeps room for the rest
+        // as its images leave the queue, so the rest goes as soon as it is
+        // back instead of losing the room to the next slot.
+        let reserve = (record.missing_indices().len() as u32).saturating_sub(n);
+        let mut ticket = self.planner.register(n, pressed);
+        if reserve > 0 {
+            // The slot's rest waits for this part: a submit held back by it.
+            self.planner.holds_back_a_submit(&mut ticket);
+        }
+        let followed = match self
+            .poll_until_done(job, id, (lease, reserve), &mut ticket)
+            .await
+        {
             Ok(()) => {
-                *lease = None;
+                if let Some(l) = lease.as_mut() {
+                    l.shrink_to(reserve);
+                }
+                if reserve == 0 {
+                    *lease = None;
+                }
                 match self.fetch_status(id).await {
                     Ok(status) => {
                         // The Horde drops an image whose attempts all faulted; the request still ends done.
@@ -89,7 +106,7 @@ impl Engine {
         &self,
         job: &Job,
         id: &str,
-        lease: &mut Option<Lease>,
+        (lease, reserve): (&mut Option<Lease>, u32),
         ticket: &mut Ticket,
     ) -> Result<(), Halt> {
         let mut failures = 0u32;
@@ -118,16 +135,24 @@ impl Engine {
                 }
             };
             failures = 0;
+            tracing::debug!(
+                id,
+                waiting = check.waiting,
+                processing = check.processing,
+                finished = check.finished,
+                done = check.done,
+                "checked"
+            );
             hint = check.wait_time;
             if let Some(l) = lease.as_mut() {
-                l.shrink_to(check.waiting);
+                l.shrink_to(check.waiting.max(reserve));
             }
             self.emit(Event::Checked {
                 queue_position: check.queue_position,
                 wait_time: check.wait_time,
             });
             self.planner
-                .observe(ticket, check.finished, check.waiting + check.processing);
+                .observe(ticket, check.finished, check.waiting, check.processing);
             if check.done || check.faulted {
                 if check.processing == 0 {
                     return Ok(());
@@ -180,7 +205,8 @@ impl Engine {
         let jitter = self.tuning().poll_floor.mul_f64(fastrand::f64() * 0.2);
         loop {
             let seen = self.planner.version();
-            let at = self.planner.next_check(ticket, hint) + jitter;
+            let held_back = self.keys.submit_waits();
+            let at = self.planner.next_check(ticket, hint, held_back) + jitter;
             tokio::select! {
                 () = tokio::time::sleep_until(at) => return Ok(()),
                 () = self.planner.changed_since(seen) => {}

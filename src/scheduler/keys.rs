@@ -13,6 +13,7 @@
 //! Keys are known here only through their clients and fingerprints: this
 //! module must never log, print or store a key, only its [`fingerprint`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -84,6 +85,17 @@ pub struct KeyPool {
     /// Shared by every key's budget, and woken when a key is retired.
     changed: Arc<Notify>,
     retiring: Mutex<()>,
+    /// Leases waiting for room now (see [`KeyPool::submit_waits`]).
+    waiting: AtomicUsize,
+}
+
+/// Counts a lease as waiting for room while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl KeyPool {
@@ -109,6 +121,7 @@ impl KeyPool {
             keys: pool,
             changed,
             retiring: Mutex::new(()),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -139,6 +152,12 @@ impl KeyPool {
     /// The key that made the record's latest submit, if it is in the pool.
     pub fn for_record(&self, record: &RequestRecord) -> Option<&Arc<PoolKey>> {
         self.by_fingerprint(record.key_fingerprint.as_deref())
+    }
+
+    /// True while a submit waits for room on the keys: their concurrency,
+    /// not the Horde's workers, is what holds the run back now (`poll`).
+    pub fn submit_waits(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// Keys not retired.
@@ -173,10 +192,15 @@ impl KeyPool {
         !key.is_active() || self.retire(key, reason)
     }
 
-    /// Waits until some active key has room for up to `images` (clamped to
-    /// its capacity), and leases them from the one with the most free room.
-    /// `None` when every key is retired.
-    pub async fn lease(&self, images: u32) -> Option<(Arc<PoolKey>, Lease)> {
+    /// Waits until some active key has room for `images` (clamped to its
+    /// capacity), or, when `split`, for at least [`smallest_part`] of them,
+    /// and leases what fits, up to `images`, from the key with the most free
+    /// room. A key whose free room is smaller than a request is still filled:
+    /// the request goes as a part now, and the slot asks for the rest later
+    /// (30 = 20 + 10). The lease is [`Lease::pressed`] when it waited or is a
+    /// part. `None` when every key is retired.
+    pub async fn lease(&self, images: u32, split: bool) -> Option<(Arc<PoolKey>, Lease)> {
+        let mut waited: Option<Waiting<'_>> = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -188,20 +212,41 @@ impl KeyPool {
                     best = Some((key, free));
                 }
             }
-            let (key, _) = best?;
+            let (key, free) = best?;
             let wanted = images.clamp(1, key.budget.capacity());
-            if let Some(lease) = key.budget.try_lease(wanted) {
+            // An empty budget takes the whole request (`Budget::try_lease`).
+            let take = if split && free >= smallest_part(wanted) {
+                free.min(wanted)
+            } else {
+                wanted
+            };
+            if let Some(mut lease) = key.budget.try_lease(take) {
+                if waited.is_some() || take < wanted {
+                    lease.mark_pressed();
+                }
                 return Some((Arc::clone(key), lease));
             }
+            waited.get_or_insert_with(|| {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                Waiting(&self.waiting)
+            });
             notified.await;
         }
     }
+}
+
+/// The fewest images worth a request of their own when a key has less room
+/// than a request of `wanted` images needs: half of them, rounded up. Smaller
+/// parts would cost a submit, checks and a status read for a handful of images.
+pub fn smallest_part(wanted: u32) -> u32 {
+    wanted.div_ceil(2).max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::horde::{ApiKey, ClientConfig};
+    use std::time::Duration;
 
     fn client(key: &str) -> HordeClient {
         let url = reqwest::Url::parse("http://127.0.0.1:9/api/").expect("a loopback URL");
@@ -242,8 +287,8 @@ mod tests {
             (client("k1"), 5),
         ]);
         assert_eq!(pool.keys().len(), 2, "a key given twice is kept once");
-        let (first, _a) = pool.lease(6).await.expect("room");
-        let (second, _b) = pool.lease(6).await.expect("room");
+        let (first, _a) = pool.lease(6, true).await.expect("room");
+        let (second, _b) = pool.lease(6, true).await.expect("room");
         assert_ne!(
             first.fingerprint, second.fingerprint,
             "the emptier key is chosen"
@@ -256,11 +301,60 @@ mod tests {
         assert!(pool.take_out(&first, "401 again"));
         assert!(!pool.take_out(&second, "401"));
         assert_eq!(pool.active(), 1);
-        let (third, _c) = pool.lease(2).await.expect("room on the active key");
+        let (third, _c) = pool.lease(2, true).await.expect("room on the active key");
         assert_eq!(third.fingerprint, second.fingerprint);
         assert_eq!(
             pool.by_fingerprint(None).map(|k| &k.fingerprint),
             Some(&first.fingerprint)
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_with_less_room_than_a_request_is_filled_with_a_part() {
+        let pool = KeyPool::single(client("k1"), 30);
+        let (_, whole) = pool.lease(20, true).await.expect("room");
+        assert_eq!(whole.held(), 20);
+        assert!(!whole.pressed(), "the key had room for all of it");
+        let (_, part) = pool.lease(20, true).await.expect("room for a part");
+        assert_eq!(part.held(), 10, "30 = 20 + 10: the free room is used");
+        assert!(
+            part.pressed(),
+            "a part is held back by the key's concurrency"
+        );
+        // 0 free: nothing fits, not even the smallest part.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), pool.lease(20, true))
+                .await
+                .is_err()
+        );
+        drop(part);
+        let (_, again) = pool.lease(20, true).await.expect("room for a part again");
+        assert_eq!(again.held(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_part_smaller_than_half_the_request_is_not_sent() {
+        let pool = KeyPool::single(client("k1"), 30);
+        let (_, mut first) = pool.lease(20, true).await.expect("room");
+        let (_, second) = pool.lease(20, true).await.expect("a part of 10");
+        first.shrink_to(16);
+        drop(second);
+        // 30 - 16 = 14 free: a part of 14 for a request of 20 (at least 10).
+        let (_, part) = pool.lease(20, true).await.expect("a part of 14");
+        assert_eq!(part.held(), 14);
+        drop(part);
+        first.grow_to(26).await;
+        // 4 free is less than half of 20: the request waits for room.
+        let waiting = pool.lease(20, true);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting.as_mut())
+                .await
+                .is_err()
+        );
+        first.shrink_to(0);
+        let (_, whole) = waiting.await.expect("room after the first drained");
+        assert_eq!(whole.held(), 20);
+        assert!(whole.pressed(), "it waited for room");
     }
 }

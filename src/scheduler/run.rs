@@ -26,6 +26,8 @@ struct RunState {
     doubts_taken: HashMap<String, u32>,
     /// How far the settled prefix reaches, when the run keeps one.
     prefix: Option<prefix::PrefixTracker>,
+    /// Images of the run's slots not yet reached by `start_job`.
+    images_left: u64,
 }
 
 /// Per-job bookkeeping while its slots run.
@@ -67,6 +69,7 @@ impl Engine {
         } else {
             (self.manifest.total_jobs(), self.manifest.total_images())
         };
+        run.images_left = images_wanted;
         self.emit(Event::Started {
             jobs,
             images_wanted,
@@ -273,6 +276,7 @@ impl Engine {
         let mut files_before = Vec::new();
         let mut kudos_before = 0.0;
         for slot in plan::slots(&job, max_n) {
+            run.images_left = run.images_left.saturating_sub(u64::from(slot.n));
             let key = RequestKey::of_job(job.key, slot.slot);
             let record = match self.ledger.get(&key) {
                 Ok(record) => record,
@@ -340,18 +344,30 @@ impl Engine {
                     }
                     // Hold new submits until some key has room, finishing tasks meanwhile.
                     let wanted = *images;
-                    let lease = loop {
+                    // A wait cut short by a finishing task starts the lease again:
+                    // whether it waited at all is kept here.
+                    let mut waited = false;
+                    // A part leaves its rest for a later cycle of the queue: worth it
+                    // only while later slots can fill the room meanwhile, not at the
+                    // end of the run, where the rest would make the run a cycle longer.
+                    let split = run.images_left >= u64::from(wanted);
+                    let mut lease = loop {
                         tokio::select! {
-                            lease = self.keys.lease(wanted) => break lease,
+                            biased;
+                            lease = self.keys.lease(wanted, split) => break lease,
                             Some(joined) = run.tasks.join_next() => {
+                                waited = true;
                                 self.finish_slot(joined, &mut run.progress, &mut run.prefix)
                             }
                             () = self.submits.cancelled() => break None,
                         }
                     };
-                    if lease.is_none() {
+                    let Some((_, held)) = lease.as_mut() else {
                         cut_short = true;
                         break;
+                    };
+                    if waited {
+                        held.mark_pressed();
                     }
                     lease
                 }

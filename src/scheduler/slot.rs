@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{Action, Call, StopCause, WaitScope};
+use super::save::submitted_n;
 use super::{
     fresh_record, Abort, EndpointClass, Engine, Event, FailureKind, Lease, PoolKey, SlotOutcome,
 };
@@ -155,9 +156,18 @@ impl Engine {
                         // Every image was saved before the run stopped to record it.
                         Step::Finish
                     } else {
+                        // A request may carry only part of the slot's images (the key had
+                        // less room): bringing all it asked for is not coming back short.
+                        let asked = submitted_n(r) as usize;
+                        let missing_before = r.missing_indices().len();
                         let followed = self.follow(job, &key, r, &horde_id, &mut lease).await;
+                        let brought = missing_before.saturating_sub(r.missing_indices().len());
                         match followed {
                             Followed::Retrieved if is_complete(r) => Step::Finish,
+                            Followed::Retrieved if brought >= asked && r.assigned.is_empty() => {
+                                tracing::debug!(job = %job.name, key = %key, missing = r.missing_indices().len(), "submitting the rest of the slot");
+                                Step::Submit
+                            }
                             Followed::Retrieved => {
                                 tracing::info!(job = %job.name, key = %key, missing = r.missing_indices().len(), "request came back short; resubmitting the missing images");
                                 resubmits += 1;

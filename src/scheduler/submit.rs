@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::adopt::Lost;
+use super::keys::smallest_part;
 use super::policy::{Action, Call};
 use super::slot::Halt;
 use super::{fresh_record, Abort, EndpointClass, Engine, Event, FailureKind, Lease, PoolKey};
@@ -48,16 +49,21 @@ impl Engine {
         }
         let (sender, n) = match (pool_key.as_ref(), lease.as_mut()) {
             (Some(sender), Some(l)) => {
-                let n = wanted.min(sender.budget.capacity());
-                tokio::select! {
-                    () = l.grow_to(n) => {}
-                    () = self.submits.cancelled() => return Err(Halt::Stopped),
+                let whole = wanted.min(sender.budget.capacity());
+                if l.held() < smallest_part(whole) {
+                    // Drained (a request that expired) or never enough: wait for room.
+                    tokio::select! {
+                        () = l.grow_to(whole) => {}
+                        () = self.submits.cancelled() => return Err(Halt::Stopped),
+                    }
                 }
-                (Arc::clone(sender), n)
+                // What the lease holds is what goes: the whole request, or the
+                // part that fitted in the key's free room (the rest follows later).
+                (Arc::clone(sender), l.held().min(whole))
             }
             _ => {
                 let leased = tokio::select! {
-                    leased = self.keys.lease(wanted) => leased,
+                    leased = self.keys.lease(wanted, true) => leased,
                     () = self.submits.cancelled() => return Err(Halt::Stopped),
                 };
                 let Some((sender, l)) = leased else {
@@ -90,7 +96,18 @@ impl Engine {
                 r.begin_attempt(n, now_ms());
                 r
             }
-            None => record.insert(fresh_record(job, slot)),
+            None => {
+                let r = record.insert(fresh_record(job, slot));
+                if n != slot.n {
+                    // A part of the slot: the intent names what is asked for now.
+                    r.state = RequestState::Submitting {
+                        attempt: r.attempts,
+                        n,
+                        since_ms: now_ms(),
+                    };
+                }
+                r
+            }
         };
         // Which key sends it, so a later run looks for it (or cancels it) with that key,
         // and its seed, by which the request is told from others on the key.

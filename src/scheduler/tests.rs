@@ -75,13 +75,25 @@ fn engine(
     manifest: Arc<CompiledManifest>,
     stop: CancellationToken,
 ) -> Tested {
+    engine_with_budget(sim, ledger, sink, manifest, stop, 30)
+}
+
+/// [`engine`] with a key whose budget is `capacity` images.
+fn engine_with_budget(
+    sim: &SimHandle,
+    ledger: Arc<dyn Ledger>,
+    sink: Arc<MemorySink>,
+    manifest: Arc<CompiledManifest>,
+    stop: CancellationToken,
+    capacity: u32,
+) -> Tested {
     let (sender, events) = tokio::sync::mpsc::unbounded_channel();
     let url = reqwest::Url::parse(&sim.base_url()).expect("the sim's URL parses");
     let client = HordeClient::new(ClientConfig::new(url, ApiKey::anonymous()))
         .expect("a client for the sim");
     let parts = Parts {
         client: client.clone(),
-        keys: KeyPool::single(client, 30),
+        keys: KeyPool::single(client, capacity),
         ledger,
         sink,
         manifest,
@@ -256,5 +268,49 @@ async fn a_failing_ledger_stops_the_run_without_a_panic_or_a_lost_request() {
     let stats = sim.stats();
     assert_eq!(stats.requests_created, 1, "{stats:?}");
     assert_eq!(stats.requests_never_retrieved, 0, "{stats:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_less_free_room_than_a_request_gets_a_part_of_it() {
+    let sim = sim(Duration::from_millis(10)).await;
+    let ledger = Arc::new(MemoryLedger::new());
+    let sink = Arc::new(MemorySink::new());
+    // Three requests of 4 for a key of 6: 4 go, and 2 of the second fill the
+    // free room at once instead of waiting for room for all 4. The third, the
+    // run's last, goes whole: a part of it would leave its rest for later.
+    let three_requests_of_four = "version: 1\nname: parts\n\
+        defaults: {models: [stable_diffusion], params: {width: 64, height: 64}}\n\
+        run: {max_n: 4}\n\
+        jobs:\n  - {name: a, prompt: 'a {red|green|blue} cone', images: 4}\n";
+    let (_, stats) = engine_with_budget(
+        &sim,
+        ledger.clone(),
+        sink.clone(),
+        manifest(three_requests_of_four),
+        CancellationToken::new(),
+        6,
+    )
+    .run()
+    .await;
+    let summary = stats.summary();
+    assert_eq!(
+        (summary.jobs_done, summary.images_saved_now),
+        (3, 12),
+        "{summary:?}"
+    );
+    assert_eq!(stats.ending(), super::Ending::Complete);
+    // The part and the rest of the slot are one slot's two requests, not a
+    // request that came back short.
+    assert_eq!(stats.submits, 4, "{summary:?}");
+    assert_eq!(stats.resubmits, 0, "{summary:?}");
+    let records = ledger.records();
+    let mut ids: Vec<usize> = records.iter().map(|(_, r)| r.horde_ids.len()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 1, 2], "one slot went in two parts");
+    assert!(records
+        .iter()
+        .all(|(_, r)| r.state == RequestState::Done && r.missing_indices().is_empty()));
+    assert_eq!(sim.stats().requests_never_retrieved, 0);
     sim.shutdown().await;
 }
