@@ -314,6 +314,26 @@ def current_rows(results: dict) -> list[tuple[str, str, str]]:
                     target("≥ 0.9", ratio_n >= 0.9),
                 )
             )
+    defaults = {run["keys"]: run for run in results.get("key_pool_defaults", [])}
+    if 1 in defaults:
+        one = defaults[1]
+        rows.append(
+            (
+                "key pool, default settings: one key ÷ its concurrency's ideal (API calls per image)",
+                f"{one['of_ideal']:.3f} ({one['api_calls_per_image']:.3f})",
+                target("≥ 0.9", one["of_ideal"] >= 0.9),
+            )
+        )
+        if 2 in defaults and one["wall_s"]:
+            two = defaults[2]
+            ratio = two["wall_s"] / one["wall_s"]
+            rows.append(
+                (
+                    "key pool, default settings: wall of 2 keys ÷ wall of one (TooManyPrompts)",
+                    f"{ratio:.3f} ({two['too_many_prompts'] + one['too_many_prompts']})",
+                    target("≤ 0.556", ratio <= 0.556),
+                )
+            )
     return rows
 
 
@@ -378,9 +398,10 @@ def main() -> int:
         results["polling"] = polling
     results["report_page"] = read_time(work / "hb-report.time")
     results["default_path"] = read_time(work / "hb-default.time")
-    key_pool_path = work / "key-pool.jsonl"
-    if key_pool_path.exists():
-        results["key_pool"] = [json.loads(line) for line in key_pool_path.read_text().splitlines() if line.strip()]
+    for name, path in (("key_pool", "key-pool.jsonl"), ("key_pool_defaults", "key-pool-defaults.jsonl")):
+        if (work / path).exists():
+            lines = (work / path).read_text().splitlines()
+            results[name] = [json.loads(line) for line in lines if line.strip()]
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     clients = [(name, label) for name, label in CLIENTS if name in results["clients"]]

@@ -21,7 +21,9 @@
 #      DEFAULT settings, whose wait_time reads 0 while they wait; seeds 1..3.
 #   7. the key-pool case (benches/key_pool.sh, also runnable alone): 2,000
 #      images on a sim with background load, concurrency 30 per key, run with
-#      1, 2 and 4 keys; throughput ratios and TooManyPrompts.
+#      1, 2 and 4 keys; throughput ratios and TooManyPrompts; then the same
+#      script's defaults mode (issue #23's case: 120 images, sim limits on,
+#      the client's default settings, 1 and 2 keys; about 3 minutes).
 # Client CPU and peak RSS come from /usr/bin/time -v, HTTP calls from the
 # sim's /sim/stats. Results: target/bench/results.md (the table) and
 # target/bench/results.json; logs and outputs stay under target/bench/. The
@@ -222,6 +224,9 @@ if [[ "${BENCH_SKIP_KEY_POOL:-0}" != 1 ]]; then
     log "key-pool case (benches/key_pool.sh): 2,000 images, background load, 1, 2 and 4 keys of concurrency 30"
     KEYPOOL_WORK="$work/key-pool" HORDE_BATCH_BIN="$bin" bash benches/key_pool.sh >"$work/key-pool.jsonl"
     cat "$work/key-pool.jsonl" >&2
+    log "key-pool case with default settings (KEYPOOL_MODE=defaults): 120 images, 1 and 2 keys"
+    KEYPOOL_MODE=defaults KEYPOOL_WORK="$work/key-pool-defaults" HORDE_BATCH_BIN="$bin" bash benches/key_pool.sh >"$work/key-pool-defaults.jsonl"
+    cat "$work/key-pool-defaults.jsonl" >&2
 fi
 
 cut -d' ' -f1-3 /proc/loadavg >"$work/loadavg-end.txt"
