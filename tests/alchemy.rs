@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{signal, stat, wait_exit, wait_until, Batch, HordeBatch, Sim, RUN_LIMIT};
+use crate::common::{
+    signal, stat, wait_exit, wait_until, Batch, HordeBatch, Sim, FAST_ALCHEMISTS, RUN_LIMIT,
+};
 
 /// A manifest of `images` 64² images in `jobs` jobs, every image with `forms`.
 fn manifest(jobs: u32, images: u32, forms: &str, extra_output: &str) -> String {
@@ -24,18 +26,6 @@ fn manifest(jobs: u32, images: u32, forms: &str, extra_output: &str) -> String {
     }
     text
 }
-
-/// Sim arguments for fast alchemists (the real 2 s per form scaled down).
-const FAST_ALCHEMISTS: &[&str] = &[
-    "--workers",
-    "16",
-    "--latency",
-    "1ms",
-    "--alchemists",
-    "16",
-    "--alchemy-form-time",
-    "20ms",
-];
 
 /// The lowercase hex SHA-256 of a file, as the sim keys what it charged.
 fn digest_of(path: &Path) -> String {

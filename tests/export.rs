@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     python_with, run_bounded, skip_without, stdout_of_success, Batch, Finished, Sim, BIN,
+    FAST_ALCHEMISTS,
 };
 
 const FORMATS: [&str; 3] = ["webdataset", "parquet", "hub"];
@@ -291,18 +292,6 @@ fn ten_thousand_images_export_to_every_format_and_load_back_the_same() {
     eprintln!("datasets check: {:.1?}", started.elapsed());
     assert_eq!(checked["rows"], 10_000, "{checked}");
 }
-
-/// Sim arguments for fast alchemists (the real 2 s per form scaled down).
-const FAST_ALCHEMISTS: &[&str] = &[
-    "--workers",
-    "16",
-    "--latency",
-    "1ms",
-    "--alchemists",
-    "16",
-    "--alchemy-form-time",
-    "20ms",
-];
 
 /// A batch with alchemy (a caption, `nsfw`, interrogation `tags` and an
 /// upscale, whose row copies its source's) exports `tags` as a list of strings:

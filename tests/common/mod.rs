@@ -25,3 +25,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_horde-batch");
 /// The `find_user` cache of the test Hordes (the real server's is 30 s): a
 /// client that lost a submit's answer waits this long before looking for it.
 pub const TEST_FIND_USER_CACHE: &str = "1s";
+
+/// Sim arguments for fast alchemists (the real 2 s per form scaled down).
+pub const FAST_ALCHEMISTS: &[&str] = &[
+    "--workers",
+    "16",
+    "--latency",
+    "1ms",
+    "--alchemists",
+    "16",
+    "--alchemy-form-time",
+    "20ms",
+];
