@@ -52,12 +52,7 @@ pub enum AppError {
     #[diagnostic(transparent)]
     Alchemy(#[from] crate::alchemy::AlchemyError),
     #[error(transparent)]
-    #[diagnostic(
-        code(horde_batch::export),
-        help(
-            "check that the folder given with --to can be written and has room; rerunning resumes"
-        )
-    )]
+    #[diagnostic(transparent)]
     Export(#[from] crate::export::ExportError),
     #[error("{0}")]
     #[diagnostic(code(horde_batch::config))]

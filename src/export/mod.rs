@@ -102,10 +102,14 @@ pub struct Summary {
     pub swept: usize,
 }
 
-/// Why an export failed.
-#[derive(Debug, thiserror::Error)]
+/// Why an export failed; each with the help the user sees under it.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[diagnostic(code(horde_batch::export))]
 pub enum ExportError {
     #[error("cannot {action} {}: {source}", path.display())]
+    #[diagnostic(help(
+        "check that the folder given with --to can be written and has room; rerunning resumes"
+    ))]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -113,6 +117,9 @@ pub enum ExportError {
         source: io::Error,
     },
     #[error("{}, line {line}: {problem}", path.display())]
+    #[diagnostic(help(
+        "the batch's index is damaged: `horde-batch run` on the manifest repairs a cut-off last line"
+    ))]
     Index {
         path: PathBuf,
         line: usize,
@@ -123,16 +130,23 @@ pub enum ExportError {
     #[error(
         "the index changed while it was exported (rows were removed or rewritten): export again"
     )]
+    #[diagnostic(help("export once the run, reroll or merge that changed it has finished"))]
     IndexChanged,
     #[error("the index has more than {0} columns")]
     TooManyColumns(usize),
     #[error("cannot write Parquet to {}: {source}", path.display())]
+    #[diagnostic(help(
+        "check that the folder given with --to can be written and has room; rerunning resumes"
+    ))]
     Parquet {
         path: PathBuf,
         #[source]
         source: ParquetError,
     },
     #[error("--shard-size must be between 1 and {max} for --format {format}")]
+    #[diagnostic(help(
+        "--shard-size counts images a shard (default 10,000: the Hugging Face Hub takes at most 10,000 files a folder)"
+    ))]
     ShardSize { max: u64, format: &'static str },
 }
 
