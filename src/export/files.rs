@@ -1,16 +1,17 @@
-//! Crash-safe placement of exported files, as `output::atomic` does for the
-//! output folder (invariant 1): each file is written under a temp name in
+//! Crash-safe placement of exported files, on `output`'s temp writer (as the
+//! output folder does, invariant 1): each file is written under a temp name in
 //! its final folder, flushed, renamed over its final name, and the folder is
 //! flushed; a folder of files (the Hub layout's) is built under a temp name
 //! and renamed whole. Temp names start with [`TEMP_PREFIX`], so a rerun
 //! after a kill sweeps what the killed one left. Must not know formats.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::output::TEMP_PREFIX;
+pub use crate::output::sync_dir;
+use crate::output::{TempWriter, TEMP_PREFIX};
 
 use super::Fault;
 
@@ -36,40 +37,40 @@ fn take_room(len: usize) -> io::Result<()> {
     .map_err(|_| io::Error::from(io::ErrorKind::StorageFull))
 }
 
-/// A file being written under a temp name in its final folder. Dropped
-/// unplaced, it is deleted.
-pub struct TempFile(BufWriter<tempfile::NamedTempFile>);
+/// A file being written under a temp name in its final folder
+/// (`output::TempWriter`, with the injected full disk). Dropped unplaced, it
+/// is deleted.
+pub struct TempFile {
+    writer: TempWriter,
+    len: u64,
+}
 
 impl TempFile {
     pub fn new(dir: &Path) -> io::Result<TempFile> {
-        let temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(dir)?;
-        Ok(TempFile(BufWriter::with_capacity(1 << 20, temp)))
+        Ok(TempFile {
+            writer: TempWriter::new(dir)?,
+            len: 0,
+        })
     }
 
     /// Flushes the file to disk and renames it to `path`, replacing what was
-    /// there. The folder is not flushed: call [`sync_dir`].
+    /// there; its length. The folder is not flushed: call [`sync_dir`].
     pub fn place(self, path: &Path) -> io::Result<u64> {
-        let temp = self
-            .0
-            .into_inner()
-            .map_err(io::IntoInnerError::into_error)?;
-        temp.as_file().sync_all()?;
-        let len = temp.as_file().metadata()?.len();
-        temp.persist(path).map_err(|e| e.error)?;
-        Ok(len)
+        self.writer.finish()?.persist_replacing(path)?;
+        Ok(self.len)
     }
 }
 
 impl Write for TempFile {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         take_room(bytes.len())?;
-        self.0.write(bytes)
+        let written = self.writer.write(bytes)?;
+        self.len += written as u64;
+        Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.writer.flush()
     }
 }
 
@@ -143,11 +144,6 @@ impl Drop for TempDir {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
-}
-
-/// Flushes a folder's entries (renames into it) to disk.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Removes temp files and folders a killed export left in `dir`; how many.

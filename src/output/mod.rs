@@ -54,7 +54,7 @@ pub use alchemy::{
     apply_alchemy_to_index, derived_file_name, folder_images, is_derived_image, AlchemyColumns,
     AlchemyOutcome, IndexChange, MAX_FOLDER_IMAGES, MAX_INDEX_COLUMNS,
 };
-pub use atomic::{syncs_on_this_thread, TEMP_PREFIX};
+pub use atomic::{sync_dir, syncs_on_this_thread, SyncedTemp, TempWriter, TEMP_PREFIX};
 pub use index::{
     IndexRow, JobError, JobResult, TornLine, ERRORS_FILE, INDEX_FILE, RESULTS_FILE,
     SHARD_INDEX_FILE,
