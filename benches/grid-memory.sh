@@ -5,7 +5,7 @@
 # fresh `horde-batch sim` with --no-rate-limits, 50 workers, no latency;
 # `run --no-report`), then measures `horde-batch report <manifest>` with
 # /usr/bin/time -v and prints its peak RSS. The report draws one 32x32 grid
-# of 256x256 cells (about 200 MB of pixels) and 1,024 thumbnails; the
+# of 256x256 cells (about 200 MB of pixels); the
 # images themselves would take 3 GB decoded at once. Target: under 300 MB.
 # Not part of benches/run.sh or the test suite.
 #

@@ -7,7 +7,7 @@
 #   1. horde-batch runs benches/workload-1k.yaml (1,000 images: 50 requests of
 #      n = 20, default settings) on 20 workers at 1 s per image, with
 #      --no-report, then `report` makes its page (timed apart), then the
-#      default path as a user runs it, page on (thumbnails made as each image
+#      default path as a user runs it, page on (grid cells made as each image
 #      is saved; the headline CPU figure);
 #   2. horde_sdk runs the same 50 requests as its async example does
 #      (asyncio.gather, no spacing; 429s retried after 1 s);
@@ -153,14 +153,14 @@ fi
 
 log "horde-batch: 1,000 images, $workers workers, $latency per image"
 start_sim "$workers" "$latency" hb
-# The run alone (--no-report), then the report page on its own: thumbnails and
+# The run alone (--no-report), then the report page on its own: its
 # grids of 1,000 new images cost CPU of their own (see benches/README.md). The
 # default path, page on, is measured after them, and is the headline figure.
 /usr/bin/time -v -o "$work/hb.time" "$bin" run benches/workload-1k.yaml --no-report \
     --horde-url "$sim_url" --out "$work/hb-out" 2>"$work/hb.err"
 stop_sim hb
 tail -n 2 "$work/hb.err" >&2
-log "horde-batch report of those 1,000 images (thumbnails and grids made afresh)"
+log "horde-batch report of those 1,000 images (grids drawn afresh, every image decoded)"
 /usr/bin/time -v -o "$work/hb-report.time" "$bin" report benches/workload-1k.yaml \
     --out "$work/hb-out" >/dev/null 2>"$work/hb-report.err"
 # The default path, as a user runs it: the same run with its report page.

@@ -68,7 +68,7 @@ pub enum Command {
     Reroll(RerollArgs),
     /// Run alchemy forms (captions, NSFW flags, tags, upscales) over images already on disk: a manifest's batch, or any image folder; rerunning resumes.
     Caption(CaptionArgs),
-    /// Write `report.html` (thumbnails, X/Y/Z grids, failures, tick-to-reject) in the output folder; works mid-run too.
+    /// Write `report.html` (every image, X/Y/Z grids, failures, tick-to-reject) in the output folder; works mid-run too.
     #[command(mut_arg("shard", |arg| arg.help(SHARD_HELP_REPORT)))]
     Report(ReportArgs),
     /// Serve the simulated AI Horde on 127.0.0.1 (for rehearsals, tests and benchmarks).
@@ -259,7 +259,7 @@ pub struct RunArgs {
     /// Run only the jobs that failed before (`horde-batch failures` lists them); a plain rerun retries them too, with the rest.
     #[arg(long)]
     pub retry_failed: bool,
-    /// Do not write report.html (thumbnails, grids) at the end; `horde-batch
+    /// Do not write report.html (and its grids) at the end; `horde-batch
     /// report` writes it on demand. It costs about 4 CPU s per 1,000 new images.
     #[arg(long)]
     pub no_report: bool,

@@ -21,7 +21,7 @@
 //! | [`progress`] | progress bars, JSON progress, `status.json`, the status view, the final summary (all from the event fold) | decide anything |
 //! | [`ui`] | the user's output choices: verbosity, log format, progress mode | do I/O |
 //! | [`terminal`] | user and server text made safe to print: control characters and bidi overrides escaped | do I/O, or touch JSON (serde escapes it) |
-//! | [`gallery`] | `report.html`, its thumbnails (`.report/`) and the X/Y/Z grids (`grids/`) | write images, sidecars or JSON Lines files |
+//! | [`gallery`] | `report.html` and the X/Y/Z grids (`grids/`) | write images, sidecars or JSON Lines files |
 //! | [`export`] | a finished batch as WebDataset tar shards, Parquet files with the images, or a Hub imagefolder: atomic, resumable, byte-identical on a rerun | know the manifest, the ledger or the Horde |
 //! | [`rebuild`] | a new ledger from the sidecars (`run --rebuild-state`) | touch the Horde |
 //! | [`logging`] | tracing set-up (text or JSON, levels) | see the key |

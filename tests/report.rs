@@ -1,4 +1,4 @@
-//! `report.html`, its thumbnails and grids, end to end against the sim: a
+//! `report.html`, its cards and grids, end to end against the sim: a
 //! finished run with a censored image and a failed job, the page in headless
 //! Chromium, a 3×3 matrix grid, and the report of a run that is still going
 //! and then killed.
@@ -130,7 +130,7 @@ fn report_of_a_finished_run_links_existing_files_and_shows_every_job_failure_and
     );
     let sources = assert_links_exist(&html, &out);
 
-    // Every image of the index has a card with a thumbnail; every job a section.
+    // Every image of the index has a card showing the image itself; every job a section.
     let index = batch.index_lines();
     assert!(!index.is_empty());
     let cards: BTreeSet<String> = select(&html, ".card[data-file]")
@@ -142,13 +142,12 @@ fn report_of_a_finished_run_links_existing_files_and_shows_every_job_failure_and
         .map(|row| row["file_name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(cards, files);
-    assert_eq!(
-        sources
-            .iter()
-            .filter(|s| s.starts_with(".report/thumbs/"))
-            .count(),
-        files.len()
-    );
+    let card_images: BTreeSet<String> = select(&html, ".card img")
+        .iter()
+        .map(|img| percent_decode(img.value().attr("src").unwrap()))
+        .collect();
+    assert_eq!(card_images, files);
+    assert!(sources.len() > files.len(), "the grids too: {sources:?}");
     let keys: BTreeSet<String> = select(&html, "section.job")
         .iter()
         .map(|s| s.value().attr("data-job-key").unwrap().to_owned())
@@ -202,25 +201,11 @@ fn report_of_a_finished_run_links_existing_files_and_shows_every_job_failure_and
         .collect();
     assert!(prompts.iter().any(|p| p == HOSTILE), "{prompts:?}");
 
-    // Thumbnails are small JPEGs; a second report makes none again.
-    for thumb in walk(&out.join(".report/thumbs")) {
-        let bytes = std::fs::read(&thumb).unwrap();
-        assert!(
-            bytes.starts_with(&[0xFF, 0xD8]),
-            "{} is a JPEG",
-            thumb.display()
-        );
-        assert!(
-            bytes.len() < 16 * 1024,
-            "{} is {} bytes",
-            thumb.display(),
-            bytes.len()
-        );
-    }
+    // A second report finds its grids fresh and decodes nothing.
     let again = report(&batch);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(
-        again.stderr.contains("(0 new thumbnail(s)"),
+        again.stderr.contains(" grid(s), 0 image(s) decoded)"),
         "{}",
         again.stderr
     );
@@ -526,7 +511,7 @@ fn caption_renamed_run() -> (Sim, Batch) {
 
 /// The page reads `metadata.jsonl` as its writer wrote it: with the caption
 /// renamed and a `text` label, every image counts, shows its caption and has
-/// its thumbnail, and the other job gets its grids.
+/// its card, and the other job gets its grids.
 #[test]
 fn a_renamed_caption_and_a_text_label_column_keep_every_image_on_the_page() {
     let (_sim, batch) = caption_renamed_run();
@@ -557,11 +542,11 @@ fn a_renamed_caption_and_a_text_label_column_keep_every_image_on_the_page() {
     );
 }
 
-/// The page, thumbnails and grids are as readable as the images (a team
-/// opens them from a shared folder).
+/// The page and grids are as readable as the images (a team opens them
+/// from a shared folder).
 #[cfg(unix)]
 #[test]
-fn the_page_thumbnails_and_grids_have_the_images_permissions() {
+fn the_page_and_grids_have_the_images_permissions() {
     use std::os::unix::fs::PermissionsExt;
     let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "42"]);
     let batch = Batch::new(
@@ -576,9 +561,8 @@ fn the_page_thumbnails_and_grids_have_the_images_permissions() {
     let expected = mode(&image);
     assert_ne!(expected & 0o044, 0, "images are readable by others");
     let mut files = vec![out.join("report.html")];
-    files.extend(walk_all(&out.join(".report")));
     files.extend(walk(&out.join("grids")));
-    assert!(files.len() >= 4, "{files:?}");
+    assert!(files.len() >= 2, "{files:?}");
     for file in files {
         assert_eq!(mode(&file), expected, "{}", file.display());
     }
@@ -586,7 +570,7 @@ fn the_page_thumbnails_and_grids_have_the_images_permissions() {
 
 /// A `rows:` job gets no grids (every row is its own combination, so each
 /// would hold one cell); a job chooses its axes with `grid: {x, y}` or
-/// turns them off with `grid: false`; the thumbnails come before the grids.
+/// turns them off with `grid: false`; the cards come before the grids.
 #[test]
 fn grids_compare_something_and_a_manifest_chooses_or_turns_them_off() {
     let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "43"]);
@@ -627,7 +611,7 @@ fn grids_compare_something_and_a_manifest_chooses_or_turns_them_off() {
     let text = std::fs::read_to_string(out.join("report.html")).unwrap();
     let jobs = text.find("id=\"jobs\"").expect("the jobs section");
     let grid_list = text.find("id=\"grids\"").expect("the grids section");
-    assert!(jobs < grid_list, "the thumbnails come before the grids");
+    assert!(jobs < grid_list, "the cards come before the grids");
 }
 
 /// An axis `grid:` names that the job does not have is refused where it is written.
@@ -703,44 +687,58 @@ fn a_grid_of_large_images_is_drawn_in_bounded_memory() {
     );
 }
 
-/// A run that writes the page makes each image's thumbnail (and grid cell,
-/// kept in memory for its grids) as it saves the image, from the pixels it
-/// decoded to verify it: a `report` after it decodes no image; a rerun makes
-/// no thumbnail again; a deleted thumbnail is remade (one image decoded).
+/// A run that writes the page keeps each image's grid cell (in memory) as it
+/// saves the image, from the pixels it decoded to verify it: its report
+/// decodes no image, nor does a `report` after it (its grids are fresh).
+/// The cards show the images themselves: no file per image under
+/// `.report/`, and the thumbnails an older version left there are removed.
 #[test]
-fn thumbnails_are_made_as_images_are_saved_and_the_report_decodes_nothing() {
+fn grid_cells_are_made_as_images_are_saved_and_the_cards_show_the_images() {
     let sim = Sim::unlimited(&["--workers", "4", "--latency", "5ms", "--seed", "44"]);
     let batch = Batch::new(
         "version: 1\nname: previews\ndefaults: {models: [stable_diffusion], params: {width: 320, height: 256}}\n\
          jobs:\n  - {name: sweep, prompt: 'a ${colour} ${shape}', matrix: {colour: [red, blue], shape: [cube, ball]}, images: 2}\n",
     );
-    let finished = batch.run(&sim);
+    let finished = run_bounded(
+        batch
+            .command(&sim, "run")
+            .env("RUST_LOG", "horde_batch::app=debug"),
+        Duration::from_secs(60),
+    );
     assert_eq!(finished.code, 0, "{}", finished.stderr);
+    let written = finished
+        .stderr
+        .lines()
+        .find(|line| line.contains("report written"))
+        .unwrap_or_else(|| panic!("the run logs its report: {}", finished.stderr));
+    assert!(
+        written.contains("decoded=0") && written.contains("grids=2"),
+        "the run's grids come from the kept cells: {written}"
+    );
     let out = batch.out();
-    let files: Vec<String> = batch
+    let files: BTreeSet<String> = batch
         .index_lines()
         .iter()
         .map(|row| row["file_name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(files.len(), 8);
-    let thumb = |file: &str| out.join(format!(".report/thumbs/{file}.jpg"));
-    let modified = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
-    let mut made_at = Vec::new();
-    for file in &files {
-        // The image's thumbnail size (320×256 into 192²), made from its grid cell.
-        let small = image::open(thumb(file)).unwrap();
-        assert_eq!((small.width(), small.height()), (192, 154), "{file}");
+    let html = page(&batch);
+    let cards = select(&html, ".card img");
+    assert_eq!(cards.len(), 8);
+    for img in cards {
+        let attr = |name: &str| img.value().attr(name).unwrap().to_owned();
         assert!(
-            modified(&thumb(file)) >= modified(&out.join(file)),
-            "{file}"
+            files.contains(&percent_decode(&attr("src"))),
+            "{}",
+            attr("src")
         );
-        made_at.push(modified(&thumb(file)));
+        // 320×256 fitted to the 192 px card, lazily loaded.
+        assert_eq!(
+            [attr("width"), attr("height"), attr("loading")],
+            ["192", "154", "lazy"]
+        );
     }
-    assert_eq!(
-        walk_all(&out.join(".report")).len(),
-        8,
-        "no file but the thumbnails"
-    );
+    assert_eq!(walk_all(&out.join(".report")), Vec::<PathBuf>::new());
     let grids = walk(&out.join("grids"));
     assert_eq!(grids.len(), 2, "one grid per image index: {grids:?}");
     let grid = image::open(&grids[0]).unwrap();
@@ -749,33 +747,29 @@ fn thumbnails_are_made_as_images_are_saved_and_the_report_decodes_nothing() {
         horde_batch::gallery::grid_size(2, 2, 256, 204)
     );
 
+    // Thumbnails an older version made are removed; the grids are fresh.
+    let old = out.join(".report/thumbs/sweep/old.webp.jpg");
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::write(&old, b"\xFF\xD8").unwrap();
     let again = report(&batch);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(
-        again
-            .stderr
-            .contains("(0 new thumbnail(s), 2 grid(s), 0 image(s) decoded)"),
+        again.stderr.contains("(2 grid(s), 0 image(s) decoded)"),
         "{}",
         again.stderr
     );
-
-    // A rerun has nothing to save and makes no thumbnail again.
-    let rerun = batch.run(&sim);
-    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
-    for (file, made) in files.iter().zip(&made_at) {
-        assert_eq!(modified(&thumb(file)), *made, "{file}");
-    }
-
-    // A deleted thumbnail is remade by `report`, from its image.
-    std::fs::remove_file(thumb(&files[0])).unwrap();
-    let remade = report(&batch);
-    assert_eq!(remade.code, 0, "{}", remade.stderr);
     assert!(
-        remade
-            .stderr
-            .contains("(1 new thumbnail(s), 2 grid(s), 1 image(s) decoded)"),
-        "{}",
-        remade.stderr
+        !out.join(".report/thumbs").exists(),
+        "old thumbnails removed"
     );
-    assert!(thumb(&files[0]).is_file());
+
+    // Grids deleted: `report` on its own decodes the images it draws.
+    std::fs::remove_dir_all(out.join("grids")).unwrap();
+    let redrawn = report(&batch);
+    assert_eq!(redrawn.code, 0, "{}", redrawn.stderr);
+    assert!(
+        redrawn.stderr.contains("(2 grid(s), 8 image(s) decoded)"),
+        "{}",
+        redrawn.stderr
+    );
 }

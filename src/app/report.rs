@@ -1,6 +1,6 @@
 //! `horde-batch report` and the report written at the end of every run:
 //! gathers the plan, the failed jobs and the batch's status, and hands them
-//! to [`crate::gallery`], which owns the page, thumbnails and grids. Works on
+//! to [`crate::gallery`], which owns the page and its grids. Works on
 //! an output folder in any state, also while a run writes it.
 
 use std::process::ExitCode;
@@ -19,16 +19,15 @@ pub fn report(args: &ReportArgs) -> Result<ExitCode, AppError> {
     let written = write(&batch, Some(status), None)?;
     println!("{}", written.page.display());
     crate::say!(
-        "horde-batch: report of {} image(s) ({} new thumbnail(s), {} grid(s), {} image(s) decoded) at {}",
+        "horde-batch: report of {} image(s) ({} grid(s), {} image(s) decoded) at {}",
         written.images,
-        written.thumbs_made,
         written.grids.len(),
         written.decoded,
         written.page.display()
     );
     if written.unreadable > 0 {
         crate::say!(
-            "horde-batch: {} image(s) could not be read; the page shows them as unreadable",
+            "horde-batch: {} image(s) could not be read; their grid cells are grey",
             written.unreadable
         );
     }
@@ -87,7 +86,6 @@ pub(super) fn write(
     let written = gallery::write_report(&batch.out_dir, &input)?;
     tracing::debug!(
         images = written.images,
-        thumbs_made = written.thumbs_made,
         decoded = written.decoded,
         grids = written.grids.len(),
         "report written"

@@ -161,7 +161,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, AppError> {
             Some((alchemy, backlog)) => (Some(alchemy), Some(backlog)),
             None => (None, None),
         };
-        // A run that writes the page makes its thumbnails and grid cells as it saves each image.
+        // A run that writes the page makes its grid cells as it saves each image.
         let previews = (!args.no_report && compiled.total_images() <= args.report_max_images)
             .then(|| Arc::new(crate::gallery::Previews::default()));
         let mut dataset = Dataset::new(output.clone(), template.clone(), Arc::clone(&compiled));

@@ -26,7 +26,7 @@ use ab_glyph::{point, Font, FontRef, GlyphId, PxScale, ScaleFont};
 use image::codecs::png::PngEncoder;
 use image::{ExtendedColorType, ImageEncoder, Rgb, RgbImage};
 
-use super::pixels::{self, Filter};
+use super::pixels;
 use super::{
     value_text, write_atomic_with, Entry, GalleryError, GridChoice, PlanJob, Previews, GRIDS_DIR,
 };
@@ -244,9 +244,13 @@ fn values(dim: Option<&Dim>, jobs: &[&PlanJob]) -> Vec<String> {
     values
 }
 
-/// Called with each image a grid decodes (its file name and pixels), so
-/// the caller can make more of them without decoding it again.
-pub(super) type OnDecoded<'a> = dyn FnMut(&str, &RgbImage) -> Result<(), GalleryError> + 'a;
+/// What drawing the grids cost: the images decoded (their cells were not
+/// kept by the run) and those that could not be read (drawn grey).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Decodes {
+    pub decoded: usize,
+    pub unreadable: usize,
+}
 
 /// Writes the grids of every manifest job of `plan` whose combinations can be compared.
 pub(super) fn write_grids(
@@ -255,7 +259,7 @@ pub(super) fn write_grids(
     choices: &HashMap<String, GridChoice>,
     entries: &[Entry],
     previews: Option<&Previews>,
-    on_decoded: &mut OnDecoded<'_>,
+    decodes: &mut Decodes,
 ) -> Result<Vec<GridFile>, GalleryError> {
     let mut images: HashMap<&str, BTreeMap<u32, &Entry>> = HashMap::new();
     for entry in entries {
@@ -350,9 +354,9 @@ pub(super) fn write_grids(
                     let sources = Sources {
                         out,
                         previews,
-                        on_decoded: &mut *on_decoded,
+                        decodes: &mut *decodes,
                     };
-                    let grid = render(sources, &cells, &xs, &ys, &title, font.as_ref())?;
+                    let grid = render(sources, &cells, &xs, &ys, &title, font.as_ref());
                     write_png(&path, &grid)?;
                 }
                 written.push(GridFile { file, title });
@@ -395,15 +399,14 @@ fn is_fresh(out: &Path, grid: &Path, cells: &[Option<&str>]) -> bool {
 /// unreadable image is a grey cell. The cell size comes from the first
 /// image's header; each image is decoded and scaled to it before the next
 /// is read, so memory is the grid's plus one image's, whatever the images' size.
-/// Each decoded image is handed to `on_decoded` before it is dropped.
 fn render(
-    mut sources: Sources<'_, '_>,
+    mut sources: Sources<'_>,
     cells: &[Option<&str>],
     xs: &[String],
     ys: &[String],
     title: &str,
     font: Option<&FontRef<'_>>,
-) -> Result<RgbImage, GalleryError> {
+) -> RgbImage {
     let out = sources.out;
     let (cell_width, cell_height) = cells
         .iter()
@@ -422,7 +425,7 @@ fn render(
         let left = GRID_ROW_LABEL_WIDTH + column * cell_width;
         let top = GRID_HEADER_HEIGHT + row * cell_height;
         let image = match cell {
-            Some(name) => sources.cell(name, cell_width, cell_height)?,
+            Some(name) => sources.cell(name, cell_width, cell_height),
             None => None,
         };
         match image {
@@ -457,7 +460,7 @@ fn render(
             draw_text(&mut grid, font, label, 6, y, GRID_ROW_LABEL_WIDTH - 12);
         }
     }
-    Ok(grid)
+    grid
 }
 
 /// Copies `cell` into `grid` with its top-left at (`left`, `top`), row by
@@ -479,39 +482,34 @@ fn paste(grid: &mut RgbImage, cell: &RgbImage, left: u32, top: u32) {
 }
 
 /// Where a grid's cells come from: the cells the run made as it saved the
-/// images, else the images of `out`, each decoded image handed to `on_decoded`.
-struct Sources<'a, 'b> {
+/// images, else the images of `out`, each decode counted in `decodes`.
+struct Sources<'a> {
     out: &'a Path,
     previews: Option<&'a Previews>,
-    on_decoded: &'a mut OnDecoded<'b>,
+    decodes: &'a mut Decodes,
 }
 
-impl Sources<'_, '_> {
+impl Sources<'_> {
     /// The image `name` scaled to `width` × `height`, or `None` if it cannot
     /// be read: its cell as the run made it when it saved the image, else the
     /// image itself. The WebP decoder has no reduced-size decode, so the
-    /// image is decoded whole, once, handed to `on_decoded` and dropped on return.
-    fn cell(
-        &mut self,
-        name: &str,
-        width: u32,
-        height: u32,
-    ) -> Result<Option<RgbImage>, GalleryError> {
+    /// image is decoded whole, once, and dropped on return.
+    fn cell(&mut self, name: &str, width: u32, height: u32) -> Option<RgbImage> {
         if let Some(cell) = self.previews.and_then(|p| p.cell(name, width, height)) {
-            return Ok(Some(cell));
+            return Some(cell);
         }
-        let Ok(bytes) = std::fs::read(self.out.join(name)) else {
-            return Ok(None);
+        let decoded = std::fs::read(self.out.join(name))
+            .ok()
+            .and_then(|bytes| pixels::decode_webp(&bytes));
+        let Some(decoded) = decoded else {
+            self.decodes.unreadable += 1;
+            return None;
         };
-        let Some(decoded) = pixels::decode_webp(&bytes) else {
-            return Ok(None);
-        };
-        drop(bytes);
-        (self.on_decoded)(name, &decoded)?;
+        self.decodes.decoded += 1;
         if decoded.dimensions() == (width, height) {
-            return Ok(Some(decoded));
+            return Some(decoded);
         }
-        Ok(pixels::resize(&decoded, width, height, Filter::Triangle))
+        pixels::resize(&decoded, width, height)
     }
 }
 

@@ -1,11 +1,12 @@
-//! The morning review: `report.html`, its thumbnails and the X/Y/Z grids of
-//! an output folder.
+//! The morning review: `report.html` and the X/Y/Z grids of an output folder.
 //!
-//! Owns everything under `<out>/.report/` (thumbnails, hidden so dataset
-//! loaders and the stray check never see them; a run that writes the page
-//! makes them, and keeps the grid cells, as it saves each image, through
-//! [`Previews`]), `<out>/grids/` (PNG grid
-//! images) and `<out>/report.html`. It reads what a run wrote —
+//! Owns `<out>/grids/` (PNG grid images), `<out>/report.html` and the hidden
+//! `<out>/.report/` (nothing in it now; older versions kept a thumbnail per
+//! image there, which [`write_report`] removes). The page's cards show the
+//! saved images themselves, scaled by the browser and loaded lazily: a
+//! thumbnail per image cost more CPU than the rest of the page and an inode
+//! per image. A run that writes the page keeps each image's grid cell as it
+//! saves it, through [`Previews`], so the grids decode nothing again. It reads what a run wrote —
 //! `metadata.jsonl`, the sidecars, `results.jsonl` — and what the caller
 //! hands it (the plan, the failed jobs, the status report), so it works on a
 //! folder in any state, also while a run is writing it (a torn or unreadable
@@ -21,7 +22,6 @@ mod index;
 mod page;
 mod pixels;
 mod previews;
-mod thumbs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
@@ -39,12 +39,14 @@ pub use grid::{
     grid_size, GRID_CELL_MAX, GRID_HEADER_HEIGHT, GRID_ROW_LABEL_WIDTH, GRID_TITLE_HEIGHT,
 };
 pub use previews::Previews;
-pub use thumbs::THUMB_SIZE;
 
 /// The page, in the output folder.
 pub const PAGE_FILE: &str = "report.html";
-/// Thumbnails live under this folder of the output folder (hidden).
-pub const THUMBS_DIR: &str = ".report/thumbs";
+/// Longest side of an image's card on the page, in CSS pixels.
+pub const CARD_SIZE: u32 = 192;
+/// Where earlier versions kept a JPEG thumbnail per image (hidden);
+/// removed by [`write_report`].
+const OLD_THUMBS_DIR: &str = ".report/thumbs";
 /// Grid images live under this folder of the output folder.
 pub const GRIDS_DIR: &str = "grids";
 
@@ -115,12 +117,10 @@ pub struct Written {
     pub page: PathBuf,
     /// Images shown.
     pub images: usize,
-    /// Thumbnails made now (the others were fresh).
-    pub thumbs_made: usize,
-    /// Images decoded now (for a thumbnail or a grid cell the run did not
-    /// make as it saved them).
+    /// Images decoded now, for grid cells the run did not keep as it saved
+    /// them (`report` on its own decodes every image on a stale grid).
     pub decoded: usize,
-    /// Images whose thumbnail could not be made (unreadable files).
+    /// Images a grid could not read (drawn as grey cells).
     pub unreadable: usize,
     /// Grid images, relative to the output folder.
     pub grids: Vec<String>,
@@ -140,7 +140,7 @@ pub enum GalleryError {
         path: PathBuf,
         error: std::io::Error,
     },
-    /// An image could not be encoded (a thumbnail or a grid).
+    /// A grid image could not be encoded.
     #[error("cannot encode {}: {message}", path.display())]
     #[diagnostic(code(horde_batch::gallery::encode))]
     Encode { path: PathBuf, message: String },
@@ -161,20 +161,6 @@ impl GalleryError {
 pub(crate) struct Entry {
     pub row: IndexRow,
     pub sidecar: Option<Sidecar>,
-    /// The thumbnail, relative to the output folder, if it could be made.
-    pub thumb: Option<Thumb>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ThumbSize {
-    pub width: u32,
-    pub height: u32,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Thumb {
-    pub path: String,
-    pub size: ThumbSize,
 }
 
 impl Entry {
@@ -186,82 +172,48 @@ impl Entry {
     }
 }
 
-/// Writes `report.html`, its missing or stale thumbnails and the grids of
-/// `out`. Blocks on file I/O and image coding: call it from
-/// `spawn_blocking` in async code.
+/// Writes `report.html` and the stale grids of `out`. Blocks on file I/O
+/// and image coding: call it from `spawn_blocking` in async code.
 ///
 /// # Errors
 ///
-/// [`GalleryError::Io`] if the page, a thumbnail or a grid cannot be
-/// written. An unreadable image is not an error: it is shown as such.
+/// [`GalleryError::Io`] if the page or a grid cannot be written. An
+/// unreadable image is not an error: its grid cell is grey.
 pub fn write_report(out: &Path, input: &ReportInput) -> Result<Written, GalleryError> {
-    let mut entries = read_entries(out, &input.caption_column);
-    // Entries whose thumbnail is missing or stale, by file name. A grid that
-    // decodes one of their images makes its thumbnail from the same pixels;
-    // the rest are decoded afterwards, so each image is decoded once.
-    let mut wanted: HashMap<String, usize> = HashMap::new();
-    for (i, entry) in entries.iter_mut().enumerate() {
-        match thumbs::fresh(out, &entry.row.file_name) {
-            Some(thumb) => entry.thumb = Some(thumb),
-            None => {
-                wanted.insert(entry.row.file_name.clone(), i);
-            }
-        }
-    }
-    let mut made: Vec<(usize, Thumb)> = Vec::new();
-    let mut decoded_count = 0;
+    let entries = read_entries(out, &input.caption_column);
+    let mut decodes = grid::Decodes::default();
     let grids = grid::write_grids(
         out,
         &input.plan,
         &input.grids,
         &entries,
         input.previews.as_deref(),
-        &mut |file_name, decoded| {
-            decoded_count += 1;
-            if let Some(i) = wanted.remove(file_name) {
-                match thumbs::make(out, file_name, decoded)? {
-                    thumbs::Outcome::Made(thumb) | thumbs::Outcome::Fresh(thumb) => {
-                        made.push((i, thumb));
-                    }
-                    thumbs::Outcome::Unreadable => {
-                        wanted.insert(file_name.to_owned(), i);
-                    }
-                }
-            }
-            Ok(())
-        },
+        &mut decodes,
     )?;
-    let mut thumbs_made = made.len();
-    for (i, thumb) in made {
-        entries[i].thumb = Some(thumb);
-    }
-    let mut unreadable = 0;
-    let mut rest: Vec<usize> = wanted.into_values().collect();
-    rest.sort_unstable();
-    for i in rest {
-        let entry = &mut entries[i];
-        match thumbs::ensure(out, &entry.row.file_name)? {
-            thumbs::Outcome::Fresh(thumb) => entry.thumb = Some(thumb),
-            thumbs::Outcome::Made(thumb) => {
-                thumbs_made += 1;
-                decoded_count += 1;
-                entry.thumb = Some(thumb);
-            }
-            thumbs::Outcome::Unreadable => unreadable += 1,
-        }
-    }
     let results = read_results(out);
     let html = page::render(input, &entries, &results, &grids);
     let page = out.join(PAGE_FILE);
     write_atomic(&page, html.as_bytes())?;
+    remove_old_thumbnails(out);
     Ok(Written {
         page,
         images: entries.len(),
-        thumbs_made,
-        decoded: decoded_count,
-        unreadable,
+        decoded: decodes.decoded,
+        unreadable: decodes.unreadable,
         grids: grids.into_iter().map(|g| g.file).collect(),
     })
+}
+
+/// Removes the thumbnails an older version left under `.report/`: the page
+/// no longer links them. Best effort: a folder that cannot be removed only
+/// costs its space.
+fn remove_old_thumbnails(out: &Path) {
+    let old = out.join(OLD_THUMBS_DIR);
+    if old.is_dir() {
+        if let Err(error) = std::fs::remove_dir_all(&old) {
+            tracing::debug!(%error, path = %old.display(), "old thumbnails left in place");
+        }
+    }
 }
 
 /// The images of `metadata.jsonl` whose file is there, first row of each
@@ -296,11 +248,7 @@ fn read_entries(out: &Path, caption_column: &str) -> Vec<Entry> {
         let sidecar = std::fs::read(image.with_extension(crate::output::SIDECAR_EXTENSION))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Sidecar>(&bytes).ok());
-        entries.push(Entry {
-            row,
-            sidecar,
-            thumb: None,
-        });
+        entries.push(Entry { row, sidecar });
     }
     entries
 }
@@ -463,7 +411,7 @@ mod tests {
             ..ReportInput::default()
         };
         let written = write_report(out, &input).unwrap();
-        assert_eq!((written.images, written.thumbs_made), (4, 4));
+        assert_eq!((written.images, written.decoded), (4, 4));
         assert_eq!(written.grids, vec!["grids/zoo/img0.png".to_owned()]);
         let grid = image::open(out.join(&written.grids[0])).unwrap().to_rgb8();
         // X = animal (the first axis): owl then cat; Y = mood: happy then sad.
@@ -501,9 +449,19 @@ mod tests {
             .flat_map(|t| t.text())
             .collect();
         assert!(title.starts_with("<i>zoo</i>"), "{title}");
+        // A card shows the image itself, at its size fitted to the card.
+        let img = card
+            .select(&Selector::parse("img").unwrap())
+            .next()
+            .unwrap();
+        let attr = |name: &str| img.value().attr(name).unwrap().to_owned();
+        assert_eq!(
+            [attr("src"), attr("width"), attr("height"), attr("loading")],
+            ["01.webp", "192", "192", "lazy"]
+        );
 
-        // Nothing new: no thumbnail made again.
-        assert_eq!(write_report(out, &input).unwrap().thumbs_made, 0);
+        // Nothing new: the grid is fresh, no image decoded again.
+        assert_eq!(write_report(out, &input).unwrap().decoded, 0);
     }
 
     #[test]
@@ -532,36 +490,27 @@ mod tests {
             ..ReportInput::default()
         };
         let from_images = write_report(out, &input).unwrap();
-        assert_eq!((from_images.thumbs_made, from_images.decoded), (3, 3));
+        assert_eq!(from_images.decoded, 3);
         let grid_path = out.join(&from_images.grids[0]);
         let grid = image::open(&grid_path).unwrap().to_rgb8();
-        let thumb = image::open(out.join(THUMBS_DIR).join("k0.webp.jpg")).unwrap();
 
-        std::fs::remove_dir_all(out.join(".report")).unwrap();
         std::fs::remove_dir_all(out.join(GRIDS_DIR)).unwrap();
         let previews = std::sync::Arc::new(Previews::default());
         for i in 0..3 {
             let name = format!("k{i}.webp");
             let bytes = std::fs::read(out.join(&name)).unwrap();
             let decoded = crate::output::verify_webp_decoded(&bytes).unwrap();
-            previews.make(out, &name, decoded);
+            previews.make(&name, decoded);
         }
         let input = ReportInput {
             previews: Some(std::sync::Arc::clone(&previews)),
             ..input
         };
         let from_cells = write_report(out, &input).unwrap();
-        assert_eq!((from_cells.thumbs_made, from_cells.decoded), (0, 0));
+        assert_eq!(from_cells.decoded, 0);
         assert_eq!(image::open(&grid_path).unwrap().to_rgb8(), grid);
         let cell = previews.cell("k0.webp", 256, 170).unwrap();
         assert_eq!(cell.dimensions(), (256, 170));
-        // The thumbnail, made from the cell, has the image's thumbnail size.
-        let remade = image::open(out.join(THUMBS_DIR).join("k0.webp.jpg")).unwrap();
-        assert_eq!(
-            (remade.width(), remade.height()),
-            (thumb.width(), thumb.height())
-        );
-        assert_eq!((remade.width(), remade.height()), (192, 128));
 
         // Without the run's cells (`report` on its own), the grid decodes
         // the images, and draws the same grid.
@@ -574,8 +523,47 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!((alone.thumbs_made, alone.decoded), (0, 3));
+        assert_eq!(alone.decoded, 3);
         assert_eq!(image::open(&grid_path).unwrap().to_rgb8(), grid);
+    }
+
+    #[test]
+    fn an_unreadable_image_is_a_grey_cell_and_old_thumbnails_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let mut plan = Vec::new();
+        for (i, animal) in ["owl", "cat"].iter().enumerate() {
+            let key = format!("k{i}");
+            let labels = json!({ "animal": animal });
+            save(out, &format!("{key}.webp"), "zoo", &key, 90, labels.clone());
+            plan.push(plan_job(&key, i as u128, labels));
+        }
+        std::fs::write(out.join("k1.webp"), b"RIFF\x04\0\0\0WEBP").unwrap();
+        let old = out.join(OLD_THUMBS_DIR).join("k0.webp.jpg");
+        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+        std::fs::write(&old, b"jpeg").unwrap();
+        let written = write_report(
+            out,
+            &ReportInput {
+                plan,
+                ..ReportInput::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (written.images, written.decoded, written.unreadable),
+            (2, 1, 1)
+        );
+        assert!(!out.join(OLD_THUMBS_DIR).exists(), "old thumbnails removed");
+        let grid = image::open(out.join(&written.grids[0])).unwrap().to_rgb8();
+        let centre = |column: u32| {
+            *grid.get_pixel(
+                GRID_ROW_LABEL_WIDTH + column * 64 + 32,
+                GRID_HEADER_HEIGHT + 32,
+            )
+        };
+        assert_eq!(centre(0), image::Rgb([90, 90, 90]));
+        assert_eq!(centre(1), image::Rgb([200, 200, 200]), "a grey cell");
     }
 
     #[test]

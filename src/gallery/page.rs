@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use super::grid::GridFile;
-use super::{facets, value_text, Entry, FailedJob, PlanJob, ReportInput};
+use super::pixels;
+use super::{facets, value_text, Entry, FailedJob, PlanJob, ReportInput, CARD_SIZE};
 use crate::output::{format_timestamp, JobResult};
 
 /// `text` safe in HTML text and in a quoted attribute.
@@ -467,19 +468,16 @@ fn card(html: &mut String, entry: &Entry) {
         f = facets_attribute(&entry_facets(entry)),
         link = escape(&href(&row.file_name)),
     );
-    match &entry.thumb {
-        Some(thumb) => {
-            let _ = write!(
-                html,
-                "<img src=\"{}\" width=\"{}\" height=\"{}\" loading=\"lazy\" alt=\"{}\">",
-                escape(&href(&thumb.path)),
-                thumb.size.width,
-                thumb.size.height,
-                escape(&row.file_name)
-            );
-        }
-        None => html.push_str("<div class=\"placeholder\">unreadable image</div>"),
-    }
+    // The image itself, scaled by the browser and loaded only near the
+    // viewport; the index row's size keeps the layout still while it loads.
+    let (width, height) = pixels::fit_within(row.width, row.height, CARD_SIZE);
+    let _ = write!(
+        html,
+        "<img src=\"{src}\" width=\"{width}\" height=\"{height}\" loading=\"lazy\" \
+         decoding=\"async\" alt=\"{alt}\">",
+        src = escape(&href(&row.file_name)),
+        alt = escape(&row.file_name)
+    );
     html.push_str("</a>");
     if row.censored {
         html.push_str("<span class=\"badge\">censored</span>");

@@ -1,7 +1,7 @@
 //! Pixels for the page: a WebP image decoded straight to RGB with
-//! `image-webp`, and scaled with `fast_image_resize` (SIMD convolution), for
-//! thumbnails and grid cells, after halvings by hand while the image is at
-//! least twice the size asked for. `image`'s own `thumbnail` and `resize_exact`
+//! `image-webp`, and scaled with `fast_image_resize` (SIMD convolution) to
+//! its grid cell, after halvings by hand while the image is at least twice
+//! the size asked for. `image`'s own `thumbnail` and `resize_exact`
 //! took over two thirds of a report's CPU time (benches/README.md).
 //! Must not read or write files.
 
@@ -13,17 +13,6 @@ use image::RgbImage;
 use image_webp::WebPDecoder;
 
 use crate::output::{DecodedWebp, MAX_PIXELS};
-
-/// How a scaled image averages its source pixels.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Filter {
-    /// Each output pixel the plain mean of the source pixels it covers
-    /// (what `image`'s `thumbnail` did).
-    Area,
-    /// Linear weights over twice that span: smoother (a grid cell, as
-    /// `image`'s `FilterType::Triangle` did).
-    Triangle,
-}
 
 /// The WebP image in `bytes` as RGB (an alpha channel dropped, as
 /// `DynamicImage::to_rgb8` does), or `None` if it does not decode or claims
@@ -60,17 +49,13 @@ fn rgb(width: u32, height: u32, mut pixels: Vec<u8>, has_alpha: bool) -> Option<
     RgbImage::from_raw(width, height, pixels)
 }
 
-/// `image` scaled to exactly `width` × `height` (both at least 1), or
-/// `None` if the resizer refuses the sizes. While the image is at least
-/// twice as large as asked, it is first halved (each pixel the mean of a
-/// 2×2 block: what either filter gives at that ratio, at a third of the
-/// resizer's cost; a 512² image's grid cell is one halving).
-pub(super) fn resize(
-    image: &RgbImage,
-    width: u32,
-    height: u32,
-    filter: Filter,
-) -> Option<RgbImage> {
+/// `image` scaled to exactly `width` × `height` (both at least 1) with
+/// linear weights (as `image`'s `FilterType::Triangle`), or `None` if the
+/// resizer refuses the sizes. While the image is at least twice as large as
+/// asked, it is first halved (each pixel the mean of a 2×2 block: what the
+/// filter gives at that ratio, at a third of the resizer's cost; a 512²
+/// image's grid cell is one halving).
+pub(super) fn resize(image: &RgbImage, width: u32, height: u32) -> Option<RgbImage> {
     let mut halved: Option<RgbImage> = None;
     loop {
         let current = halved.as_ref().unwrap_or(image);
@@ -92,11 +77,7 @@ pub(super) fn resize(
     )
     .ok()?;
     let mut scaled = Image::new(width, height, PixelType::U8x3);
-    let filter = match filter {
-        Filter::Area => FilterType::Box,
-        Filter::Triangle => FilterType::Bilinear,
-    };
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     Resizer::new().resize(&source, &mut scaled, &options).ok()?;
     RgbImage::from_raw(width, height, scaled.into_vec())
 }
@@ -126,9 +107,9 @@ fn halve(image: &RgbImage) -> RgbImage {
         .expect("the buffer is made for exactly half the width × half the height")
 }
 
-/// The size `image`'s `DynamicImage::thumbnail` gives an image of `width` ×
-/// `height` fitted into a `side` × `side` square: the aspect ratio kept,
-/// rounded, at least 1 (smaller images are scaled up, as there).
+/// An image of `width` × `height` fitted into a `side` × `side` square (its
+/// card on the page): the aspect ratio kept, rounded, at least 1 (smaller
+/// images are scaled up, as `image`'s `DynamicImage::thumbnail` does).
 pub(super) fn fit_within(width: u32, height: u32, side: u32) -> (u32, u32) {
     let ratio = f64::min(
         f64::from(side) / f64::from(width.max(1)),
@@ -166,19 +147,16 @@ mod tests {
             .flat_map(|&v| [v, v, v])
             .collect();
         let image = RgbImage::from_raw(4, 2, pixels).unwrap();
-        let small = resize(&image, 2, 1, Filter::Triangle).unwrap();
+        let small = resize(&image, 2, 1).unwrap();
         assert_eq!(small.as_raw(), &[75, 75, 75, 200, 200, 200]);
         // 8×8 → 3×3: halved to 4×4, then scaled by the resizer.
         let image = RgbImage::from_fn(8, 8, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, 9]));
-        let small = resize(&image, 3, 3, Filter::Area).unwrap();
+        let small = resize(&image, 3, 3).unwrap();
         assert_eq!(small.dimensions(), (3, 3));
         assert_eq!(small.get_pixel(0, 0)[2], 9);
         // Odd sides are not halved.
         let odd = RgbImage::from_pixel(9, 9, image::Rgb([7, 7, 7]));
-        assert_eq!(
-            resize(&odd, 4, 4, Filter::Area).unwrap().get_pixel(1, 1)[0],
-            7
-        );
+        assert_eq!(resize(&odd, 4, 4).unwrap().get_pixel(1, 1)[0], 7);
     }
 
     #[test]
@@ -188,17 +166,5 @@ mod tests {
         assert_eq!(fit_within(1024, 576, 192), (192, 108));
         assert_eq!(fit_within(64, 64, 192), (192, 192));
         assert_eq!(fit_within(3000, 1, 192), (192, 1));
-    }
-
-    #[test]
-    fn an_area_mean_of_two_by_two_blocks() {
-        // 4×2 → 2×1: each output pixel the mean of a 2×2 block.
-        let pixels: Vec<u8> = [0, 100, 200, 200, 100, 100, 200, 200]
-            .iter()
-            .flat_map(|&v| [v, v, v])
-            .collect();
-        let image = RgbImage::from_raw(4, 2, pixels).unwrap();
-        let small = resize(&image, 2, 1, Filter::Area).unwrap();
-        assert_eq!(small.as_raw(), &[75, 75, 75, 200, 200, 200]);
     }
 }

@@ -1,23 +1,20 @@
-//! The page's previews made as a run saves each image: the output folder
-//! hands every new image's pixels, decoded to verify it, to [`Previews`]
+//! The grids' cells made as a run saves each image: the output folder hands
+//! every new image's pixels, decoded to verify it, to [`Previews`]
 //! (`output::ImagePreviews`), which scales them once to the image's grid
-//! cell, keeps that cell for the run's report (`super::cells`) and makes the
-//! thumbnail from it (`super::thumbs`). The report at the end of the run
-//! then decodes no image the run saved.
+//! cell and keeps that cell for the run's report (`super::cells`). The
+//! report at the end of the run then decodes no image the run saved.
 //! Must not fail a save: a preview that cannot be made is logged and left
 //! for the report to make.
-
-use std::path::Path;
 
 use image::RgbImage;
 
 use crate::output::{DecodedWebp, ImagePreviews};
 
 use super::cells::Cells;
-use super::pixels::{self, Filter};
-use super::{grid, thumbs, GalleryError, THUMB_SIZE};
+use super::grid;
+use super::pixels;
 
-/// Makes each saved image's grid cell and thumbnail (see the module doc).
+/// Makes each saved image's grid cell (see the module doc).
 /// The app hands it to the run's `output::Dataset` when the run writes a
 /// page, and then to [`super::write_report`] through `ReportInput::previews`.
 #[derive(Debug, Default)]
@@ -34,41 +31,17 @@ impl Previews {
 }
 
 impl ImagePreviews for Previews {
-    fn make(&self, root: &Path, file_name: &str, image: DecodedWebp) {
-        if let Err(error) = self.make_previews(root, file_name, image) {
-            tracing::debug!(%error, file_name, "no preview made at save; the report makes it");
-        }
-    }
-}
-
-impl Previews {
-    fn make_previews(
-        &self,
-        out: &Path,
-        file_name: &str,
-        image: DecodedWebp,
-    ) -> Result<(), GalleryError> {
+    fn make(&self, file_name: &str, image: DecodedWebp) {
         if !super::is_plain_relative(file_name) {
-            return Ok(());
+            return;
         }
         let Some(decoded) = pixels::from_decoded(image) else {
-            return Ok(());
+            tracing::debug!(file_name, "no grid cell made at save; the report makes it");
+            return;
         };
-        let original = decoded.dimensions();
-        let (width, height) = grid::fit(original.0, original.1);
-        let Some(cell) = pixels::resize(&decoded, width, height, Filter::Triangle) else {
-            return Ok(());
-        };
-        self.cells.keep(file_name, &cell);
-        // A cell at least as large as the thumbnail is a quarter of the image
-        // (for 512² images) to scale down again; a smaller one would blur it.
-        let source = if width.max(height) >= THUMB_SIZE {
-            drop(decoded);
-            cell
-        } else {
-            decoded
-        };
-        thumbs::make_scaled(out, file_name, &source, original)?;
-        Ok(())
+        let (width, height) = grid::fit(decoded.width(), decoded.height());
+        if let Some(cell) = pixels::resize(&decoded, width, height) {
+            self.cells.keep(file_name, &cell);
+        }
     }
 }

@@ -597,9 +597,9 @@ impl OutputDir {
         } else {
             let temp = atomic::write_synced_temp(&dir, image.webp)
                 .map_err(|e| OutputError::io("write", &image_path, e))?;
-            // After the image's bytes, so a preview is never older than its image.
+            // Only for an image whose bytes are written: a failed write makes no preview.
             if let Some(previews) = previews {
-                previews.make(root, &file_name, decoded);
+                previews.make(&file_name, decoded);
             }
             Some(temp)
         };

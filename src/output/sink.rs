@@ -104,15 +104,15 @@ pub trait ImageSink: Send + Sync {
 }
 
 /// Previews made from each new image's pixels while its check has them
-/// decoded (the report's thumbnails and grid cells, `gallery::Previews`),
+/// decoded (the report's grid cells, `gallery::Previews`),
 /// so the report need not decode the image again. Handed to a [`Dataset`]
 /// by the app, which knows whether a report page will be written.
 pub trait ImagePreviews: Send + Sync + std::fmt::Debug {
     /// Called in the writer's blocking task once the new image `file_name`
-    /// (relative to `root`, with its extension) is written to its temp file,
-    /// before it is renamed into place. Must not fail the image: a preview
-    /// that cannot be made is left for the report to make.
-    fn make(&self, root: &std::path::Path, file_name: &str, image: super::DecodedWebp);
+    /// (relative to the output folder, with its extension) is written to its
+    /// temp file, before it is renamed into place. Must not fail the image:
+    /// a preview that cannot be made is left for the report to make.
+    fn make(&self, file_name: &str, image: super::DecodedWebp);
 }
 
 /// The user's output folder: images, sidecars, `metadata.jsonl`, results and errors.

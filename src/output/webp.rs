@@ -85,7 +85,7 @@ pub enum WebpError {
 }
 
 /// A verified image and the pixels its check decoded, so whoever wants
-/// them (the report's thumbnails) need not decode the image again.
+/// them (the report's grid cells) need not decode the image again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedWebp {
     /// What the image is.
