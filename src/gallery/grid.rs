@@ -42,6 +42,12 @@ pub const GRID_ROW_LABEL_WIDTH: u32 = 160;
 
 /// A grid with more columns or rows than this is not drawn (it would be unreadable).
 const MAX_SIDE: usize = 32;
+
+/// Grids are drawn for the first this many images of each combination
+/// (`img0` … `img3`): enough to see how seeds vary, while a job of
+/// `images: 100` gets 4 grids rather than 100 near copies, and a run keeps
+/// grid cells for those images only. The page shows every image.
+pub const GRID_IMAGES_MAX: u32 = 4;
 const FONT_PX: f32 = 16.0;
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
@@ -318,7 +324,7 @@ pub(super) fn write_grids(
                 .zip(z_values)
                 .map(|(d, v)| format!("{}={v}", d.name()))
                 .collect();
-            for index in 0..most_images {
+            for index in 0..most_images.min(GRID_IMAGES_MAX) {
                 let mut cells: Vec<Option<&str>> = vec![None; xs.len() * ys.len()];
                 for job in members {
                     let image = images

@@ -36,7 +36,8 @@ use crate::progress::StatusReport;
 
 pub use cells::CELLS_BUDGET;
 pub use grid::{
-    grid_size, GRID_CELL_MAX, GRID_HEADER_HEIGHT, GRID_ROW_LABEL_WIDTH, GRID_TITLE_HEIGHT,
+    grid_size, GRID_CELL_MAX, GRID_HEADER_HEIGHT, GRID_IMAGES_MAX, GRID_ROW_LABEL_WIDTH,
+    GRID_TITLE_HEIGHT,
 };
 pub use previews::Previews;
 
@@ -338,6 +339,17 @@ mod tests {
 
     /// Writes a 64×64 image of one colour with its sidecar and index row.
     fn save(out: &Path, name: &str, job: &str, key: &str, colour: u8, labels: Value) {
+        save_nth(out, name, (job, key, 0), colour, labels);
+    }
+
+    /// [`save`], as image `index` of its job.
+    fn save_nth(
+        out: &Path,
+        name: &str,
+        (job, key, index): (&str, &str, u32),
+        colour: u8,
+        labels: Value,
+    ) {
         let mut webp = Vec::new();
         image_webp::WebPEncoder::new(&mut webp)
             .encode(&[colour; 64 * 64 * 3], 64, 64, image_webp::ColorType::Rgb8)
@@ -345,7 +357,7 @@ mod tests {
         std::fs::write(out.join(name), webp).unwrap();
         let sidecar = json!({
             "schema": 1, "file_name": name, "manifest": "m.yaml", "manifest_name": "m", "job": job,
-            "job_key": key, "image_index": 0, "prompt_template": "p", "prompt": "<script>alert(1)</script>",
+            "job_key": key, "image_index": index, "prompt_template": "p", "prompt": "<script>alert(1)</script>",
             "negative_prompt": null, "model": "stable_diffusion", "params": {"steps": 10}, "request": {},
             "seed": "1", "batch_index": 0, "horde_request_id": "r", "generation_id": "g", "worker_id": "w",
             "worker_name": "worker <b>", "censored": false, "gen_metadata": [], "kudos": 1.0,
@@ -355,7 +367,7 @@ mod tests {
         std::fs::write(out.join(name).with_extension("json"), sidecar.to_string()).unwrap();
         let row = json!({
             "file_name": name, "text": "<script>alert(1)</script>", "negative_prompt": "", "job": job,
-            "job_key": key, "image_index": 0, "model": "stable_diffusion", "seed": "1", "width": 64,
+            "job_key": key, "image_index": index, "model": "stable_diffusion", "seed": "1", "width": 64,
             "height": 64, "steps": 10, "cfg_scale": 7.0, "sampler_name": "k_euler_a", "censored": false,
             "horde_request_id": "r", "generation_id": "g",
         });
@@ -500,7 +512,7 @@ mod tests {
             let name = format!("k{i}.webp");
             let bytes = std::fs::read(out.join(&name)).unwrap();
             let decoded = crate::output::verify_webp_decoded(&bytes).unwrap();
-            previews.make(&name, decoded);
+            previews.make(&name, 0, decoded);
         }
         let input = ReportInput {
             previews: Some(std::sync::Arc::clone(&previews)),
@@ -564,6 +576,49 @@ mod tests {
         };
         assert_eq!(centre(0), image::Rgb([90, 90, 90]));
         assert_eq!(centre(1), image::Rgb([200, 200, 200]), "a grey cell");
+    }
+
+    #[test]
+    fn grids_draw_the_first_images_of_each_combination_and_only_they_get_cells() {
+        use crate::output::ImagePreviews as _;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let images = GRID_IMAGES_MAX + 2;
+        let previews = std::sync::Arc::new(Previews::default());
+        let mut plan = Vec::new();
+        for (i, animal) in ["owl", "cat"].iter().enumerate() {
+            let key = format!("k{i}");
+            let labels = json!({ "animal": animal });
+            for index in 0..images {
+                let name = format!("{key}-{index}.webp");
+                save_nth(out, &name, ("zoo", &key, index), 9, labels.clone());
+                let bytes = std::fs::read(out.join(&name)).unwrap();
+                let decoded = crate::output::verify_webp_decoded(&bytes).unwrap();
+                previews.make(&name, index, decoded);
+            }
+            plan.push(PlanJob {
+                images,
+                ..plan_job(&key, i as u128, labels)
+            });
+        }
+        let written = write_report(
+            out,
+            &ReportInput {
+                plan,
+                previews: Some(std::sync::Arc::clone(&previews)),
+                ..ReportInput::default()
+            },
+        )
+        .unwrap();
+        let expected: Vec<String> = (0..GRID_IMAGES_MAX)
+            .map(|index| format!("grids/zoo/img{index}.png"))
+            .collect();
+        assert_eq!(written.grids, expected);
+        assert_eq!((written.images, written.decoded), (2 * images as usize, 0));
+        assert!(previews.cell("k0-0.webp", 64, 64).is_some());
+        assert!(previews
+            .cell(&format!("k0-{GRID_IMAGES_MAX}.webp"), 64, 64)
+            .is_none());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The grids' cells made as a run saves each image: the output folder hands
 //! every new image's pixels, decoded to verify it, to [`Previews`]
 //! (`output::ImagePreviews`), which scales them once to the image's grid
-//! cell and keeps that cell for the run's report (`super::cells`). The
-//! report at the end of the run then decodes no image the run saved.
+//! cell and keeps that cell for the run's report (`super::cells`), for the
+//! images a grid draws (`grid::GRID_IMAGES_MAX`). The report at the end of
+//! the run then decodes no image the run saved.
 //! Must not fail a save: a preview that cannot be made is logged and left
 //! for the report to make.
 
@@ -31,8 +32,9 @@ impl Previews {
 }
 
 impl ImagePreviews for Previews {
-    fn make(&self, file_name: &str, image: DecodedWebp) {
-        if !super::is_plain_relative(file_name) {
+    fn make(&self, file_name: &str, image_index: u32, image: DecodedWebp) {
+        // An image no grid draws needs no cell.
+        if image_index >= grid::GRID_IMAGES_MAX || !super::is_plain_relative(file_name) {
             return;
         }
         let Some(decoded) = pixels::from_decoded(image) else {

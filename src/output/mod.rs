@@ -599,7 +599,7 @@ impl OutputDir {
                 .map_err(|e| OutputError::io("write", &image_path, e))?;
             // Only for an image whose bytes are written: a failed write makes no preview.
             if let Some(previews) = previews {
-                previews.make(&file_name, decoded);
+                previews.make(&file_name, image.sidecar.image_index, decoded);
             }
             Some(temp)
         };

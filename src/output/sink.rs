@@ -109,10 +109,11 @@ pub trait ImageSink: Send + Sync {
 /// by the app, which knows whether a report page will be written.
 pub trait ImagePreviews: Send + Sync + std::fmt::Debug {
     /// Called in the writer's blocking task once the new image `file_name`
-    /// (relative to the output folder, with its extension) is written to its
-    /// temp file, before it is renamed into place. Must not fail the image:
-    /// a preview that cannot be made is left for the report to make.
-    fn make(&self, file_name: &str, image: super::DecodedWebp);
+    /// (relative to the output folder, with its extension), its job's image
+    /// number `image_index`, is written to its temp file, before it is
+    /// renamed into place. Must not fail the image: a preview that cannot be
+    /// made is left for the report to make.
+    fn make(&self, file_name: &str, image_index: u32, image: super::DecodedWebp);
 }
 
 /// The user's output folder: images, sidecars, `metadata.jsonl`, results and errors.
