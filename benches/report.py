@@ -270,7 +270,7 @@ def current_rows(results: dict) -> list[tuple[str, str, str]]:
         )
     page = results.get("report_page")
     if page:
-        rows.append(("`report` of those 1,000 images (grids, every image decoded)", f"{page['cpu_s']:.2f} CPU s, {page['wall_s']:.1f} s, {page['peak_rss_mb']:.0f} MB", "–"))
+        rows.append(("`report` of those 1,000 images (grids, their images decoded)", f"{page['cpu_s']:.2f} CPU s, {page['wall_s']:.1f} s, {page['peak_rss_mb']:.0f} MB", "–"))
     for name, label in (("sdk", "horde_sdk as its example"), ("sdk-spaced", "horde_sdk spaced 0.7 s")):
         sdk = clients.get(name)
         if sdk:

@@ -160,7 +160,7 @@ start_sim "$workers" "$latency" hb
     --horde-url "$sim_url" --out "$work/hb-out" 2>"$work/hb.err"
 stop_sim hb
 tail -n 2 "$work/hb.err" >&2
-log "horde-batch report of those 1,000 images (grids drawn afresh, every image decoded)"
+log "horde-batch report of those 1,000 images (grids drawn afresh, their images decoded)"
 /usr/bin/time -v -o "$work/hb-report.time" "$bin" report benches/workload-1k.yaml \
     --out "$work/hb-out" >/dev/null 2>"$work/hb-report.err"
 # The default path, as a user runs it: the same run with its report page.
