@@ -137,10 +137,7 @@ fn report_of_a_finished_run_links_existing_files_and_shows_every_job_failure_and
         .iter()
         .map(|c| c.value().attr("data-file").unwrap().to_owned())
         .collect();
-    let files: BTreeSet<String> = index
-        .iter()
-        .map(|row| row["file_name"].as_str().unwrap().to_owned())
-        .collect();
+    let files: BTreeSet<String> = batch.index_file_names().into_iter().collect();
     assert_eq!(cards, files);
     let card_images: BTreeSet<String> = select(&html, ".card img")
         .iter()
@@ -252,11 +249,7 @@ fn in_headless_chromium_every_image_loads_and_two_ticks_list_exactly_those_two()
     let Some(chromium) = chromium() else { return };
     let (_sim, batch) = finished_run();
     let out = batch.out();
-    let files: Vec<String> = batch
-        .index_lines()
-        .iter()
-        .map(|row| row["file_name"].as_str().unwrap().to_owned())
-        .collect();
+    let files = batch.index_file_names();
     assert!(files.len() >= 3);
     let images = select(&page(&batch), "img").len();
     let ticked = [&files[0], &files[2]];
@@ -716,11 +709,7 @@ fn grid_cells_are_made_as_images_are_saved_and_the_cards_show_the_images() {
         "the run's grids come from the kept cells: {written}"
     );
     let out = batch.out();
-    let files: BTreeSet<String> = batch
-        .index_lines()
-        .iter()
-        .map(|row| row["file_name"].as_str().unwrap().to_owned())
-        .collect();
+    let files: BTreeSet<String> = batch.index_file_names().into_iter().collect();
     assert_eq!(files.len(), 8);
     let html = page(&batch);
     let cards = select(&html, ".card img");

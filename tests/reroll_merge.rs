@@ -18,15 +18,6 @@ fn reroll(batch: &Batch) -> HordeBatch {
         .arg(&batch.manifest)
 }
 
-/// The file names of the index, in its order.
-fn names(batch: &Batch) -> Vec<String> {
-    batch
-        .index_lines()
-        .iter()
-        .map(|row| row["file_name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// The sidecar of `name` in the output folder.
 fn sidecar(batch: &Batch, name: &str) -> Value {
     let path = batch.out().join(name).with_extension("json");
@@ -48,7 +39,7 @@ fn reroll_takes_every_spelling_of_a_path_inside_the_output_folder() {
     let batch = Batch::new(FOUR_KITES);
     let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
-    let names = names(&batch);
+    let names = batch.index_file_names();
     assert_eq!(names.len(), 4);
     let out = batch.out();
     let from_cwd = out.strip_prefix(batch.dir.path()).unwrap();
@@ -79,7 +70,7 @@ fn reroll_refuses_names_it_cannot_set_aside_and_moves_nothing() {
     let batch = Batch::new(FOUR_KITES);
     let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
-    let names = names(&batch);
+    let names = batch.index_file_names();
     // A name that matches nothing: nothing is rerolled, so it is not a success.
     reroll(&batch)
         .arg("no-such-image.webp")
@@ -117,7 +108,7 @@ fn an_image_rerolled_twice_keeps_both_rejects() {
     let batch = Batch::new(FOUR_KITES);
     let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
-    let name = names(&batch)[0].clone();
+    let name = batch.index_file_names()[0].clone();
     let mut rejects = Vec::new();
     for _ in 0..2 {
         rejects.push(std::fs::read(batch.out().join(&name)).unwrap());
@@ -239,7 +230,7 @@ fn reroll_keep_seed_warns_that_the_same_image_is_bought_again() {
     let batch = Batch::new(FIXED_SEEDS);
     let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
-    let name = names(&batch)[0].clone();
+    let name = batch.index_file_names()[0].clone();
     let bytes = std::fs::read(batch.out().join(&name)).unwrap();
     reroll(&batch)
         .arg("--keep-seed")

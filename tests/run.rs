@@ -744,11 +744,7 @@ fn reroll_sets_three_images_aside_and_the_next_run_makes_exactly_those_again() {
     );
     let Finished { code, stderr, .. } = batch.run(&sim);
     assert_eq!(code, 0, "{stderr}");
-    let names: Vec<String> = batch
-        .index_lines()
-        .iter()
-        .map(|row| row["file_name"].as_str().unwrap().to_owned())
-        .collect();
+    let names = batch.index_file_names();
     let rejected = &names[..3];
     let kept: Vec<(String, Vec<u8>)> = names[3..]
         .iter()

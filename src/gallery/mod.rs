@@ -6,8 +6,10 @@
 //! saved images themselves, scaled by the browser and loaded lazily: a
 //! thumbnail per image cost more CPU than the rest of the page and an inode
 //! per image. A run that writes the page keeps each image's grid cell as it
-//! saves it, through [`Previews`], so the grids decode nothing again. It reads what a run wrote —
-//! `metadata.jsonl`, the sidecars, `results.jsonl` — and what the caller
+//! saves it, through [`Previews`], so the grids decode nothing again.
+//!
+//! It reads what a run wrote — `metadata.jsonl`, the sidecars,
+//! `results.jsonl` — and what the caller
 //! hands it (the plan, the failed jobs, the status report), so it works on a
 //! folder in any state, also while a run is writing it (a torn or unreadable
 //! line is skipped, a missing file is an empty one).

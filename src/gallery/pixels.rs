@@ -1,31 +1,23 @@
-//! Pixels for the page: a WebP image decoded straight to RGB with
-//! `image-webp`, and scaled with `fast_image_resize` (SIMD convolution) to
-//! its grid cell, after halvings by hand while the image is at least twice
-//! the size asked for. `image`'s own `thumbnail` and `resize_exact`
-//! took over two thirds of a report's CPU time (benches/README.md).
+//! Pixels for the grids: a WebP image decoded to RGB (by the run's own
+//! check, `output::verify_webp_decoded`), and scaled to its grid cell with
+//! `fast_image_resize` (SIMD convolution), after halvings by hand while the
+//! image is at least twice the size asked for. `image`'s own `thumbnail` and
+//! `resize_exact` took over two thirds of a report's CPU time
+//! (benches/README.md).
 //! Must not read or write files.
-
-use std::io::Cursor;
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
-use image_webp::WebPDecoder;
 
-use crate::output::{DecodedWebp, MAX_PIXELS};
+use crate::output::{verify_webp_decoded, DecodedWebp};
 
 /// The WebP image in `bytes` as RGB (an alpha channel dropped, as
-/// `DynamicImage::to_rgb8` does), or `None` if it does not decode or claims
-/// more than [`MAX_PIXELS`].
+/// `DynamicImage::to_rgb8` does), or `None` if it fails the check a run
+/// makes of every image it saves (`output::verify_webp_decoded`: complete,
+/// decodable, at most `output::MAX_PIXELS`).
 pub(super) fn decode_webp(bytes: &[u8]) -> Option<RgbImage> {
-    let mut decoder = WebPDecoder::new(Cursor::new(bytes)).ok()?;
-    let (width, height) = decoder.dimensions();
-    if u64::from(width) * u64::from(height) > MAX_PIXELS {
-        return None;
-    }
-    let mut pixels = vec![0; decoder.output_buffer_size()?];
-    decoder.read_image(&mut pixels).ok()?;
-    rgb(width, height, pixels, decoder.has_alpha())
+    verify_webp_decoded(bytes).ok().and_then(from_decoded)
 }
 
 /// The pixels a run decoded to verify an image, as RGB (an alpha channel

@@ -174,6 +174,14 @@ impl Batch {
         self.jsonl("metadata.jsonl")
     }
 
+    /// The `file_name` of every line of the image index, in its order.
+    pub fn index_file_names(&self) -> Vec<String> {
+        self.index_lines()
+            .iter()
+            .map(|row| row["file_name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// The lines of a JSONL file in the output folder (none before it exists).
     #[track_caller]
     pub fn jsonl(&self, name: &str) -> Vec<Value> {
